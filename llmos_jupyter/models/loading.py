@@ -1,0 +1,249 @@
+"""Loading models: sources, tasks, dtype/device, GGUF, estimates before load.
+
+Sources (in the order they are tried): a catalog name (pulled into ``LLMOS_HOME`` on demand),
+a local ``.gguf`` file, a local directory with ``config.json``, a Hugging Face hub id (works
+offline only when it is in the local HF cache).
+
+Tasks: ``causal-lm`` (``AutoModelForCausalLM``), ``seq-cls``
+(``AutoModelForSequenceClassification``), ``embedding`` (``AutoModel``, mean pooling).
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import LLMOSError, UsageError
+
+TASKS = ("causal-lm", "seq-cls", "embedding")
+
+
+@dataclass
+class Source:
+    """Where a model's files are: ``path`` (dir or file), ``gguf_file`` (name inside ``path``),
+    ``catalog`` name or hub ``repo_id``; ``kind`` is ``catalog|gguf|dir|hub``."""
+
+    spec: str
+    kind: str
+    path: str | None = None
+    gguf_file: str | None = None
+    catalog: str | None = None
+    default_task: str | None = None
+
+
+@dataclass
+class Loaded:
+    """A loaded model and what the manager needs to know about it."""
+
+    model: object
+    tokenizer: object
+    task: str
+    source: Source
+    dtype: str
+    device: str
+    params: int
+    load_s: float
+    labels: list[str] | None = None
+    quantization: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def auto_class(task: str):
+    """The transformers Auto class for ``task`` (see :data:`TASKS`)."""
+    import transformers
+
+    try:
+        return {"causal-lm": transformers.AutoModelForCausalLM,
+                "seq-cls": transformers.AutoModelForSequenceClassification,
+                "embedding": transformers.AutoModel}[task]
+    except KeyError:
+        raise UsageError(f"unknown task '{task}'; use one of: {', '.join(TASKS)}") from None
+
+
+def resolve_source(spec: str, *, pull: bool = True) -> Source:
+    """Turn what the user typed into a :class:`Source`.
+
+    Raises:
+        NotFoundError / LLMOSError: nothing matches, with the close catalog names.
+    """
+    from .. import catalog
+    from .. import pull as pull_mod
+
+    spec = str(spec)
+    if spec in catalog.CATALOG:
+        entry = catalog.get(spec)
+        if entry.kind != "model":
+            raise UsageError(f"'{spec}' is a dataset; load it with `%llm data load {spec}`")
+        path = pull_mod.ensure_pulled(spec) if pull else pull_mod.target_dir(spec)
+        return Source(spec, "gguf" if entry.gguf_file else "catalog", str(path), entry.gguf_file,
+                      catalog=spec, default_task=entry.default_task)
+    p = Path(spec).expanduser()
+    if p.suffix == ".gguf" or p.is_file():
+        if not p.is_file():
+            raise LLMOSError(f"no such file: {spec}")
+        return Source(spec, "gguf", str(p.parent.resolve()), p.name)
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            ggufs = sorted(p.glob("*.gguf"))
+            if len(ggufs) == 1:
+                return Source(spec, "gguf", str(p.resolve()), ggufs[0].name)
+            raise LLMOSError(f"{spec} has no config.json (and not exactly one .gguf file); point at a model directory")
+        return Source(spec, "dir", str(p.resolve()))
+    if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
+        return Source(spec, "hub", spec)
+    from ..errors import unknown
+
+    raise unknown("model", spec, catalog.names("model"),
+                  "give a catalog name (`%llm list`), a local directory, a .gguf file or a hub id like org/name")
+
+
+def _hub_kwargs(src: Source) -> dict:
+    return {"local_files_only": True} if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "") else {}
+
+
+def _load_config(src: Source, trust_remote_code: bool):
+    from transformers import AutoConfig
+
+    kw = {"trust_remote_code": trust_remote_code, **_hub_kwargs(src)}
+    if src.kind == "gguf":
+        kw["gguf_file"] = src.gguf_file
+    try:
+        return AutoConfig.from_pretrained(src.path, **kw)
+    except (OSError, ValueError) as e:
+        if src.kind == "hub":
+            raise LLMOSError(
+                f"could not load '{src.spec}' from the Hugging Face hub (offline or not cached: "
+                f"{str(e).splitlines()[0][:120]}); pull a catalog model (`%llm list`) or give a local path") from None
+        raise LLMOSError(f"could not read the config of {src.spec}: {str(e).splitlines()[0][:160]}") from None
+
+
+def estimate(spec: str, task: str | None = None, dtype: str | None = None, *, pull: bool = True) -> dict:
+    """Estimate a model's size before loading it.
+
+    GGUF files: parameters from the tensor table, bytes = params × bytes of the target dtype
+    (transformers dequantises GGUF to float32 on CPU: 134,515,008 × 4 = 538,060,032 bytes for
+    SmolLM2-135M, not the 98 MB file). Others: the model is built on the meta device.
+
+    Returns:
+        ``{"params", "bytes", "dtype", "device", "task"}``.
+    """
+    from ..resources.hardware import choose_device_dtype
+    from ..resources.memory import DTYPE_BYTES, estimate_from_config
+    from .gguf_check import check_gguf
+
+    src = resolve_source(spec, pull=pull)
+    task = task or src.default_task or "causal-lm"
+    device, dtype = choose_device_dtype(None, dtype)
+    nbytes = DTYPE_BYTES[dtype]
+    if src.kind == "gguf":
+        info = check_gguf(Path(src.path) / src.gguf_file)
+        params = info.params
+        total = params * nbytes
+    else:
+        config = _load_config(src, False)
+        params, total = estimate_from_config(config, task, nbytes)
+    return {"params": params, "bytes": total, "dtype": dtype, "device": device, "task": task}
+
+
+def _unmark_gguf_quantized(model) -> None:
+    """transformers marks a GGUF-loaded model as quantised although its weights are dequantised
+    float tensors; Trainer, peft and ``save_pretrained`` then refuse it (C01). Clear the marks."""
+    for m in (model, getattr(model, "base_model", None)):
+        if m is None:
+            continue
+        if getattr(m, "hf_quantizer", None) is not None:
+            m.hf_quantizer = None
+        if getattr(m, "is_quantized", False):
+            m.is_quantized = False
+        if hasattr(m, "quantization_method"):
+            try:
+                m.quantization_method = None
+            except AttributeError:
+                pass
+    cfg = model.config
+    if hasattr(cfg, "quantization_config"):
+        try:
+            del cfg.quantization_config
+        except AttributeError:
+            cfg.quantization_config = None
+
+
+def load(spec: str, task: str | None = None, *, labels: list[str] | None = None, dtype: str | None = None,
+         device: str | None = None, attn_implementation: str | None = None,
+         trust_remote_code: bool = False, allow_pickle: bool = False) -> Loaded:
+    """Load a model and its tokenizer.
+
+    Args:
+        spec: catalog name, ``.gguf`` path, model directory or hub id.
+        task: ``causal-lm`` | ``seq-cls`` | ``embedding``; default: the catalog's or ``causal-lm``.
+        labels: class names for ``seq-cls`` (``["negative", "positive"]``); default: the
+            config's ``id2label`` when it has real names, else 2 classes ``LABEL_0``, ``LABEL_1``.
+        dtype: ``float32|float16|bfloat16``; default from :func:`choose_device_dtype`.
+        device: ``cpu`` or ``cuda:N``; default: the first GPU if any.
+        attn_implementation: ``sdpa``, ``eager`` or ``llmos_triton`` (registered on demand).
+        trust_remote_code: run code from the model repository (off by default).
+        allow_pickle: allow ``.bin``/pickle weights (off by default: safetensors/GGUF only).
+
+    Raises:
+        LLMOSError: bad source, unsupported/corrupt GGUF, pickle weights without ``allow_pickle``.
+    """
+    import torch
+    from transformers import AutoTokenizer
+
+    from ..resources.hardware import choose_device_dtype
+    from ..resources.memory import count_params
+
+    t0 = time.perf_counter()
+    src = resolve_source(spec)
+    task = task or src.default_task or "causal-lm"
+    auto = auto_class(task)
+    device, dtype = choose_device_dtype(device, dtype)
+    if attn_implementation in ("triton", "llmos_triton"):
+        from ..ops import attention
+
+        attn_implementation = attention.register()
+    kw: dict = {"trust_remote_code": trust_remote_code, **_hub_kwargs(src)}
+    quant = None
+    if src.kind == "gguf":
+        from .gguf_check import check_gguf
+
+        check_gguf(Path(src.path) / src.gguf_file)
+        kw["gguf_file"] = src.gguf_file
+        quant = "gguf"
+    elif src.kind == "dir" and not allow_pickle:
+        d = Path(src.path)
+        if not list(d.glob("*.safetensors")) and (list(d.glob("*.bin")) or list(d.glob("*.pt"))):
+            raise LLMOSError(f"{spec} has only pickle weights (.bin/.pt), which can run code when loaded; "
+                             f"pass --allow-pickle if you trust it")
+    config = _load_config(src, trust_remote_code)
+    model_kw = dict(kw)
+    if task == "seq-cls":
+        if labels:
+            model_kw.update(num_labels=len(labels), id2label=dict(enumerate(labels)),
+                            label2id={l: i for i, l in enumerate(labels)})
+        elif not getattr(config, "id2label", None) or len(config.id2label) < 2:
+            model_kw.update(num_labels=2)
+    try:
+        tok = AutoTokenizer.from_pretrained(src.path, **kw)
+    except (OSError, ValueError) as e:
+        raise LLMOSError(f"could not load the tokenizer of {spec}: {str(e).splitlines()[0][:160]}") from None
+    if attn_implementation:
+        model_kw["attn_implementation"] = attn_implementation
+    try:
+        model = auto.from_pretrained(src.path, dtype=getattr(torch, dtype), use_safetensors=None if allow_pickle else (src.kind != "gguf" or None), **model_kw)
+    except (OSError, ValueError, KeyError) as e:
+        raise LLMOSError(f"could not load {spec} as {task}: {str(e).splitlines()[0][:200]}") from None
+    if quant == "gguf":
+        _unmark_gguf_quantized(model)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
+    if getattr(model.config, "pad_token_id", None) is None and tok.pad_token_id is not None:
+        model.config.pad_token_id = tok.pad_token_id
+    model.to(device)
+    model.eval()
+    lab = None
+    if task == "seq-cls":
+        lab = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    return Loaded(model, tok, task, src, dtype, device, count_params(model), time.perf_counter() - t0,
+                  labels=lab, quantization=quant)

@@ -1,0 +1,96 @@
+"""Hardware: GPUs through NVML (nvidia-ml-py), CPU and RAM through psutil; device/dtype choice.
+
+With no GPU or no NVML everything degrades to the CPU without errors.
+"""
+from __future__ import annotations
+
+import os
+import platform
+from functools import lru_cache
+
+
+@lru_cache(maxsize=1)
+def _nvml():
+    try:
+        import pynvml  # provided by nvidia-ml-py
+
+        pynvml.nvmlInit()
+        return pynvml
+    except Exception:  # no driver, no library, no GPU: the CPU path
+        return None
+
+
+def gpus() -> list[dict]:
+    """Per-GPU readings from NVML.
+
+    Returns:
+        A list of ``{"index", "name", "mem_total", "mem_used" (bytes), "util" (%),
+        "temperature" (°C), "power_w" (W)}``; ``[]`` without NVML.
+    """
+    nv = _nvml()
+    if nv is None:
+        return []
+    out = []
+    try:
+        for i in range(nv.nvmlDeviceGetCount()):
+            h = nv.nvmlDeviceGetHandleByIndex(i)
+            mem = nv.nvmlDeviceGetMemoryInfo(h)
+            name = nv.nvmlDeviceGetName(h)
+            entry = {"index": i, "name": name.decode() if isinstance(name, bytes) else name,
+                     "mem_total": int(mem.total), "mem_used": int(mem.used)}
+            for key, fn in (("util", lambda: nv.nvmlDeviceGetUtilizationRates(h).gpu),
+                            ("temperature", lambda: nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU)),
+                            ("power_w", lambda: nv.nvmlDeviceGetPowerUsage(h) / 1000.0)):
+                try:
+                    entry[key] = fn()
+                except Exception:
+                    entry[key] = None
+            out.append(entry)
+    except Exception:
+        return out
+    return out
+
+
+def snapshot() -> dict:
+    """CPU, RAM and GPU readings: ``{"cpu_percent", "cpu_count", "ram_used", "ram_total",
+    "ram_available", "process_rss" (bytes), "gpus": [...]}``."""
+    import psutil
+
+    vm = psutil.virtual_memory()
+    return {
+        "cpu_percent": psutil.cpu_percent(interval=None),
+        "cpu_count": os.cpu_count(),
+        "ram_used": int(vm.total - vm.available),
+        "ram_total": int(vm.total),
+        "ram_available": int(vm.available),
+        "process_rss": int(psutil.Process().memory_info().rss),
+        "gpus": gpus(),
+    }
+
+
+def choose_device_dtype(device: str | None = None, dtype: str | None = None) -> tuple[str, str]:
+    """Pick ``(device, dtype)`` for a load unless the user fixed them.
+
+    Rule: CUDA available → ``cuda:0`` with bfloat16 on compute capability ≥ 8 (Ampere and
+    later), float16 below; otherwise ``cpu`` with float32. Imports torch (call only on load).
+    """
+    import torch
+
+    if device in (None, "auto"):
+        device = "cuda:0" if torch.cuda.is_available() else "cpu"
+    if dtype in (None, "auto"):
+        if device.startswith("cuda"):
+            major, _ = torch.cuda.get_device_capability(torch.device(device))
+            dtype = "bfloat16" if major >= 8 else "float16"
+        else:
+            dtype = "float32"
+    return device, {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}.get(dtype, dtype)
+
+
+def summary() -> dict:
+    """Small hardware summary for run manifests: platform, CPU count, RAM, GPU names."""
+    import psutil
+
+    return {"platform": platform.platform(), "python": platform.python_version(),
+            "cpu_count": os.cpu_count(), "ram_total": int(psutil.virtual_memory().total),
+            "gpus": [g["name"] for g in gpus()]}

@@ -1,0 +1,110 @@
+"""Sizes and memory figures: parsing ``"24GiB"``, estimates before load, measurement after.
+
+Units: GiB = 2**30 bytes, GB = 10**9 bytes (as accelerate's ``convert_file_size_to_int`` keeps
+them apart). Every size in llmos is an ``int`` of bytes.
+"""
+from __future__ import annotations
+
+import re
+
+from ..errors import UsageError
+
+_UNITS = {
+    "": 1, "b": 1,
+    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+}
+
+DTYPE_BYTES = {"float32": 4, "fp32": 4, "float16": 2, "fp16": 2, "bfloat16": 2, "bf16": 2,
+               "float64": 8, "int8": 1}
+
+
+def parse_size(text: str | int | float) -> int:
+    """Parse ``"24GiB"``, ``"1.5 GB"``, ``"512MiB"`` or a plain byte count into bytes.
+
+    >>> parse_size("2GiB"), parse_size("2GB"), parse_size(1024)
+    (2147483648, 2000000000, 1024)
+
+    Raises:
+        UsageError: the text is not a size.
+    """
+    if isinstance(text, (int, float)):
+        if text < 0:
+            raise UsageError(f"size must be ≥ 0, got {text}")
+        return int(text)
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(text))
+    if not m or m.group(2).lower() not in _UNITS:
+        raise UsageError(f"'{text}' is not a size; write e.g. 8GiB (2**30 bytes), 8GB (10**9 bytes) or 1024 (bytes)")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def format_size(n: int | float | None) -> str:
+    """``1610612736`` → ``"1.50 GiB"`` (binary units); ``None`` → ``"-"``."""
+    if n is None:
+        return "-"
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n:.2f} TiB"
+
+
+def module_bytes(module) -> dict[str, int]:
+    """Measured bytes of a ``torch.nn.Module``'s parameters and buffers, per device.
+
+    Tensors that share storage (tied embeddings) are counted once.
+
+    Returns:
+        ``{"cpu": n}`` or ``{"cuda:0": n, "cpu": m}``; ``{}`` for a module with no tensors.
+    """
+    seen: set[int] = set()
+    out: dict[str, int] = {}
+    for t in list(module.parameters()) + list(module.buffers()):
+        if t.device.type == "meta":
+            continue
+        try:
+            key = t.untyped_storage().data_ptr()
+        except RuntimeError:
+            key = id(t)
+        if key in seen:
+            continue
+        seen.add(key)
+        dev = str(t.device)
+        out[dev] = out.get(dev, 0) + t.untyped_storage().nbytes()
+    return out
+
+
+def count_params(module) -> int:
+    """Number of distinct parameters (tied weights counted once)."""
+    seen, n = set(), 0
+    for p in module.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            n += p.numel()
+    return n
+
+
+def estimate_from_config(config, task: str, dtype_bytes: int = 4) -> tuple[int, int]:
+    """Estimate ``(params, bytes)`` of a model from its config without allocating weights.
+
+    Builds the model on the meta device (accelerate's ``init_empty_weights``, see
+    https://huggingface.co/docs/accelerate/concept_guides/big_model_inference) and counts
+    distinct parameters; bytes = params × ``dtype_bytes`` plus buffers.
+    """
+    from accelerate import init_empty_weights
+
+    from ..models.loading import auto_class
+
+    with init_empty_weights():
+        model = auto_class(task).from_config(config)
+    params = count_params(model)
+    buffers = sum(b.numel() * b.element_size() for b in model.buffers())
+    return params, params * dtype_bytes + buffers
+
+
+def process_rss() -> int:
+    """Resident set size of this process in bytes (psutil)."""
+    import psutil
+
+    return psutil.Process().memory_info().rss
