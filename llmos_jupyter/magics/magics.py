@@ -152,7 +152,7 @@ class LLMMagics(Magics):
         return api.hw()
 
     def _gen_kw(self, p) -> dict:
-        kw = {"max_new_tokens": p["max_new_tokens"] or self.max_new_tokens}
+        kw = {"max_new_tokens": self.max_new_tokens if p["max_new_tokens"] is None else p["max_new_tokens"]}
         if p["temperature"] is not None:
             kw["temperature"] = p["temperature"]
         return kw

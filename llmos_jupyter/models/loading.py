@@ -169,25 +169,47 @@ def _unmark_gguf_quantized(model) -> None:
             cfg.quantization_config = None
 
 
-def load(spec: str, task: str | None = None, *, labels: list[str] | None = None, dtype: str | None = None,
+def _own_storage(model) -> None:
+    """Give every tensor memory of its own when it is backed by a memory-mapped file.
+
+    safetensors loads map the file; such storages cannot be resized, so an autograd graph that
+    still points at a weight would keep the whole mapping alive after unload (C06). Owned
+    storages can be released in place (``untyped_storage().resize_(0)``) by the manager.
+    """
+    import torch
+
+    with torch.no_grad():
+        for t in list(model.parameters()) + list(model.buffers()):
+            if t.device.type == "cpu" and not t.untyped_storage().resizable():
+                t.data = t.data.clone()
+
+
+def _quiet_transformers():
+    """Silence transformers' load reports and progress bars while llmos loads (it reports itself)."""
+    import contextlib
+
+    from transformers.utils import logging as hf_logging
+
+    @contextlib.contextmanager
+    def quiet():
+        level = hf_logging.get_verbosity()
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        try:
+            yield
+        finally:
+            hf_logging.set_verbosity(level)
+            if bars:
+                hf_logging.enable_progress_bar()
+
+    return quiet()
+
+
+def _load_impl(spec: str, task: str | None = None, *, labels: list[str] | None = None, dtype: str | None = None,
          device: str | None = None, attn_implementation: str | None = None,
          trust_remote_code: bool = False, allow_pickle: bool = False) -> Loaded:
-    """Load a model and its tokenizer.
-
-    Args:
-        spec: catalog name, ``.gguf`` path, model directory or hub id.
-        task: ``causal-lm`` | ``seq-cls`` | ``embedding``; default: the catalog's or ``causal-lm``.
-        labels: class names for ``seq-cls`` (``["negative", "positive"]``); default: the
-            config's ``id2label`` when it has real names, else 2 classes ``LABEL_0``, ``LABEL_1``.
-        dtype: ``float32|float16|bfloat16``; default from :func:`choose_device_dtype`.
-        device: ``cpu`` or ``cuda:N``; default: the first GPU if any.
-        attn_implementation: ``sdpa``, ``eager`` or ``llmos_triton`` (registered on demand).
-        trust_remote_code: run code from the model repository (off by default).
-        allow_pickle: allow ``.bin``/pickle weights (off by default: safetensors/GGUF only).
-
-    Raises:
-        LLMOSError: bad source, unsupported/corrupt GGUF, pickle weights without ``allow_pickle``.
-    """
+    """See :func:`load`."""
     import torch
     from transformers import AutoTokenizer
 
@@ -236,6 +258,7 @@ def load(spec: str, task: str | None = None, *, labels: list[str] | None = None,
         raise LLMOSError(f"could not load {spec} as {task}: {str(e).splitlines()[0][:200]}") from None
     if quant == "gguf":
         _unmark_gguf_quantized(model)
+    _own_storage(model)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
     if getattr(model.config, "pad_token_id", None) is None and tok.pad_token_id is not None:
@@ -247,3 +270,24 @@ def load(spec: str, task: str | None = None, *, labels: list[str] | None = None,
         lab = [model.config.id2label[i] for i in range(model.config.num_labels)]
     return Loaded(model, tok, task, src, dtype, device, count_params(model), time.perf_counter() - t0,
                   labels=lab, quantization=quant)
+
+
+def load(spec: str, task: str | None = None, **kw) -> Loaded:
+    """Load a model and its tokenizer, with transformers' own load reports silenced.
+
+    Args:
+        spec: catalog name, ``.gguf`` path, model directory or hub id.
+        task: ``causal-lm`` | ``seq-cls`` | ``embedding``; default: the catalog's or ``causal-lm``.
+        labels: class names for ``seq-cls`` (``["negative", "positive"]``); default: the
+            config's ``id2label`` when it has real names, else 2 classes ``LABEL_0``, ``LABEL_1``.
+        dtype: ``float32|float16|bfloat16``; default from :func:`choose_device_dtype`.
+        device: ``cpu`` or ``cuda:N``; default: the first GPU if any.
+        attn_implementation: ``sdpa``, ``eager`` or ``llmos_triton`` (registered on demand).
+        trust_remote_code: run code from the model repository (off by default).
+        allow_pickle: allow ``.bin``/pickle weights (off by default: safetensors/GGUF only).
+
+    Raises:
+        LLMOSError: bad source, unsupported/corrupt GGUF, pickle weights without ``allow_pickle``.
+    """
+    with _quiet_transformers():
+        return _load_impl(spec, task, **kw)

@@ -117,18 +117,56 @@ def _forget_in_ipython(targets: set[int]) -> int:
     dropped = 0
     ns = ip.user_ns
     out = ns.get("_oh") or ns.get("Out") or {}
+    hidden = getattr(ip, "user_ns_hidden", {})  # IPython's push() keeps a second reference here
     for k in [k for k, v in list(out.items()) if _refers_to(v, targets)]:
         out.pop(k, None)
         ns.pop(f"_{k}", None)
+        hidden.pop(f"_{k}", None)
         dropped += 1
+    for name in [n for n, v in list(hidden.items()) if _refers_to(v, targets)]:
+        hidden[name] = ""
     dh = getattr(ip, "displayhook", None)
     for name in ("_", "__", "___"):
         if _refers_to(ns.get(name), targets):
             ns[name] = ""
-            if dh is not None and hasattr(dh, name):
-                setattr(dh, name, "")
             dropped += 1
+        if dh is not None and _refers_to(getattr(dh, name, None), targets):
+            setattr(dh, name, "")
     return dropped
+
+
+def _forget_last_error() -> None:
+    """Clear the locals of the frames of the last error (``sys.last_*`` and IPython's last
+    execution result): a traceback keeps every argument of every frame alive."""
+    import traceback
+
+    excs = [getattr(sys, "last_value", None), getattr(sys, "last_exc", None)]
+    try:
+        from IPython import get_ipython
+
+        ip = get_ipython()
+        res = getattr(ip, "last_execution_result", None)
+        if res is not None:
+            excs += [res.error_in_exec, res.error_before_exec]
+        itb = getattr(ip, "InteractiveTB", None)  # ultratb keeps the last traceback in .tb
+        if getattr(itb, "tb", None) is not None:
+            traceback.clear_frames(itb.tb)
+            itb.tb = None
+    except ImportError:
+        pass
+    for exc in excs:
+        tb = getattr(exc, "__traceback__", None)
+        if tb is not None:
+            traceback.clear_frames(tb)
+    tb = getattr(sys, "last_traceback", None)
+    if tb is not None:
+        traceback.clear_frames(tb)
+    for name in ("last_traceback", "last_value", "last_type", "last_exc"):
+        if getattr(sys, name, None) is not None:
+            try:
+                setattr(sys, name, None)
+            except AttributeError:
+                pass
 
 
 def _release_tensors(module) -> None:
@@ -386,12 +424,7 @@ class ModelManager:
         rec.model = rec.tokenizer = None
         rec.chat_history = []
         _forget_in_ipython(targets)
-        for name in ("last_traceback", "last_value", "last_type", "last_exc"):
-            if getattr(sys, name, None) is not None:
-                try:
-                    setattr(sys, name, None)
-                except AttributeError:
-                    pass
+        _forget_last_error()
         del model
         gc.collect()
         self._empty_caches()

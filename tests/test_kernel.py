@@ -1,0 +1,120 @@
+"""Behaviour that depends on a real kernel: freeing memory (C06) and thread output (C12)."""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import time
+
+import pytest
+from jupyter_client.manager import start_new_kernel
+
+
+class Kernel:
+    """A real ipykernel driven over ZMQ; ``run`` returns the iopub messages of one cell."""
+
+    def __init__(self):
+        self.km, self.kc = start_new_kernel(kernel_name="python3", env={**os.environ})
+        self.pending = []
+
+    def run(self, code: str, timeout: float = 300) -> list[dict]:
+        msg_id = self.kc.execute(code)
+        msgs = []
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                m = self.kc.get_iopub_msg(timeout=1)
+            except queue.Empty:
+                continue
+            self.pending.append(m)
+            if m["parent_header"].get("msg_id") == msg_id:
+                msgs.append(m)
+                if m["msg_type"] == "status" and m["content"]["execution_state"] == "idle":
+                    return msgs
+        raise TimeoutError(code)
+
+    def drain(self, seconds: float) -> None:
+        end = time.time() + seconds
+        while time.time() < end:
+            try:
+                self.pending.append(self.kc.get_iopub_msg(timeout=0.2))
+            except queue.Empty:
+                pass
+
+    def stdout(self, msgs) -> str:
+        return "".join(m["content"]["text"] for m in msgs if m["msg_type"] == "stream" and m["content"]["name"] == "stdout")
+
+    def errors(self, msgs):
+        return [m["content"] for m in msgs if m["msg_type"] == "error"]
+
+    def close(self):
+        self.kc.stop_channels()
+        self.km.shutdown_kernel(now=True)
+
+
+@pytest.fixture
+def kernel(pulled):
+    k = Kernel()
+    yield k
+    k.close()
+
+
+def test_c06_unload_really_frees(kernel):
+    setup = kernel.run("%load_ext llmos_jupyter\nimport gc, json, weakref, psutil\nfrom llmos_jupyter import api")
+    assert not kernel.errors(setup)
+    msgs = kernel.run("%llm load all-minilm-l6-v2 --task seq-cls --labels negative,positive --as m")
+    assert not kernel.errors(msgs), msgs
+    kernel.run("api.manager().get('m').model")  # the model as a cell result: IPython's Out keeps it
+    kernel.run("_")
+    msgs = kernel.run(
+        "rec = api.manager().get('m'); ref = weakref.ref(rec.model)\n"
+        "enc = rec.tokenizer(['great movie'] * 8, return_tensors='pt')\n"
+        "out = rec.model(**enc)  # keeps an autograd graph back to the weights\n"
+        "assert out.logits.grad_fn is not None\n"
+        "measured = sum(rec.bytes.values()); del rec; gc.collect()\n"
+        "rss0 = psutil.Process().memory_info().rss")
+    assert not kernel.errors(msgs), kernel.errors(msgs)
+    kernel.run("def boom(model):\n    raise ValueError('keeps the model in sys.last_traceback')\n"
+               "boom(api.manager().get('m').model)")
+    msgs = kernel.run("%llm unload m")
+    assert "m: unloaded" in json.dumps([m["content"] for m in msgs])
+    msgs = kernel.run("gc.collect(); rss1 = psutil.Process().memory_info().rss\n"
+                      "print(json.dumps({'alive': ref() is not None, 'freed': rss0 - rss1, 'measured': measured}))")
+    res = json.loads(kernel.stdout(msgs).strip().splitlines()[-1])
+    assert res["alive"] is False
+    assert res["freed"] >= 0.9 * res["measured"], res
+    ps = kernel.run("print(len(api.manager().ps()))")
+    assert kernel.stdout(ps).strip() == "0"
+
+
+def test_c12_thread_output_stays_in_starting_cell(kernel):
+    code = (
+        "import threading, time, ipywidgets as w\n"
+        "from IPython.display import display\n"
+        "from llmos_jupyter.resources.jobs import keep_output_parent\n"
+        "bar = w.FloatProgress(min=0, max=1); display(bar)\n"
+        "def job():\n"
+        "    def printer():\n"
+        "        for i in range(4):\n"
+        "            print(f'job line {i}', flush=True); time.sleep(0.25)\n"
+        "    t = threading.Thread(target=keep_output_parent(printer)); t.start()\n"
+        "    for i in range(1, 11):\n"
+        "        bar.value = i / 10; time.sleep(0.1)\n"
+        "    t.join()\n"
+        "threading.Thread(target=keep_output_parent(job)).start()\n")
+    first = kernel.run(code)
+    first_id = first[0]["parent_header"]["msg_id"]
+    time.sleep(0.5)
+    second = kernel.run("print('second cell line', flush=True)")
+    second_id = second[0]["parent_header"]["msg_id"]
+    kernel.drain(2.0)
+    lines = {}
+    for m in kernel.pending:
+        if m["msg_type"] == "stream":
+            for line in m["content"]["text"].splitlines():
+                lines.setdefault(m["parent_header"].get("msg_id"), []).append(line)
+    assert sorted(l for l in lines.get(first_id, []) if l.startswith("job line")) == [f"job line {i}" for i in range(4)]
+    assert lines.get(second_id) == ["second cell line"]
+    values = [m["content"]["data"]["state"]["value"] for m in kernel.pending
+              if m["msg_type"] == "comm_msg" and "value" in m["content"]["data"].get("state", {})]
+    assert values == [pytest.approx(i / 10) for i in range(1, 11)]

@@ -1,0 +1,110 @@
+"""The %llm grammar and the user-error contract (C07, bad input)."""
+from __future__ import annotations
+
+import pytest
+from IPython.core.interactiveshell import InteractiveShell
+
+from llmos_jupyter import api
+
+
+@pytest.fixture
+def shell(monkeypatch):
+    ip = InteractiveShell.instance()
+    ip.run_line_magic("load_ext", "llmos_jupyter")
+    ip.user_ns["name"] = "Bob"
+    calls = []
+
+    def record(alias, message, **kw):
+        calls.append({"alias": alias, "message": message, **kw})
+
+    monkeypatch.setattr(api, "chat", record)
+    monkeypatch.setattr(api, "generate", lambda alias, prompt, **kw: calls.append({"alias": alias, "prompt": prompt, **kw}))
+    ip.calls = calls
+    return ip
+
+
+@pytest.mark.parametrize("typed, received", [
+    ("say hi to {name}", "say hi to Bob"),                      # documented interpolation
+    ("cost is $5 and $name", "cost is $5 and $name"),           # IPython must not expand $
+    ("{12} {12} {}", "{12} {12} {}"),                           # not identifiers: kept
+    ('return JSON like {"a": 1}', 'return JSON like {"a": 1}'),  # JSON braces and quotes survive
+    ('héllo wörld 🙂 "quoted"', 'héllo wörld 🙂 "quoted"'),
+    ("{{name}} is literal", "{name} is literal"),
+    ("{undefined_var} stays", "{undefined_var} stays"),
+    ("don't stop", "don't stop"),                                # a lone apostrophe is text
+    ('"one quoted string"', "one quoted string"),
+])
+def test_c07_line_prompt_reaches_api_verbatim(shell, typed, received):
+    shell.run_line_magic("llm", f"chat smol {typed}")
+    assert shell.calls[-1]["message"] == received
+
+
+def test_c07_cell_body_verbatim_and_raw(shell):
+    body = 'cost is $5 and {name}; JSON {"a": 1}\nsecond line'
+    shell.run_cell_magic("llm", "chat smol", body + "\n")
+    assert shell.calls[-1]["message"] == 'cost is $5 and Bob; JSON {"a": 1}\nsecond line'
+    shell.run_cell_magic("llm", "chat smol --raw", body)
+    assert shell.calls[-1]["message"] == body
+
+
+def test_c07_quoted_option_value(shell):
+    shell.run_line_magic("llm", 'chat smol --system "a b" hello there')
+    assert shell.calls[-1]["system"] == "a b" and shell.calls[-1]["message"] == "hello there"
+    shell.run_line_magic("llm", "generate smol --max-new-tokens 7 --temperature 0.5 Once upon")
+    assert shell.calls[-1]["prompt"] == "Once upon"
+    assert shell.calls[-1]["max_new_tokens"] == 7 and shell.calls[-1]["temperature"] == 0.5
+
+
+@pytest.mark.parametrize("line, cell, expected", [
+    ("chat smol --system 'unterminated", None, "unterminated ' quote"),
+    ("chat smol", "   \n  \t", "cell body is empty"),
+    ("chat smol", None, "needs MESSAGE"),
+    ("lod x", None, "did you mean: load"),
+    ("load x --tsk causal-lm", None, "unknown option --tsk"),
+    ("load x --task", None, "--task needs a value"),
+    ("load", None, "needs SOURCE"),
+    ("finetune m d --epochs two", None, "--epochs takes a whole number"),
+    ("data frobnicate x", None, "unknown data subcommand 'frobnicate'"),
+    ("ps", "body", "not a cell magic"),
+])
+def test_user_errors_are_one_line_on_stderr(shell, capsys, line, cell, expected):
+    n = len(shell.calls)
+    result = shell.run_cell_magic("llm", line, cell) if cell is not None else shell.run_line_magic("llm", line)
+    out, err = capsys.readouterr()
+    assert result is None and len(shell.calls) == n  # nothing reached the API
+    assert err.count("\n") == 1 and err.startswith("llmos: ") and expected in err, err
+    assert "Traceback" not in err + out
+
+
+def test_unknown_model_lists_close_matches(capsys):
+    ip = InteractiveShell.instance()
+    ip.run_line_magic("load_ext", "llmos_jupyter")
+    ip.run_line_magic("llm", "load smollm2-135m --as x")
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "did you mean: smollm2-135m-instruct" in err
+    ip.run_line_magic("llm", "unload nothing-here")
+    err = capsys.readouterr().err
+    assert err.startswith("llmos: unknown model 'nothing-here'") and err.count("\n") == 1
+
+
+def test_help_lists_every_subcommand_and_options():
+    ip = InteractiveShell.instance()
+    ip.run_line_magic("load_ext", "llmos_jupyter")
+    text = repr(ip.run_line_magic("llm", "help"))
+    from llmos_jupyter.magics.commands import COMMANDS
+
+    for name in COMMANDS:
+        assert f"  {name} " in text
+    load_help = repr(ip.run_line_magic("llm", "help load"))
+    for opt in ("--as ALIAS", "--task TASK", "--labels A,B", "--replace"):
+        assert opt in load_help
+
+
+def test_empty_cell_body_through_run_cell(shell, capsys):
+    """IPython itself rejects a truly empty body; whitespace-only reaches llmos. Both: one line."""
+    for src in ("%%llm chat smol", "%%llm chat smol\n   \n"):
+        n = len(shell.calls)
+        shell.run_cell(src)
+        err = capsys.readouterr().err
+        assert len(shell.calls) == n
+        assert "cell body is empty" in err and err.strip().count("\n") == 0 and "Traceback" not in err, err
