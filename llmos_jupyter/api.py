@@ -214,7 +214,8 @@ def state() -> dict:
             datasets = _state["store"].list()
         except Exception:
             datasets = []
-    return {"models": manager().ps(), "jobs": [j.summary() for j in _jobs.values()], "datasets": datasets}
+    jobs_ = [j.summary() for j in _state["jobs"].jobs.values()] if "jobs" in _state else []
+    return {"models": manager().ps(), "jobs": jobs_, "datasets": datasets}
 
 
 # ------------------------------------------------------------------ inference
@@ -413,9 +414,6 @@ def data_export(name: str, path: str, *, format: str = "parquet"):
 
 
 # -------------------------------------------------------------------- training
-_jobs: dict = {}
-
-
 def seed(n: int) -> Message:
     """Seed Python, NumPy and torch and turn on deterministic algorithms."""
     from .training.seed import seed_everything
@@ -460,9 +458,52 @@ def _prepare_split(dv, split: str, rec):
     return ds
 
 
+def scheduler():
+    """The process-wide job scheduler (one training job per device at a time)."""
+    with _lock:
+        if "jobs" not in _state:
+            from .resources.jobs import JobScheduler
+
+            _state["jobs"] = JobScheduler(lambda type, **f: events().emit(type, **f))
+        return _state["jobs"]
+
+
+class _JobProgress:
+    """Training callback that feeds a job's fields (and so the side panel) and, optionally, the
+    notebook progress view; events are throttled to ≤ 4 per second."""
+
+    def __init__(self, job, view=None, min_interval_s: float = 0.25):
+        self.job, self.view, self.min_interval_s, self._last = job, view, min_interval_s, 0.0
+
+    def _view(self, name, *args):
+        fn = getattr(self.view, name, None)
+        if fn is not None:
+            fn(*args)
+
+    def on_begin(self, total_steps, total_samples, run_id=None):
+        scheduler().update(self.job, total_steps=total_steps)
+        self._view("on_begin", total_steps, total_samples, run_id)
+
+    def on_step(self, step, loss, lr, samples_per_s, eta_s):
+        j = self.job
+        j.step, j.loss, j.samples_per_s, j.eta_s = step, loss, samples_per_s, eta_s
+        j.progress = step / j.total_steps if j.total_steps else 0.0
+        now = time.monotonic()
+        if now - self._last >= self.min_interval_s or step == j.total_steps:
+            self._last = now
+            scheduler().update(j)
+        self._view("on_step", step, loss, lr, samples_per_s, eta_s)
+
+    def on_eval(self, step, epoch, metrics):
+        self._view("on_eval", step, epoch, metrics)
+
+    def on_end(self, status, result=None):
+        self._view("on_end", status, result)
+
+
 def finetune(alias: str, dataset: str, *, epochs: int = 1, lr: float = 5e-5, batch_size: int = 32,
              seed: int = 0, max_length: int = 128, method: str = "full", eval_split: str | None = "test",
-             progress: bool = True, **options):
+             progress: bool = True, background: bool = False, **options):
     """Fine-tune ``alias`` (a ``seq-cls`` model) on ``dataset``'s train split; evaluate on
     ``eval_split`` when present; record the run in the registry.
 
@@ -470,14 +511,19 @@ def finetune(alias: str, dataset: str, *, epochs: int = 1, lr: float = 5e-5, bat
         epochs, lr, batch_size, seed, max_length: see :class:`llmos_jupyter.training.config.FinetuneConfig`.
         method: ``full`` or ``lora`` (``lora_r``, ``lora_alpha``, ``lora_dropout`` in options).
         progress: show the live progress view.
+        background: return a :class:`~llmos_jupyter.resources.jobs.Job` at once and train in a
+            background thread (``%llm jobs``, ``job.wait()``, ``cancel(job.id)``).
 
     Returns:
-        The run summary (run id, status, metrics, samples/s, wall time, checkpoint sha256).
+        The run (id, status, metrics, samples/s, wall time, checkpoint sha256), or the job.
 
     Raises:
         UsageError / NotFoundError: bad options, unknown model or dataset, label mismatch —
-            nothing is written to the registry or checkpoints then.
+            checked before anything is written to the registry or checkpoints.
     """
+    from dataclasses import asdict
+
+    from .resources.jobs import Job
     from .training.config import FinetuneConfig
     from .training.finetune import finetune as _finetune
 
@@ -488,39 +534,58 @@ def finetune(alias: str, dataset: str, *, epochs: int = 1, lr: float = 5e-5, bat
     _need_task(rec, "seq-cls", "finetune")
     dv = store().get(dataset)
     train = _prepare_split(dv, "train", rec)
-    ev = None
-    if eval_split and eval_split in dv.splits:
-        ev = _prepare_split(dv, eval_split, rec)
-    callback = None
+    ev = _prepare_split(dv, eval_split, rec) if eval_split and eval_split in dv.splits else None
+    view = None
     if progress:
         from .widgets.progress import TrainingProgress
 
-        callback = TrainingProgress(title=f"finetune {alias} on {dv.name}")
-    reg = registry()
-    from dataclasses import asdict
+        view = TrainingProgress(title=f"finetune {alias} on {dv.name}")
+    job = Job(kind="finetune", target=alias, device=rec.device or "cpu")
 
-    run_id = reg.start("finetune", model=alias, dataset=f"{dv.name}@v{dv.version}", config=asdict(cfg),
-                       seed=seed, data_fingerprint=dv.fingerprint)
-    run_dir = paths.sub("checkpoints", run_id)
-    t0 = time.perf_counter()
-    with m.use(alias) as rec:
-        events().emit("job", id=run_id, kind="finetune", target=alias, state="running")
+    def work(job):
+        reg = registry()
+        run_id = reg.start("finetune", model=alias, dataset=f"{dv.name}@v{dv.version}", config=asdict(cfg),
+                           seed=seed, data_fingerprint=dv.fingerprint)
+        t0 = time.perf_counter()
         try:
-            result = _finetune(rec.model, rec.tokenizer, train, ev, text_column=dv.text_column,
-                               label_column=dv.label_column, config=cfg, callback=callback, run_dir=run_dir)
-        except BaseException as e:
-            reg.finish(run_id, "failed", {}, time.perf_counter() - t0, None, None)
-            events().emit("job", id=run_id, kind="finetune", target=alias, state="failed")
-            raise
-        if result.model is not None and result.model is not rec.model:
-            rec.model = result.model
-    from .resources.memory import module_bytes
+            with m.use(alias) as held:
+                result = _finetune(held.model, held.tokenizer, train, ev, text_column=dv.text_column,
+                                   label_column=dv.label_column, config=cfg, callback=_JobProgress(job, view),
+                                   run_dir=paths.sub("checkpoints", run_id), should_stop=job.should_stop)
+                if getattr(result, "model", None) is not None and result.model is not held.model:
+                    held.model = result.model
+                from .resources.memory import module_bytes
 
-    rec.bytes = module_bytes(rec.model)
-    reg.finish(run_id, result.status, result.metrics or {}, result.wall_s, str(result.checkpoint) if result.checkpoint else None,
-               result.checkpoint_sha256)
-    events().emit("job", id=run_id, kind="finetune", target=alias, state=result.status)
-    return reg.get(run_id)
+                held.bytes = module_bytes(held.model)
+        except BaseException:
+            reg.finish(run_id, "failed", {}, time.perf_counter() - t0, None, None)
+            raise
+        reg.finish(run_id, result.status, result.metrics or {}, result.wall_s,
+                   str(result.checkpoint) if result.checkpoint else None, result.checkpoint_sha256)
+        return reg.get(run_id)
+
+    if background:
+        return scheduler().submit(job, work)
+    return scheduler().run_here(job, work)
+
+
+def jobs() -> Table:
+    """Jobs of this kernel: id, kind, target, state, progress, loss, samples/s, ETA."""
+    data = [j.summary() for j in scheduler().jobs.values()]
+    rows = [[d["id"], d["kind"], d["target"], d["state"], f"{d['progress'] * 100:.0f}%",
+             f"{d['step']}/{d['total_steps']}", "-" if d["loss"] is None else f"{d['loss']:.4f}",
+             "-" if d["samples_per_s"] is None else f"{d['samples_per_s']:.1f}",
+             "-" if d["eta_s"] is None else f"{d['eta_s']:.0f} s"] for d in data]
+    return Table("jobs", ["id", "kind", "target", "state", "progress", "step", "loss", "samples/s", "eta"], rows, data=data)
+
+
+def job_wait(job_id: str, timeout: float | None = None):
+    """Wait for a job to end; returns its result (the run) or raises its error as one line."""
+    job = scheduler().get(job_id)
+    job.wait(timeout)
+    if job.state == "failed":
+        raise LLMOSError(f"{job_id} failed: {job.error}")
+    return job.result
 
 
 def evaluate(alias: str, dataset: str, *, split: str = "test", batch_size: int = 64, max_length: int = 128):
@@ -549,12 +614,12 @@ def run(run_id: str):
 
 
 def cancel(job_id: str) -> Message:
-    """Cancel a background job."""
-    job = _jobs.get(job_id)
-    if job is None:
-        raise unknown("job", job_id, list(_jobs), "`%llm jobs` lists them")
+    """Cancel a job: it stops at its next step boundary (a queued one never starts)."""
+    job = scheduler().get(job_id)
+    if job.done:
+        return Message(f"{job_id}: already {job.state}")
     job.cancel()
-    return Message(f"{job_id}: cancel requested")
+    return Message(f"{job_id}: cancel requested; it stops at the next step")
 
 
 # ---------------------------------------------------------------------- doctor

@@ -86,6 +86,7 @@ COMMANDS: dict[str, Command] = {c.name: c for c in [
         Opt("method", help="full | lora (default full)", metavar="METHOD"),
         Opt("lora-r", int, metavar="R"), Opt("lora-alpha", float, metavar="ALPHA"),
         Opt("lora-dropout", float, metavar="P"),
+        Opt("background", bool, help="train in a background job; returns its id at once"),
         Opt("no-progress", bool, help="no live progress view")],
         example="%llm finetune minilm rt --epochs 1 --lr 5e-5 --batch-size 32 --seed 0"),
     Command("eval", "accuracy, macro-F1, per-class metrics, confusion matrix", ["alias", "dataset"], options=[
@@ -93,7 +94,10 @@ COMMANDS: dict[str, Command] = {c.name: c for c in [
         Opt("batch-size", int, metavar="N")]),
     Command("runs", "recent fine-tuning runs from the registry", options=[Opt("limit", int, metavar="N")]),
     Command("runs show", "one run with its manifest", ["run_id"]),
+    Command("jobs", "jobs of this kernel with their progress"),
+    Command("job cancel", "stop a job at its next step", ["job_id"]),
+    Command("job wait", "wait for a job to end and show its result", ["job_id"]),
     Command("seed", "seed Python, NumPy and torch; deterministic algorithms on", ["n"]),
 ]}
 
-GROUPS = {"data", "runs"}
+GROUPS = {"data", "runs", "job"}

@@ -55,10 +55,10 @@ class LLMMagics(Magics):
         if head in GROUPS and len(words) > 1 and f"{head} {words[1]}" in COMMANDS:
             rest = line.split(None, 2)[2] if len(words) > 2 else ""
             return COMMANDS[f"{head} {words[1]}"], rest
-        if head == "data":
+        if head in ("data", "job"):
             sub = words[1] if len(words) > 1 else ""
-            raise unknown("data subcommand", sub, [c.split()[1] for c in COMMANDS if c.startswith("data ")],
-                          "see `%llm help data`")
+            raise unknown(f"{head} subcommand", sub, [c.split()[1] for c in COMMANDS if c.startswith(head + " ")],
+                          f"see `%llm help {head}`")
         if head in COMMANDS:
             return COMMANDS[head], line.split(None, 1)[1] if len(words) > 1 else ""
         raise unknown("subcommand", head, [c for c in COMMANDS if " " not in c] + ["data"], "see `%llm help`")
@@ -80,8 +80,8 @@ class LLMMagics(Magics):
 
         sub = p.get("subcommand")
         if sub:
-            if sub == "data":
-                cmds = [c for n, c in COMMANDS.items() if n.startswith("data ")]
+            if sub in ("data", "job"):
+                cmds = [c for n, c in COMMANDS.items() if n.startswith(sub + " ")]
             elif sub in COMMANDS:
                 cmds = [COMMANDS[sub]]
             else:
@@ -243,7 +243,22 @@ class LLMMagics(Magics):
         for k in ("lora_r", "lora_alpha", "lora_dropout"):
             if p[k] is not None:
                 kw[k] = p[k]
-        return api.finetune(p["alias"], p["dataset"], progress=not p["no_progress"], **kw)
+        return api.finetune(p["alias"], p["dataset"], progress=not p["no_progress"], background=p["background"], **kw)
+
+    def do_jobs(self, p):
+        from .. import api
+
+        return api.jobs()
+
+    def do_job_cancel(self, p):
+        from .. import api
+
+        return api.cancel(p["job_id"])
+
+    def do_job_wait(self, p):
+        from .. import api
+
+        return api.job_wait(p["job_id"])
 
     def do_eval(self, p):
         from .. import api

@@ -63,3 +63,146 @@ def keep_output_parent(fn):
         return fn(*args, **kwargs)
 
     return wrapper
+
+
+# ----------------------------------------------------------------------------- jobs
+import itertools  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from typing import Callable  # noqa: E402
+
+_ids = itertools.count(1)
+
+
+@dataclass
+class Job:
+    """One unit of long work (a fine-tune, an evaluation) with live progress.
+
+    ``state``: ``queued → running → done | failed | cancelled | interrupted``. ``progress`` is
+    0..1; ``eta_s`` and ``samples_per_s`` come from the training loop.
+    """
+
+    kind: str
+    target: str
+    device: str = "cpu"
+    id: str = field(default_factory=lambda: f"job-{next(_ids)}")
+    state: str = "queued"
+    progress: float = 0.0
+    step: int = 0
+    total_steps: int = 0
+    loss: float | None = None
+    samples_per_s: float | None = None
+    eta_s: float | None = None
+    result: object = None
+    error: str | None = None
+    created: float = field(default_factory=time.time)
+    finished: float | None = None
+    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+    _done: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    def cancel(self) -> None:
+        """Ask the job to stop at its next step boundary (a queued job never starts)."""
+        self._stop.set()
+
+    def should_stop(self) -> bool:
+        return self._stop.is_set()
+
+    def wait(self, timeout: float | None = None):
+        """Block until the job ends; returns its result (re-raises nothing: see ``error``)."""
+        self._done.wait(timeout)
+        return self.result
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def summary(self) -> dict:
+        """JSON-safe view for ``%llm jobs`` and the side panel."""
+        return {"id": self.id, "kind": self.kind, "target": self.target, "device": self.device,
+                "state": self.state, "progress": self.progress, "step": self.step,
+                "total_steps": self.total_steps, "loss": self.loss, "samples_per_s": self.samples_per_s,
+                "eta_s": self.eta_s, "error": self.error, "created": self.created, "finished": self.finished}
+
+
+class JobScheduler:
+    """Runs jobs: at most one training job per device at a time, the rest queued in order.
+
+    Foreground jobs run in the calling thread (:meth:`run_here`) but still hold their device's
+    slot, so a background job on the same device waits for them. Background jobs run in a
+    daemon thread that keeps the starting cell as its output parent.
+
+    Args:
+        emit: ``emit(type, **fields)`` — the manager's event bus.
+    """
+
+    def __init__(self, emit: Callable[..., dict]):
+        self._emit = emit
+        self._lock = threading.Lock()
+        self._slots: dict[str, threading.Lock] = {}
+        self.jobs: dict[str, Job] = {}
+
+    def _slot(self, device: str) -> threading.Lock:
+        with self._lock:
+            return self._slots.setdefault(device, threading.Lock())
+
+    def update(self, job: Job, **fields) -> None:
+        """Set progress fields and emit one ``job`` event."""
+        for k, v in fields.items():
+            setattr(job, k, v)
+        self._emit("job", **job.summary())
+
+    def _execute(self, job: Job, fn: Callable[[Job], object]) -> None:
+        slot = self._slot(job.device)
+        with slot:
+            if job.should_stop():
+                self.update(job, state="cancelled", finished=time.time())
+                job._done.set()
+                return
+            self.update(job, state="running")
+            try:
+                job.result = fn(job)
+                res = job.result
+                status = res.get("status") if isinstance(res, dict) else getattr(res, "status", None)
+                state = status if status in ("failed", "cancelled", "interrupted") else "done"
+                if job.should_stop() and state == "done":
+                    state = "cancelled"
+                self.update(job, state=state, finished=time.time(),
+                            progress=1.0 if state == "done" else job.progress)
+            except BaseException as e:  # recorded on the job; the caller decides what to show
+                job.error = str(e).splitlines()[0] if str(e) else type(e).__name__
+                self.update(job, state="interrupted" if isinstance(e, KeyboardInterrupt) else "failed",
+                            finished=time.time())
+                if job._raise_in_caller:
+                    job._exc = e
+            finally:
+                job._done.set()
+
+    def run_here(self, job: Job, fn: Callable[[Job], object]):
+        """Run ``fn(job)`` now, in this thread, holding the device slot; re-raise its error."""
+        job._raise_in_caller = True
+        job._exc = None
+        self.jobs[job.id] = job
+        self._emit("job", **job.summary())
+        self._execute(job, fn)
+        if job._exc is not None:
+            raise job._exc
+        return job.result
+
+    def submit(self, job: Job, fn: Callable[[Job], object]) -> Job:
+        """Queue ``fn(job)`` to run in a background thread; returns the job at once."""
+        job._raise_in_caller = False
+        self.jobs[job.id] = job
+        self._emit("job", **job.summary())
+        worker = threading.Thread(target=keep_output_parent(lambda: self._execute(job, fn)),
+                                  daemon=True, name=f"llmos-{job.id}")
+        worker.start()
+        return job
+
+    def get(self, job_id: str) -> Job:
+        from ..errors import unknown
+
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise unknown("job", job_id, list(self.jobs), "`%llm jobs` lists them")
+        return job
