@@ -4,7 +4,10 @@
 running in a kernel). It imports neither torch nor transformers: those load on first use.
 The Python API is :mod:`llmos_jupyter.api`.
 """
-from ._version import __version__
+try:
+    from ._version import __version__  # written by the build from labextension/package.json
+except ImportError:  # a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = ["__version__", "load_ipython_extension", "unload_ipython_extension"]
 

@@ -629,7 +629,7 @@ def doctor() -> Table:
     import platform
 
     from . import pull as pull_mod
-    from ._version import __version__
+    from . import __version__
 
     rows = [["llmos-jupyter", __version__], ["python", platform.python_version()]]
     for pkg in ("torch", "transformers", "datasets", "peft", "accelerate", "safetensors", "gguf", "triton",

@@ -1,0 +1,75 @@
+/**
+ * Number formatting for the panel: sizes in binary units (KiB, MiB, GiB: 1 GiB = 2^30 bytes,
+ * as `torch.cuda.memory_allocated` and NVML count), durations, percentages.
+ */
+
+const UNITS = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+
+/** `formatBytes(1536) === '1.5 KiB'`; null or negative gives an em dash. */
+export function formatBytes(n: number | null | undefined): string {
+  if (n === null || n === undefined || !Number.isFinite(n) || n < 0) {
+    return '—';
+  }
+  let value = n;
+  let unit = 0;
+  while (value >= 1024 && unit < UNITS.length - 1) {
+    value /= 1024;
+    unit++;
+  }
+  const digits = unit === 0 || value >= 100 ? 0 : value >= 10 ? 1 : 2;
+  return `${value.toFixed(digits)} ${UNITS[unit]}`;
+}
+
+/** Bytes per device as `cpu 1.2 GiB · cuda:0 3.0 GiB`, largest first. */
+export function formatDeviceBytes(bytes: Record<string, number>): string {
+  const entries = Object.entries(bytes).filter(([, n]) => n > 0);
+  if (entries.length === 0) {
+    return '—';
+  }
+  entries.sort((a, b) => b[1] - a[1]);
+  return entries.map(([d, n]) => `${d} ${formatBytes(n)}`).join(' · ');
+}
+
+export function totalBytes(bytes: Record<string, number>): number {
+  return Object.values(bytes).reduce((a, b) => a + b, 0);
+}
+
+/** Seconds as `42s`, `3m 05s`, `2h 07m`. */
+export function formatDuration(s: number | null | undefined): string {
+  if (s === null || s === undefined || !Number.isFinite(s) || s < 0) {
+    return '—';
+  }
+  const total = Math.round(s);
+  if (total < 60) {
+    return `${total}s`;
+  }
+  const m = Math.floor(total / 60);
+  if (m < 60) {
+    return `${m}m ${String(total % 60).padStart(2, '0')}s`;
+  }
+  return `${Math.floor(m / 60)}h ${String(m % 60).padStart(2, '0')}m`;
+}
+
+/** 0..100 as `42%`. */
+export function formatPercent(p: number | null | undefined): string {
+  if (p === null || p === undefined || !Number.isFinite(p)) {
+    return '—';
+  }
+  return `${Math.round(p)}%`;
+}
+
+/** A loss or a rate: 4 significant digits. */
+export function formatNumber(x: number | null | undefined, digits = 4): string {
+  if (x === null || x === undefined || !Number.isFinite(x)) {
+    return '—';
+  }
+  return Number(x.toPrecision(digits)).toString();
+}
+
+/** Share of `used` in `total` as 0..100, or null. */
+export function share(used: number | null, total: number | null): number | null {
+  if (used === null || total === null || total <= 0) {
+    return null;
+  }
+  return Math.min(Math.max((100 * used) / total, 0), 100);
+}

@@ -1,0 +1,281 @@
+/**
+ * The side-panel protocol (comm target `llmos`), panel side.
+ *
+ * Mirrors `llmos_jupyter/comm.py`: the kernel sends `state`, `hardware`, `ack` and `error`
+ * messages; the panel sends `action` messages. Everything that arrives is checked here and
+ * turned into well-typed values, so a bad message can never break the panel.
+ */
+
+export const COMM_TARGET = 'llmos';
+export const PROTOCOL_VERSION = 1;
+
+export type ModelState = 'loading' | 'ready' | 'offloaded' | 'error' | string;
+export type JobState =
+  | 'queued'
+  | 'running'
+  | 'done'
+  | 'failed'
+  | 'cancelled'
+  | 'interrupted'
+  | string;
+
+export interface IModelInfo {
+  alias: string;
+  task: string;
+  source: string;
+  dtype: string;
+  device: string;
+  params: number | null;
+  estimatedBytes: number | null;
+  /** Measured bytes per device, e.g. `{cpu: 1024, "cuda:0": 2048}`. */
+  bytes: Record<string, number>;
+  state: ModelState;
+  pinned: boolean;
+}
+
+export interface IJobInfo {
+  /** The job id as the panel sends it back (`String(id)`). */
+  id: string;
+  kind: string;
+  target: string;
+  state: JobState;
+  /** 0..1 */
+  progress: number;
+  step: number | null;
+  totalSteps: number | null;
+  loss: number | null;
+  samplesPerS: number | null;
+  etaS: number | null;
+}
+
+export interface IDatasetInfo {
+  name: string;
+  version: string;
+  rows: number | null;
+  fingerprint: string;
+}
+
+export interface IGpuInfo {
+  index: number;
+  name: string;
+  util: number | null;
+  memUsed: number | null;
+  memTotal: number | null;
+  temperature: number | null;
+  powerW: number | null;
+}
+
+export interface IHardwareInfo {
+  cpuPercent: number | null;
+  ramUsed: number | null;
+  ramTotal: number | null;
+  /** Resident memory of the kernel process itself (bytes). */
+  processRss: number | null;
+  gpus: IGpuInfo[];
+  error: string;
+}
+
+export interface IStateMessage {
+  type: 'state';
+  seq: number;
+  models: IModelInfo[];
+  jobs: IJobInfo[];
+  datasets: IDatasetInfo[];
+  hardware: IHardwareInfo | null;
+}
+
+export interface IHardwareMessage {
+  type: 'hardware';
+  seq: number;
+  hardware: IHardwareInfo;
+}
+
+export interface IReplyMessage {
+  type: 'ack' | 'error';
+  message: string;
+  action: string;
+  target: string;
+  id: string | null;
+}
+
+export type KernelMessage = IStateMessage | IHardwareMessage | IReplyMessage;
+
+export type ActionName = 'unload' | 'cancel' | 'refresh';
+
+export interface IActionMessage {
+  type: 'action';
+  action: ActionName;
+  target: string;
+  id: string;
+}
+
+type Dict = Record<string, unknown>;
+
+function isDict(value: unknown): value is Dict {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+function num(value: unknown): number | null {
+  return typeof value === 'number' && Number.isFinite(value) ? value : null;
+}
+
+function str(value: unknown, fallback = ''): string {
+  if (typeof value === 'string') {
+    return value;
+  }
+  if (typeof value === 'number' && Number.isFinite(value)) {
+    return String(value);
+  }
+  return fallback;
+}
+
+function list(value: unknown): unknown[] {
+  return Array.isArray(value) ? value : [];
+}
+
+function bytesPerDevice(value: unknown): Record<string, number> {
+  const out: Record<string, number> = {};
+  if (isDict(value)) {
+    for (const [device, n] of Object.entries(value)) {
+      const v = num(n);
+      if (v !== null) {
+        out[device] = v;
+      }
+    }
+  }
+  return out;
+}
+
+export function parseModel(value: unknown): IModelInfo | null {
+  if (!isDict(value) || !str(value.alias)) {
+    return null;
+  }
+  return {
+    alias: str(value.alias),
+    task: str(value.task),
+    source: str(value.source),
+    dtype: str(value.dtype),
+    device: str(value.device),
+    params: num(value.params),
+    estimatedBytes: num(value.estimated_bytes),
+    bytes: bytesPerDevice(value.bytes),
+    state: str(value.state, 'unknown'),
+    pinned: value.pinned === true
+  };
+}
+
+export function parseJob(value: unknown): IJobInfo | null {
+  if (!isDict(value) || str(value.id) === '') {
+    return null;
+  }
+  const progress = num(value.progress);
+  return {
+    id: str(value.id),
+    kind: str(value.kind),
+    target: str(value.target),
+    state: str(value.state, 'unknown'),
+    progress: progress === null ? 0 : Math.min(Math.max(progress, 0), 1),
+    step: num(value.step),
+    totalSteps: num(value.total_steps),
+    loss: num(value.loss),
+    samplesPerS: num(value.samples_per_s),
+    etaS: num(value.eta_s)
+  };
+}
+
+export function parseDataset(value: unknown): IDatasetInfo | null {
+  if (!isDict(value) || !str(value.name)) {
+    return null;
+  }
+  return {
+    name: str(value.name),
+    version: str(value.version),
+    rows: num(value.rows),
+    fingerprint: str(value.fingerprint)
+  };
+}
+
+export function parseHardware(value: unknown): IHardwareInfo | null {
+  if (!isDict(value)) {
+    return null;
+  }
+  const gpus: IGpuInfo[] = [];
+  list(value.gpus).forEach((g, i) => {
+    if (isDict(g)) {
+      gpus.push({
+        index: num(g.index) ?? i,
+        name: str(g.name, `GPU ${i}`),
+        util: num(g.util),
+        memUsed: num(g.mem_used),
+        memTotal: num(g.mem_total),
+        temperature: num(g.temperature),
+        powerW: num(g.power_w)
+      });
+    }
+  });
+  return {
+    cpuPercent: num(value.cpu_percent),
+    ramUsed: num(value.ram_used),
+    ramTotal: num(value.ram_total),
+    processRss: num(value.process_rss),
+    gpus,
+    error: str(value.error)
+  };
+}
+
+function parsed<T>(items: unknown, parse: (v: unknown) => T | null): T[] {
+  const out: T[] = [];
+  for (const item of list(items)) {
+    const v = parse(item);
+    if (v !== null) {
+      out.push(v);
+    }
+  }
+  return out;
+}
+
+/**
+ * Check one comm message from the kernel; return null for anything that is not a protocol
+ * message of a version this panel understands.
+ */
+export function parseKernelMessage(data: unknown): KernelMessage | null {
+  if (!isDict(data) || data.version !== PROTOCOL_VERSION) {
+    return null;
+  }
+  const seq = num(data.seq) ?? 0;
+  switch (data.type) {
+    case 'state':
+      return {
+        type: 'state',
+        seq,
+        models: parsed(data.models, parseModel),
+        jobs: parsed(data.jobs, parseJob),
+        datasets: parsed(data.datasets, parseDataset),
+        hardware: parseHardware(data.hardware)
+      };
+    case 'hardware': {
+      const hardware = parseHardware(data.hardware);
+      return hardware ? { type: 'hardware', seq, hardware } : null;
+    }
+    case 'ack':
+    case 'error':
+      return {
+        type: data.type,
+        message: str(data.message),
+        action: str(data.action),
+        target: str(data.target),
+        id: data.id === null || data.id === undefined ? null : str(data.id)
+      };
+    default:
+      return null;
+  }
+}
+
+/** Build an action message for the kernel. */
+export function actionMessage(
+  action: ActionName,
+  target: string,
+  id: string
+): IActionMessage {
+  return { type: 'action', action, target, id };
+}
