@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 # multi-GB CUDA build. On a CUDA machine install the torch you want first, then `make install`.
 TORCH  ?= torch==2.13.0
 
-.PHONY: install main test test-python test-ui
+.PHONY: install main test test-python test-js test-ui
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,4 +25,12 @@ main: install
 test-python: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
-test: test-python
+# front-end unit tests (jest) for the side panel's state model
+test-js:
+	cd labextension && ([ -d node_modules/jest ] || npm ci --no-audit --no-fund --loglevel=error) && npm test
+
+# browser test of the side panel (galata + Debian's Chromium; installs chromium with apt if missing)
+test-ui: install
+	PYTHON=$(CURDIR)/$(BIN)/python bash labextension/ui-tests/run.sh
+
+test: test-python test-js test-ui
