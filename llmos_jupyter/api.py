@@ -543,26 +543,18 @@ def finetune(alias: str, dataset: str, *, epochs: int = 1, lr: float = 5e-5, bat
     job = Job(kind="finetune", target=alias, device=rec.device or "cpu")
 
     def work(job):
-        reg = registry()
-        run_id = reg.start("finetune", model=alias, dataset=f"{dv.name}@v{dv.version}", config=asdict(cfg),
-                           seed=seed, data_fingerprint=dv.fingerprint)
-        t0 = time.perf_counter()
-        try:
+        with registry().track("finetune", alias, f"{dv.name}@v{dv.version}", asdict(cfg), seed,
+                              dv.fingerprint) as run:
             with m.use(alias) as held:
                 result = _finetune(held.model, held.tokenizer, train, ev, text_column=dv.text_column,
                                    label_column=dv.label_column, config=cfg, callback=_JobProgress(job, view),
-                                   run_dir=paths.sub("checkpoints", run_id), should_stop=job.should_stop)
+                                   run_dir=registry().run_dir(run.id), should_stop=job.should_stop, run_id=run.id)
                 if getattr(result, "model", None) is not None and result.model is not held.model:
-                    held.model = result.model
+                    held.model = result.model  # LoRA wraps the model
                 from .resources.memory import module_bytes
 
                 held.bytes = module_bytes(held.model)
-        except BaseException:
-            reg.finish(run_id, "failed", {}, time.perf_counter() - t0, None, None)
-            raise
-        reg.finish(run_id, result.status, result.metrics or {}, result.wall_s,
-                   str(result.checkpoint) if result.checkpoint else None, result.checkpoint_sha256)
-        return reg.get(run_id)
+            return run.finish_from(result)
 
     if background:
         return scheduler().submit(job, work)

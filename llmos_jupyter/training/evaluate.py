@@ -1,0 +1,264 @@
+"""Evaluate a sequence classifier on a labelled dataset: accuracy, macro-F1, per-class
+precision/recall/F1, confusion matrix and the most confident mistakes.
+
+>>> r = evaluate(model, tokenizer, ds, text_column="text", label_column="label")  # doctest: +SKIP
+>>> r.accuracy, r.macro_f1                                                         # doctest: +SKIP
+
+Definitions (the same as scikit-learn's ``classification_report`` with ``zero_division=0``,
+https://scikit-learn.org/stable/modules/model_evaluation.html#precision-recall-f-measure-metrics):
+for class c with true positives TP_c, false positives FP_c and false negatives FN_c,
+precision_c = TP_c / (TP_c + FP_c), recall_c = TP_c / (TP_c + FN_c),
+F1_c = 2·precision_c·recall_c / (precision_c + recall_c), each 0 when its denominator is 0.
+macro_f1 = unweighted mean of F1_c over the classes that occur in the true labels or the
+predictions (sklearn's ``f1_score(average="macro")``); accuracy = correct / rows.
+"""
+from __future__ import annotations
+
+import html
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from .batching import as_text, check_columns, collate, pad_id_for, read_labels, tokenize_column
+
+
+@dataclass
+class EvalResult:
+    """What :func:`evaluate` measured. Numbers are plain Python floats/ints (JSON-safe).
+
+    Attributes:
+        accuracy: correct / n, in [0, 1].
+        macro_f1: mean per-class F1 over classes present in labels or predictions, in [0, 1].
+        loss: mean cross-entropy (nats per row) of the logits against the labels.
+        n: rows evaluated.
+        label_names: class names, index = class id.
+        per_class: one dict per class: label, precision, recall, f1, support (true rows).
+        confusion: ``(C, C)`` counts, rows = true class, columns = predicted class.
+        worst: up to ``worst_k`` misclassified rows, most confident first: row (index in the
+            dataset), text, label, predicted, confidence (softmax probability of the prediction).
+        predictions: ``(n,)`` predicted class ids.
+        logits: ``(n, C)`` float32 logits, in dataset order.
+        wall_s: seconds spent, tokenisation included.
+    """
+
+    accuracy: float
+    macro_f1: float
+    loss: float
+    n: int
+    label_names: list[str]
+    per_class: list[dict[str, Any]]
+    confusion: list[list[int]]
+    worst: list[dict[str, Any]]
+    predictions: np.ndarray = field(repr=False)
+    logits: np.ndarray = field(repr=False)
+    wall_s: float = 0.0
+
+    def to_metrics(self) -> dict[str, Any]:
+        """Headline numbers for registries and manifests: accuracy, macro_f1, loss, n."""
+        return {"accuracy": self.accuracy, "macro_f1": self.macro_f1, "loss": self.loss, "n": self.n}
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything except the arrays, JSON-serialisable."""
+        d = self.to_metrics()
+        d.update(label_names=self.label_names, per_class=self.per_class, confusion=self.confusion, worst=self.worst, wall_s=self.wall_s)
+        return d
+
+    # ------------------------------------------------------------------ rendering
+    def __str__(self) -> str:
+        w = max([len(n) for n in self.label_names] + [5])
+        lines = [f"accuracy {self.accuracy:.4f} · macro_f1 {self.macro_f1:.4f} · loss {self.loss:.4f} · n {self.n}"]
+        lines.append(f"{'class':<{w}}  precision  recall     f1  support")
+        for r in self.per_class:
+            lines.append(f"{r['label']:<{w}}  {r['precision']:9.4f}  {r['recall']:6.4f}  {r['f1']:.4f}  {r['support']:7d}")
+        lines.append("confusion (rows = true, columns = predicted):")
+        for name, row in zip(self.label_names, self.confusion):
+            lines.append(f"{name:<{w}}  " + " ".join(f"{c:6d}" for c in row))
+        if self.worst:
+            lines.append("most confident mistakes:")
+            for r in self.worst:
+                t = r["text"] if len(r["text"]) <= 70 else r["text"][:67] + "..."
+                lines.append(f"  row {r['row']}: {r['label']} -> {r['predicted']} ({r['confidence']:.3f}) {t!r}")
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        e = html.escape
+        head = (
+            f"<p><b>accuracy</b> {self.accuracy:.4f} &middot; <b>macro_f1</b> {self.macro_f1:.4f} "
+            f"&middot; <b>loss</b> {self.loss:.4f} &middot; <b>n</b> {self.n}</p>"
+        )
+        rows = "".join(
+            f"<tr><td>{e(r['label'])}</td><td>{r['precision']:.4f}</td><td>{r['recall']:.4f}</td>"
+            f"<td>{r['f1']:.4f}</td><td>{r['support']}</td></tr>"
+            for r in self.per_class
+        )
+        per = f"<table><thead><tr><th>class</th><th>precision</th><th>recall</th><th>f1</th><th>support</th></tr></thead><tbody>{rows}</tbody></table>"
+        cm_head = "".join(f"<th>{e(n)}</th>" for n in self.label_names)
+        cm_rows = "".join(
+            f"<tr><th>{e(n)}</th>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for n, row in zip(self.label_names, self.confusion)
+        )
+        cm = f"<table><caption>confusion: rows = true, columns = predicted</caption><thead><tr><th></th>{cm_head}</tr></thead><tbody>{cm_rows}</tbody></table>"
+        worst = ""
+        if self.worst:
+            wr = "".join(
+                f"<tr><td>{r['row']}</td><td>{e(r['label'])}</td><td>{e(r['predicted'])}</td><td>{r['confidence']:.3f}</td>"
+                f"<td style='text-align:left'>{e(r['text'][:300])}</td></tr>"
+                for r in self.worst
+            )
+            worst = f"<table><caption>most confident mistakes</caption><thead><tr><th>row</th><th>true</th><th>predicted</th><th>confidence</th><th>text</th></tr></thead><tbody>{wr}</tbody></table>"
+        return f"<div class='llmos-eval'>{head}{per}{cm}{worst}</div>"
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
+        return {"text/plain": str(self), "text/html": self._repr_html_()}
+
+
+def classification_metrics(labels: Sequence[int], predictions: Sequence[int], num_classes: int) -> dict[str, Any]:
+    """Accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix.
+
+    Args:
+        labels: ``(n,)`` true class ids in 0..num_classes-1.
+        predictions: ``(n,)`` predicted class ids.
+        num_classes: C.
+
+    Returns:
+        dict with ``accuracy``, ``macro_f1``, ``precision``, ``recall``, ``f1``, ``support``
+        (each ``(C,)`` lists) and ``confusion`` (``(C, C)``, rows = true). Definitions in the
+        module docstring.
+    """
+    y = np.asarray(labels, dtype=np.int64)
+    p = np.asarray(predictions, dtype=np.int64)
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(cm, (y, p), 1)
+    tp = np.diag(cm).astype(np.float64)
+    pred_count = cm.sum(axis=0).astype(np.float64)  # TP + FP
+    true_count = cm.sum(axis=1).astype(np.float64)  # TP + FN (support)
+    precision = np.divide(tp, pred_count, out=np.zeros_like(tp), where=pred_count > 0)
+    recall = np.divide(tp, true_count, out=np.zeros_like(tp), where=true_count > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
+    present = (pred_count > 0) | (true_count > 0)
+    return {
+        "accuracy": float((y == p).mean()) if len(y) else 0.0,
+        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+        "precision": precision.tolist(),
+        "recall": recall.tolist(),
+        "f1": f1.tolist(),
+        "support": true_count.astype(int).tolist(),
+        "confusion": cm.tolist(),
+    }
+
+
+def predict_logits(model: Any, tok: Any, *, batch_size: int, pad_id: int) -> np.ndarray:
+    """Logits ``(n, C)`` float32 for every row of the tokenised column ``tok``, in row order.
+
+    Rows are run longest-first in batches of ``batch_size`` padded to their own longest row,
+    under ``torch.inference_mode()``; the model is left in eval mode.
+    """
+    import torch
+
+    model.eval()
+    device = next(model.parameters()).device
+    order = np.argsort(-tok.lengths, kind="stable")
+    out: Optional[np.ndarray] = None
+    with torch.inference_mode():
+        for s in range(0, len(order), batch_size):
+            rows = order[s : s + batch_size]
+            b = collate(tok, rows, pad_id)
+            logits = model(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device)).logits  # (B, C)
+            logits = logits.float().cpu().numpy()
+            if out is None:
+                out = np.empty((len(order), logits.shape[-1]), dtype=np.float32)
+            out[rows] = logits
+    assert out is not None
+    return out
+
+
+def evaluate(
+    model: Any,
+    tokenizer: Any,
+    ds: Any,
+    *,
+    text_column: str = "text",
+    label_column: str = "label",
+    batch_size: int = 64,
+    max_length: int = 128,
+    label_names: Optional[Sequence[str]] = None,
+    worst_k: int = 10,
+) -> EvalResult:
+    """Run a sequence classifier over ``ds`` and score it against ``ds[label_column]``.
+
+    Args:
+        model: a transformers (or peft) sequence-classification model; its forward returns
+            ``.logits`` of shape ``(B, C)``. Left in eval mode.
+        tokenizer: the model's tokenizer.
+        ds: a ``datasets.Dataset``; its label column holds class ids 0..C-1 matching
+            ``model.config.label2id``.
+        text_column, label_column: column names (defaults "text", "label").
+        batch_size: rows per forward pass (default 64).
+        max_length: tokens kept per row, special tokens included (default 128).
+        label_names: class names by id (default: ``model.config.id2label``).
+        worst_k: how many misclassified rows to keep, most confident first (default 10).
+
+    Returns:
+        :class:`EvalResult`. Prediction = argmax over the class dimension (-1) of the logits.
+        Definitions of the metrics: module docstring.
+
+    Raises:
+        NotFoundError: unknown column. UsageError: empty dataset, labels outside 0..C-1,
+        ``label_names`` of the wrong length, or a model whose output has no class dimension.
+    """
+    from ..errors import UsageError
+
+    t0 = time.perf_counter()
+    check_columns(ds, [text_column, label_column], "eval dataset")
+    num_labels = int(getattr(model.config, "num_labels", 0) or 0)
+    if label_names is None:
+        id2label = getattr(model.config, "id2label", None) or {}
+        label_names = [str(id2label.get(i, id2label.get(str(i), i))) for i in range(num_labels)]
+    label_names = [str(n) for n in label_names]
+    if num_labels and len(label_names) != num_labels:
+        raise UsageError(f"label_names has {len(label_names)} names but the model has {num_labels} classes; pass {num_labels} names or none")
+    C = len(label_names)
+    if C < 1:
+        raise UsageError("the model has no classification labels (config.num_labels is 0); load it for seq-cls with num_labels=")
+    labels = read_labels(ds, label_column, C, "eval dataset")
+    tok = tokenize_column(tokenizer, ds, text_column, max_length)
+    logits = predict_logits(model, tok, batch_size=batch_size, pad_id=pad_id_for(tokenizer, model.config))
+    if logits.shape[-1] != C:
+        raise UsageError(f"the model returns {logits.shape[-1]} logits per row but has {C} labels; reload it with num_labels={C}")
+    preds = logits.argmax(axis=-1)  # (n,) over the class dimension
+    # log-softmax in float64 for the loss and the confidences
+    z = logits.astype(np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+    loss = float(-logp[np.arange(len(labels)), labels].mean())
+    m = classification_metrics(labels, preds, C)
+    per_class = [
+        {"label": label_names[c], "precision": m["precision"][c], "recall": m["recall"][c], "f1": m["f1"][c], "support": m["support"][c]}
+        for c in range(C)
+    ]
+    wrong = np.nonzero(preds != labels)[0]
+    conf = np.exp(logp[np.arange(len(preds)), preds])  # softmax probability of the prediction
+    worst_rows = wrong[np.argsort(-conf[wrong], kind="stable")][: max(0, worst_k)]
+    worst = []
+    if len(worst_rows):
+        texts = ds.select([int(i) for i in worst_rows])[text_column]
+        for i, text in zip(worst_rows, texts):
+            worst.append(
+                {"row": int(i), "text": as_text(text), "label": label_names[labels[i]], "predicted": label_names[preds[i]], "confidence": float(conf[i])}
+            )
+    return EvalResult(
+        accuracy=m["accuracy"],
+        macro_f1=m["macro_f1"],
+        loss=loss if math.isfinite(loss) else float("nan"),
+        n=int(len(labels)),
+        label_names=label_names,
+        per_class=per_class,
+        confusion=m["confusion"],
+        worst=worst,
+        predictions=preds,
+        logits=logits,
+        wall_s=time.perf_counter() - t0,
+    )

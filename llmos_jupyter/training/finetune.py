@@ -1,0 +1,682 @@
+"""Fine-tune a sequence classifier (full or LoRA) on a ``datasets.Dataset``, on CPU or GPU.
+
+One function, :func:`finetune`, with the whole loop in view: tokenise once (cached), seeded
+length-grouped batches padded per batch, AdamW with linear warmup/decay, gradient clipping,
+periodic evaluation, cancel at step boundaries, and a safetensors checkpoint written atomically.
+
+Reproducibility (shared/cases/repro.md, C09): the run seeds every RNG at its start and
+re-initialises a classification head that no run has trained yet from the run seed, so the result
+depends on (starting weights, data, config) only — not on what the RNGs did before the call.
+
+LoRA (shared/cases/lora.md, C05): adapters come from peft with ``task_type=SEQ_CLS``, which
+puts the head (``classifier`` / ``score``) in ``modules_to_save``: it is trained and saved in
+``adapter_model.safetensors`` next to the adapters.
+
+Run it::
+
+    from llmos_jupyter.training import FinetuneConfig, finetune
+    res = finetune(model, tok, train_ds, eval_ds, text_column="text", label_column="label",
+                   config=FinetuneConfig(epochs=1), run_dir="runs/demo")
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+
+from ..errors import UsageError
+from .batching import check_columns, collate, length_grouped_batches, pad_id_for, read_labels, tokenize_column
+from .config import FinetuneConfig
+from .evaluate import EvalResult, evaluate
+from .seed import deterministic_mode, seed_everything
+
+STATUSES = ("completed", "interrupted", "failed")
+# Top-level module names of classification heads in transformers (BERT/RoBERTa/DeBERTa "classifier",
+# DistilBERT "pre_classifier", Llama/Qwen/GPT-2 "score"); used when a model carries no load record.
+HEAD_MODULES = ("classifier", "pre_classifier", "score")
+TRAINER_STATE = "trainer_state.json"
+
+
+@dataclass
+class FinetuneResult:
+    """What one :func:`finetune` call did.
+
+    Attributes:
+        status: "completed" or "interrupted" (stopped at a step boundary by ``should_stop`` or
+            Ctrl-C / KeyboardInterrupt).
+        steps: optimizer steps taken; total_steps: steps planned.
+        epochs: epochs done, fractional (steps / steps per epoch).
+        train_loss: mean training cross-entropy (nats per row) of each optimizer step.
+        samples_per_s: training rows per second of training-loop time (evaluation excluded).
+        tokens_per_s: real (non-pad) training tokens per second; padded_fraction: share of the
+            positions run through the model that were padding.
+        wall_s: seconds for the whole call (tokenising, evaluation and saving included).
+        peak_rss_bytes: largest resident set size of the process seen during the run (psutil).
+        peak_device_bytes: ``torch.cuda.max_memory_allocated`` on a CUDA model, else None.
+        metrics: the final evaluation's headline numbers (accuracy, macro_f1, loss, n), {} without
+            an eval set; eval: the final :class:`EvalResult`; eval_history: one dict per evaluation
+            (step, epoch and the metrics).
+        checkpoint: the checkpoint directory (``run_dir/checkpoint``) or None without ``run_dir``;
+            checkpoint_sha256: sha256 of its weights file (``model.safetensors``, or
+            ``adapter_model.safetensors`` for LoRA).
+        head_reinitialized: parameter names re-initialised from the seed before training.
+        trainable_params / total_params: parameter counts.
+        model: the trained model (for LoRA the ``peft.PeftModel`` wrapping the given model).
+    """
+
+    status: str
+    steps: int
+    total_steps: int
+    epochs: float
+    train_loss: list[float]
+    samples_per_s: float
+    tokens_per_s: float
+    padded_fraction: float
+    wall_s: float
+    peak_rss_bytes: int
+    peak_device_bytes: Optional[int]
+    metrics: dict[str, Any]
+    eval: Optional[EvalResult]
+    eval_history: list[dict[str, Any]]
+    checkpoint: Optional[Path]
+    checkpoint_sha256: Optional[str]
+    config: FinetuneConfig
+    data_fingerprint: Optional[str]
+    run_id: Optional[str]
+    head_reinitialized: list[str]
+    trainable_params: int
+    total_params: int
+    model: Any = field(default=None, repr=False)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-serialisable summary (no model, no arrays)."""
+        return {
+            "status": self.status,
+            "steps": self.steps,
+            "total_steps": self.total_steps,
+            "epochs": self.epochs,
+            "final_train_loss": self.train_loss[-1] if self.train_loss else None,
+            "samples_per_s": self.samples_per_s,
+            "tokens_per_s": self.tokens_per_s,
+            "padded_fraction": self.padded_fraction,
+            "wall_s": self.wall_s,
+            "peak_rss_bytes": self.peak_rss_bytes,
+            "peak_device_bytes": self.peak_device_bytes,
+            "metrics": self.metrics,
+            "checkpoint": str(self.checkpoint) if self.checkpoint else None,
+            "checkpoint_sha256": self.checkpoint_sha256,
+            "method": self.config.method,
+            "trainable_params": self.trainable_params,
+            "total_params": self.total_params,
+        }
+
+    def __str__(self) -> str:
+        s = self.summary()
+        loss = f"{s['final_train_loss']:.4f}" if s["final_train_loss"] is not None else "-"
+        lines = [
+            f"fine-tune {self.status}: {self.steps}/{self.total_steps} steps, {self.epochs:.2f} epochs, "
+            f"train loss {loss}, {self.samples_per_s:.1f} samples/s, {self.wall_s:.1f} s"
+        ]
+        if self.metrics:
+            lines.append("eval: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in self.metrics.items()))
+        if self.checkpoint:
+            lines.append(f"checkpoint: {self.checkpoint} (sha256 {self.checkpoint_sha256[:12]}…)")
+        return "\n".join(lines)
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
+        import html
+
+        rows = "".join(
+            f"<tr><th style='text-align:left'>{html.escape(k)}</th><td style='text-align:left'>{html.escape(_fmt(v))}</td></tr>"
+            for k, v in self.summary().items()
+            if k != "metrics"
+        )
+        rows += "".join(
+            f"<tr><th style='text-align:left'>eval {html.escape(k)}</th><td style='text-align:left'>{html.escape(_fmt(v))}</td></tr>"
+            for k, v in self.metrics.items()
+        )
+        return {"text/plain": str(self), "text/html": f"<table class='llmos-finetune'>{rows}</table>"}
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "-" if v is None else str(v)
+
+
+# ---------------------------------------------------------------------------------------------
+# head initialisation (C09)
+
+
+def untrained_head_params(model: Any) -> list[str]:
+    """Names of parameters that no checkpoint and no llmos run has set: their values are the
+    random initialisation made when the model object was built.
+
+    transformers (≥ 5) marks every parameter it loads from a checkpoint with
+    ``_is_hf_initialized``; the ones missing from the checkpoint (the new classification head)
+    are unmarked. A model built from a config carries no marks at all; then the head modules
+    (``HEAD_MODULES``) count as untrained. Parameters trained by :func:`finetune` are marked
+    ``_llmos_trained`` and never count.
+    """
+    params = list(model.named_parameters())
+    loaded = any(getattr(p, "_is_hf_initialized", False) for _, p in params)
+    out = []
+    for name, p in params:
+        if getattr(p, "_llmos_trained", False):
+            continue
+        if loaded:
+            if not getattr(p, "_is_hf_initialized", False):
+                out.append(name)
+        elif name.split(".")[0] in HEAD_MODULES:
+            out.append(name)
+    return out
+
+
+def reinit_untrained_head(model: Any, seed: int) -> list[str]:
+    """Re-initialise :func:`untrained_head_params` of ``model`` from ``seed``, in place.
+
+    Uses a private ``torch.Generator`` seeded with ``seed`` (the global RNGs are neither read nor
+    changed), drawing on the CPU in parameter order, so the values depend on ``seed`` and the
+    architecture only. Linear / Embedding weights ~ N(0, config.initializer_range²) (0.02 when
+    the config has none; the BERT/Llama scheme, ``PreTrainedModel._init_weights``), biases 0,
+    LayerNorm weights 1. Other modules fall back to the model's own ``_init_weights`` under a
+    forked, seeded global RNG.
+
+    Returns:
+        The names of the parameters re-initialised.
+    """
+    import torch
+    from torch import nn
+
+    names = untrained_head_params(model)
+    if not names:
+        return []
+    wanted = set(names)
+    std = float(getattr(getattr(model, "config", None), "initializer_range", 0.02) or 0.02)
+    g = torch.Generator(device="cpu").manual_seed(int(seed))
+    done: list[str] = []
+    with torch.no_grad():
+        for mname, mod in model.named_modules():
+            own = [(f"{mname}.{pn}" if mname else pn, p) for pn, p in mod.named_parameters(recurse=False)]
+            own = [(n, p) for n, p in own if n in wanted]
+            if not own:
+                continue
+            if isinstance(mod, (nn.Linear, nn.Embedding, nn.LayerNorm)):
+                for n, p in own:
+                    leaf = n.rsplit(".", 1)[-1]
+                    if isinstance(mod, nn.LayerNorm):
+                        p.fill_(1.0 if leaf == "weight" else 0.0)
+                    elif leaf == "bias":
+                        p.zero_()
+                    else:
+                        p.copy_(torch.empty(p.shape, dtype=torch.float32).normal_(0.0, std, generator=g).to(p.dtype))
+                        if isinstance(mod, nn.Embedding) and mod.padding_idx is not None:
+                            p[mod.padding_idx].zero_()
+            elif hasattr(model, "_init_weights"):
+                sub_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=g))
+                devices = [p.device.index or 0 for _, p in own if p.device.type == "cuda"]
+                with torch.random.fork_rng(devices=sorted(set(devices))):
+                    torch.manual_seed(sub_seed)
+                    model._init_weights(mod)
+            else:  # pragma: no cover - every transformers model has _init_weights
+                continue
+            done.extend(n for n, _ in own)
+    return done
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+class _Callback:
+    """Calls the optional methods of a progress callback; a callback that raises (other than
+    KeyboardInterrupt) is reported once and switched off, so a broken display never kills a run."""
+
+    def __init__(self, cb: Any):
+        self.cb = cb
+
+    def __call__(self, name: str, *args: Any) -> None:
+        fn = getattr(self.cb, name, None) if self.cb is not None else None
+        if fn is None:
+            return
+        try:
+            fn(*args)
+        except KeyboardInterrupt:
+            raise
+        except Exception as e:  # noqa: BLE001 - a display must not stop training
+            warnings.warn(f"progress callback {name} failed ({type(e).__name__}: {e}); training continues without it", RuntimeWarning, stacklevel=2)
+            self.cb = None
+
+
+@contextlib.contextmanager
+def _sigint_stops(flag: threading.Event) -> Iterator[None]:
+    """In the main thread, turn the first Ctrl-C (SIGINT; a Jupyter "interrupt kernel") into a
+    stop request honoured at the next step boundary; a second one raises KeyboardInterrupt at
+    once. Elsewhere (a background job thread) this does nothing: use ``should_stop``."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    try:
+        prev = signal.getsignal(signal.SIGINT)
+    except (ValueError, OSError):  # pragma: no cover
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if flag.is_set():
+            raise KeyboardInterrupt
+        flag.set()
+
+    try:
+        signal.signal(signal.SIGINT, handler)
+    except (ValueError, OSError):  # pragma: no cover - not allowed here
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, prev if prev is not None else signal.default_int_handler)
+
+
+def _param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: weight decay on weights, none on biases and normalisation weights (as HF
+    Trainer and BERT)."""
+    no_decay: set[int] = set()
+    for mod in model.modules():
+        is_norm = "norm" in type(mod).__name__.lower()
+        for pname, p in mod.named_parameters(recurse=False):
+            if is_norm or pname.endswith("bias"):
+                no_decay.add(id(p))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in trainable if id(p) not in no_decay], "weight_decay": weight_decay},
+        {"params": [p for p in trainable if id(p) in no_decay], "weight_decay": 0.0},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+def lr_factor(step: int, total: int, warmup: int, kind: str = "linear") -> float:
+    """Multiplier of the peak lr at optimizer step ``step`` (0-based), as
+    ``transformers.get_linear_schedule_with_warmup``: step/warmup during warmup, then
+    (total - step)/(total - warmup) ("linear") or 1 ("constant")."""
+    if step < warmup:
+        return step / max(1, warmup)
+    if kind == "constant":
+        return 1.0
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def sha256_file(path: os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _is_peft(model: Any) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(model, PeftModel)
+
+
+def _wrap_lora(model: Any, cfg: FinetuneConfig) -> Any:
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    if _is_peft(model):
+        return model  # continue training its adapters (and its head)
+    if any(hasattr(m, "lora_A") for m in model.modules()):
+        raise UsageError("this model already carries LoRA adapters from an earlier run (a re-run cell?); pass result.model to keep training them, or reload the base model")
+    targets = cfg.resolve_target_modules(getattr(model.config, "model_type", ""))
+    lc = LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets)
+    try:
+        return get_peft_model(model, lc)
+    except ValueError as e:  # peft's NoMatchingPeftModuleError is a ValueError
+        if "not found" in str(e) or "Target module" in str(e) or "No modules were targeted" in str(e):
+            from torch import nn
+
+            leaves = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
+            raise UsageError(f"target_modules={targets!r} match no module of this {type(model).__name__}; pass target_modules= from its linear layers: {', '.join(leaves)}") from None
+        raise
+
+
+def save_checkpoint(model: Any, tokenizer: Any, run_dir: os.PathLike, state: dict[str, Any]) -> tuple[Path, str]:
+    """Write ``run_dir/checkpoint`` atomically: weights (safetensors), config, tokenizer and
+    ``trainer_state.json``. Built in a temporary sibling directory and renamed into place, so a
+    failure leaves no half-written checkpoint and an older one stays intact until replaced.
+
+    Returns:
+        (checkpoint directory, sha256 of the weights file). For a sharded save the sha256 is that
+        of the lines "<file> <sha256>" of every shard, sorted by name.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    final = run_dir / "checkpoint"
+    tmp = Path(tempfile.mkdtemp(prefix=".checkpoint-tmp-", dir=run_dir))
+    try:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        name = "adapter_model.safetensors" if _is_peft(model) else "model.safetensors"
+        if (tmp / name).exists():
+            sha = sha256_file(tmp / name)
+        else:
+            shards = sorted(p.name for p in tmp.glob("*.safetensors"))
+            if not shards:
+                raise RuntimeError(f"save_pretrained wrote no safetensors file in {tmp}")
+            sha = hashlib.sha256("".join(f"{s} {sha256_file(tmp / s)}\n" for s in shards).encode()).hexdigest()
+        state = dict(state, checkpoint_sha256=sha, weights_file=name)
+        (tmp / TRAINER_STATE).write_text(json.dumps(state, indent=2, default=str))
+        old = None
+        if final.exists():
+            old = run_dir / f".checkpoint-old-{os.getpid()}-{time.monotonic_ns()}"
+            os.replace(final, old)
+        os.replace(tmp, final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final, sha
+
+
+def load_checkpoint(checkpoint: os.PathLike, *, base_model: Any = None) -> tuple[Any, Any]:
+    """Load a checkpoint written by :func:`finetune` with plain transformers / peft.
+
+    Args:
+        checkpoint: the ``run_dir/checkpoint`` directory.
+        base_model: for LoRA checkpoints, the base model object or path (default: the path
+            recorded in ``adapter_config.json``).
+
+    Returns:
+        (model in eval mode, tokenizer).
+
+    Raises:
+        NotFoundError: when the directory holds no checkpoint.
+    """
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from ..errors import NotFoundError
+
+    ck = Path(checkpoint)
+    if not (ck / TRAINER_STATE).exists():
+        raise NotFoundError(f"no fine-tuning checkpoint in {ck} (missing {TRAINER_STATE}); pass the run's checkpoint directory (see %llm runs)")
+    state = json.loads((ck / TRAINER_STATE).read_text())
+    tok = AutoTokenizer.from_pretrained(ck)
+    if state.get("method") == "lora":
+        from peft import PeftModel
+
+        if base_model is None or isinstance(base_model, (str, os.PathLike)):
+            src = base_model or json.loads((ck / "adapter_config.json").read_text())["base_model_name_or_path"]
+            base_model = AutoModelForSequenceClassification.from_pretrained(
+                src, num_labels=len(state["id2label"]), id2label={int(k): v for k, v in state["id2label"].items()}, label2id=state["label2id"]
+            )
+        model = PeftModel.from_pretrained(base_model, ck)
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(ck)
+    model.eval()
+    return model, tok
+
+
+# ---------------------------------------------------------------------------------------------
+# the loop
+
+
+def finetune(
+    model: Any,
+    tokenizer: Any,
+    train: Any,
+    eval: Any = None,  # noqa: A002 - the public name the API uses
+    *,
+    text_column: str = "text",
+    label_column: str = "label",
+    config: Optional[FinetuneConfig | dict[str, Any]] = None,
+    callback: Any = None,
+    run_dir: Optional[os.PathLike | str] = None,
+    should_stop: Optional[Callable[[], bool]] = None,
+    run_id: Optional[str] = None,
+) -> FinetuneResult:
+    """Fine-tune ``model`` for sequence classification on ``train``; evaluate on ``eval``.
+
+    Args:
+        model: a transformers ``*ForSequenceClassification`` model (or a ``peft.PeftModel`` from
+            an earlier LoRA run, to continue training it), on its device. Trained in place; left
+            in eval mode on return, on error and on interrupt. With ``method="lora"`` the given
+            model gets adapters injected (peft) and ``result.model`` is the PeftModel.
+        tokenizer: its tokenizer. If it has a pad token and ``model.config.pad_token_id`` is None,
+            the latter is set (needed by Llama-type classifiers to find each row's last token).
+        train: ``datasets.Dataset`` with ``text_column`` (strings; None/NaN count as "") and
+            ``label_column`` (class ids 0..C-1 matching ``model.config.label2id``).
+        eval: optional ``datasets.Dataset`` of the same shape; evaluated every
+            ``config.eval_every`` steps and at the end (:func:`~.evaluate.evaluate`).
+        config: :class:`FinetuneConfig` or a dict of its fields (default: all defaults).
+        callback: optional object with any of ``on_begin(total_steps, total_samples, run_id)``,
+            ``on_step(step, loss, lr, samples_per_s, eta_s)``, ``on_eval(step, epoch, metrics)``,
+            ``on_end(status, result)`` (e.g. ``llmos_jupyter.widgets.progress.TrainingProgress``);
+            called from the training thread at every step (it must throttle its own drawing).
+            ``on_end("failed", None)`` is called before an error propagates.
+        run_dir: where the checkpoint goes (``run_dir/checkpoint``); None writes nothing.
+        should_stop: polled before every optimizer step; True stops the run there (status
+            "interrupted", checkpoint written). In the main thread the first Ctrl-C / kernel
+            interrupt does the same (a second Ctrl-C raises KeyboardInterrupt at once, which
+            also ends the run as "interrupted", as does one raised by a callback).
+        run_id: passed to ``callback.on_begin`` and stored in the checkpoint's trainer state.
+
+    Algorithm: AdamW (Loshchilov & Hutter 2019, https://arxiv.org/abs/1711.05101; betas 0.9,
+    0.999, eps 1e-8) on the mean cross-entropy of each optimizer step's rows, global-norm
+    gradient clipping, and a linear warmup/decay schedule (``lr_factor``, as
+    ``transformers.get_linear_schedule_with_warmup``). Batches: ``batching.length_grouped_batches``
+    (seeded by ``(seed, epoch)``), padded per batch.
+
+    Returns:
+        :class:`FinetuneResult`.
+
+    Raises:
+        UsageError: bad config, labels outside 0..C-1, a model with fewer than 2 labels, a task
+            other than "seq-cls", float16 weights for a full fine-tune, LoRA targets that match
+            nothing. NotFoundError: unknown column.
+    """
+    cb = _Callback(callback)
+    try:
+        return _finetune(model, tokenizer, train, eval, text_column, label_column, config, cb, run_dir, should_stop, run_id)
+    except BaseException:
+        cb("on_end", "failed", None)  # the progress display must not stay "running"
+        raise
+
+
+def _finetune(model: Any, tokenizer: Any, train: Any, eval: Any, text_column: str, label_column: str, config: Any, cb: _Callback,
+              run_dir: Any, should_stop: Optional[Callable[[], bool]], run_id: Optional[str]) -> FinetuneResult:  # noqa: A002
+    import psutil
+    import torch
+    import torch.nn.functional as F
+
+    t_call = time.perf_counter()
+    cfg = config if isinstance(config, FinetuneConfig) else FinetuneConfig.from_dict(config or {})
+    if cfg.task != "seq-cls":
+        raise UsageError(f"task={cfg.task!r} fine-tuning is not available yet; use task='seq-cls' (sequence classification)")
+    if cfg.method == "full" and _is_peft(model):
+        raise UsageError("method='full' was given a LoRA (peft) model; pass method='lora' to keep training its adapters, or merge them first with model.merge_and_unload()")
+    mconf = model.config
+    num_labels = int(getattr(mconf, "num_labels", 0) or 0)
+    if num_labels < 2:
+        raise UsageError(f"the model has num_labels={num_labels}; a seq-cls fine-tune needs 2 or more classes: reload it for seq-cls with num_labels= set to the number of labels")
+    check_columns(train, [text_column, label_column], "train dataset")
+    if eval is not None:
+        check_columns(eval, [text_column, label_column], "eval dataset")
+    labels = read_labels(train, label_column, num_labels, "train dataset")
+    if eval is not None:
+        read_labels(eval, label_column, num_labels, "eval dataset")
+    first = next(model.parameters())
+    device = first.device
+    if cfg.method == "full" and first.dtype == torch.float16:
+        raise UsageError("a full fine-tune of float16 weights diverges without loss scaling; load the model with dtype=float32 or bfloat16, or use method='lora'")
+    if getattr(tokenizer, "pad_token_id", None) is not None and getattr(mconf, "pad_token_id", None) is None:
+        mconf.pad_token_id = tokenizer.pad_token_id
+    pad_id = pad_id_for(tokenizer, mconf)
+    tok = tokenize_column(tokenizer, train, text_column, cfg.max_length)
+    lengths = tok.lengths
+    n_train = len(tok)
+    batches_per_epoch = math.ceil(n_train / cfg.batch_size)
+    steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum)
+    total_steps = steps_per_epoch * cfg.epochs
+    if cfg.max_steps is not None:
+        total_steps = min(total_steps, cfg.max_steps)
+    warmup = math.ceil(cfg.warmup_ratio * total_steps)
+    fingerprint = getattr(train, "_fingerprint", None)
+
+    proc = psutil.Process()
+    peak_rss = proc.memory_info().rss
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    stop_flag = threading.Event()
+    losses: list[float] = []
+    eval_history: list[dict[str, Any]] = []
+    last_eval: Optional[EvalResult] = None
+    step, samples, real_tokens, padded_tokens, train_s = 0, 0, 0, 0, 0.0
+    status = "completed"
+    head_names: list[str] = []
+    trainable: list[Any] = []
+
+    def run_eval(epoch_f: float) -> EvalResult:
+        ev = evaluate(model, tokenizer, eval, text_column=text_column, label_column=label_column, batch_size=max(cfg.batch_size, 64), max_length=cfg.max_length)
+        eval_history.append({"step": step, "epoch": epoch_f, **ev.to_metrics()})
+        cb("on_eval", step, epoch_f, ev.to_metrics())
+        return ev
+
+    try:
+        with deterministic_mode(cfg.deterministic):
+            seed_everything(cfg.seed, deterministic=cfg.deterministic)
+            if not _is_peft(model):
+                head_names = reinit_untrained_head(model, cfg.seed)
+            if cfg.method == "lora":
+                model = _wrap_lora(model, cfg)
+            trainable = [p for p in model.parameters() if p.requires_grad]
+            if not trainable:
+                raise UsageError("the model has no trainable parameters (all requires_grad=False); unfreeze it or use method='lora'")
+            fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in trainable)
+            opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, fused=fused or None)
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total_steps, warmup, cfg.lr_scheduler))
+            cb("on_begin", total_steps, min(n_train * cfg.epochs, total_steps * cfg.batch_size * cfg.grad_accum), run_id)
+            model.train()
+            with _sigint_stops(stop_flag):
+                try:
+                    for epoch in range(cfg.epochs):
+                        if step >= total_steps:
+                            break
+                        batches = length_grouped_batches(lengths, cfg.batch_size, seed=(cfg.seed, epoch), group=cfg.group_by_length)
+                        for g in range(0, len(batches), cfg.grad_accum):
+                            if step >= total_steps:
+                                break
+                            if stop_flag.is_set() or (should_stop is not None and should_stop()):
+                                status = "interrupted"
+                                break
+                            t0 = time.perf_counter()
+                            group = batches[g : g + cfg.grad_accum]
+                            n_rows = sum(len(b) for b in group)
+                            lr_now = opt.param_groups[0]["lr"]
+                            step_loss = 0.0
+                            for rows in group:
+                                b = collate(tok, rows, pad_id, labels)
+                                ids = b["input_ids"].to(device, non_blocking=True)  # (B, L)
+                                mask = b["attention_mask"].to(device, non_blocking=True)  # (B, L)
+                                y = b["labels"].to(device, non_blocking=True)  # (B,)
+                                logits = model(input_ids=ids, attention_mask=mask).logits  # (B, C)
+                                loss = F.cross_entropy(logits.float(), y, reduction="sum") / n_rows
+                                loss.backward()
+                                step_loss += float(loss.detach())
+                                real_tokens += int(lengths[rows].sum())
+                                padded_tokens += ids.numel()
+                            if cfg.max_grad_norm is not None:
+                                torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
+                            opt.step()
+                            sched.step()
+                            opt.zero_grad(set_to_none=True)
+                            step += 1
+                            samples += n_rows
+                            train_s += time.perf_counter() - t0
+                            losses.append(step_loss)
+                            peak_rss = max(peak_rss, proc.memory_info().rss)
+                            sps = samples / train_s if train_s > 0 else 0.0
+                            cb("on_step", step, step_loss, lr_now, sps, (total_steps - step) * train_s / step)
+                            if eval is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < total_steps:
+                                last_eval = run_eval(step / steps_per_epoch)
+                                model.train()
+                        if status == "interrupted":
+                            break
+                except KeyboardInterrupt:
+                    status = "interrupted"
+                    opt.zero_grad(set_to_none=True)
+            model.eval()
+            for p in trainable if step > 0 else ():
+                p._llmos_trained = True  # the head is no longer "never trained" (see untrained_head_params)
+            if status == "completed" and eval is not None:
+                last_eval = run_eval(step / steps_per_epoch)
+            if device.type == "cuda":
+                peak_dev: Optional[int] = int(torch.cuda.max_memory_allocated(device))
+            else:
+                peak_dev = None
+            ck, sha = None, None
+            if run_dir is not None:
+                id2label = {int(k): str(v) for k, v in (getattr(mconf, "id2label", None) or {}).items()}
+                state = {
+                    "run_id": run_id,
+                    "status": status,
+                    "task": cfg.task,
+                    "method": cfg.method,
+                    "base_model": str(getattr(mconf, "name_or_path", "") or getattr(mconf, "_name_or_path", "")),
+                    "config": cfg.to_dict(),
+                    "steps": step,
+                    "total_steps": total_steps,
+                    "epochs": step / steps_per_epoch,
+                    "id2label": id2label,
+                    "label2id": {v: k for k, v in id2label.items()},
+                    "data_fingerprint": fingerprint,
+                    "train_loss": losses,
+                    "metrics": last_eval.to_metrics() if last_eval is not None and status == "completed" else {},
+                }
+                ck, sha = save_checkpoint(model, tokenizer, run_dir, state)
+    finally:
+        with contextlib.suppress(Exception):
+            model.eval()
+    result = FinetuneResult(
+        status=status,
+        steps=step,
+        total_steps=total_steps,
+        epochs=step / steps_per_epoch,
+        train_loss=losses,
+        samples_per_s=samples / train_s if train_s > 0 else 0.0,
+        tokens_per_s=real_tokens / train_s if train_s > 0 else 0.0,
+        padded_fraction=1.0 - real_tokens / padded_tokens if padded_tokens else 0.0,
+        wall_s=time.perf_counter() - t_call,
+        peak_rss_bytes=int(peak_rss),
+        peak_device_bytes=peak_dev,
+        metrics=last_eval.to_metrics() if (last_eval is not None and status == "completed") else {},
+        eval=last_eval if status == "completed" else None,
+        eval_history=eval_history,
+        checkpoint=ck,
+        checkpoint_sha256=sha,
+        config=cfg,
+        data_fingerprint=fingerprint,
+        run_id=run_id,
+        head_reinitialized=head_names,
+        trainable_params=sum(p.numel() for p in trainable),
+        total_params=sum(p.numel() for p in model.parameters()),
+        model=model,
+    )
+    cb("on_end", status, result)
+    return result
