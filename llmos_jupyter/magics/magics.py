@@ -182,7 +182,18 @@ class LLMMagics(Magics):
 
         ns = self.shell.user_ns if self.shell else {}
         dv = api.data_load(p["source"], name=p["name"], text_column=p["text_column"],
-                           label_column=p["label_column"], namespace=ns)
+                           label_column=p["label_column"], prompt_column=p["prompt_column"],
+                           response_column=p["response_column"], namespace=ns)
+        return _dataset_message(dv)
+
+    def do_data_sample(self, p):
+        from .. import api
+
+        try:
+            n = int(p["n"])
+        except ValueError:
+            raise UsageError(f"%llm data sample takes a whole number of rows, got '{p['n']}'") from None
+        dv = api.data_sample(p["name"], n, seed=p["seed"] or 0, stratify=None if p["no_stratify"] else "label")
         return _dataset_message(dv)
 
     def do_data_show(self, p):
@@ -276,6 +287,16 @@ class LLMMagics(Magics):
         from .. import api
 
         return api.run(p["run_id"])
+
+    def do_runs_compare(self, p):
+        from .. import api
+
+        return api.runs_compare(p["run_a"], p["run_b"])
+
+    def do_export(self, p):
+        from .. import api
+
+        return api.export(p["alias"], p["path"], merge_lora=p["merge_lora"], overwrite=p["overwrite"])
 
     def do_seed(self, p):
         from .. import api
