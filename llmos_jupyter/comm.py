@@ -405,7 +405,8 @@ def register(ip: Any = None) -> bool:
 
 
 def set_provider(provider: Any = None) -> None:
-    """Use ``provider`` instead of ``llmos_jupyter.api`` (tests, demos); None restores the API.
+    """Use ``provider`` instead of ``llmos_jupyter.api`` (the protocol tests' fake API, which
+    drives edge cases such as NaN losses and event floods); None restores the API.
 
     A provider has ``state()``, ``hardware()``, ``subscribe(callback) -> unsubscribe``,
     ``unload(alias)`` and ``cancel(job_id)`` with the API's meaning.

@@ -84,7 +84,7 @@ COMMANDS: dict[str, Command] = {c.name: c for c in [
         example='%llm data search rt "a boring, predictable plot" --k 5'),
     Command("data export", "write a dataset to a file", ["name", "path"], options=[
         Opt("format", help="parquet | jsonl | csv (default parquet)", metavar="FORMAT")]),
-    Command("finetune", "fine-tune a seq-cls model on a dataset's train split (evaluates on test)",
+    Command("finetune", "fine-tune on a dataset's train split (seq-cls: text/label; causal-lm: prompt/response SFT); evaluates on test",
             ["alias", "dataset"], options=[
         Opt("epochs", int, metavar="N"), Opt("lr", float, metavar="LR"),
         Opt("batch-size", int, metavar="N"), Opt("seed", int, metavar="N"),
@@ -95,7 +95,7 @@ COMMANDS: dict[str, Command] = {c.name: c for c in [
         Opt("background", bool, help="train in a background job; returns its id at once"),
         Opt("no-progress", bool, help="no live progress view")],
         example="%llm finetune minilm rt --epochs 1 --lr 5e-5 --batch-size 32 --seed 0"),
-    Command("eval", "accuracy, macro-F1, per-class metrics, confusion matrix", ["alias", "dataset"], options=[
+    Command("eval", "accuracy, macro-F1, per-class metrics, confusion-matrix plot, worst rows (causal-lm: loss, perplexity)", ["alias", "dataset"], options=[
         Opt("split", help="which split (default test); also DATASET:SPLIT", metavar="SPLIT"),
         Opt("batch-size", int, metavar="N")]),
     Command("runs", "recent fine-tuning runs from the registry", options=[Opt("limit", int, metavar="N")]),

@@ -117,6 +117,18 @@ class Job:
     def done(self) -> bool:
         return self._done.is_set()
 
+    def __repr__(self) -> str:
+        """One line for a cell result: ``job-1: finetune minilm, running 40% (step 4/10)``."""
+        extra = f" — {self.error}" if self.error else ""
+        steps = f" (step {self.step}/{self.total_steps})" if self.total_steps else ""
+        return (f"{self.id}: {self.kind} {self.target}, {self.state} {self.progress * 100:.0f}%{steps}{extra}; "
+                f"`%llm jobs`, `%llm job wait {self.id}`, `%llm job cancel {self.id}`")
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        import html
+
+        return {"text/plain": repr(self), "text/html": f"<pre>{html.escape(repr(self))}</pre>"}
+
     def summary(self) -> dict:
         """JSON-safe view for ``%llm jobs`` and the side panel."""
         return {"id": self.id, "kind": self.kind, "target": self.target, "device": self.device,
@@ -165,8 +177,8 @@ class JobScheduler:
                 res = job.result
                 status = res.get("status") if isinstance(res, dict) else getattr(res, "status", None)
                 state = status if status in ("failed", "cancelled", "interrupted") else "done"
-                if job.should_stop() and state == "done":
-                    state = "cancelled"
+                if job.should_stop() and state in ("done", "interrupted"):
+                    state = "cancelled"  # the loop reports a requested stop as "interrupted"
                 self.update(job, state=state, finished=time.time(),
                             progress=1.0 if state == "done" else job.progress)
             except BaseException as e:  # recorded on the job; the caller decides what to show

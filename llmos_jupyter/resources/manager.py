@@ -11,6 +11,16 @@ Policy (DESIGN.md, "Resource manager policy"):
   ``_``, ``__``, ``___``, ``_N``), ``sys.last_traceback``, and the tensors' storage itself (so
   autograd graphs that still point at the weights do not keep them); then ``gc`` and the
   allocator caches. The memory that came back is measured and reported.
+* **Offload before unload**: an evicted model that sits on a GPU moves to the CPU (state
+  ``offloaded``) when the CPU budget admits it without evicting anything there; the next call
+  (:meth:`ModelManager.use`) moves it back, evicting or offloading others on the GPU if needed.
+  On the CPU, or when the CPU is full, eviction unloads.
+* **Keep-alive** (Ollama's ``keep_alive``): ``None`` (``-1``, the notebook default) keeps a model
+  until it is unloaded; ``N`` seconds unloads it after N idle seconds (a daemon reaper thread,
+  started only while such a model exists); ``0`` unloads it right after each call. The reaper
+  never touches a pinned or in-use model and reports each unload in one line (stderr + event).
+* **Training is exclusive**: while a job trains a model (``use(alias, exclusive=job_id)``), other
+  calls on that model are refused with one line naming the job; other models are served.
 * A failed load (bad file, OOM) leaves no record behind and gives its memory back.
 * Every state change emits one event on :attr:`ModelManager.events`.
 """
@@ -25,7 +35,7 @@ from dataclasses import dataclass, field
 
 from ..errors import LLMOSError, ResourceError, UsageError, unknown
 from .events import EventBus
-from .memory import format_size, parse_size, process_rss
+from .memory import format_duration, format_size, parse_duration, parse_size, process_rss
 
 
 @dataclass
@@ -47,7 +57,9 @@ class ModelRecord:
     use_count: int = 0
     users: int = 0
     pinned: bool = False
-    keep_alive: float | None = None  # seconds; None = forever
+    keep_alive: float | None = None  # seconds idle before unload; None = forever; 0 = after each call
+    home_device: str | None = None   # where it was loaded (an offloaded model returns there)
+    exclusive: str | None = None     # id of the job training it (other calls are refused)
     labels: list | None = None
     quantization: str | None = None
     model: object = None
@@ -63,7 +75,25 @@ class ModelRecord:
             "pinned": self.pinned, "users": self.users, "use_count": self.use_count,
             "keep_alive": self.keep_alive, "last_used": self.last_used, "load_s": self.load_s,
             "labels": self.labels, "quantization": self.quantization,
+            "home_device": self.home_device, "training": self.exclusive, "expires_at": self.expires_at(),
         }
+
+    def expires_at(self) -> float | None:
+        """Epoch seconds at which the reaper unloads this model if it stays idle; ``None`` when it
+        never expires on a timer (forever, ``keep_alive=0``, pinned)."""
+        if self.keep_alive is None or self.keep_alive <= 0 or self.pinned:
+            return None
+        return self.last_used + self.keep_alive
+
+    def expired(self, now: float) -> bool:
+        """Due for the reaper at ``now``: idle, unpinned, not training, and past its keep-alive
+        (``keep_alive=0`` models count once they have served a call)."""
+        if self.state not in ("ready", "offloaded") or self.pinned or self.users > 0 or self.exclusive:
+            return False
+        if self.keep_alive == 0:
+            return self.use_count > 0
+        exp = self.expires_at()
+        return exp is not None and now >= exp
 
 
 def _device_capacity(device: str) -> tuple[int, int]:
@@ -77,6 +107,15 @@ def _device_capacity(device: str) -> tuple[int, int]:
 
     vm = psutil.virtual_memory()
     return int(vm.total), int(vm.available)
+
+
+def _device_allocated(device: str) -> int | None:
+    """Bytes the CUDA caching allocator has handed out on ``device`` (``None`` for the CPU, or when
+    torch is not imported yet: this never imports torch)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not device.startswith("cuda") or not torch.cuda.is_available():
+        return None
+    return int(torch.cuda.memory_allocated(torch.device(device)))
 
 
 def _malloc_trim() -> None:
@@ -195,12 +234,16 @@ class ModelManager:
 
     BUDGET_FRACTION = 0.90  # default budget: 90% of the device's memory (DESIGN.md)
     FREE_FRACTION = 0.80    # admit only when the estimate is ≤ 80% of free memory (Ollama)
+    REAP_MAX_SLEEP_S = 5.0  # the reaper wakes at the next expiry, or at least this often
 
     def __init__(self, events: EventBus | None = None):
         self.events = events or EventBus()
         self._lock = threading.RLock()
         self._models: dict[str, ModelRecord] = {}
         self.budgets: dict[str, int] = {}
+        self._reaper: threading.Thread | None = None
+        self._wake = threading.Event()
+        self._closed = False
 
     # ----------------------------------------------------------------- queries
     def aliases(self) -> list[str]:
@@ -257,8 +300,32 @@ class ModelManager:
     # ---------------------------------------------------------------- admission
     def _evictable(self, device: str, exclude: str | None) -> list[ModelRecord]:
         return [r for r in self._models.values()
-                if r.alias != exclude and r.state == "ready" and not r.pinned and r.users == 0
-                and r.bytes.get(device, 0) > 0]
+                if r.alias != exclude and r.state in ("ready", "offloaded") and not r.pinned and r.users == 0
+                and not r.exclusive and r.bytes.get(device, 0) > 0]
+
+    def eviction_action(self, rec: ModelRecord, device: str) -> str:
+        """What evicting ``rec`` from ``device`` does: ``"offload"`` (move it to the CPU) when
+        ``device`` is a GPU and the CPU admits its bytes without evicting anything there (CPU
+        budget and the 80%-of-free rule); otherwise ``"unload"``. CPU-only machines always unload."""
+        nbytes = rec.bytes.get(device, 0)
+        if device == "cpu" or rec.state != "ready" or nbytes <= 0:
+            return "unload"
+        try:
+            return "offload" if not self.plan_admission("cpu", nbytes, exclude=rec.alias) else "unload"
+        except ResourceError:
+            return "unload"
+
+    def _evict(self, rec: ModelRecord, device: str, for_alias: str, need: int, notify) -> dict:
+        """Offload or unload ``rec`` to make room on ``device``; reports one line via ``notify``."""
+        if self.eviction_action(rec, device) == "offload":
+            r = self.offload(rec.alias)
+            notify(f"llmos: offloaded '{rec.alias}' to cpu ({format_size(r['measured_bytes'])} off {device}) "
+                   f"to make room for '{for_alias}' ({format_size(need)}); the next call moves it back")
+            return r
+        r = self.unload(rec.alias, reason="evict")
+        notify(f"llmos: evicted '{rec.alias}' ({format_size(r['measured_bytes'])} on {device}) "
+               f"to make room for '{for_alias}' ({format_size(need)})")
+        return r
 
     def plan_admission(self, device: str, need: int, exclude: str | None = None) -> list[ModelRecord]:
         """Return the idle models to evict so that ``need`` bytes fit on ``device``.
@@ -317,6 +384,7 @@ class ModelManager:
         """
         from ..models import loading
 
+        keep_alive = parse_duration(keep_alive)
         alias = alias or spec.rstrip("/").split("/")[-1].removesuffix(".gguf")
         with self._lock:
             old = self._models.get(alias)
@@ -324,15 +392,19 @@ class ModelManager:
                 raise UsageError(f"alias '{alias}' is already loaded; use `--as OTHER` or `--replace`")
             if old is not None and old.state == "loading":
                 raise UsageError(f"'{alias}' is still loading; wait for it, then retry")
+        if device not in (None, "auto") and dtype in (None, "auto"):
+            from .hardware import choose_device_dtype  # the dtype the load will pick for that device
+
+            dtype = choose_device_dtype(device, None)[1]
         est = loading.estimate(spec, task, dtype)
-        dev = device or est["device"]
-        victims = self.plan_admission(dev, est["bytes"], exclude=alias if replace else None)
-        for v in victims:
-            freed = self.unload(v.alias, reason="evict")
-            notify(f"llmos: evicted '{v.alias}' ({format_size(freed['measured_bytes'])} on {dev}) "
-                   f"to make room for '{alias}' ({format_size(est['bytes'])})")
+        dev = device if device not in (None, "auto") else est["device"]
+        with self._lock:
+            victims = self.plan_admission(dev, est["bytes"], exclude=alias if replace else None)
+            for v in victims:
+                self._evict(v, dev, alias, est["bytes"], notify)
         rec = ModelRecord(alias=alias, source=spec, task=est["task"], dtype=est["dtype"], device=dev,
-                          params=est["params"], estimated_bytes=est["bytes"], pinned=pin, keep_alive=keep_alive)
+                          params=est["params"], estimated_bytes=est["bytes"], pinned=pin, keep_alive=keep_alive,
+                          home_device=dev)
         key = alias if not replace or old is None else f"{alias} (loading)"
         with self._lock:
             self._models[key] = rec
@@ -356,6 +428,7 @@ class ModelManager:
 
         rec.model, rec.tokenizer = loaded.model, loaded.tokenizer
         rec.task, rec.dtype, rec.device = loaded.task, loaded.dtype, loaded.device
+        rec.home_device = loaded.device
         rec.params, rec.load_s, rec.labels = loaded.params, loaded.load_s, loaded.labels
         rec.quantization = loaded.quantization
         rec.bytes = module_bytes(loaded.model)
@@ -365,7 +438,10 @@ class ModelManager:
             self._models[alias] = rec
         if replace and old is not None:
             self._retire(old)
-        self.events.emit("load", alias=alias, bytes=rec.bytes, params=rec.params, load_s=rec.load_s)
+        self.events.emit("load", alias=alias, bytes=rec.bytes, params=rec.params, load_s=rec.load_s,
+                         keep_alive=rec.keep_alive)
+        if keep_alive is not None and keep_alive > 0:
+            self._ensure_reaper()
         return rec
 
     def _retire(self, old: ModelRecord) -> None:
@@ -382,10 +458,31 @@ class ModelManager:
 
     # ------------------------------------------------------------------ use
     @contextlib.contextmanager
-    def use(self, alias: str):
-        """Hold ``alias`` for the duration of a call or job (it cannot be evicted or unloaded)."""
+    def use(self, alias: str, *, exclusive: str | None = None, notify=print):
+        """Hold ``alias`` for the duration of a call or job (it cannot be evicted or unloaded).
+
+        An offloaded model is moved back to its device first (evicting or offloading idle models
+        there if needed; one line via ``notify``). ``exclusive`` (a job id) marks the model as
+        being trained: until the block ends every other ``use`` of it is refused. With
+        ``keep_alive=0`` the model is unloaded when the last user leaves.
+
+        Raises:
+            NotFoundError: unknown alias.
+            UsageError: the model is being trained by a job (or, for ``exclusive``, is serving calls).
+            ResourceError: an offloaded model no longer fits its device.
+        """
         with self._lock:
             rec = self.get(alias)
+            if rec.exclusive is not None and rec.exclusive != exclusive:
+                raise UsageError(f"'{alias}' is being fine-tuned by {rec.exclusive}; wait with "
+                                 f"`%llm job wait {rec.exclusive}`, stop it with `%llm job cancel {rec.exclusive}`, "
+                                 f"or load a second copy with `%llm load {rec.source} --as OTHER`")
+            if exclusive is not None and rec.users > 0:
+                raise UsageError(f"'{alias}' is serving {rec.users} running call(s); train it when they finish")
+            if rec.state == "offloaded":
+                self._restore(rec, notify)
+            if exclusive is not None:
+                rec.exclusive = exclusive
             rec.users += 1
             rec.use_count += 1
             rec.last_used = time.time()
@@ -395,12 +492,22 @@ class ModelManager:
             with self._lock:
                 rec.users -= 1
                 rec.last_used = time.time()
+                if exclusive is not None:
+                    rec.exclusive = None
+                after_call = rec.keep_alive == 0 and rec.expired(rec.last_used) and self._models.get(alias) is rec
+            if after_call:
+                self._expire(rec, "after the call")
+            elif rec.keep_alive:
+                self._wake.set()
 
     def pin(self, alias: str, pinned: bool = True) -> ModelRecord:
         """Pin (never evicted) or unpin ``alias``."""
         rec = self.get(alias)
-        rec.pinned = pinned
+        with self._lock:
+            rec.pinned = pinned
+            rec.last_used = time.time() if not pinned else rec.last_used  # unpinning restarts the clock
         self.events.emit("pin", alias=alias, pinned=pinned)
+        self._wake.set()
         return rec
 
     # --------------------------------------------------------------- unload
@@ -446,9 +553,145 @@ class ModelManager:
                 raise UsageError(f"'{alias}' is in use by a running call or job; cancel it first (`%llm jobs`)")
             self._models.pop(alias, None)
         measured = sum(rec.bytes.values())
+        gpus = [d for d in rec.bytes if d != "cpu"]
+        alloc0 = {d: _device_allocated(d) for d in gpus}
         rss0 = process_rss()
         self._free_record(rec)
         rss1 = process_rss()
-        self.events.emit("unload" if reason == "unload" else "evict", alias=alias, bytes=measured,
-                         rss_freed=rss0 - rss1)
-        return {"alias": alias, "measured_bytes": measured, "rss_freed": rss0 - rss1, "reason": reason}
+        device_freed = {d: a - _device_allocated(d) for d, a in alloc0.items() if a is not None}
+        kind = {"unload": "unload", "evict": "evict", "keep-alive": "expire"}.get(reason, "unload")
+        self.events.emit(kind, alias=alias, bytes=measured, rss_freed=rss0 - rss1, device_freed=device_freed,
+                         reason=reason)
+        return {"alias": alias, "measured_bytes": measured, "rss_freed": rss0 - rss1,
+                "device_freed": device_freed, "reason": reason}
+
+    # -------------------------------------------------------------- offload
+    def offload(self, alias: str) -> dict:
+        """Move an idle model from its GPU to the CPU (state ``offloaded``); the next
+        :meth:`use` moves it back.
+
+        Returns:
+            ``{"alias", "from", "measured_bytes" (bytes that left the GPU), "device_freed"
+            (CUDA allocator drop, bytes; ``None`` off CUDA)}``.
+
+        Raises:
+            NotFoundError: unknown alias. UsageError: in use, training, or already on the CPU.
+        """
+        from .memory import module_bytes
+
+        with self._lock:
+            rec = self.get(alias)
+            src = rec.device or "cpu"
+            if rec.users > 0 or rec.exclusive:
+                raise UsageError(f"'{alias}' is in use by a running call or job; offload it when it is idle")
+            if rec.state != "ready" or src == "cpu":
+                raise UsageError(f"'{alias}' is already on the cpu ({rec.state})")
+            moved = rec.bytes.get(src, 0)
+            alloc0 = _device_allocated(src)
+            rec.model.to("cpu")
+            rec.device, rec.state, rec.home_device = "cpu", "offloaded", rec.home_device or src
+            rec.bytes = module_bytes(rec.model)
+            gc.collect()
+            self._empty_caches()
+            alloc1 = _device_allocated(src)
+        freed = None if alloc0 is None or alloc1 is None else alloc0 - alloc1
+        self.events.emit("offload", alias=alias, device=src, bytes=moved, device_freed=freed)
+        return {"alias": alias, "from": src, "measured_bytes": moved, "device_freed": freed}
+
+    def _restore(self, rec: ModelRecord, notify) -> None:
+        """Move an offloaded model back to its home device (caller holds the lock)."""
+        from .memory import module_bytes
+
+        home = rec.home_device or "cpu"
+        need = sum(rec.bytes.values())
+        for v in self.plan_admission(home, need, exclude=rec.alias):
+            self._evict(v, home, rec.alias, need, notify)
+        t0 = time.perf_counter()
+        rec.model.to(home)
+        rec.device, rec.state = home, "ready"
+        rec.bytes = module_bytes(rec.model)
+        _malloc_trim()
+        self.events.emit("restore", alias=rec.alias, device=home, bytes=rec.bytes, seconds=time.perf_counter() - t0)
+        notify(f"llmos: moved '{rec.alias}' back to {home} ({format_size(need)}, "
+               f"{time.perf_counter() - t0:.2f} s)")
+
+    # ------------------------------------------------------------- keep-alive
+    def set_keep_alive(self, alias: str, keep_alive) -> ModelRecord:
+        """Change ``alias``'s keep-alive (``"10m"``, ``0``, ``-1``; see :func:`parse_duration`);
+        the clock restarts now."""
+        ka = parse_duration(keep_alive)
+        with self._lock:
+            rec = self.get(alias)
+            rec.keep_alive, rec.last_used = ka, time.time()
+        self.events.emit("keep-alive", alias=alias, keep_alive=ka)
+        if ka is not None and ka > 0:
+            self._ensure_reaper()
+        return rec
+
+    def _expire(self, rec: ModelRecord, why: str, now: float | None = None) -> dict | None:
+        """Unload ``rec`` for its keep-alive unless it became busy, pinned or replaced meanwhile
+        (checked at ``now``, default the clock); reports one line on stderr (and the ``expire`` event)."""
+        with self._lock:
+            if self._models.get(rec.alias) is not rec or not rec.expired(time.time() if now is None else now):
+                return None
+            try:
+                r = self.unload(rec.alias, reason="keep-alive")
+            except LLMOSError:
+                return None
+        print(f"llmos: unloaded '{rec.alias}' {why} (keep-alive {format_duration(rec.keep_alive)}); "
+              f"{format_size(r['measured_bytes'])} released", file=sys.stderr, flush=True)
+        return r
+
+    def reap(self, now: float | None = None) -> list[dict]:
+        """Unload every model whose keep-alive has run out at ``now`` (default: the clock);
+        never a pinned, in-use or training model. The reaper thread calls this; tests may too.
+
+        Returns:
+            The :meth:`unload` results, one per model unloaded.
+        """
+        now = time.time() if now is None else now
+        with self._lock:
+            due = [r for r in self._models.values() if r.expired(now)]
+        out = []
+        for r in due:
+            res = self._expire(r, f"after {format_duration(round(now - r.last_used, 1))} idle", now)
+            if res is not None:
+                out.append(res)
+        return out
+
+    def _next_due_s(self) -> float | None:
+        """Seconds until the next timed expiry; ``None`` when no model has a finite keep-alive."""
+        with self._lock:
+            timed = [r for r in self._models.values() if r.keep_alive is not None and r.keep_alive > 0]
+            if not timed:
+                return None
+            due = [r.expires_at() for r in timed if r.expires_at() is not None and r.users == 0]
+        return max(0.0, min(due) - time.time()) if due else self.REAP_MAX_SLEEP_S
+
+    def _ensure_reaper(self) -> None:
+        """Start the daemon reaper thread if it is not running (it stops when nothing is timed)."""
+        with self._lock:
+            self._wake.set()
+            if self._closed or (self._reaper is not None and self._reaper.is_alive()):
+                return
+            self._reaper = threading.Thread(target=self._reap_loop, daemon=True, name="llmos-reaper")
+            self._reaper.start()
+
+    def _reap_loop(self) -> None:
+        while not self._closed:
+            self._wake.clear()
+            try:
+                self.reap()
+            except Exception:  # a reaper must never die of one bad record
+                pass
+            with self._lock:
+                delay = self._next_due_s()
+                if delay is None:
+                    self._reaper = None
+                    return
+            self._wake.wait(min(max(delay, 0.02), self.REAP_MAX_SLEEP_S))
+
+    def close(self) -> None:
+        """Stop the reaper thread (models stay loaded)."""
+        self._closed = True
+        self._wake.set()

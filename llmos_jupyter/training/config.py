@@ -86,7 +86,8 @@ class FinetuneConfig:
         lora_dropout: dropout on the LoRA input (default 0.05; 0 ≤ p < 1).
         target_modules: module names that get adapters (default None: per architecture, BERT
             ``["query", "value"]``, Llama ``["q_proj", "v_proj"]``; see ``DEFAULT_TARGET_MODULES``).
-        task: "seq-cls" (sequence classification) or "causal-lm" (later: SFT).
+        task: "seq-cls" (sequence classification) or "causal-lm" (supervised fine-tuning on
+            prompt/response pairs, loss on the response tokens only; see ``training/sft.py``).
 
     Raises:
         UsageError: one line naming the option, the value given and the fix.

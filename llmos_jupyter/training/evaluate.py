@@ -83,7 +83,40 @@ class EvalResult:
                 lines.append(f"  row {r['row']}: {r['label']} -> {r['predicted']} ({r['confidence']:.3f}) {t!r}")
         return "\n".join(lines)
 
+    def confusion_png(self, *, dpi: int = 100) -> bytes:
+        """The confusion matrix as a PNG heat map (rows = true, columns = predicted, counts in
+        the cells), drawn with matplotlib's object API (no pyplot state, no display needed)."""
+        import io
+
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        cm = np.asarray(self.confusion, dtype=np.int64)  # (C, C)
+        C = len(self.label_names)
+        side = min(2.2 + 0.45 * C, 9.0)
+        fig = Figure(figsize=(side + 0.8, side), dpi=dpi)
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+        im = ax.imshow(cm, cmap="Blues", vmin=0)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+        ax.set_xticks(range(C), [n[:14] for n in self.label_names], rotation=45 if C > 3 else 0, ha="right" if C > 3 else "center")
+        ax.set_yticks(range(C), [n[:14] for n in self.label_names])
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(f"confusion (n={self.n}, accuracy {self.accuracy:.3f})", fontsize=9)
+        if C <= 20:
+            hi = cm.max() if cm.size else 0
+            for i in range(C):
+                for j in range(C):
+                    ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8, color="white" if cm[i, j] > hi / 2 else "black")
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        return buf.getvalue()
+
     def _repr_html_(self) -> str:
+        import base64
+
         e = html.escape
         head = (
             f"<p><b>accuracy</b> {self.accuracy:.4f} &middot; <b>macro_f1</b> {self.macro_f1:.4f} "
@@ -100,6 +133,11 @@ class EvalResult:
             f"<tr><th>{e(n)}</th>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for n, row in zip(self.label_names, self.confusion)
         )
         cm = f"<table><caption>confusion: rows = true, columns = predicted</caption><thead><tr><th></th>{cm_head}</tr></thead><tbody>{cm_rows}</tbody></table>"
+        try:
+            png = base64.b64encode(self.confusion_png()).decode("ascii")
+            cm += f"<img class='llmos-confusion' alt='confusion matrix' src='data:image/png;base64,{png}'/>"
+        except ImportError:  # matplotlib absent: the table above still shows the counts
+            pass
         worst = ""
         if self.worst:
             wr = "".join(

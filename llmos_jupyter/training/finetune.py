@@ -41,6 +41,7 @@ from .batching import check_columns, collate, length_grouped_batches, pad_id_for
 from .config import FinetuneConfig
 from .evaluate import EvalResult, evaluate
 from .seed import deterministic_mode, seed_everything
+from .sft import IGNORE_INDEX, collate_sft, evaluate_causal_lm, token_loss_sum, tokenize_pairs
 
 STATUSES = ("completed", "interrupted", "failed")
 # Top-level module names of classification heads in transformers (BERT/RoBERTa/DeBERTa "classifier",
@@ -65,8 +66,9 @@ class FinetuneResult:
         wall_s: seconds for the whole call (tokenising, evaluation and saving included).
         peak_rss_bytes: largest resident set size of the process seen during the run (psutil).
         peak_device_bytes: ``torch.cuda.max_memory_allocated`` on a CUDA model, else None.
-        metrics: the final evaluation's headline numbers (accuracy, macro_f1, loss, n), {} without
-            an eval set; eval: the final :class:`EvalResult`; eval_history: one dict per evaluation
+        metrics: the final evaluation's headline numbers (seq-cls: accuracy, macro_f1, loss, n;
+            causal-lm: loss, perplexity, n, tokens), {} without an eval set; eval: the final
+            :class:`EvalResult` (causal-lm: :class:`~.sft.LMEvalResult`); eval_history: one dict per evaluation
             (step, epoch and the metrics).
         checkpoint: the checkpoint directory (``run_dir/checkpoint``) or None without ``run_dir``;
             checkpoint_sha256: sha256 of its weights file (``model.safetensors``, or
@@ -88,7 +90,7 @@ class FinetuneResult:
     peak_rss_bytes: int
     peak_device_bytes: Optional[int]
     metrics: dict[str, Any]
-    eval: Optional[EvalResult]
+    eval: Optional[Any]  # EvalResult (seq-cls) or sft.LMEvalResult (causal-lm)
     eval_history: list[dict[str, Any]]
     checkpoint: Optional[Path]
     checkpoint_sha256: Optional[str]
@@ -335,6 +337,44 @@ def _is_peft(model: Any) -> bool:
     return isinstance(model, PeftModel)
 
 
+def _is_causal_lm(model: Any) -> bool:
+    base = model.get_base_model() if _is_peft(model) else model
+    return type(base).__name__.endswith(("ForCausalLM", "LMHeadModel"))
+
+
+def check_lora_targets(model: Any, config: FinetuneConfig | dict[str, Any]) -> list[str]:
+    """Check, before anything is written, that LoRA ``target_modules`` match modules of ``model``.
+
+    A name matches a module whose qualified name equals it or ends with ``"." + name`` (peft's
+    rule for a list; a string is a regular expression and is checked with ``re.fullmatch``).
+    A ``peft.PeftModel`` (continuing a LoRA run) passes.
+
+    Returns:
+        The qualified names of the matched modules.
+
+    Raises:
+        UsageError: no module matches; the message lists the model's linear layer names.
+    """
+    import re
+
+    from torch import nn
+
+    cfg = config if isinstance(config, FinetuneConfig) else FinetuneConfig.from_dict(config or {})
+    if _is_peft(model):
+        return []
+    targets = cfg.resolve_target_modules(getattr(model.config, "model_type", ""))
+    names = [n for n, _ in model.named_modules() if n]
+    if isinstance(targets, str):
+        hit = [n for n in names if re.fullmatch(targets, n)]
+    else:
+        hit = [n for n in names if any(n == t or n.endswith("." + t) for t in targets)]
+    if not hit:
+        leaves = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
+        raise UsageError(f"LoRA target_modules={targets!r} match no module of this {type(model).__name__}; "
+                         f"pass target_modules= from its linear layers: {', '.join(leaves) or '(none)'}")
+    return hit
+
+
 def _wrap_lora(model: Any, cfg: FinetuneConfig) -> Any:
     from peft import LoraConfig, TaskType, get_peft_model
 
@@ -343,7 +383,8 @@ def _wrap_lora(model: Any, cfg: FinetuneConfig) -> Any:
     if any(hasattr(m, "lora_A") for m in model.modules()):
         raise UsageError("this model already carries LoRA adapters from an earlier run (a re-run cell?); pass result.model to keep training them, or reload the base model")
     targets = cfg.resolve_target_modules(getattr(model.config, "model_type", ""))
-    lc = LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets)
+    task_type = TaskType.CAUSAL_LM if cfg.task == "causal-lm" else TaskType.SEQ_CLS
+    lc = LoraConfig(task_type=task_type, r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets)
     try:
         return get_peft_model(model, lc)
     except ValueError as e:  # peft's NoMatchingPeftModuleError is a ValueError
@@ -369,7 +410,10 @@ def save_checkpoint(model: Any, tokenizer: Any, run_dir: os.PathLike, state: dic
     final = run_dir / "checkpoint"
     tmp = Path(tempfile.mkdtemp(prefix=".checkpoint-tmp-", dir=run_dir))
     try:
-        model.save_pretrained(tmp)
+        from .export import quiet_saving
+
+        with quiet_saving():
+            model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         name = "adapter_model.safetensors" if _is_peft(model) else "model.safetensors"
@@ -409,7 +453,7 @@ def load_checkpoint(checkpoint: os.PathLike, *, base_model: Any = None) -> tuple
     Raises:
         NotFoundError: when the directory holds no checkpoint.
     """
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     from ..errors import NotFoundError
 
@@ -418,17 +462,21 @@ def load_checkpoint(checkpoint: os.PathLike, *, base_model: Any = None) -> tuple
         raise NotFoundError(f"no fine-tuning checkpoint in {ck} (missing {TRAINER_STATE}); pass the run's checkpoint directory (see %llm runs)")
     state = json.loads((ck / TRAINER_STATE).read_text())
     tok = AutoTokenizer.from_pretrained(ck)
+    lm = state.get("task") == "causal-lm"
     if state.get("method") == "lora":
         from peft import PeftModel
 
         if base_model is None or isinstance(base_model, (str, os.PathLike)):
             src = base_model or json.loads((ck / "adapter_config.json").read_text())["base_model_name_or_path"]
-            base_model = AutoModelForSequenceClassification.from_pretrained(
-                src, num_labels=len(state["id2label"]), id2label={int(k): v for k, v in state["id2label"].items()}, label2id=state["label2id"]
-            )
+            if lm:
+                base_model = AutoModelForCausalLM.from_pretrained(src)
+            else:
+                base_model = AutoModelForSequenceClassification.from_pretrained(
+                    src, num_labels=len(state["id2label"]), id2label={int(k): v for k, v in state["id2label"].items()}, label2id=state["label2id"]
+                )
         model = PeftModel.from_pretrained(base_model, ck)
     else:
-        model = AutoModelForSequenceClassification.from_pretrained(ck)
+        model = (AutoModelForCausalLM if lm else AutoModelForSequenceClassification).from_pretrained(ck)
     model.eval()
     return model, tok
 
@@ -450,8 +498,18 @@ def finetune(
     run_dir: Optional[os.PathLike | str] = None,
     should_stop: Optional[Callable[[], bool]] = None,
     run_id: Optional[str] = None,
+    prompt_column: str = "prompt",
+    response_column: str = "response",
 ) -> FinetuneResult:
-    """Fine-tune ``model`` for sequence classification on ``train``; evaluate on ``eval``.
+    """Fine-tune ``model`` for sequence classification (``config.task="seq-cls"``) or supervised
+    fine-tune a causal LM on prompt/response pairs (``task="causal-lm"``) on ``train``; evaluate
+    on ``eval``.
+
+    causal-lm (see :mod:`.sft`): prompts rendered with the tokenizer's chat template, the loss
+    masked to the response tokens (labels -100 elsewhere), batches padded to their own longest
+    row; ``train_loss`` is then nats per response token and the evaluation reports loss and
+    perplexity. ``prompt_column`` / ``response_column`` name the columns (defaults "prompt",
+    "response"); ``text_column`` / ``label_column`` are not used.
 
     Args:
         model: a transformers ``*ForSequenceClassification`` model (or a ``peft.PeftModel`` from
@@ -493,34 +551,45 @@ def finetune(
     """
     cb = _Callback(callback)
     try:
-        return _finetune(model, tokenizer, train, eval, text_column, label_column, config, cb, run_dir, should_stop, run_id)
+        return _finetune(model, tokenizer, train, eval, text_column, label_column, config, cb, run_dir, should_stop, run_id,
+                         prompt_column, response_column)
     except BaseException:
         cb("on_end", "failed", None)  # the progress display must not stay "running"
         raise
 
 
 def _finetune(model: Any, tokenizer: Any, train: Any, eval: Any, text_column: str, label_column: str, config: Any, cb: _Callback,
-              run_dir: Any, should_stop: Optional[Callable[[], bool]], run_id: Optional[str]) -> FinetuneResult:  # noqa: A002
+              run_dir: Any, should_stop: Optional[Callable[[], bool]], run_id: Optional[str],
+              prompt_column: str = "prompt", response_column: str = "response") -> FinetuneResult:  # noqa: A002
     import psutil
     import torch
     import torch.nn.functional as F
 
     t_call = time.perf_counter()
     cfg = config if isinstance(config, FinetuneConfig) else FinetuneConfig.from_dict(config or {})
-    if cfg.task != "seq-cls":
-        raise UsageError(f"task={cfg.task!r} fine-tuning is not available yet; use task='seq-cls' (sequence classification)")
+    lm = cfg.task == "causal-lm"
     if cfg.method == "full" and _is_peft(model):
         raise UsageError("method='full' was given a LoRA (peft) model; pass method='lora' to keep training its adapters, or merge them first with model.merge_and_unload()")
     mconf = model.config
-    num_labels = int(getattr(mconf, "num_labels", 0) or 0)
-    if num_labels < 2:
-        raise UsageError(f"the model has num_labels={num_labels}; a seq-cls fine-tune needs 2 or more classes: reload it for seq-cls with num_labels= set to the number of labels")
-    check_columns(train, [text_column, label_column], "train dataset")
-    if eval is not None:
-        check_columns(eval, [text_column, label_column], "eval dataset")
-    labels = read_labels(train, label_column, num_labels, "train dataset")
-    if eval is not None:
-        read_labels(eval, label_column, num_labels, "eval dataset")
+    if lm:
+        if not _is_causal_lm(model):
+            raise UsageError(f"task='causal-lm' needs a causal LM (a *ForCausalLM model), got {type(model).__name__}; load it with --task causal-lm")
+        check_columns(train, [prompt_column, response_column], "train dataset")
+        if eval is not None:
+            check_columns(eval, [prompt_column, response_column], "eval dataset")
+        labels = None
+    else:
+        num_labels = int(getattr(mconf, "num_labels", 0) or 0)
+        if num_labels < 2:
+            raise UsageError(f"the model has num_labels={num_labels}; a seq-cls fine-tune needs 2 or more classes: reload it for seq-cls with num_labels= set to the number of labels")
+        check_columns(train, [text_column, label_column], "train dataset")
+        if eval is not None:
+            check_columns(eval, [text_column, label_column], "eval dataset")
+        labels = read_labels(train, label_column, num_labels, "train dataset")
+        if eval is not None:
+            read_labels(eval, label_column, num_labels, "eval dataset")
+    if cfg.method == "lora":
+        check_lora_targets(model, cfg)
     first = next(model.parameters())
     device = first.device
     if cfg.method == "full" and first.dtype == torch.float16:
@@ -528,7 +597,10 @@ def _finetune(model: Any, tokenizer: Any, train: Any, eval: Any, text_column: st
     if getattr(tokenizer, "pad_token_id", None) is not None and getattr(mconf, "pad_token_id", None) is None:
         mconf.pad_token_id = tokenizer.pad_token_id
     pad_id = pad_id_for(tokenizer, mconf)
-    tok = tokenize_column(tokenizer, train, text_column, cfg.max_length)
+    if lm:
+        tok = tokenize_pairs(tokenizer, train, prompt_column, response_column, cfg.max_length)
+    else:
+        tok = tokenize_column(tokenizer, train, text_column, cfg.max_length)
     lengths = tok.lengths
     n_train = len(tok)
     batches_per_epoch = math.ceil(n_train / cfg.batch_size)
@@ -546,14 +618,18 @@ def _finetune(model: Any, tokenizer: Any, train: Any, eval: Any, text_column: st
     stop_flag = threading.Event()
     losses: list[float] = []
     eval_history: list[dict[str, Any]] = []
-    last_eval: Optional[EvalResult] = None
+    last_eval: Optional[Any] = None
     step, samples, real_tokens, padded_tokens, train_s = 0, 0, 0, 0, 0.0
     status = "completed"
     head_names: list[str] = []
     trainable: list[Any] = []
 
-    def run_eval(epoch_f: float) -> EvalResult:
-        ev = evaluate(model, tokenizer, eval, text_column=text_column, label_column=label_column, batch_size=max(cfg.batch_size, 64), max_length=cfg.max_length)
+    def run_eval(epoch_f: float) -> Any:
+        if lm:
+            ev = evaluate_causal_lm(model, tokenizer, eval, prompt_column=prompt_column, response_column=response_column,
+                                    batch_size=cfg.batch_size, max_length=cfg.max_length)
+        else:
+            ev = evaluate(model, tokenizer, eval, text_column=text_column, label_column=label_column, batch_size=max(cfg.batch_size, 64), max_length=cfg.max_length)
         eval_history.append({"step": step, "epoch": epoch_f, **ev.to_metrics()})
         cb("on_eval", step, epoch_f, ev.to_metrics())
         return ev
@@ -561,7 +637,7 @@ def _finetune(model: Any, tokenizer: Any, train: Any, eval: Any, text_column: st
     try:
         with deterministic_mode(cfg.deterministic):
             seed_everything(cfg.seed, deterministic=cfg.deterministic)
-            if not _is_peft(model):
+            if not _is_peft(model) and not lm:
                 head_names = reinit_untrained_head(model, cfg.seed)
             if cfg.method == "lora":
                 model = _wrap_lora(model, cfg)
@@ -590,13 +666,21 @@ def _finetune(model: Any, tokenizer: Any, train: Any, eval: Any, text_column: st
                             n_rows = sum(len(b) for b in group)
                             lr_now = opt.param_groups[0]["lr"]
                             step_loss = 0.0
+                            # causal-lm: the loss is a mean over the step's response tokens
+                            n_targets = int(sum(tok.targets[rows].sum() for rows in group)) if lm else 0
                             for rows in group:
-                                b = collate(tok, rows, pad_id, labels)
+                                if lm:
+                                    b = collate_sft(tok, rows, pad_id)
+                                else:
+                                    b = collate(tok, rows, pad_id, labels)
                                 ids = b["input_ids"].to(device, non_blocking=True)  # (B, L)
                                 mask = b["attention_mask"].to(device, non_blocking=True)  # (B, L)
-                                y = b["labels"].to(device, non_blocking=True)  # (B,)
-                                logits = model(input_ids=ids, attention_mask=mask).logits  # (B, C)
-                                loss = F.cross_entropy(logits.float(), y, reduction="sum") / n_rows
+                                y = b["labels"].to(device, non_blocking=True)  # seq-cls (B,); causal-lm (B, L)
+                                logits = model(input_ids=ids, attention_mask=mask).logits  # seq-cls (B, C); causal-lm (B, L, V)
+                                if lm:
+                                    loss = token_loss_sum(logits, y) / max(n_targets, 1)
+                                else:
+                                    loss = F.cross_entropy(logits.float(), y, reduction="sum") / n_rows
                                 loss.backward()
                                 step_loss += float(loss.detach())
                                 real_tokens += int(lengths[rows].sum())
@@ -632,7 +716,7 @@ def _finetune(model: Any, tokenizer: Any, train: Any, eval: Any, text_column: st
                 peak_dev = None
             ck, sha = None, None
             if run_dir is not None:
-                id2label = {int(k): str(v) for k, v in (getattr(mconf, "id2label", None) or {}).items()}
+                id2label = {} if lm else {int(k): str(v) for k, v in (getattr(mconf, "id2label", None) or {}).items()}
                 state = {
                     "run_id": run_id,
                     "status": status,

@@ -224,7 +224,7 @@ def test_user_errors(tiny_model, tiny_tokenizer, sentiment):
         finetune(tiny_model(), tiny_tokenizer, bad)
     with pytest.raises(UsageError, match=r"num_labels=1"):
         finetune(tiny_model(num_labels=1), tiny_tokenizer, train)
-    with pytest.raises(UsageError, match=r"task='causal-lm' fine-tuning is not available yet"):
+    with pytest.raises(UsageError, match=r"task='causal-lm' needs a causal LM .*got BertForSequenceClassification"):
         finetune(tiny_model(), tiny_tokenizer, train, config=FinetuneConfig(task="causal-lm"))
     with pytest.raises(UsageError, match=r"epochs=0"):
         finetune(tiny_model(), tiny_tokenizer, train, config={"epochs": 0})

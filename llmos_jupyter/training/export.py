@@ -1,0 +1,156 @@
+"""Export a model as a plain Hugging Face directory: safetensors weights, config, tokenizer (and,
+for a model trained by a run, ``llmos_manifest.json``), loadable with
+``transformers.AutoModelFor*.from_pretrained(path)`` and nothing of llmos.
+
+Safety (shared/DESIGN.md, "exports never write outside the folder named"): every file is written
+inside the folder named — first into a hidden staging folder inside it, then renamed into place —
+and after writing, every path under the folder is checked to resolve inside it (no symlink
+escapes). An existing non-empty folder is refused unless ``overwrite=True``; then its old entries
+are removed only after the new export is complete. A failure removes what this call created.
+
+LoRA models (``peft.PeftModel``): ``merge_lora=True`` writes the merged full model (W + (α/r)·B·A,
+peft's ``merge_and_unload`` on a copy, so the in-memory model keeps its adapters);
+``merge_lora=False`` writes the adapter (``adapter_model.safetensors``, ``adapter_config.json``)
+plus the tokenizer; transformers then loads it with peft installed, fetching the base from
+``base_model_name_or_path``.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from ..errors import UsageError
+
+MANIFEST = "llmos_manifest.json"
+
+
+def _is_peft(model: Any) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(model, PeftModel)
+
+
+@contextlib.contextmanager
+def quiet_saving() -> Iterator[None]:
+    """Silence transformers' "Writing model shards" progress bars (llmos reports the save itself)."""
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _check_target(path: Path, overwrite: bool) -> bool:
+    """Validate the destination; return True when the folder existed before."""
+    if path.is_symlink():
+        raise UsageError(f"{path} is a symbolic link; export into a real folder (exports never write outside the folder named)")
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{path} exists and is a file; name a folder to export into")
+    if path.exists() and any(path.iterdir()) and not overwrite:
+        raise UsageError(f"{path} exists and is not empty; pick a new folder or pass --overwrite (overwrite=True) to replace its contents")
+    protected = {Path("/").resolve(), Path.home().resolve(), Path.cwd().resolve()}
+    try:
+        from ..paths import home
+
+        protected.add(home().resolve())
+    except Exception:  # pragma: no cover - paths always importable
+        pass
+    if path.resolve() in protected:
+        raise UsageError(f"refusing to export into {path} (the file-system root, your home, the working directory or LLMOS_HOME); name a new sub-folder")
+    return path.exists()
+
+
+def _inside(root: Path) -> None:
+    """Raise if any path under ``root`` resolves outside it (a symlink escape)."""
+    r = root.resolve()
+    for p in root.rglob("*"):
+        rp = p.resolve()
+        if rp != r and r not in rp.parents:
+            raise RuntimeError(f"export wrote {p} which resolves outside {root}")
+
+
+def export_model(model: Any, tokenizer: Any, path: os.PathLike | str, *, merge_lora: bool = False, overwrite: bool = False,
+                 manifest: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """Write ``model`` and ``tokenizer`` to the folder ``path`` in Hugging Face format.
+
+    Args:
+        model: a transformers model, or a ``peft.PeftModel`` (see the module docstring).
+        tokenizer: its tokenizer (saved with it; None skips it).
+        path: the folder; created when absent (parents too).
+        merge_lora: merge LoRA adapters into the weights (default False: write the adapter).
+        overwrite: replace the contents of a non-empty folder (default False: refuse).
+        manifest: the run manifest to write as ``llmos_manifest.json`` (default None: none).
+
+    Returns:
+        ``{"path", "files", "bytes", "weights", "merged_lora", "adapter"}``: the absolute folder,
+        the file names written (sorted), their total size in bytes, the weights file names,
+        whether adapters were merged, whether an adapter (not a full model) was written.
+
+    Raises:
+        UsageError: a non-empty folder without ``overwrite``, a file or symlink at ``path``, a
+            protected folder (root, home, cwd, LLMOS_HOME), ``merge_lora`` on a model with no
+            adapters, or a quantised model (bitsandbytes etc.) whose weights are not plain floats.
+    """
+    path = Path(path).expanduser().absolute()
+    existed = _check_target(path, overwrite)
+    peft = _is_peft(model)
+    if merge_lora and not peft:
+        raise UsageError("--merge-lora needs a LoRA model; this one has no adapters, so export it without --merge-lora")
+    if getattr(model, "is_quantized", False) or getattr(getattr(model, "config", None), "quantization_config", None) is not None:
+        raise UsageError("this model is quantised and cannot be exported as plain float weights; load it without quantisation first")
+    path.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".llmos-export-", dir=path))
+    try:
+        out = model
+        if peft and merge_lora:
+            out = copy.deepcopy(model).merge_and_unload()  # a copy: the in-memory model keeps its adapters
+        was_training = out.training
+        with quiet_saving():
+            out.save_pretrained(stage, safe_serialization=True)
+        if was_training:  # pragma: no cover - save_pretrained does not change the mode
+            out.train()
+        if tokenizer is not None:
+            tokenizer.save_pretrained(stage)
+        if manifest is not None:
+            (stage / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+        weights = sorted(p.name for p in stage.glob("*.safetensors"))
+        if not weights:
+            raise RuntimeError(f"save_pretrained wrote no safetensors file in {stage}")
+        _inside(stage)
+        new = sorted(p.name for p in stage.iterdir())
+        for old in list(path.iterdir()):  # only when overwrite=True (checked above) or empty
+            if old == stage:
+                continue
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old)
+            else:
+                old.unlink()
+        for name in new:
+            os.replace(stage / name, path / name)
+        stage.rmdir()
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        if not existed:
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+    files = sorted(p.name for p in path.iterdir())
+    return {
+        "path": str(path),
+        "files": files,
+        "bytes": sum((path / f).stat().st_size for f in files if (path / f).is_file()),
+        "weights": weights,
+        "merged_lora": bool(peft and merge_lora),
+        "adapter": bool(peft and not merge_lora),
+    }

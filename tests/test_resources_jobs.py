@@ -1,0 +1,94 @@
+"""Inference while a background fine-tune runs: other models are served; the model being trained
+refuses calls in one line naming the job (decision: a model under training is in train mode
+with weights changing every step — serving it would give answers from no checkpoint at all).
+
+Run: ``.venv/bin/python -m pytest tests/test_resources_jobs.py -q``.
+"""
+from __future__ import annotations
+
+import time
+
+import pytest
+from IPython.core.interactiveshell import InteractiveShell
+
+from llmos_jupyter.errors import UsageError
+
+ROWS = [{"text": t, "label": y} for t, y in [
+    ("great movie", 1), ("awful film", 0), ("a gorgeous, witty, seductive movie", 1),
+    ("this film was a complete waste of two hours", 0), ("hello world great", 1), ("the lazy dog awful", 0),
+] * 8]
+
+
+def _wait(cond, what: str, limit_s: float = 120.0):
+    deadline = time.time() + limit_s  # a liveness bound, not a speed assertion
+    while not cond():
+        if time.time() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def training(fresh_api, tiny_bert, tiny_llama):
+    """'trainee' fine-tuning in a background job (long enough to be caught running), plus an
+    idle classifier 'clf' and a causal LM 'gen'."""
+    api = fresh_api
+    for alias in ("trainee", "clf"):
+        api.load(str(tiny_bert), alias=alias, task="seq-cls", labels="negative,positive")
+    api.load(str(tiny_llama), alias="gen", task="causal-lm")
+    api.data_load(ROWS, name="toy")
+    api.data_split("toy", test=0.25, seed=0)
+    job = api.finetune("trainee", "toy", epochs=500, batch_size=4, lr=1e-3, progress=False, background=True)
+    _wait(lambda: job.state == "running" and job.step >= 2, "the job to take two steps")
+    yield api, job
+    job.cancel()
+    job.wait(120)
+
+
+def test_other_models_are_served_during_training(training):
+    api, job = training
+    step0 = job.step
+    table = api.classify("clf", ["great movie", "awful film"])
+    text = api.generate("gen", "hello world", max_new_tokens=5, stream=False)
+    emb = api.embed("clf", "great movie")
+    assert [d["label"] for d in table.data] and all(d["label"] in ("negative", "positive") for d in table.data)
+    assert all(sum(d["scores"].values()) == pytest.approx(1.0, abs=1e-5) for d in table.data)
+    assert isinstance(text, str) and emb.shape == (1, 32)
+    assert job.state == "running" and job.error is None  # the job went on meanwhile
+    _wait(lambda: job.step > step0, "the job to keep stepping")
+    (row,) = [r for r in api.ps().data if r["alias"] == "trainee"]
+    assert row["training"] == job.id and api.manager().get("trainee").exclusive == job.id
+
+
+def test_the_model_in_training_refuses_calls_in_one_line(training, capsys):
+    api, job = training
+    msg = (f"'trainee' is being fine-tuned by {job.id}; wait with `%llm job wait {job.id}`, stop it with "
+           f"`%llm job cancel {job.id}`, or load a second copy with `%llm load ")
+    with pytest.raises(UsageError) as e:
+        api.classify("trainee", "great movie")
+    assert str(e.value).startswith(msg) and "\n" not in str(e.value)
+    for call in (lambda: api.embed("trainee", "x"), lambda: api.unload("trainee"),
+                 lambda: api.evaluate("trainee", "toy")):
+        with pytest.raises(UsageError):
+            call()
+    ip = InteractiveShell.instance()
+    ip.run_line_magic("load_ext", "llmos_jupyter")
+    capsys.readouterr()
+    ip.run_line_magic("llm", "classify trainee great movie")
+    err = capsys.readouterr().err
+    assert err.startswith(f"llmos: {msg}") and err.count("\n") == 1
+    assert job.state == "running"
+    api.cancel(job.id)
+    job.wait(120)
+    assert job.state == "cancelled" and api.manager().get("trainee").exclusive is None
+    table = api.classify("trainee", "great movie")  # served again once the job has ended
+    assert table.data[0]["label"] in ("negative", "positive")
+
+
+def test_a_second_training_job_on_the_same_device_queues(training):
+    api, job = training
+    second = api.finetune("clf", "toy", epochs=1, batch_size=8, progress=False, background=True)
+    assert second.state == "queued" and job.state == "running"
+    assert api.classify("clf", "great movie").data  # queued, so 'clf' is still served
+    job.cancel()
+    second.wait(120)
+    assert second.state == "done", second.error
