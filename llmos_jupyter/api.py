@@ -21,7 +21,7 @@ import time
 
 from . import catalog, paths
 from .display import Message, Reply, Table
-from .errors import LLMOSError, NotFoundError, UsageError, unknown
+from .errors import LLMOSError, UsageError, unknown
 from .resources.memory import format_size
 
 _lock = threading.Lock()
@@ -707,7 +707,7 @@ def export(alias: str, path: str, *, merge_lora: bool = False, overwrite: bool =
     m = manager()
     with m.use(alias) as rec:
         manifest = None
-        run_id = getattr(rec, "run_id", None)
+        run_id = rec.run_id
         if run_id:
             manifest = dict(registry().get(run_id).manifest(), exported_alias=alias, merged_lora=merge_lora)
         info = export_model(rec.model, rec.tokenizer, path, merge_lora=merge_lora, overwrite=overwrite,

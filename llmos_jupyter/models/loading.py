@@ -184,7 +184,7 @@ def _own_storage(model) -> None:
                 t.data = t.data.clone()
 
 
-def _quiet_transformers():
+def quiet_transformers():
     """Silence transformers' load reports and progress bars while llmos loads (it reports itself)."""
     import contextlib
 
@@ -289,5 +289,5 @@ def load(spec: str, task: str | None = None, **kw) -> Loaded:
     Raises:
         LLMOSError: bad source, unsupported/corrupt GGUF, pickle weights without ``allow_pickle``.
     """
-    with _quiet_transformers():
+    with quiet_transformers():
         return _load_impl(spec, task, **kw)

@@ -65,6 +65,7 @@ class ModelRecord:
     model: object = None
     tokenizer: object = None
     chat_history: list = field(default_factory=list)
+    run_id: str | None = None  # the fine-tuning run that produced the current weights, if any
 
     def summary(self) -> dict:
         """JSON-safe view for ``%llm ps``, widgets and the side panel."""

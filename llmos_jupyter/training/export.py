@@ -16,14 +16,13 @@ plus the tokenizer; transformers then loads it with peft installed, fetching the
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 from ..errors import UsageError
 
@@ -38,18 +37,11 @@ def _is_peft(model: Any) -> bool:
     return isinstance(model, PeftModel)
 
 
-@contextlib.contextmanager
-def quiet_saving() -> Iterator[None]:
+def quiet_saving():
     """Silence transformers' "Writing model shards" progress bars (llmos reports the save itself)."""
-    from transformers.utils import logging as hf_logging
+    from ..models.loading import quiet_transformers
 
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
+    return quiet_transformers()
 
 
 def _check_target(path: Path, overwrite: bool) -> bool:

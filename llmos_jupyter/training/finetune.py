@@ -36,12 +36,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 
+from ..pull import sha256_file  # noqa: F401  (re-exported: checkpoints are hashed the same way as pulls)
 from ..errors import UsageError
 from .batching import check_columns, collate, length_grouped_batches, pad_id_for, read_labels, tokenize_column
 from .config import FinetuneConfig
-from .evaluate import EvalResult, evaluate
+from .evaluate import evaluate
 from .seed import deterministic_mode, seed_everything
-from .sft import IGNORE_INDEX, collate_sft, evaluate_causal_lm, token_loss_sum, tokenize_pairs
+from .sft import collate_sft, evaluate_causal_lm, token_loss_sum, tokenize_pairs
 
 STATUSES = ("completed", "interrupted", "failed")
 # Top-level module names of classification heads in transformers (BERT/RoBERTa/DeBERTa "classifier",
@@ -318,15 +319,6 @@ def lr_factor(step: int, total: int, warmup: int, kind: str = "linear") -> float
     if kind == "constant":
         return 1.0
     return max(0.0, (total - step) / max(1, total - warmup))
-
-
-def sha256_file(path: os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _is_peft(model: Any) -> bool:
