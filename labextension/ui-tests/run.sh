@@ -58,6 +58,9 @@ export LLMOS_HOME="${LLMOS_HOME:-$JUPYTERLAB_GALATA_ROOT_DIR/.llmos_home}"
 export LLMOS_UI_PORT="$PORT"
 export TARGET_URL="http://127.0.0.1:$PORT"
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+# One torch thread per kernel: the tiny fine-tunes share the cores with Chromium and the server,
+# and two spinning OpenMP threads on a busy 2-core machine make a step ~20x slower.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 log "starting JupyterLab on $TARGET_URL (log: $SERVER_LOG)"
 (cd "$HERE" && exec "$PYTHON" -m jupyterlab --config "$HERE/jupyter_server_test_config.py" \
   --allow-root --no-browser) >"$SERVER_LOG" 2>&1 &

@@ -1,7 +1,9 @@
 /**
  * The LLM OS side panel in a real browser (galata + Debian's Chromium), against a real kernel:
- * load a tiny model with %llm, see it in the panel with its size, unload it from the panel, see
- * `%llm ps` empty; watch a background job's progress move; screenshot into <repo>/artifacts.
+ * load a tiny random BERT with %llm and see it with its size; fine-tune it on a data set made in
+ * the notebook through the real job path (background: progress, loss, samples/s, done; a second
+ * one cancelled from the panel; foreground: the bar moves while the cell runs); unload the model
+ * from the panel and see `%llm ps` empty; screenshots into <repo>/artifacts.
  */
 import { expect, test } from '@jupyterlab/galata';
 import * as path from 'path';
@@ -12,8 +14,28 @@ const ARTIFACTS = path.resolve(__dirname, '..', '..', '..', 'artifacts');
 
 test.use({ autoGoto: true });
 
+/** 150 training rows at batch size 4: 38 steps per epoch. */
+const OPTS = '--batch-size 4 --max-length 16 --seed 0';
+
+/** 200 labelled reviews, balanced (a positive or a negative word among filler words). */
+const DATASET = [
+  'import random',
+  'rng = random.Random(0)',
+  "pos, neg = 'good great fine lovely fun'.split(), 'bad awful dull boring weak'.split()",
+  "fill = 'the movie film plot was and a very story acting'.split()",
+  "rows = [{'text': ' '.join(rng.sample(fill, 4) + [rng.choice(pos if i % 2 else neg)]), 'label': i % 2} for i in range(200)]",
+  "print(len(rows), 'rows', rows[0])"
+].join('\n');
+
+/** The job id that `%llm finetune ... --background` printed. */
+function jobIdIn(output: string): string {
+  const m = /job-\d+/.exec(output);
+  expect(m, `no job id in: ${output}`).not.toBeNull();
+  return m![0];
+}
+
 test.describe('LLM OS panel', () => {
-  test('shows a model and a job, unloads from the panel', async ({ page }) => {
+  test('fine-tunes through real jobs, cancels one, unloads from the panel', async ({ page }) => {
     const panel = new LLMOSPanelHelper(page);
 
     // The palette offers the panel's command.
@@ -35,42 +57,77 @@ test.describe('LLM OS panel', () => {
     await expect(panel.models).toContainText('No model loaded');
     await expect(panel.hardware).toContainText('CPU');
 
-    // Load a tiny model with %llm: it appears with its size per device.
+    // Load a tiny random BERT classifier with %llm: it appears with its size per device.
     // (%llm does no {var} expansion in paths, so the path is written out.)
     const tiny = `/tmp/llmos-ui-tiny-${Date.now()}`;
     const made = await panel.run(
-      `import llmos_ui_helpers\nllmos_ui_helpers.save_tiny_llama('${tiny}')\nprint('saved')`
+      `import llmos_ui_helpers\nllmos_ui_helpers.save_tiny_bert('${tiny}')\nprint('saved')`
     );
     expect(made).toContain('saved');
-    await panel.run(`%llm load ${tiny} --task causal-lm --as tiny`);
+    await panel.run(`%llm load ${tiny} --task seq-cls --labels negative,positive --as tiny`);
     const row = panel.modelRow('tiny');
     await expect(row).toBeVisible({ timeout: 30000 });
-    await expect(row).toContainText('causal-lm');
+    await expect(row).toContainText('seq-cls');
     await expect(row.locator('.jp-LLMOS-bytes')).toHaveText(/cpu \d+(\.\d+)? (KiB|MiB)/);
 
-    // A background job: its progress bar moves while the kernel sits idle.
-    await panel.run("import llmos_ui_helpers\nllmos_ui_helpers.start_demo_job(60, 120)");
-    const bar = panel.jobProgress('demo-1');
-    await expect(bar).toBeVisible();
-    const first = await panel.progressOf('demo-1');
-    await expect.poll(() => panel.progressOf('demo-1'), { timeout: 15000 }).toBeGreaterThan(first + 5);
-    await expect(panel.jobs).toContainText('samples/s');
+    // A small labelled data set made in the notebook, loaded and split with %llm.
+    const rows = await panel.run(DATASET);
+    expect(rows).toContain('200 rows');
+    const split = await panel.run('%llm data load rows --as ds\n%llm data split ds --test 0.25');
+    expect(split).toMatch(/train/);
 
+    // A real background fine-tune: the cell returns at once with the job's id, and the job's row
+    // moves while the kernel sits idle, with a loss and a rate, until it is done.
+    const bgOut = await panel.run(`%llm finetune tiny ds --background --epochs 15 ${OPTS}`);
+    const bg = jobIdIn(bgOut);
+    await expect(panel.jobProgress(bg)).toBeVisible({ timeout: 30000 });
+    const statusbar = page.locator('#jp-main-statusbar');
+    const idle = async () => ((await statusbar.textContent()) ?? '').includes('Idle');
+    const moved = await panel.progressValues(bg, 2, 60000, idle);
+    expect(moved.length, `progress seen while the kernel was idle: ${moved}`).toBe(2);
+    await expect(panel.jobRow(bg)).toContainText(/loss \d+(\.\d+)?/);
+    await expect(panel.jobRow(bg)).toContainText(/\d+(\.\d+)? samples\/s/);
+    await expect(panel.jobRow(bg)).toContainText(/step \d+\/570/);
+    await expect(panel.jobState(bg)).toHaveText('done', { timeout: 90000 });
+    expect(await panel.progressOf(bg)).toBe(100);
+    await expect(panel.jobRow(bg)).toContainText('step 570/570');
+    await expect(panel.cancelButton(bg)).toHaveCount(0);
+
+    // A second, long background fine-tune: screenshot the panel with the model and this job
+    // running, then cancel it from the panel; it stops and ends "cancelled".
+    const longOut = await panel.run(`%llm finetune tiny ds --background --epochs 200 ${OPTS}`);
+    const long = jobIdIn(longOut);
+    expect(long).not.toBe(bg);
+    expect((await panel.progressValues(long, 1, 60000)).length).toBe(1);
+    await expect(panel.jobRow(long)).toContainText(/\d+(\.\d+)? samples\/s/);
+    await expect.poll(() => panel.progressOf(long), { timeout: 60000 }).toBeGreaterThanOrEqual(3);
     await page.sidebar.setWidth(430, 'left');
+    await expect(panel.jobState(long)).toHaveText('running');
     await panel.root.screenshot({ path: path.join(ARTIFACTS, 'llmos-panel.png') });
     await page.screenshot({ path: path.join(ARTIFACTS, 'llmos-panel-lab.png') });
+    await expect(panel.jobState(long)).toHaveText('running'); // the screenshot shows it running
+    await panel.cancelButton(long).click();
+    await expect(panel.jobState(long)).toHaveText('cancelled', { timeout: 30000 });
+    await expect(panel.cancelButton(long)).toHaveCount(0);
+    expect(await panel.progressOf(long)).toBeLessThan(100);
+    const jobs = await panel.run(`%llm jobs`);
+    expect(jobs).toMatch(new RegExp(`${long}\\s*finetune\\s*tiny\\s*cancelled`));
+    expect(jobs).toMatch(new RegExp(`${bg}\\s*finetune\\s*tiny\\s*done`));
 
-    // A foreground job blocks its cell; the panel still moves (pushes come from a thread).
+    // A foreground fine-tune blocks its cell; the panel still moves (pushes come from a thread).
     const nb = page.notebook;
-    await nb.addCell('code', "llmos_ui_helpers.start_demo_job(10, 40, 'demo-fg', background=False)");
+    await nb.addCell('code', `%llm finetune tiny ds --epochs 10 ${OPTS}`);
     const busyCell = (await nb.getCellCount()) - 1;
     await nb.runCell(busyCell, { wait: false });
-    await expect(panel.jobProgress('demo-fg')).toBeVisible();
-    await expect(page.locator('#jp-main-statusbar')).toContainText('Busy');
-    const atStart = await panel.progressOf('demo-fg');
-    await expect.poll(() => panel.progressOf('demo-fg'), { timeout: 8000 }).toBeGreaterThan(atStart + 10);
-    await expect(page.locator('#jp-main-statusbar')).toContainText('Busy'); // still running
+    await expect(panel.jobs.locator('li.jp-LLMOS-job')).toHaveCount(3, { timeout: 30000 });
+    const fg = (await panel.jobIds())[2];
+    expect([bg, long]).not.toContain(fg);
+    const busy = async () => ((await statusbar.textContent()) ?? '').includes('Busy');
+    expect(await busy()).toBe(true);
+    const fgMoved = await panel.progressValues(fg, 2, 60000, busy);
+    expect(fgMoved.length, `progress seen while the cell was busy: ${fgMoved}`).toBe(2);
     await nb.waitForRun(busyCell);
+    await expect(panel.jobState(fg)).toHaveText('done', { timeout: 30000 });
 
     // Unload from the panel: the row goes, and %llm ps agrees.
     await panel.unloadButton('tiny').click();

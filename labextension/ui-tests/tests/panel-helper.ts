@@ -44,6 +44,54 @@ export class LLMOSPanelHelper {
     return Number(await this.jobProgress(id).getAttribute('aria-valuenow'));
   }
 
+  /** The job's list item (kind, target, state, Cancel, progress bar, stats). */
+  jobRow(id: string): Locator {
+    return this.jobs.locator(`li[data-job="${id}"]`);
+  }
+
+  jobState(id: string): Locator {
+    return this.jobRow(id).locator('.jp-LLMOS-state');
+  }
+
+  cancelButton(id: string): Locator {
+    return this.root.getByRole('button', { name: `Cancel job ${id}`, exact: true });
+  }
+
+  /** Ids of the jobs listed, in the kernel's order (oldest first). */
+  async jobIds(): Promise<string[]> {
+    return this.jobs
+      .locator('li.jp-LLMOS-job')
+      .evaluateAll(items => items.map(li => li.getAttribute('data-job') ?? ''));
+  }
+
+  /**
+   * Poll the job's progress bar until it has shown `count` different values; return them.
+   * `keepGoing` is checked on every poll (e.g. "the cell is still busy") and must stay true.
+   */
+  async progressValues(
+    id: string,
+    count: number,
+    timeout: number,
+    keepGoing: () => Promise<boolean> = async () => true
+  ): Promise<number[]> {
+    const seen: number[] = [];
+    const end = Date.now() + timeout;
+    while (Date.now() < end) {
+      const v = await this.progressOf(id);
+      if (!(await keepGoing())) {
+        break;
+      }
+      if (v > 0 && !seen.includes(v)) {
+        seen.push(v);
+        if (seen.length >= count) {
+          break;
+        }
+      }
+      await this.page.waitForTimeout(100);
+    }
+    return seen;
+  }
+
   /** Open the panel with its command, as the palette or the View menu would. */
   async open(): Promise<void> {
     await this.page.evaluate(async () => {
