@@ -225,6 +225,25 @@ class DataStore:
     def _read_meta(self, name: str, version: int) -> dict:
         return json.loads((self.root / name / f"v{version}" / META).read_text())
 
+    def head(self, name: str) -> int:
+        """The current version of ``name``: the one the last load or operation produced or
+        returned (re-running a cell moves it back), else the newest.
+
+        Raises:
+            NotFoundError: unknown name.
+        """
+        nums = self._require(name)
+        try:
+            n = int((self.root / name / "HEAD").read_text().strip())
+        except (OSError, ValueError):
+            return nums[-1]
+        return n if n in nums else nums[-1]
+
+    def _set_head(self, name: str, version: int) -> None:
+        tmp = self.root / name / f".HEAD-{uuid.uuid4().hex[:8]}"
+        tmp.write_text(str(version))
+        os.replace(tmp, self.root / name / "HEAD")
+
     def versions(self, name: str) -> list[dict]:
         """Every version of ``name``, oldest first: ``{"version", "fingerprint", "parent",
         "parent_version", "operation", "params", "rows" (total), "splits" ({split: rows}),
@@ -249,8 +268,9 @@ class DataStore:
         out = []
         for name in self.names():
             nums = self._version_numbers(name)
-            m = self._read_meta(name, nums[-1])
-            out.append({"name": name, "version": nums[-1], "rows": sum(m["rows"].values()),
+            head = self.head(name)
+            m = self._read_meta(name, head)
+            out.append({"name": name, "version": head, "rows": sum(m["rows"].values()),
                         "fingerprint": m["fingerprint"], "splits": m["rows"],
                         "versions": len(nums), "operation": m["operation"]})
         return out
@@ -259,18 +279,18 @@ class DataStore:
         nums = self._version_numbers(str(name))
         if not nums:
             raise unknown("dataset", name, self.names(),
-                          "see `%llm data list`, or load it with `%llm data load SOURCE --name NAME`")
+                          "see `%llm data list`, or load it with `%llm data load SOURCE --as NAME`")
         return nums
 
     def get(self, name: str, version: int | None = None) -> DatasetVersion:
-        """Load a stored version (the latest when ``version`` is ``None``).
+        """Load a stored version (the current one, :meth:`head`, when ``version`` is ``None``).
 
         Raises:
             NotFoundError: unknown name or version.
         """
         nums = self._require(name)
         if version is None:
-            version = nums[-1]
+            version = self.head(name)
         try:
             version = int(str(version).lstrip("v"))
         except ValueError:
@@ -323,6 +343,7 @@ class DataStore:
         with self._lock:
             for n in self._version_numbers(name):
                 if self._read_meta(name, n)["fingerprint"] == fingerprint:
+                    self._set_head(name, n)  # re-running a cell makes its result current again
                     return self.get(name, n)
             version = DatasetVersion(
                 name=name, version=0, fingerprint=fingerprint,
@@ -353,6 +374,7 @@ class DataStore:
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
+            self._set_head(name, n)
             return self.get(name, n)
 
     # ------------------------------------------------------------------ load
