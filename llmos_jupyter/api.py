@@ -145,7 +145,16 @@ def load(spec: str, *, alias: str | None = None, task: str | None = None, labels
 
 
 def unload(alias: str) -> Message:
-    """Unload ``alias`` and report the memory that came back."""
+    """Unload ``alias`` and report the memory that came back.
+
+    Raises:
+        UsageError: a queued or running job targets ``alias`` (cancel it first).
+    """
+    if "jobs" in _state:
+        busy = [j for j in _state["jobs"].jobs.values() if j.target == alias and not j.done]
+        if busy:
+            raise UsageError(f"'{alias}' is used by {busy[0].id} ({busy[0].state}); wait with "
+                             f"`%llm job wait {busy[0].id}` or stop it with `%llm job cancel {busy[0].id}` first")
     r = manager().unload(alias)
     return Message(f"{alias}: unloaded; {format_size(r['measured_bytes'])} of tensors released, "
                    f"process RSS down {format_size(max(r['rss_freed'], 0))}", **r)
@@ -191,11 +200,19 @@ def ps() -> Table:
 def budget(cpu=None, gpu=None) -> Table:
     """Show or set memory budgets: ``budget(cpu="8GiB")``, ``budget(gpu="0:20GiB")``."""
     m = manager()
+    changed = []
     if cpu is not None:
         m.set_budget("cpu", cpu)
+        changed.append("cpu")
     if gpu is not None:
         dev, _, size = str(gpu).rpartition(":")
         m.set_budget(f"cuda:{dev or 0}", size)
+        changed.append(f"cuda:{dev or 0}")
+    for d in changed:
+        if m.used(d) > m.budget(d):
+            print(f"llmos: the {d} budget {format_size(m.budget(d))} is below what is loaded there "
+                  f"({format_size(m.used(d))}); nothing is unloaded now, the next load there evicts idle models",
+                  file=sys.stderr)
     from .resources.hardware import gpus
 
     devices = ["cpu"] + [f"cuda:{g['index']}" for g in gpus()]
@@ -383,16 +400,18 @@ def data_show(name: str, *, version=None, tokenizer: str | None = None, max_leng
     return store().show(name, version=version, tokenizer=tok, max_length=max_length)
 
 
-def data_sample(name: str, n: int, *, seed: int = 0, stratify="label"):
-    """Keep a seeded, stratified sample of ``n`` rows of ``name`` as a new version."""
-    dv = store().sample(name, n, seed=seed, stratify=stratify)
+def data_sample(name: str, n: int, *, seed: int = 0, stratify="label", version=None):
+    """Keep a seeded, stratified sample of ``n`` rows of ``name`` (its current version, or
+    ``version``) as a new version."""
+    dv = store().sample(name, n, seed=seed, stratify=stratify, version=version)
     events().emit("dataset", name=dv.name, version=dv.version)
     return dv
 
 
-def data_split(name: str, *, test=0.15, validation=None, seed: int = 0, stratify="label"):
-    """Split a dataset into train/test(/validation), stratified and seeded; a new version."""
-    dv = store().split(name, test=test, validation=validation, seed=seed, stratify=stratify)
+def data_split(name: str, *, test=0.15, validation=None, seed: int = 0, stratify="label", version=None):
+    """Split a dataset (its current version, or ``version``) into train/test(/validation),
+    stratified and seeded; a new version."""
+    dv = store().split(name, test=test, validation=validation, seed=seed, stratify=stratify, version=version)
     events().emit("dataset", name=dv.name, version=dv.version)
     return dv
 
@@ -541,7 +560,7 @@ class _JobProgress:
 
 def finetune(alias: str, dataset: str, *, epochs: int = 1, lr: float = 5e-5, batch_size: int = 32,
              seed: int = 0, max_length: int = 128, method: str = "full", eval_split: str | None = "test",
-             progress: bool = True, background: bool = False, **options):
+             progress: bool = True, background: bool = False, resume: str | None = None, **options):
     """Fine-tune ``alias`` on ``dataset``'s train split; evaluate on ``eval_split`` when present;
     record the run in the registry.
 
@@ -555,13 +574,21 @@ def finetune(alias: str, dataset: str, *, epochs: int = 1, lr: float = 5e-5, bat
         progress: show the live progress view.
         background: return a :class:`~llmos_jupyter.resources.jobs.Job` at once and train in a
             background thread (``%llm jobs``, ``job.wait()``, ``cancel(job.id)``).
+        resume: id of an interrupted fine-tune run: continue it from its checkpoint (weights,
+            optimizer, scheduler, data position, RNG states) with its own config, to the same
+            final weights an uninterrupted run reaches. A new run is recorded whose config has
+            ``resumed_from``. Options that differ from the run's config are refused.
+        options: more :class:`FinetuneConfig` fields, e.g. ``eval_every`` (steps),
+            ``early_stopping_patience`` (evaluations), ``metric_for_best``.
 
     Returns:
         The run (id, status, metrics, samples/s, wall time, checkpoint sha256), or the job.
 
     Raises:
-        UsageError / NotFoundError: bad options, unknown model or dataset, label mismatch —
-            checked before anything is written to the registry or checkpoints.
+        UsageError / NotFoundError: bad options, unknown model or dataset, label mismatch; with
+            ``resume``: unknown run id, a run that completed, a model or dataset whose
+            fingerprint differs from the run's — checked before anything is written to the
+            registry or checkpoints.
     """
     from dataclasses import asdict
 
@@ -576,6 +603,19 @@ def finetune(alias: str, dataset: str, *, epochs: int = 1, lr: float = 5e-5, bat
     lm = rec.task == "causal-lm"
     cfg = FinetuneConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, max_length=max_length,
                          method=method, task="causal-lm" if lm else "seq-cls", **options)
+    prev = resume_ck = None
+    if resume is not None:  # continue an interrupted run with its own config (training/resume.py)
+        from .training.resume import model_fingerprint, plan_resume
+
+        prev = registry().get(resume)
+        given = dict(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, max_length=max_length, method=method,
+                     task=cfg.task, **options)
+        defaults = dict(epochs=1, lr=5e-5, batch_size=32, seed=0, max_length=128, method="full")
+        prev_cfg, resume_ck, prev_state = plan_resume(prev, given, defaults)
+        cfg = FinetuneConfig.from_dict(prev_cfg)
+        method, seed = cfg.method, cfg.seed
+        if prev_state.get("model_fingerprint") != model_fingerprint(rec.model):
+            raise UsageError(f"run {prev.id} was trained on a different model than '{alias}' now holds; load the same base model as '{alias}', or start a new run")
     if not lm:
         _need_task(rec, "seq-cls", "finetune")
     dv = store().get(dataset)
@@ -585,6 +625,9 @@ def finetune(alias: str, dataset: str, *, epochs: int = 1, lr: float = 5e-5, bat
     else:
         train = _prepare_split(dv, "train", rec)
         ev = _prepare_split(dv, eval_split, rec) if eval_split and eval_split in dv.splits else None
+    if prev is not None and prev.data_fingerprint != dv.fingerprint:
+        raise UsageError(f"run {prev.id} was trained on dataset fingerprint {prev.data_fingerprint}, '{dataset}' is now "
+                         f"{dv.fingerprint}; pass the same dataset version, or start a new run")
     if method == "lora":
         check_lora_targets(rec.model, cfg)  # before the registry row: a bad target writes nothing
     cols = ({"prompt_column": dv.prompt_column, "response_column": dv.response_column} if lm else
@@ -597,12 +640,14 @@ def finetune(alias: str, dataset: str, *, epochs: int = 1, lr: float = 5e-5, bat
     job = Job(kind="finetune", target=alias, device=rec.device or "cpu")
 
     def work(job):
-        with registry().track("finetune", alias, f"{dv.name}@v{dv.version}", asdict(cfg), seed,
+        config = dict(asdict(cfg), **({"resumed_from": prev.id} if prev is not None else {}))
+        with registry().track("finetune", alias, f"{dv.name}@v{dv.version}", config, seed,
                               dv.fingerprint) as run:
             with m.use(alias, exclusive=job.id) as held:  # other calls on alias are refused meanwhile
                 result = _finetune(held.model, held.tokenizer, train, ev, **cols, config=cfg,
                                    callback=_JobProgress(job, view),
-                                   run_dir=registry().run_dir(run.id), should_stop=job.should_stop, run_id=run.id)
+                                   run_dir=registry().run_dir(run.id), should_stop=job.should_stop, run_id=run.id,
+                                   resume_from=resume_ck)
                 if getattr(result, "model", None) is not None and result.model is not held.model:
                     held.model = result.model  # LoRA wraps the model
                 held.run_id = run.id  # `export` writes this run's manifest next to the weights

@@ -49,11 +49,18 @@ def test_export_refuses_and_overwrites(tiny_llama, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    with pytest.raises(UsageError, match="not empty.*--overwrite"):
+    with pytest.raises(UsageError, match="not empty; pick a new folder"):
         export_model(model, tok, out)
+    with pytest.raises(UsageError, match="holds no model export"):  # --overwrite never empties other folders
+        export_model(model, tok, out, overwrite=True)
     assert [p.name for p in out.iterdir()] == ["notes.txt"]  # untouched
-    export_model(model, tok, out, overwrite=True)
-    assert "notes.txt" not in {p.name for p in out.iterdir()} and (out / "model.safetensors").is_file()
+    prev = tmp_path / "prev"
+    export_model(model, tok, prev)
+    (prev / "stale.txt").write_text("left from before")
+    with pytest.raises(UsageError, match="--overwrite to replace that earlier export"):
+        export_model(model, tok, prev)
+    export_model(model, tok, prev, overwrite=True)
+    assert "stale.txt" not in {p.name for p in prev.iterdir()} and (prev / "model.safetensors").is_file()
     (tmp_path / "file").write_text("x")
     with pytest.raises(UsageError, match="is a file"):
         export_model(model, tok, tmp_path / "file")

@@ -404,7 +404,7 @@ def infer_roles(splits: dict[str, Columns], *, text_column=None, label_column=No
     for role, given in (("text", text_column), ("label", label_column),
                         ("prompt", prompt_column), ("response", response_column)):
         if given not in (None, False) and given not in cols:
-            raise unknown("column", given, cols, f"pass {role}_column= one of: {', '.join(cols)}")
+            raise unknown("column", given, cols, f"use --{role} COLUMN ({role}_column= in Python) with one of: {', '.join(cols)}")
     prompt = prompt_column or _find(cols, PROMPT_NAMES)
     response = response_column or _find(cols, RESPONSE_NAMES, exclude=(prompt,))
     if not (prompt and response) and not (prompt_column or response_column):
@@ -419,7 +419,7 @@ def infer_roles(splits: dict[str, Columns], *, text_column=None, label_column=No
             lengths = [len(v) for v in vals if isinstance(v, str)]
             scored.append((sum(lengths) / max(len(lengths), 1), c))
         if not scored:
-            raise UsageError(f"no text column found among {cols}; pass text_column=NAME "
+            raise UsageError(f"no text column found among {cols}; use --text COLUMN (text_column= in Python) "
                              f"(`--text-column NAME`)")
         text = max(scored)[1]
     if label_column is False:

@@ -502,7 +502,8 @@ class DataStore:
         v = self.get(name, version)
         if len(v.splits) != 1:
             raise UsageError(f"{name} v{v.version} is already split ({', '.join(v.splits)}); split an "
-                             f"unsplit version, e.g. get('{name}', version={v.parent_version or 1})")
+                             f"unsplit version: `%llm data split {name} --version {v.parent_version or 1}` "
+                             f"(version= in Python)")
         (src_split, ds), = v.splits.items()
         n = len(ds)
         n_test = self._count("test", test, n)
@@ -550,7 +551,8 @@ class DataStore:
         v = self.get(name, version)
         if len(v.splits) != 1:
             raise UsageError(f"{name} v{v.version} is split ({', '.join(v.splits)}); sample an unsplit "
-                             f"version, e.g. version={v.parent_version or 1}")
+                             f"version: `%llm data sample {name} N --version {v.parent_version or 1}` "
+                             f"(version= in Python)")
         (split_name, ds), = v.splits.items()
         k = self._count("n", n, len(ds))
         if k >= len(ds):

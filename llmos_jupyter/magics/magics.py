@@ -78,7 +78,7 @@ class LLMMagics(Magics):
     def do_help(self, p):
         from ..display import Message
 
-        sub = p.get("subcommand")
+        sub = " ".join(w for w in (p.get("subcommand"), p.get("word")) if w)
         if sub:
             if sub in ("data", "job"):
                 cmds = [c for n, c in COMMANDS.items() if n.startswith(sub + " ")]
@@ -175,7 +175,12 @@ class LLMMagics(Magics):
     def do_embed(self, p):
         from .. import api
 
-        return api.embed(p["alias"], p["text"])[0]
+        from ..display import Message
+
+        vec = api.embed(p["alias"], p["text"])[0]
+        head = ", ".join(f"{x:.4f}" for x in vec[:6])
+        return Message(f"{p['alias']}: embedding of {len(vec)} dims, L2 norm {float((vec ** 2).sum()) ** 0.5:.4f}: "
+                       f"[{head}, …]  (the vector: `llmos_jupyter.api.embed(alias, text)`)", vector=vec)
 
     def do_data_load(self, p):
         from .. import api
@@ -193,7 +198,8 @@ class LLMMagics(Magics):
             n = int(p["n"])
         except ValueError:
             raise UsageError(f"%llm data sample takes a whole number of rows, got '{p['n']}'") from None
-        dv = api.data_sample(p["name"], n, seed=p["seed"] or 0, stratify=None if p["no_stratify"] else "label")
+        dv = api.data_sample(p["name"], n, seed=p["seed"] or 0, stratify=None if p["no_stratify"] else "label",
+                             version=p["version"])
         return _dataset_message(dv)
 
     def do_data_show(self, p):
@@ -211,7 +217,8 @@ class LLMMagics(Magics):
             kw["test"] = int(p["test"]) if p["test"] >= 1 else p["test"]
         if p["validation"] is not None:
             kw["validation"] = int(p["validation"]) if p["validation"] >= 1 else p["validation"]
-        dv = api.data_split(p["name"], seed=p["seed"] if p["seed"] is not None else 0, stratify=stratify, **kw)
+        dv = api.data_split(p["name"], seed=p["seed"] if p["seed"] is not None else 0, stratify=stratify,
+                            version=p["version"], **kw)
         return _dataset_message(dv)
 
     def do_data_clean(self, p):
@@ -254,7 +261,11 @@ class LLMMagics(Magics):
         for k in ("lora_r", "lora_alpha", "lora_dropout"):
             if p[k] is not None:
                 kw[k] = p[k]
-        return api.finetune(p["alias"], p["dataset"], progress=not p["no_progress"], background=p["background"], **kw)
+        for opt, k in (("eval_every", "eval_every"), ("patience", "early_stopping_patience"), ("metric", "metric_for_best")):
+            if p[opt] is not None:
+                kw[k] = p[opt]
+        return api.finetune(p["alias"], p["dataset"], progress=not p["no_progress"], background=p["background"],
+                            resume=p["resume"], **kw)
 
     def do_jobs(self, p):
         from .. import api

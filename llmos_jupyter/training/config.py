@@ -10,6 +10,8 @@ with one line that names the option, the value and the fix (the way
 """
 from __future__ import annotations
 
+import re
+
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -20,6 +22,12 @@ from ..errors import UsageError, close_matches
 TASKS = ("seq-cls", "causal-lm")
 METHODS = ("full", "lora")
 SCHEDULERS = ("linear", "constant")
+# Metrics an evaluation reports per task, and whether greater is better (for ``metric_for_best``).
+BEST_METRICS: dict[str, dict[str, bool]] = {
+    "seq-cls": {"macro_f1": True, "accuracy": True, "loss": False},
+    "causal-lm": {"loss": False, "perplexity": False},
+}
+DEFAULT_BEST_METRIC = {"seq-cls": "macro_f1", "causal-lm": "loss"}
 
 # LoRA targets per ``config.model_type`` when ``target_modules`` is None: the attention query and
 # value projections, as in the LoRA paper (Hu et al. 2021, §7.1: adapting W_q and W_v is enough).
@@ -75,6 +83,16 @@ class FinetuneConfig:
         max_steps: stop after this many optimizer steps (default None: run all epochs).
         eval_every: evaluate on the eval set every this many optimizer steps (default None: only
             at the end).
+        early_stopping_patience: stop after this many evaluations in a row without improving
+            ``metric_for_best`` (default None: never stop early). Needs ``eval_every`` and an
+            eval set. Turns on best-model tracking.
+        metric_for_best: the evaluation metric that picks the best checkpoint: seq-cls
+            "macro_f1" (default), "accuracy" (greater is better) or "loss"; causal-lm "loss"
+            (default) or "perplexity" (lower is better). Setting it (or the patience) turns on
+            best-model tracking: the best weights seen at any evaluation (every ``eval_every``
+            steps and the final one) are kept and loaded back into the model at the end; the
+            result's metrics are the best evaluation's, with ``best_step`` / ``best_epoch``.
+            Needs ``eval_every``.
         group_by_length: batch rows of similar token length together (seeded), which cuts the
             padding per batch (default True).
         deterministic: ask torch for deterministic kernels during the run
@@ -105,6 +123,8 @@ class FinetuneConfig:
     max_grad_norm: Optional[float] = 1.0
     max_steps: Optional[int] = None
     eval_every: Optional[int] = None
+    early_stopping_patience: Optional[int] = None
+    metric_for_best: Optional[str] = None
     group_by_length: bool = True
     deterministic: bool = True
     method: str = "full"
@@ -116,7 +136,11 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         def bad(name: str, want: str, fix: str) -> UsageError:
-            return UsageError(f"{name}={getattr(self, name)!r} is not allowed: {want}; {fix}")
+            # name the magic's flag and the Python keyword: "--epochs 0 (epochs=0)"
+            flag = "--" + name.replace("_", "-")
+            fix = re.sub(r"pass e\.g\. (\w+)=(\S+)", lambda m: f"use e.g. --{m.group(1).replace('_', '-')} "
+                         f"{m.group(2)} ({m.group(1)}={m.group(2)} in Python)", fix)
+            return UsageError(f"{flag} {getattr(self, name)!r} ({name}=) is not allowed: {want}; {fix}")
 
         for name in ("epochs", "batch_size", "max_length", "grad_accum", "lora_r"):
             v = getattr(self, name)
@@ -144,6 +168,16 @@ class FinetuneConfig:
             v = getattr(self, name)
             if v not in choices:
                 raise UsageError(f"{name}={v!r} is not allowed{close_matches(v, choices)}; use one of: {', '.join(choices)}")
+        v = self.early_stopping_patience
+        if v is not None and (not _is_int(v) or v < 1):
+            raise bad("early_stopping_patience", "it must be a whole number of evaluations >= 1, or None", "pass e.g. early_stopping_patience=3")
+        if self.metric_for_best is not None:
+            allowed = list(BEST_METRICS[self.task])
+            if self.metric_for_best not in allowed:
+                raise UsageError(f"metric_for_best={self.metric_for_best!r} is not a {self.task} metric{close_matches(str(self.metric_for_best), allowed)}; use one of: {', '.join(allowed)}")
+        if self.track_best and self.eval_every is None:
+            which = "early_stopping_patience" if self.early_stopping_patience is not None else "metric_for_best"
+            raise UsageError(f"{which} needs periodic evaluation; pass eval_every=N (optimizer steps) too")
         for name in ("group_by_length", "deterministic"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "it must be True or False", f"pass {name}=True")
@@ -158,6 +192,16 @@ class FinetuneConfig:
                 raise bad("target_modules", "it must be a non-empty list of module names", "pass None for the default or e.g. ['query', 'value']")
             if self.method != "lora":
                 raise UsageError(f"target_modules={tm!r} only applies to method='lora' (method={self.method!r}); pass method='lora' or drop target_modules")
+
+    @property
+    def track_best(self) -> bool:
+        """True when the best checkpoint is kept (``early_stopping_patience`` or ``metric_for_best`` set)."""
+        return self.early_stopping_patience is not None or self.metric_for_best is not None
+
+    def best_metric(self) -> tuple[str, bool]:
+        """(metric name, greater is better) used to pick the best checkpoint for this task."""
+        name = self.metric_for_best or DEFAULT_BEST_METRIC[self.task]
+        return name, BEST_METRICS[self.task][name]
 
     # ------------------------------------------------------------------ conversions
     def to_dict(self) -> dict[str, Any]:

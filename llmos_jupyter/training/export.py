@@ -50,8 +50,6 @@ def _check_target(path: Path, overwrite: bool) -> bool:
         raise UsageError(f"{path} is a symbolic link; export into a real folder (exports never write outside the folder named)")
     if path.exists() and not path.is_dir():
         raise UsageError(f"{path} exists and is a file; name a folder to export into")
-    if path.exists() and any(path.iterdir()) and not overwrite:
-        raise UsageError(f"{path} exists and is not empty; pick a new folder or pass --overwrite (overwrite=True) to replace its contents")
     protected = {Path("/").resolve(), Path.home().resolve(), Path.cwd().resolve()}
     try:
         from ..paths import home
@@ -61,6 +59,14 @@ def _check_target(path: Path, overwrite: bool) -> bool:
         pass
     if path.resolve() in protected:
         raise UsageError(f"refusing to export into {path} (the file-system root, your home, the working directory or LLMOS_HOME); name a new sub-folder")
+    if path.exists() and any(path.iterdir()):
+        is_export = (path / "config.json").is_file() or (path / "adapter_config.json").is_file()
+        if not overwrite:
+            hint = " or pass --overwrite to replace that earlier export" if is_export else ""
+            raise UsageError(f"{path} exists and is not empty; pick a new folder{hint}")
+        if not is_export:  # --overwrite never empties a folder that is not a model export
+            raise UsageError(f"{path} is not empty and holds no model export (no config.json); "
+                             f"--overwrite only replaces an earlier export — pick a new folder")
     return path.exists()
 
 

@@ -41,6 +41,8 @@ from ..errors import UsageError
 from .batching import check_columns, collate, length_grouped_batches, pad_id_for, read_labels, tokenize_column
 from .config import FinetuneConfig
 from .evaluate import evaluate
+from .resume import (capture_rng, check_resume, load_training_state, load_weights, model_fingerprint, read_resume_state,
+                     restore_rng, save_training_state, train_digest)
 from .seed import deterministic_mode, seed_everything
 from .sft import collate_sft, evaluate_causal_lm, token_loss_sum, tokenize_pairs
 
@@ -75,6 +77,11 @@ class FinetuneResult:
             checkpoint_sha256: sha256 of its weights file (``model.safetensors``, or
             ``adapter_model.safetensors`` for LoRA).
         head_reinitialized: parameter names re-initialised from the seed before training.
+        best_step / best_epoch / best_value: with best-model tracking (``early_stopping_patience``
+            or ``metric_for_best``), the evaluation whose weights were loaded back at the end
+            and its ``metric_for_best`` value (also in ``metrics``); else None.
+        stopped_early: True when ``early_stopping_patience`` ended the run (status "completed").
+        resumed_from: the checkpoint a resumed run continued from, else None.
         trainable_params / total_params: parameter counts.
         model: the trained model (for LoRA the ``peft.PeftModel`` wrapping the given model).
     """
@@ -102,6 +109,11 @@ class FinetuneResult:
     trainable_params: int
     total_params: int
     model: Any = field(default=None, repr=False)
+    best_step: Optional[int] = None
+    best_epoch: Optional[float] = None
+    best_value: Optional[float] = None
+    stopped_early: bool = False
+    resumed_from: Optional[str] = None
 
     def summary(self) -> dict[str, Any]:
         """JSON-serialisable summary (no model, no arrays)."""
@@ -388,9 +400,10 @@ def _wrap_lora(model: Any, cfg: FinetuneConfig) -> Any:
         raise
 
 
-def save_checkpoint(model: Any, tokenizer: Any, run_dir: os.PathLike, state: dict[str, Any]) -> tuple[Path, str]:
-    """Write ``run_dir/checkpoint`` atomically: weights (safetensors), config, tokenizer and
-    ``trainer_state.json``. Built in a temporary sibling directory and renamed into place, so a
+def save_checkpoint(model: Any, tokenizer: Any, run_dir: os.PathLike, state: dict[str, Any],
+                    extra: Optional[Callable[[Path], None]] = None) -> tuple[Path, str]:
+    """Write ``run_dir/checkpoint`` atomically: weights (safetensors), config, tokenizer,
+    ``trainer_state.json`` and whatever ``extra(directory)`` writes (the resume state). Built in a temporary sibling directory and renamed into place, so a
     failure leaves no half-written checkpoint and an older one stays intact until replaced.
 
     Returns:
@@ -416,6 +429,8 @@ def save_checkpoint(model: Any, tokenizer: Any, run_dir: os.PathLike, state: dic
             if not shards:
                 raise RuntimeError(f"save_pretrained wrote no safetensors file in {tmp}")
             sha = hashlib.sha256("".join(f"{s} {sha256_file(tmp / s)}\n" for s in shards).encode()).hexdigest()
+        if extra is not None:
+            extra(tmp)
         state = dict(state, checkpoint_sha256=sha, weights_file=name)
         (tmp / TRAINER_STATE).write_text(json.dumps(state, indent=2, default=str))
         old = None
@@ -492,6 +507,7 @@ def finetune(
     run_id: Optional[str] = None,
     prompt_column: str = "prompt",
     response_column: str = "response",
+    resume_from: Optional[os.PathLike | str] = None,
 ) -> FinetuneResult:
     """Fine-tune ``model`` for sequence classification (``config.task="seq-cls"``) or supervised
     fine-tune a causal LM on prompt/response pairs (``task="causal-lm"``) on ``train``; evaluate
@@ -526,6 +542,22 @@ def finetune(
             interrupt does the same (a second Ctrl-C raises KeyboardInterrupt at once, which
             also ends the run as "interrupted", as does one raised by a callback).
         run_id: passed to ``callback.on_begin`` and stored in the checkpoint's trainer state.
+        resume_from: the ``checkpoint`` directory of an interrupted run (``run_dir/checkpoint``,
+            status "interrupted"): load its weights, optimizer, scheduler and RNG states and
+            continue at its step with the same batch order (each epoch's seeded batches are
+            regenerated and the consumed ones skipped), so the run ends with the weights and
+            metrics of a run never interrupted (same device and versions). ``config`` must
+            equal the run's; the model architecture and tokenised training data must match.
+            A stop is resumable when it came at a step boundary (``should_stop``, the first
+            Ctrl-C, a KeyboardInterrupt from a callback) or before the optimizer update began.
+
+    Best model / early stopping: with ``config.early_stopping_patience`` or
+    ``config.metric_for_best`` (both need ``eval_every`` and ``eval``), every evaluation is
+    compared on ``metric_for_best``; the best trainable weights are kept (on the CPU, and in an
+    interrupted run's checkpoint) and loaded back into the model at the end, the checkpoint
+    then holds them, and ``metrics`` are the best evaluation's plus ``best_step``,
+    ``best_epoch``, ``metric_for_best`` and ``stopped_early``. The run stops (status
+    "completed") after ``early_stopping_patience`` evaluations in a row without improvement.
 
     Algorithm: AdamW (Loshchilov & Hutter 2019, https://arxiv.org/abs/1711.05101; betas 0.9,
     0.999, eps 1e-8) on the mean cross-entropy of each optimizer step's rows, global-norm
@@ -539,12 +571,14 @@ def finetune(
     Raises:
         UsageError: bad config, labels outside 0..C-1, a model with fewer than 2 labels, a task
             other than "seq-cls", float16 weights for a full fine-tune, LoRA targets that match
-            nothing. NotFoundError: unknown column.
+            nothing; with ``resume_from``: a run that completed (nothing to resume), a different
+            config, model architecture or training data, best-model tracking without an eval
+            set. NotFoundError: unknown column; no checkpoint at ``resume_from``.
     """
     cb = _Callback(callback)
     try:
         return _finetune(model, tokenizer, train, eval, text_column, label_column, config, cb, run_dir, should_stop, run_id,
-                         prompt_column, response_column)
+                         prompt_column, response_column, resume_from)
     except BaseException:
         cb("on_end", "failed", None)  # the progress display must not stay "running"
         raise
@@ -552,7 +586,8 @@ def finetune(
 
 def _finetune(model: Any, tokenizer: Any, train: Any, eval: Any, text_column: str, label_column: str, config: Any, cb: _Callback,
               run_dir: Any, should_stop: Optional[Callable[[], bool]], run_id: Optional[str],
-              prompt_column: str = "prompt", response_column: str = "response") -> FinetuneResult:  # noqa: A002
+              prompt_column: str = "prompt", response_column: str = "response",
+              resume_from: Optional[os.PathLike | str] = None) -> FinetuneResult:  # noqa: A002
     import psutil
     import torch
     import torch.nn.functional as F
@@ -602,6 +637,14 @@ def _finetune(model: Any, tokenizer: Any, train: Any, eval: Any, text_column: st
         total_steps = min(total_steps, cfg.max_steps)
     warmup = math.ceil(cfg.warmup_ratio * total_steps)
     fingerprint = getattr(train, "_fingerprint", None)
+    model_fp = model_fingerprint(model)
+    digest = train_digest(tok, labels)
+    if cfg.track_best and eval is None:
+        raise UsageError("early_stopping_patience / metric_for_best need an eval set; pass eval= (a test or validation split)")
+    rstate: Optional[dict[str, Any]] = None
+    if resume_from is not None:  # every check before anything is trained or written
+        rstate = read_resume_state(resume_from)
+        check_resume(rstate, config=cfg.to_dict(), model_fp=model_fp, data_digest=digest)
 
     proc = psutil.Process()
     peak_rss = proc.memory_info().rss
@@ -615,16 +658,36 @@ def _finetune(model: Any, tokenizer: Any, train: Any, eval: Any, text_column: st
     status = "completed"
     head_names: list[str] = []
     trainable: list[Any] = []
+    metric_name, greater = cfg.best_metric()
+    # best-model tracking: the best evaluation so far (JSON-safe, goes to trainer_state) and its weights
+    best: dict[str, Any] = {"metric": metric_name, "value": None, "step": None, "epoch": None, "bad_evals": 0, "metrics": None}
+    best_w: dict[str, Any] = {}
+    stopped_early = False
+    resumable = True
+    rng_at_step: Optional[dict[str, Any]] = None  # RNG states at the start of the step in progress
+
+    def eval_only() -> Any:
+        if lm:
+            return evaluate_causal_lm(model, tokenizer, eval, prompt_column=prompt_column, response_column=response_column,
+                                      batch_size=cfg.batch_size, max_length=cfg.max_length)
+        return evaluate(model, tokenizer, eval, text_column=text_column, label_column=label_column, batch_size=max(cfg.batch_size, 64), max_length=cfg.max_length)
 
     def run_eval(epoch_f: float) -> Any:
-        if lm:
-            ev = evaluate_causal_lm(model, tokenizer, eval, prompt_column=prompt_column, response_column=response_column,
-                                    batch_size=cfg.batch_size, max_length=cfg.max_length)
-        else:
-            ev = evaluate(model, tokenizer, eval, text_column=text_column, label_column=label_column, batch_size=max(cfg.batch_size, 64), max_length=cfg.max_length)
+        ev = eval_only()
+        if cfg.track_best:  # before the callback: a KeyboardInterrupt there must find the best up to date
+            v = float(ev.to_metrics()[metric_name])
+            if best["value"] is None or (v > best["value"] if greater else v < best["value"]):
+                best.update(value=v, step=step, epoch=epoch_f, bad_evals=0, metrics=ev.to_metrics())
+                best_w.clear()
+                best_w.update({n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad})
+            else:
+                best["bad_evals"] += 1
         eval_history.append({"step": step, "epoch": epoch_f, **ev.to_metrics()})
         cb("on_eval", step, epoch_f, ev.to_metrics())
         return ev
+
+    def patience_spent() -> bool:
+        return cfg.early_stopping_patience is not None and best["bad_evals"] >= cfg.early_stopping_patience
 
     try:
         with deterministic_mode(cfg.deterministic):
@@ -639,20 +702,40 @@ def _finetune(model: Any, tokenizer: Any, train: Any, eval: Any, text_column: st
             fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in trainable)
             opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, fused=fused or None)
             sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total_steps, warmup, cfg.lr_scheduler))
+            start_step = 0
+            if rstate is not None:
+                load_weights(model, resume_from)
+                ts = load_training_state(resume_from)
+                opt.load_state_dict(ts["optimizer"])
+                sched.load_state_dict(ts["scheduler"])
+                step = start_step = int(rstate["steps"])
+                losses = [float(x) for x in rstate.get("train_loss") or []]
+                eval_history.extend(rstate.get("eval_history") or [])
+                best.update(rstate.get("best") or {})
+                if ts.get("best_params"):
+                    best_w.update(ts["best_params"])
+                if (eval is not None and cfg.eval_every and step % cfg.eval_every == 0 and 0 < step < total_steps
+                        and not any(h.get("step") == step for h in eval_history)):
+                    last_eval = run_eval(step / steps_per_epoch)  # the stop came before this step's evaluation
+                stopped_early = patience_spent()  # also when a callback's Ctrl-C cut off the check
+                restore_rng(ts["rng"])  # last: nothing above may draw from the RNGs
             cb("on_begin", total_steps, min(n_train * cfg.epochs, total_steps * cfg.batch_size * cfg.grad_accum), run_id)
             model.train()
             with _sigint_stops(stop_flag):
                 try:
-                    for epoch in range(cfg.epochs):
-                        if step >= total_steps:
+                    for epoch in range(start_step // steps_per_epoch, cfg.epochs):
+                        if step >= total_steps or stopped_early:
                             break
                         batches = length_grouped_batches(lengths, cfg.batch_size, seed=(cfg.seed, epoch), group=cfg.group_by_length)
-                        for g in range(0, len(batches), cfg.grad_accum):
+                        first_g = (step % steps_per_epoch) * cfg.grad_accum if epoch == start_step // steps_per_epoch else 0
+                        for g in range(first_g, len(batches), cfg.grad_accum):
                             if step >= total_steps:
                                 break
                             if stop_flag.is_set() or (should_stop is not None and should_stop()):
                                 status = "interrupted"
                                 break
+                            if run_dir is not None:
+                                rng_at_step = capture_rng()
                             t0 = time.perf_counter()
                             group = batches[g : g + cfg.grad_accum]
                             n_rows = sum(len(b) for b in group)
@@ -677,12 +760,14 @@ def _finetune(model: Any, tokenizer: Any, train: Any, eval: Any, text_column: st
                                 step_loss += float(loss.detach())
                                 real_tokens += int(lengths[rows].sum())
                                 padded_tokens += ids.numel()
+                            resumable = False  # an update cut short cannot be resumed exactly
                             if cfg.max_grad_norm is not None:
                                 torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
                             opt.step()
                             sched.step()
                             opt.zero_grad(set_to_none=True)
                             step += 1
+                            resumable, rng_at_step = True, None
                             samples += n_rows
                             train_s += time.perf_counter() - t0
                             losses.append(step_loss)
@@ -692,7 +777,10 @@ def _finetune(model: Any, tokenizer: Any, train: Any, eval: Any, text_column: st
                             if eval is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < total_steps:
                                 last_eval = run_eval(step / steps_per_epoch)
                                 model.train()
-                        if status == "interrupted":
+                                if patience_spent():
+                                    stopped_early = True
+                                    break
+                        if status == "interrupted" or stopped_early:
                             break
                 except KeyboardInterrupt:
                     status = "interrupted"
@@ -700,8 +788,18 @@ def _finetune(model: Any, tokenizer: Any, train: Any, eval: Any, text_column: st
             model.eval()
             for p in trainable if step > 0 else ():
                 p._llmos_trained = True  # the head is no longer "never trained" (see untrained_head_params)
-            if status == "completed" and eval is not None:
+            if status == "completed" and eval is not None and not stopped_early:
                 last_eval = run_eval(step / steps_per_epoch)
+            won = status == "completed" and cfg.track_best and best["step"] is not None
+            if won and (best["step"] != step or last_eval is None):  # load the best weights back and score them
+                with torch.no_grad():
+                    for n, p in model.named_parameters():
+                        if n in best_w:
+                            p.copy_(best_w[n].to(p.device))
+                last_eval = eval_only()
+            final_metrics: dict[str, Any] = last_eval.to_metrics() if last_eval is not None and status == "completed" else {}
+            if won:
+                final_metrics.update(best_step=best["step"], best_epoch=best["epoch"], metric_for_best=metric_name, stopped_early=stopped_early)
             if device.type == "cuda":
                 peak_dev: Optional[int] = int(torch.cuda.max_memory_allocated(device))
             else:
@@ -723,9 +821,19 @@ def _finetune(model: Any, tokenizer: Any, train: Any, eval: Any, text_column: st
                     "label2id": {v: k for k, v in id2label.items()},
                     "data_fingerprint": fingerprint,
                     "train_loss": losses,
-                    "metrics": last_eval.to_metrics() if last_eval is not None and status == "completed" else {},
+                    "metrics": final_metrics,
+                    "eval_history": eval_history,
+                    "best": best,
+                    "model_fingerprint": model_fp,
+                    "train_digest": digest,
+                    "resumed_from": str(resume_from) if resume_from is not None else None,
+                    "resumable": status == "interrupted" and resumable,
                 }
-                ck, sha = save_checkpoint(model, tokenizer, run_dir, state)
+                extra = None
+                if state["resumable"]:
+                    rng = rng_at_step if rng_at_step is not None else capture_rng()
+                    extra = lambda d: save_training_state(d, opt, sched, rng, dict(best_w) or None)  # noqa: E731
+                ck, sha = save_checkpoint(model, tokenizer, run_dir, state, extra=extra)
     finally:
         with contextlib.suppress(Exception):
             model.eval()
@@ -741,7 +849,7 @@ def _finetune(model: Any, tokenizer: Any, train: Any, eval: Any, text_column: st
         wall_s=time.perf_counter() - t_call,
         peak_rss_bytes=int(peak_rss),
         peak_device_bytes=peak_dev,
-        metrics=last_eval.to_metrics() if (last_eval is not None and status == "completed") else {},
+        metrics=final_metrics,
         eval=last_eval if status == "completed" else None,
         eval_history=eval_history,
         checkpoint=ck,
@@ -753,6 +861,11 @@ def _finetune(model: Any, tokenizer: Any, train: Any, eval: Any, text_column: st
         trainable_params=sum(p.numel() for p in trainable),
         total_params=sum(p.numel() for p in model.parameters()),
         model=model,
+        best_step=best["step"] if won else None,
+        best_epoch=best["epoch"] if won else None,
+        best_value=best["value"] if won else None,
+        stopped_early=stopped_early,
+        resumed_from=str(resume_from) if resume_from is not None else None,
     )
     cb("on_end", status, result)
     return result

@@ -179,6 +179,9 @@ class Run:
         m = ", ".join(f"{k} {_fmt(v)}" for k, v in self.metrics.items())
         return f"{self.id} {self.kind} {self.status} model={self.model} dataset={self.dataset} seed={self.seed} {m}".strip()
 
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:  # IPython text consoles: the table, not the repr
+        p.text(str(self))
+
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
         rows = "".join(
             f"<tr><th style='text-align:left'>{html.escape(k)}</th><td style='text-align:left'>{html.escape(_fmt(v))}</td></tr>"
@@ -214,6 +217,9 @@ class RunList(list):
         w = [max(len(row[i]) for row in table) for i in range(len(self._cols))]
         return "\n".join("  ".join(c.ljust(w[i]) for i, c in enumerate(row)).rstrip() for row in table)
 
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:  # IPython text consoles: the table, not the repr
+        p.text(str(self))
+
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
         head = "".join(f"<th>{c}</th>" for c in self._cols)
         body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in self._cells(r)) + "</tr>" for r in self)
@@ -237,6 +243,9 @@ class RunComparison:
         w = [max(len(row[i]) for row in table) for i in range(4)]
         mark = [" "] + ["*" if r[4] else " " for r in self.rows]
         return "\n".join(m + " " + "  ".join(c.ljust(w[i]) for i, c in enumerate(row)).rstrip() for m, row in zip(mark, table))
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:  # IPython text consoles: the table, not the repr
+        p.text(str(self))
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
         e = html.escape
