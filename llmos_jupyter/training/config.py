@@ -136,11 +136,11 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         def bad(name: str, want: str, fix: str) -> UsageError:
-            # name the magic's flag and the Python keyword: "--epochs 0 (epochs=0)"
+            # name the Python keyword and the magic's flag: "epochs=0 (--epochs)"
             flag = "--" + name.replace("_", "-")
             fix = re.sub(r"pass e\.g\. (\w+)=(\S+)", lambda m: f"use e.g. --{m.group(1).replace('_', '-')} "
                          f"{m.group(2)} ({m.group(1)}={m.group(2)} in Python)", fix)
-            return UsageError(f"{flag} {getattr(self, name)!r} ({name}=) is not allowed: {want}; {fix}")
+            return UsageError(f"{name}={getattr(self, name)!r} ({flag}) is not allowed: {want}; {fix}")
 
         for name in ("epochs", "batch_size", "max_length", "grad_accum", "lora_r"):
             v = getattr(self, name)
