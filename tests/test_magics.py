@@ -108,3 +108,13 @@ def test_empty_cell_body_through_run_cell(shell, capsys):
         err = capsys.readouterr().err
         assert len(shell.calls) == n
         assert "cell body is empty" in err and err.strip().count("\n") == 0 and "Traceback" not in err, err
+
+
+def test_hub_id_offline_is_one_line(capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ip = InteractiveShell.instance()
+    ip.run_line_magic("load_ext", "llmos_jupyter")
+    ip.run_line_magic("llm", "load some-org/not-cached-model --as x")
+    err = capsys.readouterr().err
+    assert err.startswith("llmos: could not load 'some-org/not-cached-model' from the Hugging Face hub")
+    assert err.count("\n") == 1 and "x" not in api.manager().aliases()

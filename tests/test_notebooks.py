@@ -50,3 +50,14 @@ def test_quickstart_on_a_subset(pulled, tmp_path, monkeypatch):
     assert html, "no static HTML progress view in the executed notebook"
     # nothing went to stderr as an error
     assert not [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+
+
+@pytest.mark.slow
+def test_data_walkthrough(pulled, tmp_path, monkeypatch):
+    lines, nb = execute("03_data.ipynb", tmp_path, monkeypatch)
+    text = "\n".join(l for l in lines if l.startswith("RESULT"))
+    assert "RESULT rows loaded: 33,530" in text
+    assert re.search(r"RESULT dedupe leaves 33,434 rows", text), text
+    m = re.search(r"RESULT search: (\d)/5 of the top rows negative", text)
+    assert m and int(m.group(1)) >= 4, text
+    assert not [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
