@@ -432,7 +432,7 @@ def data_versions(name: str):
 
 
 def data_list() -> Table:
-    """Datasets known to the store (latest version of each)."""
+    """Datasets in LLMOS_HOME (the current version of each; see `DataStore.head`)."""
     rows = store().list()
     cols = ["name", "version", "rows", "fingerprint"]
     return Table("datasets", cols, [[r.get(c) for c in cols] for r in rows], data=rows)

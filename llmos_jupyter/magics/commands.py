@@ -79,7 +79,7 @@ COMMANDS: dict[str, Command] = {c.name: c for c in [
         Opt("normalize-whitespace", bool),
         Opt("label-map", help="rename labels, e.g. neg=negative,pos=positive", metavar="OLD=NEW,...")]),
     Command("data versions", "versions of a dataset with lineage", ["name"]),
-    Command("data list", "datasets in this kernel's store"),
+    Command("data list", "datasets in LLMOS_HOME, with the current version of each"),
     Command("data search", "nearest rows to a query by embedding", ["name"], text="query", options=[
         Opt("k", int, help="rows to return (default 5)", metavar="N"),
         Opt("model", help="embedding model alias or catalog name (default all-minilm-l6-v2)", metavar="MODEL"),
