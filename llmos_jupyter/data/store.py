@@ -478,6 +478,20 @@ class DataStore:
         return inspect_version(self.get(name, version), tokenizer=tokenizer, max_length=max_length)
 
     # ------------------------------------------------------------------ split
+    def _unsplit(self, name: str, version: int | None, verb: str, args: str):
+        """``(version, split name, dataset)`` of an unsplit version, for ``split``/``sample``.
+
+        Raises:
+            UsageError: the version is already split (names the version to use instead).
+        """
+        v = self.get(name, version)
+        if len(v.splits) != 1:
+            raise UsageError(f"{name} v{v.version} is already split ({', '.join(v.splits)}); {verb} an unsplit "
+                             f"version: `%llm data {verb} {name}{args} --version {v.parent_version or 1}` "
+                             f"(version= in Python)")
+        (split_name, ds), = v.splits.items()
+        return v, split_name, ds
+
     def split(self, name: str, *, test: float | int = 0.15, validation: float | int | None = None,
               seed: int = 0, stratify: str | bool | None = "label",
               version: int | None = None) -> DatasetVersion:
@@ -499,12 +513,7 @@ class DataStore:
         Raises:
             UsageError: already split; bad sizes; a class too small to stratify; missing labels.
         """
-        v = self.get(name, version)
-        if len(v.splits) != 1:
-            raise UsageError(f"{name} v{v.version} is already split ({', '.join(v.splits)}); split an "
-                             f"unsplit version: `%llm data split {name} --version {v.parent_version or 1}` "
-                             f"(version= in Python)")
-        (src_split, ds), = v.splits.items()
+        v, src_split, ds = self._unsplit(name, version, "split", "")
         n = len(ds)
         n_test = self._count("test", test, n)
         n_val = self._count("validation", validation, n) if validation is not None else 0
@@ -548,12 +557,7 @@ class DataStore:
         Raises:
             UsageError: already split, ``n`` out of range, a class too small to stratify.
         """
-        v = self.get(name, version)
-        if len(v.splits) != 1:
-            raise UsageError(f"{name} v{v.version} is split ({', '.join(v.splits)}); sample an unsplit "
-                             f"version: `%llm data sample {name} N --version {v.parent_version or 1}` "
-                             f"(version= in Python)")
-        (split_name, ds), = v.splits.items()
+        v, split_name, ds = self._unsplit(name, version, "sample", " N")
         k = self._count("n", n, len(ds))
         if k >= len(ds):
             raise UsageError(f"{name} has {len(ds):,} rows; ask for fewer than that (got {k:,})")
