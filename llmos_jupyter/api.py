@@ -424,6 +424,16 @@ def data_clean(name: str, **rules):
     return report
 
 
+def data_prompts(name: str, *, prompt: str, response: str, version=None):
+    """Add prompt/response columns from ``str.format`` templates over the columns (the label
+    column gives its class name) as a new version, for causal-lm fine-tuning and
+    ``evaluate(..., generate=True)``; e.g. ``prompt="Review: {text}\\nSentiment:"``,
+    ``response="{label}"``. See :meth:`DataStore.prompts`."""
+    dv = store().prompts(name, prompt=prompt, response=response, version=version)
+    events().emit("dataset", name=dv.name, version=dv.version)
+    return dv
+
+
 def data_versions(name: str):
     """Versions of a dataset with fingerprint, parent, operation and rows."""
     rows = store().versions(name)
@@ -508,7 +518,8 @@ def _prepare_sft_split(dv, split: str):
     """The ``split`` of a prompt/response dataset for causal-lm fine-tuning or evaluation."""
     if not dv.prompt_column or not dv.response_column:
         raise UsageError(f"dataset '{dv.name}' has no prompt/response columns (it has {', '.join(dv.splits[next(iter(dv.splits))].column_names)}); "
-                         f"a causal-lm fine-tune needs columns named e.g. prompt and response (or instruction/output)")
+                         f"a causal-lm needs prompt/response columns: name them so, or make them with "
+                         f"`%llm data prompt {dv.name} --prompt \"Review: {{text}}\\nSentiment:\" --response \"{{label}}\"`")
     if split not in dv.splits:
         raise UsageError(f"dataset '{dv.name}' has no '{split}' split (it has {', '.join(dv.splits)}); "
                          f"make one with `%llm data split {dv.name} --test 0.15`")
@@ -680,31 +691,54 @@ def job_wait(job_id: str, timeout: float | None = None):
     return job.result
 
 
-def evaluate(alias: str, dataset: str, *, split: str = "test", batch_size: int = 64, max_length: int = 128):
+def evaluate(alias: str, dataset: str, *, split: str = "test", batch_size: int = 64, max_length: int = 128,
+             limit: int | None = None, generate: bool = False, max_new_tokens: int | None = None):
     """Accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix of ``alias`` on
     ``dataset[split]`` (its HTML shows a confusion-matrix plot and the worst misclassified rows).
     A ``causal-lm`` model is scored on the prompt/response columns instead: loss (nats per
-    response token) and perplexity.
+    response token) and perplexity; with ``generate=True``, by its greedy answers to the prompts
+    against the responses (accuracy, macro-F1, share of valid answers — see
+    :mod:`llmos_jupyter.training.answers`).
+
+    Args:
+        limit: score only the first ``limit`` rows of the split (default: all).
+        max_new_tokens: with ``generate``: answer length limit (default: longest response + 3).
 
     Raises:
         NotFoundError: unknown model or dataset. UsageError: no such split, label values outside
-            the model's labels, no prompt/response columns for a causal LM.
+            the model's labels, no prompt/response columns for a causal LM, ``generate`` on a
+            seq-cls model, ``limit`` < 1.
     """
     from .training.evaluate import evaluate as _evaluate
 
     m = manager()
     rec = m.get(alias)
     dv = store().get(dataset)
+    if limit is not None and int(limit) < 1:
+        raise UsageError(f"limit must be at least 1 row (got {limit})")
+
+    def first(ds):
+        return ds.select(range(min(int(limit), len(ds)))) if limit is not None else ds
+
+    if generate and rec.task != "causal-lm":
+        raise UsageError(f"'{alias}' is loaded as {rec.task}; --generate scores a causal-lm's answers "
+                         f"(drop --generate, or load a causal LM)")
     if rec.task == "causal-lm":
         from .training.sft import evaluate_causal_lm
 
-        ds = _prepare_sft_split(dv, split)
+        ds = first(_prepare_sft_split(dv, split))
         with m.use(alias) as rec:
+            if generate:
+                from .training.answers import evaluate_answers
+
+                return evaluate_answers(rec.model, rec.tokenizer, ds, prompt_column=dv.prompt_column,
+                                        response_column=dv.response_column, batch_size=min(batch_size, 32),
+                                        max_new_tokens=max_new_tokens, max_length=max(max_length, 512))
             return evaluate_causal_lm(rec.model, rec.tokenizer, ds, prompt_column=dv.prompt_column,
                                       response_column=dv.response_column, batch_size=min(batch_size, 16),
                                       max_length=max(max_length, 512))
     _need_task(rec, "seq-cls", "evaluate")
-    ds = _prepare_split(dv, split, rec)
+    ds = first(_prepare_split(dv, split, rec))
     with m.use(alias) as rec:
         return _evaluate(rec.model, rec.tokenizer, ds, text_column=dv.text_column, label_column=dv.label_column,
                          batch_size=batch_size, max_length=max_length, label_names=rec.labels)

@@ -49,7 +49,7 @@ class DatasetVersion:
         name: dataset name; version: 1, 2, ... within the name.
         fingerprint: 16 hex digits identifying data and column roles (goes into run manifests).
         parent: fingerprint of the version this one was made from (``None`` for a load).
-        operation: ``load``, ``clean``, ``split`` or ``sample``; params: the operation's arguments.
+        operation: ``load``, ``clean``, ``split``, ``sample`` or ``prompts``; params: the operation's arguments.
         created: ISO 8601 time (UTC, seconds).
         splits: ``datasets.DatasetDict`` (an unsplit load has the single split ``train``),
             memory-mapped from disk.
@@ -174,6 +174,9 @@ def _rebuild(ds, *, keep: list[int] | None = None, columns: Mapping[str, list] |
         table = table.take(pa.array(keep, type=pa.int64()))
     for col, values in (columns or {}).items():
         i = table.schema.get_field_index(col)
+        if i < 0:  # a new column (its feature must be in ``features``)
+            table = table.append_column(col, pa.array(values, type=pa.string()))
+            continue
         table = table.set_column(i, table.schema.field(i), pa.array(values, type=table.schema.field(i).type))
     return Dataset(InMemoryTable(table), info=DatasetInfo(features=(features or ds.features).copy()),
                    fingerprint=fingerprint)
@@ -711,6 +714,61 @@ class DataStore:
         report = cleaning.CleanReport(name, v.version, new.version, new.fingerprint, v.fingerprint,
                                       rules, v.num_rows, new.num_rows, held, warn)
         return new, report
+
+    # ------------------------------------------------------------------ prompts
+    def prompts(self, name: str, *, prompt: str, response: str, version: int | None = None) -> DatasetVersion:
+        """Add ``prompt`` and ``response`` text columns made from templates, as a new version
+        (``operation="prompts"``) whose prompt/response roles point at them — so a labelled
+        dataset can also fine-tune and score a causal LM as an instruction follower.
+
+        Templates are ``str.format`` strings over the row's columns; the label column gives its
+        class *name* (``ClassLabel``), other columns their value::
+
+            store.prompts("rt", prompt="Review: {text}\nSentiment:", response="{label}")
+
+        Every split (a held-out ``test`` included) gets both columns; other columns are kept.
+
+        Raises:
+            UsageError: a template naming an unknown column, or not a valid format string.
+            NotFoundError: unknown dataset or version.
+        """
+        import string
+
+        from datasets import DatasetDict, Value
+
+        v = self.get(name, version)
+        first = next(iter(v.splits.values()))
+        cols = list(first.column_names)
+        for what, tpl in (("prompt", prompt), ("response", response)):
+            try:
+                fields = [f for _, f, _, _ in string.Formatter().parse(str(tpl)) if f is not None]
+            except ValueError as e:
+                raise UsageError(f"--{what} template {tpl!r} is not a valid format string ({e}); "
+                                 f"write columns as {{text}} and a literal brace as {{{{") from None
+            bad = [f for f in fields if f.split(".")[0].split("[")[0] not in cols or f == ""]
+            if bad:
+                raise UsageError(f"--{what} template names {bad[0]!r}, not a column of {name} "
+                                 f"(columns: {', '.join(cols)}); write e.g. {{text}}")
+        params = {"prompt": str(prompt), "response": str(response)}
+        features = first.features.copy()
+        features["prompt"] = Value("string")
+        features["response"] = Value("string")
+        names, lc = v.label_names, v.label_column
+        out = {}
+        for s, ds in v.splits.items():
+            data = {c: sources.column(ds, c) for c in cols}
+            if lc and names:
+                data[lc] = [names[x] if x is not None and 0 <= x < len(names) else "" for x in data[lc]]
+            rows = [dict(zip(cols, vals)) for vals in zip(*(data[c] for c in cols))]
+            try:
+                new = {"prompt": [str(prompt).format(**r) for r in rows],
+                       "response": [str(response).format(**r) for r in rows]}
+            except (KeyError, IndexError, ValueError, AttributeError) as e:
+                raise UsageError(f"cannot fill the templates from {name}: {e}; write columns as {{text}}") from None
+            out[s] = _rebuild(ds, columns=new, features=features, fingerprint=_hash("prompts", ds._fingerprint, params))
+        roles = dict(_roles(v), prompt="prompt", response="response")
+        return self._commit(name, DatasetDict(out), operation="prompts", params=params, roles=roles,
+                            label_names=names, parent=v, source=v.source)
 
     # ------------------------------------------------------------------ export
     def export(self, name: str, path: str | os.PathLike, format: str = "parquet", *,

@@ -78,6 +78,14 @@ COMMANDS: dict[str, Command] = {c.name: c for c in [
         Opt("min-chars", int, metavar="N"), Opt("max-chars", int, metavar="N"),
         Opt("normalize-whitespace", bool),
         Opt("label-map", help="rename labels, e.g. neg=negative,pos=positive", metavar="OLD=NEW,...")]),
+    Command("data prompt", "add prompt/response columns from templates (new version), for causal-lm fine-tuning",
+            ["name"], options=[
+        Opt("prompt", help="template over the columns, e.g. \"Review: {text}\\nSentiment:\" (\\n = new line)",
+            metavar="TEMPLATE"),
+        Opt("response", help="template of the expected answer, e.g. {label} (the label's class name)",
+            metavar="TEMPLATE"),
+        Opt("version", int, help="which version (default: the current one)", metavar="N")],
+        example='%llm data prompt rt --prompt "Review: {text}\\nSentiment:" --response "{label}"'),
     Command("data versions", "versions of a dataset with lineage", ["name"]),
     Command("data list", "datasets in LLMOS_HOME, with the current version of each"),
     Command("data search", "nearest rows to a query by embedding", ["name"], text="query", options=[
@@ -109,7 +117,12 @@ COMMANDS: dict[str, Command] = {c.name: c for c in [
         example="%llm finetune minilm rt --epochs 1 --lr 5e-5 --batch-size 32 --seed 0"),
     Command("eval", "accuracy, macro-F1, per-class metrics, confusion-matrix plot, worst rows (causal-lm: loss, perplexity)", ["alias", "dataset"], options=[
         Opt("split", help="which split (default test); also DATASET:SPLIT", metavar="SPLIT"),
-        Opt("batch-size", int, metavar="N")]),
+        Opt("batch-size", int, metavar="N"),
+        Opt("limit", int, help="score only the first N rows of the split", metavar="N"),
+        Opt("generate", bool, help="causal-lm: greedy answers to the prompts, scored against the responses "
+                                   "(accuracy, macro-F1, valid answers)"),
+        Opt("max-new-tokens", int, help="with --generate: answer length limit (default: longest response + 3)",
+            metavar="N")]),
     Command("runs", "recent fine-tuning runs from the registry", options=[Opt("limit", int, metavar="N")]),
     Command("runs show", "one run with its manifest", ["run_id"]),
     Command("runs compare", "two runs side by side: config, metrics (delta), data, checkpoints", ["run_a", "run_b"]),

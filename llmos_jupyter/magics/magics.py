@@ -221,6 +221,17 @@ class LLMMagics(Magics):
                             version=p["version"], **kw)
         return _dataset_message(dv)
 
+    def do_data_prompt(self, p):
+        from .. import api
+
+        if not p["prompt"] or not p["response"]:
+            raise UsageError('`%llm data prompt` needs --prompt and --response templates, e.g. '
+                             '--prompt "Review: {text}\\nSentiment:" --response "{label}"')
+        unescape = lambda t: t.replace("\\n", "\n").replace("\\t", "\t")  # noqa: E731
+        dv = api.data_prompts(p["name"], prompt=unescape(p["prompt"]), response=unescape(p["response"]),
+                              version=p["version"])
+        return _dataset_message(dv)
+
     def do_data_clean(self, p):
         from .. import api
 
@@ -287,7 +298,10 @@ class LLMMagics(Magics):
 
         dataset, _, split = p["dataset"].partition(":")
         kw = {"batch_size": p["batch_size"]} if p["batch_size"] else {}
-        return api.evaluate(p["alias"], dataset, split=p["split"] or split or "test", **kw)
+        if p["max_new_tokens"] is not None and not p["generate"]:
+            raise UsageError("--max-new-tokens goes with --generate (greedy answers); add --generate or drop it")
+        return api.evaluate(p["alias"], dataset, split=p["split"] or split or "test", limit=p["limit"],
+                            generate=p["generate"], max_new_tokens=p["max_new_tokens"], **kw)
 
     def do_runs(self, p):
         from .. import api

@@ -185,23 +185,45 @@ def _own_storage(model) -> None:
 
 
 def quiet_transformers():
-    """Silence transformers' load reports and progress bars while llmos loads (it reports itself)."""
+    """Silence transformers' load reports and progress bars (GGUF's included) and two peft warnings
+    nobody can act on, while llmos loads, wraps or saves a model (it reports itself)."""
     import contextlib
 
     from transformers.utils import logging as hf_logging
 
     @contextlib.contextmanager
     def quiet():
+        import functools
+        import sys
+        import warnings
+
         level = hf_logging.get_verbosity()
         bars = hf_logging.is_progress_bar_enabled()
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
+        # GGUF de-quantisation draws its own tqdm bar, outside transformers' switch above
+        gguf = sys.modules.get("transformers.modeling_gguf_pytorch_utils")
+        if gguf is None:
+            try:
+                import transformers.modeling_gguf_pytorch_utils as gguf
+            except ImportError:
+                gguf = None
+        bar = getattr(gguf, "tqdm", None)
+        if bar is not None:
+            gguf.tqdm = functools.partial(bar, disable=True)
         try:
-            yield
+            with warnings.catch_warnings():
+                # peft asks transformers a deprecated question when wrapping, and warns that a GGUF
+                # base folder has no config.json when saving adapters: neither is the user's to act on
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+                warnings.filterwarnings("ignore", message="Could not find a config file in", category=UserWarning)
+                yield
         finally:
             hf_logging.set_verbosity(level)
             if bars:
                 hf_logging.enable_progress_bar()
+            if bar is not None:
+                gguf.tqdm = bar
 
     return quiet()
 
@@ -267,6 +289,9 @@ def _load_impl(spec: str, task: str | None = None, *, labels: list[str] | None =
     model.eval()
     lab = None
     if task == "seq-cls":
+        from .pooling import pool_by_attention_mask
+
+        pool_by_attention_mask(model)  # decoder classifiers: last real token by the mask (C03)
         lab = [model.config.id2label[i] for i in range(model.config.num_labels)]
     return Loaded(model, tok, task, src, dtype, device, count_params(model), time.perf_counter() - t0,
                   labels=lab, quantization=quant)

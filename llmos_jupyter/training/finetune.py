@@ -44,7 +44,7 @@ from .evaluate import evaluate
 from .resume import (capture_rng, check_resume, load_training_state, load_weights, model_fingerprint, read_resume_state,
                      restore_rng, save_training_state, train_digest)
 from .seed import deterministic_mode, seed_everything
-from .sft import collate_sft, evaluate_causal_lm, token_loss_sum, tokenize_pairs
+from .sft import collate_sft, evaluate_causal_lm, response_loss_sum, tokenize_pairs
 
 STATUSES = ("completed", "interrupted", "failed")
 # Top-level module names of classification heads in transformers (BERT/RoBERTa/DeBERTa "classifier",
@@ -389,8 +389,11 @@ def _wrap_lora(model: Any, cfg: FinetuneConfig) -> Any:
     targets = cfg.resolve_target_modules(getattr(model.config, "model_type", ""))
     task_type = TaskType.CAUSAL_LM if cfg.task == "causal-lm" else TaskType.SEQ_CLS
     lc = LoraConfig(task_type=task_type, r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets)
+    from ..models.loading import quiet_transformers
+
     try:
-        return get_peft_model(model, lc)
+        with quiet_transformers():
+            return get_peft_model(model, lc)
     except ValueError as e:  # peft's NoMatchingPeftModuleError is a ValueError
         if "not found" in str(e) or "Target module" in str(e) or "No modules were targeted" in str(e):
             from torch import nn
@@ -751,10 +754,10 @@ def _finetune(model: Any, tokenizer: Any, train: Any, eval: Any, text_column: st
                                 ids = b["input_ids"].to(device, non_blocking=True)  # (B, L)
                                 mask = b["attention_mask"].to(device, non_blocking=True)  # (B, L)
                                 y = b["labels"].to(device, non_blocking=True)  # seq-cls (B,); causal-lm (B, L)
-                                logits = model(input_ids=ids, attention_mask=mask).logits  # seq-cls (B, C); causal-lm (B, L, V)
-                                if lm:
-                                    loss = token_loss_sum(logits, y) / max(n_targets, 1)
+                                if lm:  # logits only where a response token is predicted
+                                    loss = response_loss_sum(model, ids, mask, y) / max(n_targets, 1)
                                 else:
+                                    logits = model(input_ids=ids, attention_mask=mask).logits  # (B, C)
                                     loss = F.cross_entropy(logits.float(), y, reduction="sum") / n_rows
                                 loss.backward()
                                 step_loss += float(loss.detach())

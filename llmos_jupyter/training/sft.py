@@ -145,6 +145,53 @@ def token_loss_sum(logits: Any, labels: Any) -> Any:
     return F.cross_entropy(logits[:, :-1].float().reshape(-1, V), labels[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
 
 
+def _decoder_and_head(model: Any) -> tuple[Any, Any] | None:
+    """``(decoder, lm_head)`` of a (peft-wrapped) ``*ForCausalLM`` whose logits are exactly
+    ``lm_head(decoder(...).last_hidden_state)``; ``None`` when that is not known to hold
+    (logit soft-capping or scaling in the config, an unusual layout)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cfg = getattr(base, "config", None)
+    for key in ("final_logit_softcapping", "logit_scale", "output_multiplier_scale", "logits_scaling"):
+        if getattr(cfg, key, None) not in (None, 1, 1.0):
+            return None
+    prefix = getattr(base, "base_model_prefix", None)
+    decoder = getattr(base, prefix, None) if prefix else None
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    if decoder is None or head is None or decoder is base:
+        return None
+    return decoder, head
+
+
+def response_loss_sum(model: Any, input_ids: Any, attention_mask: Any, labels: Any) -> Any:
+    """:func:`token_loss_sum` of ``model`` on one batch, projecting onto the vocabulary only the
+    hidden states that predict a response token.
+
+    A prompt of 80 tokens with a one-word answer needs 1–2 of the 80 ``(V,)`` logit rows (V =
+    49,152 for SmolLM2); skipping the rest saves the largest matmul and its gradient. The result
+    equals ``token_loss_sum(model(...).logits, labels)`` up to float rounding; models whose logits
+    are not a plain projection of the last hidden state (see :func:`_decoder_and_head`) take that
+    path instead.
+
+    Args:
+        input_ids, attention_mask, labels: ``(B, L)`` int64 on the model's device (labels
+            ``IGNORE_INDEX`` where no loss is taken).
+
+    Returns:
+        A scalar tensor (nats, summed over the response tokens).
+    """
+    import torch.nn.functional as F
+
+    parts = _decoder_and_head(model)
+    if parts is None:
+        return token_loss_sum(model(input_ids=input_ids, attention_mask=attention_mask).logits, labels)
+    decoder, head = parts
+    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, L, H)
+    target = labels[:, 1:]  # (B, L-1): position t predicts token t+1
+    keep = target != IGNORE_INDEX
+    logits = head(hidden[:, :-1][keep])  # (N, V), N = response tokens in the batch
+    return F.cross_entropy(logits.float(), target[keep], reduction="sum")
+
+
 @dataclass
 class LMEvalResult:
     """Held-out score of a causal LM on prompt/response rows.
@@ -205,8 +252,8 @@ def evaluate_causal_lm(model: Any, tokenizer: Any, ds: Any, *, prompt_column: st
     with torch.inference_mode():
         for s in range(0, len(order), batch_size):
             b = collate_sft(tok, order[s : s + batch_size], pad_id)
-            logits = model(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device)).logits  # (B, L, V)
-            total += float(token_loss_sum(logits, b["labels"].to(device)))
+            total += float(response_loss_sum(model, b["input_ids"].to(device), b["attention_mask"].to(device),
+                                             b["labels"].to(device)))
             count += int((b["labels"][:, 1:] != IGNORE_INDEX).sum())
     loss = total / max(count, 1)
     return LMEvalResult(loss=loss, perplexity=math.exp(loss) if loss < 700 else float("inf"), n=len(tok), tokens=count,

@@ -108,3 +108,40 @@ def test_causal_lm_errors(llama, pairs, tiny_model, sentiment):
         finetune(make(), tok, pairs, config=FinetuneConfig(task="causal-lm", method="lora", target_modules=["query"]))
     with pytest.raises(NotFoundError, match="prompt"):
         finetune(make(), tok, sentiment[0], config=FinetuneConfig(task="causal-lm"))
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_response_only_logits_equal_full_logits(llama, pairs, method):
+    """response_loss_sum projects only response positions; loss and gradients equal the full-logits path."""
+    import torch
+
+    from llmos_jupyter.training.sft import _decoder_and_head, response_loss_sum, token_loss_sum
+
+    make, tok = llama
+    model = make()
+    if method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    assert _decoder_and_head(model) is not None  # the fast path is taken
+    t = tokenize_pairs(tok, pairs, "prompt", "response", 128)
+    b = collate_sft(t, np.arange(len(t)), tok.pad_token_id)
+    grads = []
+    for fn in (lambda: token_loss_sum(model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits, b["labels"]),
+               lambda: response_loss_sum(model, b["input_ids"], b["attention_mask"], b["labels"])):
+        model.zero_grad()
+        loss = fn()
+        loss.backward()
+        grads.append((float(loss), [p.grad.clone() for p in model.parameters() if p.requires_grad]))
+    (full, g_full), (fast, g_fast) = grads
+    assert full > 1.0 and abs(full - fast) <= 1e-5 * full
+    assert len(g_full) == len(g_fast) and all(torch.allclose(a, c, atol=1e-6, rtol=1e-5) for a, c in zip(g_full, g_fast))
+
+
+def test_response_only_logits_fallback_for_softcapped_heads(llama):
+    from llmos_jupyter.training.sft import _decoder_and_head
+
+    make, _ = llama
+    model = make()
+    model.config.final_logit_softcapping = 30.0
+    assert _decoder_and_head(model) is None
