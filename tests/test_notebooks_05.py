@@ -22,11 +22,12 @@ def test_instruction_tuning_on_a_subset(pulled, tmp_path, monkeypatch):
     assert "RESULT rows: 100 train, 40 held out" in text
     before = re.search(r"RESULT before: accuracy ([0-9.]+) \(valid answers ([0-9.]+)\) on 40 rows", text)
     after = re.search(r"RESULT after: accuracy ([0-9.]+) \(valid answers ([0-9.]+)\) on 40 rows", text)
-    assert before and after, text
-    b_acc, b_valid, a_acc, a_valid = map(float, before.groups() + after.groups())
+    told = re.search(r"RESULT before, one-word instruction: accuracy ([0-9.]+) \(valid answers ([0-9.]+)\) on 40 rows", text)
+    assert before and after and told, text
+    b_acc, b_valid, a_acc, a_valid, t_acc, t_valid = map(float, before.groups() + after.groups() + told.groups())
     # the instruct model as it comes rarely answers with the label word; after 7 LoRA steps it does
-    assert b_valid <= 0.5 and a_valid >= 0.9, text
-    assert a_acc >= b_acc + 0.15, text
+    assert b_valid <= 0.5 and t_valid <= 0.6 and a_valid >= 0.9, text
+    assert a_acc >= max(b_acc, t_acc) + 0.15, text
     m = re.search(r"RESULT export: plain transformers answers '(\w+)', llmos answered '(\w+)'", text)
     assert m and m.group(1) == m.group(2) and m.group(1) in ("positive", "negative"), text
     chat = [o for c in nb.cells if c.source.startswith("%%llm chat") for o in c.get("outputs", [])]

@@ -727,6 +727,8 @@ class DataStore:
             store.prompts("rt", prompt="Review: {text}\nSentiment:", response="{label}")
 
         Every split (a held-out ``test`` included) gets both columns; other columns are kept.
+        Templating a version that was itself made by ``prompts`` re-templates *its* parent, so
+        going back to earlier templates gives back the earlier version (same fingerprint).
 
         Raises:
             UsageError: a template naming an unknown column, or not a valid format string.
@@ -737,6 +739,8 @@ class DataStore:
         from datasets import DatasetDict, Value
 
         v = self.get(name, version)
+        if v.operation == "prompts" and v.parent_version is not None:
+            v = self.get(name, v.parent_version)  # new templates replace the old ones
         first = next(iter(v.splits.values()))
         cols = list(first.column_names)
         for what, tpl in (("prompt", prompt), ("response", response)):

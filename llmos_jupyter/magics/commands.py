@@ -108,7 +108,7 @@ COMMANDS: dict[str, Command] = {c.name: c for c in [
         Opt("lora-dropout", float, help="dropout on the LoRA path (default 0.05)", metavar="P"),
         Opt("background", bool, help="train in a background job; returns its id at once"),
         Opt("resume", help="continue an interrupted run (its own config) to the same final weights", metavar="RUN_ID"),
-        Opt("eval-every", int, help="evaluate every N optimizer steps", metavar="N"),
+        Opt("eval-every", help="evaluate every N optimizer steps, or 'epoch'", metavar="N|epoch"),
         Opt("patience", int, help="stop after K evaluations without improvement; the best weights are kept",
             metavar="K"),
         Opt("metric", help="metric picking the best checkpoint: macro_f1 (seq-cls default), accuracy, loss "

@@ -275,6 +275,11 @@ class LLMMagics(Magics):
         for opt, k in (("eval_every", "eval_every"), ("patience", "early_stopping_patience"), ("metric", "metric_for_best")):
             if p[opt] is not None:
                 kw[k] = p[opt]
+        if isinstance(kw.get("eval_every"), str) and kw["eval_every"] != "epoch":
+            try:
+                kw["eval_every"] = int(kw["eval_every"])
+            except ValueError:
+                raise UsageError(f"--eval-every takes a whole number of steps or 'epoch', got '{kw['eval_every']}'") from None
         return api.finetune(p["alias"], p["dataset"], progress=not p["no_progress"], background=p["background"],
                             resume=p["resume"], **kw)
 

@@ -81,7 +81,8 @@ class FinetuneConfig:
         max_grad_norm: clip the global gradient L2 norm to this value (default 1.0, as HF Trainer);
             None turns clipping off.
         max_steps: stop after this many optimizer steps (default None: run all epochs).
-        eval_every: evaluate on the eval set every this many optimizer steps (default None: only
+        eval_every: evaluate on the eval set every this many optimizer steps, or ``"epoch"``: at
+            the end of every epoch (HF Trainer's ``eval_strategy="epoch"``) (default None: only
             at the end).
         early_stopping_patience: stop after this many evaluations in a row without improving
             ``metric_for_best`` (default None: never stop early). Needs ``eval_every`` and an
@@ -122,7 +123,7 @@ class FinetuneConfig:
     grad_accum: int = 1
     max_grad_norm: Optional[float] = 1.0
     max_steps: Optional[int] = None
-    eval_every: Optional[int] = None
+    eval_every: Optional[Union[int, str]] = None
     early_stopping_patience: Optional[int] = None
     metric_for_best: Optional[str] = None
     group_by_length: bool = True
@@ -158,8 +159,11 @@ class FinetuneConfig:
             raise bad("max_grad_norm", "it must be a number > 0 or None", "pass max_grad_norm=1.0, or None for no clipping")
         for name in ("max_steps", "eval_every"):
             v = getattr(self, name)
+            if name == "eval_every" and v == "epoch":
+                continue
             if v is not None and (not _is_int(v) or v < 1):
-                raise bad(name, "it must be a whole number of optimizer steps >= 1, or None", f"pass {name}=None or e.g. {name}=50")
+                raise bad(name, "it must be a whole number of optimizer steps >= 1" + (", 'epoch'" if name == "eval_every" else "") + " or None",
+                          f"pass {name}=None or e.g. {name}=50")
         if not _is_num(self.lora_alpha) or self.lora_alpha <= 0:
             raise bad("lora_alpha", "it must be a number > 0", "pass e.g. lora_alpha=16 (often 2 x lora_r)")
         if not _is_num(self.lora_dropout) or not 0 <= self.lora_dropout < 1:
@@ -177,7 +181,7 @@ class FinetuneConfig:
                 raise UsageError(f"metric_for_best={self.metric_for_best!r} is not a {self.task} metric{close_matches(str(self.metric_for_best), allowed)}; use one of: {', '.join(allowed)}")
         if self.track_best and self.eval_every is None:
             which = "early_stopping_patience" if self.early_stopping_patience is not None else "metric_for_best"
-            raise UsageError(f"{which} needs periodic evaluation; pass eval_every=N (optimizer steps) too")
+            raise UsageError(f"{which} needs periodic evaluation; pass eval_every=N (optimizer steps) or eval_every='epoch' too")
         for name in ("group_by_length", "deterministic"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "it must be True or False", f"pass {name}=True")

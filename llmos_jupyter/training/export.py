@@ -145,7 +145,7 @@ def export_model(model: Any, tokenizer: Any, path: os.PathLike | str, *, merge_l
         raise
     files = sorted(p.name for p in path.iterdir())
     return {
-        "path": str(path),
+        "path": os.path.normpath(path),  # "a/../b" shown as "b"; the checks above used the path as given
         "files": files,
         "bytes": sum((path / f).stat().st_size for f in files if (path / f).is_file()),
         "weights": weights,

@@ -639,6 +639,7 @@ def _finetune(model: Any, tokenizer: Any, train: Any, eval: Any, text_column: st
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
     warmup = math.ceil(cfg.warmup_ratio * total_steps)
+    eval_every = steps_per_epoch if cfg.eval_every == "epoch" else cfg.eval_every  # optimizer steps or None
     fingerprint = getattr(train, "_fingerprint", None)
     model_fp = model_fingerprint(model)
     digest = train_digest(tok, labels)
@@ -717,7 +718,7 @@ def _finetune(model: Any, tokenizer: Any, train: Any, eval: Any, text_column: st
                 best.update(rstate.get("best") or {})
                 if ts.get("best_params"):
                     best_w.update(ts["best_params"])
-                if (eval is not None and cfg.eval_every and step % cfg.eval_every == 0 and 0 < step < total_steps
+                if (eval is not None and eval_every and step % eval_every == 0 and 0 < step < total_steps
                         and not any(h.get("step") == step for h in eval_history)):
                     last_eval = run_eval(step / steps_per_epoch)  # the stop came before this step's evaluation
                 stopped_early = patience_spent()  # also when a callback's Ctrl-C cut off the check
@@ -777,7 +778,7 @@ def _finetune(model: Any, tokenizer: Any, train: Any, eval: Any, text_column: st
                             peak_rss = max(peak_rss, proc.memory_info().rss)
                             sps = samples / train_s if train_s > 0 else 0.0
                             cb("on_step", step, step_loss, lr_now, sps, (total_steps - step) * train_s / step)
-                            if eval is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < total_steps:
+                            if eval is not None and eval_every and step % eval_every == 0 and step < total_steps:
                                 last_eval = run_eval(step / steps_per_epoch)
                                 model.train()
                                 if patience_spent():

@@ -36,6 +36,10 @@ def test_prompts_make_a_new_version_with_roles(store):
     other = store.prompts("rt", prompt="{text}", response="{label}!", version=split.version)
     assert other.version == v.version + 1 and other.splits["train"][0]["response"].endswith("!")
     assert store.get("rt", split.version).splits["train"].column_names == ["text", "label", "stars"]
+    # templating the current (templated) version re-templates its parent: the first templates give v back
+    assert store.get("rt").version == other.version and other.parent == split.fingerprint
+    back = store.prompts("rt", prompt="Review: {text}\nStars: {stars}\nSentiment:", response="{label}")
+    assert back.version == v.version and store.get("rt").version == v.version
 
 
 @pytest.mark.parametrize("prompt, response, message", [

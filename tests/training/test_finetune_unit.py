@@ -298,3 +298,15 @@ def test_tokenize_once_and_batches(tiny_tokenizer, sentiment):
     batch = collate(a, np.array([0, 1]), pad_id=0, labels=np.array(train["label"]))
     assert batch["input_ids"].shape[0] == 2 and batch["attention_mask"].sum().item() == a.lengths[:2].sum()
     assert batch["labels"].tolist() == train["label"][:2]
+
+
+def test_eval_every_epoch_is_steps_per_epoch(tiny_model, tiny_tokenizer, sentiment):
+    """eval_every="epoch" (HF Trainer's eval_strategy="epoch") evaluates where eval_every=steps_per_epoch does."""
+    train, ev = sentiment
+    runs = [finetune(tiny_model(), tiny_tokenizer, train, ev,
+                     config=FinetuneConfig(epochs=3, lr=1e-2, batch_size=8, seed=1, eval_every=every, early_stopping_patience=2))
+            for every in ("epoch", 8)]  # 64 train rows / batch 8 = 8 steps an epoch
+    assert [h["step"] for h in runs[0].eval_history] == [8, 16, 24]
+    assert runs[0].eval_history == runs[1].eval_history and runs[0].train_loss == runs[1].train_loss
+    with pytest.raises(UsageError, match="eval_every"):
+        FinetuneConfig(eval_every="week")
