@@ -641,6 +641,13 @@ def finetune(alias: str, dataset: str, *, epochs: int = 1, lr: float = 5e-5, bat
                          f"{dv.fingerprint}; pass the same dataset version, or start a new run")
     if method == "lora":
         check_lora_targets(rec.model, cfg)  # before the registry row: a bad target writes nothing
+    if eval_split and eval_split not in dv.splits and cfg.track_best:
+        raise UsageError(f"--patience/--metric keep the best evaluation, but '{dv.name}' has no '{eval_split}' split; "
+                         f"make one with `%llm data split {dv.name} --test 0.15`")
+    note = None
+    if eval_split and eval_split not in dv.splits and resume is None:
+        note = (f"llmos: note: '{dv.name}' has no '{eval_split}' split, so this run was not evaluated; "
+                f"make one with `%llm data split {dv.name} --test 0.15`")
     cols = ({"prompt_column": dv.prompt_column, "response_column": dv.response_column} if lm else
             {"text_column": dv.text_column, "label_column": dv.label_column})
     view = None
@@ -668,8 +675,13 @@ def finetune(alias: str, dataset: str, *, epochs: int = 1, lr: float = 5e-5, bat
             return run.finish_from(result)
 
     if background:
+        if note:
+            print(note, file=sys.stderr)
         return scheduler().submit(job, work)
-    return scheduler().run_here(job, work)
+    result = scheduler().run_here(job, work)
+    if note:  # after the run: a refused input stays one line
+        print(note, file=sys.stderr)
+    return result
 
 
 def jobs() -> Table:
@@ -716,6 +728,10 @@ def evaluate(alias: str, dataset: str, *, split: str = "test", batch_size: int =
     dv = store().get(dataset)
     if limit is not None and int(limit) < 1:
         raise UsageError(f"limit must be at least 1 row (got {limit})")
+    if int(batch_size) < 1:
+        raise UsageError(f"batch size must be at least 1 (got {batch_size}); try --batch-size 32")
+    if max_new_tokens is not None and int(max_new_tokens) < 1:
+        raise UsageError(f"max_new_tokens must be at least 1 (got {max_new_tokens}); e.g. --max-new-tokens 4")
 
     def first(ds):
         return ds.select(range(min(int(limit), len(ds)))) if limit is not None else ds
@@ -745,7 +761,9 @@ def evaluate(alias: str, dataset: str, *, split: str = "test", batch_size: int =
 
 
 def runs(limit: int = 20):
-    """Recent runs from the registry."""
+    """Recent runs from the registry (newest first, at most ``limit``)."""
+    if int(limit) < 1:
+        raise UsageError(f"limit must be at least 1 run (got {limit}); e.g. --limit 20")
     return registry().list(limit=limit)
 
 
@@ -767,7 +785,8 @@ def runs_compare(a: str, b: str):
 def export(alias: str, path: str, *, merge_lora: bool = False, overwrite: bool = False) -> Message:
     """Write model ``alias`` to the folder ``path`` as a plain Hugging Face directory
     (safetensors weights, config, tokenizer) that ``transformers.AutoModelFor*.from_pretrained(path)``
-    loads; a model trained by a run also gets the run manifest (``llmos_manifest.json``).
+    loads, and ``llmos_manifest.json``: the run manifest of a model trained by a run, else the
+    alias, source and task. ``overwrite`` replaces only a folder holding that file.
 
     Args:
         merge_lora: merge LoRA adapters into the weights (default False: write the adapter).
@@ -785,12 +804,16 @@ def export(alias: str, path: str, *, merge_lora: bool = False, overwrite: bool =
 
     m = manager()
     with m.use(alias) as rec:
-        manifest = None
         run_id = rec.run_id
+        manifest = {"exported_alias": alias, "source": rec.source, "task": rec.task, "merged_lora": merge_lora,
+                    "run": None}
         if run_id:
             manifest = dict(registry().get(run_id).manifest(), exported_alias=alias, merged_lora=merge_lora)
-        info = export_model(rec.model, rec.tokenizer, path, merge_lora=merge_lora, overwrite=overwrite,
-                            manifest=manifest)
+        try:
+            info = export_model(rec.model, rec.tokenizer, path, merge_lora=merge_lora, overwrite=overwrite,
+                                manifest=manifest)
+        except OSError as e:  # a folder that cannot be made or written: nothing was left there
+            raise LLMOSError(f"cannot export to {path}: {e.strerror or e}; pick a folder you can write to") from None
     what = "LoRA adapter" if info["adapter"] else ("merged model" if info["merged_lora"] else "model")
     src = f" (run {run_id})" if run_id else ""
     return Message(f"{alias}: exported {what}{src} to {info['path']} — {len(info['files'])} files, "

@@ -6,6 +6,7 @@ import json
 import sqlite3
 
 import pytest
+from pathlib import Path
 from IPython.core.interactiveshell import InteractiveShell
 
 from llmos_jupyter.errors import UsageError
@@ -51,9 +52,20 @@ def test_export_refuses_and_overwrites(tiny_llama, tmp_path):
     (out / "notes.txt").write_text("mine")
     with pytest.raises(UsageError, match="not empty; pick a new folder"):
         export_model(model, tok, out)
-    with pytest.raises(UsageError, match="holds no model export"):  # --overwrite never empties other folders
+    with pytest.raises(UsageError, match="is not an llmos export"):  # --overwrite never empties other folders
         export_model(model, tok, out, overwrite=True)
     assert [p.name for p in out.iterdir()] == ["notes.txt"]  # untouched
+    # nor a model's own folder (config.json and weights, but not exported by llmos)
+    own = sorted(p.name for p in Path(tiny_llama).iterdir())
+    with pytest.raises(UsageError, match="is not an llmos export"):
+        export_model(model, tok, Path(tiny_llama), overwrite=True)
+    assert sorted(p.name for p in Path(tiny_llama).iterdir()) == own
+    # nor anything under LLMOS_HOME's checkpoints, models or datasets
+    from llmos_jupyter.paths import home
+
+    with pytest.raises(UsageError, match="belong to llmos"):
+        export_model(model, tok, home() / "checkpoints" / "ft-x" / "checkpoint", overwrite=True)
+    assert not (home() / "checkpoints" / "ft-x").exists()
     prev = tmp_path / "prev"
     export_model(model, tok, prev)
     (prev / "stale.txt").write_text("left from before")
@@ -128,6 +140,8 @@ def test_api_causal_lm_finetune_export_manifest(fresh_api, shell, tiny_llama, tm
     assert (dv.prompt_column, dv.response_column) == ("prompt", "response")
     run = api.finetune("tl", "pairs", epochs=10, lr=1e-2, batch_size=2, progress=False, warmup_ratio=0.0)
     assert run.status == "completed" and run.kind == "finetune" and run.config["task"] == "causal-lm"
+    assert capsys.readouterr().err == ("llmos: note: 'pairs' has no 'test' split, so this run was not evaluated; "
+                                       "make one with `%llm data split pairs --test 0.15`\n")
     shell.run_line_magic("llm", f"export tl {tmp_path / 'exp'}")
     err = capsys.readouterr().err
     assert err == ""
@@ -144,6 +158,7 @@ def test_api_causal_lm_finetune_export_manifest(fresh_api, shell, tiny_llama, tm
     ev = api.evaluate("tl", "pairs", split="train")
     assert ev.n == 2 and ev.perplexity == pytest.approx(2.718281828 ** ev.loss)
     run2 = api.finetune("tl", "pairs", epochs=1, lr=1e-3, batch_size=2, progress=False)
+    assert "so this run was not evaluated" in capsys.readouterr().err
     cmp = api.runs_compare(run.id, run2.id)
     assert "config.epochs" in cmp.differences() and "config.lr" in cmp.differences()
     shell.run_line_magic("llm", f"runs compare {run.id} {run2.id}")
@@ -174,6 +189,17 @@ def test_eval_magic_shows_metrics_plot_and_worst_rows(fresh_api, shell, tiny_ber
     ("finetune tb sent --epochs 0 --no-progress", "epochs=0"),
     ("eval tb sent:validation", "no 'validation' split"),
     ("finetune tl sent --no-progress", "no prompt/response columns"),
+    # found by a new-user trial: errors raised inside the training call leave no run row and no job
+    ("finetune tl pairs --max-length 2 --no-progress", "max_length=2"),
+    ("finetune tb sent --patience 0 --eval-every 1 --no-progress", "use e.g. --patience 3"),
+    ("finetune tb sent --patience 2 --no-progress", "--eval-every epoch"),
+    ("finetune tb sent --eval-every week --no-progress", "--eval-every takes a whole number of steps or 'epoch'"),
+    ("eval tb sent --batch-size 0", "batch size must be at least 1"),
+    ("eval tl pairs:train --generate --max-new-tokens 0", "max_new_tokens must be at least 1"),
+    ("eval tb sent:test --split train", "two splits given"),
+    ("runs --limit 0", "limit must be at least 1"),
+    ("export tb /proc/llmos-nope/x", "cannot export to /proc/llmos-nope/x"),
+    ("data split sent --test 1.5", "fraction must be between 0 and 1"),
 ])
 def test_bad_input_one_line_nothing_written(fresh_api, shell, tiny_bert, tiny_llama, capsys, line, message, monkeypatch):
     api = fresh_api
@@ -184,8 +210,34 @@ def test_bad_input_one_line_nothing_written(fresh_api, shell, tiny_bert, tiny_ll
     api.data_load([{"text": "great movie", "label": "positive"}, {"text": "awful film", "label": "negative"}] * 4, name="sent")
     api.data_load([{"text": "great movie", "label": "positive"}, {"text": "meh", "label": "neutral"},
                    {"text": "awful film", "label": "negative"}] * 3, name="sent3")
+    api.data_load([{"prompt": "hello world", "response": "great movie"}] * 4, name="pairs")
+    versions = {n: len(api.data_versions(n).data) for n in ("sent", "sent3", "pairs")}
     capsys.readouterr()
     shell.run_line_magic("llm", line)
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("llmos: ") and message in err, err
     assert _registry_rows(api) == [] and _checkpoints(api) == []
+    assert api.jobs().data == [] and sorted(api.manager().aliases()) == ["tb", "tl"]
+    assert {n: len(api.data_versions(n).data) for n in versions} == versions
+
+
+def test_finetune_flags_reach_the_config(fresh_api, shell, tiny_bert, capsys):
+    """Every FinetuneConfig field the error messages name is a %llm finetune flag."""
+    from llmos_jupyter.magics.commands import COMMANDS
+    from llmos_jupyter.training.config import FinetuneConfig, flag_of
+
+    flags = {"--" + o.name for o in COMMANDS["finetune"].options}
+    named = [f for f in FinetuneConfig.__dataclass_fields__ if f not in ("task", "deterministic", "group_by_length")]
+    assert [flag_of(f) for f in named if flag_of(f) not in flags] == []
+    api = fresh_api
+    api.load(str(tiny_bert), alias="tb", task="seq-cls", labels="negative,positive")
+    api.data_load([{"text": "great movie", "label": "positive"}, {"text": "awful film", "label": "negative"}] * 8, name="s")
+    api.data_split("s", test=4, seed=0)
+    run = shell.run_line_magic("llm", "finetune tb s --method lora --target-modules query,value --weight-decay 0 "
+                                      "--warmup-ratio 0 --lr-scheduler constant --grad-accum 2 --max-grad-norm 0.5 "
+                                      "--max-steps 2 --batch-size 2 --no-progress")
+    assert capsys.readouterr().err == ""
+    c = run.config
+    assert (c["target_modules"], c["weight_decay"], c["warmup_ratio"], c["lr_scheduler"], c["grad_accum"],
+            c["max_grad_norm"], c["max_steps"]) == (["query", "value"], 0.0, 0.0, "constant", 2, 0.5, 2)
+    assert run.status == "completed" and run.metrics["n"] == 4  # evaluated on the 4 test rows

@@ -108,3 +108,16 @@ def test_parse_size_units():
     assert parse_size("2GiB") == 2 * 2**30 and parse_size("2GB") == 2 * 10**9 and parse_size("512") == 512
     with pytest.raises(UsageError, match="not a size"):
         parse_size("lots")
+
+
+def test_no_hot_swap_under_a_running_fine_tune(sized, tiny_bert):
+    """`--replace` of an alias a job is training is refused like unload; the model stays as it was."""
+    api, size, load = sized
+    load("a")
+    m = api.manager()
+    with m.use("a", exclusive="job-7") as rec:  # what a fine-tune job holds while it trains
+        before = rec.model
+        with pytest.raises(UsageError, match="being fine-tuned by job-7"):
+            api.load(str(tiny_bert), alias="a", task="embedding", replace=True)
+        assert m.get("a").model is before and m.aliases() == ["a"]
+    assert m.get("a").exclusive is None and m.get("a").model is before

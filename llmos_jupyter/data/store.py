@@ -329,10 +329,10 @@ class DataStore:
         name = str(name)
         if not _NAME_RE.match(name):
             raise UsageError(f"dataset name '{name}' must be letters, digits, '_', '-' or '.', "
-                             f"starting with a letter or digit; pass --name NAME")
+                             f"starting with a letter or digit; pass --as NAME (name= in Python)")
         if name in sources.packaged_names():
             raise UsageError(f"'{name}' is the packaged dataset's own folder; pick another name, "
-                             f"e.g. --name {name.replace('-', '_')}")
+                             f"e.g. --as {name.replace('-', '_')}")
         return name
 
     def _commit(self, name: str, dd, *, operation: str, params: dict, roles: dict,
@@ -543,7 +543,7 @@ class DataStore:
                     parts = {"train": first["train"], "test": first["test"]}
             except ValueError as e:
                 raise UsageError(f"cannot split {name} v{v.version} that way: {e}; use larger fractions, "
-                                 f"or stratify=None") from None
+                                 f"or --no-stratify (stratify=None in Python)") from None
             dd = DatasetDict({s: _rebuild(p, fingerprint=fps[s]) for s, p in parts.items()})
         return self._commit(name, dd, operation="split", params=params, roles=_roles(v),
                             label_names=v.label_names, parent=v, source=v.source)
@@ -576,7 +576,7 @@ class DataStore:
                     train_new_fingerprint=fp + "r", test_new_fingerprint=fp)["test"]
             except ValueError as e:
                 raise UsageError(f"cannot sample {name} that way: {e}; ask for more rows, or "
-                                 f"stratify=None") from None
+                                 f"--no-stratify (stratify=None in Python)") from None
             dd = DatasetDict({split_name: _rebuild(part, fingerprint=fp)})
         return self._commit(name, dd, operation="sample", params=params, roles=_roles(v),
                             label_names=v.label_names, parent=v, source=v.source)
@@ -589,14 +589,14 @@ class DataStore:
         if col is None:
             return None  # unlabelled: a plain seeded shuffle
         if col not in ds.features:
-            raise unknown("column", col, list(ds.features), "stratify by the label column or pass stratify=None")
+            raise unknown("column", col, list(ds.features), "stratify by the label column or pass --no-stratify (stratify=None in Python)")
         if type(ds.features[col]).__name__ != "ClassLabel":
             raise UsageError(f"cannot stratify by '{col}' ({ds.features[col]}): not a class label; "
-                             f"pass stratify=None")
+                             f"pass --no-stratify (stratify=None in Python)")
         missing = sum(1 for x in sources.column(ds, col) if x is None or x < 0)
         if missing:
             raise UsageError(f"{missing} rows have no label; run clean (drop_empty) first or "
-                             f"pass stratify=None")
+                             f"pass --no-stratify (stratify=None in Python)")
         return col
 
     @staticmethod
@@ -745,14 +745,15 @@ class DataStore:
         cols = list(first.column_names)
         for what, tpl in (("prompt", prompt), ("response", response)):
             try:
-                fields = [f for _, f, _, _ in string.Formatter().parse(str(tpl)) if f is not None]
+                parts = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(str(tpl)) if f is not None]
             except ValueError as e:
                 raise UsageError(f"--{what} template {tpl!r} is not a valid format string ({e}); "
                                  f"write columns as {{text}} and a literal brace as {{{{") from None
-            bad = [f for f in fields if f.split(".")[0].split("[")[0] not in cols or f == ""]
-            if bad:
-                raise UsageError(f"--{what} template names {bad[0]!r}, not a column of {name} "
-                                 f"(columns: {', '.join(cols)}); write e.g. {{text}}")
+            for f, spec, conv in parts:  # plain {column} only: no attributes, indexes, !r or :spec
+                if f not in cols or spec or conv:
+                    shown = "{" + f + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
+                    raise UsageError(f"--{what} template has {shown}, not a plain column of {name} "
+                                     f"(columns: {', '.join(cols)}); write e.g. {{text}}, and {{{{ for a literal brace")
         params = {"prompt": str(prompt), "response": str(response)}
         features = first.features.copy()
         features["prompt"] = Value("string")

@@ -213,10 +213,9 @@ class LLMMagics(Magics):
 
         stratify = None if p["no_stratify"] else (p["stratify"] or "label")
         kw = {}
-        if p["test"] is not None:
-            kw["test"] = int(p["test"]) if p["test"] >= 1 else p["test"]
-        if p["validation"] is not None:
-            kw["validation"] = int(p["validation"]) if p["validation"] >= 1 else p["validation"]
+        for k in ("test", "validation"):  # 0.15 = a fraction, 300 = a row count, 1.5 = an error (in the store)
+            if p[k] is not None:
+                kw[k] = int(p[k]) if p[k] >= 1 and float(p[k]).is_integer() else p[k]
         dv = api.data_split(p["name"], seed=p["seed"] if p["seed"] is not None else 0, stratify=stratify,
                             version=p["version"], **kw)
         return _dataset_message(dv)
@@ -269,9 +268,12 @@ class LLMMagics(Magics):
         from .. import api
 
         kw = {k: p[k] for k in ("epochs", "lr", "batch_size", "seed", "max_length", "method") if p[k] is not None}
-        for k in ("lora_r", "lora_alpha", "lora_dropout"):
+        for k in ("lora_r", "lora_alpha", "lora_dropout", "weight_decay", "warmup_ratio", "lr_scheduler", "grad_accum",
+                  "max_grad_norm", "max_steps"):
             if p[k] is not None:
                 kw[k] = p[k]
+        if p["target_modules"] is not None:
+            kw["target_modules"] = [t.strip() for t in p["target_modules"].split(",") if t.strip()]
         for opt, k in (("eval_every", "eval_every"), ("patience", "early_stopping_patience"), ("metric", "metric_for_best")):
             if p[opt] is not None:
                 kw[k] = p[opt]
@@ -302,7 +304,9 @@ class LLMMagics(Magics):
         from .. import api
 
         dataset, _, split = p["dataset"].partition(":")
-        kw = {"batch_size": p["batch_size"]} if p["batch_size"] else {}
+        if split and p["split"] and split != p["split"]:
+            raise UsageError(f"two splits given ({dataset}:{split} and --split {p['split']}); name one")
+        kw = {"batch_size": p["batch_size"]} if p["batch_size"] is not None else {}
         if p["max_new_tokens"] is not None and not p["generate"]:
             raise UsageError("--max-new-tokens goes with --generate (greedy answers); add --generate or drop it")
         return api.evaluate(p["alias"], dataset, split=p["split"] or split or "test", limit=p["limit"],
@@ -311,7 +315,7 @@ class LLMMagics(Magics):
     def do_runs(self, p):
         from .. import api
 
-        return api.runs(limit=p["limit"] or 20)
+        return api.runs(limit=p["limit"] if p["limit"] is not None else 20)
 
     def do_runs_show(self, p):
         from .. import api

@@ -198,6 +198,11 @@ class JobScheduler:
         self._emit("job", **job.summary())
         self._execute(job, fn)
         if job._exc is not None:
+            from ..errors import UsageError
+
+            if isinstance(job._exc, UsageError):  # refused input: it was never a job worth listing
+                self.jobs.pop(job.id, None)
+                self._emit("job_removed", id=job.id)
             raise job._exc
         return job.result
 

@@ -393,6 +393,9 @@ class ModelManager:
                 raise UsageError(f"alias '{alias}' is already loaded; use `--as OTHER` or `--replace`")
             if old is not None and old.state == "loading":
                 raise UsageError(f"'{alias}' is still loading; wait for it, then retry")
+            if old is not None and old.exclusive:  # swapping weights under a running fine-tune
+                raise UsageError(f"'{alias}' is being fine-tuned by {old.exclusive}; wait with `%llm job wait "
+                                 f"{old.exclusive}`, stop it with `%llm job cancel {old.exclusive}`, or load as another alias")
         if device not in (None, "auto") and dtype in (None, "auto"):
             from .hardware import choose_device_dtype  # the dtype the load will pick for that device
 

@@ -47,6 +47,15 @@ DEFAULT_TARGET_MODULES: dict[str, list[str]] = {
 }
 
 
+# magic flags whose names are not the config field's (see magics/commands.py "finetune")
+_FLAGS = {"early_stopping_patience": "--patience", "metric_for_best": "--metric"}
+
+
+def flag_of(name: str) -> str:
+    """The ``%llm finetune`` flag of config field ``name``: ``lora_r`` → ``--lora-r``."""
+    return _FLAGS.get(name, "--" + name.replace("_", "-"))
+
+
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -136,12 +145,13 @@ class FinetuneConfig:
     task: str = "seq-cls"
 
     def __post_init__(self) -> None:
+        fields = set(self.__dataclass_fields__)
+
         def bad(name: str, want: str, fix: str) -> UsageError:
-            # name the Python keyword and the magic's flag: "epochs=0 (--epochs)"
-            flag = "--" + name.replace("_", "-")
-            fix = re.sub(r"pass e\.g\. (\w+)=(\S+)", lambda m: f"use e.g. --{m.group(1).replace('_', '-')} "
-                         f"{m.group(2)} ({m.group(1)}={m.group(2)} in Python)", fix)
-            return UsageError(f"{name}={getattr(self, name)!r} ({flag}) is not allowed: {want}; {fix}")
+            # name the Python keyword and the magic's flag ("epochs=0 (--epochs)"); the fix in flags
+            fix = re.sub(r"\b(\w+)=(\S+)", lambda m: f"{flag_of(m.group(1))} {m.group(2)}" if m.group(1) in fields
+                         else m.group(0), fix).replace("pass ", "use ")
+            return UsageError(f"{name}={getattr(self, name)!r} ({flag_of(name)}) is not allowed: {want}; {fix}")
 
         for name in ("epochs", "batch_size", "max_length", "grad_accum", "lora_r"):
             v = getattr(self, name)
@@ -150,7 +160,7 @@ class FinetuneConfig:
         if not _is_int(self.seed) or not 0 <= self.seed < 2**32:
             raise bad("seed", "it must be a whole number in 0 .. 2**32-1", "pass e.g. seed=0")
         if not _is_num(self.lr) or self.lr <= 0:
-            raise bad("lr", "it must be a number > 0", "pass e.g. lr=5e-5 (full) or lr=2e-4 (lora)")
+            raise bad("lr", "it must be a number > 0", "pass e.g. lr=5e-5 for a full fine-tune, lr=2e-4 for LoRA")
         if not _is_num(self.weight_decay) or self.weight_decay < 0:
             raise bad("weight_decay", "it must be a number >= 0", "pass e.g. weight_decay=0.01")
         if not _is_num(self.warmup_ratio) or not 0 <= self.warmup_ratio < 1:
@@ -163,7 +173,7 @@ class FinetuneConfig:
                 continue
             if v is not None and (not _is_int(v) or v < 1):
                 raise bad(name, "it must be a whole number of optimizer steps >= 1" + (", 'epoch'" if name == "eval_every" else "") + " or None",
-                          f"pass {name}=None or e.g. {name}=50")
+                          f"pass e.g. {name}=50, or leave it out")
         if not _is_num(self.lora_alpha) or self.lora_alpha <= 0:
             raise bad("lora_alpha", "it must be a number > 0", "pass e.g. lora_alpha=16 (often 2 x lora_r)")
         if not _is_num(self.lora_dropout) or not 0 <= self.lora_dropout < 1:
@@ -181,7 +191,8 @@ class FinetuneConfig:
                 raise UsageError(f"metric_for_best={self.metric_for_best!r} is not a {self.task} metric{close_matches(str(self.metric_for_best), allowed)}; use one of: {', '.join(allowed)}")
         if self.track_best and self.eval_every is None:
             which = "early_stopping_patience" if self.early_stopping_patience is not None else "metric_for_best"
-            raise UsageError(f"{which} needs periodic evaluation; pass eval_every=N (optimizer steps) or eval_every='epoch' too")
+            raise UsageError(f"{which} ({flag_of(which)}) needs periodic evaluation; add --eval-every N (optimizer steps) "
+                             f"or --eval-every epoch (eval_every= in Python)")
         for name in ("group_by_length", "deterministic"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "it must be True or False", f"pass {name}=True")

@@ -59,13 +59,22 @@ def _check_target(path: Path, overwrite: bool) -> bool:
         pass
     if path.resolve() in protected:
         raise UsageError(f"refusing to export into {path} (the file-system root, your home, the working directory or LLMOS_HOME); name a new sub-folder")
+    try:
+        from ..paths import home
+
+        owned = [home().resolve() / sub for sub in ("models", "datasets", "checkpoints")]
+    except Exception:  # pragma: no cover - paths always importable
+        owned = []
+    if any(o == path.resolve() or o in path.resolve().parents for o in owned):
+        raise UsageError(f"refusing to export into {path}: LLMOS_HOME's models, datasets and checkpoints "
+                         f"belong to llmos; name a folder outside them")
     if path.exists() and any(path.iterdir()):
-        is_export = (path / "config.json").is_file() or (path / "adapter_config.json").is_file()
+        is_export = (path / MANIFEST).is_file()  # written by every llmos export
         if not overwrite:
             hint = " or pass --overwrite to replace that earlier export" if is_export else ""
             raise UsageError(f"{path} exists and is not empty; pick a new folder{hint}")
-        if not is_export:  # --overwrite never empties a folder that is not a model export
-            raise UsageError(f"{path} is not empty and holds no model export (no config.json); "
+        if not is_export:  # --overwrite never empties a folder llmos did not export (a model's own folder, say)
+            raise UsageError(f"{path} is not empty and is not an llmos export (no {MANIFEST}); "
                              f"--overwrite only replaces an earlier export — pick a new folder")
     return path.exists()
 
@@ -121,8 +130,8 @@ def export_model(model: Any, tokenizer: Any, path: os.PathLike | str, *, merge_l
             out.train()
         if tokenizer is not None:
             tokenizer.save_pretrained(stage)
-        if manifest is not None:
-            (stage / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+        # always written: it marks the folder as an llmos export (the only kind --overwrite replaces)
+        (stage / MANIFEST).write_text(json.dumps(manifest if manifest is not None else {"run": None}, indent=2, default=str))
         weights = sorted(p.name for p in stage.glob("*.safetensors"))
         if not weights:
             raise RuntimeError(f"save_pretrained wrote no safetensors file in {stage}")

@@ -201,7 +201,13 @@ def resume_config(prev_config: dict[str, Any], given: dict[str, Any], defaults: 
         if k in defaults and v == defaults[k]:
             continue
         if cfg.get(k) != v:
-            raise UsageError(f"run {run_id} was trained with {k}={cfg.get(k)!r}; --resume continues with the run's own config: drop {k}={v!r}")
+            if k == "task":  # not an option: it comes from the model the alias holds
+                raise UsageError(f"run {run_id} fine-tuned a {cfg.get(k)} model, this alias holds a {v} model; "
+                                 f"resume it on an alias loaded as {cfg.get(k)} from the same base model")
+            from .config import flag_of
+
+            raise UsageError(f"run {run_id} was trained with {k}={cfg.get(k)!r}; --resume continues with the run's own config: "
+                             f"drop {flag_of(k)} {v} ({k}= in Python)")
     return cfg
 
 

@@ -343,6 +343,19 @@ class RunRegistry:
                     (_now(), f"the process (pid {r.pid}) ended before the run finished", r.id),
                 )
 
+    def _discard(self, run_id: str) -> bool:
+        """Delete the row of a run that never wrote a checkpoint (its folder, if empty, too);
+        False (nothing deleted) when it has one."""
+        import shutil
+
+        d = self.run_dir(run_id)
+        if d.is_dir() and any(d.rglob("*.safetensors")):
+            return False
+        with self._tx() as db:
+            db.execute("DELETE FROM runs WHERE id = ? AND status = 'running'", (run_id,))
+        shutil.rmtree(d, ignore_errors=True)
+        return True
+
     def run_dir(self, run_id: str) -> Path:
         """Where run ``run_id`` keeps its checkpoint and manifest: ``LLMOS_HOME/checkpoints/<id>``
         (``<registry folder>/checkpoints/<id>`` for a registry outside LLMOS_HOME)."""
@@ -514,6 +527,10 @@ class RunRegistry:
         try:
             yield h
         except BaseException as e:
+            from ..errors import UsageError
+
+            if not h.finished and isinstance(e, UsageError) and self._discard(h.id):
+                raise  # a user error before any checkpoint: no run happened, nothing is kept
             if not h.finished:
                 st = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
                 msg = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")

@@ -43,10 +43,14 @@ def test_prompts_make_a_new_version_with_roles(store):
 
 
 @pytest.mark.parametrize("prompt, response, message", [
-    ("Review: {txt}", "{label}", "names 'txt', not a column of rt"),
+    ("Review: {txt}", "{label}", r"has \{txt\}, not a plain column of rt"),
     ("Review: {text", "{label}", "not a valid format string"),
-    ("Review: {}", "{label}", "names '', not a column"),
-    ("Review: {text}", "{0}", "names '0', not a column"),
+    ("Review: {}", "{label}", r"has \{\}, not a plain column"),
+    ("Review: {text}", "{0}", r"has \{0\}, not a plain column"),
+    ("Review: {text.upper}", "{label}", r"has \{text.upper\}"),  # no attribute access (it would store a repr)
+    ("Review: {text[0]}", "{label}", r"has \{text\[0\]\}"),
+    ("Review: {text!r}", "{label}", r"has \{text!r\}"),
+    ("Review: {text:>5}", "{label}", r"has \{text:>5\}"),
 ])
 def test_bad_templates_are_one_line_and_write_nothing(store, prompt, response, message):
     before = store.versions("rt")

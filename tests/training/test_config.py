@@ -10,24 +10,24 @@ from llmos_jupyter.training import FinetuneConfig
 @pytest.mark.parametrize(
     "kw, option, fix",
     [
-        ({"epochs": 0}, "epochs", "epochs=1"),
-        ({"epochs": 1.5}, "epochs", "epochs=1"),
-        ({"epochs": True}, "epochs", "epochs=1"),
-        ({"batch_size": 0}, "batch_size", "batch_size=32"),
-        ({"max_length": -4}, "max_length", "max_length=128"),
-        ({"grad_accum": 0}, "grad_accum", "grad_accum=1"),
-        ({"lr": 0}, "lr", "lr=5e-5"),
-        ({"lr": float("nan")}, "lr", "lr=5e-5"),
-        ({"seed": -1}, "seed", "seed=0"),
-        ({"seed": 2**32}, "seed", "seed=0"),
-        ({"weight_decay": -0.1}, "weight_decay", "weight_decay=0.01"),
-        ({"warmup_ratio": 1.0}, "warmup_ratio", "warmup_ratio=0.06"),
-        ({"max_grad_norm": 0}, "max_grad_norm", "max_grad_norm=1.0"),
-        ({"eval_every": 0}, "eval_every", "eval_every=None"),
-        ({"max_steps": 0}, "max_steps", "max_steps=None"),
-        ({"lora_r": 0}, "lora_r", "lora_r=8"),
-        ({"lora_alpha": 0}, "lora_alpha", "lora_alpha=16"),
-        ({"lora_dropout": 1.0}, "lora_dropout", "lora_dropout=0.05"),
+        ({"epochs": 0}, "epochs", "--epochs 1"),
+        ({"epochs": 1.5}, "epochs", "--epochs 1"),
+        ({"epochs": True}, "epochs", "--epochs 1"),
+        ({"batch_size": 0}, "batch_size", "--batch-size 32"),
+        ({"max_length": -4}, "max_length", "--max-length 128"),
+        ({"grad_accum": 0}, "grad_accum", "--grad-accum 1"),
+        ({"lr": 0}, "lr", "--lr 5e-5"),
+        ({"lr": float("nan")}, "lr", "--lr 5e-5"),
+        ({"seed": -1}, "seed", "--seed 0"),
+        ({"seed": 2**32}, "seed", "--seed 0"),
+        ({"weight_decay": -0.1}, "weight_decay", "--weight-decay 0.01"),
+        ({"warmup_ratio": 1.0}, "warmup_ratio", "--warmup-ratio 0.06"),
+        ({"max_grad_norm": 0}, "max_grad_norm", "--max-grad-norm 1.0"),
+        ({"eval_every": 0}, "eval_every", "--eval-every 50, or leave it out"),
+        ({"max_steps": 0}, "max_steps", "--max-steps 50, or leave it out"),
+        ({"lora_r": 0}, "lora_r", "--lora-r 8"),
+        ({"lora_alpha": 0}, "lora_alpha", "--lora-alpha 16"),
+        ({"lora_dropout": 1.0}, "lora_dropout", "--lora-dropout 0.05"),
         ({"method": "qlora"}, "method", "full, lora"),
         ({"task": "seq_cls"}, "task", "seq-cls"),
         ({"lr_scheduler": "cosine"}, "lr_scheduler", "linear, constant"),
@@ -36,6 +36,7 @@ from llmos_jupyter.training import FinetuneConfig
     ],
 )
 def test_bad_value_is_one_line_naming_option_and_fix(kw, option, fix):
+    """The message names the keyword and the magic's flag; the fix is given as a flag."""
     with pytest.raises(UsageError) as e:
         FinetuneConfig(**kw)
     msg = str(e.value)
