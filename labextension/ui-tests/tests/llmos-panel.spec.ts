@@ -61,7 +61,7 @@ test.describe('LLM OS panel', () => {
     // (%llm does no {var} expansion in paths, so the path is written out.)
     const tiny = `/tmp/llmos-ui-tiny-${Date.now()}`;
     const made = await panel.run(
-      `import llmos_ui_helpers\nllmos_ui_helpers.save_tiny_bert('${tiny}')\nprint('saved')`
+      `import comm_tiny\ncomm_tiny.save_tiny_bert('${tiny}')\nprint('saved')`
     );
     expect(made).toContain('saved');
     await panel.run(`%llm load ${tiny} --task seq-cls --labels negative,positive --as tiny`);
