@@ -203,7 +203,8 @@ def evaluate_answers(model: Any, tokenizer: Any, ds: Any, *, prompt_column: str 
     per_class = [{"label": " ".join(c), "precision": m["precision"][i], "recall": m["recall"][i], "f1": m["f1"][i],
                   "support": m["support"][i]} for i, c in enumerate(choices)]
     f1 = np.asarray(m["f1"][:C])
-    present = [i for i in range(C) if m["support"][i] > 0 or m["confusion"][i][i] > 0 or any(r[i] for r in m["confusion"])]
+    cm = np.asarray(m["confusion"])  # (C+1, C+1), rows = expected
+    present = [i for i in range(C) if cm[i].sum() > 0 or cm[:, i].sum() > 0]  # expected or answered
     wrong = np.nonzero(p != y)[0]
     mistakes = [{"row": int(i), "prompt": prompts[i], "expected": " ".join(expected[i]), "answer": answers[i]}
                 for i in wrong[:max_mistakes]]
