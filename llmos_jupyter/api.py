@@ -103,7 +103,8 @@ def pull(name: str, *, force: bool = False) -> Message:
 # ---------------------------------------------------------------------- models
 def load(spec: str, *, alias: str | None = None, task: str | None = None, labels=None, dtype: str | None = None,
          device: str | None = None, attn: str | None = None, replace: bool = False, pin: bool = False,
-         keep_alive=None, trust_remote_code: bool = False, allow_pickle: bool = False) -> Message:
+         keep_alive=None, trust_remote_code: bool = False, allow_pickle: bool = False, engine: str | None = None,
+         n_ctx: int | None = None, threads: int | None = None) -> Message:
     """Load a model under ``alias`` (default: its name).
 
     Args:
@@ -119,9 +120,13 @@ def load(spec: str, *, alias: str | None = None, task: str | None = None, labels
         keep_alive: how long the model may stay idle before it is unloaded: ``"30s"``, ``"10m"``,
             ``"1h"`` or seconds; ``0`` unloads it right after each call; ``-1``/``None`` (default)
             keeps it until unloaded. Pinned and in-use models are never unloaded by it.
+        engine: ``auto`` (default: llama.cpp for a GGUF causal LM when llama-cpp-python is
+            installed, else transformers), ``transformers`` or ``llama.cpp``.
+        n_ctx: llama.cpp context window in positions (default ``min(context_length, 4096)``).
+        threads: llama.cpp decode threads (default: the physical CPU cores).
 
     Raises:
-        UsageError: ``keep_alive`` is not a duration.
+        UsageError: ``keep_alive`` is not a duration; an engine that does not serve this model.
         LLMOSError: see :meth:`ModelManager.load`.
     """
     if isinstance(labels, str):
@@ -136,11 +141,14 @@ def load(spec: str, *, alias: str | None = None, task: str | None = None, labels
         task = "seq-cls"
     rec = manager().load(spec, alias=alias, task=task, labels=labels, dtype=dtype, device=device, attn=attn,
                          replace=replace, pin=pin, keep_alive=keep_alive,
-                         trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
-    by_dev = ", ".join(f"{d} {format_size(b)}" for d, b in rec.bytes.items())
+                         trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, engine=engine,
+                         n_ctx=n_ctx, threads=threads)
+    real = ", ".join(f"{d} {format_size(rec.cost(d))}" for d in rec.bytes)
     labels_txt = f", labels {rec.labels}" if rec.labels else ""
-    return Message(f"{rec.alias}: {rec.task}, {rec.params / 1e6:.1f}M params, {rec.dtype}, {by_dev} "
-                   f"(estimated {format_size(rec.estimated_bytes)}), loaded in {rec.load_s:.1f} s{labels_txt}",
+    ctx = f", n_ctx {rec.n_ctx}, {rec.threads} threads" if rec.engine == "llama.cpp" else ""
+    return Message(f"{rec.alias}: {rec.task} on {rec.engine}{ctx}, {rec.params / 1e6:.1f}M params, {rec.dtype}, "
+                   f"{real} (estimated {format_size(rec.estimated_bytes)}; tensors "
+                   f"{format_size(sum(rec.bytes.values()))}), loaded in {rec.load_s:.1f} s{labels_txt}",
                    **rec.summary())
 
 
@@ -167,14 +175,17 @@ def pin(alias: str, pinned: bool = True) -> Message:
 
 
 def ps() -> Table:
-    """Loaded models: alias, task, params, dtype, device, estimated bytes (before load) vs
-    measured bytes per device (after), the estimate's error (%), state, keep-alive and when it
-    expires, last use. ``table.data`` holds the raw summaries (bytes as ints, times as epoch s)."""
+    """Loaded models: alias, task, engine, params, dtype, device, the estimated real cost before
+    load vs the real cost measured at load (process RSS / CUDA reserved delta; llama.cpp: mapped
+    weights + KV cache + buffers) and the estimate's error (%), tensor bytes, state, keep-alive
+    and when it expires, the last generation's tokens/s, last use. ``table.data`` holds the raw
+    summaries (bytes as ints, times as epoch s)."""
     from .resources.memory import format_duration
 
     rows, data, now = [], manager().ps(), time.time()
     for m in data:
-        measured = sum(m["bytes"].values())
+        real = {d: (m["real_bytes"].get(d) or b) for d, b in m["bytes"].items()}
+        measured = sum(real.values())
         err = f"{(m['estimated_bytes'] - measured) / measured * 100:+.1f}%" if measured and m["estimated_bytes"] else "-"
         exp = m.get("expires_at")
         if m["keep_alive"] == 0:
@@ -188,13 +199,18 @@ def ps() -> Table:
         else:
             expires = "-" if exp is None else f"in {format_duration(max(0, round(exp - now)))}"
         device = m["device"] if m["state"] != "offloaded" else f"cpu (from {m.get('home_device')})"
-        rows.append([m["alias"], m["task"], f"{(m['params'] or 0) / 1e6:.1f}M", m["dtype"], device,
+        gen = m.get("last_generation")
+        speed = f"{gen['tokens_per_s']:.1f}" if gen and gen.get("tokens_per_s") else "-"
+        rows.append([m["alias"], m["task"], m["engine"], f"{(m['params'] or 0) / 1e6:.1f}M", m["dtype"], device,
                      format_size(m["estimated_bytes"]),
-                     ", ".join(f"{d}: {format_size(b)}" for d, b in m["bytes"].items()) or "-", err,
+                     ", ".join(f"{d}: {format_size(b)}" for d, b in real.items()) or "-", err,
+                     format_size(sum(m["bytes"].values())) if m["bytes"] else "-",
                      m["state"] + (" (pinned)" if m["pinned"] else ""), format_duration(m["keep_alive"]), expires,
-                     time.strftime("%H:%M:%S", time.localtime(m["last_used"]))])
-    return Table("models", ["alias", "task", "params", "dtype", "device", "estimated", "measured", "error",
-                            "state", "keep-alive", "expires", "last used"], rows, data=data)
+                     speed, time.strftime("%H:%M:%S", time.localtime(m["last_used"]))])
+    return Table("models", ["alias", "task", "engine", "params", "dtype", "device", "estimated", "real", "error",
+                            "tensors", "state", "keep-alive", "expires", "tokens/s", "last used"], rows, data=data,
+                 note="real: what holding the model costs, measured at load (RSS/CUDA delta); "
+                      "estimated: before load; tensors: the weights alone")
 
 
 def budget(cpu=None, gpu=None) -> Table:
@@ -262,46 +278,89 @@ def _print_piece(piece: str) -> None:
     sys.stdout.flush()
 
 
-def generate(alias: str, prompt: str, *, max_new_tokens: int = 256, temperature: float = 0.0,
-             stream: bool = True, **kw) -> Reply:
-    """Continue ``prompt`` with a causal LM (greedy unless ``temperature > 0``).
+DIM, UNDIM = "\x1b[2m", "\x1b[0m"  # ANSI dim: notebooks and terminals show the stats line grey
 
-    With ``stream=True`` the text is printed as it is produced. Returns the generated text.
 
-    Raises:
-        NotFoundError: unknown alias. UsageError: not a causal LM / bad settings.
-        LLMOSError: generation failed (C11: reported within a second, the model stays usable).
-    """
-    from .models.generation import complete
+def _settings(max_new_tokens, temperature, top_p=None, seed=None, stop=None, extra=None):
+    from .models.engines.base import GenerationSettings
 
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise UsageError("the prompt is empty; give some text to continue")
-    with manager().use(alias) as rec:
-        _need_task(rec, "causal-lm", "generate")
-        text = complete(rec.model, rec.tokenizer, prompt, on_text=_print_piece if stream else None,
-                        max_new_tokens=max_new_tokens, temperature=temperature, **kw)
+    return GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
+                              stop=tuple([stop] if isinstance(stop, str) else (stop or ())), extra=dict(extra or {}))
+
+
+def _run_generation(rec, prompt: str, settings, *, stream: bool, add_special_tokens: bool, verbose: bool) -> Reply:
+    """Generate on ``rec``'s engine; print pieces when ``stream``; print the stats line when
+    ``verbose``; record the stats on the model (``ps``, side panel) and on the reply."""
+    engine = rec.inference()
+    gen = engine.stream(prompt, settings, add_special_tokens=add_special_tokens,
+                        notify=lambda m: print(m, file=sys.stderr, flush=True))
+    text = gen.text(on_text=_print_piece if stream else None)
+    st = gen.stats
+    rec.last_generation = {"tokens": st.completion_tokens, "tokens_per_s": st.tokens_per_s, "ttft_s": st.ttft_s,
+                           "engine": st.engine, "finish_reason": st.finish_reason}
     if stream:
         print()
+    if verbose:
+        print(f"{DIM}{st.line()}{UNDIM}", flush=True)
     reply = Reply(text)
     reply.streamed = stream
+    reply.stats = st
     return reply
 
 
-def chat(alias: str, message: str, *, system: str | None = None, reset: bool = False, max_new_tokens: int = 256,
-         temperature: float = 0.0, stream: bool = True, **kw) -> Reply:
-    """One chat turn with ``alias``, keeping the conversation history per alias.
+def generate(alias: str, prompt: str, *, max_new_tokens: int = 256, temperature: float = 0.0,
+             top_p: float | None = None, seed: int | None = None, stop=None, stream: bool = True,
+             verbose: bool | None = None, **kw) -> Reply:
+    """Continue ``prompt`` with a causal LM (greedy unless ``temperature > 0``), on the engine
+    that serves ``alias`` (transformers or llama.cpp: same rules, see
+    :mod:`llmos_jupyter.models.engines.base`).
 
-    The prompt is rendered with the model's own chat template (C10: a model without one gives
-    a one-line error). ``system`` sets the system message for this conversation; ``reset``
-    starts a new one. Greedy unless ``temperature > 0``; streamed when ``stream``.
+    Args:
+        max_new_tokens: at most this many tokens (default 256; capped, with a note, at what the
+            context window leaves after the prompt).
+        temperature / top_p / seed: sampling (``temperature=0``: greedy, the default).
+        stop: a string or list of strings that end the answer (not included).
+        stream: print the text as it is produced (default True).
+        verbose: print the stats line (tokens, tokens/s, time to first token); default: when
+            ``stream``.
+        kw: more ``generate`` arguments (transformers engine only).
 
     Returns:
-        The assistant's reply (also appended to the history).
-    """
-    from .models.generation import complete, render_chat
+        The generated text (a ``str``); ``reply.stats`` has the
+        :class:`~llmos_jupyter.models.engines.base.GenerationStats`.
 
+    Raises:
+        NotFoundError: unknown alias. UsageError: not a causal LM, bad settings, a prompt longer
+        than the context window. LLMOSError: generation failed (reported within a second, the
+        model stays usable).
+    """
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise UsageError("the prompt is empty; give some text to continue")
+    settings = _settings(max_new_tokens, temperature, top_p, seed, stop, kw).check()
+    with manager().use(alias) as rec:
+        _need_task(rec, "causal-lm", "generate")
+        return _run_generation(rec, prompt, settings, stream=stream, add_special_tokens=True,
+                               verbose=stream if verbose is None else verbose)
+
+
+def chat(alias: str, message: str, *, system: str | None = None, reset: bool = False, max_new_tokens: int = 256,
+         temperature: float = 0.0, top_p: float | None = None, seed: int | None = None, stop=None,
+         stream: bool = True, verbose: bool | None = None, **kw) -> Reply:
+    """One chat turn with ``alias``, keeping the conversation history per alias.
+
+    The prompt is rendered with the model's own chat template (the GGUF's for llama.cpp, the
+    tokenizer's for transformers; both render the same text), and the answer ends at the
+    model's end-of-turn token, which never appears in the text. A model without a template
+    gives a one-line error. ``system`` sets the system message for this conversation;
+    ``reset`` starts a new one. Settings as in :func:`generate`.
+
+    Returns:
+        The assistant's reply (also appended to the history); ``reply.stats`` as in
+        :func:`generate`.
+    """
     if not isinstance(message, str) or not message.strip():
         raise UsageError("the message is empty; write it on the lines under `%%llm chat ALIAS`")
+    settings = _settings(max_new_tokens, temperature, top_p, seed, stop, kw).check()
     with manager().use(alias) as rec:
         _need_task(rec, "causal-lm", "chat")
         if reset or system is not None:
@@ -310,16 +369,14 @@ def chat(alias: str, message: str, *, system: str | None = None, reset: bool = F
         if system is not None:
             history.append({"role": "system", "content": system})
         history.append({"role": "user", "content": message})
-        prompt = render_chat(rec.tokenizer, history)
-        text = complete(rec.model, rec.tokenizer, prompt, on_text=_print_piece if stream else None,
-                        max_new_tokens=max_new_tokens, temperature=temperature, add_special_tokens=False, **kw)
-        history.append({"role": "assistant", "content": text.strip()})
+        prompt = rec.inference().render_chat(history)
+        reply = _run_generation(rec, prompt, settings, stream=stream, add_special_tokens=False,
+                                verbose=stream if verbose is None else verbose)
+        history.append({"role": "assistant", "content": reply.strip()})
         rec.chat_history = history
-    if stream:
-        print()
-    reply = Reply(text.strip())
-    reply.streamed = stream
-    return reply
+    out = Reply(reply.strip())
+    out.streamed, out.stats = reply.streamed, reply.stats
+    return out
 
 
 def chat_history(alias: str) -> list[dict]:
@@ -612,6 +669,9 @@ def finetune(alias: str, dataset: str, *, epochs: int = 1, lr: float = 5e-5, bat
     m = manager()
     rec = m.get(alias)
     lm = rec.task == "causal-lm"
+    if rec.model is None and rec.engine == "llama.cpp":  # train the transformers weights of the same GGUF
+        store().get(dataset)  # an unknown dataset is refused before the weights are loaded
+        rec = m.attach_weights(alias)
     cfg = FinetuneConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, max_length=max_length,
                          method=method, task="causal-lm" if lm else "seq-cls", **options)
     prev = resume_ck = None
@@ -672,6 +732,10 @@ def finetune(alias: str, dataset: str, *, epochs: int = 1, lr: float = 5e-5, bat
                 from .resources.memory import module_bytes
 
                 held.bytes = module_bytes(held.model)
+                if held.engine == "llama.cpp":  # its GGUF context too
+                    held.bytes["cpu"] = held.bytes.get("cpu", 0) + held.server.footprint()["tensor_bytes"]["cpu"]
+                    if result.status == "completed":
+                        _serve_trained(m, held, registry().run_dir(run.id))
             return run.finish_from(result)
 
     if background:
@@ -682,6 +746,20 @@ def finetune(alias: str, dataset: str, *, epochs: int = 1, lr: float = 5e-5, bat
     if note:  # after the run: a refused input stays one line
         print(note, file=sys.stderr)
     return result
+
+
+def _serve_trained(m, rec, run_dir) -> None:
+    """After a fine-tune of a llama.cpp alias: write the trained (LoRA-merged) model as an f16
+    GGUF into the run's folder and hot-swap it in, so chat answers with the new weights."""
+    from pathlib import Path
+
+    from .models.gguf_export import export_gguf
+
+    path = Path(run_dir) / "model-f16.gguf"
+    info = export_gguf(rec.model, rec.tokenizer, path, quantize="f16", source_gguf=rec.gguf_path)
+    m.swap_gguf(rec, str(path))
+    print(f"llmos: {rec.alias} now serves the fine-tuned weights on llama.cpp ({path}, {format_size(info['bytes'])})",
+          flush=True)
 
 
 def jobs() -> Table:
@@ -743,13 +821,16 @@ def evaluate(alias: str, dataset: str, *, split: str = "test", batch_size: int =
         from .training.sft import evaluate_causal_lm
 
         ds = first(_prepare_sft_split(dv, split))
+        if not generate and rec.model is None and rec.engine == "llama.cpp":
+            rec = m.attach_weights(alias)  # the loss is computed on the transformers weights of its GGUF
         with m.use(alias) as rec:
             if generate:
                 from .training.answers import evaluate_answers
 
+                served = rec.inference() if rec.engine == "llama.cpp" else None  # answers from the serving engine
                 return evaluate_answers(rec.model, rec.tokenizer, ds, prompt_column=dv.prompt_column,
                                         response_column=dv.response_column, batch_size=min(batch_size, 32),
-                                        max_new_tokens=max_new_tokens, max_length=max(max_length, 512))
+                                        max_new_tokens=max_new_tokens, max_length=max(max_length, 512), engine=served)
             return evaluate_causal_lm(rec.model, rec.tokenizer, ds, prompt_column=dv.prompt_column,
                                       response_column=dv.response_column, batch_size=min(batch_size, 16),
                                       max_length=max(max_length, 512))
@@ -782,43 +863,61 @@ def runs_compare(a: str, b: str):
     return registry().compare(a, b)
 
 
-def export(alias: str, path: str, *, merge_lora: bool = False, overwrite: bool = False) -> Message:
+def export(alias: str, path: str, *, merge_lora: bool = False, overwrite: bool = False, format: str = "hf",
+           quantize: str | None = None) -> Message:
     """Write model ``alias`` to the folder ``path`` as a plain Hugging Face directory
     (safetensors weights, config, tokenizer) that ``transformers.AutoModelFor*.from_pretrained(path)``
-    loads, and ``llmos_manifest.json``: the run manifest of a model trained by a run, else the
-    alias, source and task. ``overwrite`` replaces only a folder holding that file.
+    loads — or, with ``format="gguf"``, as one GGUF file that llama.cpp, llama-cpp-python and
+    Ollama run — and ``llmos_manifest.json``: the run manifest of a model trained by a run, else
+    the alias, source and task. ``overwrite`` replaces only a folder holding that file.
 
     Args:
-        merge_lora: merge LoRA adapters into the weights (default False: write the adapter).
+        merge_lora: merge LoRA adapters into the weights (default False: write the adapter;
+            GGUF always merges).
         overwrite: replace the contents of a non-empty folder (default False: refuse).
+        format: ``hf`` (default) or ``gguf``.
+        quantize: with ``gguf``: ``f32 | f16 | q8_0 | q4_0`` (default ``f16``; q8_0/q4_0 by
+            llama.cpp's quantiser). See :mod:`llmos_jupyter.models.gguf_export`.
 
     Returns:
         A message naming the folder, the files and their size; ``.data`` has the details.
 
     Raises:
         NotFoundError: unknown alias. UsageError: non-empty folder without ``overwrite``, a file
-            or link at ``path``, ``merge_lora`` without adapters (see
-            :func:`llmos_jupyter.training.export.export_model`). Nothing is written outside ``path``.
+            or link at ``path``, ``merge_lora`` without adapters, an architecture GGUF cannot
+            take (see :func:`llmos_jupyter.training.export.export_model`). Nothing is written
+            outside ``path``.
     """
-    from .training.export import export_model
+    from .training.export import check_format, export_model
 
     m = manager()
+    rec = m.get(alias)
+    check_format(format, quantize)
+    if rec.model is None and rec.engine == "llama.cpp":  # export the transformers weights of its GGUF
+        if format == "gguf" and rec.task != "causal-lm":
+            raise UsageError(f"'{alias}' is {rec.task}; GGUF export takes causal LMs")
+        rec = m.attach_weights(alias)
     with m.use(alias) as rec:
         run_id = rec.run_id
         manifest = {"exported_alias": alias, "source": rec.source, "task": rec.task, "merged_lora": merge_lora,
                     "run": None}
         if run_id:
             manifest = dict(registry().get(run_id).manifest(), exported_alias=alias, merged_lora=merge_lora)
+        manifest["format"] = format
         try:
             info = export_model(rec.model, rec.tokenizer, path, merge_lora=merge_lora, overwrite=overwrite,
-                                manifest=manifest)
+                                manifest=manifest, format=format, quantize=quantize, source_gguf=rec.gguf_path)
         except OSError as e:  # a folder that cannot be made or written: nothing was left there
             raise LLMOSError(f"cannot export to {path}: {e.strerror or e}; pick a folder you can write to") from None
-    what = "LoRA adapter" if info["adapter"] else ("merged model" if info["merged_lora"] else "model")
     src = f" (run {run_id})" if run_id else ""
+    if format == "gguf":
+        how = f"run it with llama.cpp / llama-cpp-python, or `%llm load {info['path']}`"
+        what = f"{info['quantize']} GGUF{' (LoRA merged)' if info['merged_lora'] else ''}"
+    else:
+        how = "load with transformers' from_pretrained(path)"
+        what = "LoRA adapter" if info["adapter"] else ("merged model" if info["merged_lora"] else "model")
     return Message(f"{alias}: exported {what}{src} to {info['path']} — {len(info['files'])} files, "
-                   f"{format_size(info['bytes'])}; load with transformers' from_pretrained(path)",
-                   run_id=run_id, **info)
+                   f"{format_size(info['bytes'])}; {how}", run_id=run_id, **info)
 
 
 def cancel(job_id: str) -> Message:
@@ -855,5 +954,13 @@ def doctor() -> Table:
     rows.append(["default placement", f"{dev}, {dt}"])
     rows.append(["LLMOS_HOME", str(paths.home())])
     rows.append(["pulled", ", ".join(pull_mod.pulled()) or "nothing yet (`%llm pull NAME`)"])
-    rows.append(["loaded", ", ".join(manager().aliases()) or "nothing"])
+    from .models import engines
+    from .models.engines.llamacpp import physical_cores
+
+    for e in engines.summary():
+        rows.append([f"engine {e['engine']}", f"{e['version']} — {e['serves']}"])
+    if not engines.installed()["llama.cpp"]:
+        rows.append(["hint", f"`{engines.EXTRA_HINT}` adds llama.cpp: ~7x faster GGUF chat on a CPU"])
+    rows.append(["llama.cpp threads", f"{physical_cores()} (the physical cores)"])
+    rows.append(["loaded", ", ".join(f"{a} ({manager().get(a).engine})" for a in manager().aliases()) or "nothing"])
     return Table("llmos doctor", ["item", "value"], rows)

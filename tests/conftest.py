@@ -54,9 +54,9 @@ def save_tiny(path: Path, kind: str, **cfg) -> Path:
     torch.manual_seed(0)
     tok = make_tokenizer("bert" if kind == "bert" else "bpe", chat_template=CHATML if kind == "llama" else None)
     if kind == "llama":
-        config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                             bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, **cfg)
+        config = LlamaConfig(**{**dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id), **cfg})
         model = LlamaForCausalLM(config)
     else:
         config = BertConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -71,6 +71,12 @@ def save_tiny(path: Path, kind: str, **cfg) -> Path:
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory) -> Path:
     return save_tiny(tmp_path_factory.mktemp("tiny") / "llama", "llama")
+
+
+@pytest.fixture(scope="session")
+def long_tiny_llama(tmp_path_factory) -> Path:
+    """``tiny_llama`` with a 16,384-position context: decodes for many seconds (interrupt tests)."""
+    return save_tiny(tmp_path_factory.mktemp("tiny") / "long", "llama", max_position_embeddings=16384)
 
 
 @pytest.fixture(scope="session")
@@ -103,6 +109,17 @@ def fresh_api(tmp_path, monkeypatch):
             pass
     api._reset_for_tests()
     api._state.update(old)
+
+
+@pytest.fixture
+def tensor_costs(monkeypatch):
+    """Make a model's real cost equal its tensor bytes (no tokenizer share in the estimate, no
+    RSS measurement): for tests of the admission/eviction *policy* on 150 KB models, whose RSS
+    deltas are allocator noise. The real-cost measurement itself is tested on real models."""
+    from llmos_jupyter.resources import manager, memory
+
+    monkeypatch.setattr(manager, "_real_delta", lambda before, after, tensor: dict(tensor))
+    monkeypatch.setattr(memory, "TOKENIZER_BYTES_PER_ENTRY", 0)
 
 
 @pytest.fixture(scope="session")

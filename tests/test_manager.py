@@ -9,7 +9,7 @@ from llmos_jupyter.errors import ResourceError, UsageError
 
 
 @pytest.fixture
-def sized(fresh_api, tiny_llama):
+def sized(fresh_api, tiny_llama, tensor_costs):
     """The measured bytes of one tiny Llama, and a loader for aliases a, b, c..."""
     fresh_api.load(str(tiny_llama), alias="probe", task="causal-lm")
     size = sum(fresh_api.manager().get("probe").bytes.values())

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+from llmos_jupyter.resources.memory import format_size
 from tests.conftest import save_tiny
 
 
@@ -17,31 +18,38 @@ def tiny_tied_llama(tmp_path_factory):
 
 
 def check(api, spec: str, task: str, **kw) -> float:
+    """Tensor estimate vs tensor bytes (returned), and the real-cost estimate vs the real cost
+    measured at load, as ``ps`` shows it (within 10%)."""
     from llmos_jupyter.models.loading import estimate
 
     est = estimate(spec, task)
-    api.load(spec, alias="x", task=task, **kw)
+    api.load(spec, alias="x", task=task, engine="transformers", **kw)
     rec = api.manager().get("x")
     measured = sum(rec.bytes.values())
     err = (est["bytes"] - measured) / measured
-    print(f"\nestimate {spec.split('/')[-1]} ({task}): estimated {est['bytes']:,} B, measured {measured:,} B, "
-          f"error {err * 100:+.2f}%")
-    assert rec.estimated_bytes == est["bytes"] and rec.params == est["params"]
+    real = sum(rec.real_bytes.values())
+    real_err = (est["real_bytes"] - real) / real
+    print(f"\nestimate {spec.split('/')[-1]} ({task}): tensors estimated {est['bytes']:,} B, measured {measured:,} B, "
+          f"error {err * 100:+.2f}%; real cost estimated {est['real_bytes']:,} B, measured {real:,} B, "
+          f"error {real_err * 100:+.2f}%")
+    assert rec.estimated_bytes == est["real_bytes"] and rec.params == est["params"]
     row = api.ps().rows[0]
-    assert row[api.ps().columns.index("error")] == f"{err * 100:+.1f}%"
+    assert row[api.ps().columns.index("error")] == f"{real_err * 100:+.1f}%"
+    assert row[api.ps().columns.index("tensors")] == format_size(measured)
     api.unload("x")
     assert abs(err) <= 0.10, (spec, est, measured)
+    assert abs(real_err) <= 0.10, (spec, est, real)
     return err
 
 
 @pytest.mark.parametrize("kind, task", [("llama", "causal-lm"), ("bert", "embedding"), ("bert", "seq-cls"),
                                         ("llama", "seq-cls")])
-def test_tiny_configs(fresh_api, tiny_llama, tiny_bert, kind, task):
+def test_tiny_configs(fresh_api, tiny_llama, tiny_bert, kind, task, tensor_costs):
     path = tiny_llama if kind == "llama" else tiny_bert
     check(fresh_api, str(path), task, **({"labels": "negative,positive"} if task == "seq-cls" else {}))
 
 
-def test_tiny_tied_embeddings(fresh_api, tiny_tied_llama):
+def test_tiny_tied_embeddings(fresh_api, tiny_tied_llama, tensor_costs):
     check(fresh_api, str(tiny_tied_llama), "causal-lm")
 
 

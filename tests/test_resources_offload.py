@@ -14,7 +14,7 @@ from llmos_jupyter.resources.manager import ModelRecord
 
 
 @pytest.fixture
-def loaded(fresh_api, tiny_llama):
+def loaded(fresh_api, tiny_llama, tensor_costs):
     fresh_api.load(str(tiny_llama), alias="a", task="causal-lm")
     return fresh_api, fresh_api.manager(), sum(fresh_api.manager().get("a").bytes.values())
 

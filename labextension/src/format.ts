@@ -1,6 +1,6 @@
 /**
  * Number formatting for the panel: sizes in binary units (KiB, MiB, GiB: 1 GiB = 2^30 bytes,
- * as `torch.cuda.memory_allocated` and NVML count), durations, percentages.
+ * as `torch.cuda.memory_allocated` and NVML count), durations, percentages, decode speeds.
  */
 
 const UNITS = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
@@ -32,6 +32,45 @@ export function formatDeviceBytes(bytes: Record<string, number>): string {
 
 export function totalBytes(bytes: Record<string, number>): number {
   return Object.values(bytes).reduce((a, b) => a + b, 0);
+}
+
+/**
+ * What a model costs per device, as the kernel's manager counts it: the measured real bytes
+ * where there are some, else the tensor bytes.
+ */
+export function costBytes(
+  realBytes: Record<string, number>,
+  tensorBytes: Record<string, number>
+): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const device of new Set([...Object.keys(tensorBytes), ...Object.keys(realBytes)])) {
+    const real = realBytes[device] ?? 0;
+    out[device] = real > 0 ? real : tensorBytes[device] ?? 0;
+  }
+  return out;
+}
+
+/** Decode speed as `98.1 tok/s`; null, 0 (fewer than 2 tokens) or negative give an em dash. */
+export function formatTokensPerS(x: number | null | undefined): string {
+  if (x === null || x === undefined || !Number.isFinite(x) || x <= 0) {
+    return '—';
+  }
+  return `${x.toFixed(1)} tok/s`;
+}
+
+/** A serving engine's context and threads as `ctx 4096 · 8 threads`; '' when neither is known. */
+export function formatEngineDetail(
+  nCtx: number | null | undefined,
+  threads: number | null | undefined
+): string {
+  const parts: string[] = [];
+  if (nCtx !== null && nCtx !== undefined && Number.isFinite(nCtx) && nCtx > 0) {
+    parts.push(`ctx ${nCtx}`);
+  }
+  if (threads !== null && threads !== undefined && Number.isFinite(threads) && threads > 0) {
+    parts.push(threads === 1 ? '1 thread' : `${threads} threads`);
+  }
+  return parts.join(' · ');
 }
 
 /** Seconds as `42s`, `3m 05s`, `2h 07m`. */

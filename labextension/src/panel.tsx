@@ -9,16 +9,19 @@ import { TranslationBundle } from '@jupyterlab/translation';
 import React from 'react';
 
 import {
+  costBytes,
   formatBytes,
   formatDeviceBytes,
   formatDuration,
+  formatEngineDetail,
   formatNumber,
   formatPercent,
+  formatTokensPerS,
   share,
   totalBytes
 } from './format';
 import { LLMOSModel } from './model';
-import { IDatasetInfo, IGpuInfo, IJobInfo, IModelInfo } from './protocol';
+import { IDatasetInfo, IGenerationInfo, IGpuInfo, IJobInfo, IModelInfo } from './protocol';
 import { IHardwarePoint, IPanelState, isActiveJob, isPending } from './reducer';
 
 export const PANEL_ID = 'llmos-panel';
@@ -86,6 +89,19 @@ function Section(props: {
   );
 }
 
+/** The tooltip of a model's decode speed: tokens, first token, finish reason and engine of its last call. */
+function generationTitle(gen: IGenerationInfo, trans: TranslationBundle): string {
+  const first = gen.ttftS === null ? '—' : `${gen.ttftS.toFixed(2)} s`;
+  const tokens = gen.completionTokens === null ? '—' : String(gen.completionTokens);
+  return trans.__(
+    'last generation: %1 tokens, first token %2, %3 (%4)',
+    tokens,
+    first,
+    gen.finishReason || '—',
+    gen.engine
+  );
+}
+
 function Models(props: IProps): JSX.Element {
   const { state, model, trans } = props;
   const live = state.connection === 'connected';
@@ -106,22 +122,43 @@ function Models(props: IProps): JSX.Element {
           <tbody>
             {state.models.map((m: IModelInfo) => {
               const busy = isPending(state, 'unload', m.alias);
+              const cost = costBytes(m.realBytes, m.bytes);
+              const measured = totalBytes(m.realBytes) > 0;
+              const speed = formatTokensPerS(m.lastGeneration?.tokensPerS);
               return (
                 <tr key={m.alias} className="jp-LLMOS-model" data-alias={m.alias}>
                   <td>
                     <div className="jp-LLMOS-name" title={m.source}>
                       {m.alias}
+                      <span
+                        className="jp-LLMOS-tag jp-LLMOS-engine"
+                        title={trans.__('served by %1', m.engine)}
+                      >
+                        {m.engine}
+                      </span>
                       {m.pinned && <span className="jp-LLMOS-tag">{trans.__('pinned')}</span>}
                     </div>
                     <div className="jp-LLMOS-sub">
-                      {[m.task, m.dtype, m.device].filter(Boolean).join(' · ')}
+                      {[m.task, m.dtype, m.device, formatEngineDetail(m.nCtx, m.threads)]
+                        .filter(Boolean)
+                        .join(' · ')}
                     </div>
                   </td>
                   <td>
-                    <div className="jp-LLMOS-bytes" title={trans.__('bytes per device')}>
-                      {formatDeviceBytes(m.bytes)}
+                    <div
+                      className="jp-LLMOS-bytes"
+                      title={
+                        measured
+                          ? trans.__(
+                              'measured cost per device (RSS/CUDA growth at load); tensors %1',
+                              formatDeviceBytes(m.bytes)
+                            )
+                          : trans.__('tensor bytes per device')
+                      }
+                    >
+                      {formatDeviceBytes(cost)}
                     </div>
-                    {totalBytes(m.bytes) === 0 && m.estimatedBytes !== null && (
+                    {totalBytes(cost) === 0 && m.estimatedBytes !== null && (
                       <div className="jp-LLMOS-sub">
                         {trans.__('est. %1', formatBytes(m.estimatedBytes))}
                       </div>
@@ -129,6 +166,14 @@ function Models(props: IProps): JSX.Element {
                   </td>
                   <td>
                     <span className={`jp-LLMOS-state jp-LLMOS-state-${m.state}`}>{m.state}</span>
+                    {m.lastGeneration && speed !== '—' && (
+                      <div
+                        className="jp-LLMOS-sub jp-LLMOS-speed"
+                        title={generationTitle(m.lastGeneration, trans)}
+                      >
+                        {speed}
+                      </div>
+                    )}
                   </td>
                   <td>
                     <button

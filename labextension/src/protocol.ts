@@ -10,6 +10,8 @@ export const COMM_TARGET = 'llmos';
 export const PROTOCOL_VERSION = 1;
 
 export type ModelState = 'loading' | 'ready' | 'offloaded' | 'error' | string;
+/** Which engine serves a model's generate/chat calls. */
+export type ModelEngine = 'transformers' | 'llama.cpp' | string;
 export type JobState =
   | 'queued'
   | 'running'
@@ -27,10 +29,36 @@ export interface IModelInfo {
   device: string;
   params: number | null;
   estimatedBytes: number | null;
-  /** Measured bytes per device, e.g. `{cpu: 1024, "cuda:0": 2048}`. */
+  /** Tensor bytes per device, e.g. `{cpu: 1024, "cuda:0": 2048}`. */
   bytes: Record<string, number>;
   state: ModelState;
   pinned: boolean;
+  /** `transformers` when the kernel does not say (kernels before llama.cpp support). */
+  engine: ModelEngine;
+  /**
+   * What holding the model really costs per device (RSS or CUDA reserved delta, measured at
+   * load); `{}` when not measured: then `bytes` is the cost.
+   */
+  realBytes: Record<string, number>;
+  /** Context window (positions) of the serving engine. */
+  nCtx: number | null;
+  /** llama.cpp decode threads. */
+  threads: number | null;
+  /** Statistics of the last generate/chat call, or null before the first. */
+  lastGeneration: IGenerationInfo | null;
+}
+
+export interface IGenerationInfo {
+  engine: ModelEngine;
+  promptTokens: number | null;
+  completionTokens: number | null;
+  /** Seconds from the call to the first token (prompt processing included). */
+  ttftS: number | null;
+  totalS: number | null;
+  /** `stop`, `length` or `cancelled`. */
+  finishReason: string;
+  /** Decode speed (0 when fewer than 2 tokens were generated). */
+  tokensPerS: number | null;
 }
 
 export interface IJobInfo {
@@ -146,10 +174,27 @@ function bytesPerDevice(value: unknown): Record<string, number> {
   return out;
 }
 
+export function parseGeneration(value: unknown): IGenerationInfo | null {
+  if (!isDict(value)) {
+    return null;
+  }
+  return {
+    engine: str(value.engine),
+    promptTokens: num(value.prompt_tokens),
+    completionTokens: num(value.completion_tokens) ?? num(value.tokens),
+    ttftS: num(value.ttft_s),
+    totalS: num(value.total_s),
+    finishReason: str(value.finish_reason),
+    tokensPerS: num(value.tokens_per_s)
+  };
+}
+
 export function parseModel(value: unknown): IModelInfo | null {
   if (!isDict(value) || !str(value.alias)) {
     return null;
   }
+  const engine = str(value.engine) || 'transformers';
+  const gen = parseGeneration(value.last_generation);
   return {
     alias: str(value.alias),
     task: str(value.task),
@@ -160,7 +205,12 @@ export function parseModel(value: unknown): IModelInfo | null {
     estimatedBytes: num(value.estimated_bytes),
     bytes: bytesPerDevice(value.bytes),
     state: str(value.state, 'unknown'),
-    pinned: value.pinned === true
+    pinned: value.pinned === true,
+    engine,
+    realBytes: bytesPerDevice(value.real_bytes),
+    nCtx: num(value.n_ctx),
+    threads: num(value.threads),
+    lastGeneration: gen && { ...gen, engine: gen.engine || engine }
   };
 }
 

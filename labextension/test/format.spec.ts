@@ -1,4 +1,7 @@
-import { formatBytes, formatDeviceBytes, formatDuration, formatNumber, formatPercent, share } from '../src/format';
+import {
+  costBytes, formatBytes, formatDeviceBytes, formatDuration, formatEngineDetail, formatNumber, formatPercent,
+  formatTokensPerS, share
+} from '../src/format';
 
 describe('format', () => {
   it('formats sizes in binary units', () => {
@@ -25,5 +28,32 @@ describe('format', () => {
     expect(formatNumber(Number.NaN)).toBe('—');
     expect(share(1, 4)).toBe(25);
     expect(share(1, 0)).toBeNull();
+  });
+
+  it('counts a model at its real bytes where measured, else its tensor bytes', () => {
+    expect(costBytes({}, { cpu: 4000 })).toEqual({ cpu: 4000 });
+    expect(costBytes({ cpu: 6000 }, { cpu: 4000 })).toEqual({ cpu: 6000 });
+    expect(costBytes({ 'cuda:0': 9000, cpu: 0 }, { cpu: 100, 'cuda:0': 8000 })).toEqual({ cpu: 100, 'cuda:0': 9000 });
+    expect(costBytes({ cpu: 512 }, {})).toEqual({ cpu: 512 });
+    expect(costBytes({}, {})).toEqual({});
+    expect(formatDeviceBytes(costBytes({ cpu: 612_368_384 }, { cpu: 491_400_032 }))).toBe('cpu 584 MiB');
+  });
+
+  it('formats decode speeds', () => {
+    expect(formatTokensPerS(98.09)).toBe('98.1 tok/s');
+    expect(formatTokensPerS(1234.56)).toBe('1234.6 tok/s');
+    expect(formatTokensPerS(0.04)).toBe('0.0 tok/s');
+    expect(formatTokensPerS(0)).toBe('—'); // fewer than 2 tokens: no speed
+    expect(formatTokensPerS(null)).toBe('—');
+    expect(formatTokensPerS(undefined)).toBe('—');
+    expect(formatTokensPerS(Number.POSITIVE_INFINITY)).toBe('—');
+  });
+
+  it('formats an engine context and threads', () => {
+    expect(formatEngineDetail(4096, 8)).toBe('ctx 4096 · 8 threads');
+    expect(formatEngineDetail(2048, null)).toBe('ctx 2048');
+    expect(formatEngineDetail(null, 1)).toBe('1 thread');
+    expect(formatEngineDetail(null, undefined)).toBe('');
+    expect(formatEngineDetail(0, Number.NaN)).toBe('');
   });
 });

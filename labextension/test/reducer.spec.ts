@@ -59,7 +59,8 @@ describe('reduce', () => {
     expect(s.kernelName).toBe('nb.ipynb · LLM OS');
     expect(s.models).toEqual([
       { alias: 'tiny', task: 'causal-lm', source: '/tmp/tiny', dtype: 'float32', device: 'cpu', params: 1000,
-        estimatedBytes: 4000, bytes: { cpu: 4000 }, state: 'ready', pinned: false }
+        estimatedBytes: 4000, bytes: { cpu: 4000 }, state: 'ready', pinned: false,
+        engine: 'transformers', realBytes: {}, nCtx: null, threads: null, lastGeneration: null }
     ]);
     expect(s.jobs[0]).toMatchObject({ id: '7', progress: 0.25, step: 5, totalSteps: 20, loss: 1.5, samplesPerS: 32, etaS: 12 });
     expect(s.datasets).toEqual([{ name: 'reviews', version: '2', rows: 33530, fingerprint: 'ab12' }]);

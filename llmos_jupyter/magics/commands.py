@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from .parsers import Command, Opt
 
-_GEN = [Opt("max-new-tokens", int, help="tokens to generate (default 256)", metavar="N"),
+_GEN = [Opt("max-new-tokens", int, help="tokens to generate (default 256; capped at the context left)", metavar="N"),
         Opt("temperature", float, help="0 = greedy (default); > 0 samples", metavar="T"),
+        Opt("top-p", float, help="nucleus sampling mass in (0, 1] when sampling", metavar="P"),
+        Opt("seed", int, help="seed the sampler (with --temperature > 0)", metavar="N"),
         Opt("raw", bool, help="send the text exactly as typed: no {name} interpolation")]
 
 COMMANDS: dict[str, Command] = {c.name: c for c in [
@@ -26,10 +28,14 @@ COMMANDS: dict[str, Command] = {c.name: c for c in [
         Opt("keep-alive", help="idle time before unload: 30s, 10m, 1h or seconds; 0 = after each call; "
                                "-1 = forever (default)", metavar="DURATION"),
         Opt("trust-remote-code", bool, help="run code shipped with the model"),
-        Opt("allow-pickle", bool, help="allow pickle (.bin) weights")],
+        Opt("allow-pickle", bool, help="allow pickle (.bin) weights"),
+        Opt("engine", help="auto | transformers | llama.cpp (auto: llama.cpp for a GGUF causal LM when installed)",
+            metavar="ENGINE"),
+        Opt("n-ctx", int, help="llama.cpp context window in positions (default min(model's, 4096))", metavar="N"),
+        Opt("threads", int, help="llama.cpp decode threads (default: the physical cores)", metavar="N")],
         example="%llm load all-minilm-l6-v2 --task seq-cls --labels negative,positive --as minilm"),
     Command("unload", "unload a model and free its memory", ["alias"]),
-    Command("ps", "loaded models: estimated vs measured memory per device, state, keep-alive"),
+    Command("ps", "loaded models: engine, estimated vs real memory per device, tensors, state, keep-alive, tokens/s"),
     Command("pin", "never evict a model", ["alias"]),
     Command("unpin", "allow a pinned model to be evicted again", ["alias"]),
     Command("budget", "show or set memory budgets", options=[
@@ -135,11 +141,14 @@ COMMANDS: dict[str, Command] = {c.name: c for c in [
     Command("runs", "recent fine-tuning runs from the registry (`runs show ID`, `runs compare A B` for details)", options=[Opt("limit", int, metavar="N")]),
     Command("runs show", "one run with its manifest", ["run_id"]),
     Command("runs compare", "two runs side by side: config, metrics (delta), data, checkpoints", ["run_a", "run_b"]),
-    Command("export", "write a model as a plain Hugging Face folder (safetensors + tokenizer + run manifest)",
+    Command("export", "write a model as a plain Hugging Face folder (safetensors + tokenizer + run manifest) "
+            "or as one GGUF file for llama.cpp / Ollama",
             ["alias", "path"], options=[
         Opt("merge-lora", bool, help="merge LoRA adapters into the weights (default: write the adapter)"),
-        Opt("overwrite", bool, help="replace the contents of a non-empty folder")],
-        example="%llm export smol ./smol-sft --merge-lora"),
+        Opt("overwrite", bool, help="replace the contents of a non-empty folder"),
+        Opt("format", str, help="hf (default: a Hugging Face folder) or gguf (one file for llama.cpp)", metavar="F"),
+        Opt("quantize", str, help="with --format gguf: f32, f16 (default), q8_0 or q4_0", metavar="Q")],
+        example="%llm export smol ./smol-sft --format gguf --quantize q8_0"),
     Command("jobs", "jobs of this kernel with their progress"),
     Command("job cancel", "stop a job at its next step", ["job_id"]),
     Command("job wait", "wait for a job to end and show its result", ["job_id"]),

@@ -119,6 +119,7 @@ class LLMMagics(Magics):
         return api.load(p["source"], alias=p["alias"], task=p["task"], labels=p["labels"], dtype=p["dtype"],
                         device=p["device"], attn=p["attn"], replace=p["replace"], pin=p["pin"],
                         keep_alive=p["keep_alive"], trust_remote_code=p["trust_remote_code"],
+                        engine=p["engine"], n_ctx=p["n_ctx"], threads=p["threads"],
                         allow_pickle=p["allow_pickle"])
 
     def do_unload(self, p):
@@ -153,8 +154,9 @@ class LLMMagics(Magics):
 
     def _gen_kw(self, p) -> dict:
         kw = {"max_new_tokens": self.max_new_tokens if p["max_new_tokens"] is None else p["max_new_tokens"]}
-        if p["temperature"] is not None:
-            kw["temperature"] = p["temperature"]
+        for k in ("temperature", "top_p", "seed"):
+            if p[k] is not None:
+                kw[k] = p[k]
         return kw
 
     def do_generate(self, p):
@@ -330,7 +332,8 @@ class LLMMagics(Magics):
     def do_export(self, p):
         from .. import api
 
-        return api.export(p["alias"], p["path"], merge_lora=p["merge_lora"], overwrite=p["overwrite"])
+        return api.export(p["alias"], p["path"], merge_lora=p["merge_lora"], overwrite=p["overwrite"],
+                          format=p.get("format") or "hf", quantize=p.get("quantize"))
 
     def do_seed(self, p):
         from .. import api

@@ -1,98 +1,114 @@
-"""Text generation with streaming: ``generate`` (plain prompt) and ``chat`` (chat template).
+"""Chat templates and the generation entry points the API uses, whichever engine serves.
 
-Streaming runs ``model.generate`` in a worker thread with transformers'
-``TextIteratorStreamer`` (https://huggingface.co/docs/transformers/internal/generation_utils#transformers.TextIteratorStreamer)
-and yields text pieces to the caller as they are produced. If ``generate`` raises in the
-worker (C11), the stream is closed at once and the caller gets the real error as one line; the
-model stays usable.
+* :func:`render_chat` renders with a transformers tokenizer's ``apply_chat_template``.
+* :func:`render_template` renders a chat template given as text (a GGUF's
+  ``tokenizer.chat_template``) the way transformers does — Jinja2's sandbox with
+  ``trim_blocks``/``lstrip_blocks``, ``raise_exception``, ``strftime_now`` and ``tojson``
+  (https://huggingface.co/docs/transformers/main/en/chat_templating_writing) — without
+  importing transformers, so the llama.cpp engine renders the same prompt token for token.
+* :func:`stream` / :func:`complete`: generation on a transformers model and tokenizer (kept for
+  callers that hold a bare model); the engines in :mod:`llmos_jupyter.models.engines` are the
+  full interface.
 """
 from __future__ import annotations
 
-import threading
 from typing import Callable, Iterator
 
 from ..errors import LLMOSError, UsageError
+
+NO_TEMPLATE = ("this model's tokenizer has no chat template, so chat cannot format turns; "
+               "use `%llm generate ALIAS PROMPT` for plain completion, or load an instruct/chat model")
+
+
+def check_messages(messages: list[dict]) -> None:
+    """Raise one line unless every message is ``{"role": str, "content": str}``."""
+    if not isinstance(messages, list) or not messages:
+        raise UsageError("chat needs a non-empty list of messages [{'role': 'user', 'content': '...'}]")
+    for m in messages:
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise UsageError("each chat message must be a dict with 'role' and 'content'")
 
 
 def render_chat(tokenizer, messages: list[dict], *, add_generation_prompt: bool = True) -> str:
     """Render ``messages`` (``[{"role", "content"}]``) with the tokenizer's chat template.
 
     Raises:
-        LLMOSError: the tokenizer has no chat template (C10) — one line naming the fix.
+        LLMOSError: the tokenizer has no chat template — one line naming the fix (transformers
+            would raise a ValueError deep inside ``apply_chat_template``).
+        UsageError: a message is not a ``{"role", "content"}`` dict.
     """
     if not getattr(tokenizer, "chat_template", None):
-        raise LLMOSError("this model's tokenizer has no chat template, so chat cannot format turns; "
-                         "use `%llm generate ALIAS PROMPT` for plain completion, or load an instruct/chat model")
-    for m in messages:
-        if not isinstance(m, dict) or "role" not in m or "content" not in m:
-            raise UsageError("each chat message must be a dict with 'role' and 'content'")
+        raise LLMOSError(NO_TEMPLATE)
+    check_messages(messages)
     try:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
     except Exception as e:  # jinja errors from a template (e.g. roles it does not allow)
         raise LLMOSError(f"the chat template rejected these messages: {str(e).splitlines()[0][:160]}") from None
 
 
-def _gen_kwargs(max_new_tokens, temperature, top_p, do_sample, extra) -> dict:
-    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
-        raise UsageError(f"max_new_tokens must be a whole number ≥ 1, got {max_new_tokens!r}")
-    if do_sample is None:
-        do_sample = bool(temperature and temperature > 0)
-    kw = {"max_new_tokens": max_new_tokens, "do_sample": do_sample}
-    if do_sample:
-        kw["temperature"] = float(temperature or 1.0)
-        if top_p is not None:
-            kw["top_p"] = float(top_p)
-    kw.update(extra or {})
-    return kw
+_ENV: dict = {}
+
+
+def _environment():
+    """The Jinja2 environment transformers renders chat templates in (built once)."""
+    if "env" not in _ENV:
+        import json
+        from datetime import datetime
+
+        from jinja2.ext import loopcontrols
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        def raise_exception(message):
+            raise ValueError(message)
+
+        def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+            return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+        env.filters["tojson"] = tojson
+        env.globals["raise_exception"] = raise_exception
+        env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+        _ENV["env"] = env
+    return _ENV["env"]
+
+
+def render_template(template: str | None, messages: list[dict], *, add_generation_prompt: bool = True,
+                    special: dict | None = None) -> str:
+    """Render ``messages`` with the Jinja chat ``template`` as transformers' ``apply_chat_template``
+    does (same environment, same variables: ``messages``, ``add_generation_prompt`` and the
+    special tokens in ``special``, e.g. ``{"bos_token": "<|im_start|>", "eos_token": "<|im_end|>"}``).
+
+    Raises:
+        LLMOSError: no template (one line naming the fix), or the template rejected the messages.
+        UsageError: a message is not a ``{"role", "content"}`` dict.
+    """
+    if not template:
+        raise LLMOSError(NO_TEMPLATE)
+    check_messages(messages)
+    try:
+        compiled = _environment().from_string(template)
+        return compiled.render(messages=messages, add_generation_prompt=add_generation_prompt, **(special or {}))
+    except Exception as e:
+        raise LLMOSError(f"the chat template rejected these messages: {str(e).splitlines()[0][:160]}") from None
 
 
 def stream(model, tokenizer, prompt: str, *, max_new_tokens: int = 256, temperature: float = 0.0,
-           top_p: float | None = None, do_sample: bool | None = None, timeout: float = 300.0,
-           add_special_tokens: bool = True, **extra) -> Iterator[str]:
-    """Yield the decoded continuation of ``prompt`` piece by piece as it is generated.
-
-    Greedy by default (``temperature=0``). The worker thread keeps the calling cell as its
-    output parent. Errors raised by ``generate`` come back here within about a second as
-    :class:`LLMOSError` (one line), and the stream ends (C11).
+           top_p: float | None = None, add_special_tokens: bool = True, **extra) -> Iterator[str]:
+    """Yield the decoded continuation of ``prompt`` with a transformers ``model``/``tokenizer``
+    piece by piece (greedy by default); ``extra`` goes to ``generate``.
+    See :class:`~llmos_jupyter.models.engines.hf.TransformersEngine`.
 
     Raises:
-        UsageError: bad generation settings detected before starting.
-        LLMOSError: ``generate`` failed in the worker.
+        UsageError: bad settings, a prompt longer than the context window.
+        LLMOSError: ``generate`` failed (reported within about a second; the model stays usable).
     """
-    import torch
-    from transformers import TextIteratorStreamer
+    from .engines.base import GenerationSettings
+    from .engines.hf import TransformersEngine
 
-    kw = _gen_kwargs(max_new_tokens, temperature, top_p, do_sample, extra)
-    if kw.get("num_beams", 1) > 1:
-        raise UsageError("beam search cannot stream; drop num_beams or use stream=False")
-    enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=add_special_tokens)
-    enc = {k: v.to(model.device) for k, v in enc.items()}
-    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=timeout)
-    failure: list[BaseException] = []
-
-    from ..resources.jobs import keep_output_parent
-
-    @keep_output_parent
-    def work():
-        try:
-            with torch.inference_mode():
-                model.generate(**enc, streamer=streamer, pad_token_id=tokenizer.pad_token_id, **kw)
-        except BaseException as e:  # hand it to the caller, then close the stream
-            failure.append(e)
-            streamer.on_finalized_text("", stream_end=True)
-
-    worker = threading.Thread(target=work, daemon=True, name="llmos-generate")
-    worker.start()
-    try:
-        for piece in streamer:
-            if piece:
-                yield piece
-    finally:
-        worker.join(timeout=5)
-    if failure:
-        e = failure[0]
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise LLMOSError(f"generation failed: {type(e).__name__}: {msg[:200]}")
+    settings = GenerationSettings(max_new_tokens, temperature, top_p, extra=extra)
+    s = TransformersEngine(model, tokenizer).stream(prompt, settings, add_special_tokens=add_special_tokens)
+    with s:
+        yield from s
 
 
 def complete(model, tokenizer, prompt: str, *, on_text: Callable[[str], None] | None = None, **kw) -> str:

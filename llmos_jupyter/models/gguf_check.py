@@ -28,6 +28,7 @@ class GGUFInfo:
     expected_bytes: int
     actual_bytes: int
     tensor_count: int
+    tensor_bytes: int = 0  # bytes of tensor data (the weights as stored, quantised or not)
 
 
 class _Reader:
@@ -96,15 +97,16 @@ def inspect_gguf(path: str | os.PathLike) -> GGUFInfo:
                 f"the file ({actual:,} bytes); download it again (`%llm pull NAME --force`)") from None
     align = int(meta.get("general.alignment", 32))
     data_start = (header_end + align - 1) // align * align
-    params, end = 0, data_start
+    params, end, stored = 0, data_start, 0
     for dims, ttype, offset in infos:
         n = 1
         for d in dims:
             n *= d
         params += n
         block, size = GGML_QUANT_SIZES.get(ttype, (1, 4))
+        stored += n // block * size
         end = max(end, data_start + offset + n // block * size)
-    return GGUFInfo(str(meta.get("general.architecture", "?")), params, end, actual, len(infos))
+    return GGUFInfo(str(meta.get("general.architecture", "?")), params, end, actual, len(infos), stored)
 
 
 def check_gguf(path: str | os.PathLike) -> GGUFInfo:

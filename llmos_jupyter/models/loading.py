@@ -125,11 +125,14 @@ def estimate(spec: str, task: str | None = None, dtype: str | None = None, *, pu
     (transformers dequantises GGUF to float32 on CPU: 134,515,008 × 4 = 538,060,032 bytes for
     SmolLM2-135M, not the 98 MB file). Others: the model is built on the meta device.
 
+    ``real_bytes`` adds what the tokenizer holds (:func:`~..resources.memory.tokenizer_bytes`
+    over its vocabulary and merges): the process RSS a transformers load really costs.
+
     Returns:
-        ``{"params", "bytes", "dtype", "device", "task"}``.
+        ``{"params", "bytes" (tensors), "real_bytes", "dtype", "device", "task"}``.
     """
     from ..resources.hardware import choose_device_dtype
-    from ..resources.memory import DTYPE_BYTES, estimate_from_config
+    from ..resources.memory import DTYPE_BYTES, estimate_from_config, tokenizer_bytes
     from .gguf_check import check_gguf
 
     src = resolve_source(spec, pull=pull)
@@ -143,7 +146,60 @@ def estimate(spec: str, task: str | None = None, dtype: str | None = None, *, pu
     else:
         config = _load_config(src, False)
         params, total = estimate_from_config(config, task, nbytes)
-    return {"params": params, "bytes": total, "dtype": dtype, "device": device, "task": task}
+    real = total + tokenizer_bytes(tokenizer_entries(src))
+    return {"params": params, "bytes": total, "real_bytes": real, "dtype": dtype, "device": device, "task": task}
+
+
+def tokenizer_entries(src: Source) -> int:
+    """Vocabulary entries + BPE merges of ``src``'s tokenizer, read without loading it (GGUF
+    metadata, ``tokenizer.json`` or ``vocab.txt``); 0 when unknown."""
+    import json
+
+    if src.kind == "gguf":
+        from .engines.llamacpp import gguf_metadata
+
+        lengths = gguf_metadata(Path(src.path) / src.gguf_file).get("_array_lengths", {})
+        return lengths.get("tokenizer.ggml.tokens", 0) + lengths.get("tokenizer.ggml.merges", 0)
+    d = Path(src.path or "")
+    try:
+        if (d / "tokenizer.json").is_file():
+            model = json.loads((d / "tokenizer.json").read_text(encoding="utf-8")).get("model", {})
+            return len(model.get("vocab", ())) + len(model.get("merges", ()))
+        if (d / "vocab.txt").is_file():
+            return sum(1 for _ in open(d / "vocab.txt", encoding="utf-8"))
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def prepare(spec: str) -> None:
+    """Import what loading ``spec`` with transformers needs (torch, transformers, the
+    architecture's modelling module, the GGUF reader), so that the memory those libraries take
+    is not counted as the model's when its real cost is measured."""
+    import importlib
+    import json
+
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+
+    src = resolve_source(spec, pull=False)
+    model_type = None
+    if src.kind == "gguf":
+        import transformers.modeling_gguf_pytorch_utils  # noqa: F401
+
+        from .engines.llamacpp import gguf_metadata
+
+        model_type = gguf_metadata(Path(src.path) / src.gguf_file).get("general.architecture")
+    elif src.path and (Path(src.path) / "config.json").is_file():
+        try:
+            model_type = json.loads((Path(src.path) / "config.json").read_text()).get("model_type")
+        except (OSError, ValueError):
+            model_type = None
+    if model_type:
+        try:
+            importlib.import_module(f"transformers.models.{model_type}.modeling_{model_type}")
+        except ImportError:
+            pass
 
 
 def _unmark_gguf_quantized(model) -> None:

@@ -66,6 +66,29 @@ class ModelRecord:
     tokenizer: object = None
     chat_history: list = field(default_factory=list)
     run_id: str | None = None  # the fine-tuning run that produced the current weights, if any
+    engine: str = "transformers"     # which engine serves generate/chat: transformers | llama.cpp
+    server: object = None            # the Engine instance (llama.cpp), or a cached TransformersEngine
+    real_bytes: dict = field(default_factory=dict)  # what holding it really costs, per device (RSS/CUDA delta)
+    n_ctx: int | None = None         # context window (positions) of the serving engine
+    threads: int | None = None       # llama.cpp decode threads
+    gguf_path: str | None = None     # the GGUF file llama.cpp serves (or transformers loaded)
+    last_generation: dict | None = None  # tokens, tokens/s, time to first token of the last call
+
+    def inference(self):
+        """The :class:`~llmos_jupyter.models.engines.base.Engine` that serves generate/chat: the
+        llama.cpp engine, or a transformers engine over the current ``model`` (re-made when the
+        model object changed, e.g. wrapped by LoRA)."""
+        if self.engine == "llama.cpp":
+            return self.server
+        if self.server is None or getattr(self.server, "model", None) is not self.model:
+            from ..models.engines.hf import TransformersEngine
+
+            self.server = TransformersEngine(self.model, self.tokenizer)
+        return self.server
+
+    def cost(self, device: str) -> int:
+        """Bytes this model holds on ``device``: the real cost when measured, else tensor bytes."""
+        return self.real_bytes.get(device) or self.bytes.get(device, 0)
 
     def summary(self) -> dict:
         """JSON-safe view for ``%llm ps``, widgets and the side panel."""
@@ -77,6 +100,8 @@ class ModelRecord:
             "keep_alive": self.keep_alive, "last_used": self.last_used, "load_s": self.load_s,
             "labels": self.labels, "quantization": self.quantization,
             "home_device": self.home_device, "training": self.exclusive, "expires_at": self.expires_at(),
+            "engine": self.engine, "real_bytes": dict(self.real_bytes), "n_ctx": self.n_ctx, "threads": self.threads,
+            "last_generation": dict(self.last_generation) if self.last_generation else None,
         }
 
     def expires_at(self) -> float | None:
@@ -222,6 +247,42 @@ def _release_tensors(module) -> None:
             t.data = torch.empty(0, dtype=t.dtype, device=t.device)
 
 
+def gguf_file(src) -> str:
+    """The path of the GGUF file of a resolved source.
+
+    Raises:
+        UsageError: the source is not a GGUF file.
+    """
+    import os
+
+    if not getattr(src, "gguf_file", None):
+        raise UsageError(f"{src.spec} is not a GGUF file; llama.cpp serves GGUF files (load with --engine transformers)")
+    return os.path.join(src.path, src.gguf_file)
+
+
+def _real_usage(device: str | None) -> dict:
+    """What the process holds now: ``{"cpu": RSS}`` plus ``{"cuda:N": reserved}`` for a GPU
+    ``device`` (glibc's free lists handed back first, so the figure is what is really held)."""
+    _malloc_trim()
+    out = {"cpu": process_rss()}
+    torch = sys.modules.get("torch")
+    if device and str(device).startswith("cuda") and torch is not None and torch.cuda.is_available():
+        torch.cuda.synchronize(torch.device(device))
+        out[str(device)] = int(torch.cuda.memory_reserved(torch.device(device)))
+    return out
+
+
+def _real_delta(before: dict, after: dict, tensor_bytes: dict) -> dict:
+    """Real cost per device where the model's tensors are: the growth of RSS (CPU) or of the
+    CUDA reserved pool between ``before`` and ``after``; never below the tensor bytes there
+    (another thread may have freed memory meanwhile)."""
+    out = {}
+    for dev, n in tensor_bytes.items():
+        grown = after.get(dev, 0) - before.get(dev, 0)
+        out[dev] = max(int(grown), int(n))
+    return out
+
+
 class ModelManager:
     """Owns the models of this kernel; thread-safe.
 
@@ -292,8 +353,8 @@ class ModelManager:
             for r in self._models.values():
                 if r.alias == exclude:
                     continue
-                if r.bytes:
-                    total += r.bytes.get(device, 0)
+                if r.bytes or r.real_bytes:
+                    total += r.cost(device)
                 elif r.device == device and r.estimated_bytes:
                     total += r.estimated_bytes
             return total
@@ -302,7 +363,7 @@ class ModelManager:
     def _evictable(self, device: str, exclude: str | None) -> list[ModelRecord]:
         return [r for r in self._models.values()
                 if r.alias != exclude and r.state in ("ready", "offloaded") and not r.pinned and r.users == 0
-                and not r.exclusive and r.bytes.get(device, 0) > 0]
+                and not r.exclusive and r.cost(device) > 0]
 
     def eviction_action(self, rec: ModelRecord, device: str) -> str:
         """What evicting ``rec`` from ``device`` does: ``"offload"`` (move it to the CPU) when
@@ -352,7 +413,7 @@ class ModelManager:
             chosen, freed = [], 0
             for r in sorted(self._evictable(device, exclude), key=lambda r: r.last_used):
                 chosen.append(r)
-                freed += r.bytes.get(device, 0)
+                freed += r.cost(device)
                 if fits(freed):
                     break
             if not fits(freed):
@@ -360,8 +421,8 @@ class ModelManager:
                     f"{format_size(need)} does not fit on {device}: budget {format_size(budget)}, "
                     f"in use {format_size(used)}, free {format_size(free)}, evictable {format_size(freed)}; "
                     f"raise it with `%llm budget --{device.split(':')[0]} SIZE` or `%llm unload ALIAS`")
-            for r in sorted(chosen, key=lambda r: r.bytes.get(device, 0)):  # drop the redundant
-                rest = freed - r.bytes.get(device, 0)
+            for r in sorted(chosen, key=lambda r: r.cost(device)):  # drop the redundant
+                rest = freed - r.cost(device)
                 if fits(rest):
                     chosen.remove(r)
                     freed = rest
@@ -371,19 +432,28 @@ class ModelManager:
     def load(self, spec: str, *, alias: str | None = None, task: str | None = None, labels=None,
              dtype: str | None = None, device: str | None = None, attn: str | None = None,
              replace: bool = False, pin: bool = False, keep_alive: float | None = None,
-             trust_remote_code: bool = False, allow_pickle: bool = False, notify=print) -> ModelRecord:
+             trust_remote_code: bool = False, allow_pickle: bool = False, engine: str | None = None,
+             n_ctx: int | None = None, threads: int | None = None, notify=print) -> ModelRecord:
         """Estimate, admit (evicting if needed), load and register a model under ``alias``.
+
+        ``engine`` (``auto`` | ``transformers`` | ``llama.cpp``, see
+        :func:`llmos_jupyter.models.engines.choose`) picks what serves it; ``n_ctx`` and
+        ``threads`` size a llama.cpp context (default: ``min(context_length, 4096)`` and the
+        physical cores). Admission uses the estimated *real* cost (tensors + tokenizer for
+        transformers; weights + KV cache + buffers for llama.cpp); after the load the real cost
+        is measured (process RSS delta; CUDA reserved delta on a GPU) into ``real_bytes``.
 
         ``replace=True`` swaps the model behind an existing alias (hot swap); calls already
         running on the old one finish on it. On any error nothing is registered and the memory
         is given back.
 
         Raises:
-            UsageError: alias taken without ``replace``.
+            UsageError: alias taken without ``replace``; an engine that cannot serve this source
+                or task; ``n_ctx`` beyond the model's limit.
             ResourceError: it does not fit the budget even after eviction.
-            LLMOSError: the source cannot be loaded.
+            LLMOSError: the source cannot be loaded; the engine is not installed.
         """
-        from ..models import loading
+        from ..models import engines, loading
 
         keep_alive = parse_duration(keep_alive)
         alias = alias or spec.rstrip("/").split("/")[-1].removesuffix(".gguf")
@@ -396,57 +466,163 @@ class ModelManager:
             if old is not None and old.exclusive:  # swapping weights under a running fine-tune
                 raise UsageError(f"'{alias}' is being fine-tuned by {old.exclusive}; wait with `%llm job wait "
                                  f"{old.exclusive}`, stop it with `%llm job cancel {old.exclusive}`, or load as another alias")
-        if device not in (None, "auto") and dtype in (None, "auto"):
-            from .hardware import choose_device_dtype  # the dtype the load will pick for that device
+        src = loading.resolve_source(spec)
+        eng = engines.choose(engine, kind=src.kind, task=task or src.default_task or "causal-lm", spec=spec,
+                             notify=lambda m: print(m, file=sys.stderr))
+        if eng == "llama.cpp":
+            if device not in (None, "auto", "cpu"):
+                raise UsageError(f"this build of the llama.cpp engine runs on the cpu; drop --device {device}, "
+                                 f"or load with --engine transformers --device {device}")
+            from ..models.engines import llamacpp
 
-            dtype = choose_device_dtype(device, None)[1]
-        est = loading.estimate(spec, task, dtype)
+            plan = llamacpp.plan(gguf_file(src), n_ctx)
+            est = {"params": plan["params"], "bytes": plan["tensor_bytes"], "real_bytes": plan["bytes"],
+                   "dtype": "gguf", "device": "cpu", "task": "causal-lm"}
+        else:
+            if n_ctx is not None or threads is not None:
+                raise UsageError("--n-ctx and --threads size a llama.cpp context; drop them for --engine transformers")
+            if device not in (None, "auto") and dtype in (None, "auto"):
+                from .hardware import choose_device_dtype  # the dtype the load will pick for that device
+
+                dtype = choose_device_dtype(device, None)[1]
+            est = loading.estimate(spec, task, dtype)
         dev = device if device not in (None, "auto") else est["device"]
+        need = est["real_bytes"]
         with self._lock:
-            victims = self.plan_admission(dev, est["bytes"], exclude=alias if replace else None)
+            victims = self.plan_admission(dev, need, exclude=alias if replace else None)
             for v in victims:
-                self._evict(v, dev, alias, est["bytes"], notify)
+                self._evict(v, dev, alias, need, notify)
         rec = ModelRecord(alias=alias, source=spec, task=est["task"], dtype=est["dtype"], device=dev,
-                          params=est["params"], estimated_bytes=est["bytes"], pinned=pin, keep_alive=keep_alive,
-                          home_device=dev)
+                          params=est["params"], estimated_bytes=need, pinned=pin, keep_alive=keep_alive,
+                          home_device=dev, engine=eng)
         key = alias if not replace or old is None else f"{alias} (loading)"
         with self._lock:
             self._models[key] = rec
-        self.events.emit("loading", alias=alias, estimated_bytes=est["bytes"], device=dev)
+        self.events.emit("loading", alias=alias, estimated_bytes=need, device=dev, engine=eng)
         try:
-            loaded = loading.load(spec, task, labels=labels, dtype=dtype, device=device,
-                                  attn_implementation=attn, trust_remote_code=trust_remote_code,
-                                  allow_pickle=allow_pickle)
+            if eng == "llama.cpp":
+                self._load_llamacpp(rec, gguf_file(src), n_ctx=n_ctx, threads=threads)
+            else:
+                self._load_transformers(rec, spec, task, labels=labels, dtype=dtype, device=device, attn_implementation=attn,
+                                        trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+                if getattr(src, "gguf_file", None):
+                    rec.gguf_path = gguf_file(src)  # its tokenizer metadata travels into a GGUF export
         except BaseException as e:
             with self._lock:
                 self._models.pop(key, None)
-            rec.model = rec.tokenizer = None
-            gc.collect()
-            self._empty_caches()
+            self._free_record(rec)
             self.events.emit("error", alias=alias, message=str(e).splitlines()[0] if str(e) else type(e).__name__)
             if isinstance(e, MemoryError) and not isinstance(e, LLMOSError):
                 raise ResourceError(f"out of memory while loading '{alias}'; nothing was kept — "
                                     f"free memory with `%llm unload ALIAS` or lower `%llm budget`") from None
             raise
-        from .memory import module_bytes
-
-        rec.model, rec.tokenizer = loaded.model, loaded.tokenizer
-        rec.task, rec.dtype, rec.device = loaded.task, loaded.dtype, loaded.device
-        rec.home_device = loaded.device
-        rec.params, rec.load_s, rec.labels = loaded.params, loaded.load_s, loaded.labels
-        rec.quantization = loaded.quantization
-        rec.bytes = module_bytes(loaded.model)
         rec.state, rec.last_used = "ready", time.time()
         with self._lock:
             self._models.pop(key, None)
             self._models[alias] = rec
         if replace and old is not None:
             self._retire(old)
-        self.events.emit("load", alias=alias, bytes=rec.bytes, params=rec.params, load_s=rec.load_s,
-                         keep_alive=rec.keep_alive)
+        self.events.emit("load", alias=alias, bytes=rec.bytes, real_bytes=rec.real_bytes, params=rec.params,
+                         load_s=rec.load_s, keep_alive=rec.keep_alive, engine=rec.engine)
         if keep_alive is not None and keep_alive > 0:
             self._ensure_reaper()
         return rec
+
+    def _load_transformers(self, rec: ModelRecord, spec: str, task, **kw) -> None:
+        """Load with transformers into ``rec`` and measure what it really cost."""
+        from ..models import loading
+        from .memory import module_bytes
+
+        loading.prepare(spec)  # libraries imported first: their memory is not the model's
+        before = _real_usage(kw.get("device"))
+        loaded = loading.load(spec, task, **kw)
+        rec.model, rec.tokenizer = loaded.model, loaded.tokenizer
+        rec.task, rec.dtype, rec.device = loaded.task, loaded.dtype, loaded.device
+        rec.home_device = loaded.device
+        rec.params, rec.load_s, rec.labels = loaded.params, loaded.load_s, loaded.labels
+        rec.quantization = loaded.quantization
+        rec.bytes = module_bytes(loaded.model)
+        rec.real_bytes = _real_delta(before, _real_usage(loaded.device), rec.bytes)
+        if rec.task == "causal-lm":
+            rec.n_ctx = rec.inference().n_ctx
+
+    def _load_llamacpp(self, rec: ModelRecord, path: str, *, n_ctx=None, threads=None) -> None:
+        """Load a GGUF with llama.cpp into ``rec`` (weights paged in by one decode) and measure
+        what it really cost."""
+        from ..models.engines.llamacpp import LlamaCppEngine, physical_cores
+
+        import llama_cpp  # noqa: F401  (the library's own memory is not the model's)
+
+        t0 = time.perf_counter()
+        before = _real_usage("cpu")
+        server = LlamaCppEngine(path, n_ctx=n_ctx, n_threads=threads or physical_cores())
+        rec.server = server
+        server.warm_up()
+        fp = server.footprint()
+        rec.gguf_path, rec.n_ctx, rec.threads = path, server.n_ctx, server.n_threads
+        rec.bytes = dict(fp["tensor_bytes"])
+        rec.real_bytes = _real_delta(before, _real_usage("cpu"), rec.bytes)
+        rec.quantization, rec.device, rec.home_device = "gguf", "cpu", "cpu"
+        rec.load_s = time.perf_counter() - t0
+
+    def attach_weights(self, alias: str, notify=print) -> ModelRecord:
+        """Give a llama.cpp alias the transformers weights of the GGUF it serves (dequantised to
+        float32), for fine-tuning, loss evaluation and Hugging Face export; a no-op when it
+        has them. Admission as for a load: the estimated real cost must fit (evicting idle
+        models); the measured cost is added to the alias's ``real_bytes``.
+
+        Raises:
+            NotFoundError: unknown alias. UsageError: the alias is in use.
+            ResourceError: the weights do not fit. LLMOSError: transformers cannot read the GGUF.
+        """
+        from ..models import loading
+        from .memory import module_bytes
+
+        rec = self.get(alias)
+        if rec.model is not None:
+            return rec
+        if rec.users > 0 or rec.exclusive:
+            raise UsageError(f"'{alias}' is serving a call or a job; retry when it is idle")
+        est = loading.estimate(rec.gguf_path, "causal-lm", "float32")
+        with self._lock:
+            for v in self.plan_admission("cpu", est["real_bytes"] + rec.cost("cpu"), exclude=alias):
+                self._evict(v, "cpu", alias, est["real_bytes"], notify)
+        loading.prepare(rec.gguf_path)
+        before = _real_usage("cpu")
+        loaded = loading.load(rec.gguf_path, "causal-lm", dtype="float32", device="cpu")
+        tensors = module_bytes(loaded.model)
+        real = _real_delta(before, _real_usage("cpu"), tensors)
+        with self._lock:
+            rec.model, rec.tokenizer = loaded.model, loaded.tokenizer
+            rec.bytes = {"cpu": rec.bytes.get("cpu", 0) + tensors.get("cpu", 0)}
+            rec.real_bytes = {"cpu": rec.cost("cpu") + real.get("cpu", 0)}
+            rec.dtype = "gguf + float32"
+        self.events.emit("weights", alias=alias, bytes=rec.bytes, real_bytes=rec.real_bytes)
+        return rec
+
+    def swap_gguf(self, rec: ModelRecord, path: str) -> None:
+        """Serve ``rec`` (a llama.cpp alias) from the GGUF at ``path`` from now on (hot swap
+        after a fine-tune): a new llama.cpp context with the same ``n_ctx`` and threads, the old
+        one closed, the conversation cleared; the real cost changes by the measured RSS change.
+
+        Raises:
+            LLMOSError: llama.cpp cannot load ``path`` (the old context keeps serving).
+        """
+        from ..models.engines.llamacpp import LlamaCppEngine
+
+        old = rec.server
+        cost0, before = rec.cost("cpu"), _real_usage("cpu")["cpu"]
+        old_tensors = old.footprint()["tensor_bytes"].get("cpu", 0) if old is not None else 0
+        new = LlamaCppEngine(path, n_ctx=rec.n_ctx, n_threads=rec.threads)
+        new.warm_up()
+        with self._lock:
+            rec.server, rec.gguf_path, rec.chat_history = new, str(path), []
+            rec.bytes = {"cpu": rec.bytes.get("cpu", 0) - old_tensors + new.footprint()["tensor_bytes"]["cpu"]}
+        if old is not None:
+            old.close()
+        with self._lock:
+            rec.real_bytes = {"cpu": max(rec.bytes["cpu"], cost0 + _real_usage("cpu")["cpu"] - before)}
+        self.events.emit("swap", alias=rec.alias, path=str(path), bytes=rec.bytes, real_bytes=rec.real_bytes)
 
     def _retire(self, old: ModelRecord) -> None:
         """Free a replaced model once its in-flight users are done."""
@@ -526,6 +702,10 @@ class ModelManager:
         _malloc_trim()
 
     def _free_record(self, rec: ModelRecord) -> None:
+        server, rec.server = rec.server, None
+        if server is not None and getattr(server, "name", None) == "llama.cpp":
+            server.close()
+        del server
         model = rec.model
         targets = set()
         if model is not None:
@@ -588,13 +768,14 @@ class ModelManager:
             src = rec.device or "cpu"
             if rec.users > 0 or rec.exclusive:
                 raise UsageError(f"'{alias}' is in use by a running call or job; offload it when it is idle")
-            if rec.state != "ready" or src == "cpu":
+            if rec.state != "ready" or src == "cpu" or rec.model is None:
                 raise UsageError(f"'{alias}' is already on the cpu ({rec.state})")
             moved = rec.bytes.get(src, 0)
             alloc0 = _device_allocated(src)
             rec.model.to("cpu")
             rec.device, rec.state, rec.home_device = "cpu", "offloaded", rec.home_device or src
             rec.bytes = module_bytes(rec.model)
+            rec.real_bytes = {}  # measured at load for its home device; tensor bytes until it is back
             gc.collect()
             self._empty_caches()
             alloc1 = _device_allocated(src)
@@ -614,6 +795,7 @@ class ModelManager:
         rec.model.to(home)
         rec.device, rec.state = home, "ready"
         rec.bytes = module_bytes(rec.model)
+        rec.real_bytes = {}
         _malloc_trim()
         self.events.emit("restore", alias=rec.alias, device=home, bytes=rec.bytes, seconds=time.perf_counter() - t0)
         notify(f"llmos: moved '{rec.alias}' back to {home} ({format_size(need)}, "

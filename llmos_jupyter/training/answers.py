@@ -161,13 +161,38 @@ def generate_answers(model: Any, tokenizer: Any, prompts: list[str], *, max_new_
     return [a or "" for a in out]
 
 
+def engine_answers(engine: Any, prompts: list[str], *, max_new_tokens: int, max_length: int = 512) -> list[str]:
+    """Greedy answers to ``prompts`` from an inference engine (llama.cpp or transformers, see
+    :mod:`llmos_jupyter.models.engines`), one prompt at a time, rendered with the engine's chat
+    template exactly as :func:`~.sft.render_pair` renders them for fine-tuning (the user turn
+    and the generation prompt); prompts keep their last ``max_length`` tokens.
+
+    Returns:
+        ``n`` answers (special tokens never in the text).
+    """
+    from ..models.engines.base import GenerationSettings
+
+    settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=0.0)
+    out = []
+    for p in prompts:
+        text = engine.render_chat([{"role": "user", "content": p}]) if engine.chat_template() else p
+        ids = engine.tokenize(text, add_special_tokens=not engine.chat_template())
+        if len(ids) > max_length:
+            text = engine.detokenize(ids[-max_length:])
+        out.append(engine.generate(text, settings, add_special_tokens=False)[0])
+    return out
+
+
 def evaluate_answers(model: Any, tokenizer: Any, ds: Any, *, prompt_column: str = "prompt", response_column: str = "response",
                      batch_size: int = 16, max_new_tokens: Optional[int] = None, max_length: int = 512,
-                     max_mistakes: int = 10) -> AnswerEvalResult:
+                     max_mistakes: int = 10, engine: Any = None) -> AnswerEvalResult:
     """Greedy answers of a causal LM to the prompts of ``ds``, scored against its responses.
 
     Args:
-        model, tokenizer: a transformers (or peft) causal LM and its tokenizer.
+        model, tokenizer: a transformers (or peft) causal LM and its tokenizer; with ``engine``
+            both may be None.
+        engine: answer with this inference engine instead (e.g. the llama.cpp engine serving an
+            alias; :func:`engine_answers`), so both engines are scored by the same rules.
         ds: ``datasets.Dataset`` with ``prompt_column`` and ``response_column`` (short answers:
             labels such as ``positive``/``negative``).
         batch_size: prompts per ``generate`` call (default 16).
@@ -191,10 +216,16 @@ def evaluate_answers(model: Any, tokenizer: Any, ds: Any, *, prompt_column: str 
         raise UsageError("some responses have no words to match an answer against; clean the response column first")
     choices = sorted(set(expected))
     if max_new_tokens is None:
-        longest = max(len(tokenizer(" " + " ".join(c), add_special_tokens=False)["input_ids"]) for c in choices)
-        max_new_tokens = longest + 3
-    answers = generate_answers(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                               max_length=max_length)
+        def count(t):
+            return len(engine.tokenize(t, add_special_tokens=False) if engine is not None
+                       else tokenizer(t, add_special_tokens=False)["input_ids"])
+
+        max_new_tokens = max(count(" " + " ".join(c)) for c in choices) + 3
+    if engine is not None:
+        answers = engine_answers(engine, prompts, max_new_tokens=max_new_tokens, max_length=max_length)
+    else:
+        answers = generate_answers(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                   max_length=max_length)
     y = np.array([choices.index(e) for e in expected], dtype=np.int64)
     p = np.array([match_choice(a, choices) for a in answers], dtype=np.int64)
     C = len(choices)

@@ -88,9 +88,31 @@ def _inside(root: Path) -> None:
             raise RuntimeError(f"export wrote {p} which resolves outside {root}")
 
 
+def check_format(format: str, quantize: Optional[str]) -> Optional[str]:
+    """Validate an export format and GGUF quantisation; return the quantisation to use
+    (``f16`` by default for GGUF, None for ``hf``).
+
+    Raises:
+        UsageError: an unknown format or quantisation, or ``quantize`` without ``gguf``.
+    """
+    if format not in ("hf", "gguf"):
+        raise UsageError(f"unknown export format '{format}'; use --format hf (a Hugging Face folder) or gguf")
+    if quantize is not None and format != "gguf":
+        raise UsageError("--quantize applies to --format gguf; add --format gguf")
+    if format != "gguf":
+        return None
+    from ..models.gguf_export import GGUF_QUANTS
+
+    if (quantize or "f16") not in GGUF_QUANTS:
+        raise UsageError(f"unknown GGUF quantisation '{quantize}'; use one of {', '.join(GGUF_QUANTS)}")
+    return quantize or "f16"
+
+
 def export_model(model: Any, tokenizer: Any, path: os.PathLike | str, *, merge_lora: bool = False, overwrite: bool = False,
-                 manifest: Optional[dict[str, Any]] = None) -> dict[str, Any]:
-    """Write ``model`` and ``tokenizer`` to the folder ``path`` in Hugging Face format.
+                 manifest: Optional[dict[str, Any]] = None, format: str = "hf", quantize: Optional[str] = None,
+                 source_gguf: Optional[str] = None) -> dict[str, Any]:
+    """Write ``model`` and ``tokenizer`` to the folder ``path`` in Hugging Face format, or as one
+    GGUF file for llama.cpp / Ollama (``format="gguf"``).
 
     Args:
         model: a transformers model, or a ``peft.PeftModel`` (see the module docstring).
@@ -99,6 +121,11 @@ def export_model(model: Any, tokenizer: Any, path: os.PathLike | str, *, merge_l
         merge_lora: merge LoRA adapters into the weights (default False: write the adapter).
         overwrite: replace the contents of a non-empty folder (default False: refuse).
         manifest: the run manifest to write as ``llmos_manifest.json`` (default None: none).
+        format: ``hf`` (default: safetensors + config + tokenizer) or ``gguf`` (``model-<quantize>.gguf``
+            written by :func:`llmos_jupyter.models.gguf_export.export_gguf`; LoRA is always merged).
+        quantize: with ``gguf``: ``f32 | f16 | q8_0 | q4_0`` (default ``f16``).
+        source_gguf: with ``gguf``: the GGUF the model was loaded from (its tokenizer metadata is
+            copied exactly).
 
     Returns:
         ``{"path", "files", "bytes", "weights", "merged_lora", "adapter"}``: the absolute folder,
@@ -110,9 +137,12 @@ def export_model(model: Any, tokenizer: Any, path: os.PathLike | str, *, merge_l
             protected folder (root, home, cwd, LLMOS_HOME), ``merge_lora`` on a model with no
             adapters, or a quantised model (bitsandbytes etc.) whose weights are not plain floats.
     """
+    quantize = check_format(format, quantize)
     path = Path(path).expanduser().absolute()
     existed = _check_target(path, overwrite)
     peft = _is_peft(model)
+    if format == "gguf":
+        merge_lora = peft  # llama.cpp takes one weights file: adapters are merged in
     if merge_lora and not peft:
         raise UsageError("--merge-lora needs a LoRA model; this one has no adapters, so export it without --merge-lora")
     if getattr(model, "is_quantized", False) or getattr(getattr(model, "config", None), "quantization_config", None) is not None:
@@ -120,21 +150,24 @@ def export_model(model: Any, tokenizer: Any, path: os.PathLike | str, *, merge_l
     path.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=".llmos-export-", dir=path))
     try:
-        out = model
-        if peft and merge_lora:
-            out = copy.deepcopy(model).merge_and_unload()  # a copy: the in-memory model keeps its adapters
-        was_training = out.training
-        with quiet_saving():
-            out.save_pretrained(stage, safe_serialization=True)
-        if was_training:  # pragma: no cover - save_pretrained does not change the mode
-            out.train()
-        if tokenizer is not None:
-            tokenizer.save_pretrained(stage)
+        if format == "gguf":
+            from ..models.gguf_export import export_gguf
+
+            export_gguf(model, tokenizer, stage / f"model-{quantize}.gguf", quantize=quantize, source_gguf=source_gguf,
+                        name=(manifest or {}).get("exported_alias"))
+        else:
+            out = model
+            if peft and merge_lora:
+                out = copy.deepcopy(model).merge_and_unload()  # a copy: the in-memory model keeps its adapters
+            with quiet_saving():
+                out.save_pretrained(stage, safe_serialization=True)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(stage)
         # always written: it marks the folder as an llmos export (the only kind --overwrite replaces)
         (stage / MANIFEST).write_text(json.dumps(manifest if manifest is not None else {"run": None}, indent=2, default=str))
-        weights = sorted(p.name for p in stage.glob("*.safetensors"))
+        weights = sorted(p.name for p in stage.glob("*.gguf" if format == "gguf" else "*.safetensors"))
         if not weights:
-            raise RuntimeError(f"save_pretrained wrote no safetensors file in {stage}")
+            raise RuntimeError(f"the export wrote no weights file in {stage}")
         _inside(stage)
         new = sorted(p.name for p in stage.iterdir())
         for old in list(path.iterdir()):  # only when overwrite=True (checked above) or empty
@@ -160,4 +193,6 @@ def export_model(model: Any, tokenizer: Any, path: os.PathLike | str, *, merge_l
         "weights": weights,
         "merged_lora": bool(peft and merge_lora),
         "adapter": bool(peft and not merge_lora),
+        "format": format,
+        "quantize": quantize,
     }

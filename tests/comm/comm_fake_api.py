@@ -67,14 +67,35 @@ class FakeAPI:
         for cb in listeners:
             cb(event)
 
-    def load(self, alias: str, nbytes: int = 1_234_567, device: str = "cpu") -> None:
+    def load(self, alias: str, nbytes: int = 1_234_567, device: str = "cpu",
+             engine: str = "transformers") -> None:
+        """Register a model as ``ModelRecord.summary()`` shows it: ``nbytes`` of tensors; the
+        real cost measured at load is ~12% more plus 8 MiB of runtime (tokenizer, allocator),
+        and for llama.cpp 64 MiB more (KV cache, compute buffers); no generation yet."""
+        llama = engine == "llama.cpp"
+        real = nbytes + nbytes // 8 + (72 if llama else 8) * 2**20
         with self.lock:
             self.models[alias] = {
-                "alias": alias, "task": "causal-lm", "source": f"/tmp/{alias}", "dtype": "float32",
-                "device": device, "params": nbytes // 4, "estimated_bytes": nbytes,
-                "bytes": {device: nbytes}, "state": "ready", "pinned": False,
-                "keep_alive": None, "last_used": time.time()}
+                "alias": alias, "task": "causal-lm", "source": f"/tmp/{alias}" + (".gguf" if llama else ""),
+                "dtype": "gguf" if llama else "float32", "device": device, "params": nbytes // 4,
+                "estimated_bytes": nbytes, "bytes": {device: nbytes}, "state": "ready", "pinned": False,
+                "keep_alive": None, "last_used": time.time(), "quantization": "gguf" if llama else None,
+                "engine": engine, "real_bytes": {device: real}, "n_ctx": 4096 if llama else 2048,
+                "threads": 8 if llama else None, "last_generation": None}
         self.emit({"kind": "load", "alias": alias})
+
+    def generate(self, alias: str, completion_tokens: int = 42, prompt_tokens: int = 31,
+                 ttft_s: float = 0.051, total_s: float = 0.469) -> None:
+        """Record a finished generate/chat call on ``alias`` (the default: 98.1 tokens/s)."""
+        with self.lock:
+            model = self.models[alias]
+            rate = (completion_tokens - 1) / (total_s - ttft_s) if completion_tokens > 1 and total_s > ttft_s else 0.0
+            model["last_generation"] = {
+                "engine": model["engine"], "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens, "ttft_s": ttft_s, "total_s": total_s,
+                "finish_reason": "stop", "capped_from": None, "tokens_per_s": rate}
+            model["last_used"] = time.time()
+        self.emit({"kind": "generate", "alias": alias})
 
     def start_job(self, job_id, total_steps: int = 10, target: str = "tiny") -> None:
         with self.lock:

@@ -57,7 +57,8 @@ test.describe('LLM OS panel', () => {
     await expect(panel.models).toContainText('No model loaded');
     await expect(panel.hardware).toContainText('CPU');
 
-    // Load a tiny random BERT classifier with %llm: it appears with its size per device.
+    // Load a tiny random BERT classifier with %llm: it appears with its engine and its size
+    // per device (what loading it really cost, measured, else its tensor bytes).
     // (%llm does no {var} expansion in paths, so the path is written out.)
     const tiny = `/tmp/llmos-ui-tiny-${Date.now()}`;
     const made = await panel.run(
@@ -68,7 +69,8 @@ test.describe('LLM OS panel', () => {
     const row = panel.modelRow('tiny');
     await expect(row).toBeVisible({ timeout: 30000 });
     await expect(row).toContainText('seq-cls');
-    await expect(row.locator('.jp-LLMOS-bytes')).toHaveText(/cpu \d+(\.\d+)? (KiB|MiB)/);
+    await expect(row.locator('.jp-LLMOS-engine')).toHaveText('transformers');
+    await expect(row.locator('.jp-LLMOS-bytes')).toHaveText(/cpu \d+(\.\d+)? (KiB|MiB|GiB)/);
 
     // A small labelled data set made in the notebook, loaded and split with %llm.
     const rows = await panel.run(DATASET);
