@@ -296,8 +296,7 @@ def _run_generation(rec, prompt: str, settings, *, stream: bool, add_special_tok
                         notify=lambda m: print(m, file=sys.stderr, flush=True))
     text = gen.text(on_text=_print_piece if stream else None)
     st = gen.stats
-    rec.last_generation = {"tokens": st.completion_tokens, "tokens_per_s": st.tokens_per_s, "ttft_s": st.ttft_s,
-                           "engine": st.engine, "finish_reason": st.finish_reason}
+    rec.last_generation = dict(st.to_dict(), tokens=st.completion_tokens)
     if stream:
         print()
     if verbose:
@@ -782,7 +781,8 @@ def job_wait(job_id: str, timeout: float | None = None):
 
 
 def evaluate(alias: str, dataset: str, *, split: str = "test", batch_size: int = 64, max_length: int = 128,
-             limit: int | None = None, generate: bool = False, max_new_tokens: int | None = None):
+             limit: int | None = None, generate: bool = False, max_new_tokens: int | None = None,
+             engine: str | None = None):
     """Accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix of ``alias`` on
     ``dataset[split]`` (its HTML shows a confusion-matrix plot and the worst misclassified rows).
     A ``causal-lm`` model is scored on the prompt/response columns instead: loss (nats per
@@ -793,6 +793,9 @@ def evaluate(alias: str, dataset: str, *, split: str = "test", batch_size: int =
     Args:
         limit: score only the first ``limit`` rows of the split (default: all).
         max_new_tokens: with ``generate``: answer length limit (default: longest response + 3).
+        engine: with ``generate``: ``llama.cpp`` or ``transformers`` (default: the engine serving
+            the alias). ``transformers`` on a llama.cpp alias answers with its transformers
+            weights (loaded first when absent), to compare the two engines on the same prompts.
 
     Raises:
         NotFoundError: unknown model or dataset. UsageError: no such split, label values outside
@@ -814,6 +817,8 @@ def evaluate(alias: str, dataset: str, *, split: str = "test", batch_size: int =
     def first(ds):
         return ds.select(range(min(int(limit), len(ds)))) if limit is not None else ds
 
+    if engine is not None and not generate:
+        raise UsageError("--engine goes with --generate (greedy answers); add --generate or drop it")
     if generate and rec.task != "causal-lm":
         raise UsageError(f"'{alias}' is loaded as {rec.task}; --generate scores a causal-lm's answers "
                          f"(drop --generate, or load a causal LM)")
@@ -821,13 +826,18 @@ def evaluate(alias: str, dataset: str, *, split: str = "test", batch_size: int =
         from .training.sft import evaluate_causal_lm
 
         ds = first(_prepare_sft_split(dv, split))
-        if not generate and rec.model is None and rec.engine == "llama.cpp":
+        from .models import engines as _engines
+
+        use = rec.engine if _engines.normalize(engine) == "auto" else _engines.normalize(engine)
+        if use == "llama.cpp" and rec.engine != "llama.cpp":
+            raise UsageError(f"'{alias}' is served by {rec.engine}; load it with --engine llama.cpp to answer with llama.cpp")
+        if (not generate or use == "transformers") and rec.model is None and rec.engine == "llama.cpp":
             rec = m.attach_weights(alias)  # the loss is computed on the transformers weights of its GGUF
         with m.use(alias) as rec:
             if generate:
                 from .training.answers import evaluate_answers
 
-                served = rec.inference() if rec.engine == "llama.cpp" else None  # answers from the serving engine
+                served = rec.inference() if use == "llama.cpp" else None  # answers from the llama.cpp context
                 return evaluate_answers(rec.model, rec.tokenizer, ds, prompt_column=dv.prompt_column,
                                         response_column=dv.response_column, batch_size=min(batch_size, 32),
                                         max_new_tokens=max_new_tokens, max_length=max(max_length, 512), engine=served)

@@ -118,7 +118,7 @@ def tensor_costs(monkeypatch):
     deltas are allocator noise. The real-cost measurement itself is tested on real models."""
     from llmos_jupyter.resources import manager, memory
 
-    monkeypatch.setattr(manager, "_real_delta", lambda before, after, tensor: dict(tensor))
+    monkeypatch.setattr(manager, "_real_delta", lambda before, after, tensor, estimate=None: dict(tensor))
     monkeypatch.setattr(memory, "TOKENIZER_BYTES_PER_ENTRY", 0)
 
 

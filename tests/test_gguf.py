@@ -67,11 +67,13 @@ def test_not_a_gguf(tmp_path, fresh_api):
 
 @pytest.mark.slow
 def test_gguf_model_is_not_marked_quantised(fresh_api):
-    fresh_api.load("smollm2-135m-instruct", alias="smol")
+    from llmos_jupyter.models.loading import estimate
+
+    fresh_api.load("smollm2-135m-instruct", alias="smol", engine="transformers")
     rec = fresh_api.manager().get("smol")
     model = rec.model
     assert getattr(model, "hf_quantizer", None) is None and not getattr(model, "is_quantized", False)
     assert getattr(model.config, "quantization_config", None) is None
     assert rec.quantization == "gguf" and rec.params == 134_515_008
     measured = sum(rec.bytes.values())
-    assert abs(measured - rec.estimated_bytes) / measured < 0.10
+    assert abs(measured - estimate("smollm2-135m-instruct")["bytes"]) / measured < 0.10

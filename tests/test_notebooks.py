@@ -44,6 +44,10 @@ def test_quickstart_on_a_subset(pulled, tmp_path, monkeypatch):
     assert acc >= 0.70, results
     assert any(l.startswith("RESULT classify: positive") for l in results), results
     assert "Paris" in next(l for l in results if l.startswith("RESULT chat answer:"))
+    speed = re.search(r"RESULT chat speed: ([0-9.]+) tokens/s on llama.cpp", "\n".join(results))
+    assert speed and float(speed.group(1)) > 20, results  # llama.cpp serves the GGUF (transformers: ~12 here)
+    stats = [l for l in lines if "tokens/s, first token" in l]
+    assert stats and "(llama.cpp)" in stats[0], lines  # the dim line under the streamed answer
     # the fine-tune's progress view left readable static HTML in the saved notebook
     html = [o["data"]["text/html"] for c in nb.cells for o in c.get("outputs", [])
             if "data" in o and "text/html" in o["data"] and "finetune minilm" in o["data"]["text/html"]]

@@ -1,6 +1,8 @@
 """notebooks/05_instruction_tuning.ipynb executes headless (nbclient, a real kernel) on a subset:
-SmolLM2's greedy answers to "Review: …\\nSentiment:" before and after a LoRA SFT, and the merged
-export answering the same with plain transformers.
+SmolLM2's greedy answers to "Review: …\\nSentiment:" before and after a LoRA SFT (served by
+llama.cpp, the trained weights hot-swapped in as GGUF, compared with transformers' answers), the
+merged export answering the same with plain transformers, and a q8_0 GGUF export answering the
+same in plain llama-cpp-python.
 
 The full-size run (2,000 training rows, 500 held out) is
 ``LLMOS_SFT_TRAIN_ROWS=2000 LLMOS_SFT_EVAL_ROWS=500 python notebooks/run.py notebooks/05_instruction_tuning.ipynb``.
@@ -30,6 +32,21 @@ def test_instruction_tuning_on_a_subset(pulled, tmp_path, monkeypatch):
     assert a_acc >= max(b_acc, t_acc) + 0.15, text
     m = re.search(r"RESULT export: plain transformers answers '(\w+)', llmos answered '(\w+)'", text)
     assert m and m.group(1) == m.group(2) and m.group(1) in ("positive", "negative"), text
+    # fine-tune → serve: llama.cpp (f16 GGUF swapped in after training) answers like the trained
+    # transformers model; the q8_0 export too, and plain llama-cpp-python in a fresh process agrees
+    assert "RESULT engine: llama.cpp" in text and "now serves the fine-tuned weights on llama.cpp" in "\n".join(lines)
+    eng = re.search(r"RESULT engines: llama.cpp answers like transformers on ([0-9.]+)% of rows; "
+                    r"accuracy ([0-9.]+) vs ([0-9.]+)", text)
+    assert eng, text
+    f16_agree, f16_acc, hf_acc = float(eng.group(1)) / 100, float(eng.group(2)), float(eng.group(3))
+    assert f16_agree >= 0.98 and abs(f16_acc - hf_acc) <= 0.02, text
+    q8 = re.search(r"RESULT q8_0: answers like transformers on ([0-9.]+)% of rows; accuracy ([0-9.]+)", text)
+    assert q8 and float(q8.group(1)) / 100 >= 0.95, text
+    assert abs(float(q8.group(2)) - hf_acc) <= 1 / 40 + 1e-9, text  # at most one of the 40 answers flips
+    g = re.search(r"RESULT gguf: plain llama-cpp-python answers '(\w+)', llmos answered '(\w+)'", text)
+    assert g and g.group(1) == g.group(2), text
+    speed = re.search(r"RESULT speed: ([0-9.]+) tokens/s on llama.cpp", text)
+    assert speed and float(speed.group(1)) > 0, text
     chat = [o for c in nb.cells if c.source.startswith("%%llm chat") for o in c.get("outputs", [])]
     assert chat and chat[0]["text"].strip().split()[0] in ("positive", "negative")
     assert not [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]

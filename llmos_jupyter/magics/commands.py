@@ -137,7 +137,9 @@ COMMANDS: dict[str, Command] = {c.name: c for c in [
         Opt("generate", bool, help="causal-lm: greedy answers to the prompts, scored against the responses "
                                    "(accuracy, macro-F1, valid answers)"),
         Opt("max-new-tokens", int, help="with --generate: answer length limit (default: longest response + 3)",
-            metavar="N")]),
+            metavar="N"),
+        Opt("engine", help="with --generate: answer with this engine (default: the one serving the alias; "
+                           "transformers uses its transformers weights)", metavar="E")]),
     Command("runs", "recent fine-tuning runs from the registry (`runs show ID`, `runs compare A B` for details)", options=[Opt("limit", int, metavar="N")]),
     Command("runs show", "one run with its manifest", ["run_id"]),
     Command("runs compare", "two runs side by side: config, metrics (delta), data, checkpoints", ["run_a", "run_b"]),

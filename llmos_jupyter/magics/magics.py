@@ -312,7 +312,7 @@ class LLMMagics(Magics):
         if p["max_new_tokens"] is not None and not p["generate"]:
             raise UsageError("--max-new-tokens goes with --generate (greedy answers); add --generate or drop it")
         return api.evaluate(p["alias"], dataset, split=p["split"] or split or "test", limit=p["limit"],
-                            generate=p["generate"], max_new_tokens=p["max_new_tokens"], **kw)
+                            generate=p["generate"], max_new_tokens=p["max_new_tokens"], engine=p.get("engine"), **kw)
 
     def do_runs(self, p):
         from .. import api

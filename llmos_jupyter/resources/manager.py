@@ -272,12 +272,20 @@ def _real_usage(device: str | None) -> dict:
     return out
 
 
-def _real_delta(before: dict, after: dict, tensor_bytes: dict) -> dict:
+SMALL_MODEL_BYTES = 16 * 2**20  # below this, an RSS delta is mostly allocator noise (MiBs either way)
+
+
+def _real_delta(before: dict, after: dict, tensor_bytes: dict, estimate: int | None = None) -> dict:
     """Real cost per device where the model's tensors are: the growth of RSS (CPU) or of the
     CUDA reserved pool between ``before`` and ``after``; never below the tensor bytes there
-    (another thread may have freed memory meanwhile)."""
+    (another thread may have freed memory meanwhile). For a model under
+    :data:`SMALL_MODEL_BYTES` of tensors, the growth is allocator noise (glibc arenas, CUDA's
+    2 MiB blocks), so the pre-load ``estimate`` of the real cost is kept instead when given."""
     out = {}
     for dev, n in tensor_bytes.items():
+        if n < SMALL_MODEL_BYTES and estimate is not None:
+            out[dev] = max(int(n), int(estimate))
+            continue
         grown = after.get(dev, 0) - before.get(dev, 0)
         out[dev] = max(int(grown), int(n))
     return out
@@ -385,7 +393,7 @@ class ModelManager:
                    f"to make room for '{for_alias}' ({format_size(need)}); the next call moves it back")
             return r
         r = self.unload(rec.alias, reason="evict")
-        notify(f"llmos: evicted '{rec.alias}' ({format_size(r['measured_bytes'])} on {device}) "
+        notify(f"llmos: evicted '{rec.alias}' ({format_size(r['real_bytes'])} on {device}) "
                f"to make room for '{for_alias}' ({format_size(need)})")
         return r
 
@@ -542,7 +550,7 @@ class ModelManager:
         rec.params, rec.load_s, rec.labels = loaded.params, loaded.load_s, loaded.labels
         rec.quantization = loaded.quantization
         rec.bytes = module_bytes(loaded.model)
-        rec.real_bytes = _real_delta(before, _real_usage(loaded.device), rec.bytes)
+        rec.real_bytes = _real_delta(before, _real_usage(loaded.device), rec.bytes, rec.estimated_bytes)
         if rec.task == "causal-lm":
             rec.n_ctx = rec.inference().n_ctx
 
@@ -724,8 +732,8 @@ class ModelManager:
         """Unload ``alias`` and give its memory back.
 
         Returns:
-            ``{"alias", "measured_bytes" (the model's tensors), "rss_freed" (process RSS drop,
-            bytes), "reason"}``.
+            ``{"alias", "measured_bytes" (the model's tensors), "real_bytes" (its real cost, what
+            admission counted), "rss_freed" (process RSS drop, bytes), "reason"}``.
 
         Raises:
             NotFoundError: unknown alias.
@@ -737,6 +745,7 @@ class ModelManager:
                 raise UsageError(f"'{alias}' is in use by a running call or job; cancel it first (`%llm jobs`)")
             self._models.pop(alias, None)
         measured = sum(rec.bytes.values())
+        real = sum(rec.cost(d) for d in rec.bytes)
         gpus = [d for d in rec.bytes if d != "cpu"]
         alloc0 = {d: _device_allocated(d) for d in gpus}
         rss0 = process_rss()
@@ -746,7 +755,7 @@ class ModelManager:
         kind = {"unload": "unload", "evict": "evict", "keep-alive": "expire"}.get(reason, "unload")
         self.events.emit(kind, alias=alias, bytes=measured, rss_freed=rss0 - rss1, device_freed=device_freed,
                          reason=reason)
-        return {"alias": alias, "measured_bytes": measured, "rss_freed": rss0 - rss1,
+        return {"alias": alias, "measured_bytes": measured, "real_bytes": real, "rss_freed": rss0 - rss1,
                 "device_freed": device_freed, "reason": reason}
 
     # -------------------------------------------------------------- offload
@@ -825,7 +834,7 @@ class ModelManager:
             except LLMOSError:
                 return None
         print(f"llmos: unloaded '{rec.alias}' {why} (keep-alive {format_duration(rec.keep_alive)}); "
-              f"{format_size(r['measured_bytes'])} released", file=sys.stderr, flush=True)
+              f"{format_size(r['real_bytes'])} released", file=sys.stderr, flush=True)
         return r
 
     def reap(self, now: float | None = None) -> list[dict]:

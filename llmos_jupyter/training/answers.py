@@ -175,8 +175,8 @@ def engine_answers(engine: Any, prompts: list[str], *, max_new_tokens: int, max_
     settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=0.0)
     out = []
     for p in prompts:
-        text = engine.render_chat([{"role": "user", "content": p}]) if engine.chat_template() else p
-        ids = engine.tokenize(text, add_special_tokens=not engine.chat_template())
+        text = engine.render_chat([{"role": "user", "content": p}]) if engine.chat_template else p
+        ids = engine.tokenize(text, add_special_tokens=not engine.chat_template)
         if len(ids) > max_length:
             text = engine.detokenize(ids[-max_length:])
         out.append(engine.generate(text, settings, add_special_tokens=False)[0])

@@ -36,8 +36,12 @@ def test_c01_gguf_finetune_export_reload(fresh_api, pulled, tmp_path):
 
     logging.set_verbosity_error()
     api = fresh_api
-    msg = api.load("smollm2-135m-instruct", alias="smol")
-    assert msg["task"] == "causal-lm" and msg["estimated_bytes"] == 134_515_008 * 4 == 538_060_032
+    msg = api.load("smollm2-135m-instruct", alias="smol", engine="transformers")
+    from llmos_jupyter.models.loading import estimate
+
+    est = estimate("smollm2-135m-instruct", "causal-lm", "float32")
+    assert est["bytes"] == 134_515_008 * 4 == 538_060_032  # float32 tensors, not the 98 MB file
+    assert msg["task"] == "causal-lm" and msg["estimated_bytes"] == est["real_bytes"] > est["bytes"]  # + tokenizer
     dv = api.data_load(PAIRS, name="pairs")
     assert (dv.prompt_column, dv.response_column) == ("instruction", "output")
     common = dict(epochs=10, lr=1e-3, batch_size=2, seed=0, progress=False, warmup_ratio=0.0)

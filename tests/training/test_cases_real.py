@@ -124,7 +124,10 @@ def test_c05_lora_head_trained_saved_reloaded(minilm_dir, tmp_path):
 
     subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True, cwd=os.getcwd())
     plain, ours = np.load(tmp_path / "plain.npy"), np.load(tmp_path / "ours.npy")
-    assert np.array_equal(plain, mem.numpy()), np.abs(plain - mem.numpy()).max()
-    assert np.array_equal(ours, mem.numpy()), np.abs(ours - mem.numpy()).max()
+    assert np.array_equal(ours, plain), np.abs(ours - plain).max()  # llmos's reload = plain peft's, exactly
+    # in-memory vs a fresh process: equal up to float32 rounding (seen: 1.2e-7 with torch 2.13 /
+    # transformers 5.24, one ulp from a different kernel choice); the bug this guards against
+    # (an untrained, unsaved head) is off by ~0.24
+    assert np.abs(plain - mem.numpy()).max() <= 1e-6, np.abs(plain - mem.numpy()).max()
     state = json.loads((res.checkpoint / "trainer_state.json").read_text())
     assert state["method"] == "lora" and state["base_model"] == str(minilm_dir)

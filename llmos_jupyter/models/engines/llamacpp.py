@@ -18,8 +18,10 @@ What llmos adds on top, so that it behaves like the transformers engine:
 """
 from __future__ import annotations
 
+import atexit
 import codecs
 import os
+import weakref
 import threading
 import time
 from pathlib import Path
@@ -36,6 +38,20 @@ KV_BYTES_PER_ELEMENT = 2    # llama.cpp's default KV cache type is f16
 # n_ctx 1024, 33.2 at 4096, 35.4 at 8192 — flat, so 24 MiB + 192 B per vocabulary entry (33 MiB).
 FIXED_OVERHEAD = 24 * 2**20
 PER_VOCAB_OVERHEAD = 192
+
+
+_open: "weakref.WeakSet[LlamaCppEngine]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    """Free every open context while the interpreter can still run llama.cpp's destructors
+    (left to ``Llama.__del__`` at shutdown they print an 'Exception ignored' traceback)."""
+    for engine in list(_open):
+        try:
+            engine.close()
+        except Exception:  # pragma: no cover - best effort at exit
+            pass
 
 
 def installed() -> Optional[str]:
@@ -131,7 +147,7 @@ def plan(path: str | os.PathLike, n_ctx: Optional[int] = None) -> dict:
     if arch not in known:
         raise LLMOSError(f"GGUF architecture '{arch}' is not supported by llama.cpp (nor by transformers' GGUF "
                          f"loader unless listed there); llama.cpp runs {len(known)} architectures, e.g. "
-                         f"{', '.join(sorted(known)[:8])}…; llama is the one llmos exports")
+                         f"{', '.join(sorted(known)[:8])}…; llmos exports llama, mistral (as llama) and qwen2")
     limit = context_limit(meta)
     if n_ctx is None:
         n_ctx = min(limit, DEFAULT_N_CTX)
@@ -190,6 +206,7 @@ class LlamaCppEngine(Engine):
             raise LLMOSError(f"llama.cpp could not load {Path(path).name} (architecture '{arch}'): "
                              f"{str(e).splitlines()[0][:120]}; check the file, or load with --engine transformers") from None
         self._vocab = self.llm._model.vocab
+        _open.add(self)
         self._specials = {
             "bos_token": self._piece(self.llm.token_bos()),
             "eos_token": self._piece(self.llm.token_eos()),
