@@ -10,8 +10,9 @@ greedy, 128 new tokens asked for, the same thread count for everyone, one invoca
   (c) raw llama-cpp-python ``Llama(model_path=…).create_chat_completion`` (its own GGUF template)
   (d) llmos llama.cpp      ``api.chat`` on an alias loaded with ``--engine llama.cpp``
 
-Each competitor runs in its own fresh process (so its peak RSS is its own): load, one warm-up
-call, then ``--repeats`` timed calls. tokens/s = completion tokens / wall time of the call (prompt
+Each competitor runs in its own fresh process (so its peak RSS is its own): load and one warm-up
+call each, then ``--repeats`` rounds in which the four take turns, one timed call each (so load
+from elsewhere on the machine hits all of them alike). tokens/s = completion tokens / wall time of the call (prompt
 evaluation included, as a user waits for it); time to first token from a separate streamed (or
 1-token) call. Prints the median of each, peak RSS, and the ratios the engines issue targets:
 (b)/(a) ≥ 0.95, (d)/(c) ≥ 0.95, (d)/(a) ≥ 6.
@@ -45,7 +46,7 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
 
-def raw_transformers(d: Path, threads: int, repeats: int) -> dict:
+def raw_transformers(d: Path, threads: int):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -55,19 +56,17 @@ def raw_transformers(d: Path, threads: int, repeats: int) -> dict:
     text = tok.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True, tokenize=False)
     ids = tok(text, add_special_tokens=False, return_tensors="pt")
 
-    def call(n):
+    def call(n=TOKENS):
         t0 = time.perf_counter()
         with torch.inference_mode():
             out = model.generate(**ids, max_new_tokens=n, do_sample=False, pad_token_id=tok.eos_token_id)
         return out.shape[1] - ids["input_ids"].shape[1], time.perf_counter() - t0
 
     call(8)
-    runs = [call(TOKENS) for _ in range(repeats)]
-    ttft = statistics.median(call(1)[1] for _ in range(repeats))
-    return {"runs": runs, "ttft_s": ttft}
+    return lambda: (call(), call(1)[1])
 
 
-def raw_llama_cpp(d: Path, threads: int, repeats: int) -> dict:
+def raw_llama_cpp(d: Path, threads: int):
     from llama_cpp import Llama
 
     llm = Llama(model_path=str(d / GGUF), n_ctx=4096, n_threads=threads, verbose=False)
@@ -85,12 +84,10 @@ def raw_llama_cpp(d: Path, threads: int, repeats: int) -> dict:
                 return time.perf_counter() - t0
 
     call()
-    runs = [call() for _ in range(repeats)]
-    ttft = statistics.median(first() for _ in range(repeats))
-    return {"runs": runs, "ttft_s": ttft}
+    return lambda: (call(), first())
 
 
-def llmos(engine: str, threads: int, repeats: int) -> dict:
+def llmos(engine: str, threads: int):
     import contextlib
     import io
 
@@ -112,21 +109,23 @@ def llmos(engine: str, threads: int, repeats: int) -> dict:
         return (reply.stats.completion_tokens, wall), reply.stats.ttft_s
 
     call()
-    timed = [call() for _ in range(repeats)]
-    return {"runs": [r for r, _ in timed], "ttft_s": statistics.median(t for _, t in timed)}
+    return call
 
 
 COMPETITORS = {"a": "raw transformers", "b": "llmos transformers", "c": "raw llama-cpp-python", "d": "llmos llama.cpp"}
 
 
-def child(which: str, threads: int, repeats: int) -> None:
+def child(which: str, threads: int) -> None:
+    """Load once, say READY, then time one call per line read from stdin (one JSON line back)."""
     from llmos_jupyter.pull import ensure_pulled
 
     d = Path(ensure_pulled("smollm2-135m-instruct"))
-    res = {"a": lambda: raw_transformers(d, threads, repeats), "b": lambda: llmos("transformers", threads, repeats),
-           "c": lambda: raw_llama_cpp(d, threads, repeats), "d": lambda: llmos("llama.cpp", threads, repeats)}[which]()
-    res["peak_rss"] = peak_rss()
-    print("RESULT " + json.dumps(res))
+    timed = {"a": lambda: raw_transformers(d, threads), "b": lambda: llmos("transformers", threads),
+             "c": lambda: raw_llama_cpp(d, threads), "d": lambda: llmos("llama.cpp", threads)}[which]()
+    print("READY", flush=True)
+    for _ in sys.stdin:
+        (n, wall), ttft = timed()
+        print("RESULT " + json.dumps({"tokens": n, "wall_s": wall, "ttft_s": ttft, "peak_rss": peak_rss()}), flush=True)
 
 
 def main() -> None:
@@ -136,23 +135,37 @@ def main() -> None:
     ap.add_argument("--child", choices=sorted(COMPETITORS), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        return child(args.child, args.threads, args.repeats)
+        return child(args.child, args.threads)
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
-    rows = {}
+    procs = {}
+    for key in COMPETITORS:  # one process each, loaded one after the other (idle ones use no CPU)
+        p = subprocess.Popen([sys.executable, __file__, "--child", key, "--threads", str(args.threads)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+        while (line := p.stdout.readline()) and line.strip() != "READY":
+            pass
+        if not line:
+            sys.exit(f"{COMPETITORS[key]} failed to load")
+        procs[key] = p
+    runs = {k: [] for k in COMPETITORS}
+    for _ in range(args.repeats):  # round-robin, so load from elsewhere hits every competitor alike
+        for key, p in procs.items():
+            p.stdin.write("go\n")
+            p.stdin.flush()
+            while not (line := p.stdout.readline()).startswith("RESULT "):
+                if not line:
+                    sys.exit(f"{COMPETITORS[key]} failed")
+            runs[key].append(json.loads(line[7:]))
+    for p in procs.values():
+        p.stdin.close()
+        p.wait()
+    t = {}
     for key, name in COMPETITORS.items():
-        out = subprocess.run([sys.executable, __file__, "--child", key, "--threads", str(args.threads),
-                              "--repeats", str(args.repeats)], capture_output=True, text=True, env=env)
-        line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
-        if out.returncode or not line:
-            sys.exit(f"{name} failed:\n{out.stderr[-2000:]}")
-        r = json.loads(line[-1][7:])
-        tps = statistics.median(n / s for n, s in r["runs"])
-        rows[key] = {"tokens": statistics.median(n for n, _ in r["runs"]), "tokens_per_s": tps, "ttft_s": r["ttft_s"],
-                     "peak_rss": r["peak_rss"]}
-        print(f"({key}) {name:22s} {rows[key]['tokens']:5.0f} tokens  {tps:7.1f} tokens/s  first token "
-              f"{r['ttft_s'] * 1000:6.0f} ms  peak RSS {r['peak_rss'] / 2**20:6.0f} MiB", flush=True)
-    t = {k: v["tokens_per_s"] for k, v in rows.items()}
-    print(f"\n{args.threads} threads, median of {args.repeats}, {TOKENS} new tokens asked for")
+        r = runs[key]
+        t[key] = statistics.median(x["tokens"] / x["wall_s"] for x in r)
+        ttft = statistics.median(x["ttft_s"] for x in r)
+        print(f"({key}) {name:22s} {statistics.median(x['tokens'] for x in r):5.0f} tokens  {t[key]:7.1f} tokens/s  "
+              f"first token {ttft * 1000:6.0f} ms  peak RSS {r[-1]['peak_rss'] / 2**20:6.0f} MiB", flush=True)
+    print(f"\n{args.threads} threads, median of {args.repeats} round-robin rounds, {TOKENS} new tokens asked for")
     for label, num, den, target in (("(b)/(a) llmos transformers vs raw", "b", "a", 0.95),
                                     ("(d)/(c) llmos llama.cpp vs raw", "d", "c", 0.95),
                                     ("(d)/(a) llmos llama.cpp vs raw transformers", "d", "a", 6.0)):
