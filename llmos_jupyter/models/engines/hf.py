@@ -115,9 +115,12 @@ class TransformersEngine(Engine):
         streamer.last = None
         failure: list[BaseException] = []
 
+        threads = torch.get_num_threads()  # the caller's setting: OpenMP's is per thread
+
         @keep_output_parent
         def work():
             try:
+                torch.set_num_threads(threads)
                 if settings.seed is not None and not settings.greedy:
                     torch.manual_seed(settings.seed)
                 with torch.inference_mode():
