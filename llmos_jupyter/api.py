@@ -970,7 +970,7 @@ def doctor() -> Table:
     for e in engines.summary():
         rows.append([f"engine {e['engine']}", f"{e['version']} — {e['serves']}"])
     if not engines.installed()["llama.cpp"]:
-        rows.append(["hint", f"`{engines.EXTRA_HINT}` adds llama.cpp: ~7x faster GGUF chat on a CPU"])
+        rows.append(["hint", f"`{engines.EXTRA_HINT}` adds llama.cpp: several times faster GGUF chat on a CPU"])
     rows.append(["llama.cpp threads", f"{physical_cores()} (the physical cores)"])
     rows.append(["loaded", ", ".join(f"{a} ({manager().get(a).engine})" for a in manager().aliases()) or "nothing"])
     return Table("llmos doctor", ["item", "value"], rows)

@@ -8,7 +8,7 @@ engine         serves                                          why
 transformers   every task (causal-lm, seq-cls, embedding),     exact Hugging Face behaviour; the
                HF folders, hub ids and GGUF files (dequantised  weights training updates
                to float32)
-llama.cpp      GGUF causal LMs                                 ~7x faster decode on a CPU (the
+llama.cpp      GGUF causal LMs                                 4-9x faster decode on a CPU (the
                                                                engine inside Ollama)
 =============  ==============================================  ===================================
 
@@ -75,7 +75,7 @@ def choose(requested: str | None, *, kind: str, task: str, spec: str, notify=Non
             if "auto" not in _hinted:
                 _hinted.add("auto")
                 (notify or (lambda m: print(m, file=sys.stderr)))(
-                    f"llmos: hint: llama.cpp decodes GGUF models ~7x faster on a CPU; `{EXTRA_HINT}` "
+                    f"llmos: hint: llama.cpp decodes GGUF models several times faster on a CPU; `{EXTRA_HINT}` "
                     f"installs it (serving on transformers now)")
         return "transformers"
     if want == "llama.cpp":
