@@ -2,7 +2,7 @@
 end token never reaches the text, the context window is enforced in one line, bad engine
 choices are one line and leave nothing loaded, and memory is accounted at its real cost.
 
-Hard case (C14 in our notes): llama-cpp-python only picks a chat format from GGUF metadata in
+Hard case from users' reports: llama-cpp-python only picks a chat format from GGUF metadata in
 newer versions, and models with several end tokens kept generating past one of them (printing
 ``<|eot_id|>`` and whole fake turns). Our llama.cpp engine renders the GGUF's own template the
 way transformers' ``apply_chat_template`` does and stops at every end-of-generation token.

@@ -1,7 +1,7 @@
 """GGUF export (models/gguf_export.py): a transformers model written as GGUF must compute the same
 function in llama.cpp.
 
-Hard case (C13 in our notes): transformers keeps Llama's q_proj/k_proj rows in "rotate half"
+Hard case from users' reports: transformers keeps Llama's q_proj/k_proj rows in "rotate half"
 order while llama.cpp rotates interleaved pairs, so a converter must permute those rows per head
 — with the key/value head count for k under grouped-query attention — or the file "converts fine
 and answers gibberish"; SmolLM2 also ties its output projection to the embedding, and the

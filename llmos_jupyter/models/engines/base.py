@@ -23,6 +23,7 @@ Both follow the same rules, so a cell behaves the same whichever engine serves i
 """
 from __future__ import annotations
 
+import abc
 import math
 import threading
 import time
@@ -237,7 +238,7 @@ class Stream:
         return "".join(parts)
 
 
-class Engine:
+class Engine(abc.ABC):
     """Base class of the inference engines (see the module docstring for the shared rules).
 
     Attributes:
@@ -253,28 +254,28 @@ class Engine:
         self.lock = threading.Lock()
         self.last_stats: Optional[GenerationStats] = None
 
-    # --- to implement -------------------------------------------------------------------------
+    # --- what each engine implements ------------------------------------------------------------
+    @abc.abstractmethod
     def tokenize(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
         """Token ids of ``text`` (``add_special_tokens``: the BOS the model adds, if any)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def detokenize(self, ids: list[int]) -> str:
         """Text of ``ids`` (special tokens dropped)."""
-        raise NotImplementedError
 
     @property
+    @abc.abstractmethod
     def chat_template(self) -> Optional[str]:
         """The model's chat template (Jinja), or ``None``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _stream(self, prompt_ids: list[int], settings: GenerationSettings, stats: GenerationStats,
                 cancel: threading.Event) -> Iterator[str]:
         """Yield decoded pieces of the continuation of ``prompt_ids``; fill ``stats``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def footprint(self) -> dict:
         """``{"tensor_bytes": {device: n}, ...}``: what the engine's weights take."""
-        raise NotImplementedError
 
     def close(self) -> None:
         """Free the model (idempotent)."""
