@@ -755,7 +755,12 @@ def _serve_trained(m, rec, run_dir) -> None:
     from .models.gguf_export import export_gguf
 
     path = Path(run_dir) / "model-f16.gguf"
-    info = export_gguf(rec.model, rec.tokenizer, path, quantize="f16", source_gguf=rec.gguf_path)
+    try:
+        info = export_gguf(rec.model, rec.tokenizer, path, quantize="f16", source_gguf=rec.gguf_path)
+    except UsageError as e:  # an architecture GGUF export does not take: the trained run still stands
+        print(f"llmos: note: {rec.alias} keeps serving its original GGUF on llama.cpp ({e}); the trained weights "
+              f"answer with `--engine transformers` and export with --format hf", file=sys.stderr, flush=True)
+        return
     m.swap_gguf(rec, str(path))
     print(f"llmos: {rec.alias} now serves the fine-tuned weights on llama.cpp ({path}, {format_size(info['bytes'])})",
           flush=True)
