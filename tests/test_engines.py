@@ -203,9 +203,14 @@ def test_real_cost_matches_a_fresh_process(pulled, spec, engine, tmp_path):
                  f"p = psutil.Process(); r0 = p.memory_info().rss; "
                  f"m = AutoModelForCausalLM.from_pretrained({str(d)!r}, gguf_file={GGUF!r}, dtype=torch.float32); "
                  f"t = AutoTokenizer.from_pretrained({str(d)!r}, gguf_file={GGUF!r}); print(p.memory_info().rss - r0)")
+    # once per process, not per model: the libraries, the manager and the meta-device estimate are
+    # set up first; both RSS readings follow a malloc_trim, as the manager's own readings do (glibc's
+    # free lists are not memory the model holds)
     ours = (f"import json, psutil; from llmos_jupyter import api; from llmos_jupyter.models import loading; "
-            f"loading.prepare({spec!r}); import llama_cpp; p = psutil.Process(); r0 = p.memory_info().rss; "
-            f"api.load({spec!r}, alias='m', engine={engine!r}); r1 = p.memory_info().rss; "
+            f"from llmos_jupyter.resources.manager import _malloc_trim; "
+            f"loading.prepare({spec!r}); import llama_cpp; api.manager(); loading.estimate({spec!r}, None, None); "
+            f"_malloc_trim(); p = psutil.Process(); r0 = p.memory_info().rss; "
+            f"api.load({spec!r}, alias='m', engine={engine!r}); _malloc_trim(); r1 = p.memory_info().rss; "
             f"r = api.manager().get('m'); print(json.dumps([r.estimated_bytes, r.real_bytes['cpu'], r1 - r0]))")
     env = dict(os.environ, LLMOS_HOME=home, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     ref = int(subprocess.run([sys.executable, "-c", plain], capture_output=True, text=True, env=env, check=True,
