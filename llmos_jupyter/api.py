@@ -627,7 +627,10 @@ class _JobProgress:
 
 def finetune(alias: str, dataset: str, *, epochs: int = 1, lr: float = 5e-5, batch_size: int = 32,
              seed: int = 0, max_length: int = 128, method: str = "full", eval_split: str | None = "test",
-             progress: bool = True, background: bool = False, resume: str | None = None, **options):
+             progress: bool = True, background: bool = False, resume: str | None = None,
+             nproc: int | None = None, nnodes: int | None = None, backend: str | None = None,
+             launcher: str | None = None, fsdp: bool = False, rdzv_endpoint: str | None = None,
+             export_launch: str | None = None, **options):
     """Fine-tune ``alias`` on ``dataset``'s train split; evaluate on ``eval_split`` when present;
     record the run in the registry.
 
@@ -647,15 +650,36 @@ def finetune(alias: str, dataset: str, *, epochs: int = 1, lr: float = 5e-5, bat
             ``resumed_from``. Options that differ from the run's config are refused.
         options: more :class:`FinetuneConfig` fields, e.g. ``eval_every`` (steps),
             ``early_stopping_patience`` (evaluations), ``metric_for_best``.
+        nproc: train in ``nproc`` ranks per node, subprocesses started by ``torchrun`` (or
+            ``accelerate launch``) as a job; the kernel never joins the process group. N ranks
+            see the rows one process sees with the same ``batch_size`` (a global batch), the
+            loss is the global mean, evaluation counts every row once, and the alias holds the
+            trained weights at the end, as after a run in the kernel. A cancel stops every rank
+            within seconds with a resumable checkpoint; ``resume`` may use another ``nproc``.
+            See :mod:`llmos_jupyter.training.launch` and docs/distributed.md.
+        nnodes: machines (default 1); more than one needs ``rdzv_endpoint`` (this machine's
+            address) or ``export_launch``.
+        backend: ``gloo`` | ``nccl`` (default: nccl for a model on a GPU, else gloo).
+        launcher: ``torchrun`` (default) | ``accelerate``.
+        fsdp: shard the model with FSDP2 instead of replicating it (DDP).
+        rdzv_endpoint: ``HOST:PORT`` of the rendezvous (default 127.0.0.1 and a free port).
+        export_launch: write the spec, an entry script, the torchrun line of each node, a Slurm
+            example and an ``accelerate launch`` FSDP config into this new folder, instead of
+            training (:func:`llmos_jupyter.training.launch.export_launch`).
 
     Returns:
-        The run (id, status, metrics, samples/s, wall time, checkpoint sha256), or the job.
+        The run (id, status, metrics, samples/s, wall time, checkpoint sha256), or the job; with
+        ``export_launch``, a message naming the files and the commands.
 
     Raises:
         UsageError / NotFoundError: bad options, unknown model or dataset, label mismatch; with
             ``resume``: unknown run id, a run that completed, a model or dataset whose
             fingerprint differs from the run's — checked before anything is written to the
-            registry or checkpoints.
+            registry or checkpoints. With ``nproc``: 0 ranks, more ranks than training rows or
+            than rows per batch, a model a job is training, nccl without GPUs, a rendezvous
+            port in use (see :func:`llmos_jupyter.training.launch.check_launch`).
+        LLMOSError: a rank failed (the run is recorded as failed with that rank's last error
+            line; its last checkpoint, if any, stays loadable and resumable).
     """
     from dataclasses import asdict
 
@@ -668,6 +692,10 @@ def finetune(alias: str, dataset: str, *, epochs: int = 1, lr: float = 5e-5, bat
     m = manager()
     rec = m.get(alias)
     lm = rec.task == "causal-lm"
+    lc = _launch_config(nproc, nnodes, backend, launcher, fsdp, rdzv_endpoint, export_launch, resume)
+    if lc is not None and rec.exclusive:
+        raise UsageError(f"'{alias}' is being fine-tuned by {rec.exclusive}; wait with `%llm job wait {rec.exclusive}` "
+                         f"or stop it with `%llm job cancel {rec.exclusive}` before starting ranks on it")
     if rec.model is None and rec.engine == "llama.cpp":  # train the transformers weights of the same GGUF
         store().get(dataset)  # an unknown dataset is refused before the weights are loaded
         rec = m.attach_weights(alias)
@@ -709,6 +737,9 @@ def finetune(alias: str, dataset: str, *, epochs: int = 1, lr: float = 5e-5, bat
                 f"make one with `%llm data split {dv.name} --test 0.15`")
     cols = ({"prompt_column": dv.prompt_column, "response_column": dv.response_column} if lm else
             {"text_column": dv.text_column, "label_column": dv.label_column})
+    if lc is not None:
+        return _finetune_distributed(m, rec, dv, lc, cfg, train, ev, eval_split, prev, resume_ck, note, progress,
+                                     background, export_launch)
     view = None
     if progress:
         from .widgets.progress import TrainingProgress
@@ -747,6 +778,94 @@ def finetune(alias: str, dataset: str, *, epochs: int = 1, lr: float = 5e-5, bat
     return result
 
 
+def _launch_config(nproc, nnodes, backend, launcher, fsdp, rdzv_endpoint, export_launch, resume):
+    """The :class:`~llmos_jupyter.training.launch.LaunchConfig` of a distributed fine-tune, or
+    None for a run in the kernel; launch flags without ``--nproc``/``--export-launch`` are refused."""
+    given = [f for f, v in (("--nnodes", nnodes), ("--backend", backend), ("--launcher", launcher), ("--fsdp", fsdp),
+                            ("--rdzv-endpoint", rdzv_endpoint)) if v]
+    if nproc is None and export_launch is None:
+        if given:
+            raise UsageError(f"{given[0]} goes with --nproc N (ranks in subprocesses) or --export-launch DIR; add one of them")
+        return None
+    if export_launch is not None and resume is not None:
+        raise UsageError("--export-launch writes a new run for a cluster; drop --resume (or drop --export-launch to resume here)")
+    from .training.launch import LaunchConfig
+
+    return LaunchConfig(nproc=1 if nproc is None else nproc, nnodes=1 if nnodes is None else nnodes, backend=backend,
+                        launcher=launcher or "torchrun", fsdp=bool(fsdp), rdzv_endpoint=rdzv_endpoint)
+
+
+def _finetune_distributed(m, rec, dv, lc, cfg, train, ev, eval_split, prev, resume_ck, note, progress, background,
+                          export_launch):
+    """:func:`finetune` with ranks in subprocesses (``lc``), or the export of that run."""
+    from dataclasses import asdict
+
+    from .resources.jobs import Job
+    from .training import launch as _launch
+
+    alias = rec.alias
+    backend = lc.backend or _launch.default_backend(rec.device or "cpu")
+    _launch.check_launch(lc, backend=backend, n_train=len(train), config=cfg, resume=prev is not None,
+                         kernel=export_launch is None)
+    lm = cfg.task == "causal-lm"
+    data = {"path": str(store().root / dv.name / f"v{dv.version}"), "train_split": "train",
+            "eval_split": eval_split if ev is not None else None,
+            "label_map": None if lm else _label_ids(rec, dv), "text_column": dv.text_column,
+            "label_column": dv.label_column, "prompt_column": dv.prompt_column, "response_column": dv.response_column,
+            "name": dv.name, "version": dv.version, "fingerprint": dv.fingerprint}
+    if export_launch is not None:
+        with m.use(alias) as held:
+            info = _launch.export_launch(export_launch, model=held.model, tokenizer=held.tokenizer, task=cfg.task,
+                                         labels=held.labels, dtype=held.dtype, dataset_dir=data["path"], data=data,
+                                         config=cfg.to_dict(), lc=lc, name=f"{alias}-{dv.name}")
+        lines = "\n".join(f"  node {k}: {c}" for k, c in enumerate(info["commands"]))
+        return Message(f"{alias}: exported a {lc.world_size}-rank fine-tune on {dv.name} v{dv.version} to {info['path']} "
+                       f"({', '.join(info['files'])}); run on each node, from that folder:\n{lines}\n"
+                       f"(see README.md there for Slurm and accelerate launch with FSDP)", **info)
+    view = None
+    if progress:
+        from .widgets.progress import TrainingProgress
+
+        view = TrainingProgress(title=f"finetune {alias} on {dv.name} ({lc.world_size} ranks, {backend})")
+    job = Job(kind="finetune", target=alias, device=rec.device or "cpu", world_size=lc.world_size, launcher=lc.launcher)
+
+    def work(job):
+        config = dict(asdict(cfg), **({"resumed_from": prev.id} if prev is not None else {}))
+        with registry().track("finetune", alias, f"{dv.name}@v{dv.version}", config, cfg.seed, dv.fingerprint,
+                              distributed=lc.record(backend)) as run:
+            with m.use(alias, exclusive=job.id) as held:
+                res = _launch.run_distributed(held.model, held.tokenizer, lc=lc, backend=backend, task=cfg.task,
+                                              labels=held.labels, dtype=held.dtype, data=data, config=cfg,
+                                              run_dir=registry().run_dir(run.id), run_id=run.id, resume_from=resume_ck,
+                                              progress=_JobProgress(job, view), job_update=lambda **f: scheduler().update(job, **f),
+                                              should_stop=job.should_stop)
+                if res.status == "refused":
+                    raise UsageError(res.error)
+                if res.status != "failed" and res.checkpoint:
+                    held.model = _launch.load_trained(held.model, res.checkpoint, cfg)  # the hot swap
+                    held.run_id = run.id
+                    from .resources.memory import module_bytes
+
+                    held.bytes = module_bytes(held.model)
+                    if held.engine == "llama.cpp":
+                        held.bytes["cpu"] = held.bytes.get("cpu", 0) + held.server.footprint()["tensor_bytes"]["cpu"]
+                        if res.status == "completed":
+                            _serve_trained(m, held, registry().run_dir(run.id))
+            out = run.finish(res.status, metrics=res.metrics, wall_s=res.wall_s, checkpoint=res.checkpoint,
+                             checkpoint_sha256=res.checkpoint_sha256, error=res.error)
+        _launch.refuse_if_failed(res)
+        return out
+
+    if background:
+        if note:
+            print(note, file=sys.stderr)
+        return scheduler().submit(job, work)
+    result = scheduler().run_here(job, work)
+    if note:
+        print(note, file=sys.stderr)
+    return result
+
+
 def _serve_trained(m, rec, run_dir) -> None:
     """After a fine-tune of a llama.cpp alias: write the trained (LoRA-merged) model as an f16
     GGUF into the run's folder and hot-swap it in, so chat answers with the new weights."""
@@ -767,13 +886,22 @@ def _serve_trained(m, rec, run_dir) -> None:
 
 
 def jobs() -> Table:
-    """Jobs of this kernel: id, kind, target, state, progress, loss, samples/s, ETA."""
+    """Jobs of this kernel: id, kind, target, state, progress, loss, samples/s, ETA, and for a
+    distributed fine-tune its world size and the ranks alive on this machine."""
     data = [j.summary() for j in scheduler().jobs.values()]
     rows = [[d["id"], d["kind"], d["target"], d["state"], f"{d['progress'] * 100:.0f}%",
              f"{d['step']}/{d['total_steps']}", "-" if d["loss"] is None else f"{d['loss']:.4f}",
              "-" if d["samples_per_s"] is None else f"{d['samples_per_s']:.1f}",
-             "-" if d["eta_s"] is None else f"{d['eta_s']:.0f} s"] for d in data]
-    return Table("jobs", ["id", "kind", "target", "state", "progress", "step", "loss", "samples/s", "eta"], rows, data=data)
+             "-" if d["eta_s"] is None else f"{d['eta_s']:.0f} s", _ranks_cell(d)] for d in data]
+    return Table("jobs", ["id", "kind", "target", "state", "progress", "step", "loss", "samples/s", "eta", "ranks"], rows,
+                 data=data, note="ranks: world size (ranks alive on this machine) of a distributed job")
+
+
+def _ranks_cell(d: dict) -> str:
+    if not d.get("launcher"):
+        return "-"
+    alive = d.get("ranks_alive")
+    return f"{d['world_size']} ({alive} alive)" if alive is not None else str(d["world_size"])
 
 
 def job_wait(job_id: str, timeout: float | None = None):
@@ -936,11 +1064,15 @@ def export(alias: str, path: str, *, merge_lora: bool = False, overwrite: bool =
 
 
 def cancel(job_id: str) -> Message:
-    """Cancel a job: it stops at its next step boundary (a queued one never starts)."""
+    """Cancel a job: it stops at its next step boundary (a queued one never starts). The ranks of
+    a distributed job get SIGTERM, stop together at the next step (rank 0 writes a resumable
+    checkpoint) and are killed if still alive 5 s later."""
     job = scheduler().get(job_id)
     if job.done:
         return Message(f"{job_id}: already {job.state}")
     job.cancel()
+    if job.launcher:
+        return Message(f"{job_id}: cancel requested; its {job.world_size} ranks stop at the next step (killed after 5 s)")
     return Message(f"{job_id}: cancel requested; it stops at the next step")
 
 

@@ -230,6 +230,13 @@ function Job(props: IProps & { job: IJobInfo }): JSX.Element {
         <span>{trans.__('loss %1', formatNumber(job.loss))}</span>
         <span>{trans.__('%1 samples/s', formatNumber(job.samplesPerS, 3))}</span>
         <span>{trans.__('ETA %1', formatDuration(job.etaS))}</span>
+        {job.launcher && (
+          <span aria-label={trans.__('Ranks of job %1', job.id)}>
+            {job.ranksAlive === null
+              ? trans.__('%1 ranks', job.worldSize)
+              : trans.__('%1 ranks, %2 alive here', job.worldSize, job.ranksAlive)}
+          </span>
+        )}
       </div>
     </li>
   );

@@ -74,6 +74,12 @@ export interface IJobInfo {
   loss: number | null;
   samplesPerS: number | null;
   etaS: number | null;
+  /** Ranks of a distributed fine-tune (1 for a job in the kernel). */
+  worldSize: number;
+  /** Ranks alive on this machine (null: not a distributed job, or not started yet). */
+  ranksAlive: number | null;
+  /** `torchrun` or `accelerate` for a distributed job, '' otherwise. */
+  launcher: string;
 }
 
 export interface IDatasetInfo {
@@ -229,7 +235,10 @@ export function parseJob(value: unknown): IJobInfo | null {
     totalSteps: num(value.total_steps),
     loss: num(value.loss),
     samplesPerS: num(value.samples_per_s),
-    etaS: num(value.eta_s)
+    etaS: num(value.eta_s),
+    worldSize: Math.max(num(value.world_size) ?? 1, 1),
+    ranksAlive: num(value.ranks_alive),
+    launcher: str(value.launcher)
   };
 }
 

@@ -2,7 +2,7 @@
  * Model summaries from the kernel (`ModelRecord.summary()`), old and new: engine, real bytes,
  * context, threads and the last generation's statistics.
  */
-import { parseGeneration, parseKernelMessage, parseModel } from '../src/protocol';
+import { parseGeneration, parseJob, parseKernelMessage, parseModel } from '../src/protocol';
 
 /** A summary as kernels before llama.cpp support sent it. */
 const OLD = {
@@ -71,6 +71,17 @@ describe('parseGeneration', () => {
       totalS: null, finishReason: '', tokensPerS: null });
     expect(parseGeneration(null)).toBeNull();
     expect(parseGeneration([42])).toBeNull();
+  });
+});
+
+describe('parseJob', () => {
+  it('reads the world size and ranks alive of a distributed job, and defaults them for a kernel job', () => {
+    const base = { id: 3, kind: 'finetune', target: 'minilm', state: 'running', progress: 0.5, step: 4, total_steps: 8 };
+    expect(parseJob({ ...base, world_size: 2, ranks_alive: 1, launcher: 'torchrun' })).toMatchObject({
+      id: '3', worldSize: 2, ranksAlive: 1, launcher: 'torchrun'
+    });
+    expect(parseJob(base)).toMatchObject({ worldSize: 1, ranksAlive: null, launcher: '' });
+    expect(parseJob({ ...base, world_size: 0, ranks_alive: 'x' })).toMatchObject({ worldSize: 1, ranksAlive: null });
   });
 });
 

@@ -128,7 +128,16 @@ COMMANDS: dict[str, Command] = {c.name: c for c in [
             metavar="K"),
         Opt("metric", help="metric picking the best checkpoint: macro_f1 (seq-cls default), accuracy, loss "
                            "(causal-lm default), perplexity", metavar="NAME"),
-        Opt("no-progress", bool, help="no live progress view")],
+        Opt("no-progress", bool, help="no live progress view"),
+        Opt("nproc", int, help="train in N ranks per node (torchrun subprocesses, a job; same rows and loss as 1 process)",
+            metavar="N"),
+        Opt("nnodes", int, help="machines (default 1; more need --rdzv-endpoint or --export-launch)", metavar="N"),
+        Opt("backend", help="gloo (CPU, default there) | nccl (CUDA GPUs, default there)", metavar="NAME"),
+        Opt("launcher", help="torchrun (default) | accelerate", metavar="NAME"),
+        Opt("fsdp", bool, help="shard the model over the ranks (FSDP2) instead of copying it (DDP)"),
+        Opt("rdzv-endpoint", help="rendezvous address (default 127.0.0.1 and a free port)", metavar="HOST:PORT"),
+        Opt("export-launch", help="write spec, entry script, torchrun lines per node, Slurm and accelerate FSDP "
+                                  "config to a new folder instead of training", metavar="DIR")],
         example="%llm finetune minilm rt --epochs 1 --lr 5e-5 --batch-size 32 --seed 0"),
     Command("eval", "accuracy, macro-F1, per-class metrics, confusion-matrix plot, worst rows (causal-lm: loss, perplexity)", ["alias", "dataset"], options=[
         Opt("split", help="which split (default test); also DATASET:SPLIT", metavar="SPLIT"),
@@ -151,7 +160,7 @@ COMMANDS: dict[str, Command] = {c.name: c for c in [
         Opt("format", str, help="hf (default: a Hugging Face folder) or gguf (one file for llama.cpp)", metavar="F"),
         Opt("quantize", str, help="with --format gguf: f32, f16 (default), q8_0 or q4_0", metavar="Q")],
         example="%llm export smol ./smol-sft --format gguf --quantize q8_0"),
-    Command("jobs", "jobs of this kernel with their progress"),
+    Command("jobs", "jobs of this kernel with their progress (distributed: world size, ranks alive)"),
     Command("job cancel", "stop a job at its next step", ["job_id"]),
     Command("job wait", "wait for a job to end and show its result", ["job_id"]),
     Command("seed", "seed Python, NumPy and torch; deterministic algorithms on", ["n"]),

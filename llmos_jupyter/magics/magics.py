@@ -284,6 +284,11 @@ class LLMMagics(Magics):
                 kw["eval_every"] = int(kw["eval_every"])
             except ValueError:
                 raise UsageError(f"--eval-every takes a whole number of steps or 'epoch', got '{kw['eval_every']}'") from None
+        for k in ("nproc", "nnodes", "backend", "launcher", "rdzv_endpoint", "export_launch"):
+            if p[k] is not None:
+                kw[k] = p[k]
+        if p["fsdp"]:
+            kw["fsdp"] = True
         return api.finetune(p["alias"], p["dataset"], progress=not p["no_progress"], background=p["background"],
                             resume=p["resume"], **kw)
 

@@ -80,7 +80,9 @@ class Job:
     """One unit of long work (a fine-tune, an evaluation) with live progress.
 
     ``state``: ``queued → running → done | failed | cancelled | interrupted``. ``progress`` is
-    0..1; ``eta_s`` and ``samples_per_s`` come from the training loop.
+    0..1; ``eta_s`` and ``samples_per_s`` come from the training loop. A distributed fine-tune
+    (ranks in subprocesses, ``training/launch.py``) also reports ``world_size``, the pids of its
+    local ranks and how many are alive (``ranks_alive``), and its ``launcher``.
     """
 
     kind: str
@@ -94,6 +96,10 @@ class Job:
     loss: float | None = None
     samples_per_s: float | None = None
     eta_s: float | None = None
+    world_size: int = 1
+    ranks_alive: int | None = None
+    pids: list = field(default_factory=list)
+    launcher: str | None = None
     result: object = None
     error: str | None = None
     created: float = field(default_factory=time.time)
@@ -121,6 +127,8 @@ class Job:
         """One line for a cell result: ``job-1: finetune minilm, running 40% (step 4/10)``."""
         extra = f" — {self.error}" if self.error else ""
         steps = f" (step {self.step}/{self.total_steps})" if self.total_steps else ""
+        if self.launcher:
+            steps += f", {self.world_size} ranks" + (f" ({self.ranks_alive} alive here)" if self.ranks_alive is not None else "")
         return (f"{self.id}: {self.kind} {self.target}, {self.state} {self.progress * 100:.0f}%{steps}{extra}; "
                 f"`%llm jobs`, `%llm job wait {self.id}`, `%llm job cancel {self.id}`")
 
@@ -134,7 +142,9 @@ class Job:
         return {"id": self.id, "kind": self.kind, "target": self.target, "device": self.device,
                 "state": self.state, "progress": self.progress, "step": self.step,
                 "total_steps": self.total_steps, "loss": self.loss, "samples_per_s": self.samples_per_s,
-                "eta_s": self.eta_s, "error": self.error, "created": self.created, "finished": self.finished}
+                "eta_s": self.eta_s, "error": self.error, "created": self.created, "finished": self.finished,
+                "world_size": self.world_size, "ranks_alive": self.ranks_alive, "pids": list(self.pids),
+                "launcher": self.launcher}
 
 
 class JobScheduler:

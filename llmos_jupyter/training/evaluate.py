@@ -188,27 +188,72 @@ def classification_metrics(labels: Sequence[int], predictions: Sequence[int], nu
     }
 
 
-def predict_logits(model: Any, tok: Any, *, batch_size: int, pad_id: int) -> np.ndarray:
+def eval_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """The batches an evaluation runs: row indices longest-first (stable), cut every
+    ``batch_size`` rows. Each batch is padded to its own longest row."""
+    order = np.argsort(-lengths, kind="stable")
+    return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+
+
+def rank_batches(n_batches: int, dist: Any) -> list[int]:
+    """Indices of the evaluation batches this rank runs: every ``world_size``-th from its rank
+    (all of them without ``dist``). With sharded parameters (FSDP) every forward is a
+    collective, so each rank runs the same number of forwards: a rank with one batch fewer runs
+    batch 0 again, and the copy is dropped when the results are put together."""
+    if dist is None:
+        return list(range(n_batches))
+    mine = list(range(dist.rank, n_batches, dist.world_size))
+    if dist.sharded:
+        rounds = -(-n_batches // dist.world_size)
+        mine += [0] * (rounds - len(mine))
+    return mine
+
+
+def merge_batches(parts: list[list[tuple[int, Any]]], n_batches: int) -> list[Any]:
+    """Put the per-rank results ``[(batch index, value), ...]`` back in batch order, each batch
+    counted once: a padded repeat (see :func:`rank_batches`) is dropped.
+
+    Raises:
+        RuntimeError: a batch no rank returned.
+    """
+    out: list[Any] = [None] * n_batches
+    seen = [False] * n_batches
+    for part in parts:
+        for i, value in part:
+            if not seen[i]:
+                out[i], seen[i] = value, True
+    if not all(seen):
+        raise RuntimeError(f"distributed evaluation lost batch {seen.index(False)} of {n_batches}")
+    return out
+
+
+def predict_logits(model: Any, tok: Any, *, batch_size: int, pad_id: int, dist: Any = None) -> np.ndarray:
     """Logits ``(n, C)`` float32 for every row of the tokenised column ``tok``, in row order.
 
-    Rows are run longest-first in batches of ``batch_size`` padded to their own longest row,
-    under ``torch.inference_mode()``; the model is left in eval mode.
+    Rows are run longest-first in batches of ``batch_size`` padded to their own longest row
+    (:func:`eval_batches`), under ``torch.inference_mode()``; the model is left in eval mode.
+    With ``dist`` (a :class:`~.distributed.RankGroup`) the ranks split the same batches
+    (:func:`rank_batches`) and gather the logits, so every rank returns the array one process
+    computes, every row exactly once.
     """
     import torch
 
     model.eval()
     device = next(model.parameters()).device
-    order = np.argsort(-tok.lengths, kind="stable")
-    out: Optional[np.ndarray] = None
+    batches = eval_batches(tok.lengths, batch_size)
+    done: list[tuple[int, np.ndarray]] = []
     with torch.inference_mode():
-        for s in range(0, len(order), batch_size):
-            rows = order[s : s + batch_size]
-            b = collate(tok, rows, pad_id)
+        for i in rank_batches(len(batches), dist):
+            b = collate(tok, batches[i], pad_id)
             logits = model(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device)).logits  # (B, C)
-            logits = logits.float().cpu().numpy()
-            if out is None:
-                out = np.empty((len(order), logits.shape[-1]), dtype=np.float32)
-            out[rows] = logits
+            done.append((i, logits.float().cpu().numpy()))
+    if dist is not None:
+        done = list(enumerate(merge_batches(dist.gather(done), len(batches))))
+    out: Optional[np.ndarray] = None
+    for i, logits in done:
+        if out is None:
+            out = np.empty((len(tok), logits.shape[-1]), dtype=np.float32)
+        out[batches[i]] = logits
     assert out is not None
     return out
 
@@ -224,6 +269,7 @@ def evaluate(
     max_length: int = 128,
     label_names: Optional[Sequence[str]] = None,
     worst_k: int = 10,
+    dist: Any = None,
 ) -> EvalResult:
     """Run a sequence classifier over ``ds`` and score it against ``ds[label_column]``.
 
@@ -238,6 +284,9 @@ def evaluate(
         max_length: tokens kept per row, special tokens included (default 128).
         label_names: class names by id (default: ``model.config.id2label``).
         worst_k: how many misclassified rows to keep, most confident first (default 10).
+        dist: in a distributed run, this rank's :class:`~.distributed.RankGroup`: the ranks
+            split the batches and gather the logits (:func:`predict_logits`), so every rank
+            gets the result one process computes from the same weights, bit for bit.
 
     Returns:
         :class:`EvalResult`. Prediction = argmax over the class dimension (-1) of the logits.
@@ -263,7 +312,7 @@ def evaluate(
         raise UsageError("the model has no classification labels (config.num_labels is 0); load it for seq-cls with num_labels=")
     labels = read_labels(ds, label_column, C, "eval dataset")
     tok = tokenize_column(tokenizer, ds, text_column, max_length)
-    logits = predict_logits(model, tok, batch_size=batch_size, pad_id=pad_id_for(tokenizer, model.config))
+    logits = predict_logits(model, tok, batch_size=batch_size, pad_id=pad_id_for(tokenizer, model.config), dist=dist)
     if logits.shape[-1] != C:
         raise UsageError(f"the model returns {logits.shape[-1]} logits per row but has {C} labels; reload it with num_labels={C}")
     preds = logits.argmax(axis=-1)  # (n,) over the class dimension

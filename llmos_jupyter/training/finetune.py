@@ -43,6 +43,7 @@ from .config import FinetuneConfig
 from .evaluate import evaluate
 from .resume import (capture_rng, check_resume, load_training_state, load_weights, model_fingerprint, read_resume_state,
                      restore_rng, save_training_state, train_digest)
+from .distributed import rank_seed
 from .seed import deterministic_mode, seed_everything
 from .sft import collate_sft, evaluate_causal_lm, response_loss_sum, tokenize_pairs
 
@@ -404,10 +405,12 @@ def _wrap_lora(model: Any, cfg: FinetuneConfig) -> Any:
 
 
 def save_checkpoint(model: Any, tokenizer: Any, run_dir: os.PathLike, state: dict[str, Any],
-                    extra: Optional[Callable[[Path], None]] = None) -> tuple[Path, str]:
+                    extra: Optional[Callable[[Path], None]] = None, state_dict: Optional[dict[str, Any]] = None) -> tuple[Path, str]:
     """Write ``run_dir/checkpoint`` atomically: weights (safetensors), config, tokenizer,
     ``trainer_state.json`` and whatever ``extra(directory)`` writes (the resume state). Built in a temporary sibling directory and renamed into place, so a
     failure leaves no half-written checkpoint and an older one stays intact until replaced.
+    ``state_dict``: the weights to write instead of the model's own (an FSDP model's gathered
+    full state dict).
 
     Returns:
         (checkpoint directory, sha256 of the weights file). For a sharded save the sha256 is that
@@ -421,7 +424,7 @@ def save_checkpoint(model: Any, tokenizer: Any, run_dir: os.PathLike, state: dic
         from .export import quiet_saving
 
         with quiet_saving():
-            model.save_pretrained(tmp)
+            model.save_pretrained(tmp, **({"state_dict": state_dict} if state_dict is not None else {}))
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         name = "adapter_model.safetensors" if _is_peft(model) else "model.safetensors"
@@ -492,6 +495,78 @@ def load_checkpoint(checkpoint: os.PathLike, *, base_model: Any = None) -> tuple
 
 
 # ---------------------------------------------------------------------------------------------
+# one optimizer step (shared by the one-process and the distributed runs)
+
+
+def _loss_module(model: Any, lm: bool) -> Any:
+    """A module around ``model`` whose forward ``(input_ids, attention_mask, labels)`` returns the
+    batch's *summed* loss: seq-cls cross-entropy over rows, causal-lm cross-entropy over response
+    tokens (:func:`~.sft.response_loss_sum`). DDP wraps this module, so the whole loss
+    computation runs inside its forward (gradient hooks armed) whatever the task."""
+    import torch.nn.functional as F
+    from torch import nn
+
+    class LossSum(nn.Module):
+        def __init__(self, inner: Any):
+            super().__init__()
+            self.model = inner
+
+        def forward(self, input_ids: Any, attention_mask: Any, labels: Any) -> Any:
+            if lm:  # logits only where a response token is predicted
+                return response_loss_sum(self.model, input_ids, attention_mask, labels)
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits  # (B, C)
+            return F.cross_entropy(logits.float(), labels, reduction="sum")
+
+    return LossSum(model)
+
+
+def _train_step(fwd: Any, model: Any, group: list[Any], tok: Any, lengths: Any, labels: Any, pad_id: int, device: Any,
+                lm: bool, dist: Any = None) -> tuple[float, int, int, int]:
+    """Forward and backward of one optimizer step over ``group`` (its micro-batches, each a
+    ``(B,)`` array of global row indices); gradients accumulate in the parameters' ``.grad``.
+
+    The step's loss is the mean over the rows (seq-cls) or response tokens (causal-lm) of the
+    whole global group: each micro-batch's summed loss (``fwd``, see :func:`_loss_module`) is
+    divided by that global count. With ``dist`` (a :class:`~.distributed.RankGroup`) this rank
+    runs only its slice of each micro-batch and the loss is multiplied by the world size, because
+    DDP/FSDP average gradients over ranks; the all-reduced gradient is then the global mean's,
+    whatever the slice sizes. A rank with an empty slice runs the first row with weight 0 so it
+    still joins the all-reduce. Micro-batches before the last one skip the gradient all-reduce.
+
+    Returns:
+        (step loss = global mean, same on every rank; global rows; this rank's real tokens;
+        this rank's padded positions).
+    """
+    n_rows = sum(len(rows) for rows in group)
+    denom = max(int(sum(tok.targets[rows].sum() for rows in group)) if lm else n_rows, 1)
+    world = dist.world_size if dist is not None else 1
+    step_loss, real_tokens, padded_tokens = 0.0, 0, 0
+    for i, rows in enumerate(group):
+        weight = 1.0
+        if dist is not None:
+            rows = dist.shard(rows)
+            if len(rows) == 0:
+                rows, weight = group[i][:1], 0.0
+        b = collate_sft(tok, rows, pad_id) if lm else collate(tok, rows, pad_id, labels)
+        ids = b["input_ids"].to(device, non_blocking=True)  # (B, L)
+        mask = b["attention_mask"].to(device, non_blocking=True)  # (B, L)
+        y = b["labels"].to(device, non_blocking=True)  # seq-cls (B,); causal-lm (B, L)
+        skip_sync = dist is not None and i < len(group) - 1
+        with dist.no_sync(fwd, model, skip_sync) if dist is not None else contextlib.nullcontext():
+            loss = fwd(ids, mask, y) / denom
+            step_loss += float(loss.detach()) * weight
+            if world != 1:
+                loss = loss * (world * weight)
+            loss.backward()
+        if weight:
+            real_tokens += int(lengths[rows].sum())
+            padded_tokens += ids.numel()
+    if dist is not None:
+        step_loss = dist.sum(step_loss)
+    return step_loss, n_rows, real_tokens, padded_tokens
+
+
+# ---------------------------------------------------------------------------------------------
 # the loop
 
 
@@ -511,6 +586,7 @@ def finetune(
     prompt_column: str = "prompt",
     response_column: str = "response",
     resume_from: Optional[os.PathLike | str] = None,
+    dist: Any = None,
 ) -> FinetuneResult:
     """Fine-tune ``model`` for sequence classification (``config.task="seq-cls"``) or supervised
     fine-tune a causal LM on prompt/response pairs (``task="causal-lm"``) on ``train``; evaluate
@@ -553,6 +629,15 @@ def finetune(
             equal the run's; the model architecture and tokenised training data must match.
             A stop is resumable when it came at a step boundary (``should_stop``, the first
             Ctrl-C, a KeyboardInterrupt from a callback) or before the optimizer update began.
+        dist: this process's :class:`~.distributed.RankGroup` when it is one rank of a
+            distributed run (``training/rank_main.py``); None (default): one process. Each rank
+            trains on its slice of every global batch of ``config.batch_size`` rows, so N ranks
+            see the rows one process sees, in the same order, and the loss is the global mean
+            (see :mod:`.distributed`). ``should_stop`` must then be agreed by all ranks; rank 0
+            alone calls ``callback`` and writes the checkpoint; evaluation is split between the
+            ranks and every rank gets the same result. When a collective fails (a rank died)
+            before the optimizer update began, rank 0 still writes a resumable checkpoint of
+            the last finished step, then the error propagates.
 
     Best model / early stopping: with ``config.early_stopping_patience`` or
     ``config.metric_for_best`` (both need ``eval_every`` and ``eval``), every evaluation is
@@ -581,7 +666,7 @@ def finetune(
     cb = _Callback(callback)
     try:
         return _finetune(model, tokenizer, train, eval, text_column, label_column, config, cb, run_dir, should_stop, run_id,
-                         prompt_column, response_column, resume_from)
+                         prompt_column, response_column, resume_from, dist)
     except BaseException:
         cb("on_end", "failed", None)  # the progress display must not stay "running"
         raise
@@ -590,10 +675,9 @@ def finetune(
 def _finetune(model: Any, tokenizer: Any, train: Any, eval: Any, text_column: str, label_column: str, config: Any, cb: _Callback,
               run_dir: Any, should_stop: Optional[Callable[[], bool]], run_id: Optional[str],
               prompt_column: str = "prompt", response_column: str = "response",
-              resume_from: Optional[os.PathLike | str] = None) -> FinetuneResult:  # noqa: A002
+              resume_from: Optional[os.PathLike | str] = None, dist: Any = None) -> FinetuneResult:  # noqa: A002
     import psutil
     import torch
-    import torch.nn.functional as F
 
     t_call = time.perf_counter()
     cfg = config if isinstance(config, FinetuneConfig) else FinetuneConfig.from_dict(config or {})
@@ -669,12 +753,14 @@ def _finetune(model: Any, tokenizer: Any, train: Any, eval: Any, text_column: st
     stopped_early = False
     resumable = True
     rng_at_step: Optional[dict[str, Any]] = None  # RNG states at the start of the step in progress
+    failure: Optional[BaseException] = None  # distributed: a collective failed (a rank died) at a step boundary
 
     def eval_only() -> Any:
         if lm:
             return evaluate_causal_lm(model, tokenizer, eval, prompt_column=prompt_column, response_column=response_column,
-                                      batch_size=cfg.batch_size, max_length=cfg.max_length)
-        return evaluate(model, tokenizer, eval, text_column=text_column, label_column=label_column, batch_size=max(cfg.batch_size, 64), max_length=cfg.max_length)
+                                      batch_size=cfg.batch_size, max_length=cfg.max_length, dist=dist)
+        return evaluate(model, tokenizer, eval, text_column=text_column, label_column=label_column, batch_size=max(cfg.batch_size, 64),
+                        max_length=cfg.max_length, dist=dist)
 
     def run_eval(epoch_f: float) -> Any:
         ev = eval_only()
@@ -700,6 +786,9 @@ def _finetune(model: Any, tokenizer: Any, train: Any, eval: Any, text_column: st
                 head_names = reinit_untrained_head(model, cfg.seed)
             if cfg.method == "lora":
                 model = _wrap_lora(model, cfg)
+            fwd = _loss_module(model, lm)
+            if dist is not None:  # DDP replicas (rank 0's weights broadcast) or FSDP2 shards
+                fwd = dist.wrap(fwd, model)
             trainable = [p for p in model.parameters() if p.requires_grad]
             if not trainable:
                 raise UsageError("the model has no trainable parameters (all requires_grad=False); unfreeze it or use method='lora'")
@@ -723,9 +812,15 @@ def _finetune(model: Any, tokenizer: Any, train: Any, eval: Any, text_column: st
                     last_eval = run_eval(step / steps_per_epoch)  # the stop came before this step's evaluation
                 stopped_early = patience_spent()  # also when a callback's Ctrl-C cut off the check
                 restore_rng(ts["rng"])  # last: nothing above may draw from the RNGs
+            if dist is not None:  # dropout: rank 0 draws what one process draws, other ranks their own stream
+                saved = ts.get("rng_ranks") if rstate is not None else None
+                if saved and len(saved) == dist.world_size:
+                    restore_rng(saved[dist.rank])
+                elif dist.rank > 0:
+                    torch.manual_seed(rank_seed(cfg.seed, dist.rank) + start_step)
             cb("on_begin", total_steps, min(n_train * cfg.epochs, total_steps * cfg.batch_size * cfg.grad_accum), run_id)
             model.train()
-            with _sigint_stops(stop_flag):
+            with _sigint_stops(stop_flag) if dist is None else contextlib.nullcontext():  # ranks: should_stop
                 try:
                     for epoch in range(start_step // steps_per_epoch, cfg.epochs):
                         if step >= total_steps or stopped_early:
@@ -742,28 +837,11 @@ def _finetune(model: Any, tokenizer: Any, train: Any, eval: Any, text_column: st
                                 rng_at_step = capture_rng()
                             t0 = time.perf_counter()
                             group = batches[g : g + cfg.grad_accum]
-                            n_rows = sum(len(b) for b in group)
                             lr_now = opt.param_groups[0]["lr"]
-                            step_loss = 0.0
-                            # causal-lm: the loss is a mean over the step's response tokens
-                            n_targets = int(sum(tok.targets[rows].sum() for rows in group)) if lm else 0
-                            for rows in group:
-                                if lm:
-                                    b = collate_sft(tok, rows, pad_id)
-                                else:
-                                    b = collate(tok, rows, pad_id, labels)
-                                ids = b["input_ids"].to(device, non_blocking=True)  # (B, L)
-                                mask = b["attention_mask"].to(device, non_blocking=True)  # (B, L)
-                                y = b["labels"].to(device, non_blocking=True)  # seq-cls (B,); causal-lm (B, L)
-                                if lm:  # logits only where a response token is predicted
-                                    loss = response_loss_sum(model, ids, mask, y) / max(n_targets, 1)
-                                else:
-                                    logits = model(input_ids=ids, attention_mask=mask).logits  # (B, C)
-                                    loss = F.cross_entropy(logits.float(), y, reduction="sum") / n_rows
-                                loss.backward()
-                                step_loss += float(loss.detach())
-                                real_tokens += int(lengths[rows].sum())
-                                padded_tokens += ids.numel()
+                            step_loss, n_rows, n_real, n_padded = _train_step(fwd, model, group, tok, lengths, labels, pad_id,
+                                                                              device, lm, dist)
+                            real_tokens += n_real
+                            padded_tokens += n_padded
                             resumable = False  # an update cut short cannot be resumed exactly
                             if cfg.max_grad_norm is not None:
                                 torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
@@ -789,6 +867,13 @@ def _finetune(model: Any, tokenizer: Any, train: Any, eval: Any, text_column: st
                 except KeyboardInterrupt:
                     status = "interrupted"
                     opt.zero_grad(set_to_none=True)
+                except Exception as e:  # a rank died: the weights are still the last finished step's
+                    if dist is None or not resumable or dist.sharded:
+                        raise
+                    status, failure = "interrupted", e
+                    opt.zero_grad(set_to_none=True)
+            if dist is not None and failure is None:  # this rank's token counts -> the run's
+                real_tokens, padded_tokens = int(dist.sum(real_tokens)), int(dist.sum(padded_tokens))
             model.eval()
             for p in trainable if step > 0 else ():
                 p._llmos_trained = True  # the head is no longer "never trained" (see untrained_head_params)
@@ -831,13 +916,20 @@ def _finetune(model: Any, tokenizer: Any, train: Any, eval: Any, text_column: st
                     "model_fingerprint": model_fp,
                     "train_digest": digest,
                     "resumed_from": str(resume_from) if resume_from is not None else None,
-                    "resumable": status == "interrupted" and resumable,
+                    # FSDP: each rank holds a shard of the optimizer state, which is not saved (yet)
+                    "resumable": status == "interrupted" and resumable and not (dist is not None and dist.sharded),
                 }
+                collective = dist is not None and failure is None  # every rank takes part, rank 0 writes
                 extra = None
                 if state["resumable"]:
                     rng = rng_at_step if rng_at_step is not None else capture_rng()
-                    extra = lambda d: save_training_state(d, opt, sched, rng, dict(best_w) or None)  # noqa: E731
-                ck, sha = save_checkpoint(model, tokenizer, run_dir, state, extra=extra)
+                    rng_ranks = dist.gather(rng) if collective else None
+                    extra = lambda d: save_training_state(d, opt, sched, rng, dict(best_w) or None, rng_ranks)  # noqa: E731
+                full_sd = dist.full_state_dict(model) if collective else None
+                if dist is None or dist.main:
+                    ck, sha = save_checkpoint(model, tokenizer, run_dir, state, extra=extra, state_dict=full_sd)
+            if failure is not None:
+                raise failure
     finally:
         with contextlib.suppress(Exception):
             model.eval()

@@ -148,12 +148,15 @@ def load_training_state(checkpoint: os.PathLike) -> dict[str, Any]:
     return torch.load(Path(checkpoint) / TRAINING_STATE, map_location="cpu", weights_only=True)
 
 
-def save_training_state(path: Path, opt: Any, sched: Any, rng: dict[str, Any], best_params: Optional[dict[str, Any]]) -> None:
-    """Write ``training_state.pt`` into ``path`` (inside the checkpoint being built)."""
+def save_training_state(path: Path, opt: Any, sched: Any, rng: dict[str, Any], best_params: Optional[dict[str, Any]],
+                        rng_ranks: Optional[list[dict[str, Any]]] = None) -> None:
+    """Write ``training_state.pt`` into ``path`` (inside the checkpoint being built).
+    ``rng_ranks``: in a distributed run, every rank's RNG states in rank order (a resume with
+    the same number of ranks gives each rank its own dropout stream back)."""
     import torch
 
     torch.save({"format": RESUME_FORMAT, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "rng": rng, "best_params": best_params}, path / TRAINING_STATE)
+                "rng": rng, "best_params": best_params, "rng_ranks": rng_ranks}, path / TRAINING_STATE)
 
 
 def load_weights(model: Any, checkpoint: os.PathLike) -> None:

@@ -61,15 +61,16 @@ CREATE TABLE IF NOT EXISTS runs (
     packages         TEXT NOT NULL,      -- JSON {name: version}
     hardware         TEXT NOT NULL,      -- JSON
     host             TEXT NOT NULL,
-    pid              INTEGER NOT NULL
+    pid              INTEGER NOT NULL,
+    distributed      TEXT                -- JSON {world_size, nproc_per_node, nnodes, backend, launcher, fsdp}, NULL for one process
 );
 CREATE INDEX IF NOT EXISTS runs_created ON runs (created_at);
 """
 _COLUMNS = (
     "id", "kind", "model", "dataset", "config", "seed", "data_fingerprint", "status", "created_at", "finished_at",
-    "wall_s", "metrics", "checkpoint", "checkpoint_sha256", "error", "packages", "hardware", "host", "pid",
+    "wall_s", "metrics", "checkpoint", "checkpoint_sha256", "error", "packages", "hardware", "host", "pid", "distributed",
 )
-_JSON = ("config", "metrics", "packages", "hardware")
+_JSON = ("config", "metrics", "packages", "hardware", "distributed")
 
 
 def package_versions() -> dict[str, Optional[str]]:
@@ -131,7 +132,9 @@ def _json_safe(v: Any) -> Any:
 
 @dataclass
 class Run:
-    """One row of the registry. ``config``, ``metrics``, ``packages``, ``hardware`` are dicts."""
+    """One row of the registry. ``config``, ``metrics``, ``packages``, ``hardware`` are dicts;
+    ``distributed`` too: ``{world_size, nproc_per_node, nnodes, backend, launcher, fsdp}`` for a
+    run whose ranks ran in subprocesses (``training/launch.py``), ``{}`` for one process."""
 
     id: str
     kind: str
@@ -152,6 +155,7 @@ class Run:
     hardware: dict[str, Any] = field(repr=False)
     host: str = field(repr=False, default="")
     pid: int = field(repr=False, default=0)
+    distributed: dict[str, Any] = field(repr=False, default_factory=dict)
 
     def manifest(self) -> dict[str, Any]:
         """The provenance record written as ``manifest.json`` next to the checkpoint."""
@@ -171,6 +175,7 @@ class Run:
             "error": self.error,
             "packages": self.packages,
             "hardware": self.hardware,
+            "distributed": self.distributed or None,
             "created_at": self.created_at,
             "finished_at": self.finished_at,
         }
@@ -204,10 +209,11 @@ def _fmt(v: Any) -> str:
 class RunList(list):
     """A list of :class:`Run` that renders as a table (newest first)."""
 
-    _cols = ("id", "kind", "status", "model", "dataset", "seed", "accuracy", "macro_f1", "wall_s", "created_at")
+    _cols = ("id", "kind", "status", "model", "dataset", "seed", "ranks", "accuracy", "macro_f1", "wall_s", "created_at")
 
     def _cells(self, r: Run) -> list[str]:
-        vals = {"accuracy": r.metrics.get("accuracy"), "macro_f1": r.metrics.get("macro_f1")}
+        vals = {"accuracy": r.metrics.get("accuracy"), "macro_f1": r.metrics.get("macro_f1"),
+                "ranks": (r.distributed or {}).get("world_size", 1)}
         return [_fmt(vals[c] if c in vals else getattr(r, c)) for c in self._cols]
 
     def __str__(self) -> str:
@@ -296,11 +302,12 @@ class RunRegistry:
             path = home() / "runs.sqlite"
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, timeout=30)
-        try:
-            db.executescript(f"BEGIN IMMEDIATE; {SCHEMA} COMMIT;")  # idempotent
-        finally:
-            db.close()
+        with self._tx() as db:  # idempotent; a registry written before the distributed column gets it
+            for stmt in SCHEMA.split(";"):
+                if stmt.strip():
+                    db.execute(stmt)
+            if "distributed" not in {row[1] for row in db.execute("PRAGMA table_info(runs)")}:
+                db.execute("ALTER TABLE runs ADD COLUMN distributed TEXT")
         self._reap()
 
     # ------------------------------------------------------------------ plumbing
@@ -372,10 +379,14 @@ class RunRegistry:
         data_fingerprint: Optional[str],
         *,
         run_id: Optional[str] = None,
+        distributed: Optional[dict[str, Any]] = None,
     ) -> str:
         """Record a new run as "running" and return its id, e.g. ``ft-251129-k3xp``
         (kind prefix, UTC date, 4 random letters; drawn from ``secrets``, so seeding Python's
         ``random`` never makes two runs collide).
+
+        ``distributed``: the launch of a run whose ranks run in subprocesses (world_size,
+        nproc_per_node, nnodes, backend, launcher, fsdp); None for one process.
 
         Raises:
             UsageError: on an empty kind or an id already taken.
@@ -389,9 +400,10 @@ class RunRegistry:
             try:
                 with self._tx() as db:
                     db.execute(
-                        "INSERT INTO runs (id, kind, model, dataset, config, seed, data_fingerprint, status, created_at, packages, hardware, host, pid)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?)",
-                        (rid, kind, model, dataset, json.dumps(cfg), seed, data_fingerprint, _now(), json.dumps(packages), json.dumps(hardware), socket.gethostname(), os.getpid()),
+                        "INSERT INTO runs (id, kind, model, dataset, config, seed, data_fingerprint, status, created_at, packages, hardware, host, pid, distributed)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?)",
+                        (rid, kind, model, dataset, json.dumps(cfg), seed, data_fingerprint, _now(), json.dumps(packages), json.dumps(hardware),
+                         socket.gethostname(), os.getpid(), json.dumps(_json_safe(distributed)) if distributed else None),
                     )
                 return rid
             except sqlite3.IntegrityError:
@@ -502,6 +514,8 @@ class RunRegistry:
             add(f"config.{k}", ra.config.get(k), rb.config.get(k))
         for k in sorted(set(ra.metrics) | set(rb.metrics)):
             add(f"metrics.{k}", ra.metrics.get(k), rb.metrics.get(k))
+        for k in sorted(set(ra.distributed) | set(rb.distributed)):
+            add(f"distributed.{k}", ra.distributed.get(k), rb.distributed.get(k))
         add("wall_s", ra.wall_s, rb.wall_s)
         add("checkpoint_sha256", ra.checkpoint_sha256, rb.checkpoint_sha256)
         for k in sorted(set(ra.packages) | set(rb.packages)):
@@ -518,12 +532,14 @@ class RunRegistry:
         config: dict[str, Any],
         seed: Optional[int],
         data_fingerprint: Optional[str],
+        *,
+        distributed: Optional[dict[str, Any]] = None,
     ) -> Iterator[RunHandle]:
         """``start`` a run; yield a :class:`RunHandle`; if the block raises before the run is
         finished, record it as "failed" (KeyboardInterrupt: "interrupted") with the error's first
         line, then re-raise. A block that ends without finishing records "completed"."""
         t0 = time.perf_counter()
-        h = RunHandle(self, self.start(kind, model, dataset, config, seed, data_fingerprint))
+        h = RunHandle(self, self.start(kind, model, dataset, config, seed, data_fingerprint, distributed=distributed))
         try:
             yield h
         except BaseException as e:

@@ -154,6 +154,10 @@ def _decoder_and_head(model: Any) -> tuple[Any, Any] | None:
     for key in ("final_logit_softcapping", "logit_scale", "output_multiplier_scale", "logits_scaling"):
         if getattr(cfg, key, None) not in (None, 1, 1.0):
             return None
+    from torch.distributed.fsdp import FSDPModule
+
+    if isinstance(model, FSDPModule) or isinstance(base, FSDPModule):
+        return None  # FSDP2: the root's own parameters are gathered only by its own forward
     prefix = getattr(base, "base_model_prefix", None)
     decoder = getattr(base, prefix, None) if prefix else None
     head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
@@ -224,7 +228,7 @@ class LMEvalResult:
 
 
 def evaluate_causal_lm(model: Any, tokenizer: Any, ds: Any, *, prompt_column: str = "prompt", response_column: str = "response",
-                       batch_size: int = 16, max_length: int = 512) -> LMEvalResult:
+                       batch_size: int = 16, max_length: int = 512, dist: Any = None) -> LMEvalResult:
     """Loss and perplexity of a causal LM on the responses of ``ds`` given its prompts.
 
     Args:
@@ -233,6 +237,8 @@ def evaluate_causal_lm(model: Any, tokenizer: Any, ds: Any, *, prompt_column: st
         tokenizer: its tokenizer (its chat template renders the prompts; see :func:`render_pair`).
         ds: ``datasets.Dataset`` with ``prompt_column`` and ``response_column``.
         batch_size: rows per forward pass (default 16); max_length: tokens per row (default 512).
+        dist: in a distributed run, this rank's :class:`~.distributed.RankGroup`: the ranks split
+            the batches, and the per-batch sums are added in batch order, as one process adds them.
 
     Returns:
         :class:`LMEvalResult` (loss in nats per response token; definitions in the module docstring).
@@ -247,14 +253,20 @@ def evaluate_causal_lm(model: Any, tokenizer: Any, ds: Any, *, prompt_column: st
     pad_id = pad_id_for(tokenizer, getattr(model, "config", None))
     device = next(model.parameters()).device
     model.eval()
-    total, count = 0.0, 0
-    order = np.argsort(-tok.lengths, kind="stable")
+    from .evaluate import eval_batches, merge_batches, rank_batches
+
+    batches = eval_batches(tok.lengths, batch_size)
+    done: list[tuple[int, tuple[float, int]]] = []
     with torch.inference_mode():
-        for s in range(0, len(order), batch_size):
-            b = collate_sft(tok, order[s : s + batch_size], pad_id)
-            total += float(response_loss_sum(model, b["input_ids"].to(device), b["attention_mask"].to(device),
-                                             b["labels"].to(device)))
-            count += int((b["labels"][:, 1:] != IGNORE_INDEX).sum())
+        for i in rank_batches(len(batches), dist):
+            b = collate_sft(tok, batches[i], pad_id)
+            nll = float(response_loss_sum(model, b["input_ids"].to(device), b["attention_mask"].to(device), b["labels"].to(device)))
+            done.append((i, (nll, int((b["labels"][:, 1:] != IGNORE_INDEX).sum()))))
+    sums = merge_batches(dist.gather(done), len(batches)) if dist is not None else [v for _, v in done]
+    total, count = 0.0, 0
+    for nll, n in sums:  # in batch order, as one process adds them
+        total += nll
+        count += n
     loss = total / max(count, 1)
     return LMEvalResult(loss=loss, perplexity=math.exp(loss) if loss < 700 else float("inf"), n=len(tok), tokens=count,
                         wall_s=time.perf_counter() - t0)
