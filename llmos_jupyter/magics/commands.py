@@ -129,7 +129,8 @@ COMMANDS: dict[str, Command] = {c.name: c for c in [
         Opt("metric", help="metric picking the best checkpoint: macro_f1 (seq-cls default), accuracy, loss "
                            "(causal-lm default), perplexity", metavar="NAME"),
         Opt("no-progress", bool, help="no live progress view"),
-        Opt("nproc", int, help="train in N ranks per node (torchrun subprocesses, a job; same rows and loss as 1 process)",
+        Opt("nproc", int, help="train in N ranks per node (torchrun subprocesses in a job; same rows and loss "
+                               "as 1 process)",
             metavar="N"),
         Opt("nnodes", int, help="machines (default 1; more need --rdzv-endpoint or --export-launch)", metavar="N"),
         Opt("backend", help="gloo (CPU, default there) | nccl (CUDA GPUs, default there)", metavar="NAME"),

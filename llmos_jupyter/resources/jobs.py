@@ -128,7 +128,8 @@ class Job:
         extra = f" — {self.error}" if self.error else ""
         steps = f" (step {self.step}/{self.total_steps})" if self.total_steps else ""
         if self.launcher:
-            steps += f", {self.world_size} ranks" + (f" ({self.ranks_alive} alive here)" if self.ranks_alive is not None else "")
+            alive = f" ({self.ranks_alive} alive here)" if self.ranks_alive is not None else ""
+            steps += f", {self.world_size} ranks{alive}"
         return (f"{self.id}: {self.kind} {self.target}, {self.state} {self.progress * 100:.0f}%{steps}{extra}; "
                 f"`%llm jobs`, `%llm job wait {self.id}`, `%llm job cancel {self.id}`")
 

@@ -405,7 +405,8 @@ def _wrap_lora(model: Any, cfg: FinetuneConfig) -> Any:
 
 
 def save_checkpoint(model: Any, tokenizer: Any, run_dir: os.PathLike, state: dict[str, Any],
-                    extra: Optional[Callable[[Path], None]] = None, state_dict: Optional[dict[str, Any]] = None) -> tuple[Path, str]:
+                    extra: Optional[Callable[[Path], None]] = None,
+                    state_dict: Optional[dict[str, Any]] = None) -> tuple[Path, str]:
     """Write ``run_dir/checkpoint`` atomically: weights (safetensors), config, tokenizer,
     ``trainer_state.json`` and whatever ``extra(directory)`` writes (the resume state). Built in a temporary sibling directory and renamed into place, so a
     failure leaves no half-written checkpoint and an older one stays intact until replaced.
@@ -759,8 +760,8 @@ def _finetune(model: Any, tokenizer: Any, train: Any, eval: Any, text_column: st
         if lm:
             return evaluate_causal_lm(model, tokenizer, eval, prompt_column=prompt_column, response_column=response_column,
                                       batch_size=cfg.batch_size, max_length=cfg.max_length, dist=dist)
-        return evaluate(model, tokenizer, eval, text_column=text_column, label_column=label_column, batch_size=max(cfg.batch_size, 64),
-                        max_length=cfg.max_length, dist=dist)
+        return evaluate(model, tokenizer, eval, text_column=text_column, label_column=label_column,
+                        batch_size=max(cfg.batch_size, 64), max_length=cfg.max_length, dist=dist)
 
     def run_eval(epoch_f: float) -> Any:
         ev = eval_only()
@@ -838,8 +839,8 @@ def _finetune(model: Any, tokenizer: Any, train: Any, eval: Any, text_column: st
                             t0 = time.perf_counter()
                             group = batches[g : g + cfg.grad_accum]
                             lr_now = opt.param_groups[0]["lr"]
-                            step_loss, n_rows, n_real, n_padded = _train_step(fwd, model, group, tok, lengths, labels, pad_id,
-                                                                              device, lm, dist)
+                            step_loss, n_rows, n_real, n_padded = _train_step(fwd, model, group, tok, lengths, labels,
+                                                                              pad_id, device, lm, dist)
                             real_tokens += n_real
                             padded_tokens += n_padded
                             resumable = False  # an update cut short cannot be resumed exactly
@@ -924,7 +925,8 @@ def _finetune(model: Any, tokenizer: Any, train: Any, eval: Any, text_column: st
                 if state["resumable"]:
                     rng = rng_at_step if rng_at_step is not None else capture_rng()
                     rng_ranks = dist.gather(rng) if collective else None
-                    extra = lambda d: save_training_state(d, opt, sched, rng, dict(best_w) or None, rng_ranks)  # noqa: E731
+                    extra = lambda d: save_training_state(  # noqa: E731
+                        d, opt, sched, rng, dict(best_w) or None, rng_ranks)
                 full_sd = dist.full_state_dict(model) if collective else None
                 if dist is None or dist.main:
                     ck, sha = save_checkpoint(model, tokenizer, run_dir, state, extra=extra, state_dict=full_sd)

@@ -13,16 +13,16 @@ was initialised in the kernel, where ``accelerate.notebook_launcher``'s fork bre
 2. :func:`torchrun_command` / :func:`accelerate_command` build ``python -m torch.distributed.run
    --nproc-per-node N --rdzv-backend c10d --rdzv-endpoint 127.0.0.1:PORT ... -m
    llmos_jupyter.training.rank_main SPEC`` (or the ``accelerate launch`` equivalent);
-   :class:`Supervisor` starts it in a new session and watches it: it reads rank 0's progress
-   events (``<run>/events.jsonl``, see :mod:`.rank_main`), counts the ranks alive, and on a
+   :class:`~.supervisor.Supervisor` starts it in a new session and watches it: it reads rank 0's
+   progress events (``<run>/events.jsonl``, see :mod:`.rank_main`), counts the ranks alive, and on a
    cancel sends SIGTERM to every rank (they stop together at the next step boundary and rank 0
    writes a resumable checkpoint), then SIGKILL to whatever is left after ``grace_s`` seconds.
    Per-rank logs: ``<run>/logs/rank<R>.log``; the launcher's own: ``<run>/logs/launcher.log``.
 3. :func:`load_trained` puts the checkpoint's weights into the alias (hot swap), as a run in the
    kernel leaves them.
 
-A rank that dies ends the run as failed: :func:`failure_reason` names it (torchrun's root-cause
-record) with its last log line. :func:`export_launch` writes the same spec plus an entry script,
+A rank that dies ends the run as failed: :func:`~.supervisor.failure_reason` names it
+(torchrun's root-cause record) with its last log line. :func:`export_launch` writes the same spec plus an entry script,
 the torchrun lines for N nodes, a Slurm script and an ``accelerate launch`` FSDP config into a
 folder, for a run outside Jupyter (``docs/distributed.md``).
 """
@@ -30,26 +30,22 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shlex
 import shutil
-import signal
 import socket
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from ..errors import LLMOSError, UsageError
+from ..errors import UsageError
 from .distributed import BACKENDS
-from .rank_main import EVENTS
+from .supervisor import ENTRY, GRACE_S, DistributedResult, Supervisor, run_summary
 
 LAUNCHERS = ("torchrun", "accelerate")
 SPEC = "spec.json"
-ENTRY = "llmos_jupyter.training.rank_main"
 DEFAULT_PORT = 29500  # torchrun's default rendezvous port, for exported launches
-GRACE_S = 5.0  # cancel: SIGTERM, then SIGKILL to every rank still alive after this many seconds
 
 
 @dataclass
@@ -84,15 +80,18 @@ class LaunchConfig:
         for name in ("nproc", "nnodes"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise UsageError(f"--{name} {v} is not allowed: it counts processes, a whole number >= 1; e.g. --{name} 2")
+                raise UsageError(f"--{name} {v} is not allowed: it counts processes, a whole number >= 1; "
+                                 f"e.g. --{name} 2")
         if self.backend is not None and self.backend not in BACKENDS:
-            raise UsageError(f"--backend {self.backend} is not a torch.distributed backend here; use gloo (CPU) or nccl (CUDA GPUs)")
+            raise UsageError(f"--backend {self.backend} is not a torch.distributed backend here; "
+                             f"use gloo (CPU) or nccl (CUDA GPUs)")
         if self.launcher not in LAUNCHERS:
             raise UsageError(f"--launcher {self.launcher} is not known; use torchrun or accelerate")
         if self.rdzv_endpoint is not None:
             host, _, port = str(self.rdzv_endpoint).rpartition(":")
             if not host or not port.isdigit() or not 0 < int(port) < 65536:
-                raise UsageError(f"--rdzv-endpoint {self.rdzv_endpoint} is not HOST:PORT; e.g. --rdzv-endpoint 127.0.0.1:29500")
+                raise UsageError(f"--rdzv-endpoint {self.rdzv_endpoint} is not HOST:PORT; "
+                                 f"e.g. --rdzv-endpoint 127.0.0.1:29500")
 
     @property
     def world_size(self) -> int:
@@ -148,12 +147,14 @@ def check_launch(lc: LaunchConfig, *, backend: str, n_train: int, config: Any, r
         import torch
 
         if not torch.cuda.is_available():
-            raise UsageError("--backend nccl needs CUDA GPUs and this machine has none; use --backend gloo (the default on a CPU)")
+            raise UsageError("--backend nccl needs CUDA GPUs and this machine has none; "
+                             "use --backend gloo (the default on a CPU)")
         if lc.nproc > torch.cuda.device_count():
             raise UsageError(f"--nproc {lc.nproc} with nccl needs {lc.nproc} GPUs per node, this machine has "
                              f"{torch.cuda.device_count()}; use --nproc {torch.cuda.device_count()}")
     if lc.world_size > n_train:
-        raise UsageError(f"{lc.world_size} ranks for {n_train} training rows: every rank needs rows; use --nproc {max(1, n_train // lc.nnodes)} or fewer")
+        raise UsageError(f"{lc.world_size} ranks for {n_train} training rows: every rank needs rows; "
+                         f"use --nproc {max(1, n_train // lc.nnodes)} or fewer")
     if lc.world_size > config.batch_size:
         raise UsageError(f"{lc.world_size} ranks share each global batch of --batch-size {config.batch_size} rows; "
                          f"use --batch-size {lc.world_size} or more, or fewer ranks")
@@ -162,8 +163,8 @@ def check_launch(lc: LaunchConfig, *, backend: str, n_train: int, config: Any, r
     if lc.fsdp and resume:
         raise UsageError("an --fsdp run cannot --resume yet (its optimizer state is sharded); resume without --fsdp")
     if kernel and lc.nnodes > 1 and not lc.rdzv_endpoint:
-        raise UsageError(f"--nnodes {lc.nnodes} needs --rdzv-endpoint HOST:PORT with an address of this machine the other "
-                         f"nodes reach; or write the commands for every node with --export-launch DIR")
+        raise UsageError(f"--nnodes {lc.nnodes} needs --rdzv-endpoint HOST:PORT with an address of this machine "
+                         f"the other nodes reach; or write the commands for every node with --export-launch DIR")
     if kernel and lc.rdzv_endpoint:
         host, port = lc.endpoint()
         if host in ("127.0.0.1", "localhost", "0.0.0.0", socket.gethostname()) and port_in_use(host, port):
@@ -227,7 +228,7 @@ def write_spec(folder: Path, *, model: Any, tokenizer: Any, task: str, labels: O
         output_dir: where the ranks write the checkpoint, events and logs (relative to ``folder``
             or absolute).
         backend: ``gloo``/``nccl`` or None (the rank picks: nccl when it sees CUDA).
-        supervisor_pid: the kernel's pid: ranks stop when it is gone.
+        supervisor_pid: the kernel's pid: ranks on this machine stop when it is gone.
         threads: torch intra-op threads per rank (None: torchrun's ``OMP_NUM_THREADS``).
         echo: rank 0 also prints progress lines on its terminal (exported runs).
 
@@ -243,7 +244,8 @@ def write_spec(folder: Path, *, model: Any, tokenizer: Any, task: str, labels: O
         "format": 1,
         "run_id": run_id,
         "task": task,
-        "model": dict(m, labels=labels, dtype=dtype, attn_implementation=attn if attn in ("sdpa", "eager", "llmos_triton") else None),
+        "model": dict(m, labels=labels, dtype=dtype,
+                      attn_implementation=attn if attn in ("sdpa", "eager", "llmos_triton") else None),
         "data": data,
         "config": config,
         "output_dir": output_dir,
@@ -251,6 +253,7 @@ def write_spec(folder: Path, *, model: Any, tokenizer: Any, task: str, labels: O
         "backend": backend,
         "fsdp": fsdp,
         "supervisor_pid": supervisor_pid,
+        "supervisor_host": socket.gethostname() if supervisor_pid else None,
         "threads": threads,
         "echo": echo,
     }
@@ -319,256 +322,6 @@ def accelerate_command(config_file: str, entry: list[str], *, python: Optional[s
     if machine_rank is not None:
         cmd += ["--machine_rank", str(machine_rank)]
     return cmd + (["--module"] + entry[1:] if entry[0] == "-m" else entry)
-
-
-# ------------------------------------------------------------------------------ supervising
-@dataclass
-class Outcome:
-    """How a launch ended: the launcher's exit code, the ``end`` event of rank 0 (None when it
-    never came), ``error`` events, whether a cancel was sent, the rank pids seen."""
-
-    returncode: int
-    end: Optional[dict[str, Any]]
-    errors: list[dict[str, Any]]
-    cancelled: bool
-    pids: list[int] = field(default_factory=list)
-    killed: list[int] = field(default_factory=list)
-    interrupted: bool = False  # the cancel came from a Ctrl-C / kernel interrupt of the cell
-
-
-class Supervisor:
-    """Start a launcher command in its own session and watch it to the end.
-
-    Args:
-        cmd: the argv (:func:`torchrun_command` / :func:`accelerate_command`).
-        run_dir: the run folder (``events.jsonl``, ``logs/``).
-        env: extra environment variables.
-        on_event: called with every event dict rank 0 writes, in order.
-        on_ranks: called with (rank pids, how many are alive) when that changes.
-        should_stop: polled; True starts the cancel (SIGTERM to the ranks, SIGKILL after ``grace_s``).
-        grace_s: seconds between SIGTERM and SIGKILL on a cancel (default 5).
-        poll_s: how often the events file and the processes are read (default 0.1 s).
-    """
-
-    def __init__(self, cmd: list[str], run_dir: Path, *, env: Optional[dict[str, str]] = None,
-                 on_event: Optional[Callable[[dict[str, Any]], None]] = None,
-                 on_ranks: Optional[Callable[[list[int], int], None]] = None,
-                 should_stop: Optional[Callable[[], bool]] = None, grace_s: float = GRACE_S, poll_s: float = 0.1):
-        self.cmd, self.run_dir, self.env = cmd, Path(run_dir), dict(env or {})
-        self.on_event, self.on_ranks, self.should_stop = on_event, on_ranks, should_stop
-        self.grace_s, self.poll_s = grace_s, poll_s
-        self.events_path = self.run_dir / EVENTS
-        self.log_path = self.run_dir / "logs" / "launcher.log"
-        self._offset = 0
-        self._pids: dict[int, Any] = {}  # pid -> psutil.Process of every descendant seen
-        self._ranks: set[int] = set()  # the pids among them that run a rank
-
-    def _read_events(self) -> list[dict[str, Any]]:
-        if not self.events_path.exists():
-            return []
-        with open(self.events_path, "rb") as f:
-            f.seek(self._offset)
-            data = f.read()
-        end = data.rfind(b"\n") + 1  # a line still being written waits for the next read
-        self._offset += end
-        out = []
-        for line in data[:end].splitlines():
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue
-        return out
-
-    def _scan(self, root: Any) -> None:
-        import psutil
-
-        try:
-            for p in root.children(recursive=True):
-                if p.pid not in self._pids:
-                    self._pids[p.pid] = p
-                if p.pid not in self._ranks and _is_rank(p):
-                    self._ranks.add(p.pid)
-        except psutil.Error:
-            pass
-
-    def _alive(self) -> list[Any]:
-        import psutil
-
-        out = []
-        for p in self._pids.values():
-            try:
-                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
-                    out.append(p)
-            except psutil.Error:
-                continue
-        return out
-
-    def _signal(self, procs: list[Any], sig: int) -> None:
-        for p in procs:
-            try:
-                p.send_signal(sig)
-            except Exception:  # noqa: BLE001 - gone meanwhile
-                pass
-
-    def run(self) -> Outcome:
-        """Run the command to its end (the cancel included) and return the :class:`Outcome`.
-        Every process it started is gone when this returns."""
-        import subprocess
-
-        import psutil
-
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ, **self.env)
-        events: list[dict[str, Any]] = []
-        cancelled = interrupted = False
-        deadline: Optional[float] = None
-        last_ranks = None
-        killed: list[int] = []
-        with open(self.log_path, "ab") as log:
-            proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(self.run_dir),
-                                    start_new_session=True)
-        root = psutil.Process(proc.pid)
-
-        def cancel() -> None:
-            nonlocal cancelled, deadline
-            cancelled, deadline = True, time.monotonic() + self.grace_s
-            # the ranks agree to stop at the next step boundary and rank 0 writes a resumable checkpoint
-            self._signal([p for p in self._alive() if p.pid in self._ranks], signal.SIGTERM)
-
-        try:
-            while True:
-                try:
-                    self._scan(root)
-                    for ev in self._read_events():
-                        events.append(ev)
-                        if self.on_event is not None:
-                            self.on_event(ev)
-                    ranks = [p for p in self._alive() if p.pid in self._ranks]
-                    state = (tuple(sorted(self._ranks)), len(ranks))
-                    if self.on_ranks is not None and state != last_ranks:
-                        last_ranks = state
-                        self.on_ranks(list(state[0]), state[1])
-                    if proc.poll() is not None:
-                        break
-                    if not cancelled and self.should_stop is not None and self.should_stop():
-                        cancel()
-                    if deadline is not None and time.monotonic() > deadline:
-                        left = self._alive()
-                        killed += [p.pid for p in left]
-                        self._signal(left + [root], signal.SIGKILL)
-                        deadline = None
-                    time.sleep(self.poll_s)
-                except KeyboardInterrupt:  # Ctrl-C in the cell: stop like a cancel; a second one kills
-                    if cancelled:
-                        raise
-                    interrupted = True
-                    cancel()
-        finally:
-            self._finish(proc, root, killed)
-        for ev in self._read_events():
-            events.append(ev)
-            if self.on_event is not None:
-                self.on_event(ev)
-        if self.on_ranks is not None:
-            self.on_ranks(sorted(self._ranks), 0)
-        end = next((e for e in reversed(events) if e.get("event") == "end"), None)
-        return Outcome(returncode=proc.returncode, end=end, errors=[e for e in events if e.get("event") == "error"],
-                       cancelled=cancelled, pids=sorted(self._pids), killed=killed, interrupted=interrupted)
-
-    def _finish(self, proc: Any, root: Any, killed: list[int]) -> None:
-        """Leave no process behind: wait briefly for the launcher's children, then SIGKILL them."""
-        import psutil
-
-        self._scan(root)
-        if proc.poll() is None:  # an exception in the loop above (e.g. a KeyboardInterrupt)
-            self._signal(self._alive() + [root], signal.SIGTERM)
-        try:
-            proc.wait(timeout=self.grace_s)
-        except Exception:  # noqa: BLE001 - subprocess.TimeoutExpired
-            proc.kill()
-            proc.wait()
-        left = self._alive()
-        if left:
-            _, alive = psutil.wait_procs(left, timeout=1.0)
-            killed += [p.pid for p in alive]
-            self._signal(alive, signal.SIGKILL)
-            psutil.wait_procs(alive, timeout=5.0)
-
-
-def _is_rank(p: Any) -> bool:
-    """A process running :mod:`.rank_main` (a rank, as opposed to the launcher agent)."""
-    try:
-        return ENTRY in p.cmdline()
-    except Exception:  # noqa: BLE001 - gone
-        return False
-
-
-_ROOT = re.compile(r"Root Cause.*?rank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+)\s*\(pid:\s*(\d+)\)", re.S)
-
-
-def last_line(path: Path) -> str:
-    """The last non-empty line of a text file ('' when absent)."""
-    try:
-        lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
-    except OSError:
-        return ""
-    return lines[-1] if lines else ""
-
-
-def failure_reason(run_dir: Path, outcome: Outcome) -> str:
-    """One line saying which rank failed and why: torchrun's root-cause record in the launcher
-    log (rank, exit code or signal, pid), with that rank's ``error`` event or last log line; else
-    the first error event; else the launcher's last log line."""
-    logs = Path(run_dir) / "logs"
-    text = (logs / "launcher.log").read_text(errors="replace") if (logs / "launcher.log").exists() else ""
-    m = _ROOT.search(text)
-    if m:
-        rank, code, pid = int(m.group(1)), int(m.group(2)), int(m.group(3))
-        err = next((e["error"] for e in outcome.errors if e.get("rank") == rank), None) or last_line(logs / f"rank{rank}.log")
-        if code < 0:
-            try:
-                how = f"was killed by {signal.Signals(-code).name}"
-            except ValueError:
-                how = f"was killed by signal {-code}"
-        else:
-            how = f"exited with status {code}"
-        return f"rank {rank} (pid {pid}) {how}" + (f"; its last log line: {err}" if err else "")
-    if outcome.errors:
-        e = outcome.errors[0]
-        return f"rank {e.get('rank')} failed: {e.get('error')}"
-    tail = last_line(logs / "launcher.log")
-    return f"the launcher exited with status {outcome.returncode}" + (f": {tail}" if tail else "")
-
-
-# ------------------------------------------------------------------------------ results
-@dataclass
-class DistributedResult:
-    """What a distributed run did, read from rank 0's ``end`` event (the fields
-    ``RunHandle.finish_from`` and the progress view read from a ``FinetuneResult``)."""
-
-    status: str
-    steps: int = 0
-    total_steps: int = 0
-    epochs: float = 0.0
-    train_loss: list[float] = field(default_factory=list)
-    samples_per_s: float = 0.0
-    tokens_per_s: float = 0.0
-    wall_s: float = 0.0
-    peak_rss_bytes: Optional[int] = None
-    peak_device_bytes: Optional[int] = None
-    metrics: dict[str, Any] = field(default_factory=dict)
-    eval_history: list[dict[str, Any]] = field(default_factory=list)
-    checkpoint: Optional[str] = None
-    checkpoint_sha256: Optional[str] = None
-    error: Optional[str] = None
-    distributed: dict[str, Any] = field(default_factory=dict)
-    pids: list[int] = field(default_factory=list)
-
-    @classmethod
-    def from_end(cls, status: str, end: Optional[dict[str, Any]], **kw: Any) -> "DistributedResult":
-        r = (end or {}).get("result") or {}
-        names = set(cls.__dataclass_fields__)
-        return cls(status=status, **{k: v for k, v in r.items() if k in names and k != "status"}, **kw)
 
 
 def load_trained(model: Any, checkpoint: Path, config: Any) -> Any:
@@ -646,7 +399,8 @@ def export_launch(folder: os.PathLike | str, *, model: Any, tokenizer: Any, task
 
     out = Path(folder).expanduser()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UsageError(f"{out} is not an empty folder; --export-launch writes a new one: pick another path or empty it")
+        raise UsageError(f"{out} is not an empty folder; --export-launch writes a new one: "
+                         f"pick another path or empty it")
     out.mkdir(parents=True, exist_ok=True)
     try:
         shutil.copytree(dataset_dir, out / "data")
@@ -666,7 +420,8 @@ def export_launch(folder: os.PathLike | str, *, model: Any, tokenizer: Any, task
         wrap = sorted(block_classes(model))
         fsdp = LaunchConfig(nproc=lc.nproc, nnodes=lc.nnodes, fsdp=True, rdzv_endpoint=f"{host}:{port}")
         (out / "accelerate_fsdp.yaml").write_text(accelerate_config(fsdp, host=host, port=port, wrap=wrap))
-        acc = [shlex.join(accelerate_command("accelerate_fsdp.yaml", ["train.py"], machine_rank=k)) for k in range(lc.nnodes)]
+        acc = [shlex.join(accelerate_command("accelerate_fsdp.yaml", ["train.py"], machine_rank=k))
+               for k in range(lc.nnodes)]
         (out / "README.md").write_text(_README.format(name=name, nnodes=lc.nnodes, world=lc.world_size, host=host,
                                                       torchrun="\n".join(lines), accelerate="\n".join(acc)))
     except BaseException:
@@ -745,43 +500,8 @@ runs the line of that node. Progress prints on node 0; logs: `output/logs/rank<R
 '''
 
 
-def run_summary(outcome: Outcome, run_dir: Path, lc: LaunchConfig, backend: str) -> DistributedResult:
-    """The :class:`DistributedResult` of a finished :class:`Supervisor` run: ``completed``,
-    ``cancelled`` (a cancel was sent; the checkpoint is resumable when one was written) or
-    ``failed`` (with :func:`failure_reason`)."""
-    rec = lc.record(backend)
-    end = outcome.end
-    status = (end or {}).get("status")
-    refused = [e for e in outcome.errors if e.get("refused")]
-    if refused:  # a rank refused the input before training (one line, like the kernel's own checks)
-        return DistributedResult(status="refused", error=refused[0].get("error"), distributed=rec, pids=outcome.pids)
-    if outcome.interrupted and status in (None, "interrupted", "failed") and not outcome.errors:
-        res = DistributedResult.from_end("interrupted", end, distributed=rec, pids=outcome.pids)
-    elif outcome.cancelled and status in (None, "interrupted", "failed") and not outcome.errors:
-        res = DistributedResult.from_end("cancelled", end, distributed=rec, pids=outcome.pids)
-    elif status == "completed" and outcome.returncode == 0:
-        res = DistributedResult.from_end("completed", end, distributed=rec, pids=outcome.pids)
-    elif status == "interrupted" and outcome.returncode == 0 and not outcome.errors:  # stopped by the ranks' own signal
-        res = DistributedResult.from_end("interrupted", end, distributed=rec, pids=outcome.pids)
-    else:
-        res = DistributedResult.from_end("failed", end, distributed=rec, pids=outcome.pids,
-                                          error=failure_reason(run_dir, outcome))
-    ck = Path(run_dir) / "checkpoint"
-    if res.checkpoint is None and (ck / "trainer_state.json").exists():  # written before a failure
-        state = json.loads((ck / "trainer_state.json").read_text())
-        res.checkpoint, res.checkpoint_sha256 = str(ck), state.get("checkpoint_sha256")
-        res.steps, res.train_loss = int(state.get("steps") or 0), list(state.get("train_loss") or [])
-    return res
-
-
-def refuse_if_failed(res: DistributedResult) -> None:
-    """Raise the one-line :class:`LLMOSError` of a failed run (after it was recorded)."""
-    if res.status == "failed":
-        raise LLMOSError(f"distributed fine-tune failed: {res.error}")
-
-
-def run_distributed(model: Any, tokenizer: Any, *, lc: LaunchConfig, backend: str, task: str, labels: Optional[list[str]],
-                    dtype: str, data: dict[str, Any], config: Any, run_dir: os.PathLike | str, run_id: str,
+def run_distributed(model: Any, tokenizer: Any, *, lc: LaunchConfig, backend: str, task: str,
+                    labels: Optional[list[str]], dtype: str, data: dict[str, Any], config: Any, run_dir: os.PathLike | str, run_id: str,
                     resume_from: Optional[os.PathLike | str] = None, progress: Any = None,
                     job_update: Optional[Callable[..., None]] = None,
                     should_stop: Optional[Callable[[], bool]] = None) -> DistributedResult:
@@ -810,12 +530,17 @@ def run_distributed(model: Any, tokenizer: Any, *, lc: LaunchConfig, backend: st
     t0 = time.perf_counter()
     try:
         spec = write_spec(folder, model=model, tokenizer=tokenizer, task=task, labels=labels, dtype=dtype, data=data,
-                          config=config.to_dict(), output_dir=str(run_dir), backend=backend, fsdp=lc.fsdp, run_id=run_id,
+                          config=config.to_dict(), output_dir=str(run_dir), backend=backend, fsdp=lc.fsdp,
+                          run_id=run_id,
                           resume_from=str(resume_from) if resume_from is not None else None,
                           supervisor_pid=os.getpid(), threads=threads)
         host, port = lc.endpoint()
         cmd = launch_command(lc, spec, host=host, port=port, run_id=run_id, run_dir=run_dir,
                              wrap=sorted(block_classes(model)) if lc.fsdp else None)
+        if lc.nnodes > 1:  # this machine is one node; the others join the same rendezvous
+            other = torchrun_command(lc, ["-m", ENTRY, str(spec)], host=host, port=port, run_id=run_id, python="python")
+            print(f"llmos: waiting for {lc.nnodes - 1} more node(s); on each, with {run_dir} on a shared filesystem, "
+                  f"run: {shlex.join(other)}", flush=True)
 
         def on_event(ev: dict[str, Any]) -> None:
             kind = ev.get("event")
@@ -833,7 +558,7 @@ def run_distributed(model: Any, tokenizer: Any, *, lc: LaunchConfig, backend: st
     finally:
         for sub in ("model", "adapter"):
             shutil.rmtree(folder / sub, ignore_errors=True)
-    res = run_summary(outcome, run_dir, lc, backend)
+    res = run_summary(outcome, run_dir, lc.record(backend))
     res.wall_s = time.perf_counter() - t0
     cb("on_end", {"completed": "completed", "failed": "failed"}.get(res.status, "interrupted"), res)
     return res

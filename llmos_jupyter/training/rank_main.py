@@ -81,7 +81,8 @@ class EventWriter:
                            train_loss=result.train_loss, eval_history=result.eval_history, best_step=result.best_step,
                            stopped_early=result.stopped_early)
         append_event(self.path, event="end", status=status, result=summary)
-        self._say(f"llmos: {status}" + (f"; checkpoint {summary['checkpoint']}" if summary and summary["checkpoint"] else ""))
+        where = f"; checkpoint {summary['checkpoint']}" if summary and summary["checkpoint"] else ""
+        self._say(f"llmos: {status}{where}")
 
 
 # ------------------------------------------------------------------------------ the spec
@@ -97,7 +98,8 @@ def read_spec(path: os.PathLike | str) -> dict[str, Any]:
     except (OSError, ValueError) as e:
         raise LLMOSError(f"cannot read the launch spec {p}: {e}") from None
     if not isinstance(spec, dict) or spec.get("format") != 1:
-        raise LLMOSError(f"{p} is not an llmos launch spec (format 1); write one with %llm finetune --export-launch DIR")
+        raise LLMOSError(f"{p} is not an llmos launch spec (format 1); "
+                         f"write one with %llm finetune --export-launch DIR")
     base = p.parent
 
     def absolute(v: Optional[str]) -> Optional[str]:
@@ -176,9 +178,12 @@ def _redirect_output(log: Path) -> Any:
     return original
 
 
-def _watch(stop: threading.Event, supervisor: Optional[int]) -> None:
-    """Stop when the supervising kernel process is gone (a kernel restart leaves no orphan run)."""
-    if not supervisor:
+def _watch(stop: threading.Event, supervisor: Optional[int], host: Optional[str]) -> None:
+    """Stop when the supervising kernel process (``supervisor`` on ``host``) is gone: a kernel
+    restart leaves no orphan run. Ranks on other machines (nodes) have nothing to watch."""
+    import socket
+
+    if not supervisor or host != socket.gethostname():
         return
     import psutil
 
@@ -216,7 +221,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: stop.set())
-    _watch(stop, spec.get("supervisor_pid"))
+    _watch(stop, spec.get("supervisor_pid"), spec.get("supervisor_host"))
     group = None
     try:
         import torch

@@ -62,13 +62,14 @@ CREATE TABLE IF NOT EXISTS runs (
     hardware         TEXT NOT NULL,      -- JSON
     host             TEXT NOT NULL,
     pid              INTEGER NOT NULL,
-    distributed      TEXT                -- JSON {world_size, nproc_per_node, nnodes, backend, launcher, fsdp}, NULL for one process
+    distributed      TEXT                -- JSON {world_size, nproc_per_node, nnodes, backend, launcher, fsdp}
 );
 CREATE INDEX IF NOT EXISTS runs_created ON runs (created_at);
 """
 _COLUMNS = (
     "id", "kind", "model", "dataset", "config", "seed", "data_fingerprint", "status", "created_at", "finished_at",
-    "wall_s", "metrics", "checkpoint", "checkpoint_sha256", "error", "packages", "hardware", "host", "pid", "distributed",
+    "wall_s", "metrics", "checkpoint", "checkpoint_sha256", "error", "packages", "hardware", "host", "pid",
+    "distributed",
 )
 _JSON = ("config", "metrics", "packages", "hardware", "distributed")
 
@@ -209,7 +210,8 @@ def _fmt(v: Any) -> str:
 class RunList(list):
     """A list of :class:`Run` that renders as a table (newest first)."""
 
-    _cols = ("id", "kind", "status", "model", "dataset", "seed", "ranks", "accuracy", "macro_f1", "wall_s", "created_at")
+    _cols = ("id", "kind", "status", "model", "dataset", "seed", "ranks", "accuracy", "macro_f1", "wall_s",
+             "created_at")
 
     def _cells(self, r: Run) -> list[str]:
         vals = {"accuracy": r.metrics.get("accuracy"), "macro_f1": r.metrics.get("macro_f1"),
@@ -400,10 +402,11 @@ class RunRegistry:
             try:
                 with self._tx() as db:
                     db.execute(
-                        "INSERT INTO runs (id, kind, model, dataset, config, seed, data_fingerprint, status, created_at, packages, hardware, host, pid, distributed)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?)",
-                        (rid, kind, model, dataset, json.dumps(cfg), seed, data_fingerprint, _now(), json.dumps(packages), json.dumps(hardware),
-                         socket.gethostname(), os.getpid(), json.dumps(_json_safe(distributed)) if distributed else None),
+                        "INSERT INTO runs (id, kind, model, dataset, config, seed, data_fingerprint, status, created_at,"
+                        " packages, hardware, host, pid, distributed) VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?)",
+                        (rid, kind, model, dataset, json.dumps(cfg), seed, data_fingerprint, _now(), json.dumps(packages),
+                         json.dumps(hardware), socket.gethostname(), os.getpid(),
+                         json.dumps(_json_safe(distributed)) if distributed else None),
                     )
                 return rid
             except sqlite3.IntegrityError:

@@ -260,7 +260,8 @@ def evaluate_causal_lm(model: Any, tokenizer: Any, ds: Any, *, prompt_column: st
     with torch.inference_mode():
         for i in rank_batches(len(batches), dist):
             b = collate_sft(tok, batches[i], pad_id)
-            nll = float(response_loss_sum(model, b["input_ids"].to(device), b["attention_mask"].to(device), b["labels"].to(device)))
+            nll = float(response_loss_sum(model, b["input_ids"].to(device), b["attention_mask"].to(device),
+                                          b["labels"].to(device)))
             done.append((i, (nll, int((b["labels"][:, 1:] != IGNORE_INDEX).sum()))))
     sums = merge_batches(dist.gather(done), len(batches)) if dist is not None else [v for _, v in done]
     total, count = 0.0, 0

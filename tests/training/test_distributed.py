@@ -256,7 +256,8 @@ def test_kill_rank_1_fails_the_job_with_its_reason(llm, tiny):
     assert job.error.startswith(f"distributed fine-tune failed: rank 1 (pid {pids[1]}) was killed by SIGKILL")
     assert "\n" not in job.error
     _gone(pids, 1.0)
-    assert not [p for p in psutil.Process().children(recursive=True) if "torch.distributed.run" in " ".join(p.cmdline())]
+    launchers = [p for p in psutil.Process().children(recursive=True) if "torch.distributed.run" in " ".join(p.cmdline())]
+    assert not launchers
     run = llm.runs(1)[0]
     assert run.status == "failed" and run.error and "rank 1" in run.error
     from llmos_jupyter.training import load_checkpoint
@@ -276,7 +277,8 @@ def test_fsdp_with_lora_through_accelerate_launch(llm, tiny):
     assert b.status == "completed" and b.distributed["fsdp"] and b.distributed["launcher"] == "accelerate"
     rel = max(abs(x - y) / abs(x) for x, y in zip(_losses(a), _losses(b)))
     delta = _max_delta(_params(llm, "f1"), _params(llm, "f2"))
-    print(f"\nFSDP + LoRA, 2 ranks vs 1 process: worst loss difference {rel:.2e} relative, weights max |delta| {delta:.2e}")
+    print(f"\nFSDP + LoRA, 2 ranks vs 1 process: worst loss difference {rel:.2e} relative, "
+          f"weights max |delta| {delta:.2e}")
     assert len(_losses(b)) == len(_losses(a)) == 16 and rel < 1e-4 and delta < 1e-4
     assert llm.evaluate("f2", "toy", batch_size=64, max_length=128).to_metrics() == b.metrics
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import socket
 import sqlite3
 
@@ -69,7 +70,8 @@ def _grads(model):
 
 
 @pytest.mark.parametrize("lm", [False, True])
-def test_global_count_scaling_gives_the_one_process_gradient_for_unequal_slices(lm, tiny_model, tiny_tokenizer, tiny_llama):
+def test_global_count_scaling_gives_the_one_process_gradient_for_unequal_slices(lm, tiny_model, tiny_tokenizer,
+                                                                                 tiny_llama):
     """5 rows on 2 ranks (3 + 2; causal-lm: unequal response tokens too): each rank divides its loss
     sum by the global count and multiplies by 2, DDP averages → the one-process gradient and loss.
     The textbook per-rank mean, averaged over ranks, is another (wrong) gradient."""
@@ -80,8 +82,9 @@ def test_global_count_scaling_gives_the_one_process_gradient_for_unequal_slices(
 
     if lm:
         tok_ = AutoTokenizer.from_pretrained(tiny_llama)
-        ds = datasets.Dataset.from_dict({"prompt": ["great movie", "awful", "hello world", "the lazy dog", "a film"],
-                                         "response": ["positive", "negative film", "positive yes", "negative", "positive good one"]})
+        ds = datasets.Dataset.from_dict({
+            "prompt": ["great movie", "awful", "hello world", "the lazy dog", "a film"],
+            "response": ["positive", "negative film", "positive yes", "negative", "positive good one"]})
         tok = tokenize_pairs(tok_, ds, "prompt", "response", 64)
         labels, pad = None, tok_.eos_token_id
 
@@ -89,7 +92,8 @@ def test_global_count_scaling_gives_the_one_process_gradient_for_unequal_slices(
             torch.manual_seed(0)
             return AutoModelForCausalLM.from_pretrained(tiny_llama).train()
     else:
-        ds = datasets.Dataset.from_dict({"text": [r["text"] for r in ROWS[:5]], "label": [r["label"] for r in ROWS[:5]]})
+        ds = datasets.Dataset.from_dict({"text": [r["text"] for r in ROWS[:5]],
+                                         "label": [r["label"] for r in ROWS[:5]]})
         tok = tokenize_column(tiny_tokenizer, ds, "text", 32)
         labels, pad = np.array(ds["label"]), tiny_tokenizer.pad_token_id
 
@@ -103,7 +107,8 @@ def test_global_count_scaling_gives_the_one_process_gradient_for_unequal_slices(
     per_rank, losses = [], []
     for r in range(2):
         m = make()
-        loss, n, _, _ = _train_step(_loss_module(m, lm), m, group, tok, tok.lengths, labels, pad, "cpu", lm, _Rank(r, 2))
+        loss, n, _, _ = _train_step(_loss_module(m, lm), m, group, tok, tok.lengths, labels, pad, "cpu", lm,
+                                    _Rank(r, 2))
         per_rank.append(_grads(m))
         losses.append(loss)
         assert n == 5
@@ -162,7 +167,8 @@ def test_launch_checks_are_one_line_each():
         cases = [(LaunchConfig(nproc=2, backend="nccl"), dict(backend="nccl"), "nccl needs CUDA GPUs"),
                  (LaunchConfig(nproc=3), dict(n_train=2), "3 ranks for 2 training rows"),
                  (LaunchConfig(nproc=5), {}, "--batch-size 5 or more"),
-                 (LaunchConfig(nproc=2, fsdp=True), dict(config=FinetuneConfig(batch_size=4, eval_every=2, metric_for_best="loss")), "--fsdp keeps no"),
+                 (LaunchConfig(nproc=2, fsdp=True),
+                  dict(config=FinetuneConfig(batch_size=4, eval_every=2, metric_for_best="loss")), "--fsdp keeps no"),
                  (LaunchConfig(nproc=2, fsdp=True), dict(resume=True), "cannot --resume"),
                  (LaunchConfig(nproc=1, nnodes=2), {}, "needs --rdzv-endpoint"),
                  (LaunchConfig(nproc=2, rdzv_endpoint=f"127.0.0.1:{busy}"), {}, f"port {busy} is already in use")]
@@ -219,9 +225,9 @@ def test_magic_launch_flags_reach_the_api(monkeypatch):
     monkeypatch.setattr(api, "finetune", lambda alias, dataset, **kw: seen.update(kw))
     ip.run_line_magic("llm", "finetune m toy --nproc 2 --nnodes 2 --backend gloo --launcher accelerate --fsdp "
                              "--rdzv-endpoint 127.0.0.1:29511 --export-launch out/launch --no-progress")
-    assert {k: seen[k] for k in ("nproc", "nnodes", "backend", "launcher", "fsdp", "rdzv_endpoint", "export_launch")} == dict(
-        nproc=2, nnodes=2, backend="gloo", launcher="accelerate", fsdp=True, rdzv_endpoint="127.0.0.1:29511",
-        export_launch="out/launch")
+    want = dict(nproc=2, nnodes=2, backend="gloo", launcher="accelerate", fsdp=True, rdzv_endpoint="127.0.0.1:29511",
+                export_launch="out/launch")
+    assert {k: seen[k] for k in want} == want
     seen.clear()
     ip.run_line_magic("llm", "finetune m toy --no-progress")
     assert "nproc" not in seen and "fsdp" not in seen
@@ -261,7 +267,10 @@ def test_spec_hands_the_ranks_the_alias_weights(fresh_api, tiny_bert, tmp_path):
     model, _ = load_model(read_spec(spec), "cpu")
     want, got = rec.model.state_dict(), model.state_dict()
     assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
-    assert {n for n, p in model.named_parameters() if p.requires_grad} == {n for n, p in rec.model.named_parameters() if p.requires_grad}
+    def trainable(m):
+        return {n for n, p in m.named_parameters() if p.requires_grad}
+
+    assert trainable(model) == trainable(rec.model)
 
 
 def test_export_writes_spec_script_commands_slurm_and_fsdp_config(fresh_api, tiny_bert, tmp_path):
@@ -272,21 +281,24 @@ def test_export_writes_spec_script_commands_slurm_and_fsdp_config(fresh_api, tin
     api.data_load(ROWS, name="toy")
     api.data_split("toy", test=0.25, seed=0)
     out = tmp_path / "launch"
-    msg = api.finetune("m", "toy", export_launch=str(out), nproc=2, nnodes=2, rdzv_endpoint="10.1.2.3:29555", progress=False)
+    msg = api.finetune("m", "toy", export_launch=str(out), nproc=2, nnodes=2, rdzv_endpoint="10.1.2.3:29555",
+                       progress=False)
     assert sorted(msg.data["files"]) == sorted(["README.md", "accelerate_fsdp.yaml", "data", "launch.sh", "model",
                                                 "slurm.sbatch", "spec.json", "train.py"])
     spec = json.loads((out / "spec.json").read_text())
     assert spec["model"]["path"] == "model" and spec["data"]["path"] == "data" and spec["output_dir"] == "output"
     assert spec["config"]["batch_size"] == 32 and spec["echo"] is True and spec["supervisor_pid"] is None
     cmds = msg.data["commands"]
-    assert len(cmds) == 2 and all("--rdzv-endpoint 10.1.2.3:29555" in c and "--nnodes 2" in c and "--nproc-per-node 2" in c
-                                  for c in cmds)
+    assert len(cmds) == 2
+    assert all("--rdzv-endpoint 10.1.2.3:29555" in c and "--nnodes 2" in c and "--nproc-per-node 2" in c for c in cmds)
     assert "--node-rank 0" in cmds[0] and "--node-rank 1" in cmds[1] and cmds[0].startswith("torchrun ")
     assert '--node-rank "$NODE_RANK"' in (out / "launch.sh").read_text()
     acc = yaml.safe_load((out / "accelerate_fsdp.yaml").read_text())
     assert acc["distributed_type"] == "FSDP" and acc["num_processes"] == 4 and acc["num_machines"] == 2
-    assert acc["fsdp_config"]["fsdp_version"] == 2 and acc["fsdp_config"]["fsdp_transformer_layer_cls_to_wrap"] == "BertLayer"
-    assert "srun torchrun" in (out / "slurm.sbatch").read_text() and "rank_main import run" in (out / "train.py").read_text()
+    fsdp = acc["fsdp_config"]
+    assert fsdp["fsdp_version"] == 2 and fsdp["fsdp_transformer_layer_cls_to_wrap"] == "BertLayer"
+    assert "srun torchrun" in (out / "slurm.sbatch").read_text()
+    assert "rank_main import run" in (out / "train.py").read_text()
     assert all(c in (out / "README.md").read_text() for c in cmds)
     from datasets import load_from_disk
 
@@ -301,7 +313,7 @@ def test_registry_records_the_launch_and_reads_an_older_registry(tmp_path):
     from llmos_jupyter.training.runs import SCHEMA, RunRegistry
 
     path = tmp_path / "runs.sqlite"
-    old = SCHEMA.replace(",\n    distributed      TEXT                -- JSON {world_size, nproc_per_node, nnodes, backend, launcher, fsdp}, NULL for one process", "")
+    old = re.sub(r",\n\s*distributed\s+TEXT[^\n]*", "", SCHEMA)  # the table as registries before the column have it
     assert "distributed" not in old
     db = sqlite3.connect(path)
     db.executescript(old)
@@ -311,7 +323,8 @@ def test_registry_records_the_launch_and_reads_an_older_registry(tmp_path):
     db.close()
     reg = RunRegistry(path)
     assert reg.get("ft-old").distributed == {}
-    launch = {"world_size": 2, "nproc_per_node": 2, "nnodes": 1, "backend": "gloo", "launcher": "torchrun", "fsdp": False}
+    launch = {"world_size": 2, "nproc_per_node": 2, "nnodes": 1, "backend": "gloo", "launcher": "torchrun",
+              "fsdp": False}
     rid = reg.start("finetune", "m", "toy@v2", {}, 0, "fp", distributed=launch)
     run = reg.finish(rid, "completed", checkpoint=tmp_path / "checkpoints" / rid / "checkpoint")
     assert reg.get(rid).distributed == launch and run.manifest()["distributed"] == launch
