@@ -37,6 +37,7 @@ class Outcome:
     pids: list[int] = field(default_factory=list)
     killed: list[int] = field(default_factory=list)
     interrupted: bool = False  # the cancel came from a Ctrl-C / kernel interrupt of the cell
+    gone: list[list[int]] = field(default_factory=list)  # rank pids seen to end, poll by poll
 
 
 class Supervisor:
@@ -65,6 +66,7 @@ class Supervisor:
         self._offset = 0
         self._pids: dict[int, Any] = {}  # pid -> psutil.Process of every descendant seen
         self._ranks: set[int] = set()  # the pids among them that run a rank
+        self._gone: list[list[int]] = []  # rank pids seen to end, poll by poll
 
     def _read_events(self) -> list[dict[str, Any]]:
         if not self.events_path.exists():
@@ -147,6 +149,9 @@ class Supervisor:
                         if self.on_event is not None:
                             self.on_event(ev)
                     ranks = [p for p in self._alive() if p.pid in self._ranks]
+                    ended = sorted(self._ranks - {q.pid for q in ranks} - {p for batch in self._gone for p in batch})
+                    if ended:
+                        self._gone.append(ended)
                     state = (tuple(sorted(self._ranks)), len(ranks))
                     if self.on_ranks is not None and state != last_ranks:
                         last_ranks = state
@@ -176,7 +181,8 @@ class Supervisor:
             self.on_ranks(sorted(self._ranks), 0)
         end = next((e for e in reversed(events) if e.get("event") == "end"), None)
         return Outcome(returncode=proc.returncode, end=end, errors=[e for e in events if e.get("event") == "error"],
-                       cancelled=cancelled, pids=sorted(self._pids), killed=killed, interrupted=interrupted)
+                       cancelled=cancelled, pids=sorted(self._pids), killed=killed, interrupted=interrupted,
+                       gone=list(self._gone))
 
     def _finish(self, proc: Any, root: Any, killed: list[int]) -> None:
         """Leave no process behind: wait briefly for the launcher's children, then SIGKILL them."""
@@ -206,7 +212,8 @@ def _is_rank(p: Any) -> bool:
         return False
 
 
-_ROOT = re.compile(r"Root Cause.*?rank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+)\s*\(pid:\s*(\d+)\)", re.S)
+# one failure record of torchrun's ChildFailedError report ("rank : 1 (local_rank: 1)", "exitcode : -9 (pid: 42)")
+_RECORD = re.compile(r"rank\s*:\s*(\d+)\s*\(local_rank.*?exitcode\s*:\s*(-?\d+)\s*\(pid:\s*(\d+)\)", re.S)
 
 
 def last_line(path: Path) -> str:
@@ -219,14 +226,29 @@ def last_line(path: Path) -> str:
 
 
 def failure_reason(run_dir: Path, outcome: Outcome) -> str:
-    """One line saying which rank failed and why: torchrun's root-cause record in the launcher
-    log (rank, exit code or signal, pid), with that rank's ``error`` event or last log line; else
-    the first error event; else the launcher's last log line."""
+    """One line saying which rank failed first and why, with its ``error`` event or last log line.
+
+    The culprit among torchrun's failure records (launcher log) is the failed rank whose process
+    the supervisor saw end first (the peers of a dead rank fail a moment later, in their next
+    collective, and the agent stops the rest); among ranks that ended in the same poll, one
+    killed by a signal other than the agent's SIGTERM (OOM killer, ``kill -9``). Without that
+    observation: a rank killed by such a signal, else torchrun's "root cause". Without records:
+    the first ``error`` event, else the launcher's last log line.
+    """
     logs = Path(run_dir) / "logs"
     text = (logs / "launcher.log").read_text(errors="replace") if (logs / "launcher.log").exists() else ""
-    m = _ROOT.search(text)
-    if m:
-        rank, code, pid = int(m.group(1)), int(m.group(2)), int(m.group(3))
+    records = {int(pid): (int(rank), int(code)) for rank, code, pid in _RECORD.findall(text)}
+    if records:
+        def signalled(p: int) -> bool:
+            return records[p][1] < 0 and -records[p][1] != signal.SIGTERM
+
+        first = next(([p for p in batch if p in records] for batch in outcome.gone
+                      if any(p in records for p in batch)), [])
+        root = _RECORD.search(text[text.find("Root Cause"):]) if "Root Cause" in text else None
+        fallback = [int(root.group(3)) if root else next(iter(records))]
+        pid = sorted(first or [p for p in records if signalled(p)] or fallback,
+                     key=lambda p: (not signalled(p), records[p][0]))[0]
+        rank, code = records[pid]
         err = (next((e["error"] for e in outcome.errors if e.get("rank") == rank), None)
                or last_line(logs / f"rank{rank}.log"))
         if code < 0:

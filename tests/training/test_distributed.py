@@ -37,7 +37,7 @@ import torch
 pytestmark = pytest.mark.slow
 
 N_TRAIN, N_EVAL = 256, 128
-OPTS = dict(epochs=1, batch_size=32, lr=5e-5, seed=0, max_length=32, progress=False)
+OPTS = dict(epochs=1, batch_size=32, lr=2e-4, seed=0, max_length=32, progress=False)
 TINY_ROWS = [{"text": t, "label": y} for t, y in [
     ("great movie", 1), ("awful film", 0), ("a gorgeous, witty, seductive movie", 1),
     ("this film was a complete waste of two hours", 0), ("hello world great", 1), ("the lazy dog awful", 0),
