@@ -40,10 +40,10 @@ from ..pull import sha256_file  # noqa: F401  (re-exported: checkpoints are hash
 from ..errors import UsageError
 from .batching import check_columns, collate, length_grouped_batches, pad_id_for, read_labels, tokenize_column
 from .config import FinetuneConfig
+from .distributed import rank_seed
 from .evaluate import evaluate
 from .resume import (capture_rng, check_resume, load_training_state, load_weights, model_fingerprint, read_resume_state,
                      restore_rng, save_training_state, train_digest)
-from .distributed import rank_seed
 from .seed import deterministic_mode, seed_everything
 from .sft import collate_sft, evaluate_causal_lm, response_loss_sum, tokenize_pairs
 
