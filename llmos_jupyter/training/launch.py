@@ -182,10 +182,16 @@ def write_model(model: Any, tokenizer: Any, folder: Path, *, task: str) -> dict[
     ``model.safetensors``) and, for a peft model, ``adapter/`` (its LoRA adapters and saved
     head). A seq-cls model's never-trained weights (:func:`~.finetune.untrained_head_params`)
     are left out of the file, so a rank initialises them from the run seed as the kernel would.
+    The ``padding_idx`` of every embedding is recorded too: a loader that sets
+    ``config.pad_token_id`` after building the model (Llama-type models get their eos as pad)
+    leaves an embedding without one, and a model rebuilt from that config would get one (and a
+    zero gradient on that row).
 
     Returns:
-        ``{"path", "adapter", "untrained"}`` (paths relative to ``folder``).
+        ``{"path", "adapter", "untrained", "padding_idx"}`` (paths relative to ``folder``).
     """
+    from torch import nn
+
     from ..models.loading import quiet_transformers
     from .export import quiet_saving
     from .finetune import untrained_head_params
@@ -210,7 +216,10 @@ def write_model(model: Any, tokenizer: Any, folder: Path, *, task: str) -> dict[
             sd = {k: v for k, v in model.state_dict().items() if k not in set(untrained)}
             model.save_pretrained(mdir, state_dict=sd)
         tokenizer.save_pretrained(mdir)
-    return {"path": "model", "adapter": "adapter" if _is_peft(model) else None, "untrained": untrained}
+    base = model.get_base_model() if _is_peft(model) else model
+    pads = {n: m.padding_idx for n, m in base.named_modules() if isinstance(m, nn.Embedding)}
+    return {"path": "model", "adapter": "adapter" if _is_peft(model) else None, "untrained": untrained,
+            "padding_idx": pads}
 
 
 def write_spec(folder: Path, *, model: Any, tokenizer: Any, task: str, labels: Optional[list[str]], dtype: str,
@@ -346,14 +355,16 @@ def load_trained(model: Any, checkpoint: Path, config: Any) -> Any:
 def distributed_env(threads: Optional[int]) -> dict[str, str]:
     """Environment for the launcher: ``OMP_NUM_THREADS`` (torchrun otherwise sets 1 with a
     banner), a short agent shutdown timeout (a failed rank's peers are stopped within seconds),
-    no tokenizer fork warnings, the kernel's own ``sys.path`` first so the ranks import the same
-    llmos."""
+    no tokenizer fork warnings, and in a source checkout its folder first on ``PYTHONPATH`` so the
+    ranks import the same llmos as the kernel."""
     env = {"TORCH_ELASTIC_SHUTDOWN_TIMEOUT": str(int(GRACE_S) + 5), "TOKENIZERS_PARALLELISM": "false",
            "PYTHONUNBUFFERED": "1"}
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
-    root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+    root = Path(__file__).resolve().parents[2]
+    if (root / "pyproject.toml").is_file():  # a source checkout (never put site-packages before the stdlib)
+        rest = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+        env["PYTHONPATH"] = os.pathsep.join([str(root)] + rest)
     return env
 
 

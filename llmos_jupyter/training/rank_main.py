@@ -125,6 +125,10 @@ def load_model(spec: dict[str, Any], device: str) -> tuple[Any, Any]:
     loaded = load(m["path"], task=spec["task"], labels=m.get("labels"), dtype=m.get("dtype"), device=device,
                   attn_implementation=m.get("attn_implementation"))
     model = loaded.model
+    modules = dict(model.named_modules())
+    for name, idx in (m.get("padding_idx") or {}).items():  # as the kernel's model has them
+        if name in modules:
+            modules[name].padding_idx = idx
     if m.get("adapter"):
         from peft import PeftModel
 

@@ -14,7 +14,7 @@ job of the kernel's API, compared with the same run in one process.
 - FSDP2 through ``accelerate launch`` (LoRA, unequal slices: 5 rows on 2 ranks) gives the
   one-process losses.
 - The exported launch: two torchrun agents ("nodes") of 1 rank on 127.0.0.1 run the exported
-  ``launch.sh`` lines and give the one-process losses.
+  ``launch.sh`` lines of a causal-lm SFT (tiny Llama) and give the one-process losses.
 
 Each MiniLM run costs real seconds on 2 cores, so the runs are module fixtures shared by the
 assertions. Run: ``.venv/bin/python -m pytest tests/training/test_distributed.py -q -s``.
@@ -283,15 +283,33 @@ def test_fsdp_with_lora_through_accelerate_launch(llm, tiny):
     assert llm.evaluate("f2", "toy", batch_size=64, max_length=128).to_metrics() == b.metrics
 
 
-def test_two_nodes_of_one_rank_through_the_exported_commands(llm, tiny, tmp_path):
-    from llmos_jupyter.training.launch import free_port
+@pytest.fixture(scope="module")
+def tiny_lm(llm, tmp_path_factory):
+    """A tiny random Llama (causal-lm) and prompt/response rows whose responses differ in length."""
+    from tests.conftest import save_tiny
 
-    opts = dict(epochs=2, batch_size=4, lr=1e-3, seed=4, progress=False)
-    _load(llm, "n1", tiny)
+    path = save_tiny(tmp_path_factory.mktemp("tiny") / "llama", "llama")
+    pairs = [("great movie", "positive"), ("awful film", "negative film"), ("hello world", "positive yes"),
+             ("the lazy dog", "negative"), ("a film", "positive good one")] * 6
+    llm.data_load([{"prompt": p, "response": r} for p, r in pairs], name="sft")
+    llm.data_split("sft", test=0.2, seed=0, stratify=None)
+    return str(path)
+
+
+def test_two_nodes_of_one_rank_through_the_exported_commands(llm, tiny_lm, tmp_path):
+    """Causal-lm SFT (loss over response tokens: unequal token counts per rank) in 2 "nodes" of 1
+    rank, started with the exported torchrun lines: the one-process losses, and an evaluation
+    equal to a single-process one of the saved checkpoint."""
+    from llmos_jupyter.training import load_checkpoint
+    from llmos_jupyter.training.launch import free_port
+    from llmos_jupyter.training.sft import evaluate_causal_lm
+
+    opts = dict(epochs=2, batch_size=5, lr=1e-3, seed=4, progress=False)
+    llm.load(tiny_lm, alias="n1", task="causal-lm")
     out = tmp_path / "launch"
-    msg = llm.finetune("n1", "toy", export_launch=str(out), nproc=1, nnodes=2,
+    msg = llm.finetune("n1", "sft", export_launch=str(out), nproc=1, nnodes=2,
                        rdzv_endpoint=f"127.0.0.1:{free_port()}", **opts)
-    ref = llm.finetune("n1", "toy", **opts)  # the same alias, trained in the kernel after the export
+    ref = llm.finetune("n1", "sft", **opts)  # the same alias, trained in the kernel after the export
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     nodes = [subprocess.Popen(["bash", "launch.sh", str(k)], cwd=out, env=env, start_new_session=True,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for k in range(2)]
@@ -308,6 +326,9 @@ def test_two_nodes_of_one_rank_through_the_exported_commands(llm, tiny, tmp_path
     got = [e["loss"] for e in events if e["event"] == "step"]
     want = _losses(ref)
     rel = max(abs(x - y) / abs(y) for x, y in zip(got, want))
-    print(f"\n2 nodes x 1 rank (exported torchrun lines) vs 1 process: worst loss difference {rel:.2e} relative; "
-          f"commands: {msg.data['commands']}")
+    print(f"\n2 nodes x 1 rank (exported torchrun lines), causal-lm SFT, vs 1 process: worst loss difference "
+          f"{rel:.2e} relative; commands: {msg.data['commands']}")
     assert len(got) == len(want) and rel < 1e-4
+    model, tok = load_checkpoint(out / "output" / "checkpoint")
+    ev = evaluate_causal_lm(model, tok, llm.store().get("sft").splits["test"], batch_size=5, max_length=128)
+    assert ev.to_metrics() == events[-1]["result"]["metrics"]

@@ -233,10 +233,12 @@ def test_magic_launch_flags_reach_the_api(monkeypatch):
     assert "nproc" not in seen and "fsdp" not in seen
 
 
-def test_spec_hands_the_ranks_the_alias_weights(fresh_api, tiny_bert, tmp_path):
+def test_spec_hands_the_ranks_the_alias_weights(fresh_api, tiny_bert, tiny_llama, tmp_path):
     """The rank rebuilds the kernel's model from the spec: a never-trained head is left out (the
     rank initialises it from the seed, as the kernel would); a LoRA alias comes back with its
-    base weights, adapters and trained head, trainable."""
+    base weights, adapters and trained head, trainable; a Llama whose pad token the loader set
+    after building it keeps an embedding without padding_idx (else the eos row, the pad, would get
+    no gradient in the ranks)."""
     from llmos_jupyter.training.finetune import reinit_untrained_head, untrained_head_params
     from llmos_jupyter.training.launch import write_spec
     from llmos_jupyter.training.rank_main import load_model, read_spec
@@ -255,6 +257,15 @@ def test_spec_hands_the_ranks_the_alias_weights(fresh_api, tiny_bert, tmp_path):
     reinit_untrained_head(rec.model, 3)
     for (n, a), (_, b) in zip(rec.model.state_dict().items(), model.state_dict().items()):
         assert torch.equal(a, b), n
+
+    api.load(str(tiny_llama), alias="lm", task="causal-lm")
+    lm = api.manager().get("lm")
+    assert lm.model.config.pad_token_id is not None and lm.model.model.embed_tokens.padding_idx is None
+    spec = write_spec(tmp_path / "lm", model=lm.model, tokenizer=lm.tokenizer, task="causal-lm", labels=None,
+                      dtype=lm.dtype, data=data, config={}, output_dir="out", backend="gloo", fsdp=False)
+    model, _ = load_model(read_spec(spec), "cpu")
+    assert model.model.embed_tokens.padding_idx is None
+    assert all(torch.equal(a, b) for a, b in zip(lm.model.state_dict().values(), model.state_dict().values()))
 
     api.data_load(ROWS, name="toy")
     api.data_split("toy", test=0.25, seed=0)
