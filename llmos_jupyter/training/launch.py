@@ -138,7 +138,7 @@ def check_launch(lc: LaunchConfig, *, backend: str, n_train: int, config: Any, r
     """Refuse, in one line each, a launch that cannot run: nccl without GPUs or with more local
     ranks than GPUs, more ranks than training rows or than rows per global batch, FSDP with
     best-model tracking or ``--resume``, a rendezvous port already taken (kernel launches of one
-    node), several nodes from the kernel without ``--rdzv-endpoint``.
+    node), several nodes from the kernel without ``--rdzv-endpoint`` or with ``accelerate``.
 
     Raises:
         UsageError: the reason and the fix.
@@ -162,6 +162,9 @@ def check_launch(lc: LaunchConfig, *, backend: str, n_train: int, config: Any, r
         raise UsageError("--fsdp keeps no unsharded copy of the best weights; drop --patience/--metric, or drop --fsdp")
     if lc.fsdp and resume:
         raise UsageError("an --fsdp run cannot --resume yet (its optimizer state is sharded); resume without --fsdp")
+    if kernel and lc.nnodes > 1 and lc.launcher == "accelerate":
+        raise UsageError("--launcher accelerate starts one node from the kernel; for several nodes use "
+                         "--launcher torchrun, or --export-launch DIR for the accelerate launch line of every node")
     if kernel and lc.nnodes > 1 and not lc.rdzv_endpoint:
         raise UsageError(f"--nnodes {lc.nnodes} needs --rdzv-endpoint HOST:PORT with an address of this machine "
                          f"the other nodes reach; or write the commands for every node with --export-launch DIR")
@@ -512,7 +515,8 @@ runs the line of that node. Progress prints on node 0; logs: `output/logs/rank<R
 
 
 def run_distributed(model: Any, tokenizer: Any, *, lc: LaunchConfig, backend: str, task: str,
-                    labels: Optional[list[str]], dtype: str, data: dict[str, Any], config: Any, run_dir: os.PathLike | str, run_id: str,
+                    labels: Optional[list[str]], dtype: str, data: dict[str, Any], config: Any,
+                    run_dir: os.PathLike | str, run_id: str,
                     resume_from: Optional[os.PathLike | str] = None, progress: Any = None,
                     job_update: Optional[Callable[..., None]] = None,
                     should_stop: Optional[Callable[[], bool]] = None) -> DistributedResult:

@@ -44,7 +44,7 @@ class Supervisor:
     """Start a launcher command in its own session and watch it to the end.
 
     Args:
-        cmd: the argv (:func:`torchrun_command` / :func:`accelerate_command`).
+        cmd: the argv (:func:`~.launch.torchrun_command` / :func:`~.launch.accelerate_command`).
         run_dir: the run folder (``events.jsonl``, ``logs/``).
         env: extra environment variables.
         on_event: called with every event dict rank 0 writes, in order.
