@@ -171,6 +171,7 @@ def test_launch_checks_are_one_line_each():
                   dict(config=FinetuneConfig(batch_size=4, eval_every=2, metric_for_best="loss")), "--fsdp keeps no"),
                  (LaunchConfig(nproc=2, fsdp=True), dict(resume=True), "cannot --resume"),
                  (LaunchConfig(nproc=1, nnodes=2), {}, "needs --rdzv-endpoint"),
+                 (LaunchConfig(nproc=1, nnodes=2, launcher="accelerate"), {}, "accelerate starts one node"),
                  (LaunchConfig(nproc=2, rdzv_endpoint=f"127.0.0.1:{busy}"), {}, f"port {busy} is already in use")]
         for lc, over, msg in cases:
             if "CUDA" in msg and torch.cuda.is_available():
