@@ -262,7 +262,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except BaseException as e:  # noqa: BLE001 - the last line of the log is the rank's reason
         traceback.print_exc()
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        line = f"{type(e).__name__}: {first}".rstrip(": ")[:300]
+        line = first if isinstance(e, LLMOSError) else f"{type(e).__name__}: {first}".rstrip(": ")[:300]
         print(f"llmos rank {rank} failed: {line}", flush=True)
         append_event(events, event="error", rank=rank, pid=os.getpid(), error=line, refused=isinstance(e, LLMOSError))
         return 2 if isinstance(e, LLMOSError) else 1

@@ -356,3 +356,39 @@ def test_jobs_table_shows_world_size_and_ranks_alive(fresh_api):
     row = api.jobs().rows[0]
     assert row[-1] == "2 (1 alive)" and "2 ranks (1 alive here)" in repr(job)
     assert api.state()["jobs"][0]["world_size"] == 2 and api.state()["jobs"][0]["pids"] == [11, 12]
+
+
+def test_a_rank_refusal_is_one_line_and_a_failure_is_recorded(fresh_api, tiny_bert, monkeypatch):
+    """What the API does with the end of a distributed run, the ranks replaced by their result: a
+    refusal (a rank's one-line UsageError) keeps no run; a failure records the run as failed with
+    the reason and its checkpoint, and raises the reason in one line."""
+    from llmos_jupyter.errors import LLMOSError
+    from llmos_jupyter.training import launch
+    from llmos_jupyter.training.supervisor import DistributedResult
+
+    api = fresh_api
+    api.load(str(tiny_bert), alias="m", task="seq-cls", labels="negative,positive")
+    api.data_load(ROWS, name="toy")
+    api.data_split("toy", test=0.25, seed=0)
+    before = {n: p.detach().clone() for n, p in api.manager().get("m").model.named_parameters()}
+    monkeypatch.setattr(launch, "run_distributed", lambda *a, **k: DistributedResult(
+        status="refused", error="the model has num_labels=1; reload it with 2 labels"))
+    with pytest.raises(UsageError, match="^the model has num_labels=1; reload it with 2 labels$"):
+        api.finetune("m", "toy", nproc=2, batch_size=4, progress=False)
+    assert len(api.runs(100)) == 0 and api.jobs().rows == []
+
+    def failed(*a, run_dir, **k):
+        ck = run_dir / "checkpoint"
+        ck.mkdir(parents=True)
+        return DistributedResult(status="failed", error="rank 1 (pid 7) was killed by SIGKILL", checkpoint=str(ck),
+                                 checkpoint_sha256="ab", steps=3)
+
+    monkeypatch.setattr(launch, "run_distributed", failed)
+    with pytest.raises(LLMOSError, match="^distributed fine-tune failed: rank 1 .pid 7. was killed by SIGKILL$"):
+        api.finetune("m", "toy", nproc=2, batch_size=4, progress=False)
+    run = api.runs(1)[0]
+    assert run.status == "failed" and run.error == "rank 1 (pid 7) was killed by SIGKILL"
+    assert run.checkpoint.endswith("checkpoint") and run.distributed["world_size"] == 2
+    after = dict(api.manager().get("m").model.named_parameters())
+    assert all(torch.equal(before[n], after[n]) for n in before)  # a failed run leaves the alias as it was
+    assert api.manager().get("m").exclusive is None
