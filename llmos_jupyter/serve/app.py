@@ -37,7 +37,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import protocol as P
-from .workers import Ticket
+from .workers import Ticket, need_task
 
 POLL_S = 0.25  # how often a request waiting in the queue checks that its client is still there
 DRAIN_BYTES = 64 * 2**20  # an over-long body is read (and dropped) up to this, so the client sees the 413
@@ -144,7 +144,7 @@ def create_app(hub):
     async def generation(request: Request, chat: bool):
         req = await body_of(request, P.ChatCompletionRequest if chat else P.CompletionRequest)
         checked = req.check()
-        hub.resolve(req.model)
+        need_task(hub.resolve(req.model), "causal-lm", "/v1/chat/completions" if chat else "/v1/completions")
         payload = {"settings": settings_of(req, req.limit if chat else req.max_tokens)}
         payload["messages" if chat else "prompt"] = checked
         t, q = ticket("chat" if chat else "completion", req.model, payload)
@@ -235,7 +235,8 @@ def create_app(hub):
 
     # ------------------------------------------------------ embed, classify
     async def one_shot(request: Request, kind: str, alias: str, payload: dict):
-        hub.resolve(alias)
+        need_task(hub.resolve(alias), "embedding" if kind == "embed" else "seq-cls",
+                  "/v1/embeddings" if kind == "embed" else "/v1/classify")
         t, q = ticket(kind, alias, payload)
         ev = await next_event(request, t, q)
         if ev is None:

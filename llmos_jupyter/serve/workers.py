@@ -82,6 +82,18 @@ def to_api_error(e: BaseException, alias: str, during: str = "") -> APIError:
     return APIError(500, f"llmos failed: {type(e).__name__}: {first[:200]}", code="internal_error")
 
 
+ROUTES = {"causal-lm": "/v1/chat/completions or /v1/completions", "embedding": "/v1/embeddings",
+          "seq-cls": "/v1/classify"}
+
+
+def need_task(rec, task: str, route: str) -> None:
+    """Raise a 400 naming the right route when ``rec`` is not a ``task`` model."""
+    if rec.task != task:
+        raise APIError(400, f"'{rec.alias}' is a {rec.task} model and {route} needs a {task} model; "
+                            f"call {ROUTES.get(rec.task, 'another route')} with it", param="model",
+                       code="wrong_model_task")
+
+
 class ModelWorker:
     """The queue and the thread that serve one alias (see the module docstring).
 
@@ -257,11 +269,7 @@ class ModelWorker:
 
     # ------------------------------------------------------------ generation
     def _need(self, rec, task: str, route: str) -> None:
-        if rec.task != task:
-            other = {"causal-lm": "/v1/chat/completions or /v1/completions", "embedding": "/v1/embeddings",
-                     "seq-cls": "/v1/classify"}.get(rec.task, "another route")
-            raise APIError(400, f"'{self.alias}' is a {rec.task} model and {route} needs a {task} model; "
-                                f"call {other} with it", param="model", code="wrong_model_task")
+        need_task(rec, task, route)
 
     def _prompt(self, engine, t: Ticket) -> tuple[str, bool]:
         """The text to continue and whether the tokenizer adds its special tokens."""

@@ -28,6 +28,12 @@ def talkative_llama(tmp_path_factory, tiny_llama) -> Path:
     return save_talkative(tiny_llama, tmp_path_factory.mktemp("tiny") / "talkative")
 
 
+@pytest.fixture(scope="session")
+def long_talkative(tmp_path_factory, long_tiny_llama) -> Path:
+    """``talkative_llama`` with 16,384 positions: a stream that runs for many seconds."""
+    return save_talkative(long_tiny_llama, tmp_path_factory.mktemp("tiny") / "long_talkative")
+
+
 @pytest.fixture
 def served(fresh_api, talkative_llama, tiny_bert):
     """An in-process server over a fresh API with ``tiny`` (causal-lm, transformers) and ``bert``
