@@ -24,7 +24,6 @@ Events reach the request's asyncio task through ``loop.call_soon_threadsafe``: `
 from __future__ import annotations
 
 import collections
-import contextlib
 import threading
 import time
 from dataclasses import dataclass, field
@@ -109,6 +108,7 @@ class ModelWorker:
         self.cond = threading.Condition()
         self.thread: Optional[threading.Thread] = None
         self.stopping = False
+        self.holds: dict = {}  # id(ticket) -> its manager.use() context (the worker thread's only)
 
     # ----------------------------------------------------------------- queue
     def submit(self, ticket: Ticket) -> None:
@@ -216,17 +216,24 @@ class ModelWorker:
 
     def _fail(self, t: Ticket, err: APIError) -> None:
         if t.state != "done":
+            self._release(t)
             t.state = "done"
             self.hub.count(t, error=True)
             t.send("error", err)
 
     def _finish(self, t: Ticket, kind: str, value: Any, tokens: int = 0) -> None:
         if t.state != "done":
+            self._release(t)
             t.state = "done"
             self.hub.count(t, tokens=tokens)
             t.send(kind, value)
 
     def _release(self, t: Ticket) -> None:
+        """Drop ``t``'s hold on the model and its slot *before* its client hears the end, so a
+        cell that unloads the model right after a response never finds it in use."""
+        cm = self.holds.pop(id(t), None)
+        if cm is not None:
+            cm.__exit__(None, None, None)
         with self.cond:
             if t in self.running:
                 self.running.remove(t)
@@ -234,8 +241,8 @@ class ModelWorker:
 
     def _run(self, batch: list[Ticket]) -> None:
         m = self.hub.manager
-        with contextlib.ExitStack() as stack:
-            holds = {}
+        rec = None
+        try:
             for t in batch:  # one hold per request, as one call per cell
                 if t.cancel.is_set():
                     self._fail(t, APIError(499, "the client closed the request", code="client_closed"))
@@ -247,25 +254,21 @@ class ModelWorker:
                     self._fail(t, to_api_error(e, self.alias, " (it was unloaded while the request waited)"
                                                   if isinstance(e, NotFoundError) else ""))
                     continue
-                holds[id(t)] = cm
-                stack.callback(self._exit_hold, holds, t)
-            live = [t for t in batch if id(t) in holds]
+                self.holds[id(t)] = cm
+            live = [t for t in batch if id(t) in self.holds]
             if not live:
                 return
-            rec = m.get(self.alias)
             kind = live[0].kind
             if kind in ("chat", "completion"):
-                self._generate(rec, live, holds)
+                self._generate(rec, live)
             elif kind == "embed":
                 self._embed(rec, live[0])
             else:
                 self._classify(rec, live[0])
-
-    @staticmethod
-    def _exit_hold(holds: dict, t: Ticket) -> None:
-        cm = holds.pop(id(t), None)
-        if cm is not None:
-            cm.__exit__(None, None, None)
+        finally:
+            for t in batch:  # whatever happened, no hold outlives its request
+                if id(t) in self.holds:
+                    self._release(t)
 
     # ------------------------------------------------------------ generation
     def _need(self, rec, task: str, route: str) -> None:
@@ -277,7 +280,7 @@ class ModelWorker:
             return engine.render_chat(t.payload["messages"]), False
         return t.payload["prompt"], True
 
-    def _generate(self, rec, batch: list[Ticket], holds: dict) -> None:
+    def _generate(self, rec, batch: list[Ticket]) -> None:
         route = "/v1/chat/completions" if batch[0].kind == "chat" else "/v1/completions"
         engine = rec.inference()
         prepared = []
@@ -288,11 +291,10 @@ class ModelWorker:
                 prepared.append((t, engine.prepare(prompt, t.payload["settings"], add_special_tokens=special)))
             except BaseException as e:
                 self._fail(t, to_api_error(e, self.alias))
-                self._exit_hold(holds, t)
         if not prepared:
             return
         if rec.engine == "transformers":
-            self._generate_batch(rec, engine, prepared, holds)
+            self._generate_batch(rec, engine, prepared)
             return
         for t, (ids, settings, stats) in prepared:  # llama.cpp: one sequence at a time
             if t.cancel.is_set():
@@ -307,21 +309,18 @@ class ModelWorker:
             except BaseException as e:
                 self._fail(t, to_api_error(e, self.alias))
             else:
+                stream.close()
                 self._done(rec, t, stream.stats)
             finally:
                 stream.close()
-                self._exit_hold(holds, t)
-                self._release(t)
 
-    def _generate_batch(self, rec, engine, prepared: list, holds: dict) -> None:
+    def _generate_batch(self, rec, engine, prepared: list) -> None:
         from ..models.engines.hf import BatchRow
 
         rows = []
         for t, (ids, settings, stats) in prepared:
-            def on_done(t=t, stats=stats):
+            def on_done(t=t, stats=stats):  # the model's refcount drops as this row ends
                 self._done(rec, t, stats)
-                self._exit_hold(holds, t)  # the model's refcount drops as this row ends
-                self._release(t)
 
             rows.append(BatchRow(ids, settings, stats, on_piece=lambda s, t=t: t.send("piece", s), cancel=t.cancel,
                                  on_done=on_done))
