@@ -57,7 +57,8 @@ REQUEST_TIMEOUT_S = 600
 LLMOS_SERVER = """
 import json, sys
 from llmos_jupyter import api
-api.load(sys.argv[1], engine=sys.argv[2], alias="smol", **({{"threads": int(sys.argv[3])}} if sys.argv[2] == "llama.cpp" else {{}}))
+kw = {{"threads": int(sys.argv[3])}} if sys.argv[2] == "llama.cpp" else {{}}
+api.load(sys.argv[1], engine=sys.argv[2], alias="smol", **kw)
 s = api.serve()
 print("READY " + json.dumps({{"base_url": s["base_url"], "token": s["token"]}}), flush=True)
 sys.stdin.read()
@@ -74,7 +75,8 @@ def free_port() -> int:
 def start_llmos(path: Path, engine: str, threads: int):
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
     proc = subprocess.Popen([sys.executable, "-c", LLMOS_SERVER.format(), str(path), engine, str(threads)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env=env)
     deadline = time.time() + START_TIMEOUT_S
     while time.time() < deadline:
         line = proc.stdout.readline()

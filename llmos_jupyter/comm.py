@@ -152,7 +152,9 @@ class _Hub:
             msg[key] = jsonable(list(value) if isinstance(value, (list, tuple)) else [])
         msg["hardware"] = hw
         server = state.get("server")
-        msg["server"] = jsonable({k: v for k, v in server.items() if k != "token"}) if isinstance(server, dict) else None
+        if isinstance(server, dict):
+            server = jsonable({k: v for k, v in server.items() if k != "token"})  # the panel never sees the token
+        msg["server"] = server if isinstance(server, dict) else None
         return msg
 
     def hardware_message(self) -> dict:

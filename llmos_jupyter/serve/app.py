@@ -254,8 +254,8 @@ def create_app(hub):
             return JSONResponse({}, status_code=499)
         vectors = res["vectors"]
         if req.dimensions is not None and req.dimensions != vectors.shape[1]:
-            raise P.APIError(400, f"dimensions={req.dimensions}, but '{req.model}' gives {vectors.shape[1]}-dimensional "
-                                  f"vectors; leave dimensions out", param="dimensions")
+            raise P.APIError(400, f"dimensions={req.dimensions}, but '{req.model}' gives {vectors.shape[1]}-"
+                                  f"dimensional vectors; leave dimensions out", param="dimensions")
         if req.encoding_format == "base64":  # little-endian float32, as the openai client decodes it
             data = [P.Embedding(index=i, embedding=base64.b64encode(v.astype("<f4").tobytes()).decode())
                     for i, v in enumerate(vectors)]

@@ -361,7 +361,8 @@ def start(manager, settings: ServeSettings, *, threads: Optional[int] = None, no
             for alias in settings.models:
                 if alias not in manager.aliases():
                     raise unknown("model", alias, manager.aliases(),
-                                  f"load it before serving it (`%llm load NAME --as {alias}`), or drop it from --models")
+                                  f"load it before serving it (`%llm load NAME --as {alias}`), or drop it from "
+                                  f"--models")
         warning = host_warning(settings.host)
         if warning and notify is not None:
             notify(warning)
