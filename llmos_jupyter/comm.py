@@ -321,7 +321,9 @@ class _Hub:
             self.thread.start()
 
     def run(self) -> None:
-        _detach_from_cells()
+        from llmos_jupyter.resources.jobs import detach_output
+
+        detach_output()
         while True:
             try:
                 self.wake.wait(self.step())
@@ -377,21 +379,6 @@ def _error(message: str, action: str | None = None, target: str | None = None,
            id: Any = None) -> dict:
     return {"type": "error", "version": VERSION, "message": " ".join(str(message).split()),
             "action": action, "target": target, "id": id}
-
-
-def _detach_from_cells() -> None:
-    """Give this thread an empty parent header, so pushes are not attributed to whichever cell
-    happens to be running (ipykernel >= 7 keeps the shell parent in a ContextVar that threads
-    otherwise inherit from the last request). Best effort: older kernels keep the old routing."""
-    try:
-        from ipykernel.kernelbase import Kernel
-
-        if Kernel.initialized():
-            var = getattr(Kernel.instance(), "_shell_parent", None)
-            if var is not None and hasattr(var, "set"):
-                var.set({})
-    except Exception:
-        pass
 
 
 def register(ip: Any = None) -> bool:

@@ -247,17 +247,12 @@ class Hub:
             self._last_event = now
             self.manager.events.emit("serve", **{k: v for k, v in self.summary().items() if k != "per_model"})
 
-    def detach_output(self) -> None:
-        """Give this thread an empty parent header, so nothing it prints lands in a running cell."""
-        try:
-            from ipykernel.kernelbase import Kernel
+    @staticmethod
+    def detach_output() -> None:
+        """Nothing a serving thread prints lands in whichever cell is running."""
+        from ..resources.jobs import detach_output
 
-            if Kernel.initialized():
-                var = getattr(Kernel.instance(), "_shell_parent", None)
-                if var is not None and hasattr(var, "set"):
-                    var.set({})
-        except Exception:
-            pass
+        detach_output()
 
     def set_threads(self) -> None:
         """Use the kernel's torch thread count in this thread (OpenMP's setting is per thread)."""

@@ -220,24 +220,24 @@ def test_real_models_on_both_engines(kernel, pulled):
         assert chunks[-1].usage.prompt_tokens == whole.usage.prompt_tokens == n_prompt, alias
         assert "<|im_end|>" not in whole.choices[0].message.content
     # concurrent requests to the transformers engine share one generate and answer as they do alone
-    prompts = ["What is the capital of France?", "Name a colour.", "Say hello in French.", "What is 2 + 2?"]
+    prompts = ["What is the capital of France?", "Name a colour.", "Say hello in French."]
     alone = [client.chat.completions.create(model="smol-hf", messages=[{"role": "user", "content": p}],
-                                            max_tokens=16).choices[0].message.content for p in prompts]
+                                            max_tokens=10).choices[0].message.content for p in prompts]
     before = _value(kernel, "_llm.serve_status()['batches']")
-    together = [None] * 4
+    together = [None] * 3
 
     def ask(i):
         msg = [{"role": "user", "content": prompts[i]}]
-        reply = client.chat.completions.create(model="smol-hf", messages=msg, max_tokens=16)
+        reply = client.chat.completions.create(model="smol-hf", messages=msg, max_tokens=10)
         together[i] = reply.choices[0].message.content
 
-    threads = [threading.Thread(target=ask, args=(i,)) for i in range(4)]
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(3)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(120)
     assert together == alone
-    assert _value(kernel, "_llm.serve_status()['batches']") - before < 4  # at least two of them shared a generate
+    assert _value(kernel, "_llm.serve_status()['batches']") - before < 3  # at least two of them shared a generate
     want = np.array(_value(kernel, "_llm.embed('minilm', ['a gorgeous movie', 'a dull film']).tolist()"))
     got = client.embeddings.create(model="minilm", input=["a gorgeous movie", "a dull film"])
     assert np.allclose([d.embedding for d in got.data], want, atol=1e-5) and len(got.data[0].embedding) == 384
