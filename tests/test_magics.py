@@ -129,6 +129,7 @@ def test_serve_magics_reach_the_api_and_help_lists_them(shell, capsys, monkeypat
     for want in ("%llm serve [--port N] [--host ADDR] [--models A,B]", "%llm serve status", "%llm serve stop",
                  "prints a warning"):
         assert want in text, text
+    monkeypatch.undo()  # the real api.serve checks the port before binding anything
     shell.run_line_magic("llm", "serve --port 70000")
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--port must be a whole number 0..65535" in err
