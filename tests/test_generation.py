@@ -12,7 +12,7 @@ from llmos_jupyter.errors import LLMOSError, UsageError
 def test_no_chat_template_is_one_line(fresh_api, tiny_llama, tmp_path, pulled):
     from transformers import AutoTokenizer
 
-    from llmos_jupyter.models.generation import render_chat
+    from llmos_jupyter.models.chat_template import render_chat
 
     tok = AutoTokenizer.from_pretrained(pulled["all-minilm-l6-v2"])
     with pytest.raises(LLMOSError) as e:
@@ -39,7 +39,7 @@ def test_no_chat_template_is_one_line(fresh_api, tiny_llama, tmp_path, pulled):
 def test_smollm2_prompt_is_exact(pulled):
     from transformers import AutoTokenizer
 
-    from llmos_jupyter.models.generation import render_chat
+    from llmos_jupyter.models.chat_template import render_chat
 
     d = pulled["smollm2-135m-instruct"]
     tok = AutoTokenizer.from_pretrained(d, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -68,7 +68,7 @@ def test_failure_in_worker_surfaces_fast_and_model_stays_usable(fresh_api, tiny_
 
 
 def test_streaming_yields_pieces_before_the_end(fresh_api, tiny_llama):
-    from llmos_jupyter.models.generation import stream
+    from llmos_jupyter.models.engines.hf import stream
 
     fresh_api.load(str(tiny_llama), alias="t", task="causal-lm")
     rec = fresh_api.manager().get("t")
