@@ -145,7 +145,7 @@ def estimate(spec: str, task: str | None = None, dtype: str | None = None, *, pu
         total = params * nbytes
     else:
         config = _load_config(src, False)
-        params, total = estimate_from_config(config, task, nbytes)
+        params, total = estimate_from_config(config, auto_class(task), nbytes)
     real = total + tokenizer_bytes(tokenizer_entries(src))
     return {"params": params, "bytes": total, "real_bytes": real, "dtype": dtype, "device": device, "task": task}
 

@@ -56,13 +56,6 @@ def movie_reviews_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def minilm_dir() -> Path:
-    from llmos_jupyter.pull import ensure_pulled
-
-    return ensure_pulled("all-minilm-l6-v2")
-
-
-@pytest.fixture(scope="session")
 def minilm(minilm_dir):
     from transformers import AutoModel, AutoTokenizer
 
