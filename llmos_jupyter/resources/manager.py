@@ -811,18 +811,6 @@ class ModelManager:
                f"{time.perf_counter() - t0:.2f} s)")
 
     # ------------------------------------------------------------- keep-alive
-    def set_keep_alive(self, alias: str, keep_alive) -> ModelRecord:
-        """Change ``alias``'s keep-alive (``"10m"``, ``0``, ``-1``; see :func:`parse_duration`);
-        the clock restarts now."""
-        ka = parse_duration(keep_alive)
-        with self._lock:
-            rec = self.get(alias)
-            rec.keep_alive, rec.last_used = ka, time.time()
-        self.events.emit("keep-alive", alias=alias, keep_alive=ka)
-        if ka is not None and ka > 0:
-            self._ensure_reaper()
-        return rec
-
     def _expire(self, rec: ModelRecord, why: str, now: float | None = None) -> dict | None:
         """Unload ``rec`` for its keep-alive unless it became busy, pinned or replaced meanwhile
         (checked at ``now``, default the clock); reports one line on stderr (and the ``expire`` event)."""

@@ -151,24 +151,11 @@ class FinetuneResult:
         return "\n".join(lines)
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
-        import html
+        from ..display import kv_html
 
-        rows = "".join(
-            f"<tr><th style='text-align:left'>{html.escape(k)}</th><td style='text-align:left'>{html.escape(_fmt(v))}</td></tr>"
-            for k, v in self.summary().items()
-            if k != "metrics"
-        )
-        rows += "".join(
-            f"<tr><th style='text-align:left'>eval {html.escape(k)}</th><td style='text-align:left'>{html.escape(_fmt(v))}</td></tr>"
-            for k, v in self.metrics.items()
-        )
-        return {"text/plain": str(self), "text/html": f"<table class='llmos-finetune'>{rows}</table>"}
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return "-" if v is None else str(v)
+        rows = [(k, v) for k, v in self.summary().items() if k != "metrics"]
+        rows += [(f"eval {k}", v) for k, v in self.metrics.items()]
+        return {"text/plain": str(self), "text/html": kv_html(rows, "llmos-finetune")}
 
 
 # ---------------------------------------------------------------------------------------------
