@@ -1175,9 +1175,9 @@ def doctor() -> Table:
     import platform
 
     from . import pull as pull_mod
-    from . import __version__
+    from .training.runs import package_versions
 
-    rows = [["llmos-jupyter", __version__], ["python", platform.python_version()]]
+    rows = [["llmos-jupyter", package_versions()["llmos-jupyter"]], ["python", platform.python_version()]]
     for pkg in ("torch", "transformers", "datasets", "peft", "accelerate", "safetensors", "gguf", "triton",
                 "ipykernel", "ipywidgets", "jupyterlab", "nvidia-ml-py", "psutil"):
         try:

@@ -7,6 +7,26 @@ cell result does not keep a model alive.
 from __future__ import annotations
 
 import html
+import json
+from typing import Any, Iterable
+
+
+def fmt_value(v: Any) -> str:
+    """One cell of a result: ``None`` → ``-``, a float with 4 significant digits, a dict as JSON."""
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, dict):
+        return json.dumps(v, default=str)
+    return str(v)
+
+
+def kv_html(rows: Iterable[tuple[str, Any]], css_class: str) -> str:
+    """A two-column key/value HTML table (keys as row headers, values through :func:`fmt_value`)."""
+    body = "".join(f"<tr><th style='text-align:left'>{html.escape(k)}</th>"
+                   f"<td style='text-align:left'>{html.escape(fmt_value(v))}</td></tr>" for k, v in rows)
+    return f"<table class='{css_class}'>{body}</table>"
 
 
 class Table:

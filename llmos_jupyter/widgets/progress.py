@@ -33,6 +33,8 @@ import threading
 import time
 from typing import Any, Optional, TextIO
 
+from ..resources.memory import format_size
+
 MODES = ("auto", "widget", "html", "text", "none")
 MAX_CURVE_POINTS = 400  # the live SVG curve is downsampled to this many points (cheap to redraw)
 
@@ -60,16 +62,6 @@ def _fmt_s(s: Optional[float]) -> str:
     h, rem = divmod(s, 3600)
     m, sec = divmod(rem, 60)
     return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
-
-
-def _fmt_bytes(n: Optional[float]) -> str:
-    if not n:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)  # pragma: no cover
 
 
 def _fmt_num(v: Any) -> str:
@@ -332,7 +324,7 @@ class TrainingProgress:
         wall = getattr(r, "wall_s", None) if r is not None else time.monotonic() - self._t0
         rows.append(("wall time", _fmt_s(wall)))
         if r is not None:
-            rows.append(("peak memory", _fmt_bytes(getattr(r, "peak_device_bytes", None) or getattr(r, "peak_rss_bytes", None))))
+            rows.append(("peak memory", format_size(getattr(r, "peak_device_bytes", None) or getattr(r, "peak_rss_bytes", None) or None)))
             for k, v in (getattr(r, "metrics", None) or {}).items():
                 rows.append((f"eval {k}", _fmt_num(v)))
             if getattr(r, "checkpoint", None):

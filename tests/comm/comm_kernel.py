@@ -122,7 +122,7 @@ def start_kernel(tmp: Path, kernel_name: str = "python3", extra_env: dict | None
     from jupyter_client import KernelManager
 
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(HERE), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(HERE), str(HERE.parent), env.get("PYTHONPATH", "")])
     env["LLMOS_HOME"] = str(tmp / "llmos_home")
     env.update(extra_env or {})
     km = KernelManager(kernel_name=kernel_name)

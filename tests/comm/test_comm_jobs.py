@@ -31,8 +31,8 @@ def k(tmp_path_factory):
     # processes make each step many times slower (the panel protocol is what is tested here).
     client, log_file = start_kernel(tmp, NATIVE_KERNEL_NAME, extra_env={"OMP_NUM_THREADS": "1"})
     client.run("%load_ext llmos_jupyter")
-    client.run(f"import comm_tiny\ncomm_tiny.save_tiny_bert({str(tmp / 'bert')!r})\n"
-               f"rows = comm_tiny.sentiment_rows({N_ROWS})", timeout=120)
+    client.run(f"import tiny_kit\ntiny_kit.save_tiny({str(tmp / 'bert')!r}, 'bert-cls')\n"
+               f"rows = tiny_kit.sentiment_rows({N_ROWS})", timeout=120)
     for line in (f"%llm load {tmp / 'bert'} --task seq-cls --labels negative,positive --as tiny",
                  "%llm data load rows --as ds", f"%llm data split ds --test {TEST_SHARE}"):
         reply = client.run(line, timeout=180)

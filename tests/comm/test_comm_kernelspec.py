@@ -64,7 +64,7 @@ def test_panel_gets_a_snapshot_of_the_real_api(llmos_kernel):
 
 def test_load_and_unload_through_the_panel_with_the_real_api(llmos_kernel, tmp_path):
     k = llmos_kernel
-    k.run(f"import comm_tiny; comm_tiny.save_tiny_llama({str(tmp_path / 'tiny')!r})", timeout=120)
+    k.run(f"import tiny_kit; tiny_kit.save_tiny({str(tmp_path / 'tiny')!r}, 'llama')", timeout=120)
     cid = k.open()
     k.wait_for(lambda d: d.get("type") == "state", comm_id=cid, timeout=30)
     t0 = time.monotonic()
@@ -72,8 +72,9 @@ def test_load_and_unload_through_the_panel_with_the_real_api(llmos_kernel, tmp_p
     t_done = max(t for t, m in k.iopub if m["msg_type"] == "status"
                  and m["parent_header"].get("msg_id") == reply["parent_header"]["msg_id"]
                  and m["content"]["execution_state"] == "idle")
+    # snapshots sent while it loads show it "loading"; the one that counts shows it ready
     t, snap, _ = k.wait_for(lambda d: d.get("type") == "state"
-                            and any(m["alias"] == "tiny" for m in d["models"]),
+                            and any(m["alias"] == "tiny" and m["state"] == "ready" for m in d["models"]),
                             comm_id=cid, since=t0, timeout=5)
     assert t - t_done < 1.0, f"panel saw the load {t - t_done:.2f}s after the cell ended"
     (model,) = [m for m in snap["models"] if m["alias"] == "tiny"]

@@ -23,7 +23,7 @@ import time
 
 import pytest
 
-from test_kernel import Kernel
+from kernel_kit import Kernel
 
 
 def _serve(kernel, line: str) -> dict:

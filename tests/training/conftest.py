@@ -10,54 +10,21 @@
 """
 from __future__ import annotations
 
-import random as _random
 from pathlib import Path
 
 import pytest
 
-POS = ["good", "great", "fine", "lovely", "superb", "fun", "moving", "witty"]
-NEG = ["bad", "awful", "dull", "boring", "weak", "poor", "messy", "tedious"]
-FILL = ["the", "movie", "film", "plot", "was", "and", "a", "very", "story", "acting", "really", "quite"]
-
-
-def _vocab() -> list[str]:
-    return ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "42", "great", "movie", "awful", "film"] + sorted(set(POS + NEG + FILL) - {"great", "movie", "awful", "film"})
+from tiny_kit import make_sentiment, tiny_model as _tiny_model, word_tokenizer
 
 
 def make_tiny_tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {w: i for i, w in enumerate(_vocab())}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]")
+    return word_tokenizer()
 
 
 def make_tiny_model(num_labels: int = 2, dropout: float = 0.1, seed: int = 0, pad_token_id=0):
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(seed)
-    cfg = BertConfig(
-        vocab_size=len(_vocab()), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        max_position_embeddings=64, num_labels=num_labels, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
-        pad_token_id=pad_token_id,
-    )
-    return BertForSequenceClassification(cfg).eval()
-
-
-def make_sentiment(n: int = 96, seed: int = 0) -> dict:
-    rng = _random.Random(seed)
-    texts, labels = [], []
-    for i in range(n):
-        y = i % 2
-        words = [rng.choice(FILL) for _ in range(rng.randint(1, 9))] + [rng.choice(POS if y else NEG) for _ in range(rng.randint(1, 2))]
-        rng.shuffle(words)
-        texts.append(" ".join(words))
-        labels.append(y)
-    return {"text": texts, "label": labels}
+    """A random 2-layer BertForSequenceClassification (hidden 32) in eval mode."""
+    return _tiny_model("bert-cls", word_tokenizer(), seed=seed, num_labels=num_labels, hidden_dropout_prob=dropout,
+                       attention_probs_dropout_prob=dropout, pad_token_id=pad_token_id).eval()
 
 
 @pytest.fixture(scope="session")
@@ -77,13 +44,6 @@ def sentiment():
     d = make_sentiment()
     full = datasets.Dataset.from_dict(d)
     return full.select(range(64)), full.select(range(64, 96))
-
-
-@pytest.fixture(scope="session")
-def minilm_dir() -> Path:
-    from llmos_jupyter.pull import ensure_pulled
-
-    return ensure_pulled("all-minilm-l6-v2")
 
 
 @pytest.fixture(scope="session")

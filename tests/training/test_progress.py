@@ -62,15 +62,15 @@ NOTEBOOK_CELL_1 = """
 import json, sys, time
 sys.path[:0] = [{repo!r}, {tests!r}]
 import torch; torch.set_num_threads(1)
-from conftest import make_tiny_model, make_tiny_tokenizer, make_sentiment
+from tiny_kit import make_sentiment, tiny_model, word_tokenizer
 import datasets
 from llmos_jupyter.training import finetune, FinetuneConfig
 from llmos_jupyter.widgets.progress import TrainingProgress
 d = datasets.Dataset.from_dict(make_sentiment()); tr, ev = d.select(range(64)), d.select(range(64, 96))
-tok = make_tiny_tokenizer()
+tok = word_tokenizer()
 p = TrainingProgress("fine-tune")
 t0 = time.monotonic()
-r = finetune(make_tiny_model(), tok, tr, ev, config=FinetuneConfig(epochs=25, batch_size=8, lr=1e-2, eval_every=100),
+r = finetune(tiny_model('bert-cls', tok).eval(), tok, tr, ev, config=FinetuneConfig(epochs=25, batch_size=8, lr=1e-2, eval_every=100),
              callback=p, run_id="ft-nb")
 elapsed = time.monotonic() - t0
 print(json.dumps(dict(mode=p.mode, renders=p.renders, steps=r.steps, elapsed=elapsed, loss=r.train_loss[-1],
@@ -82,7 +82,7 @@ import threading
 p2 = TrainingProgress("background")   # built in the cell; driven from a job thread
 box = {}
 def job():
-    box["r"] = finetune(make_tiny_model(seed=1), tok, tr, config=FinetuneConfig(batch_size=8, lr=1e-2), callback=p2, run_id="ft-bg")
+    box["r"] = finetune(tiny_model('bert-cls', tok, seed=1).eval(), tok, tr, config=FinetuneConfig(batch_size=8, lr=1e-2), callback=p2, run_id="ft-bg")
 t = threading.Thread(target=job); t.start(); t.join()
 print(json.dumps(dict(steps=box["r"].steps, loss=box["r"].train_loss[-1])))
 """
@@ -95,7 +95,7 @@ def test_saved_notebook_shows_the_final_state():
 
     nb = nbformat.v4.new_notebook()
     nb.cells = [
-        nbformat.v4.new_code_cell(NOTEBOOK_CELL_1.format(repo=str(REPO), tests=str(REPO / "tests" / "training"))),
+        nbformat.v4.new_code_cell(NOTEBOOK_CELL_1.format(repo=str(REPO), tests=str(REPO / "tests"))),
         nbformat.v4.new_code_cell(NOTEBOOK_CELL_2),
     ]
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}).execute()

@@ -289,7 +289,7 @@ class Engine(abc.ABC):
             LLMOSError: the model has no chat template (one line naming the fix).
             UsageError: a message is not ``{"role", "content"}``.
         """
-        from ..generation import render_template
+        from ..chat_template import render_template
 
         return render_template(self.chat_template, messages, add_generation_prompt=add_generation_prompt,
                                special=self.special_tokens())

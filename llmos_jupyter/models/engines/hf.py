@@ -57,8 +57,8 @@ class TransformersEngine(Engine):
         return getattr(self.tokenizer, "chat_template", None)
 
     def render_chat(self, messages: list[dict], *, add_generation_prompt: bool = True) -> str:
-        """The tokenizer's own ``apply_chat_template`` (see :func:`..generation.render_chat`)."""
-        from ..generation import render_chat
+        """The tokenizer's own ``apply_chat_template`` (see :func:`..chat_template.render_chat`)."""
+        from ..chat_template import render_chat
 
         return render_chat(self.tokenizer, messages, add_generation_prompt=add_generation_prompt)
 
@@ -335,3 +335,29 @@ class _RowState:
         st.total_s = time.perf_counter() - st.started
         if self.row.on_done is not None:
             self.row.on_done()
+
+
+def stream(model, tokenizer, prompt: str, *, max_new_tokens: int = 256, temperature: float = 0.0,
+           top_p: float | None = None, add_special_tokens: bool = True, **extra) -> Iterator[str]:
+    """Yield the decoded continuation of ``prompt`` with a transformers ``model``/``tokenizer``
+    piece by piece (greedy by default); ``extra`` goes to ``generate``.
+    A convenience for callers that hold a bare model; see :class:`TransformersEngine`.
+
+    Raises:
+        UsageError: bad settings, a prompt longer than the context window.
+        LLMOSError: ``generate`` failed (reported within about a second; the model stays usable).
+    """
+    settings = GenerationSettings(max_new_tokens, temperature, top_p, extra=extra)
+    s = TransformersEngine(model, tokenizer).stream(prompt, settings, add_special_tokens=add_special_tokens)
+    with s:
+        yield from s
+
+
+def complete(model, tokenizer, prompt: str, *, on_text: Callable[[str], None] | None = None, **kw) -> str:
+    """Run :func:`stream` to the end, calling ``on_text(piece)`` for each piece; return the text."""
+    parts = []
+    for piece in stream(model, tokenizer, prompt, **kw):
+        parts.append(piece)
+        if on_text is not None:
+            on_text(piece)
+    return "".join(parts)

@@ -4,7 +4,7 @@ https://github.com/abetlen/llama-cpp-python (``Llama``: ``tokenize``, ``generate
 What llmos adds on top, so that it behaves like the transformers engine:
 
 * the chat prompt is rendered from the GGUF's own ``tokenizer.chat_template`` exactly as
-  transformers' ``apply_chat_template`` renders it (:func:`..generation.render_template`), and
+  transformers' ``apply_chat_template`` renders it (:func:`..chat_template.render_template`), and
   tokenised with special tokens parsed, so both engines see the same token ids;
 * decoding stops at any end-of-generation token of the vocabulary (``llama_vocab_is_eog``:
   ``<|im_end|>``, ``<|eot_id|>``…), which never reaches the text;

@@ -1,4 +1,4 @@
-"""Chat templates and the generation entry points the API uses, whichever engine serves.
+"""Chat templates, rendered the same way whichever engine serves the model.
 
 * :func:`render_chat` renders with a transformers tokenizer's ``apply_chat_template``.
 * :func:`render_template` renders a chat template given as text (a GGUF's
@@ -6,13 +6,8 @@
   ``trim_blocks``/``lstrip_blocks``, ``raise_exception``, ``strftime_now`` and ``tojson``
   (https://huggingface.co/docs/transformers/main/en/chat_templating_writing) — without
   importing transformers, so the llama.cpp engine renders the same prompt token for token.
-* :func:`stream` / :func:`complete`: generation on a transformers model and tokenizer (kept for
-  callers that hold a bare model); the engines in :mod:`llmos_jupyter.models.engines` are the
-  full interface.
 """
 from __future__ import annotations
-
-from typing import Callable, Iterator
 
 from ..errors import LLMOSError, UsageError
 
@@ -90,32 +85,3 @@ def render_template(template: str | None, messages: list[dict], *, add_generatio
         return compiled.render(messages=messages, add_generation_prompt=add_generation_prompt, **(special or {}))
     except Exception as e:
         raise LLMOSError(f"the chat template rejected these messages: {str(e).splitlines()[0][:160]}") from None
-
-
-def stream(model, tokenizer, prompt: str, *, max_new_tokens: int = 256, temperature: float = 0.0,
-           top_p: float | None = None, add_special_tokens: bool = True, **extra) -> Iterator[str]:
-    """Yield the decoded continuation of ``prompt`` with a transformers ``model``/``tokenizer``
-    piece by piece (greedy by default); ``extra`` goes to ``generate``.
-    See :class:`~llmos_jupyter.models.engines.hf.TransformersEngine`.
-
-    Raises:
-        UsageError: bad settings, a prompt longer than the context window.
-        LLMOSError: ``generate`` failed (reported within about a second; the model stays usable).
-    """
-    from .engines.base import GenerationSettings
-    from .engines.hf import TransformersEngine
-
-    settings = GenerationSettings(max_new_tokens, temperature, top_p, extra=extra)
-    s = TransformersEngine(model, tokenizer).stream(prompt, settings, add_special_tokens=add_special_tokens)
-    with s:
-        yield from s
-
-
-def complete(model, tokenizer, prompt: str, *, on_text: Callable[[str], None] | None = None, **kw) -> str:
-    """Run :func:`stream` to the end, calling ``on_text(piece)`` for each piece; return the text."""
-    parts = []
-    for piece in stream(model, tokenizer, prompt, **kw):
-        parts.append(piece)
-        if on_text is not None:
-            on_text(piece)
-    return "".join(parts)

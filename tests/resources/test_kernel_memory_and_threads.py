@@ -1,55 +1,11 @@
-"""Behaviour that depends on a real kernel: freeing memory (C06) and thread output (C12)."""
+"""Behaviour that depends on a real kernel: unload really frees memory, and thread output lands in the starting cell."""
 from __future__ import annotations
 
 import json
-import os
-import queue
 import time
 
 import pytest
-from jupyter_client.manager import start_new_kernel
-
-
-class Kernel:
-    """A real ipykernel driven over ZMQ; ``run`` returns the iopub messages of one cell."""
-
-    def __init__(self):
-        self.km, self.kc = start_new_kernel(kernel_name="python3", env={**os.environ})
-        self.pending = []
-
-    def run(self, code: str, timeout: float = 300) -> list[dict]:
-        msg_id = self.kc.execute(code)
-        msgs = []
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            try:
-                m = self.kc.get_iopub_msg(timeout=1)
-            except queue.Empty:
-                continue
-            self.pending.append(m)
-            if m["parent_header"].get("msg_id") == msg_id:
-                msgs.append(m)
-                if m["msg_type"] == "status" and m["content"]["execution_state"] == "idle":
-                    return msgs
-        raise TimeoutError(code)
-
-    def drain(self, seconds: float) -> None:
-        end = time.time() + seconds
-        while time.time() < end:
-            try:
-                self.pending.append(self.kc.get_iopub_msg(timeout=0.2))
-            except queue.Empty:
-                pass
-
-    def stdout(self, msgs) -> str:
-        return "".join(m["content"]["text"] for m in msgs if m["msg_type"] == "stream" and m["content"]["name"] == "stdout")
-
-    def errors(self, msgs):
-        return [m["content"] for m in msgs if m["msg_type"] == "error"]
-
-    def close(self):
-        self.kc.stop_channels()
-        self.km.shutdown_kernel(now=True)
+from kernel_kit import Kernel
 
 
 @pytest.fixture
@@ -59,7 +15,7 @@ def kernel(pulled):
     k.close()
 
 
-def test_c06_unload_really_frees(kernel):
+def test_unload_really_frees(kernel):
     setup = kernel.run("%load_ext llmos_jupyter\nimport gc, json, weakref, psutil\nfrom llmos_jupyter import api")
     assert not kernel.errors(setup)
     msgs = kernel.run("%llm load all-minilm-l6-v2 --task seq-cls --labels negative,positive --as m")
@@ -87,7 +43,7 @@ def test_c06_unload_really_frees(kernel):
     assert kernel.stdout(ps).strip() == "0"
 
 
-def test_c12_thread_output_stays_in_starting_cell(kernel):
+def test_thread_output_stays_in_starting_cell(kernel):
     code = (
         "import threading, time, ipywidgets as w\n"
         "from IPython.display import display\n"

@@ -7,13 +7,11 @@ import re
 
 import pytest
 
-from test_notebooks import execute
-
 
 @pytest.mark.slow
-def test_serve_walkthrough(pulled, tmp_path, monkeypatch):
-    lines, nb = execute("08_serve.ipynb", tmp_path, monkeypatch)
-    text = "\n".join(line for line in lines if line.startswith("RESULT"))
+def test_serve_walkthrough(notebook):
+    ex = notebook("08_serve.ipynb")
+    nb, text = ex.nb, ex.results
     assert "RESULT models: smol (causal-lm, llama.cpp), minilm (embedding, transformers)" in text, text
     assert "Paris" in re.search(r"RESULT chat: (.*)", text).group(1), text
     usage = re.search(r"RESULT usage: (\d+) prompt tokens, (\d+) completion tokens, finish_reason (\w+)", text)
@@ -30,6 +28,6 @@ def test_serve_walkthrough(pulled, tmp_path, monkeypatch):
     assert status and re.search(r"requests: 8 served, 0 failed, 0 in flight, 0 queued", status[0]), status
     stopped = [o for c in nb.cells if c.source == "%llm serve stop" for o in c.get("outputs", [])]
     assert stopped and "stopped the server" in str(stopped[0])
-    assert not [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not ex.errors
     warned = [o for c in nb.cells for o in c.get("outputs", []) if o.get("name") == "stderr"]
     assert not warned, warned

@@ -37,7 +37,7 @@ def test_auto_picks_llama_cpp_for_a_gguf_causal_lm(smol):
     assert row["engine"] == "llama.cpp" and row["real_bytes"]["cpu"] > row["bytes"]["cpu"]  # + KV cache, buffers
 
 
-def test_c14_llama_cpp_renders_the_transformers_prompt_and_stops_at_im_end(smol, pulled):
+def test_llama_cpp_renders_the_transformers_prompt_and_stops_at_im_end(smol, pulled):
     from transformers import AutoTokenizer
 
     engine = smol.manager().get("smol").inference()

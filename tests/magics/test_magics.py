@@ -1,4 +1,4 @@
-"""The %llm grammar and the user-error contract (C07, bad input)."""
+"""The %llm grammar and the user-error contract (prompt text reaches the API verbatim; bad input is one line)."""
 from __future__ import annotations
 
 import pytest
@@ -34,12 +34,12 @@ def shell(monkeypatch):
     ("don't stop", "don't stop"),                                # a lone apostrophe is text
     ('"one quoted string"', "one quoted string"),
 ])
-def test_c07_line_prompt_reaches_api_verbatim(shell, typed, received):
+def test_line_prompt_reaches_api_verbatim(shell, typed, received):
     shell.run_line_magic("llm", f"chat smol {typed}")
     assert shell.calls[-1]["message"] == received
 
 
-def test_c07_cell_body_verbatim_and_raw(shell):
+def test_cell_body_verbatim_and_raw(shell):
     body = 'cost is $5 and {name}; JSON {"a": 1}\nsecond line'
     shell.run_cell_magic("llm", "chat smol", body + "\n")
     assert shell.calls[-1]["message"] == 'cost is $5 and Bob; JSON {"a": 1}\nsecond line'
@@ -47,7 +47,7 @@ def test_c07_cell_body_verbatim_and_raw(shell):
     assert shell.calls[-1]["message"] == body
 
 
-def test_c07_quoted_option_value(shell):
+def test_quoted_option_value(shell):
     shell.run_line_magic("llm", 'chat smol --system "a b" hello there')
     assert shell.calls[-1]["system"] == "a b" and shell.calls[-1]["message"] == "hello there"
     shell.run_line_magic("llm", "generate smol --max-new-tokens 7 --temperature 0.5 Once upon")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from llmos_jupyter.resources.memory import format_size
-from tests.conftest import save_tiny
+from tiny_kit import save_tiny
 
 
 @pytest.fixture(scope="module")

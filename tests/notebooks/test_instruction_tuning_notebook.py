@@ -13,14 +13,11 @@ import re
 
 import pytest
 
-from test_notebooks import execute
-
 
 @pytest.mark.slow
-def test_instruction_tuning_on_a_subset(pulled, tmp_path, monkeypatch):
-    lines, nb = execute("05_instruction_tuning.ipynb", tmp_path, monkeypatch,
-                        LLMOS_SFT_TRAIN_ROWS=100, LLMOS_SFT_EVAL_ROWS=40)
-    text = "\n".join(l for l in lines if l.startswith("RESULT"))
+def test_instruction_tuning_on_a_subset(notebook):
+    ex = notebook("05_instruction_tuning.ipynb", LLMOS_SFT_TRAIN_ROWS=100, LLMOS_SFT_EVAL_ROWS=40)
+    lines, nb, text = ex.lines, ex.nb, ex.results
     assert "RESULT rows: 100 train, 40 held out" in text
     before = re.search(r"RESULT before: accuracy ([0-9.]+) \(valid answers ([0-9.]+)\) on 40 rows", text)
     after = re.search(r"RESULT after: accuracy ([0-9.]+) \(valid answers ([0-9.]+)\) on 40 rows", text)
@@ -49,6 +46,6 @@ def test_instruction_tuning_on_a_subset(pulled, tmp_path, monkeypatch):
     assert speed and float(speed.group(1)) > 0, text
     chat = [o for c in nb.cells if c.source.startswith("%%llm chat") for o in c.get("outputs", [])]
     assert chat and chat[0]["text"].strip().split()[0] in ("positive", "negative")
-    assert not [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not ex.errors
     warned = [o for c in nb.cells for o in c.get("outputs", []) if o.get("name") == "stderr"]
     assert not warned, warned  # no library warnings or tqdm bars in the saved notebook

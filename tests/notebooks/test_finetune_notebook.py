@@ -3,7 +3,7 @@ Rotten Tomatoes: MiniLM-L6 full fine-tune (2 epochs) and LoRA r=8 (3 epochs), ea
 epoch with the best epoch kept, ``%llm eval`` of both, the runs compared, and the merged LoRA
 export reloaded with plain transformers giving the same logits.
 
-Run: ``.venv/bin/python -m pytest tests/test_notebooks_04.py -q`` (4-7 min measured on 2 cores
+Run: ``.venv/bin/python -m pytest tests/notebooks/test_finetune_notebook.py -q`` (4-7 min measured on 2 cores
 shared with other test runs: 850 rows x 2 full epochs + 850 x 3 LoRA epochs). The full split
 (the issue's acceptance run, about 10 minutes on 2 idle cores) is
 ``LLMOS_FT_ROWS=0 .venv/bin/python notebooks/run.py notebooks/04_finetune.ipynb --out artifacts``.
@@ -16,7 +16,7 @@ import re
 
 import pytest
 
-from test_notebooks import ROOT, execute
+from notebook_kit import ROOT
 
 ROWS = 1000  # 850 train / 150 test; 27 steps per epoch at batch 32
 EXPORT = ROOT / "artifacts" / "04_finetune" / "minilm-lora-merged"  # the folder the notebook names
@@ -29,11 +29,11 @@ def _result(text: str, pattern: str) -> re.Match:
 
 
 @pytest.mark.slow
-def test_finetune_walkthrough_on_a_subset(pulled, tmp_path, monkeypatch):
+def test_finetune_walkthrough_on_a_subset(notebook):
     from llmos_jupyter.training.runs import RunRegistry
 
-    lines, nb = execute("04_finetune.ipynb", tmp_path, monkeypatch, LLMOS_FT_ROWS=ROWS)
-    text = "\n".join(l for l in lines if l.startswith("RESULT"))
+    ex = notebook("04_finetune.ipynb", LLMOS_FT_ROWS=ROWS)
+    nb, text = ex.nb, ex.results
     train, test = ROWS - round(0.15 * ROWS), round(0.15 * ROWS)
     spe = math.ceil(train / 32)
     assert (f"RESULT rows used: {ROWS:,} of 8,530 Rotten Tomatoes reviews (train {train:,}, test {test:,}; "
@@ -52,7 +52,7 @@ def test_finetune_walkthrough_on_a_subset(pulled, tmp_path, monkeypatch):
     assert gap == pytest.approx((float(full.group(1)) - float(lora.group(1))) * 100, abs=0.011)
 
     # the registry (in the notebook's LLMOS_HOME) holds both runs with the configs the notebook describes
-    reg = RunRegistry(tmp_path / "home" / "runs.sqlite")
+    reg = RunRegistry(ex.home / "runs.sqlite")
     rf, rl = reg.get(full.group(6)), reg.get(lora.group(6))
     assert rf.status == rl.status == "completed"
     assert rf.config["method"] == "full" and rf.config["lr"] == 5e-5 and rf.config["epochs"] == 2
@@ -82,6 +82,6 @@ def test_finetune_walkthrough_on_a_subset(pulled, tmp_path, monkeypatch):
     assert manifest["run_id"] == rl.id and manifest["merged_lora"] is True
     assert not (EXPORT / "adapter_config.json").exists()
 
-    assert not [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not ex.errors
     stderr = [o["text"] for c in nb.cells for o in c.get("outputs", []) if o.get("name") == "stderr"]
     assert not [s for s in stderr if "llmos:" in s], stderr  # no magic reported a user error

@@ -1,23 +1,13 @@
 """notebooks/06_triton_attention.ipynb runs top to bottom on this machine's path (CPU: the
 interpreter, which the notebook switches on itself; GPU: the benchmark table too)."""
-from pathlib import Path
-
-import pytest
 import torch
+from notebook_kit import execute_notebook
 
-NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "06_triton_attention.ipynb"
 
-
-def test_notebook_06_executes(monkeypatch):
-    nbclient = pytest.importorskip("nbclient")
-    nbformat = pytest.importorskip("nbformat")
-    if not torch.cuda.is_available():
-        # The kernel process must not inherit conftest's TRITON_INTERPRET: the notebook sets it.
-        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
-                                     resources={"metadata": {"path": str(NOTEBOOK.parent)}})
-    client.execute()
+def test_notebook_06_executes():
+    # Without CUDA the kernel must not inherit conftest's TRITON_INTERPRET: the notebook sets it.
+    nb = execute_notebook("06_triton_attention.ipynb", drop=() if torch.cuda.is_available() else ("TRITON_INTERPRET",),
+                          timeout=600).nb
     text = "\n".join(o.get("text", "") or o.get("data", {}).get("text/plain", "")
                      for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "(True," in text  # is_available() in the first cell
