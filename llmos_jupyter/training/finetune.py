@@ -42,8 +42,8 @@ from .batching import check_columns, collate, length_grouped_batches, pad_id_for
 from .config import FinetuneConfig
 from .distributed import rank_seed
 from .evaluate import evaluate
-from .resume import (capture_rng, check_resume, load_training_state, load_weights, model_fingerprint, read_resume_state,
-                     restore_rng, save_training_state, train_digest)
+from .resume import (TRAINER_STATE, capture_rng, check_resume, load_training_state, load_weights, model_fingerprint,
+                     read_resume_state, restore_rng, save_training_state, train_digest)
 from .seed import deterministic_mode, seed_everything
 from .sft import collate_sft, evaluate_causal_lm, response_loss_sum, tokenize_pairs
 
@@ -51,7 +51,6 @@ STATUSES = ("completed", "interrupted", "failed")
 # Top-level module names of classification heads in transformers (BERT/RoBERTa/DeBERTa "classifier",
 # DistilBERT "pre_classifier", Llama/Qwen/GPT-2 "score"); used when a model carries no load record.
 HEAD_MODULES = ("classifier", "pre_classifier", "score")
-TRAINER_STATE = "trainer_state.json"
 
 
 @dataclass

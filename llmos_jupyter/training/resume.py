@@ -26,6 +26,7 @@ import numpy as np
 
 from ..errors import NotFoundError, UsageError
 
+TRAINER_STATE = "trainer_state.json"  # the run state every checkpoint carries (finetune.py writes it)
 TRAINING_STATE = "training_state.pt"
 RESUME_FORMAT = 1
 # Keys of the run registry's config that are provenance, not FinetuneConfig fields.
@@ -109,8 +110,6 @@ def read_resume_state(checkpoint: os.PathLike, *, what: str = "the checkpoint") 
             the checkpoint carries no optimizer/RNG state (written by an older version, or
             stopped in the middle of an optimizer update).
     """
-    from .finetune import TRAINER_STATE
-
     ck = Path(checkpoint)
     f = ck / TRAINER_STATE
     if not f.is_file():

@@ -220,8 +220,8 @@ def test_cancel_mid_epoch_then_resume_on_one_rank(llm, two_ranks):
 @pytest.fixture(scope="module")
 def tiny_dropout(llm, tmp_path_factory):
     """A tiny random BERT with dropout 0.1 and a learnable synthetic sentiment set (240 train rows)."""
-    from tests.conftest import save_tiny
-    from tests.training.conftest import make_sentiment
+    from tiny_kit import save_tiny
+    from tiny_kit import make_sentiment
 
     path = save_tiny(tmp_path_factory.mktemp("tiny") / "bert-dropout", "bert")
     d = make_sentiment(320)
@@ -233,7 +233,7 @@ def tiny_dropout(llm, tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny(llm, tmp_path_factory):
     """Tiny random BERTs with dropout off and a toy sentiment set (36 train rows)."""
-    from tests.conftest import save_tiny
+    from tiny_kit import save_tiny
 
     path = save_tiny(tmp_path_factory.mktemp("tiny") / "bert", "bert", hidden_dropout_prob=0.0,
                      attention_probs_dropout_prob=0.0)
@@ -286,7 +286,7 @@ def test_fsdp_with_lora_through_accelerate_launch(llm, tiny):
 @pytest.fixture(scope="module")
 def tiny_lm(llm, tmp_path_factory):
     """A tiny random Llama (causal-lm) and prompt/response rows whose responses differ in length."""
-    from tests.conftest import save_tiny
+    from tiny_kit import save_tiny
 
     path = save_tiny(tmp_path_factory.mktemp("tiny") / "llama", "llama")
     pairs = [("great movie", "positive"), ("awful film", "negative film"), ("hello world", "positive yes"),

@@ -26,7 +26,7 @@ def _losses(run) -> list[float]:
 
 @pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp"])
 def test_all_gpus_train_like_one_gpu(fresh_api, tmp_path, fsdp):
-    from tests.conftest import save_tiny
+    from tiny_kit import save_tiny
 
     api = fresh_api
     n = torch.cuda.device_count()
