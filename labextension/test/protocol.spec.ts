@@ -76,7 +76,9 @@ describe('parseGeneration', () => {
 
 describe('parseJob', () => {
   it('reads the world size and ranks alive of a distributed job, and defaults them for a kernel job', () => {
-    const base = { id: 3, kind: 'finetune', target: 'minilm', state: 'running', progress: 0.5, step: 4, total_steps: 8 };
+    const base = {
+      id: 3, kind: 'finetune', target: 'minilm', state: 'running', progress: 0.5, step: 4, total_steps: 8
+    };
     expect(parseJob({ ...base, world_size: 2, ranks_alive: 1, launcher: 'torchrun' })).toMatchObject({
       id: '3', worldSize: 2, ranksAlive: 1, launcher: 'torchrun'
     });

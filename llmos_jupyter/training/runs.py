@@ -389,10 +389,11 @@ class RunRegistry:
             try:
                 with self._tx() as db:
                     db.execute(
-                        "INSERT INTO runs (id, kind, model, dataset, config, seed, data_fingerprint, status, created_at,"
-                        " packages, hardware, host, pid, distributed) VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?)",
-                        (rid, kind, model, dataset, json.dumps(cfg), seed, data_fingerprint, _now(), json.dumps(packages),
-                         json.dumps(hardware), socket.gethostname(), os.getpid(),
+                        "INSERT INTO runs (id, kind, model, dataset, config, seed, data_fingerprint, status,"
+                        " created_at, packages, hardware, host, pid, distributed)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?)",
+                        (rid, kind, model, dataset, json.dumps(cfg), seed, data_fingerprint, _now(),
+                         json.dumps(packages), json.dumps(hardware), socket.gethostname(), os.getpid(),
                          json.dumps(_json_safe(distributed)) if distributed else None),
                     )
                 return rid

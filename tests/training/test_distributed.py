@@ -256,7 +256,8 @@ def test_kill_rank_1_fails_the_job_with_its_reason(llm, tiny):
     assert job.error.startswith(f"distributed fine-tune failed: rank 1 (pid {pids[1]}) was killed by SIGKILL")
     assert "\n" not in job.error
     _gone(pids, 1.0)
-    launchers = [p for p in psutil.Process().children(recursive=True) if "torch.distributed.run" in " ".join(p.cmdline())]
+    launchers = [p for p in psutil.Process().children(recursive=True)
+                 if "torch.distributed.run" in " ".join(p.cmdline())]
     assert not launchers
     run = llm.runs(1)[0]
     assert run.status == "failed" and run.error and "rank 1" in run.error
