@@ -5,7 +5,8 @@ job of the kernel's API, compared with the same run in one process.
   the first 8 steps' losses of 2 ranks equal the one-process run's within 1e-4 relative (the
   worst difference is printed), the final weights' max |Δ| is printed, the evaluation metrics
   equal a separate single-process ``evaluate`` of the saved weights exactly, the alias holds the
-  trained weights. With dropout on, the final accuracy is compared with the one-process run's.
+  trained weights. With dropout on (tiny BERT), the final accuracy is within 1 point of the
+  one-process run's.
 - A cancel mid-epoch stops both rank processes within 5 s (checked by pid), records the run as
   cancelled with a resumable checkpoint, and ``--resume`` with 1 rank ends with the weights of the
   uninterrupted 2-rank run.
@@ -172,10 +173,10 @@ def test_distributed_evaluation_equals_one_process_evaluate(llm, two_ranks):
     assert ev.to_metrics() == run.metrics and run.metrics["n"] == N_EVAL
 
 
-def test_dropout_on_accuracy_as_close_as_another_dropout_stream(llm, tiny_dropout, monkeypatch):
+def test_dropout_on_accuracy_within_one_point_of_one_process(llm, tiny_dropout, monkeypatch):
     """Each rank draws its own dropout masks, so with dropout on 2 ranks are not the 1-process run
-    bit for bit; their accuracy must be within 1 point of it beyond what a change of dropout
-    stream alone does to one process (a third run: 1 process, its masks from another seed)."""
+    bit for bit; their accuracy on 960 test rows must be within 1 point of it. For scale, a third
+    run (1 process, its masks from another seed) shows what a change of dropout stream alone does."""
     opts = dict(epochs=10, batch_size=16, lr=2e-3, seed=0, progress=False)
     for alias in ("d1", "d2", "d3"):
         _load(llm, alias, tiny_dropout)
@@ -190,7 +191,7 @@ def test_dropout_on_accuracy_as_close_as_another_dropout_stream(llm, tiny_dropou
     print(f"\ndropout on, tiny BERT, {a.metrics['n']} test rows: accuracy {acc}; 2 ranks differ by {100 * diff:.2f} "
           f"points, another dropout stream by {100 * noise:.2f}")
     assert min(acc.values()) > 0.75  # it learned
-    assert diff <= noise + 0.01
+    assert diff <= 0.01
 
 
 def test_cancel_mid_epoch_then_resume_on_one_rank(llm, two_ranks):
@@ -219,14 +220,14 @@ def test_cancel_mid_epoch_then_resume_on_one_rank(llm, two_ranks):
 
 @pytest.fixture(scope="module")
 def tiny_dropout(llm, tmp_path_factory):
-    """A tiny random BERT with dropout 0.1 and a learnable synthetic sentiment set (240 train rows)."""
-    from tiny_kit import save_tiny
-    from tiny_kit import make_sentiment
+    """A tiny random BERT with dropout 0.1 and a learnable synthetic sentiment set: 240 train rows,
+    960 test rows (one row is 0.1 point of accuracy)."""
+    from tiny_kit import make_sentiment, save_tiny
 
     path = save_tiny(tmp_path_factory.mktemp("tiny") / "bert-dropout", "bert")
-    d = make_sentiment(320)
+    d = make_sentiment(1200)
     llm.data_load([{"text": t, "label": y} for t, y in zip(d["text"], d["label"])], name="sent")
-    llm.data_split("sent", test=0.25, seed=0)
+    llm.data_split("sent", test=960, seed=0)
     return str(path)
 
 
