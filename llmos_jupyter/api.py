@@ -23,7 +23,7 @@ import time
 from . import catalog, paths
 from .argcheck import checked
 from .display import Message, Reply, Table
-from .errors import LLMOSError, UsageError, opt, unknown
+from .errors import LLMOSError, UsageError, opt, surface, unknown
 from .resources.memory import format_size
 
 _lock = threading.Lock()
@@ -657,9 +657,44 @@ def data_search(name: str, query: str, *, k: int = 5, model: str = "all-minilm-l
                               model_key=f"{rec.source}:{rec.task}")
 
 
-def data_export(name: str, path: str, *, format: str = "parquet"):
-    """Write a dataset version to ``path`` as parquet, jsonl or csv."""
-    return store().export(name, path, format=format)
+class Written(list):
+    """The files a :func:`data_export` wrote (a list of paths) that shows as one line per file."""
+
+    def __init__(self, paths, lines: list[str]):
+        super().__init__(paths)
+        self.lines = lines
+
+    def __str__(self) -> str:
+        return "\n".join(self.lines)
+
+    def _repr_pretty_(self, p, cycle) -> None:
+        p.text(str(self))
+
+    def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
+        import html
+
+        return {"text/plain": str(self), "text/html": "<pre>" + html.escape(str(self)) + "</pre>"}
+
+
+@checked
+def data_export(name: str, path: str | os.PathLike, *, format: str | None = None, split: str | None = None,
+                version: int | None = None, overwrite: bool = False):
+    """Write a dataset version to ``path`` as parquet, jsonl or csv: the format is ``format``,
+    else the file's extension (``out.csv``), else parquet. One split goes to one file; several
+    splits need a folder (one file per split) or ``split=``. See :meth:`DataStore.export`.
+
+    Returns:
+        The paths written (a list), shown as one line per file with its split and rows.
+
+    Raises:
+        UsageError / NotFoundError: see :meth:`DataStore.export` (nothing is written then).
+    """
+    paths = store().export(name, path, format=format, split=split, version=version, overwrite=overwrite)
+    v = store().get(name, version)
+    by_file = {p: s for p, s in zip(paths, [split] if split else list(v.splits))}
+    lines = [f"{name} v{v.version}: wrote {len(paths)} file{'s' if len(paths) != 1 else ''}"]
+    lines += [f"  {s} ({v.num_rows[s]:,} rows) → {p}" for p, s in by_file.items()]
+    return Written(paths, lines)
 
 
 # -------------------------------------------------------------------- training
@@ -701,7 +736,13 @@ def _prepare_split(dv, split: str, rec):
         col = dv.label_column
         ds = ds.map(lambda b: {col: [mapping[x] for x in b[col]]}, batched=True, keep_in_memory=True)
     n_model = len(rec.labels or [])
-    bad = [x for x in set(ds[dv.label_column]) if x is None or not 0 <= int(x) < n_model]
+    values = ds[dv.label_column]
+    missing = sum(1 for x in values if x is None or int(x) < 0)  # -1: ClassLabel's "no label" (an empty CSV cell)
+    if missing:
+        raise UsageError(f"{missing} of {len(values)} rows of '{dv.name}' ({split}) have no label; drop them with "
+                         f"`%llm data clean {dv.name}` (rows without a label or text are dropped), then train on the "
+                         f"new version")
+    bad = [x for x in set(values) if not 0 <= int(x) < n_model]
     if bad:
         raise UsageError(f"label values {sorted(map(str, bad))[:5]} are outside the model's {n_model} labels "
                          f"{rec.labels}; reload with matching --labels")
@@ -834,6 +875,10 @@ def finetune(alias: str, dataset: str, *, epochs: int = 1, lr: float = 5e-5, bat
     else:
         train = _prepare_split(dv, "train", rec)
         ev = _prepare_split(dv, eval_split, rec) if eval_split and eval_split in dv.splits else None
+    if resume is None and cfg.batch_size > len(train):  # one step per epoch over every row, said once
+        print(f"llmos: note: batch size {cfg.batch_size} is more than the {len(train):,} training rows; using "
+              f"{len(train):,} ({opt('batch_size', len(train))})", file=sys.stderr, flush=True)
+        cfg = FinetuneConfig.from_dict(dict(cfg.to_dict(), batch_size=len(train)))
     if prev is not None and prev.data_fingerprint != dv.fingerprint:
         raise UsageError(f"run {prev.id} was trained on dataset fingerprint {prev.data_fingerprint}, '{dataset}' is now "
                          f"{dv.fingerprint}; pass the same dataset version, or start a new run")
@@ -859,6 +904,8 @@ def finetune(alias: str, dataset: str, *, epochs: int = 1, lr: float = 5e-5, bat
         config = dict(asdict(cfg), **({"resumed_from": prev.id} if prev is not None else {}))
         with registry().track("finetune", alias, f"{dv.name}@v{dv.version}", config, seed,
                               dv.fingerprint) as run:
+            if prev is not None:  # the link both ways; a second resume of prev is refused from now on
+                registry().link_resume(prev.id, run.id)
             with m.use(alias, exclusive=job.id) as held:  # other calls on alias are refused meanwhile
                 result = _finetune(held.model, held.tokenizer, train, ev, **cols, config=cfg,
                                    callback=_JobProgress(job, view),
@@ -866,6 +913,12 @@ def finetune(alias: str, dataset: str, *, epochs: int = 1, lr: float = 5e-5, bat
                                    resume_from=resume_ck)
                 if getattr(result, "model", None) is not None and result.model is not held.model:
                     held.model = result.model  # LoRA wraps the model
+                if result.status == "diverged":  # the weights were put back: the alias is as before the run
+                    print(f"llmos: run {run.id} diverged at step {result.diverged_step} (the loss or gradient became "
+                          f"NaN/inf or exploded) and was stopped; '{alias}' keeps the weights it had before the run — lower the "
+                          f"learning rate ({opt('lr', cfg.lr)} is too high; e.g. {opt('lr', 5e-5)})",
+                          file=sys.stderr, flush=True)
+                    return run.finish_from(result)
                 held.run_id = run.id  # `export` writes this run's manifest next to the weights
                 from .resources.memory import module_bytes
 
@@ -1033,8 +1086,10 @@ def export(alias: str, path: str | os.PathLike, *, merge_lora: bool | None = Non
     the alias, source and task. ``overwrite`` replaces only a folder holding that file.
 
     Args:
-        merge_lora: merge LoRA adapters into the weights (default False: write the adapter;
-            GGUF always merges).
+        merge_lora: merge LoRA adapters into the weights. Default (None): write the adapter, except
+            for a model whose base is a GGUF file — transformers cannot put an adapter on a GGUF-only
+            folder, so it is merged and said so; ``False`` writes the adapter anyway, which
+            ``load(path)`` takes (it loads the recorded base, then the adapter). GGUF always merges.
         overwrite: replace the contents of a non-empty folder (default False: refuse).
         format: ``hf`` (default) or ``gguf``.
         quantize: with ``gguf``: ``f32 | f16 | q8_0 | q4_0`` (default ``f16``; q8_0/q4_0 by
@@ -1060,11 +1115,25 @@ def export(alias: str, path: str | os.PathLike, *, merge_lora: bool | None = Non
         rec = m.attach_weights(alias)
     with m.use(alias) as rec:
         run_id = rec.run_id
+        lora = hasattr(rec.model, "peft_config")
+        gguf_base = lora and bool(rec.gguf_path)
+        auto_merged = merge_lora is None and gguf_base and format == "hf"
+        merge_lora = bool(merge_lora) or auto_merged
         manifest = {"exported_alias": alias, "source": rec.source, "task": rec.task, "merged_lora": merge_lora,
                     "run": None}
         if run_id:
             manifest = dict(registry().get(run_id).manifest(), exported_alias=alias, merged_lora=merge_lora)
-        manifest["format"] = format
+        # what `%llm load DIR` needs to rebuild it: the base as the user named it, and the class names
+        source = rec.source
+        try:
+            from .models import loading
+
+            src = loading.resolve_source(source, pull=False)
+            if src.kind == "adapter":  # an alias loaded from an adapter folder: record its base, not the adapter
+                source = loading.adapter_base(src)
+        except LLMOSError:
+            pass
+        manifest.update(format=format, source=source, labels=rec.labels)
         try:
             info = export_model(rec.model, rec.tokenizer, path, merge_lora=merge_lora, overwrite=overwrite,
                                 manifest=manifest, format=format, quantize=quantize, source_gguf=rec.gguf_path)
@@ -1074,9 +1143,17 @@ def export(alias: str, path: str | os.PathLike, *, merge_lora: bool | None = Non
     if format == "gguf":
         how = f"run it with llama.cpp / llama-cpp-python, or `%llm load {info['path']}`"
         what = f"{info['quantize']} GGUF{' (LoRA merged)' if info['merged_lora'] else ''}"
+    elif info["adapter"]:
+        what = "LoRA adapter"
+        how = (f"load it with `%llm load {info['path']}` (the base, {rec.source}, then the adapter)" if gguf_base
+               else f"load it with `%llm load {info['path']}` or peft's AutoPeftModel.from_pretrained(path)")
     else:
         how = "load with transformers' from_pretrained(path)"
-        what = "LoRA adapter" if info["adapter"] else ("merged model" if info["merged_lora"] else "model")
+        what = "merged model" if info["merged_lora"] else "model"
+        if auto_merged:
+            what += (f" (LoRA merged: its base is a GGUF file, on which transformers cannot put an adapter; "
+                     f"{opt('merge_lora', False) if surface() == 'python' else '--no-merge'} writes the adapter for "
+                     f"`%llm load`)")
     return Message(f"{alias}: exported {what}{src} to {info['path']} — {len(info['files'])} files, "
                    f"{format_size(info['bytes'])}; {how}", run_id=run_id, **info)
 

@@ -114,11 +114,12 @@ def opt(name: str, value: Any = None, *, flag_name: str | None = None) -> str:
     ``flag_name`` overrides :func:`flag` where one keyword has two flags (``name`` is ``--as``
     for ``data load``).
     """
+    shown = f"{value:g}" if isinstance(value, float) else None  # 1e9, not 1000000000.0
     if surface() == "magic":
         f = flag_name or flag(name)
         if value is True or value is None:
             return f
-        return f"{f} {value}"
+        return f"{f} {shown or value}"
     if value is None:
         return f"{name}="
-    return f"{name}={value!r}"
+    return f"{name}={shown or repr(value)}"

@@ -267,7 +267,8 @@ class LLMMagics(Magics):
     def do_data_export(self, p):
         from .. import api
 
-        return api.data_export(p["name"], p["path"], format=p["format"] or "parquet")
+        return api.data_export(p["name"], p["path"], format=p["format"], split=p["split"], version=p["version"],
+                               overwrite=p["overwrite"])
 
     def do_finetune(self, p):
         from .. import api
@@ -335,7 +336,10 @@ class LLMMagics(Magics):
     def do_export(self, p):
         from .. import api
 
-        return api.export(p["alias"], p["path"], merge_lora=p["merge_lora"], overwrite=p["overwrite"],
+        if p["merge_lora"] and p["no_merge"]:
+            raise UsageError("--merge-lora and --no-merge contradict each other; give one")
+        merge = True if p["merge_lora"] else (False if p["no_merge"] else None)
+        return api.export(p["alias"], p["path"], merge_lora=merge, overwrite=p["overwrite"],
                           format=p.get("format") or "hf", quantize=p.get("quantize"))
 
     def do_seed(self, p):
