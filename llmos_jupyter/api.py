@@ -875,9 +875,10 @@ def finetune(alias: str, dataset: str, *, epochs: int = 1, lr: float = 5e-5, bat
     else:
         train = _prepare_split(dv, "train", rec)
         ev = _prepare_split(dv, eval_split, rec) if eval_split and eval_split in dv.splits else None
+    notes = []  # shown after the run (a refused input stays one line), or when a background job starts
     if resume is None and cfg.batch_size > len(train):  # one step per epoch over every row, said once
-        print(f"llmos: note: batch size {cfg.batch_size} is more than the {len(train):,} training rows; using "
-              f"{len(train):,} ({opt('batch_size', len(train))})", file=sys.stderr, flush=True)
+        notes.append(f"llmos: note: batch size {cfg.batch_size} is more than the {len(train):,} training rows; "
+                     f"trained with {len(train):,} ({opt('batch_size', len(train))})")
         cfg = FinetuneConfig.from_dict(dict(cfg.to_dict(), batch_size=len(train)))
     if prev is not None and prev.data_fingerprint != dv.fingerprint:
         raise UsageError(f"run {prev.id} was trained on dataset fingerprint {prev.data_fingerprint}, '{dataset}' is now "
@@ -887,10 +888,9 @@ def finetune(alias: str, dataset: str, *, epochs: int = 1, lr: float = 5e-5, bat
     if eval_split and eval_split not in dv.splits and cfg.track_best:
         raise UsageError(f"--patience/--metric keep the best evaluation, but '{dv.name}' has no '{eval_split}' split; "
                          f"make one with `%llm data split {dv.name} --test 0.15`")
-    note = None
     if eval_split and eval_split not in dv.splits and resume is None:
-        note = (f"llmos: note: '{dv.name}' has no '{eval_split}' split, so this run was not evaluated; "
-                f"make one with `%llm data split {dv.name} --test 0.15`")
+        notes.append(f"llmos: note: '{dv.name}' has no '{eval_split}' split, so this run was not evaluated; "
+                     f"make one with `%llm data split {dv.name} --test 0.15`")
     cols = ({"prompt_column": dv.prompt_column, "response_column": dv.response_column} if lm else
             {"text_column": dv.text_column, "label_column": dv.label_column})
     view = None
@@ -915,8 +915,8 @@ def finetune(alias: str, dataset: str, *, epochs: int = 1, lr: float = 5e-5, bat
                     held.model = result.model  # LoRA wraps the model
                 if result.status == "diverged":  # the weights were put back: the alias is as before the run
                     print(f"llmos: run {run.id} diverged at step {result.diverged_step} (the loss or gradient became "
-                          f"NaN/inf or exploded) and was stopped; '{alias}' keeps the weights it had before the run — lower the "
-                          f"learning rate ({opt('lr', cfg.lr)} is too high; e.g. {opt('lr', 5e-5)})",
+                          f"NaN/inf or exploded) and was stopped; '{alias}' keeps the weights it had before the run — "
+                          f"lower the learning rate ({opt('lr', cfg.lr)} is too high; e.g. {opt('lr', 5e-5)})",
                           file=sys.stderr, flush=True)
                     return run.finish_from(result)
                 held.run_id = run.id  # `export` writes this run's manifest next to the weights
@@ -930,11 +930,11 @@ def finetune(alias: str, dataset: str, *, epochs: int = 1, lr: float = 5e-5, bat
             return run.finish_from(result)
 
     if background:
-        if note:
+        for note in notes:
             print(note, file=sys.stderr)
         return scheduler().submit(job, work)
     result = scheduler().run_here(job, work)
-    if note:  # after the run: a refused input stays one line
+    for note in notes:  # after the run: a refused input stays one line
         print(note, file=sys.stderr)
     return result
 

@@ -376,8 +376,10 @@ def check_lora_targets(model: Any, config: FinetuneConfig | dict[str, Any]) -> l
         hit = [n for n in names if any(n == t or n.endswith("." + t) for t in targets)]
     if not hit:
         leaves = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
+        from ..errors import opt
+
         raise UsageError(f"LoRA target_modules={targets!r} match no module of this {type(model).__name__}; "
-                         f"pass target_modules= from its linear layers: {', '.join(leaves) or '(none)'}")
+                         f"pass {opt('target_modules')} from its linear layers: {', '.join(leaves) or '(none)'}")
     return hit
 
 
