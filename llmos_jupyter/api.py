@@ -1038,17 +1038,42 @@ def evaluate(alias: str, dataset: str, *, split: str = "test", batch_size: int =
                 from .training.answers import evaluate_answers
 
                 served = rec.inference() if use == "llama.cpp" else None  # answers from the llama.cpp context
+                limit = max(max_length, 512)
+                count = served.tokenize if served is not None else (lambda t: rec.tokenizer(t)["input_ids"])
+                _note_cut(sum(len(count(str(t))) > limit for t in ds[dv.prompt_column]), len(ds),
+                          f"prompts are longer than {limit:,} tokens: '{alias}' answers from their last {limit:,} "
+                          f"tokens (the beginning is not read)")
                 return evaluate_answers(rec.model, rec.tokenizer, ds, prompt_column=dv.prompt_column,
                                         response_column=dv.response_column, batch_size=min(batch_size, 32),
-                                        max_new_tokens=max_new_tokens, max_length=max(max_length, 512), engine=served)
+                                        max_new_tokens=max_new_tokens, max_length=limit, engine=served)
+            from .training.sft import tokenize_pairs
+
+            limit = min(max(max_length, 512), model_positions(rec))
+            import numpy as np
+
+            lengths = np.diff(tokenize_pairs(rec.tokenizer, ds, dv.prompt_column, dv.response_column, limit).offsets)
+            _note_cut(int((lengths >= limit).sum()), len(ds), f"rows reached {limit:,} tokens (prompt + response): "
+                      f"'{alias}' is scored on their first {limit:,} tokens")
             return evaluate_causal_lm(rec.model, rec.tokenizer, ds, prompt_column=dv.prompt_column,
                                       response_column=dv.response_column, batch_size=min(batch_size, 16),
-                                      max_length=max(max_length, 512))
+                                      max_length=limit)
     _need_task(rec, "seq-cls", "evaluate")
     ds = first(_prepare_split(dv, split, rec))
     with m.use(alias) as rec:
+        from .training.batching import tokenize_column
+
+        limit = min(int(max_length), model_positions(rec))
+        lengths = tokenize_column(rec.tokenizer, ds, dv.text_column, limit).lengths  # cached: evaluate reuses it
+        _note_cut(int((lengths >= limit).sum()), len(ds), f"rows reached {limit:,} tokens: '{alias}' classified "
+                  f"their first {limit:,} tokens (max_length)")
         return _evaluate(rec.model, rec.tokenizer, ds, text_column=dv.text_column, label_column=dv.label_column,
-                         batch_size=batch_size, max_length=max_length, label_names=rec.labels)
+                         batch_size=batch_size, max_length=limit, label_names=rec.labels)
+
+
+def _note_cut(n_cut: int, n: int, what: str) -> None:
+    """The evaluation side of :func:`fit_texts`: one note when rows reached the token limit."""
+    if n_cut:
+        print(f"llmos: note: {n_cut:,} of {n:,} {what}", file=sys.stderr, flush=True)
 
 
 @checked
