@@ -78,6 +78,7 @@ def _reset_for_tests() -> None:
 
 
 # --------------------------------------------------------------------- catalog
+@checked
 def catalog_list() -> Table:
     """The catalog: name, kind, whether pulled, description."""
     from . import pull as pull_mod
@@ -277,6 +278,7 @@ def _torch_gpus() -> set:
         return set()
 
 
+@checked
 def hardware() -> dict:
     """CPU, RAM and GPU readings (see :func:`llmos_jupyter.resources.hardware.snapshot`)."""
     from .resources.hardware import snapshot
