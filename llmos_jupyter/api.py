@@ -139,7 +139,7 @@ def load(spec: str | os.PathLike, *, alias: str | None = None, task: str | None 
     if isinstance(labels, str):
         labels = [l.strip() for l in labels.split(",") if l.strip()]
     if labels is not None and len(labels) < 2:
-        raise UsageError("--labels needs at least two class names, e.g. --labels negative,positive")
+        raise UsageError(f"labels needs at least two class names, e.g. {opt('labels', 'negative,positive')}")
     if labels is not None and len(set(labels)) != len(labels):
         raise UsageError(f"--labels has duplicates: {','.join(labels)}")
     if labels and task not in (None, "seq-cls"):
@@ -953,7 +953,8 @@ def _serve_trained(m, rec, run_dir) -> None:
         info = export_gguf(rec.model, rec.tokenizer, path, quantize="f16", source_gguf=rec.gguf_path)
     except UsageError as e:  # an architecture GGUF export does not take: the trained run still stands
         print(f"llmos: note: {rec.alias} keeps serving its original GGUF on llama.cpp ({e}); the trained weights "
-              f"answer with `--engine transformers` and export with --format hf", file=sys.stderr, flush=True)
+              f"answer with {opt('engine', 'transformers')} and export with {opt('format', 'hf')}", file=sys.stderr,
+              flush=True)
         return
     m.swap_gguf(rec, str(path))
     print(f"llmos: {rec.alias} now serves the fine-tuned weights on llama.cpp ({path}, {format_size(info['bytes'])})",
@@ -1012,18 +1013,19 @@ def evaluate(alias: str, dataset: str, *, split: str = "test", batch_size: int =
     if limit is not None and int(limit) < 1:
         raise UsageError(f"limit must be at least 1 row (got {limit})")
     if int(batch_size) < 1:
-        raise UsageError(f"batch size must be at least 1 (got {batch_size}); try --batch-size 32")
+        raise UsageError(f"batch size must be at least 1 (got {batch_size}); try {opt('batch_size', 32)}")
     if max_new_tokens is not None and int(max_new_tokens) < 1:
-        raise UsageError(f"max_new_tokens must be at least 1 (got {max_new_tokens}); e.g. --max-new-tokens 4")
+        raise UsageError(f"max_new_tokens must be at least 1 (got {max_new_tokens}); e.g. {opt('max_new_tokens', 4)}")
 
     def first(ds):
         return ds.select(range(min(int(limit), len(ds)))) if limit is not None else ds
 
     if engine is not None and not generate:
-        raise UsageError("--engine goes with --generate (greedy answers); add --generate or drop it")
+        raise UsageError(f"{opt('engine')} goes with {opt('generate', True)} (greedy answers); add {opt('generate', True)} "
+                         f"or drop it")
     if generate and rec.task != "causal-lm":
         raise UsageError(f"'{alias}' is loaded as {rec.task}; --generate scores a causal-lm's answers "
-                         f"(drop --generate, or load a causal LM)")
+                         f"(drop {opt('generate', True)}, or load a causal LM)")
     if rec.task == "causal-lm":
         from .training.sft import evaluate_causal_lm
 
@@ -1032,7 +1034,8 @@ def evaluate(alias: str, dataset: str, *, split: str = "test", batch_size: int =
 
         use = rec.engine if _engines.normalize(engine) == "auto" else _engines.normalize(engine)
         if use == "llama.cpp" and rec.engine != "llama.cpp":
-            raise UsageError(f"'{alias}' is served by {rec.engine}; load it with --engine llama.cpp to answer with llama.cpp")
+            raise UsageError(f"'{alias}' is served by {rec.engine}; load it with {opt('engine', 'llama.cpp')} to answer with "
+                             f"llama.cpp")
         if (not generate or use == "transformers") and rec.model is None and rec.engine == "llama.cpp":
             rec = m.attach_weights(alias)  # the loss is computed on the transformers weights of its GGUF
         with m.use(alias) as rec:
@@ -1082,7 +1085,7 @@ def _note_cut(n_cut: int, n: int, what: str) -> None:
 def runs(limit: int = 20):
     """Recent runs from the registry (newest first, at most ``limit``)."""
     if int(limit) < 1:
-        raise UsageError(f"limit must be at least 1 run (got {limit}); e.g. --limit 20")
+        raise UsageError(f"limit must be at least 1 run (got {limit}); e.g. {opt('limit', 20)}")
     return registry().list(limit=limit)
 
 

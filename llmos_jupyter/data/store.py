@@ -333,7 +333,7 @@ class DataStore:
                              f"starting with a letter or digit; pass {opt('name', 'NAME', flag_name='--as')}")
         if name in sources.packaged_names():
             raise UsageError(f"'{name}' is the packaged dataset's own folder; pick another name, "
-                             f"e.g. --as {name.replace('-', '_')}")
+                             f"e.g. {opt('name', name.replace('-', '_'), flag_name='--as')}")
         return name
 
     def _commit(self, name: str, dd, *, operation: str, params: dict, roles: dict,

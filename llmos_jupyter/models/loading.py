@@ -258,7 +258,7 @@ def _load_config(src: Source, trust_remote_code: bool):
                 f"{str(e).splitlines()[0][:120]}); pull a catalog model (`%llm list`) or give a local path") from None
         if "trust_remote_code" in str(e):
             raise LLMOSError(f"{src.spec} needs the model code shipped with it (its config names a model type "
-                             f"transformers does not have); load it with --trust-remote-code if you trust the "
+                             f"transformers does not have); load it with {opt('trust_remote_code', True)} if you trust the "
                              f"source") from None
         raise LLMOSError(f"could not read the config of {src.spec}: {str(e).splitlines()[0][:160]}") from None
 
@@ -513,7 +513,7 @@ def _load_impl(spec: str, task: str | None = None, *, labels: list[str] | None =
         d = Path(src.path)
         if not list(d.glob("*.safetensors")) and (list(d.glob("*.bin")) or list(d.glob("*.pt"))):
             raise LLMOSError(f"{spec} has only pickle weights (.bin/.pt), which can run code when loaded; "
-                             f"pass --allow-pickle if you trust it")
+                             f"pass {opt('allow_pickle', True)} if you trust it")
     if src.kind in ("dir", "catalog"):
         check_safetensors(src.path, src.catalog or spec)
         _note_remote_code(src, trust_remote_code)

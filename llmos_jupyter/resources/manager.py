@@ -257,7 +257,7 @@ def gguf_file(src) -> str:
     import os
 
     if not getattr(src, "gguf_file", None):
-        raise UsageError(f"{src.spec} is not a GGUF file; llama.cpp serves GGUF files (load with --engine transformers)")
+        raise UsageError(f"{src.spec} is not a GGUF file; llama.cpp serves GGUF files (load with {opt('engine', 'transformers')})")
     return os.path.join(src.path, src.gguf_file)
 
 
@@ -497,7 +497,8 @@ class ModelManager:
                    "dtype": "gguf", "device": "cpu", "task": "causal-lm"}
         else:
             if n_ctx is not None or threads is not None:
-                raise UsageError("--n-ctx and --threads size a llama.cpp context; drop them for --engine transformers")
+                raise UsageError(f"{opt('n_ctx')} and {opt('threads')} size a llama.cpp context; drop them for "
+                                 f"{opt('engine', 'transformers')}")
             if device not in (None, "auto") and dtype in (None, "auto"):
                 from .hardware import choose_device_dtype  # the dtype the load will pick for that device
 

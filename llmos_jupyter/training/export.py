@@ -119,9 +119,9 @@ def check_format(format: str, quantize: Optional[str]) -> Optional[str]:
         UsageError: an unknown format or quantisation, or ``quantize`` without ``gguf``.
     """
     if format not in ("hf", "gguf"):
-        raise UsageError(f"unknown export format '{format}'; use --format hf (a Hugging Face folder) or gguf")
+        raise UsageError(f"unknown export format '{format}'; use {opt('format', 'hf')} (a Hugging Face folder) or gguf")
     if quantize is not None and format != "gguf":
-        raise UsageError("--quantize applies to --format gguf; add --format gguf")
+        raise UsageError(f"{opt('quantize')} applies to {opt('format', 'gguf')}; add {opt('format', 'gguf')}")
     if format != "gguf":
         return None
     from ..models.gguf_export import GGUF_QUANTS
