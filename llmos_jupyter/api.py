@@ -115,9 +115,12 @@ def load(spec: str | os.PathLike, *, alias: str | None = None, task: str | None 
     """Load a model under ``alias`` (default: its name).
 
     Args:
-        spec: catalog name, ``.gguf`` path, model directory, or hub id.
+        spec: catalog name, ``.gguf`` path, model directory, LoRA adapter folder (its recorded
+            base is loaded first, then the adapter), or hub id.
         alias: the name used in later calls.
-        task: ``causal-lm`` | ``seq-cls`` | ``embedding``.
+        task: ``causal-lm`` | ``seq-cls`` | ``embedding``; default: the catalog's, causal-lm for
+            a GGUF, the adapter's, else the checkpoint's ``config.architectures`` (an encoder is
+            never loaded for generation; see :func:`llmos_jupyter.models.loading.resolve_task`).
         labels: class names for ``seq-cls`` (list or comma-separated string).
         dtype / device: override the automatic choice (bf16 on GPUs with compute capability
             ≥ 8, fp16 below, fp32 on CPU).
@@ -133,8 +136,11 @@ def load(spec: str | os.PathLike, *, alias: str | None = None, task: str | None 
         threads: llama.cpp decode threads (default: the physical CPU cores).
 
     Raises:
-        UsageError: ``keep_alive`` is not a duration; an engine that does not serve this model.
-        LLMOSError: see :meth:`ModelManager.load`.
+        UsageError: ``keep_alive`` is not a duration (``-1`` is forever; other negatives are
+            refused); an unknown dtype; a device this machine does not have (both list what
+            there is); an engine that does not serve this model; ``causal-lm`` for an encoder;
+            an argument of the wrong type.
+        LLMOSError: a corrupt weights file (named, with the fix); see :meth:`ModelManager.load`.
     """
     if isinstance(labels, str):
         labels = [l.strip() for l in labels.split(",") if l.strip()]
@@ -826,9 +832,16 @@ def finetune(alias: str, dataset: str, *, epochs: int = 1, lr: float = 5e-5, bat
         resume: id of an interrupted fine-tune run: continue it from its checkpoint (weights,
             optimizer, scheduler, data position, RNG states) with its own config, to the same
             final weights an uninterrupted run reaches. A new run is recorded whose config has
-            ``resumed_from``. Options that differ from the run's config are refused.
+            ``resumed_from``, and the old run's ``resumed_by`` names it: a run is resumed once
+            (a second resume is refused, naming the run to resume instead), unless that resume
+            failed. Options that differ from the run's config are refused.
         options: more :class:`FinetuneConfig` fields, e.g. ``eval_every`` (steps),
             ``early_stopping_patience`` (evaluations), ``metric_for_best``.
+
+    A run whose loss or gradient becomes NaN/inf or explodes ends as ``diverged`` (one line
+    naming ``lr``) and the alias keeps the weights it had before the run (see
+    :func:`llmos_jupyter.training.finetune.finetune`). A ``batch_size`` larger than the training
+    rows is clamped to them, with a note.
 
     Returns:
         The run (id, status, metrics, samples/s, wall time, checkpoint sha256), or the job.

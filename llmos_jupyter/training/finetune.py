@@ -612,6 +612,13 @@ def finetune(
     ``best_epoch``, ``metric_for_best`` and ``stopped_early``. The run stops (status
     "completed") after ``early_stopping_patience`` evaluations in a row without improvement.
 
+    Divergence: after every step's backward pass the loss and the global gradient norm must be
+    finite and the loss not exploded (above 100 nats and 10x the first step's); after the last
+    step one forward pass checks the final weights the same way. Otherwise the run ends as
+    "diverged" (``diverged_step``), no checkpoint is written and the weights are put back as they
+    were before the call (a CPU copy of the weights the run changes is kept while it trains; a
+    LoRA run that added its adapters removes them again).
+
     Algorithm: AdamW (Loshchilov & Hutter 2019, https://arxiv.org/abs/1711.05101; betas 0.9,
     0.999, eps 1e-8) on the mean cross-entropy of each optimizer step's rows, global-norm
     gradient clipping, and a linear warmup/decay schedule (``lr_factor``, as
