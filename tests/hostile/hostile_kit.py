@@ -21,6 +21,18 @@ import threading
 import time
 import uuid
 
+# 40 labelled rows (a positive or a negative word among filler): 30 train / 10 test after the split.
+ROWS = [{"text": f"{'good great fine' if i % 2 else 'bad awful dull'} movie {i}", "label": i % 2} for i in range(40)]
+
+
+def tiny_classifier(api, tiny_bert, alias: str = "tb"):
+    """Load the tiny BERT as a 2-label classifier ``alias`` and the split dataset ``rows``."""
+    api.load(str(tiny_bert), alias=alias, task="seq-cls", labels="neg,pos")
+    api.data_load(ROWS, name="rows")
+    api.data_split("rows", test=0.25, seed=0)
+    return api
+
+
 # Threads llmos starts for work that must end with it (generation workers, background jobs).
 WORK_THREADS = ("llmos-generate", "llmos-job-")
 
@@ -50,7 +62,8 @@ CONSISTENT = """
 import json as _j, threading as _t, time as _tm
 from llmos_jupyter import api as _api
 _d = _tm.time() + 5
-_alive = lambda: [t.name for t in _t.enumerate() if t.is_alive() and t.name.startswith(("llmos-generate", "llmos-job-"))]
+_alive = lambda: [t.name for t in _t.enumerate()
+                  if t.is_alive() and t.name.startswith(("llmos-generate", "llmos-job-"))]
 while _alive() and _tm.time() < _d:
     _tm.sleep(0.05)
 print(_j.dumps({"models": [[m["alias"], m["state"], m["users"], m["training"]] for m in _api.manager().ps()],
@@ -75,8 +88,8 @@ class Kernel:
         self.km, self.kc = start_new_kernel(kernel_name="python3", env=env)
         self.messages: list[dict] = []
 
-    def _collect(self, msg_id: str, timeout: float, until_idle: bool = True) -> dict:
-        out, err, errors = [], [], []
+    def _iopub(self, timeout: float):
+        """Yield IOPub messages (kept in ``self.messages``) for at most ``timeout`` seconds."""
         deadline = time.time() + timeout
         while time.time() < deadline:
             try:
@@ -84,6 +97,11 @@ class Kernel:
             except queue.Empty:
                 continue
             self.messages.append(m)
+            yield m
+
+    def _collect(self, msg_id: str, timeout: float, until_idle: bool = True) -> dict:
+        out, err, errors = [], [], []
+        for m in self._iopub(timeout):
             if m["parent_header"].get("msg_id") != msg_id:
                 continue
             t, c = m["msg_type"], m["content"]
@@ -111,17 +129,14 @@ class Kernel:
 
     def wait_streams(self, msg_id: str, n: int, timeout: float = 120) -> int:
         """Read IOPub until the cell ``msg_id`` has printed ``n`` stream messages (it keeps running)."""
-        seen, deadline = 0, time.time() + timeout
-        while seen < n and time.time() < deadline:
-            try:
-                m = self.kc.get_iopub_msg(timeout=0.2)
-            except queue.Empty:
-                continue
-            self.messages.append(m)
+        seen = 0
+        for m in self._iopub(timeout):
             if m["parent_header"].get("msg_id") == msg_id:
                 if m["msg_type"] == "stream":
                     seen += 1
                 assert not (m["msg_type"] == "status" and m["content"]["execution_state"] == "idle"), "cell ended"
+            if seen >= n:
+                break
         return seen
 
     def consistent(self) -> dict:
@@ -152,13 +167,7 @@ class Kernel:
 
     def comm_wait(self, predicate, timeout: float = 10) -> dict:
         """The next comm message whose data satisfies ``predicate`` (IOPub read meanwhile)."""
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            try:
-                m = self.kc.get_iopub_msg(timeout=0.2)
-            except queue.Empty:
-                continue
-            self.messages.append(m)
+        for m in self._iopub(timeout):
             if m["msg_type"] == "comm_msg" and predicate(m["content"]["data"]):
                 return m["content"]["data"]
         raise TimeoutError("no such comm message")

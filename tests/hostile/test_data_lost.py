@@ -31,7 +31,8 @@ def _tree(path):
 def test_overwrite_keeps_a_file_the_user_added_and_names_it(shell, capsys, exported):
     api, out = exported
     manifest = json.loads((out / "llmos_manifest.json").read_text())
-    assert sorted(manifest["exported_files"]) == sorted(p.name for p in out.iterdir() if p.name != "llmos_manifest.json")
+    written = sorted(p.name for p in out.iterdir() if p.name != "llmos_manifest.json")
+    assert sorted(manifest["exported_files"]) == written
     (out / "NOTES.md").write_text("my notes")  # the sweep's input: a file added to an earlier export
     before = _tree(out)
     capsys.readouterr()

@@ -12,20 +12,14 @@ import sqlite3
 
 import pytest
 
-from hostile_kit import assert_consistent, one_line
-
-ROWS = [{"text": f"{'good great' if i % 2 else 'bad awful'} movie {i}", "label": i % 2} for i in range(40)]
-
+from hostile_kit import assert_consistent, one_line, tiny_classifier
 
 @pytest.fixture
 def interrupted(shell, tiny_bert):
     """An interrupted fine-tune run of ``tb`` (a background job cancelled at a step boundary)."""
     import time
 
-    api = shell.api
-    api.load(str(tiny_bert), alias="tb", task="seq-cls", labels="neg,pos")
-    api.data_load(ROWS, name="rows")
-    api.data_split("rows", test=0.25, seed=0)
+    api = tiny_classifier(shell.api, tiny_bert)
     job = api.finetune("tb", "rows", epochs=200, max_steps=60, batch_size=2, progress=False, background=True)
     while job.step < 3 and not job.done:
         time.sleep(0.02)
@@ -92,14 +86,15 @@ def test_two_claims_on_one_run_cannot_both_win(interrupted):
 def test_an_older_registry_is_migrated_with_every_row(tmp_path):
     from llmos_jupyter.training.runs import SCHEMA, RunRegistry
 
-    old = (SCHEMA.replace(",'diverged'", "").replace(",\n    resumed_by       TEXT                -- id of the run that "
-                                                     "resumed this one (at most one)", ""))
+    column = ",\n    resumed_by       TEXT                -- id of the run that resumed this one (at most one)"
+    old = SCHEMA.replace(",'diverged'", "").replace(column, "")
     assert "resumed_by" not in old and "'diverged'" not in old
     path = tmp_path / "runs.sqlite"
     db = sqlite3.connect(path)
     db.executescript(old)
     db.execute("INSERT INTO runs (id, kind, config, status, created_at, packages, hardware, host, pid) "
-               "VALUES ('ft-old-abcd', 'finetune', '{}', 'interrupted', '2026-01-01T00:00:00+00:00', '{}', '{}', 'h', 1)")
+               "VALUES ('ft-old-abcd', 'finetune', '{}', 'interrupted', '2026-01-01T00:00:00+00:00', '{}', '{}', "
+               "'h', 1)")
     db.commit()
     db.close()
     reg = RunRegistry(path)

@@ -22,10 +22,7 @@ import json
 
 import pytest
 
-from hostile_kit import assert_consistent, one_line
-
-ROWS = [{"text": f"{'good great fine' if i % 2 else 'bad awful dull'} movie {i}", "label": i % 2} for i in range(40)]
-
+from hostile_kit import assert_consistent, one_line, tiny_classifier
 
 # ---------------------------------------------------------------------------- parser rule
 @pytest.fixture
@@ -85,10 +82,7 @@ def test_help_and_readme_state_the_same_rule(shell):
 # ---------------------------------------------------------------------------- fine-tuning
 @pytest.fixture
 def trained(shell, tiny_bert):
-    api = shell.api
-    api.load(str(tiny_bert), alias="tb", task="seq-cls", labels="neg,pos")
-    api.data_load(ROWS, name="rows")
-    api.data_split("rows", test=0.25, seed=0)
+    api = tiny_classifier(shell.api, tiny_bert)
     return api
 
 
@@ -119,7 +113,8 @@ def test_divergence_ends_the_run_as_diverged_and_keeps_the_weights(trained, shel
     assert "'tb' keeps the weights it had before the run" in line
     assert _same(_weights(api, "tb"), before)  # nothing of the run is left in the model
     assert type(api.manager().get("tb").model).__name__ == "BertForSequenceClassification"  # no LoRA left either
-    assert api.run(run.id).status == "diverged" and api.scheduler().jobs[list(api.scheduler().jobs)[-1]].state == "diverged"
+    last_job = list(api.scheduler().jobs.values())[-1]
+    assert api.run(run.id).status == "diverged" and last_job.state == "diverged"
     good = api.finetune("tb", "rows", lr=5e-4, max_steps=3, batch_size=8, progress=False)  # the next run is sound
     assert good.status == "completed" and good.metrics["loss"] < 10
     assert_consistent(api)
