@@ -929,10 +929,10 @@ def finetune(alias: str, dataset: str, *, epochs: int = 1, lr: float = 5e-5, bat
                 if getattr(result, "model", None) is not None and result.model is not held.model:
                     held.model = result.model  # LoRA wraps the model
                 if result.status == "diverged":  # the weights were put back: the alias is as before the run
-                    print(f"llmos: run {run.id} diverged at step {result.diverged_step} (the loss or gradient became "
-                          f"NaN/inf or exploded) and was stopped; '{alias}' keeps the weights it had before the run — "
-                          f"lower the learning rate ({opt('lr', cfg.lr)} is too high; e.g. {opt('lr', 5e-5)})",
-                          file=sys.stderr, flush=True)
+                    print(f"llmos: run {run.id} diverged at step {result.diverged_step} (the loss or gradient "
+                          f"became NaN/inf or exploded) and was stopped; '{alias}' keeps the weights it had before "
+                          f"the run — lower the learning rate ({opt('lr', cfg.lr)} is too high; e.g. "
+                          f"{opt('lr', 5e-5)})", file=sys.stderr, flush=True)
                     return run.finish_from(result)
                 held.run_id = run.id  # `export` writes this run's manifest next to the weights
                 from .resources.memory import module_bytes
@@ -1034,8 +1034,8 @@ def evaluate(alias: str, dataset: str, *, split: str = "test", batch_size: int =
         return ds.select(range(min(int(limit), len(ds)))) if limit is not None else ds
 
     if engine is not None and not generate:
-        raise UsageError(f"{opt('engine')} goes with {opt('generate', True)} (greedy answers); add {opt('generate', True)} "
-                         f"or drop it")
+        raise UsageError(f"{opt('engine')} goes with {opt('generate', True)} (greedy answers); add "
+                         f"{opt('generate', True)} or drop it")
     if generate and rec.task != "causal-lm":
         raise UsageError(f"'{alias}' is loaded as {rec.task}; --generate scores a causal-lm's answers "
                          f"(drop {opt('generate', True)}, or load a causal LM)")
@@ -1047,8 +1047,8 @@ def evaluate(alias: str, dataset: str, *, split: str = "test", batch_size: int =
 
         use = rec.engine if _engines.normalize(engine) == "auto" else _engines.normalize(engine)
         if use == "llama.cpp" and rec.engine != "llama.cpp":
-            raise UsageError(f"'{alias}' is served by {rec.engine}; load it with {opt('engine', 'llama.cpp')} to answer with "
-                             f"llama.cpp")
+            raise UsageError(f"'{alias}' is served by {rec.engine}; load it with {opt('engine', 'llama.cpp')} to "
+                             f"answer with llama.cpp")
         if (not generate or use == "transformers") and rec.model is None and rec.engine == "llama.cpp":
             rec = m.attach_weights(alias)  # the loss is computed on the transformers weights of its GGUF
         with m.use(alias) as rec:
@@ -1120,8 +1120,8 @@ def runs_compare(a: str, b: str):
 
 
 @checked
-def export(alias: str, path: str | os.PathLike, *, merge_lora: bool | None = None, overwrite: bool = False, format: str = "hf",
-           quantize: str | None = None) -> Message:
+def export(alias: str, path: str | os.PathLike, *, merge_lora: bool | None = None, overwrite: bool = False,
+           format: str = "hf", quantize: str | None = None) -> Message:
     """Write model ``alias`` to the folder ``path`` as a plain Hugging Face directory
     (safetensors weights, config, tokenizer) that ``transformers.AutoModelFor*.from_pretrained(path)``
     loads — or, with ``format="gguf"``, as one GGUF file that llama.cpp, llama-cpp-python and

@@ -414,7 +414,8 @@ def infer_roles(splits: dict[str, Columns], *, text_column=None, label_column=No
         if given not in (None, False) and given not in cols:
             from ..errors import opt
 
-            raise unknown("column", given, cols, f"use {opt(f'{role}_column', 'COLUMN')} with one of: {', '.join(cols)}")
+            raise unknown("column", given, cols,
+                          f"use {opt(f'{role}_column', 'COLUMN')} with one of: {', '.join(cols)}")
     prompt = prompt_column or _find(cols, PROMPT_NAMES)
     response = response_column or _find(cols, RESPONSE_NAMES, exclude=(prompt,))
     if not (prompt and response) and not (prompt_column or response_column):
@@ -431,8 +432,8 @@ def infer_roles(splits: dict[str, Columns], *, text_column=None, label_column=No
         if not scored:
             from ..errors import opt
 
-            raise UsageError(f"no text column found: the columns are {', '.join(cols)} and none holds words (numbers "
-                             f"are not text); name the text column with {opt('text_column', 'COLUMN', flag_name='--text')}")
+            raise UsageError(f"no text column found: the columns are {', '.join(cols)} and none holds words "
+                             f"(numbers are not text); name the text column with {opt('text_column', 'COLUMN')}")
         text = max(scored)[1]
     if label_column is False:
         label = None

@@ -829,7 +829,8 @@ class DataStore:
             targets = {s: path / f"{s}.{fmt}" for s in chosen}
         existing = [str(t) for t in targets.values() if t.exists()]
         if existing and not overwrite:
-            raise UsageError(f"{existing[0]} exists; nothing was written — add {opt('overwrite', True)} to replace it")
+            raise UsageError(f"{existing[0]} exists; nothing was written — add {opt('overwrite', True)} to "
+                             f"replace it")
         written = []
         for s, target in targets.items():
             target.parent.mkdir(parents=True, exist_ok=True)

@@ -102,7 +102,8 @@ COMMANDS: dict[str, Command] = {c.name: c for c in [
         example='%llm data search rt "a boring, predictable plot" --k 5'),
     Command("data export", "write a dataset to a file (one split) or a folder (one file per split)", ["name", "path"],
             options=[
-        Opt("format", help="parquet | jsonl | csv (default: from the file's extension, else parquet)", metavar="FORMAT"),
+        Opt("format", help="parquet | jsonl | csv (default: from the file's extension, else parquet)",
+            metavar="FORMAT"),
         Opt("split", help="write only this split (to one file)", metavar="SPLIT"),
         Opt("version", int, help="which version (default: the current one)", metavar="N"),
         Opt("overwrite", bool, help="replace files that exist")],

@@ -267,7 +267,8 @@ def export_gguf(model: Any, tokenizer: Any, path: str | os.PathLike, *, quantize
                 continue
             gg = tmap.get_name(hf_name, try_suffixes=(".weight", ".bias"))
             if gg is None:
-                raise UsageError(f"GGUF export does not know where tensor '{hf_name}' goes; export with {opt('format', 'hf')}")
+                raise UsageError(f"GGUF export does not know where tensor '{hf_name}' goes; export with "
+                                 f"{opt('format', 'hf')}")
             data = t.detach().to(torch.float32).cpu().numpy()
             if permute and hf_name.endswith(("q_proj.weight", "q_proj.bias")):
                 data = permute_qk(data, n_head)

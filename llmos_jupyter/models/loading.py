@@ -258,7 +258,8 @@ def _load_config(src: Source, trust_remote_code: bool):
                 f"{str(e).splitlines()[0][:120]}); pull a catalog model (`%llm list`) or give a local path") from None
         if "trust_remote_code" in str(e):
             raise LLMOSError(f"{src.spec} needs the model code shipped with it (its config names a model type "
-                             f"transformers does not have); load it with {opt('trust_remote_code', True)} if you trust the "
+                             f"transformers does not have); load it with {opt('trust_remote_code', True)} if you "
+                             f"trust the "
                              f"source") from None
         raise LLMOSError(f"could not read the config of {src.spec}: {str(e).splitlines()[0][:160]}") from None
 
@@ -338,7 +339,8 @@ def adapter_base(src: Source) -> str:
             return str(c)
         except LLMOSError:
             continue
-    raise LLMOSError(f"the base model of the adapter {src.spec} cannot be found (tried: {', '.join(map(str, tried)) or 'nothing recorded'}); "
+    named = ", ".join(map(str, tried)) or "nothing recorded"
+    raise LLMOSError(f"the base model of the adapter {src.spec} cannot be found (tried: {named}); "
                      f"load the base with `%llm load BASE` and fine-tune it again, or export the adapter merged "
                      f"(`%llm export ALIAS DIR --merge-lora`)")
 

@@ -257,7 +257,8 @@ def gguf_file(src) -> str:
     import os
 
     if not getattr(src, "gguf_file", None):
-        raise UsageError(f"{src.spec} is not a GGUF file; llama.cpp serves GGUF files (load with {opt('engine', 'transformers')})")
+        raise UsageError(f"{src.spec} is not a GGUF file; llama.cpp serves GGUF files (load with "
+                         f"{opt('engine', 'transformers')})")
     return os.path.join(src.path, src.gguf_file)
 
 
@@ -481,7 +482,7 @@ class ModelManager:
                 raise UsageError(f"'{alias}' is being fine-tuned by {old.exclusive}; wait with `%llm job wait "
                                  f"{old.exclusive}`, stop it with `%llm job cancel {old.exclusive}`, or load as another alias")
         src = loading.resolve_source(spec)
-        task = loading.resolve_task(src, task)  # the catalog's, the checkpoint's architectures; never generate on an encoder
+        task = loading.resolve_task(src, task)  # the catalog's, the architectures'; an encoder never generates
         eng = engines.choose(engine, kind=src.kind, task=task, spec=spec, notify=lambda m: print(m, file=sys.stderr))
         if eng == "llama.cpp":
             if device not in (None, "auto", "cpu"):
@@ -489,7 +490,8 @@ class ModelManager:
                                  f"or load with {opt('engine', 'transformers')} {opt('device', device)}")
             if dtype is not None:
                 raise UsageError(f"llama.cpp serves the GGUF's own weights ({src.gguf_file}), so {opt('dtype', dtype)} "
-                                 f"does not apply; drop it, or load with {opt('engine', 'transformers')} {opt('dtype', dtype)}")
+                                 f"does not apply; drop it, or load with {opt('engine', 'transformers')} "
+                                 f"{opt('dtype', dtype)}")
             from ..models.engines import llamacpp
 
             plan = llamacpp.plan(gguf_file(src), n_ctx)

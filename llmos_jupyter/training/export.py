@@ -79,9 +79,10 @@ def _check_target(path: Path, overwrite: bool) -> bool:
         ours = previous_files(path)
         if ours is None:
             raise UsageError(f"{path} holds an export that does not list its files (an older llmos); "
-                             f"{opt('overwrite', True)} replaces only listed files — pick a new folder, or empty this "
-                             f"one yourself")
-        others = sorted(p.name for p in path.iterdir() if p.name not in ours and not p.name.startswith(".llmos-export-"))
+                             f"{opt('overwrite', True)} replaces only listed files — pick a new folder, or empty "
+                             f"this one yourself")
+        others = sorted(p.name for p in path.iterdir()
+                        if p.name not in ours and not p.name.startswith(".llmos-export-"))
         if others:
             shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
             raise UsageError(f"{path} also holds files the earlier export did not write ({shown}); "
@@ -196,7 +197,7 @@ def export_model(model: Any, tokenizer: Any, path: os.PathLike | str, *, merge_l
             raise RuntimeError(f"the export wrote no weights file in {stage}")
         _inside(stage)
         new = sorted(p.name for p in stage.iterdir())
-        ours = previous_files(path) or set()  # only what the earlier export listed (checked above: nothing else is there)
+        ours = previous_files(path) or set()  # only what the earlier export listed (nothing else is there: checked)
         for old in list(path.iterdir()):
             if old == stage or not (old.name in ours or old.name.startswith(".llmos-export-")):
                 continue

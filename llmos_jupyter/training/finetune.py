@@ -852,7 +852,7 @@ def _finetune(model: Any, tokenizer: Any, train: Any, eval: Any, text_column: st
                         with torch.no_grad():
                             last = (response_loss_sum(model, ids, mask, y) if lm
                                     else F.cross_entropy(model(input_ids=ids, attention_mask=mask).logits.float(), y))
-                        per = max(int((y[:, 1:] != IGNORE_INDEX).sum()), 1) if lm else 1  # causal-lm: nats per response token
+                        per = max(int((y[:, 1:] != IGNORE_INDEX).sum()), 1) if lm else 1  # per response token
                         if not _finite(float(last) / per, 0.0, losses[0] if losses else None):
                             status, diverged_step = "diverged", step
                 except KeyboardInterrupt:

@@ -50,7 +50,8 @@ CREATE TABLE IF NOT EXISTS runs (
     config           TEXT NOT NULL,      -- JSON
     seed             INTEGER,
     data_fingerprint TEXT,
-    status           TEXT NOT NULL CHECK (status IN ('running','completed','failed','interrupted','cancelled','diverged')),
+    status           TEXT NOT NULL
+                     CHECK (status IN ('running','completed','failed','interrupted','cancelled','diverged')),
     created_at       TEXT NOT NULL,      -- ISO 8601, UTC
     finished_at      TEXT,
     wall_s           REAL,
@@ -204,7 +205,8 @@ class Run:
     def __str__(self) -> str:
         m = ", ".join(f"{k} {_fmt(v)}" for k, v in self.metrics.items())
         link = f" (resumed by {self.resumed_by})" if self.resumed_by else ""
-        return f"{self.id} {self.kind} {self.status}{link} model={self.model} dataset={self.dataset} seed={self.seed} {m}".strip()
+        return (f"{self.id} {self.kind} {self.status}{link} model={self.model} dataset={self.dataset} seed={self.seed} "
+                f"{m}").strip()
 
     def _repr_pretty_(self, p: Any, cycle: bool) -> None:  # IPython text consoles: the table, not the repr
         p.text(str(self))

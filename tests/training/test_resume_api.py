@@ -63,7 +63,8 @@ def test_resume_a_run_through_the_api(fresh_api, tiny_bert, monkeypatch):
     assert res.status == "completed" and res.id not in (cut.id, ref.id)
     assert res.config["resumed_from"] == cut.id and res.config["eval_every"] == 3 and res.config["lr"] == 1e-3
     assert len(api.runs(100)) == n_runs + 1
-    pm, pr = dict(api.manager().get("m").model.named_parameters()), dict(api.manager().get("ref").model.named_parameters())
+    pm = dict(api.manager().get("m").model.named_parameters())
+    pr = dict(api.manager().get("ref").model.named_parameters())
     assert pm.keys() == pr.keys() and all(torch.equal(pm[k], pr[k]) for k in pm)
     assert res.metrics == ref.metrics and res.metrics["best_step"] == ref.metrics["best_step"]
     assert res.checkpoint_sha256 == ref.checkpoint_sha256

@@ -83,7 +83,8 @@ def choose(requested: str | None, *, kind: str, task: str, spec: str, notify=Non
             raise UsageError(f"llama.cpp serves causal-lm models only, not {task}; load {spec} with "
                              f"--engine transformers (it serves {SERVES['transformers']})")
         if kind != "gguf":
-            raise UsageError(f"llama.cpp serves GGUF files and {spec} is not one; load it with {opt('engine', 'transformers')}, "
+            raise UsageError(f"llama.cpp serves GGUF files and {spec} is not one; load it with "
+                             f"{opt('engine', 'transformers')}, "
                              f"or write a GGUF with `%llm export ALIAS DIR --format gguf` and load that")
         if not have["llama.cpp"]:
             raise LLMOSError(f"the llama.cpp engine is not installed; `{EXTRA_HINT}` installs it "

@@ -68,12 +68,14 @@ class GenerationSettings:
         """
         n = self.max_new_tokens
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise UsageError(f"max_new_tokens must be a whole number ≥ 1, got {n!r}; e.g. {opt('max_new_tokens', 64)}")
+            raise UsageError(f"max_new_tokens must be a whole number ≥ 1, got {n!r}; e.g. "
+                             f"{opt('max_new_tokens', 64)}")
         t = self.temperature
         if t is None:
             self.temperature = t = 0.0
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
-            raise UsageError(f"temperature must be a number ≥ 0 (0 = greedy), got {t!r}; e.g. {opt('temperature', 0.7)}")
+            raise UsageError(f"temperature must be a number ≥ 0 (0 = greedy), got {t!r}; e.g. "
+                             f"{opt('temperature', 0.7)}")
         p = self.top_p
         if p is not None and (isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1):
             raise UsageError(f"top_p must be in (0, 1], got {p!r}; e.g. {opt('top_p', 0.9)}")
@@ -145,7 +147,8 @@ def plan_tokens(prompt_tokens: int, max_new_tokens: int, n_ctx: int, *, what: st
     room = n_ctx - prompt_tokens
     if room < 1:
         raise UsageError(f"the {what} is {prompt_tokens:,} tokens but this model's context window is {n_ctx:,} "
-                         f"positions; shorten it (or reset the chat with {opt('reset', True)}), or load with a larger {opt('n_ctx')} "
+                         f"positions; shorten it (or reset the chat with {opt('reset', True)}), or load with a larger "
+                         f"{opt('n_ctx')} "
                          f"if the model allows one")
     if max_new_tokens > room:
         return room, max_new_tokens
