@@ -220,8 +220,9 @@ def test_real_cost_matches_a_fresh_process(pulled, spec, engine, tmp_path):
     assert abs(real - whole) / whole < 0.10, (real, whole)  # nothing the load keeps escapes the measurement
     assert abs(est - real) / real < 0.10, (est, real)
     if spec == "all-minilm-l6-v2":
-        # plain transformers leaves MiniLM's safetensors memory-mapped, so embedding rows no text
-        # used are never paged in (79 MB resident vs 87 MB of tensors); llmos holds them all
-        assert ref <= real, (ref, real)
+        # plain transformers may leave MiniLM's safetensors memory-mapped, so embedding rows no text
+        # used are never paged in (79 MB resident vs 87 MB of tensors on one machine, 107 MB on
+        # another); llmos holds them all, so only the upper side of the 10% band applies
+        assert ref <= 1.10 * real, (ref, real)
     else:
         assert abs(real - ref) / ref < 0.10, (real, ref)

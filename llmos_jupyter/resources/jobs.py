@@ -53,6 +53,23 @@ def set_output_parent(parent) -> None:
                 pass
 
 
+def detach_output() -> None:
+    """Give this thread an empty parent header, so what it prints or sends is not attributed to
+    whichever cell happens to be running (ipykernel >= 7 keeps the shell parent in a ContextVar
+    that threads otherwise inherit from the last request). For threads that belong to no cell:
+    the side panel's push thread, the ``%llm serve`` threads. Best effort: older kernels keep the
+    old routing."""
+    try:
+        from ipykernel.kernelbase import Kernel
+
+        if Kernel.initialized():
+            var = getattr(Kernel.instance(), "_shell_parent", None)
+            if var is not None and hasattr(var, "set"):
+                var.set({})
+    except Exception:
+        pass
+
+
 def keep_output_parent(fn):
     """Wrap ``fn`` (to be run in another thread) so its output goes to the cell that wrapped it,
     and its error hints name options the way that cell did (``--flag`` under ``%llm``)."""
