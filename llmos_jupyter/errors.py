@@ -34,6 +34,11 @@ class UsageError(LLMOSError, ValueError):
     """A bad flag, a missing value, or options that conflict."""
 
 
+class ContextLengthError(UsageError):
+    """An input longer than the model's context window (over HTTP: 400 ``context_length_exceeded``,
+    OpenAI's code for it)."""
+
+
 class ResourceError(LLMOSError, MemoryError):
     """A load or job that does not fit the memory budget."""
 
@@ -63,7 +68,8 @@ def unknown(kind: str, word: str, choices: Iterable[str], fix: str = "") -> NotF
 # A hint names an option the way the user typed it: ``--batch-size 32`` under ``%llm``,
 # ``batch_size=32`` in Python. The magics run their handler inside ``on_surface("magic")``; every
 # other caller is on the Python surface. Errors built in another thread (a background job) keep
-# the Python spelling.
+# the Python spelling. ``%llm serve``'s workers answer on the ``"http"`` surface: their hints
+# name request fields (``max_tokens``, ``messages``), which :func:`opt` spells as Python keywords.
 _SURFACE: contextvars.ContextVar[str] = contextvars.ContextVar("llmos_surface", default="python")
 
 # The one mapping from a Python keyword of :mod:`llmos_jupyter.api` to its ``%llm`` flag, where
@@ -83,7 +89,7 @@ FLAG_OF = {
 
 @contextlib.contextmanager
 def on_surface(name: str) -> Iterator[None]:
-    """Build hints for surface ``name`` (``"magic"`` or ``"python"``) inside the block."""
+    """Build hints for surface ``name`` (``"magic"``, ``"python"`` or ``"http"``) inside the block."""
     token = _SURFACE.set(name)
     try:
         yield
@@ -92,7 +98,7 @@ def on_surface(name: str) -> Iterator[None]:
 
 
 def surface() -> str:
-    """The surface the current call came from: ``"magic"`` or ``"python"`` (the default)."""
+    """The surface the current call came from: ``"magic"``, ``"http"`` or ``"python"`` (the default)."""
     return _SURFACE.get()
 
 

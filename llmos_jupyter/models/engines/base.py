@@ -30,7 +30,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterator, Optional
 
-from ...errors import LLMOSError, UsageError, opt
+from ...errors import ContextLengthError, LLMOSError, UsageError, opt, surface
 
 MAX_NEW_TOKENS_DEFAULT = 256
 
@@ -141,15 +141,19 @@ def plan_tokens(prompt_tokens: int, max_new_tokens: int, n_ctx: int, *, what: st
         ``(max_new_tokens to use, the value asked for if it was capped else None)``.
 
     Raises:
-        UsageError: the prompt leaves no room for one new token (one line: prompt tokens, the
-            limit, the fix).
+        ContextLengthError: (a UsageError) the prompt leaves no room for one new token (one line:
+            prompt tokens, the limit, the fix spelled for the surface: cell, Python or HTTP).
     """
     room = n_ctx - prompt_tokens
     if room < 1:
-        raise UsageError(f"the {what} is {prompt_tokens:,} tokens but this model's context window is {n_ctx:,} "
-                         f"positions; shorten it (or reset the chat with {opt('reset', True)}), or load with a larger "
-                         f"{opt('n_ctx')} "
-                         f"if the model allows one")
+        if surface() == "http":
+            fix = ("shorten the messages (or the prompt), or load the model in the kernel with a larger --n-ctx "
+                   "if it allows one")
+        else:
+            fix = (f"shorten it (or reset the chat with {opt('reset', True)}), or load with a larger {opt('n_ctx')} "
+                   f"if the model allows one")
+        raise ContextLengthError(f"the {what} is {prompt_tokens:,} tokens but this model's context window is "
+                                 f"{n_ctx:,} positions; {fix}")
     if max_new_tokens > room:
         return room, max_new_tokens
     return max_new_tokens, None
