@@ -897,6 +897,24 @@ class _JobProgress:
         self._view("on_end", status, result)
 
 
+def _warmup_note(cfg, rows: int) -> list[str]:
+    """A note when the linear warmup (``ceil(warmup_ratio * steps)`` steps, as
+    ``transformers.get_linear_schedule_with_warmup`` is used by the Trainer) takes every step of
+    the run: the learning rate never reaches ``lr``, and a one-step run learns nothing (its only
+    step has learning rate 0)."""
+    import math
+
+    steps = math.ceil(math.ceil(rows / cfg.batch_size) / cfg.grad_accum) * cfg.epochs
+    steps = min(steps, cfg.max_steps) if cfg.max_steps is not None else steps
+    if cfg.warmup_ratio <= 0 or math.ceil(cfg.warmup_ratio * steps) < steps:
+        return []
+    what = ("its only step has learning rate 0, so nothing is learned" if steps == 1 else
+            f"the learning rate never reaches {opt('lr', cfg.lr)}")
+    return [f"llmos: note: the warmup takes all {steps} optimizer step{'s' if steps > 1 else ''} of this run "
+            f"({opt('warmup_ratio', cfg.warmup_ratio)}, rounded up): {what}; give {opt('warmup_ratio', 0.0)} "
+            f"or more steps"]
+
+
 @checked
 def finetune(alias: str, dataset: str, *, epochs: int = 1, lr: float = 5e-5, batch_size: int = 32,
              seed: int = 0, max_length: int = 128, method: str = "full", eval_split: str | None = "test",
@@ -980,6 +998,8 @@ def finetune(alias: str, dataset: str, *, epochs: int = 1, lr: float = 5e-5, bat
         notes.append(f"llmos: note: batch size {cfg.batch_size} is more than the {len(train):,} training rows; "
                      f"trained with {len(train):,} ({opt('batch_size', len(train))})")
         cfg = FinetuneConfig.from_dict(dict(cfg.to_dict(), batch_size=len(train)))
+    if resume is None:
+        notes += _warmup_note(cfg, len(train))
     if prev is not None and prev.data_fingerprint != dv.fingerprint:
         raise UsageError(f"run {prev.id} was trained on dataset fingerprint {prev.data_fingerprint}, '{dataset}' is now "
                          f"{dv.fingerprint}; pass the same dataset version, or start a new run")

@@ -876,7 +876,8 @@ class DataStore:
         if not isinstance(query, str) or not query.strip():
             raise UsageError('the query is empty; write %llm data search NAME "some words"')
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise UsageError(f"k must be a whole number >= 1 (got {k!r})")
+            raise UsageError(f"{opt('k', k)} is not allowed: the number of rows to return is a whole number >= 1; "
+                             f"e.g. {opt('k', 5)}")
         if not model_key or not isinstance(model_key, str):
             raise UsageError("model_key must name the model (e.g. 'all-minilm-l6-v2')")
         v = self.get(name, version)

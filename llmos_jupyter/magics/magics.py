@@ -262,7 +262,8 @@ class LLMMagics(Magics):
     def do_data_search(self, p):
         from .. import api
 
-        return api.data_search(p["name"], p["query"], k=p["k"] or 5, model=p["model"] or "all-minilm-l6-v2")
+        return api.data_search(p["name"], p["query"], k=5 if p["k"] is None else p["k"],
+                               model=p["model"] or "all-minilm-l6-v2")
 
     def do_data_export(self, p):
         from .. import api

@@ -349,17 +349,20 @@ class ModelWorker:
 
     # ------------------------------------------------------- embed, classify
     @staticmethod
-    def _fit(rec, texts: list[str]) -> tuple[int, int]:
-        """The rule for texts longer than an encoder reads, over HTTP: refused with a 400 naming the
-        first such input (a cell truncates with a note instead, but no note reaches an HTTP client;
-        OpenAI's embeddings route refuses the same way). Returns ``(token limit, tokens in all)``."""
+    def _fit(rec, texts: list[str], max_length: int = 256) -> tuple[int, int]:
+        """The rule for texts longer than an encoder reads, over HTTP. A cell reads the first
+        ``min(max_length, the model's positions)`` tokens and prints a note (``api.fit_texts``);
+        no note reaches an HTTP client, so here such a text is refused with a 400 naming the first
+        one (as OpenAI's embeddings route refuses an input over its limit), and every text that is
+        accepted gets exactly the vectors or labels a cell gives. Returns ``(token limit, tokens in
+        all)``."""
         from ..api import model_positions
 
-        limit = model_positions(rec)
+        limit = min(max_length, model_positions(rec))
         lengths = [len(ids) for ids in rec.tokenizer(list(texts), truncation=False)["input_ids"]]
         for i, n in enumerate(lengths):
             if n > limit:
-                raise APIError(400, f"input[{i}] is {n:,} tokens but '{rec.alias}' reads at most {limit:,}; "
+                raise APIError(400, f"input[{i}] is {n:,} tokens but '{rec.alias}' reads at most {limit:,} here; "
                                     f"shorten it or split it over several inputs", param="input",
                                code="context_length_exceeded")
         return limit, sum(lengths)

@@ -76,7 +76,8 @@ print(_j.dumps({"models": [[m["alias"], m["state"], m["users"], m["training"]] f
 class Kernel:
     """A real ipykernel over ZMQ (``jupyter_client``), with ``LLMOS_HOME`` of its own.
 
-    ``run`` executes a cell and returns ``{"out", "err", "errors"}``; ``start`` sends one without
+    ``run`` executes a cell and returns ``{"out", "err", "errors", "display"}`` (``display``: the
+    text/plain of its displays and result); ``start`` sends one without
     waiting; ``subshell()`` creates a kernel subshell (JEP 91) and ``comm_*`` talk to the
     ``llmos`` comm target on it, as JupyterLab's side panel does.
     """
@@ -100,7 +101,7 @@ class Kernel:
             yield m
 
     def _collect(self, msg_id: str, timeout: float, until_idle: bool = True) -> dict:
-        out, err, errors = [], [], []
+        out, err, errors, shown = [], [], [], []
         for m in self._iopub(timeout):
             if m["parent_header"].get("msg_id") != msg_id:
                 continue
@@ -109,8 +110,10 @@ class Kernel:
                 (out if c["name"] == "stdout" else err).append(c["text"])
             elif t == "error":
                 errors.append(f"{c['ename']}: {c['evalue']}")
+            elif t in ("display_data", "execute_result"):
+                shown.append(c["data"].get("text/plain", ""))
             elif t == "status" and c["execution_state"] == "idle" and until_idle:
-                return {"out": "".join(out), "err": "".join(err), "errors": errors}
+                return {"out": "".join(out), "err": "".join(err), "errors": errors, "display": "\n".join(shown)}
         raise TimeoutError(f"no idle after {timeout} s")
 
     def run(self, code: str, timeout: float = 300) -> dict:

@@ -12,6 +12,7 @@ surface the user is on (``--flag`` under ``%llm``, ``keyword=`` in Python; ``err
 from __future__ import annotations
 
 import inspect
+import re
 
 import pytest
 
@@ -78,6 +79,15 @@ def test_python_names_the_keywords(fresh_api, tiny_bert):
         fresh_api.load(str(tiny_bert), alias="x", device="cuda:7")
     with pytest.raises(UsageError, match="use dtype='float32'"):
         fresh_api.load(str(tiny_bert), alias="x", dtype="int3")
+    with pytest.raises(UsageError, match=r"e\.g\. seed\(0\)$"):
+        fresh_api.seed(-1)
+
+
+@pytest.mark.parametrize("line", ["seed -1", "seed 4294967296"])
+def test_the_seed_hint_is_a_magic_line_under_llm(shell, capsys, line):
+    shell.run_line_magic("llm", line)
+    err = one_line(capsys.readouterr().err, "whole number in 0 .. 2**32-1", "e.g. `%llm seed 0`")
+    assert "seed=" not in err
 
 
 @pytest.mark.parametrize("damage", ["cut", "random", "empty"])
@@ -143,3 +153,25 @@ def test_data_export_hints_are_spelled_for_the_surface(shell, capsys, tmp_path):
         api.data_export("d", str(tmp_path / "one.parquet"))
     with pytest.raises(UsageError, match="an unsplit version: version=1"):
         api.data_split("d", test=2)
+
+
+@pytest.mark.parametrize("line, magic, python", [
+    ("data clean d --min-chars -3", "--min-chars -3 is not allowed", ("data_clean", {"min_chars": -3}, "min_chars=-3")),
+    ("data clean d --min-chars 9 --max-chars 2", "--min-chars 9 is above --max-chars 2",
+     ("data_clean", {"min_chars": 9, "max_chars": 2}, "min_chars=9 is above max_chars=2")),
+    ("data search d hello --k 0", "--k 0 is not allowed", ("data_search", {"query": "hello", "k": 0}, "k=0")),
+    ("data search d hello --k -2", "e.g. --k 5", ("data_search", {"query": "hello", "k": -2}, "e.g. k=5")),
+])
+def test_clean_and_search_counts_are_checked_and_spelled_for_the_surface(shell, capsys, line, magic, python):
+    """``--k 0`` once returned the default 5 rows as if it were not given."""
+    from llmos_jupyter.errors import UsageError
+
+    api = shell.api
+    api.data_load([{"text": f"t {i}", "label": i % 2} for i in range(12)], name="d")
+    shell.run_line_magic("llm", line)
+    err = one_line(capsys.readouterr().err, magic)
+    assert not re.search(r"\b(k|min_chars|max_chars)=", err), err
+    fn, kw, expected = python
+    with pytest.raises(UsageError, match=re.escape(expected)):
+        getattr(api, fn)("d", **kw)
+    assert len(api.store().versions("d")) == 1  # nothing was written

@@ -141,6 +141,24 @@ def test_a_batch_larger_than_the_rows_is_clamped_with_a_note(trained, capsys, ba
     assert ("batch size" in err and "more than the 30 training rows; trained with 30 (batch_size=30)" in err) == note
 
 
+@pytest.mark.parametrize("options, note", [
+    ({"max_steps": 1}, "its only step has learning rate 0, so nothing is learned; give warmup_ratio=0"),
+    ({"max_steps": 2, "batch_size": 15, "warmup_ratio": 0.9}, "the learning rate never reaches lr=5e-05"),
+    ({"max_steps": 4, "batch_size": 8}, None),  # 0.06 x 4 steps: 1 step of warmup, 3 at the learning rate
+    ({"max_steps": 1, "warmup_ratio": 0.0}, None),
+])
+def test_a_warmup_that_takes_the_whole_run_is_said(trained, capsys, options, note):
+    """``--lr 1e9 --max-steps 1`` once reported a sound run: with the default warmup its one step has
+    learning rate 0 (the Trainer's linear schedule does the same), so it must say so."""
+    api = trained
+    capsys.readouterr()
+    run = api.finetune("tb", "rows", progress=False, **options)
+    err = capsys.readouterr().err
+    assert run.status == "completed"
+    lines = [x for x in err.splitlines() if "warmup takes all" in x]
+    assert (not lines) if note is None else (len(lines) == 1 and note in lines[0]), err
+
+
 # ---------------------------------------------------------------------------- nonsense settings
 @pytest.mark.parametrize("line, expected", [
     ("generate m hi --temperature nan", "temperature must be a number ≥ 0"),
