@@ -329,7 +329,8 @@ def _server_summary() -> dict | None:
     return hub.summary() if hub is not None else None
 
 
-def serve(*, host: str = "127.0.0.1", port: int = 0, models=None, max_queue: int = 32, max_batch: int = 8,
+@checked
+def serve(*, host: str = "127.0.0.1", port: int = 0, models: str | list[str] | None = None, max_queue: int = 32, max_batch: int = 8,
           max_body_bytes: int = 4 * 2**20) -> Message:
     """Serve the kernel's models over an OpenAI-compatible HTTP API, from a thread of this kernel.
 
@@ -359,7 +360,7 @@ def serve(*, host: str = "127.0.0.1", port: int = 0, models=None, max_queue: int
     if isinstance(models, str):
         models = [m.strip() for m in models.split(",") if m.strip()]
     if models is not None and not models:
-        raise UsageError("--models needs at least one alias, e.g. --models smol,minilm")
+        raise UsageError(f"{opt('models')} needs at least one alias, e.g. {opt('models', 'smol,minilm')}")
     settings = ServeSettings(host=host, port=port, models=tuple(models) if models else None, max_queue=max_queue,
                              max_batch=max_batch, max_body_bytes=max_body_bytes)
     threads = None
@@ -376,6 +377,7 @@ def serve(*, host: str = "127.0.0.1", port: int = 0, models=None, max_queue: int
     return Message(text, token=hub.token, **s)
 
 
+@checked
 def serve_status() -> Message:
     """The running server: URL, models, requests served and failed, in flight, queued per model,
     tokens/s over the last minute, batches (``.data`` has the numbers and the token)."""
@@ -398,6 +400,7 @@ def serve_status() -> Message:
     return Message("\n".join(lines), running=True, token=hub.token, **s)
 
 
+@checked
 def serve_stop() -> Message:
     """Stop the server: waiting requests get 503, decoding ones stop at their next token, and the
     port is free again. A no-op when none runs."""

@@ -47,6 +47,8 @@ def test_every_public_api_function_checks_its_argument_types():
     ('budget(cpu=[8])', "budget(): cpu must be a str or a whole number or None"),
     ("runs('5')", "runs(): limit must be a whole number"),
     ("seed(1.5)", "seed(): n must be a whole number"),
+    ('serve(port="80")', "serve(): port must be a whole number, got str '80'"),
+    ("serve(models=[1])", "serve(): models must be a str or a list of str or None"),
     ('classify("m", "x", max_lenght=3)', "classify() takes no argument 'max_lenght' (did you mean: max_length?)"),
     ("classify()", "classify(): missing a required argument: 'alias'"),
 ])
