@@ -330,8 +330,8 @@ def _server_summary() -> dict | None:
 
 
 @checked
-def serve(*, host: str = "127.0.0.1", port: int = 0, models: str | list[str] | None = None, max_queue: int = 32, max_batch: int = 8,
-          max_body_bytes: int = 4 * 2**20) -> Message:
+def serve(*, host: str = "127.0.0.1", port: int = 0, models: str | list[str] | None = None, max_queue: int = 32,
+          max_batch: int = 8, max_body_bytes: int = 4 * 2**20) -> Message:
     """Serve the kernel's models over an OpenAI-compatible HTTP API, from a thread of this kernel.
 
     ``GET /v1/models``, ``POST /v1/chat/completions``, ``/v1/completions`` (SSE streaming),

@@ -184,7 +184,8 @@ def inputs(p: dict) -> list[tuple]:
     for options in ("--lr 1e9 --max-steps 1", "--lr 1e9 --max-steps 3 --warmup-ratio 0"):
         add("finetune", f"%llm finetune c rows {options} (encoder weights compared after)",
             weights + f"_run = get_ipython().run_line_magic('llm', 'finetune c rows {options} --no-progress')\n"
-            "print(getattr(_run, 'status', _run), 'encoder weights unchanged' if _w() == _before else 'ENCODER CHANGED')")
+            "print(getattr(_run, 'status', _run),\n"
+            "      'encoder weights unchanged' if _w() == _before else 'ENCODER CHANGED')")
     add("finetune", "%llm finetune c rows --batch-size 100000 --max-steps 1",
         "%llm finetune c rows --batch-size 100000 --max-steps 1 --no-progress")
     add("finetune", "%llm finetune c rows --epochs 0")
