@@ -27,19 +27,11 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-sys.path.insert(0, str(HERE))
+sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 from hostile_kit import CONSISTENT, ROWS, Kernel  # noqa: E402
+from tiny_kit import save_tiny  # noqa: E402
 
-
-def save_tiny(path: Path, kind: str, **cfg) -> Path:
-    """The tests' tiny random models (``tests/conftest.py``)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("llmos_tests_conftest", ROOT / "tests" / "conftest.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.save_tiny(path, kind, **cfg)
 
 LONG = " ".join(["hello world"] * 300)  # ~600 tokens: over the 128 positions of the tiny models
 SMOL_LONG = " ".join(["1"] * 12004)
