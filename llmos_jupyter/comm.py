@@ -31,8 +31,12 @@ The comm open message may carry ``{"hardware_interval_s": x}`` (0.5 <= x <= 60; 
 "refresh interval" setting). The shortest interval among the open comms wins.
 
 Pushes come from one daemon thread, so the panel keeps moving while a cell runs (a foreground
-fine-tune still moves its progress bar). Incoming actions, like every shell message, are handled
-between cells on the kernel's main thread.
+fine-tune still moves its progress bar). Incoming actions are handled on the thread of the shell
+they arrive on: JupyterLab >= 4.4 sends a comm's messages on a kernel subshell (JEP 91,
+ipykernel >= 7), so Cancel and Unload act while a cell runs — a foreground fine-tune stops at its
+next step. Without subshells they wait for the running cell; for a job whose summary says
+``"foreground": true`` the panel then sends the kernel interrupt instead (``cancelRoute`` in
+``labextension/src/protocol.ts``).
 
 Usage: ``load_ipython_extension`` calls :func:`register`; tests swap the data source with
 :func:`set_provider`. The API is imported lazily, so ``%load_ext`` stays light.

@@ -7,8 +7,10 @@ of a traceback (``_render_traceback_``). Anything else that escapes is a bug in 
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import difflib
-from typing import Iterable
+from typing import Any, Iterable, Iterator
 
 
 class LLMOSError(Exception):
@@ -30,6 +32,11 @@ class NotFoundError(LLMOSError, KeyError):
 
 class UsageError(LLMOSError, ValueError):
     """A bad flag, a missing value, or options that conflict."""
+
+
+class ContextLengthError(UsageError):
+    """An input longer than the model's context window (over HTTP: 400 ``context_length_exceeded``,
+    OpenAI's code for it)."""
 
 
 class ResourceError(LLMOSError, MemoryError):
@@ -55,3 +62,70 @@ def unknown(kind: str, word: str, choices: Iterable[str], fix: str = "") -> NotF
     if fix:
         msg += f"; {fix}"
     return NotFoundError(msg)
+
+
+# ---------------------------------------------------------------------------- surfaces
+# A hint names an option the way the user typed it: ``--batch-size 32`` under ``%llm``,
+# ``batch_size=32`` in Python. The magics run their handler inside ``on_surface("magic")``; every
+# other caller is on the Python surface. Errors built in another thread (a background job) keep
+# the Python spelling. ``%llm serve``'s workers answer on the ``"http"`` surface: their hints
+# name request fields (``max_tokens``, ``messages``), which :func:`opt` spells as Python keywords.
+_SURFACE: contextvars.ContextVar[str] = contextvars.ContextVar("llmos_surface", default="python")
+
+# The one mapping from a Python keyword of :mod:`llmos_jupyter.api` to its ``%llm`` flag, where
+# the flag is not simply ``--`` + the keyword with ``-`` for ``_`` (see magics/commands.py).
+FLAG_OF = {
+    "alias": "--as",
+    "text_column": "--text",
+    "label_column": "--label",
+    "prompt_column": "--prompt",
+    "response_column": "--response",
+    "early_stopping_patience": "--patience",
+    "metric_for_best": "--metric",
+    "attn_implementation": "--attn",
+    "stratify": "--stratify",
+}
+
+
+@contextlib.contextmanager
+def on_surface(name: str) -> Iterator[None]:
+    """Build hints for surface ``name`` (``"magic"``, ``"python"`` or ``"http"``) inside the block."""
+    token = _SURFACE.set(name)
+    try:
+        yield
+    finally:
+        _SURFACE.reset(token)
+
+
+def surface() -> str:
+    """The surface the current call came from: ``"magic"``, ``"http"`` or ``"python"`` (the default)."""
+    return _SURFACE.get()
+
+
+def flag(name: str) -> str:
+    """The ``%llm`` flag of API keyword ``name``: ``batch_size`` → ``--batch-size``,
+    ``alias`` → ``--as`` (:data:`FLAG_OF`)."""
+    return FLAG_OF.get(name, "--" + name.replace("_", "-"))
+
+
+def opt(name: str, value: Any = None, *, flag_name: str | None = None) -> str:
+    """Option ``name`` (an API keyword) with an example ``value``, spelled for the surface the
+    user is on.
+
+    >>> opt("overwrite", True), opt("batch_size", 32), opt("split", "train")  # Python surface
+    ('overwrite=True', 'batch_size=32', "split='train'")
+
+    Under ``%llm`` the same calls give ``--overwrite``, ``--batch-size 32`` and
+    ``--split train``. ``value=None`` names the option alone (``batch_size=`` / ``--batch-size``);
+    ``flag_name`` overrides :func:`flag` where one keyword has two flags (``name`` is ``--as``
+    for ``data load``).
+    """
+    shown = f"{value:g}" if isinstance(value, float) else None  # 1e9, not 1000000000.0
+    if surface() == "magic":
+        f = flag_name or flag(name)
+        if value is True or value is None:
+            return f
+        return f"{f} {shown or value}"
+    if value is None:
+        return f"{name}="
+    return f"{name}={shown or repr(value)}"

@@ -19,7 +19,7 @@ LAYERS = [
     (3, ["llmos_jupyter.resources.manager", "llmos_jupyter.training", "llmos_jupyter.data",
          "llmos_jupyter.optimize", "llmos_jupyter.launch", "llmos_jupyter.serve"]),
     (2, ["llmos_jupyter.models", "llmos_jupyter.ops", "llmos_jupyter.catalog", "llmos_jupyter.pull"]),
-    (1, ["llmos_jupyter.errors", "llmos_jupyter.paths", "llmos_jupyter._version", "llmos_jupyter.display",
+    (1, ["llmos_jupyter.errors", "llmos_jupyter.argcheck", "llmos_jupyter.paths", "llmos_jupyter._version", "llmos_jupyter.display",
          "llmos_jupyter.widgets",
          "llmos_jupyter.kernel", "llmos_jupyter.resources", "llmos_jupyter.resources.hardware",
          "llmos_jupyter.resources.memory", "llmos_jupyter.resources.events", "llmos_jupyter.resources.jobs"]),

@@ -6,7 +6,7 @@ import { ISessionContext } from '@jupyterlab/apputils';
 import { Kernel, KernelMessage } from '@jupyterlab/services';
 import { ISignal, Signal } from '@lumino/signaling';
 
-import { ActionName, COMM_TARGET, PROTOCOL_VERSION, actionMessage } from './protocol';
+import { ActionName, COMM_TARGET, PROTOCOL_VERSION, actionMessage, cancelRoute } from './protocol';
 import {
   ConnectionStatus,
   IPanelState,
@@ -191,6 +191,9 @@ export class LLMOSModel {
       });
       return;
     }
+    if (action === 'cancel' && this._interruptFor(target)) {
+      return;
+    }
     const id = `a${++this._requests}`;
     this.dispatch({ kind: 'action', id, action, target });
     try {
@@ -201,6 +204,34 @@ export class LLMOSModel {
         message: `${action} not sent: ${reason}`
       } });
     }
+  }
+
+  /**
+   * Cancel a foreground job whose kernel cannot read the panel's messages while it runs (no
+   * subshell for the comm): send the kernel interrupt. True when it did (see `cancelRoute`).
+   */
+  private _interruptFor(target: string): boolean {
+    const kernel = this._kernel();
+    const job = this._state.jobs.find(j => j.id === target);
+    const comm = this._comm as (Kernel.IComm & { subshellId?: string | null }) | null;
+    if (!kernel || !job) {
+      return false;
+    }
+    const route = cancelRoute(job, {
+      busy: kernel.status === 'busy',
+      commOnSubshell: Boolean(comm?.subshellId)
+    });
+    if (route !== 'interrupt') {
+      return false;
+    }
+    this.dispatch({
+      kind: 'notice',
+      message: `interrupting the kernel: ${job.id} runs in the foreground and stops at its next step`
+    });
+    kernel.interrupt().catch(reason => {
+      this.dispatch({ kind: 'notice', message: `cannot interrupt the kernel: ${reason}` });
+    });
+    return true;
   }
 
   /** Run `%load_ext llmos_jupyter` in the kernel, then connect. */

@@ -19,6 +19,7 @@ export type JobState =
   | 'failed'
   | 'cancelled'
   | 'interrupted'
+  | 'diverged'
   | string;
 
 export interface IModelInfo {
@@ -80,6 +81,8 @@ export interface IJobInfo {
   ranksAlive: number | null;
   /** `torchrun` or `accelerate` for a distributed job, '' otherwise. */
   launcher: string;
+  /** The job runs in the cell that started it (false when the kernel does not say). */
+  foreground: boolean;
 }
 
 export interface IDatasetInfo {
@@ -260,8 +263,35 @@ export function parseJob(value: unknown): IJobInfo | null {
     etaS: num(value.eta_s),
     worldSize: Math.max(num(value.world_size) ?? 1, 1),
     ranksAlive: num(value.ranks_alive),
-    launcher: str(value.launcher)
+    launcher: str(value.launcher),
+    foreground: value.foreground === true
   };
+}
+
+/** How a Cancel reaches the kernel: a comm message, or the kernel interrupt. */
+export type CancelRoute = 'comm' | 'interrupt';
+
+/** What the panel knows about the kernel when Cancel is pressed. */
+export interface ICancelContext {
+  /** The kernel is running a cell. */
+  busy: boolean;
+  /**
+   * The panel's comm goes to a kernel subshell (JEP 91; JupyterLab >= 4.4 with ipykernel >= 7),
+   * so the kernel handles its messages while a cell runs.
+   */
+  commOnSubshell: boolean;
+}
+
+/**
+ * The route of a Cancel of `job`. A comm message normally: the kernel stops the job at its next
+ * step. But a foreground job blocks its cell, and without a subshell the kernel reads comm
+ * messages only after that cell: then Cancel sends the kernel interrupt (the toolbar's stop
+ * button), which the training loop also turns into a stop at the next step.
+ */
+export function cancelRoute(job: IJobInfo, context: ICancelContext): CancelRoute {
+  return job.foreground && job.state === 'running' && context.busy && !context.commOnSubshell
+    ? 'interrupt'
+    : 'comm';
 }
 
 export function parseDataset(value: unknown): IDatasetInfo | null {

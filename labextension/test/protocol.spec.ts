@@ -2,7 +2,7 @@
  * Model summaries from the kernel (`ModelRecord.summary()`), old and new: engine, real bytes,
  * context, threads and the last generation's statistics.
  */
-import { parseGeneration, parseJob, parseKernelMessage, parseModel, parseServer } from '../src/protocol';
+import { cancelRoute, parseGeneration, parseJob, parseKernelMessage, parseModel, parseServer } from '../src/protocol';
 
 /** A summary as kernels before llama.cpp support sent it. */
 const OLD = {
@@ -96,6 +96,31 @@ describe('state messages', () => {
       ['tiny', 'transformers', null],
       ['qwen', 'llama.cpp', 98.09]
     ]);
+  });
+});
+
+describe('cancelRoute', () => {
+  const job = (over: Record<string, unknown> = {}) =>
+    parseJob({ id: 'job-3', kind: 'finetune', target: 'tiny', state: 'running', progress: 0.4, ...over })!;
+
+  it('reads foreground from the job summary (false when the kernel does not say)', () => {
+    expect(job({ foreground: true }).foreground).toBe(true);
+    expect(job().foreground).toBe(false);
+    expect(job({ foreground: 'yes' }).foreground).toBe(false);
+  });
+
+  it('interrupts the kernel only for a running foreground job in a busy kernel without a subshell', () => {
+    expect(cancelRoute(job({ foreground: true }), { busy: true, commOnSubshell: false })).toBe('interrupt');
+  });
+
+  it.each([
+    ['background job, busy kernel', { foreground: false }, { busy: true, commOnSubshell: false }],
+    ['foreground job, comm on a subshell', { foreground: true }, { busy: true, commOnSubshell: true }],
+    ['foreground job, idle kernel', { foreground: true }, { busy: false, commOnSubshell: false }],
+    ['queued foreground job', { foreground: true, state: 'queued' }, { busy: true, commOnSubshell: false }],
+    ['finished foreground job', { foreground: true, state: 'done' }, { busy: true, commOnSubshell: false }]
+  ])('sends a comm message for a %s', (_, over, context) => {
+    expect(cancelRoute(job(over), context)).toBe('comm');
   });
 });
 

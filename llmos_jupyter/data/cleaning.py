@@ -29,7 +29,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import UsageError, unknown
+from ..errors import UsageError, opt, unknown
 
 # Elements whose tags are removed by strip_html (HTML 4/5 names that appear in scraped text).
 HTML_BLOCK = ("br", "p", "div", "hr", "li", "ul", "ol", "tr", "table", "tbody", "thead", "td",
@@ -371,6 +371,7 @@ def check_clean_args(min_chars, max_chars) -> None:
     """Raise :class:`UsageError` for negative or crossed ``min_chars``/``max_chars``."""
     for n, v in (("min_chars", min_chars), ("max_chars", max_chars)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
-            raise UsageError(f"{n} must be a whole number >= 0 (got {v!r})")
+            raise UsageError(f"{opt(n, v)} is not allowed: a number of characters is a whole number >= 0; "
+                             f"e.g. {opt(n, 20)}")
     if min_chars is not None and max_chars is not None and min_chars > max_chars:
-        raise UsageError(f"min_chars ({min_chars}) is above max_chars ({max_chars}); swap them")
+        raise UsageError(f"{opt('min_chars', min_chars)} is above {opt('max_chars', max_chars)}; swap them")

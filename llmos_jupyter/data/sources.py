@@ -381,6 +381,14 @@ def _string_share(values) -> float:
     return sum(isinstance(v, str) for v in present) / len(present) if present else 0.0
 
 
+def _text_share(values) -> float:
+    """Share of the present values that read as words: strings that are not written numbers
+    (``"0.5"``, ``"42"`` are not text-like; ``"NaN"`` and ``"great film"`` are)."""
+    present = [v for v in values if v is not None]
+    words = sum(isinstance(v, str) and not _FLOAT_RE.match(v.strip()) for v in present)
+    return words / len(present) if present else 0.0
+
+
 def infer_roles(splits: dict[str, Columns], *, text_column=None, label_column=None,
                 prompt_column=None, response_column=None, features: dict | None = None) -> dict:
     """Choose the ``text``, ``label``, ``prompt`` and ``response`` columns.
@@ -404,23 +412,28 @@ def infer_roles(splits: dict[str, Columns], *, text_column=None, label_column=No
     for role, given in (("text", text_column), ("label", label_column),
                         ("prompt", prompt_column), ("response", response_column)):
         if given not in (None, False) and given not in cols:
-            raise unknown("column", given, cols, f"use --{role} COLUMN ({role}_column= in Python) with one of: {', '.join(cols)}")
+            from ..errors import opt
+
+            raise unknown("column", given, cols,
+                          f"use {opt(f'{role}_column', 'COLUMN')} with one of: {', '.join(cols)}")
     prompt = prompt_column or _find(cols, PROMPT_NAMES)
     response = response_column or _find(cols, RESPONSE_NAMES, exclude=(prompt,))
     if not (prompt and response) and not (prompt_column or response_column):
         prompt = response = None  # a lone "input" column is not a causal-lm pair
     text = text_column or _find(cols, TEXT_NAMES) or prompt
-    if text is None:
+    if text is None:  # the text-like column (mostly words, not numbers) with the longest values
         scored = []
         for c in cols:
             vals = first[c]
-            if c == label_column or _string_share(vals) < 0.5:
+            if c == label_column or _text_share(vals) < 0.5:
                 continue
             lengths = [len(v) for v in vals if isinstance(v, str)]
             scored.append((sum(lengths) / max(len(lengths), 1), c))
         if not scored:
-            raise UsageError(f"no text column found among {cols}; use --text COLUMN (text_column= in Python) "
-                             f"(`--text-column NAME`)")
+            from ..errors import opt
+
+            raise UsageError(f"no text column found: the columns are {', '.join(cols)} and none holds words "
+                             f"(numbers are not text); name the text column with {opt('text_column', 'COLUMN')}")
         text = max(scored)[1]
     if label_column is False:
         label = None
@@ -440,8 +453,10 @@ def infer_roles(splits: dict[str, Columns], *, text_column=None, label_column=No
                     label = c
                     break
     if label is not None and label in (text, prompt, response):
+        from ..errors import opt
+
         raise UsageError(f"column '{label}' cannot be both the label and a text column; pass "
-                         f"text_column= and label_column= naming different columns")
+                         f"{opt('text_column')} and {opt('label_column')} naming different columns")
     return {"text": text, "label": label, "prompt": prompt, "response": response}
 
 

@@ -32,11 +32,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..errors import NotFoundError, UsageError, close_matches, unknown
+from ..errors import NotFoundError, UsageError, close_matches, opt, surface, unknown
 from . import cleaning, sources
 
 META = "llmos_meta.json"
 EXPORT_FORMATS = ("parquet", "jsonl", "csv")
+EXPORT_SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\Z")
 _VERSION_RE = re.compile(r"v(\d+)\Z")
 
@@ -329,10 +330,10 @@ class DataStore:
         name = str(name)
         if not _NAME_RE.match(name):
             raise UsageError(f"dataset name '{name}' must be letters, digits, '_', '-' or '.', "
-                             f"starting with a letter or digit; pass --as NAME (name= in Python)")
+                             f"starting with a letter or digit; pass {opt('name', 'NAME', flag_name='--as')}")
         if name in sources.packaged_names():
             raise UsageError(f"'{name}' is the packaged dataset's own folder; pick another name, "
-                             f"e.g. --as {name.replace('-', '_')}")
+                             f"e.g. {opt('name', name.replace('-', '_'), flag_name='--as')}")
         return name
 
     def _commit(self, name: str, dd, *, operation: str, params: dict, roles: dict,
@@ -489,9 +490,11 @@ class DataStore:
         """
         v = self.get(name, version)
         if len(v.splits) != 1:
+            n = v.parent_version or 1
+            how = (f"`%llm data {verb} {name}{args} --version {n}`" if surface() == "magic"
+                   else f"{opt('version', n)}")
             raise UsageError(f"{name} v{v.version} is already split ({', '.join(v.splits)}); {verb} an unsplit "
-                             f"version: `%llm data {verb} {name}{args} --version {v.parent_version or 1}` "
-                             f"(version= in Python)")
+                             f"version: {how}")
         (split_name, ds), = v.splits.items()
         return v, split_name, ds
 
@@ -543,7 +546,7 @@ class DataStore:
                     parts = {"train": first["train"], "test": first["test"]}
             except ValueError as e:
                 raise UsageError(f"cannot split {name} v{v.version} that way: {e}; use larger fractions, "
-                                 f"or --no-stratify (stratify=None in Python)") from None
+                                 f"or {_no_stratify()}") from None
             dd = DatasetDict({s: _rebuild(p, fingerprint=fps[s]) for s, p in parts.items()})
         return self._commit(name, dd, operation="split", params=params, roles=_roles(v),
                             label_names=v.label_names, parent=v, source=v.source)
@@ -576,7 +579,7 @@ class DataStore:
                     train_new_fingerprint=fp + "r", test_new_fingerprint=fp)["test"]
             except ValueError as e:
                 raise UsageError(f"cannot sample {name} that way: {e}; ask for more rows, or "
-                                 f"--no-stratify (stratify=None in Python)") from None
+                                 f"{_no_stratify()}") from None
             dd = DatasetDict({split_name: _rebuild(part, fingerprint=fp)})
         return self._commit(name, dd, operation="sample", params=params, roles=_roles(v),
                             label_names=v.label_names, parent=v, source=v.source)
@@ -589,14 +592,14 @@ class DataStore:
         if col is None:
             return None  # unlabelled: a plain seeded shuffle
         if col not in ds.features:
-            raise unknown("column", col, list(ds.features), "stratify by the label column or pass --no-stratify (stratify=None in Python)")
+            raise unknown("column", col, list(ds.features), f"stratify by the label column or pass {_no_stratify()}")
         if type(ds.features[col]).__name__ != "ClassLabel":
             raise UsageError(f"cannot stratify by '{col}' ({ds.features[col]}): not a class label; "
-                             f"pass --no-stratify (stratify=None in Python)")
+                             f"pass {_no_stratify()}")
         missing = sum(1 for x in sources.column(ds, col) if x is None or x < 0)
         if missing:
-            raise UsageError(f"{missing} rows have no label; run clean (drop_empty) first or "
-                             f"pass --no-stratify (stratify=None in Python)")
+            raise UsageError(f"{missing} rows have no label; drop them with `%llm data clean {v.name}` (rows without "
+                             f"a label are dropped) or pass {_no_stratify()}")
         return col
 
     @staticmethod
@@ -776,14 +779,16 @@ class DataStore:
                             label_names=names, parent=v, source=v.source)
 
     # ------------------------------------------------------------------ export
-    def export(self, name: str, path: str | os.PathLike, format: str = "parquet", *,
+    def export(self, name: str, path: str | os.PathLike, format: str | None = None, *,
                version: int | None = None, split: str | None = None,
                overwrite: bool = False) -> list[Path]:
         """Write a version to files.
 
-        One split (or ``split=``): written to ``path`` (or ``path/<name>.<format>`` when ``path``
-        is an existing folder). Several splits: ``path`` is a folder, one file per split
-        (``path/train.parquet`` ...); nothing is written outside it. Parquet keeps the
+        The format is ``format``, else the file name's extension (``.parquet``, ``.jsonl``,
+        ``.csv``), else parquet. One split (or ``split=``): written to ``path`` (or
+        ``path/<name>.<format>`` when ``path`` is an existing folder). Several splits: ``path``
+        is a folder, one file per split (``path/train.parquet`` ...); nothing is written outside
+        it, and a ``path`` that names one file (``out.csv``) is refused. Parquet keeps the
         ``datasets`` features (``ClassLabel`` names round-trip through :meth:`load`); CSV and
         JSONL write the label *names* and leave a missing text empty / ``null``.
 
@@ -792,28 +797,40 @@ class DataStore:
 
         Raises:
             NotFoundError: unknown format, name, version or split.
-            UsageError: a target exists (pass ``overwrite=True``).
+            UsageError: a target exists (pass ``overwrite``); an extension that disagrees with
+                ``format`` or that no format has; one file named for several splits.
         """
-        fmt = str(format).lower().lstrip(".")
+        suffix = Path(path).suffix.lower()
+        by_name = EXPORT_SUFFIXES.get(suffix)
+        fmt = str(format).lower().lstrip(".") if format is not None else (by_name or "parquet")
         if fmt not in EXPORT_FORMATS:
-            raise unknown("format", format, EXPORT_FORMATS, "use --format parquet|jsonl|csv")
+            raise unknown("format", format, EXPORT_FORMATS, f"use {opt('format', 'parquet')}, jsonl or csv")
+        if format is not None and by_name is not None and by_name != fmt:
+            raise UsageError(f"{path} ends in {suffix} but the format asked for is {fmt}; name the file "
+                             f".{fmt} or drop {opt('format', fmt)} (the extension picks the format)")
+        if format is None and suffix and by_name is None and not Path(path).expanduser().is_dir():
+            raise UsageError(f"cannot tell the format from '{Path(path).name}'; name the file .parquet, .jsonl or "
+                             f".csv, give {opt('format', 'csv')}, or give a folder")
         v = self.get(name, version)
         chosen = [split] if split else list(v.splits)
         for s in chosen:
             v[s]  # raises NotFoundError for an unknown split
             if not _NAME_RE.match(s):  # split names become file names: never a path
-                raise UsageError(f"split name {s!r} cannot be a file name; export it with split= and a path")
+                raise UsageError(f"split name {s!r} cannot be a file name; export it with {opt('split', s)} and a path")
         path = Path(path).expanduser()
         if len(chosen) == 1:
             targets = {chosen[0]: path / f"{name}.{fmt}" if path.is_dir() else path}
         else:
-            if path.exists() and not path.is_dir():
-                raise UsageError(f"{name} has {len(chosen)} splits, so '{path}' must be a folder; give a "
-                                 f"folder, or split='train' for one file")
+            sizes = ", ".join(f"{s} {v.num_rows[s]:,}" for s in chosen)
+            if (path.exists() and not path.is_dir()) or by_name is not None:
+                raise UsageError(f"{name} v{v.version} has {len(chosen)} splits ({sizes} rows) and '{path}' names one "
+                                 f"file; add {opt('split', chosen[0])} for one split, or give a folder for one "
+                                 f"file per split")
             targets = {s: path / f"{s}.{fmt}" for s in chosen}
         existing = [str(t) for t in targets.values() if t.exists()]
         if existing and not overwrite:
-            raise UsageError(f"{existing[0]} exists; pass overwrite=True (nothing was written)")
+            raise UsageError(f"{existing[0]} exists; nothing was written — add {opt('overwrite', True)} to "
+                             f"replace it")
         written = []
         for s, target in targets.items():
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -859,7 +876,8 @@ class DataStore:
         if not isinstance(query, str) or not query.strip():
             raise UsageError('the query is empty; write %llm data search NAME "some words"')
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise UsageError(f"k must be a whole number >= 1 (got {k!r})")
+            raise UsageError(f"{opt('k', k)} is not allowed: the number of rows to return is a whole number >= 1; "
+                             f"e.g. {opt('k', 5)}")
         if not model_key or not isinstance(model_key, str):
             raise UsageError("model_key must name the model (e.g. 'all-minilm-l6-v2')")
         v = self.get(name, version)
@@ -869,6 +887,11 @@ class DataStore:
             splits = [split]
         return search_version(v, query, k=k, model=model, tokenizer=tokenizer, model_key=model_key,
                               cache=self.cache, splits=splits, batch_size=batch_size, max_length=max_length)
+
+
+def _no_stratify() -> str:
+    """``--no-stratify`` under ``%llm``, ``stratify=None`` in Python."""
+    return "--no-stratify" if surface() == "magic" else "stratify=None"
 
 
 def _roles(v: DatasetVersion) -> dict:

@@ -100,8 +100,14 @@ COMMANDS: dict[str, Command] = {c.name: c for c in [
         Opt("model", help="embedding model alias or catalog name (default all-minilm-l6-v2)", metavar="MODEL"),
         Opt("raw", bool, help="no {name} interpolation")],
         example='%llm data search rt "a boring, predictable plot" --k 5'),
-    Command("data export", "write a dataset to a file", ["name", "path"], options=[
-        Opt("format", help="parquet | jsonl | csv (default parquet)", metavar="FORMAT")]),
+    Command("data export", "write a dataset to a file (one split) or a folder (one file per split)", ["name", "path"],
+            options=[
+        Opt("format", help="parquet | jsonl | csv (default: from the file's extension, else parquet)",
+            metavar="FORMAT"),
+        Opt("split", help="write only this split (to one file)", metavar="SPLIT"),
+        Opt("version", int, help="which version (default: the current one)", metavar="N"),
+        Opt("overwrite", bool, help="replace files that exist")],
+        example="%llm data export rt rt_test.csv --split test"),
     Command("finetune", "fine-tune on a dataset's train split (seq-cls: text/label; causal-lm: prompt/response SFT); evaluates on test",
             ["alias", "dataset"], options=[
         Opt("epochs", int, help="passes over the train split (default 1)", metavar="N"),
@@ -156,7 +162,9 @@ COMMANDS: dict[str, Command] = {c.name: c for c in [
     Command("export", "write a model as a plain Hugging Face folder (safetensors + tokenizer + run manifest) "
             "or as one GGUF file for llama.cpp / Ollama",
             ["alias", "path"], options=[
-        Opt("merge-lora", bool, help="merge LoRA adapters into the weights (default: write the adapter)"),
+        Opt("merge-lora", bool, help="merge LoRA adapters into the weights (default: write the adapter; a GGUF "
+                                     "base is merged)"),
+        Opt("no-merge", bool, help="write the LoRA adapter even for a GGUF base (`%llm load DIR` takes it)"),
         Opt("overwrite", bool, help="replace the contents of a non-empty folder"),
         Opt("format", str, help="hf (default: a Hugging Face folder) or gguf (one file for llama.cpp)", metavar="F"),
         Opt("quantize", str, help="with --format gguf: f32, f16 (default), q8_0 or q4_0", metavar="Q")],

@@ -11,14 +11,16 @@ import sys
 from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
 from traitlets import Bool, Int
 
-from ..errors import LLMOSError, UsageError, unknown
+from ..errors import LLMOSError, UsageError, on_surface, unknown
 from .commands import COMMANDS, GROUPS
 from .parsers import interpolate, parse_args
 
 HELP_HEADER = """%llm — the LLM operating system in this kernel. Subcommands:"""
-HELP_FOOTER = """Prompts after ALIAS are taken verbatim ($ and braces kept); {name} inserts a notebook
-variable (--raw: off). `%llm help SUBCOMMAND` for options. Every subcommand is also a Python call
-in llmos_jupyter.api."""
+HELP_FOOTER = """Text after ALIAS (prompts, messages, queries) is taken as typed ($ and braces kept); {name} inserts a
+notebook variable (--raw: off). Options may come before or after the text; a --word that is not an
+option of the subcommand is an error; `--` ends the options (all after it is text); quoted text keeps
+--words as text. `%llm help SUBCOMMAND` for options. Every subcommand is also a Python call in
+llmos_jupyter.api."""
 
 
 @magics_class
@@ -33,7 +35,8 @@ class LLMMagics(Magics):
     def llm(self, line: str = "", cell: str | None = None):
         """Run ``%llm SUBCOMMAND ...`` (see ``%llm help``)."""
         try:
-            return self._dispatch(line, cell)
+            with on_surface("magic"):  # hints name --flags, not Python keywords
+                return self._dispatch(line, cell)
         except LLMOSError as e:
             print(f"llmos: {e}", file=sys.stderr)
         except KeyboardInterrupt:
@@ -259,12 +262,14 @@ class LLMMagics(Magics):
     def do_data_search(self, p):
         from .. import api
 
-        return api.data_search(p["name"], p["query"], k=p["k"] or 5, model=p["model"] or "all-minilm-l6-v2")
+        return api.data_search(p["name"], p["query"], k=5 if p["k"] is None else p["k"],
+                               model=p["model"] or "all-minilm-l6-v2")
 
     def do_data_export(self, p):
         from .. import api
 
-        return api.data_export(p["name"], p["path"], format=p["format"] or "parquet")
+        return api.data_export(p["name"], p["path"], format=p["format"], split=p["split"], version=p["version"],
+                               overwrite=p["overwrite"])
 
     def do_finetune(self, p):
         from .. import api
@@ -337,7 +342,10 @@ class LLMMagics(Magics):
     def do_export(self, p):
         from .. import api
 
-        return api.export(p["alias"], p["path"], merge_lora=p["merge_lora"], overwrite=p["overwrite"],
+        if p["merge_lora"] and p["no_merge"]:
+            raise UsageError("--merge-lora and --no-merge contradict each other; give one")
+        merge = True if p["merge_lora"] else (False if p["no_merge"] else None)
+        return api.export(p["alias"], p["path"], merge_lora=merge, overwrite=p["overwrite"],
                           format=p.get("format") or "hf", quantize=p.get("quantize"))
 
     def do_serve(self, p):

@@ -5,11 +5,24 @@ Rules (also shown by ``%llm help``):
 * ``%llm SUBCOMMAND POSITIONAL... [--option VALUE | --flag]...``; ``%llm data SUB ...`` and
   ``%llm runs show ID`` / ``%llm job cancel ID`` are two-word subcommands.
 * Values may be quoted with ``"..."`` or ``'...'`` (``--system "a b"`` → ``a b``); an
-  unterminated quote in the options is an error.
+  unterminated quote in an option value is an error.
 * Subcommands that take free text (``chat``, ``generate``, ``classify``, ``embed``, ``data
-  search``) take **everything after their positionals verbatim** — quotes, ``$``, braces and
-  all — unless the text is a single quoted string, which is unquoted and may be followed by
-  options (``%llm data search rt "a boring plot" --k 5``).
+  search``) follow one rule for options and text:
+
+  - **the subcommand's options may come before or after the text** (``%llm chat smol --reset Say
+    hi --max-new-tokens 4`` sends ``Say hi`` with both options): a word that starts with ``--``
+    and a letter is an option;
+  - **a ``--word`` that is not one of the subcommand's options is an error** (did-you-mean), never
+    silently part of the text — so a mistyped option cannot change the prompt;
+  - **``--`` ends the options**: everything after it is the text exactly as typed
+    (``%llm generate smol -- Explain what --seed does``);
+  - **quotes keep text verbatim**: ``--words`` inside a quoted span are text
+    (``%llm generate smol "Explain --seed" --max-new-tokens 40``), and a text that is one quoted
+    string is unquoted. Quotes that do not open or close a span (``don't``, ``"quoted"`` inside a
+    sentence) stay in the text as typed, as do ``$``, braces and JSON.
+
+  Text split by options is joined with one space; the spacing inside each part is kept. In a
+  cell magic the body is the text, verbatim, and options go on the ``%%llm`` line.
 * Prompts are never rewritten by IPython (the magics are ``@no_var_expand``). llmos's own
   interpolation replaces ``{name}`` — a bare identifier in braces that names a variable of the
   notebook — with ``str(value)``; everything else (``{12}``, ``{}``, ``{"a": 1}``, ``$5``) is
@@ -119,63 +132,112 @@ def _coerce(opt: Opt, raw: str, cmd: Command):
     return raw
 
 
+_OPTION_WORD = re.compile(r"--[A-Za-z][A-Za-z0-9_-]*(=.*)?", re.S)
+_CLOSES = set(" \t\r\n,.;:!?)]}")
+
+
+def _text_word(line: str, i: int) -> tuple[int, int, bool]:
+    """One word of free text at ``i`` (no leading whitespace): ``(start, end, quoted)``.
+
+    A word that starts with a quote runs to the matching quote followed by whitespace, the end
+    or punctuation (``"Explain --seed",``), and is *quoted*; a quote with no such match (``'tis``)
+    is an ordinary character. Never raises: free text may hold any quotes.
+    """
+    n, q = len(line), line[i]
+    if q in "\"'":
+        j = i + 1
+        while j < n:
+            if line[j] == q and (j + 1 == n or line[j + 1] in _CLOSES):
+                return i, j + 1, True
+            j += 1
+    j = i
+    while j < n and not line[j].isspace():
+        j += 1
+    return i, j, False
+
+
 def parse_args(cmd: Command, line: str, *, body: str | None = None) -> Parsed:
-    """Parse ``line`` (the part after the subcommand words) for ``cmd``.
+    """Parse ``line`` (the part after the subcommand words) for ``cmd`` (rules: module docstring).
 
     ``body`` is a cell body for ``%%llm``; it becomes the free-text argument.
 
     Raises:
-        UsageError: unknown option, missing value, missing positional, bad number, unterminated
-            quote — one line naming the fix.
+        UsageError: unknown option (also inside free text, unless after ``--`` or quoted),
+            missing value, missing positional, bad number, unterminated quote in an option
+            value — one line naming the fix.
     """
     by_name = {o.name: o for o in cmd.options}
     args: dict = {o.key: (False if o.type is bool else None) for o in cmd.options}
     pos: list[str] = []
     want = len(cmd.positionals) + len(cmd.optional_positionals)
-    text = None
-    i = 0
-    while True:
-        rest = line[i:].lstrip()
-        if not rest:
-            break
-        at = len(line) - len(rest)
-        if cmd.text and body is None and text is None and len(pos) >= want and not rest.startswith("--"):
-            # the free text: one quoted string (options may follow), or the rest verbatim
-            tok = None
-            if rest[0] in "\"'":
-                try:
-                    tok = _next_token(line, at)
-                except UsageError:
-                    tok = None
-            after = line[tok[2]:].strip() if tok is not None else ""
-            if (tok is not None and line[tok[2] - 1] == rest[0] and line[at:tok[2]].count(rest[0]) == 2
-                    and (not after or after.startswith("--"))):
-                text, i = tok[0], tok[2]
-                continue
-            text = rest.rstrip()
-            break
-        value, s, e, quoted = _next_token(line, at)
-        i = e
-        if value.startswith("--") and not quoted and len(value) > 2:
-            name, eq, inline = value[2:].partition("=")
-            opt = by_name.get(name)
-            if opt is None:
-                raise UsageError(f"unknown option --{name} for `%llm {cmd.name}`{close_matches('--' + name, ['--' + o for o in by_name])}; "
-                                 f"see `%llm help {cmd.name}`")
-            if opt.type is bool:
-                if eq:
-                    raise UsageError(f"--{name} is a flag and takes no value")
-                args[opt.key] = True
-                continue
+    free = bool(cmd.text) and body is None
+    parts: list = []  # free text: (start, end) spans of the line, or verbatim strings after `--`
+    quoted_only = None  # the unquoted value when the text so far is one quoted word
+    last_text = False  # the previous word was text (so this one extends the same span)
+    options_done = False
+    n, i = len(line), 0
+
+    def option(at: int) -> int:
+        value, _, e, _ = _next_token(line, at)  # strict: quotes in an option value must close
+        name, eq, inline = value[2:].partition("=")
+        opt = by_name.get(name)
+        if opt is None:
+            hint = close_matches("--" + name, ["--" + o for o in by_name])
+            text_fix = "; to send it as text, put the text after `--` or in quotes" if cmd.text else ""
+            raise UsageError(f"unknown option --{name} for `%llm {cmd.name}`{hint}{text_fix}; "
+                             f"see `%llm help {cmd.name}`")
+        if opt.type is bool:
             if eq:
-                raw = inline
+                raise UsageError(f"--{name} is a flag and takes no value")
+            args[opt.key] = True
+            return e
+        if eq:
+            raw = inline
+        else:
+            nxt = _next_token(line, e)
+            if nxt is None or (nxt[0].startswith("--") and not nxt[3]):
+                raise UsageError(f"--{name} needs a value ({opt.metavar}); see `%llm help {cmd.name}`")
+            raw, e = nxt[0], nxt[2]
+        args[opt.key] = _coerce(opt, raw, cmd)
+        return e
+
+    while True:
+        while i < n and line[i].isspace():
+            i += 1
+        if i >= n:
+            break
+        if free and len(pos) >= want:  # the free text, with options anywhere in it
+            if options_done:
+                parts.append(line[i:].rstrip())
+                quoted_only, last_text = None, False
+                break
+            s, e, quoted = _text_word(line, i)
+            word = line[s:e]
+            if not quoted and word == "--":
+                rest = line[e:].strip()
+                if rest:
+                    parts.append(rest)
+                    quoted_only = None
+                break
+            if not quoted and _OPTION_WORD.fullmatch(word):
+                i, last_text = option(s), False
+                continue
+            if last_text and parts and isinstance(parts[-1], tuple):
+                parts[-1] = (parts[-1][0], e)
+                quoted_only = None
             else:
-                nxt = _next_token(line, i)
-                if nxt is None or (nxt[0].startswith("--") and not nxt[3]):
-                    raise UsageError(f"--{name} needs a value ({opt.metavar}); see `%llm help {cmd.name}`")
-                raw, i = nxt[0], nxt[2]
-            args[opt.key] = _coerce(opt, raw, cmd)
+                quoted_only = word[1:-1] if quoted and not parts else None
+                parts.append((s, e))
+            i, last_text = e, True
             continue
+        value, s, e, quoted = _next_token(line, i)
+        if value == "--" and not quoted and not options_done:
+            options_done, i = True, e
+            continue
+        if not options_done and value.startswith("--") and not quoted and len(value) > 2:
+            i = option(s)
+            continue
+        i = e
         if len(pos) < want:
             pos.append(value)
             continue
@@ -190,6 +252,10 @@ def parse_args(cmd: Command, line: str, *, body: str | None = None) -> Parsed:
     if cmd.text:
         if body is not None:
             text = body
+        elif quoted_only is not None and len(parts) == 1:
+            text = quoted_only
+        else:
+            text = " ".join(line[p[0]:p[1]] if isinstance(p, tuple) else p for p in parts) if parts else None
         if text is None or not str(text).strip():
             where = "the cell body" if body is not None else "the line"
             raise UsageError(f"`%llm {cmd.name}` needs {cmd.text.upper()}: {where} is empty; usage: {cmd.usage()}")

@@ -32,7 +32,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from ..errors import LLMOSError, UsageError
+from ..errors import LLMOSError, UsageError, opt
 
 GGUF_QUANTS = ("f32", "f16", "q8_0", "q4_0")
 # llama.cpp's `enum llama_ftype` (include/llama.h): the file type recorded in general.file_type
@@ -172,7 +172,7 @@ def quantize_gguf(src: str | os.PathLike, dst: str | os.PathLike, quantize: str,
 
     if not llamacpp.installed():
         raise LLMOSError("quantising a GGUF needs llama.cpp: pip install 'llmos-jupyter[llamacpp]' "
-                         "(or export with --quantize f16)")
+                         f"(or export with {opt('quantize', 'f16')})")
     import llama_cpp
 
     params = llama_cpp.llama_model_quantize_default_params()
@@ -217,7 +217,7 @@ def export_gguf(model: Any, tokenizer: Any, path: str | os.PathLike, *, quantize
     mtype = getattr(cfg, "model_type", None)
     if mtype not in ARCHITECTURES:
         raise UsageError(f"GGUF export supports {', '.join(sorted(ARCHITECTURES))} causal LMs; this model is "
-                         f"'{mtype}' — export it with --format hf")
+                         f"'{mtype}' — export it with {opt('format', 'hf')}")
     arch, permute = ARCHITECTURES[mtype]
     n_head, n_kv = cfg.num_attention_heads, getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_head
@@ -267,7 +267,8 @@ def export_gguf(model: Any, tokenizer: Any, path: str | os.PathLike, *, quantize
                 continue
             gg = tmap.get_name(hf_name, try_suffixes=(".weight", ".bias"))
             if gg is None:
-                raise UsageError(f"GGUF export does not know where tensor '{hf_name}' goes; export with --format hf")
+                raise UsageError(f"GGUF export does not know where tensor '{hf_name}' goes; export with "
+                                 f"{opt('format', 'hf')}")
             data = t.detach().to(torch.float32).cpu().numpy()
             if permute and hf_name.endswith(("q_proj.weight", "q_proj.bias")):
                 data = permute_qk(data, n_head)

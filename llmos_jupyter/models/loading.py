@@ -1,11 +1,21 @@
 """Loading models: sources, tasks, dtype/device, GGUF, estimates before load.
 
 Sources (in the order they are tried): a catalog name (pulled into ``LLMOS_HOME`` on demand),
-a local ``.gguf`` file, a local directory with ``config.json``, a Hugging Face hub id (works
-offline only when it is in the local HF cache).
+a local ``.gguf`` file, a local directory with ``config.json``, a LoRA adapter folder
+(``adapter_config.json``, as ``%llm export`` writes it: its base is loaded first, then the
+adapter on top with peft), a Hugging Face hub id (works offline only when it is in the local HF
+cache).
 
 Tasks: ``causal-lm`` (``AutoModelForCausalLM``), ``seq-cls``
-(``AutoModelForSequenceClassification``), ``embedding`` (``AutoModel``, mean pooling).
+(``AutoModelForSequenceClassification``), ``embedding`` (``AutoModel``, mean pooling). Without
+``--task``: the catalog's task, ``causal-lm`` for a GGUF, the adapter's ``task_type``, else the
+task of the checkpoint's ``config.architectures`` (``*ForCausalLM`` → causal-lm,
+``*ForSequenceClassification`` → seq-cls, a bare encoder such as ``BertModel`` → embedding). An
+encoder (BERT-type: a masked-LM family, not a decoder) is never loaded for generation.
+
+Checks before weights are read: every ``*.safetensors`` header (a cut or random file is named as
+corrupt, with the fix); ``auto_map`` code shipped with a model runs only with
+``trust_remote_code`` — without it a note says what was not run and how to allow it.
 """
 from __future__ import annotations
 
@@ -14,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import LLMOSError, UsageError
+from ..errors import LLMOSError, UsageError, opt
 
 TASKS = ("causal-lm", "seq-cls", "embedding")
 
@@ -85,10 +95,13 @@ def resolve_source(spec: str, *, pull: bool = True) -> Source:
         return Source(spec, "gguf", str(p.parent.resolve()), p.name)
     if p.is_dir():
         if not (p / "config.json").is_file():
+            if (p / "adapter_config.json").is_file():
+                return Source(spec, "adapter", str(p.resolve()))
             ggufs = sorted(p.glob("*.gguf"))
             if len(ggufs) == 1:
                 return Source(spec, "gguf", str(p.resolve()), ggufs[0].name)
-            raise LLMOSError(f"{spec} has no config.json (and not exactly one .gguf file); point at a model directory")
+            raise LLMOSError(f"{spec} has no config.json (nor adapter_config.json, nor exactly one .gguf file); "
+                             f"point at a model directory")
         return Source(spec, "dir", str(p.resolve()))
     if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
         return Source(spec, "hub", spec)
@@ -96,6 +109,134 @@ def resolve_source(spec: str, *, pull: bool = True) -> Source:
 
     raise unknown("model", spec, catalog.names("model"),
                   "give a catalog name (`%llm list`), a local directory, a .gguf file or a hub id like org/name")
+
+
+CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
+ADAPTER_TASKS = {"SEQ_CLS": "seq-cls", "CAUSAL_LM": "causal-lm", "FEATURE_EXTRACTION": "embedding"}
+
+
+def task_of_architectures(architectures) -> str | None:
+    """The task a checkpoint was saved for, from ``config.architectures``: ``*ForCausalLM`` /
+    ``*LMHeadModel`` → causal-lm, ``*ForSequenceClassification`` → seq-cls, anything else (a
+    bare ``BertModel``, ``*ForMaskedLM``) → embedding; None when there are none."""
+    archs = [str(a) for a in architectures or []]
+    if not archs:
+        return None
+    if any(a.endswith(CAUSAL_SUFFIXES) for a in archs):
+        return "causal-lm"
+    if any(a.endswith("ForSequenceClassification") for a in archs):
+        return "seq-cls"
+    return "embedding"
+
+
+def is_encoder(config: dict) -> bool:
+    """True for an encoder-only model (BERT, RoBERTa, MiniLM...): not marked as a decoder, no
+    causal architecture saved, and a family that transformers gives a masked-LM head
+    (``MODEL_FOR_MASKED_LM_MAPPING_NAMES``). Such a model cannot generate text."""
+    if config.get("is_decoder") or config.get("is_encoder_decoder"):
+        return False
+    if any(str(a).endswith(CAUSAL_SUFFIXES) for a in config.get("architectures") or []):
+        return False
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    return config.get("model_type") in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
+def _config_json(src: Source) -> dict:
+    """``config.json`` of a local source as a dict ({} when there is none or it is unreadable)."""
+    import json
+
+    f = Path(src.path or "") / "config.json"
+    try:
+        return json.loads(f.read_text(encoding="utf-8")) if src.kind in ("dir", "catalog") and f.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _json(path: Path) -> dict:
+    import json
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def resolve_task(src: Source, task: str | None = None) -> str:
+    """The task to load ``src`` for: ``task`` when given, else the catalog's, ``causal-lm`` for a
+    GGUF, the adapter's ``task_type``, else :func:`task_of_architectures` (``causal-lm`` when the
+    config names none).
+
+    Raises:
+        UsageError: an unknown task; ``causal-lm`` for an encoder (:func:`is_encoder`); a task
+            that is not the adapter's.
+    """
+    if task is not None and task not in TASKS:
+        from ..errors import close_matches
+
+        raise UsageError(f"unknown task '{task}'{close_matches(str(task), TASKS)}; use one of: {', '.join(TASKS)}")
+    if src.kind == "gguf":
+        return task or src.default_task or "causal-lm"
+    if src.kind == "adapter":
+        kind = str(_json(Path(src.path) / "adapter_config.json").get("task_type") or "")
+        own = ADAPTER_TASKS.get(kind)
+        if task is not None and own is not None and task != own:
+            raise UsageError(f"{src.spec} is a {own} adapter (task_type {kind}); load it with {opt('task', own)} or "
+                             f"leave the task out")
+        return task or own or "causal-lm"
+    cfg = _config_json(src)
+    task = task or src.default_task or task_of_architectures(cfg.get("architectures")) or "causal-lm"
+    if task == "causal-lm" and cfg and is_encoder(cfg):
+        arch = (cfg.get("architectures") or [cfg.get("model_type")])[0]
+        raise UsageError(f"{src.spec} is an encoder ({arch}, model_type '{cfg.get('model_type')}'): it reads text but "
+                         f"cannot generate it; load it with {opt('task', 'embedding')} or {opt('task', 'seq-cls')}")
+    return task
+
+
+def check_safetensors(directory: str | os.PathLike, spec: str = "") -> None:
+    """Check the header of every ``*.safetensors`` file in ``directory`` before transformers
+    reads it: 8 bytes of little-endian header length N, N bytes of JSON, and tensor data that
+    ends within the file (format: https://github.com/huggingface/safetensors#format).
+
+    Raises:
+        LLMOSError: a file that is cut or not safetensors at all — one line with its path and
+            the fix (``%llm pull NAME --force`` for a catalog model).
+    """
+    import json
+
+    from .. import catalog
+
+    fix = (f"download it again with `%llm pull {spec} --force`" if spec in catalog.CATALOG
+           else "copy or save the model again (a catalog model: `%llm pull NAME --force`)")
+    for f in sorted(Path(directory).glob("*.safetensors")):
+        try:
+            size = f.stat().st_size
+            with open(f, "rb") as fh:
+                head = fh.read(8)
+                if len(head) < 8:
+                    raise ValueError(f"{size} bytes, shorter than the 8-byte header length")
+                n = int.from_bytes(head, "little")
+                if n > size - 8:
+                    raise ValueError(f"its header claims {n:,} bytes but the file has {size:,}")
+                meta = json.loads(fh.read(n).decode("utf-8"))
+            end = max((int(t["data_offsets"][1]) for k, t in meta.items() if k != "__metadata__"), default=0)
+            if 8 + n + end > size:
+                raise ValueError(f"its tensors need {8 + n + end:,} bytes but the file has {size:,}")
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError, UnicodeDecodeError) as e:
+            raise LLMOSError(f"{f} is corrupt or truncated ({str(e).splitlines()[0][:120]}); {fix}") from None
+
+
+def _note_remote_code(src: Source, trust_remote_code: bool) -> None:
+    """Say, once per load, that code shipped with the model (``auto_map``) was not run."""
+    import sys
+
+    auto_map = _config_json(src).get("auto_map")
+    if not auto_map or trust_remote_code:
+        return
+    first = next(iter(auto_map.items()))
+    print(f"llmos: note: {src.spec} ships its own model code (auto_map: {first[0]} → {first[1]}) which was not run; "
+          f"it loads with transformers' built-in classes instead. To run that code, load with "
+          f"{opt('trust_remote_code', True)} (only for a source you trust)", file=sys.stderr, flush=True)
 
 
 def _hub_kwargs(src: Source) -> dict:
@@ -115,6 +256,11 @@ def _load_config(src: Source, trust_remote_code: bool):
             raise LLMOSError(
                 f"could not load '{src.spec}' from the Hugging Face hub (offline or not cached: "
                 f"{str(e).splitlines()[0][:120]}); pull a catalog model (`%llm list`) or give a local path") from None
+        if "trust_remote_code" in str(e):
+            raise LLMOSError(f"{src.spec} needs the model code shipped with it (its config names a model type "
+                             f"transformers does not have); load it with {opt('trust_remote_code', True)} if you "
+                             f"trust the "
+                             f"source") from None
         raise LLMOSError(f"could not read the config of {src.spec}: {str(e).splitlines()[0][:160]}") from None
 
 
@@ -136,7 +282,11 @@ def estimate(spec: str, task: str | None = None, dtype: str | None = None, *, pu
     from .gguf_check import check_gguf
 
     src = resolve_source(spec, pull=pull)
-    task = task or src.default_task or "causal-lm"
+    task = resolve_task(src, task)
+    if src.kind == "adapter":  # the base, plus the adapter's own weights
+        est = estimate(adapter_base(src), task, dtype, pull=pull)
+        extra = sum(f.stat().st_size for f in Path(src.path).glob("*.safetensors"))
+        return dict(est, bytes=est["bytes"] + extra, real_bytes=est["real_bytes"] + extra)
     device, dtype = choose_device_dtype(None, dtype)
     nbytes = DTYPE_BYTES[dtype]
     if src.kind == "gguf":
@@ -170,6 +320,52 @@ def tokenizer_entries(src: Source) -> int:
     except (OSError, ValueError):
         pass
     return 0
+
+
+def adapter_base(src: Source) -> str:
+    """What a LoRA adapter folder was trained on: the ``source`` llmos recorded in its
+    ``llmos_manifest.json`` (a catalog name, a GGUF path, a model folder), else the
+    ``base_model_name_or_path`` of its ``adapter_config.json`` — the first that resolves.
+
+    Raises:
+        LLMOSError: neither names a model that can be found (one line naming both).
+    """
+    d = Path(src.path)
+    manifest, config = _json(d / "llmos_manifest.json"), _json(d / "adapter_config.json")
+    tried = [c for c in (manifest.get("source"), config.get("base_model_name_or_path")) if c]
+    for c in tried:
+        try:
+            resolve_source(str(c), pull=False)
+            return str(c)
+        except LLMOSError:
+            continue
+    named = ", ".join(map(str, tried)) or "nothing recorded"
+    raise LLMOSError(f"the base model of the adapter {src.spec} cannot be found (tried: {named}); "
+                     f"load the base with `%llm load BASE` and fine-tune it again, or export the adapter merged "
+                     f"(`%llm export ALIAS DIR --merge-lora`)")
+
+
+def adapter_labels(src: Source) -> list[str] | None:
+    """Class names of a seq-cls adapter: the ``labels`` in its llmos manifest, else ``LABEL_i``
+    for each row of the saved classification head (read from the safetensors header)."""
+    import json
+    import re
+
+    d = Path(src.path)
+    labels = _json(d / "llmos_manifest.json").get("labels")
+    if labels:
+        return [str(x) for x in labels]
+    for f in d.glob("*.safetensors"):
+        try:
+            with open(f, "rb") as fh:
+                n = int.from_bytes(fh.read(8), "little")
+                meta = json.loads(fh.read(n).decode("utf-8"))
+        except (OSError, ValueError, UnicodeDecodeError):
+            return None
+        for k, t in meta.items():
+            if re.search(r"(classifier|score)(\.out_proj)?\.weight$", k) and isinstance(t, dict):
+                return [f"LABEL_{i}" for i in range(int(t["shape"][0]))]
+    return None
 
 
 def prepare(spec: str) -> None:
@@ -296,7 +492,11 @@ def _load_impl(spec: str, task: str | None = None, *, labels: list[str] | None =
 
     t0 = time.perf_counter()
     src = resolve_source(spec)
-    task = task or src.default_task or "causal-lm"
+    task = resolve_task(src, task)
+    if src.kind == "adapter":
+        return _load_adapter(src, task, t0, labels=labels, dtype=dtype, device=device,
+                             attn_implementation=attn_implementation, trust_remote_code=trust_remote_code,
+                             allow_pickle=allow_pickle)
     auto = auto_class(task)
     device, dtype = choose_device_dtype(device, dtype)
     if attn_implementation in ("triton", "llmos_triton"):
@@ -315,7 +515,10 @@ def _load_impl(spec: str, task: str | None = None, *, labels: list[str] | None =
         d = Path(src.path)
         if not list(d.glob("*.safetensors")) and (list(d.glob("*.bin")) or list(d.glob("*.pt"))):
             raise LLMOSError(f"{spec} has only pickle weights (.bin/.pt), which can run code when loaded; "
-                             f"pass --allow-pickle if you trust it")
+                             f"pass {opt('allow_pickle', True)} if you trust it")
+    if src.kind in ("dir", "catalog"):
+        check_safetensors(src.path, src.catalog or spec)
+        _note_remote_code(src, trust_remote_code)
     config = _load_config(src, trust_remote_code)
     model_kw = dict(kw)
     if task == "seq-cls":
@@ -334,6 +537,11 @@ def _load_impl(spec: str, task: str | None = None, *, labels: list[str] | None =
         model = auto.from_pretrained(src.path, dtype=getattr(torch, dtype), use_safetensors=None if allow_pickle else (src.kind != "gguf" or None), **model_kw)
     except (OSError, ValueError, KeyError) as e:
         raise LLMOSError(f"could not load {spec} as {task}: {str(e).splitlines()[0][:200]}") from None
+    except Exception as e:
+        if type(e).__name__ != "SafetensorError":
+            raise
+        raise LLMOSError(f"a weights file of {spec} is corrupt ({str(e).splitlines()[0][:120]}); copy or save it "
+                         f"again (a catalog model: `%llm pull NAME --force`)") from None
     if quant == "gguf":
         _unmark_gguf_quantized(model)
     _own_storage(model)
@@ -351,6 +559,35 @@ def _load_impl(spec: str, task: str | None = None, *, labels: list[str] | None =
         lab = [model.config.id2label[i] for i in range(model.config.num_labels)]
     return Loaded(model, tok, task, src, dtype, device, count_params(model), time.perf_counter() - t0,
                   labels=lab, quantization=quant)
+
+
+def _load_adapter(src: Source, task: str, t0: float, *, labels=None, **kw) -> Loaded:
+    """Load a LoRA adapter folder: its base (:func:`adapter_base`), then the adapter on top with
+    ``peft.PeftModel.from_pretrained`` (trainable, so ``finetune`` can continue it)."""
+    from peft import PeftModel
+
+    from ..resources.memory import count_params
+
+    base_spec = adapter_base(src)
+    if task == "seq-cls":
+        labels = labels or adapter_labels(src)
+    base = _load_impl(base_spec, task, labels=labels, **kw)
+    check_safetensors(src.path, src.spec)
+    try:
+        model = PeftModel.from_pretrained(base.model, src.path, is_trainable=True)
+    except (ValueError, KeyError, RuntimeError, OSError) as e:
+        raise LLMOSError(f"could not put the adapter {src.spec} on its base {base_spec}: "
+                         f"{str(e).splitlines()[0][:160]}") from None
+    model.eval()
+    tok = base.tokenizer
+    if (Path(src.path) / "tokenizer_config.json").is_file():
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(src.path)
+        if tok.pad_token is None:
+            tok.pad_token = base.tokenizer.pad_token
+    return Loaded(model, tok, task, src, base.dtype, base.device, count_params(model), time.perf_counter() - t0,
+                  labels=base.labels, quantization=base.quantization, extra={"base": base_spec})
 
 
 def load(spec: str, task: str | None = None, **kw) -> Loaded:

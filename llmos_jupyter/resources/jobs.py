@@ -71,13 +71,17 @@ def detach_output() -> None:
 
 
 def keep_output_parent(fn):
-    """Wrap ``fn`` (to be run in another thread) so its output goes to the cell that wrapped it."""
-    parent = current_parent()
+    """Wrap ``fn`` (to be run in another thread) so its output goes to the cell that wrapped it,
+    and its error hints name options the way that cell did (``--flag`` under ``%llm``)."""
+    from ..errors import on_surface, surface
+
+    parent, where = current_parent(), surface()
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         set_output_parent(parent)
-        return fn(*args, **kwargs)
+        with on_surface(where):
+            return fn(*args, **kwargs)
 
     return wrapper
 
@@ -96,10 +100,13 @@ _ids = itertools.count(1)
 class Job:
     """One unit of long work (a fine-tune, an evaluation) with live progress.
 
-    ``state``: ``queued → running → done | failed | cancelled | interrupted``. ``progress`` is
-    0..1; ``eta_s`` and ``samples_per_s`` come from the training loop. A distributed fine-tune
-    (ranks in subprocesses, ``training/launch.py``) also reports ``world_size``, the pids of its
-    local ranks and how many are alive (``ranks_alive``), and its ``launcher``.
+    ``state``: ``queued → running → done | failed | cancelled | interrupted | diverged``.
+    ``progress`` is 0..1; ``eta_s`` and ``samples_per_s`` come from the training loop.
+    ``foreground``: the job runs in the cell that started it (it blocks that cell); a side panel
+    whose messages cannot reach a busy kernel stops it with the kernel interrupt instead.
+    A distributed fine-tune (ranks in subprocesses, ``training/launch.py``) also reports
+    ``world_size``, the pids of its local ranks and how many are alive (``ranks_alive``), and its
+    ``launcher``.
     """
 
     kind: str
@@ -121,6 +128,7 @@ class Job:
     error: str | None = None
     created: float = field(default_factory=time.time)
     finished: float | None = None
+    foreground: bool = False
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
     _done: threading.Event = field(default_factory=threading.Event, repr=False)
 
@@ -162,7 +170,7 @@ class Job:
                 "total_steps": self.total_steps, "loss": self.loss, "samples_per_s": self.samples_per_s,
                 "eta_s": self.eta_s, "error": self.error, "created": self.created, "finished": self.finished,
                 "world_size": self.world_size, "ranks_alive": self.ranks_alive, "pids": list(self.pids),
-                "launcher": self.launcher}
+                "launcher": self.launcher, "foreground": self.foreground}
 
 
 class JobScheduler:
@@ -204,7 +212,7 @@ class JobScheduler:
                 job.result = fn(job)
                 res = job.result
                 status = res.get("status") if isinstance(res, dict) else getattr(res, "status", None)
-                state = status if status in ("failed", "cancelled", "interrupted") else "done"
+                state = status if status in ("failed", "cancelled", "interrupted", "diverged") else "done"
                 if job.should_stop() and state in ("done", "interrupted"):
                     state = "cancelled"  # the loop reports a requested stop as "interrupted"
                 self.update(job, state=state, finished=time.time(),
@@ -222,6 +230,7 @@ class JobScheduler:
         """Run ``fn(job)`` now, in this thread, holding the device slot; re-raise its error."""
         job._raise_in_caller = True
         job._exc = None
+        job.foreground = True
         self.jobs[job.id] = job
         self._emit("job", **job.summary())
         self._execute(job, fn)

@@ -33,7 +33,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from ..errors import LLMOSError, ResourceError, UsageError, unknown
+from ..errors import LLMOSError, ResourceError, UsageError, opt, unknown
 from .events import EventBus
 from .memory import format_duration, format_size, parse_duration, parse_size, process_rss
 
@@ -73,6 +73,7 @@ class ModelRecord:
     threads: int | None = None       # llama.cpp decode threads
     gguf_path: str | None = None     # the GGUF file llama.cpp serves (or transformers loaded)
     last_generation: dict | None = None  # tokens, tokens/s, time to first token of the last call
+    noted: set = field(default_factory=set)  # one-time notes already shown for this model (e.g. "head")
 
     def inference(self):
         """The :class:`~llmos_jupyter.models.engines.base.Engine` that serves generate/chat: the
@@ -256,7 +257,8 @@ def gguf_file(src) -> str:
     import os
 
     if not getattr(src, "gguf_file", None):
-        raise UsageError(f"{src.spec} is not a GGUF file; llama.cpp serves GGUF files (load with --engine transformers)")
+        raise UsageError(f"{src.spec} is not a GGUF file; llama.cpp serves GGUF files (load with "
+                         f"{opt('engine', 'transformers')})")
     return os.path.join(src.path, src.gguf_file)
 
 
@@ -463,8 +465,13 @@ class ModelManager:
         """
         from ..models import engines, loading
 
+        from .hardware import check_device, check_dtype
+
         keep_alive = parse_duration(keep_alive)
-        alias = alias or spec.rstrip("/").split("/")[-1].removesuffix(".gguf")
+        dtype = check_dtype(dtype)  # one line naming the dtypes / devices there are, before anything loads
+        if device not in (None, "auto", "cpu"):
+            device = check_device(device)
+        alias = alias or str(spec).rstrip("/").split("/")[-1].removesuffix(".gguf")
         with self._lock:
             old = self._models.get(alias)
             if old is not None and not replace:
@@ -475,12 +482,16 @@ class ModelManager:
                 raise UsageError(f"'{alias}' is being fine-tuned by {old.exclusive}; wait with `%llm job wait "
                                  f"{old.exclusive}`, stop it with `%llm job cancel {old.exclusive}`, or load as another alias")
         src = loading.resolve_source(spec)
-        eng = engines.choose(engine, kind=src.kind, task=task or src.default_task or "causal-lm", spec=spec,
-                             notify=lambda m: print(m, file=sys.stderr))
+        task = loading.resolve_task(src, task)  # the catalog's, the architectures'; an encoder never generates
+        eng = engines.choose(engine, kind=src.kind, task=task, spec=spec, notify=lambda m: print(m, file=sys.stderr))
         if eng == "llama.cpp":
             if device not in (None, "auto", "cpu"):
-                raise UsageError(f"this build of the llama.cpp engine runs on the cpu; drop --device {device}, "
-                                 f"or load with --engine transformers --device {device}")
+                raise UsageError(f"this build of the llama.cpp engine runs on the cpu; drop {opt('device', device)}, "
+                                 f"or load with {opt('engine', 'transformers')} {opt('device', device)}")
+            if dtype is not None:
+                raise UsageError(f"llama.cpp serves the GGUF's own weights ({src.gguf_file}), so {opt('dtype', dtype)} "
+                                 f"does not apply; drop it, or load with {opt('engine', 'transformers')} "
+                                 f"{opt('dtype', dtype)}")
             from ..models.engines import llamacpp
 
             plan = llamacpp.plan(gguf_file(src), n_ctx)
@@ -488,7 +499,8 @@ class ModelManager:
                    "dtype": "gguf", "device": "cpu", "task": "causal-lm"}
         else:
             if n_ctx is not None or threads is not None:
-                raise UsageError("--n-ctx and --threads size a llama.cpp context; drop them for --engine transformers")
+                raise UsageError(f"{opt('n_ctx')} and {opt('threads')} size a llama.cpp context; drop them for "
+                                 f"{opt('engine', 'transformers')}")
             if device not in (None, "auto") and dtype in (None, "auto"):
                 from .hardware import choose_device_dtype  # the dtype the load will pick for that device
 

@@ -6,6 +6,7 @@ them apart). Every size in llmos is an ``int`` of bytes.
 from __future__ import annotations
 
 import logging
+import math
 import re
 
 from ..errors import UsageError
@@ -135,11 +136,13 @@ _DURATION_UNITS = {"": 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 
 
 
 def parse_duration(text: str | int | float | None) -> float | None:
-    """Parse a keep-alive duration into seconds (Ollama's ``keep_alive`` convention).
+    """Parse a keep-alive duration into seconds (Ollama's ``keep_alive`` convention, with one
+    forever value).
 
     ``"30s"``, ``"10m"``, ``"1h"``, ``"1h30m"``, ``"1.5h"`` or plain seconds (``90``, ``"90"``);
-    ``0`` means "unload right after each call"; any negative number (``-1``) or ``None`` means
-    forever, the notebook default.
+    ``0`` means "unload right after each call"; ``-1`` (or ``None``) means forever, the notebook
+    default. Other negative numbers (``-5``) are refused rather than read as forever: they are
+    more likely a typo than a wish (Ollama reads any negative as forever).
 
     >>> parse_duration("10m"), parse_duration("1h30m"), parse_duration(0), parse_duration("-1")
     (600.0, 5400.0, 0.0, None)
@@ -148,21 +151,26 @@ def parse_duration(text: str | int | float | None) -> float | None:
         Seconds as a float, or ``None`` for forever.
 
     Raises:
-        UsageError: the text is not a duration.
+        UsageError: the text is not a duration, a negative other than -1, or not finite.
     """
+    bad = UsageError(f"'{text}' is not a duration; write e.g. 30s, 10m, 1h, 0 (after each call) or -1 (forever)")
     if text is None:
         return None
     if isinstance(text, bool):
-        raise UsageError(f"'{text}' is not a duration; write e.g. 30s, 10m, 1h, 0 (after each call) or -1 (forever)")
+        raise bad
     if isinstance(text, (int, float)):
-        return None if text < 0 else float(text)
+        if text == -1:
+            return None
+        if not math.isfinite(text) or text < 0:
+            raise bad
+        return float(text)
     s = str(text).strip().lower()
-    if re.fullmatch(r"-\s*[0-9]*\.?[0-9]+\s*[a-z]*", s):
+    if re.fullmatch(r"-\s*1(\.0*)?\s*", s):
         return None
     parts = re.findall(r"([0-9]*\.?[0-9]+)\s*([a-z]*)", s)
     if not s or not parts or re.sub(r"[0-9]*\.?[0-9]+\s*[a-z]*", "", s).strip() \
             or any(u not in _DURATION_UNITS for _, u in parts) or (len(parts) > 1 and any(u == "" for _, u in parts)):
-        raise UsageError(f"'{text}' is not a duration; write e.g. 30s, 10m, 1h, 0 (after each call) or -1 (forever)")
+        raise bad
     return float(sum(float(n) * _DURATION_UNITS[u] for n, u in parts))
 
 

@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from ..errors import LLMOSError, NotFoundError, ResourceError, UsageError
+from ..errors import ContextLengthError, LLMOSError, NotFoundError, ResourceError, UsageError, on_surface
 from .protocol import APIError
 
 IDLE_EXIT_S = 30.0  # a worker with nothing to do for this long ends its thread (a new one starts on demand)
@@ -58,12 +58,15 @@ class Ticket:
         self.post((kind, value))
 
 
-def to_api_error(e: BaseException, alias: str, during: str = "") -> APIError:
-    """Map an llmos error to its HTTP answer: unknown model 404, user mistake 400, training job
-    or memory 503, anything else 500 (a failure of llmos, never the user's)."""
+def to_api_error(e: BaseException, alias: str, during: str = "", *, param: str | None = None) -> APIError:
+    """Map an llmos error to its HTTP answer: unknown model 404, user mistake 400 (an input longer
+    than the context window: code ``context_length_exceeded`` on ``param``), training job or memory
+    503, anything else 500 (a failure of llmos, never the user's)."""
     if isinstance(e, APIError):
         return e
     msg = str(e)
+    if isinstance(e, ContextLengthError):
+        return APIError(400, msg, param=param, code="context_length_exceeded")
     if isinstance(e, NotFoundError):
         return APIError(404, f"model '{alias}' is not loaded in the kernel{during}; load it there with "
                              f"`%llm load NAME --as {alias}` (this server never loads models)",
@@ -191,6 +194,10 @@ class ModelWorker:
 
     # ------------------------------------------------------------------ run
     def _loop(self) -> None:
+        with on_surface("http"):  # hints name request fields, not %llm flags or Python keywords
+            self._serve()
+
+    def _serve(self) -> None:
         self.hub.detach_output()
         self.hub.set_threads()
         while True:
@@ -290,7 +297,7 @@ class ModelWorker:
                 prompt, special = self._prompt(engine, t)
                 prepared.append((t, engine.prepare(prompt, t.payload["settings"], add_special_tokens=special)))
             except BaseException as e:
-                self._fail(t, to_api_error(e, self.alias))
+                self._fail(t, to_api_error(e, self.alias, param="messages" if t.kind == "chat" else "prompt"))
         if not prepared:
             return
         if rec.engine == "transformers":
@@ -341,6 +348,25 @@ class ModelWorker:
         self._finish(t, "done", stats, tokens=stats.completion_tokens)
 
     # ------------------------------------------------------- embed, classify
+    @staticmethod
+    def _fit(rec, texts: list[str], max_length: int = 256) -> tuple[int, int]:
+        """The rule for texts longer than an encoder reads, over HTTP. A cell reads the first
+        ``min(max_length, the model's positions)`` tokens and prints a note (``models.text_limits.fit_texts``);
+        no note reaches an HTTP client, so here such a text is refused with a 400 naming the first
+        one (as OpenAI's embeddings route refuses an input over its limit), and every text that is
+        accepted gets exactly the vectors or labels a cell gives. Returns ``(token limit, tokens in
+        all)``."""
+        from ..models.text_limits import model_positions
+
+        limit = min(max_length, model_positions(rec))
+        lengths = [len(ids) for ids in rec.tokenizer(list(texts), truncation=False)["input_ids"]]
+        for i, n in enumerate(lengths):
+            if n > limit:
+                raise APIError(400, f"input[{i}] is {n:,} tokens but '{rec.alias}' reads at most {limit:,} here; "
+                                    f"shorten it or split it over several inputs", param="input",
+                               code="context_length_exceeded")
+        return limit, sum(lengths)
+
     def _embed(self, rec, t: Ticket) -> None:
         from ..models.embedding import embed, embed_ids
 
@@ -358,18 +384,18 @@ class ModelWorker:
                                         f"(0..{vocab - 1}); send text, or ids from its own tokenizer", param="input")
                 if len(seq) > limit:
                     raise APIError(400, f"input[{i}] has {len(seq)} tokens; this model takes at most {limit}",
-                                   param="input")
+                                   param="input", code="context_length_exceeded")
             vectors = embed_ids(model, inputs, pad_id=tok.pad_token_id)
             tokens = sum(len(seq) for seq in inputs)
         else:
-            max_length = t.payload.get("max_length", 256)
+            max_length, tokens = self._fit(rec, inputs)
             vectors = embed(model, tok, inputs, max_length=max_length)
-            tokens = sum(len(x) for x in tok(inputs, truncation=True, max_length=max_length)["input_ids"])
         self._finish(t, "result", {"vectors": vectors, "tokens": tokens})
 
     def _classify(self, rec, t: Ticket) -> None:
         from ..models.classify import probabilities
 
         self._need(rec, "seq-cls", "/v1/classify")
-        probs, counts = probabilities(rec.model, rec.tokenizer, t.payload["inputs"])
+        max_length, _ = self._fit(rec, t.payload["inputs"])
+        probs, counts = probabilities(rec.model, rec.tokenizer, t.payload["inputs"], max_length=max_length)
         self._finish(t, "result", {"probs": probs, "labels": list(rec.labels or []), "tokens": sum(counts)})

@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
-from ..errors import UsageError
+from ..errors import UsageError, opt
 
 MANIFEST = "llmos_manifest.json"
 
@@ -71,12 +71,36 @@ def _check_target(path: Path, overwrite: bool) -> bool:
     if path.exists() and any(path.iterdir()):
         is_export = (path / MANIFEST).is_file()  # written by every llmos export
         if not overwrite:
-            hint = " or pass --overwrite to replace that earlier export" if is_export else ""
+            hint = f" or pass {opt('overwrite', True)} to replace that earlier export" if is_export else ""
             raise UsageError(f"{path} exists and is not empty; pick a new folder{hint}")
         if not is_export:  # --overwrite never empties a folder llmos did not export (a model's own folder, say)
             raise UsageError(f"{path} is not empty and is not an llmos export (no {MANIFEST}); "
-                             f"--overwrite only replaces an earlier export — pick a new folder")
+                             f"{opt('overwrite', True)} only replaces an earlier export — pick a new folder")
+        ours = previous_files(path)
+        if ours is None:
+            raise UsageError(f"{path} holds an export that does not list its files (an older llmos); "
+                             f"{opt('overwrite', True)} replaces only listed files — pick a new folder, or empty "
+                             f"this one yourself")
+        others = sorted(p.name for p in path.iterdir()
+                        if p.name not in ours and not p.name.startswith(".llmos-export-"))
+        if others:
+            shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+            raise UsageError(f"{path} also holds files the earlier export did not write ({shown}); "
+                             f"{opt('overwrite', True)} replaces only llmos's own files — move those out first, or "
+                             f"pick a new folder (nothing was changed)")
     return path.exists()
+
+
+def previous_files(path: Path) -> set[str] | None:
+    """Names an earlier export wrote into ``path`` (its manifest's ``exported_files`` plus the
+    manifest itself), or None when the manifest does not list them."""
+    try:
+        listed = json.loads((path / MANIFEST).read_text(encoding="utf-8")).get("exported_files")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(listed, list) or not all(isinstance(x, str) for x in listed):
+        return None
+    return set(listed) | {MANIFEST}
 
 
 def _inside(root: Path) -> None:
@@ -96,9 +120,9 @@ def check_format(format: str, quantize: Optional[str]) -> Optional[str]:
         UsageError: an unknown format or quantisation, or ``quantize`` without ``gguf``.
     """
     if format not in ("hf", "gguf"):
-        raise UsageError(f"unknown export format '{format}'; use --format hf (a Hugging Face folder) or gguf")
+        raise UsageError(f"unknown export format '{format}'; use {opt('format', 'hf')} (a Hugging Face folder) or gguf")
     if quantize is not None and format != "gguf":
-        raise UsageError("--quantize applies to --format gguf; add --format gguf")
+        raise UsageError(f"{opt('quantize')} applies to {opt('format', 'gguf')}; add {opt('format', 'gguf')}")
     if format != "gguf":
         return None
     from ..models.gguf_export import GGUF_QUANTS
@@ -144,7 +168,8 @@ def export_model(model: Any, tokenizer: Any, path: os.PathLike | str, *, merge_l
     if format == "gguf":
         merge_lora = peft  # llama.cpp takes one weights file: adapters are merged in
     if merge_lora and not peft:
-        raise UsageError("--merge-lora needs a LoRA model; this one has no adapters, so export it without --merge-lora")
+        raise UsageError(f"{opt('merge_lora', True)} needs a LoRA model; this one has no adapters, so export it "
+                         f"without {opt('merge_lora', True)}")
     if getattr(model, "is_quantized", False) or getattr(getattr(model, "config", None), "quantization_config", None) is not None:
         raise UsageError("this model is quantised and cannot be exported as plain float weights; load it without quantisation first")
     path.mkdir(parents=True, exist_ok=True)
@@ -163,15 +188,18 @@ def export_model(model: Any, tokenizer: Any, path: os.PathLike | str, *, merge_l
                 out.save_pretrained(stage, safe_serialization=True)
             if tokenizer is not None:
                 tokenizer.save_pretrained(stage)
-        # always written: it marks the folder as an llmos export (the only kind --overwrite replaces)
-        (stage / MANIFEST).write_text(json.dumps(manifest if manifest is not None else {"run": None}, indent=2, default=str))
+        # always written: it marks the folder as an llmos export and lists its files (what --overwrite may replace)
+        written = sorted(p.name for p in stage.iterdir())
+        record = dict(manifest if manifest is not None else {"run": None}, exported_files=written)
+        (stage / MANIFEST).write_text(json.dumps(record, indent=2, default=str))
         weights = sorted(p.name for p in stage.glob("*.gguf" if format == "gguf" else "*.safetensors"))
         if not weights:
             raise RuntimeError(f"the export wrote no weights file in {stage}")
         _inside(stage)
         new = sorted(p.name for p in stage.iterdir())
-        for old in list(path.iterdir()):  # only when overwrite=True (checked above) or empty
-            if old == stage:
+        ours = previous_files(path) or set()  # only what the earlier export listed (nothing else is there: checked)
+        for old in list(path.iterdir()):
+            if old == stage or not (old.name in ours or old.name.startswith(".llmos-export-")):
                 continue
             if old.is_dir() and not old.is_symlink():
                 shutil.rmtree(old)

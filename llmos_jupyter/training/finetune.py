@@ -45,9 +45,9 @@ from .evaluate import evaluate
 from .resume import (TRAINER_STATE, capture_rng, check_resume, load_training_state, load_weights, model_fingerprint,
                      read_resume_state, restore_rng, save_training_state, train_digest)
 from .seed import deterministic_mode, seed_everything
-from .sft import collate_sft, evaluate_causal_lm, response_loss_sum, tokenize_pairs
+from .sft import IGNORE_INDEX, collate_sft, evaluate_causal_lm, response_loss_sum, tokenize_pairs
 
-STATUSES = ("completed", "interrupted", "failed")
+STATUSES = ("completed", "interrupted", "failed", "diverged")
 # Top-level module names of classification heads in transformers (BERT/RoBERTa/DeBERTa "classifier",
 # DistilBERT "pre_classifier", Llama/Qwen/GPT-2 "score"); used when a model carries no load record.
 HEAD_MODULES = ("classifier", "pre_classifier", "score")
@@ -58,8 +58,9 @@ class FinetuneResult:
     """What one :func:`finetune` call did.
 
     Attributes:
-        status: "completed" or "interrupted" (stopped at a step boundary by ``should_stop`` or
-            Ctrl-C / KeyboardInterrupt).
+        status: "completed", "interrupted" (stopped at a step boundary by ``should_stop`` or
+            Ctrl-C / KeyboardInterrupt) or "diverged" (a non-finite loss or gradient: the weights
+            were put back as they were before the run, nothing was saved; see ``diverged_step``).
         steps: optimizer steps taken; total_steps: steps planned.
         epochs: epochs done, fractional (steps / steps per epoch).
         train_loss: mean training cross-entropy (nats per row) of each optimizer step.
@@ -114,6 +115,7 @@ class FinetuneResult:
     best_value: Optional[float] = None
     stopped_early: bool = False
     resumed_from: Optional[str] = None
+    diverged_step: Optional[int] = None  # the optimizer step whose loss or gradient was not finite
 
     def summary(self) -> dict[str, Any]:
         """JSON-serialisable summary (no model, no arrays)."""
@@ -361,8 +363,10 @@ def check_lora_targets(model: Any, config: FinetuneConfig | dict[str, Any]) -> l
         hit = [n for n in names if any(n == t or n.endswith("." + t) for t in targets)]
     if not hit:
         leaves = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
+        from ..errors import opt
+
         raise UsageError(f"LoRA target_modules={targets!r} match no module of this {type(model).__name__}; "
-                         f"pass target_modules= from its linear layers: {', '.join(leaves) or '(none)'}")
+                         f"pass {opt('target_modules')} from its linear layers: {', '.join(leaves) or '(none)'}")
     return hit
 
 
@@ -482,6 +486,52 @@ def load_checkpoint(checkpoint: os.PathLike, *, base_model: Any = None) -> tuple
 
 
 # ---------------------------------------------------------------------------------------------
+# divergence: a non-finite loss or gradient ends the run; the weights go back to where they were
+
+
+def _weights_before(model: Any, method: str) -> dict[str, Any]:
+    """CPU copies of the parameters a run may change, taken before it changes any: every trainable
+    weight for a full fine-tune or a LoRA model being continued; for a fresh LoRA run only the
+    classification head (peft trains a copy of it; the base is frozen and the adapters are new).
+    Costs one copy of those weights in CPU memory for the length of the run."""
+    fresh_lora = method == "lora" and not _is_peft(model)
+    heads = set(untrained_head_params(model)) if fresh_lora else set()
+
+    def changes(n: str, p: Any) -> bool:
+        return (n in heads or n.split(".")[0] in HEAD_MODULES) if fresh_lora else p.requires_grad
+
+    return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if changes(n, p)}
+
+
+EXPLODED_LOSS = 100.0  # nats per row (per response token for causal-lm): the right answer got p < e^-100
+
+
+def _finite(loss: float, grad_norm: Any, first_loss: Optional[float] = None) -> bool:
+    """True while a step is sane: loss and gradient norm finite, and the loss not exploded —
+    above both :data:`EXPLODED_LOSS` and 10x the run's first loss (a learning rate far too high
+    can blow the loss up to 1e23 without ever reaching inf)."""
+    loss, norm = float(loss), float(grad_norm)
+    if not (math.isfinite(loss) and math.isfinite(norm)):
+        return False
+    return not (loss > EXPLODED_LOSS and (first_loss is None or loss > 10 * first_loss))
+
+
+def _put_back(model: Any, before: dict[str, Any], wrapped_here: bool) -> Any:
+    """Undo a diverged run: remove the LoRA layers this run added (peft ``unload``), then copy
+    :func:`_weights_before` back. Returns the model the caller keeps."""
+    import torch
+
+    if wrapped_here and _is_peft(model):
+        model = model.unload()
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for n, t in before.items():
+            if n in params:
+                params[n].copy_(t.to(params[n].device))
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
 # one optimizer step (shared by the one-process and the distributed runs)
 
 
@@ -522,7 +572,8 @@ def _train_step(fwd: Any, model: Any, group: list[Any], tok: Any, lengths: Any, 
 
     Returns:
         (step loss = global mean, same on every rank; global rows; this rank's real tokens;
-        this rank's padded positions).
+        this rank's padded positions; this rank's last micro-batch ``(input_ids (B, L),
+        attention_mask (B, L), labels)`` on the device, for the loop's check of the final weights).
     """
     n_rows = sum(len(rows) for rows in group)
     denom = max(int(sum(tok.targets[rows].sum() for rows in group)) if lm else n_rows, 1)
@@ -550,7 +601,7 @@ def _train_step(fwd: Any, model: Any, group: list[Any], tok: Any, lengths: Any, 
             padded_tokens += ids.numel()
     if dist is not None:
         step_loss = dist.sum(step_loss)
-    return step_loss, n_rows, real_tokens, padded_tokens
+    return step_loss, n_rows, real_tokens, padded_tokens, (ids, mask, y)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -634,6 +685,13 @@ def finetune(
     ``best_epoch``, ``metric_for_best`` and ``stopped_early``. The run stops (status
     "completed") after ``early_stopping_patience`` evaluations in a row without improvement.
 
+    Divergence: after every step's backward pass the loss and the global gradient norm must be
+    finite and the loss not exploded (above 100 nats and 10x the first step's); after the last
+    step one forward pass checks the final weights the same way. Otherwise the run ends as
+    "diverged" (``diverged_step``), no checkpoint is written and the weights are put back as they
+    were before the call (a CPU copy of the weights the run changes is kept while it trains; a
+    LoRA run that added its adapters removes them again).
+
     Algorithm: AdamW (Loshchilov & Hutter 2019, https://arxiv.org/abs/1711.05101; betas 0.9,
     0.999, eps 1e-8) on the mean cross-entropy of each optimizer step's rows, global-norm
     gradient clipping, and a linear warmup/decay schedule (``lr_factor``, as
@@ -665,6 +723,7 @@ def _finetune(model: Any, tokenizer: Any, train: Any, eval: Any, text_column: st
               resume_from: Optional[os.PathLike | str] = None, dist: Any = None) -> FinetuneResult:  # noqa: A002
     import psutil
     import torch
+    import torch.nn.functional as F
 
     t_call = time.perf_counter()
     cfg = config if isinstance(config, FinetuneConfig) else FinetuneConfig.from_dict(config or {})
@@ -738,6 +797,7 @@ def _finetune(model: Any, tokenizer: Any, train: Any, eval: Any, text_column: st
     best: dict[str, Any] = {"metric": metric_name, "value": None, "step": None, "epoch": None, "bad_evals": 0, "metrics": None}
     best_w: dict[str, Any] = {}
     stopped_early = False
+    diverged_step: Optional[int] = None
     resumable = True
     rng_at_step: Optional[dict[str, Any]] = None  # RNG states at the start of the step in progress
     failure: Optional[BaseException] = None  # distributed: a collective failed (a rank died) at a step boundary
@@ -769,6 +829,9 @@ def _finetune(model: Any, tokenizer: Any, train: Any, eval: Any, text_column: st
     try:
         with deterministic_mode(cfg.deterministic):
             seed_everything(cfg.seed, deterministic=cfg.deterministic)
+            # what a diverged run puts back (a rank trains a copy: the kernel's alias is never changed)
+            before = _weights_before(model, cfg.method) if dist is None else {}
+            wrapped_here = cfg.method == "lora" and not _is_peft(model)
             if not _is_peft(model) and not lm:
                 head_names = reinit_untrained_head(model, cfg.seed)
             if cfg.method == "lora":
@@ -825,13 +888,15 @@ def _finetune(model: Any, tokenizer: Any, train: Any, eval: Any, text_column: st
                             t0 = time.perf_counter()
                             group = batches[g : g + cfg.grad_accum]
                             lr_now = opt.param_groups[0]["lr"]
-                            step_loss, n_rows, n_real, n_padded = _train_step(fwd, model, group, tok, lengths, labels,
-                                                                              pad_id, device, lm, dist)
+                            step_loss, n_rows, n_real, n_padded, last_batch = _train_step(
+                                fwd, model, group, tok, lengths, labels, pad_id, device, lm, dist)
                             real_tokens += n_real
                             padded_tokens += n_padded
                             resumable = False  # an update cut short cannot be resumed exactly
-                            if cfg.max_grad_norm is not None:
-                                torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
+                            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm or math.inf)
+                            if not _finite(step_loss, grad_norm, losses[0] if losses else None):
+                                status, diverged_step = "diverged", step + 1
+                                break
                             opt.step()
                             sched.step()
                             opt.zero_grad(set_to_none=True)
@@ -849,8 +914,19 @@ def _finetune(model: Any, tokenizer: Any, train: Any, eval: Any, text_column: st
                                 if patience_spent():
                                     stopped_early = True
                                     break
-                        if status == "interrupted" or stopped_early:
+                        if status in ("interrupted", "diverged") or stopped_early:
                             break
+                    if status == "completed" and step > start_step:  # the last update: is the loss still finite?
+                        ids, mask, y = last_batch  # this rank's part of the last micro-batch
+                        with torch.no_grad():
+                            last = (response_loss_sum(model, ids, mask, y) if lm
+                                    else F.cross_entropy(model(input_ids=ids, attention_mask=mask).logits.float(), y))
+                        per = max(int((y[:, 1:] != IGNORE_INDEX).sum()), 1) if lm else 1  # per response token
+                        last = float(last) / per
+                        if dist is not None:  # every rank decides alike (NaN/inf survive the sum)
+                            last = dist.sum(last) / dist.world_size
+                        if not _finite(last, 0.0, losses[0] if losses else None):
+                            status, diverged_step = "diverged", step
                 except KeyboardInterrupt:
                     status = "interrupted"
                     opt.zero_grad(set_to_none=True)
@@ -859,10 +935,14 @@ def _finetune(model: Any, tokenizer: Any, train: Any, eval: Any, text_column: st
                         raise
                     status, failure = "interrupted", e
                     opt.zero_grad(set_to_none=True)
+            if status == "diverged":
+                opt.zero_grad(set_to_none=True)
+                if dist is None:  # a rank's copy is thrown away: the kernel's alias was never changed
+                    model = _put_back(model, before, wrapped_here)
             if dist is not None and failure is None:  # this rank's token counts -> the run's
                 real_tokens, padded_tokens = int(dist.sum(real_tokens)), int(dist.sum(padded_tokens))
             model.eval()
-            for p in trainable if step > 0 else ():
+            for p in trainable if step > 0 and status != "diverged" else ():
                 p._llmos_trained = True  # the head is no longer "never trained" (see untrained_head_params)
             if status == "completed" and eval is not None and not stopped_early:
                 last_eval = run_eval(step / steps_per_epoch)
@@ -881,7 +961,7 @@ def _finetune(model: Any, tokenizer: Any, train: Any, eval: Any, text_column: st
             else:
                 peak_dev = None
             ck, sha = None, None
-            if run_dir is not None:
+            if run_dir is not None and status != "diverged":
                 id2label = {} if lm else {int(k): str(v) for k, v in (getattr(mconf, "id2label", None) or {}).items()}
                 state = {
                     "run_id": run_id,
@@ -950,6 +1030,7 @@ def _finetune(model: Any, tokenizer: Any, train: Any, eval: Any, text_column: st
         best_value=best["value"] if won else None,
         stopped_early=stopped_early,
         resumed_from=str(resume_from) if resume_from is not None else None,
+        diverged_step=diverged_step,
     )
     cb("on_end", status, result)
     return result

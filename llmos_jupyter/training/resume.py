@@ -218,8 +218,9 @@ def plan_resume(run: Any, given: dict[str, Any], defaults: dict[str, Any]) -> tu
     (the config to continue with, its checkpoint directory, its trainer state).
 
     Raises:
-        UsageError: not a fine-tune, still running, completed (nothing to resume), no checkpoint,
-            not resumable, or an option that differs from the run's config.
+        UsageError: not a fine-tune, still running, completed (nothing to resume), already
+            resumed by another run (a run is resumed once; resume that run instead), no
+            checkpoint, not resumable, or an option that differs from the run's config.
     """
     if run.kind != "finetune":
         raise UsageError(f"run {run.id} is a {run.kind} run; --resume takes the id of an interrupted fine-tune (see %llm runs)")
@@ -227,6 +228,10 @@ def plan_resume(run: Any, given: dict[str, Any], defaults: dict[str, Any]) -> tu
         raise UsageError(f"run {run.id} is still running; cancel it (%llm job cancel) or wait, then resume it")
     if run.status == "completed":
         raise UsageError(f"run {run.id} completed; nothing to resume — start a new run with %llm finetune")
+    if getattr(run, "resumed_by", None):  # one rule: a run is resumed once (the link is kept both ways)
+        from .runs import already_resumed
+
+        raise UsageError(already_resumed(run.id, run.resumed_by))
     if not run.checkpoint:
         raise UsageError(f"run {run.id} {run.status} without a checkpoint; nothing to resume — start a new run with %llm finetune")
     cfg = resume_config(run.config, given, defaults, run.id)

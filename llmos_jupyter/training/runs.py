@@ -35,7 +35,7 @@ from typing import Any, Iterator, Optional
 from ..display import fmt_value, kv_html
 from ..errors import UsageError, unknown
 
-RUN_STATUSES = ("running", "completed", "failed", "interrupted", "cancelled")
+RUN_STATUSES = ("running", "completed", "failed", "interrupted", "cancelled", "diverged")
 FINAL_STATUSES = RUN_STATUSES[1:]
 MANIFEST = "manifest.json"
 PACKAGES = ("llmos-jupyter", "torch", "transformers", "datasets", "peft", "accelerate", "safetensors", "tokenizers", "numpy")
@@ -51,7 +51,8 @@ CREATE TABLE IF NOT EXISTS runs (
     config           TEXT NOT NULL,      -- JSON
     seed             INTEGER,
     data_fingerprint TEXT,
-    status           TEXT NOT NULL CHECK (status IN ('running','completed','failed','interrupted','cancelled')),
+    status           TEXT NOT NULL
+                     CHECK (status IN ('running','completed','failed','interrupted','cancelled','diverged')),
     created_at       TEXT NOT NULL,      -- ISO 8601, UTC
     finished_at      TEXT,
     wall_s           REAL,
@@ -63,14 +64,16 @@ CREATE TABLE IF NOT EXISTS runs (
     hardware         TEXT NOT NULL,      -- JSON
     host             TEXT NOT NULL,
     pid              INTEGER NOT NULL,
-    distributed      TEXT                -- JSON {world_size, nproc_per_node, nnodes, backend, launcher, fsdp}
+    -- distributed: JSON {world_size, nproc_per_node, nnodes, backend, launcher, fsdp}, NULL for one process
+    distributed      TEXT,
+    resumed_by       TEXT                -- id of the run that resumed this one (at most one)
 );
 CREATE INDEX IF NOT EXISTS runs_created ON runs (created_at);
 """
 _COLUMNS = (
     "id", "kind", "model", "dataset", "config", "seed", "data_fingerprint", "status", "created_at", "finished_at",
     "wall_s", "metrics", "checkpoint", "checkpoint_sha256", "error", "packages", "hardware", "host", "pid",
-    "distributed",
+    "distributed", "resumed_by",
 )
 _JSON = ("config", "metrics", "packages", "hardware", "distributed")
 
@@ -128,8 +131,32 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def already_resumed(prev_id: str, by: Optional[str]) -> str:
+    """The one line refusing a second resume of run ``prev_id``."""
+    return (f"run {prev_id} was already resumed by run {by}; a run is resumed once — resume {by} instead if it "
+            f"was stopped too (`%llm runs show {by}`), or start a new run")
+
+
 def _json_safe(v: Any) -> Any:
     return json.loads(json.dumps(v, default=str))
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring a registry written by an older version to :data:`SCHEMA`: the ``resumed_by`` column
+    and the ``diverged`` status (SQLite cannot change a CHECK, so the table is rebuilt and every
+    row copied, in one transaction); the ``distributed`` column (added in place)."""
+    sql = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'runs'").fetchone()[0]
+    if "'diverged'" in sql:
+        if "distributed" not in {r[1] for r in db.execute("PRAGMA table_info(runs)")}:
+            db.execute("ALTER TABLE runs ADD COLUMN distributed TEXT")
+            db.commit()
+        return
+    old = [r[1] for r in db.execute("PRAGMA table_info(runs)")]
+    keep = ", ".join(c for c in _COLUMNS if c in old)
+    new_table = SCHEMA.split(";")[0].replace("IF NOT EXISTS runs", "runs_new")
+    db.executescript(f"BEGIN IMMEDIATE; {new_table}; INSERT INTO runs_new ({keep}) SELECT {keep} FROM runs; "
+                     f"DROP TABLE runs; ALTER TABLE runs_new RENAME TO runs; "
+                     f"CREATE INDEX IF NOT EXISTS runs_created ON runs (created_at); COMMIT;")
 
 
 @dataclass
@@ -158,6 +185,7 @@ class Run:
     host: str = field(repr=False, default="")
     pid: int = field(repr=False, default=0)
     distributed: dict[str, Any] = field(repr=False, default_factory=dict)
+    resumed_by: Optional[str] = None  # the run that continued this one (``--resume``), if any
 
     def manifest(self) -> dict[str, Any]:
         """The provenance record written as ``manifest.json`` next to the checkpoint."""
@@ -180,11 +208,15 @@ class Run:
             "distributed": self.distributed or None,
             "created_at": self.created_at,
             "finished_at": self.finished_at,
+            "resumed_from": self.config.get("resumed_from"),
+            "resumed_by": self.resumed_by,
         }
 
     def __str__(self) -> str:
         m = ", ".join(f"{k} {fmt_value(v)}" for k, v in self.metrics.items())
-        return f"{self.id} {self.kind} {self.status} model={self.model} dataset={self.dataset} seed={self.seed} {m}".strip()
+        link = f" (resumed by {self.resumed_by})" if self.resumed_by else ""
+        return (f"{self.id} {self.kind} {self.status}{link} model={self.model} dataset={self.dataset} seed={self.seed} "
+                f"{m}").strip()
 
     def _repr_pretty_(self, p: Any, cycle: bool) -> None:  # IPython text consoles: the table, not the repr
         p.text(str(self))
@@ -202,7 +234,8 @@ class RunList(list):
 
     def _cells(self, r: Run) -> list[str]:
         vals = {"accuracy": r.metrics.get("accuracy"), "macro_f1": r.metrics.get("macro_f1"),
-                "ranks": (r.distributed or {}).get("world_size", 1)}
+                "ranks": (r.distributed or {}).get("world_size", 1),
+                "status": r.status + (f" → {r.resumed_by}" if r.resumed_by else "")}
         return [fmt_value(vals[c] if c in vals else getattr(r, c)) for c in self._cols]
 
     def __str__(self) -> str:
@@ -291,12 +324,12 @@ class RunRegistry:
             path = home() / "runs.sqlite"
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._tx() as db:  # idempotent; a registry written before the distributed column gets it
-            for stmt in SCHEMA.split(";"):
-                if stmt.strip():
-                    db.execute(stmt)
-            if "distributed" not in {row[1] for row in db.execute("PRAGMA table_info(runs)")}:
-                db.execute("ALTER TABLE runs ADD COLUMN distributed TEXT")
+        db = sqlite3.connect(self.path, timeout=30)
+        try:
+            db.executescript(f"BEGIN IMMEDIATE; {SCHEMA} COMMIT;")  # idempotent
+            _migrate(db)
+        finally:
+            db.close()
         self._reap()
 
     # ------------------------------------------------------------------ plumbing
@@ -349,6 +382,7 @@ class RunRegistry:
             return False
         with self._tx() as db:
             db.execute("DELETE FROM runs WHERE id = ? AND status = 'running'", (run_id,))
+            db.execute("UPDATE runs SET resumed_by = NULL WHERE resumed_by = ?", (run_id,))  # a refused resume
         shutil.rmtree(d, ignore_errors=True)
         return True
 
@@ -421,7 +455,7 @@ class RunRegistry:
         (a failure rolls the row back) and renamed into place after the commit.
 
         Args:
-            status: one of "completed", "failed", "interrupted", "cancelled".
+            status: one of "completed", "failed", "interrupted", "cancelled", "diverged".
             metrics: JSON-serialisable numbers (e.g. ``EvalResult.to_metrics()``).
             wall_s: seconds the run took.
             checkpoint: checkpoint directory or file, or None.
@@ -452,6 +486,8 @@ class RunRegistry:
                 )
                 if cur.rowcount != 1:
                     raise UsageError(f"run {run_id} already finished; start a new run to record another result")
+                if status == "failed":  # a resume that failed frees the run it resumed for another try
+                    db.execute("UPDATE runs SET resumed_by = NULL WHERE resumed_by = ?", (run.id,))
                 if tmp is not None:  # written before COMMIT: a failure here rolls the row back
                     tmp.parent.mkdir(parents=True, exist_ok=True)
                     tmp.write_text(json.dumps(run.manifest(), indent=2, default=str))
@@ -462,6 +498,20 @@ class RunRegistry:
                 with contextlib.suppress(OSError):
                     tmp.unlink()
         return run
+
+    def link_resume(self, prev_id: str, run_id: str) -> None:
+        """Record that run ``run_id`` resumes run ``prev_id`` (``prev.resumed_by``; the new run's
+        config carries ``resumed_from``). A run is resumed at most once: the link is set in one
+        statement only where none exists, so two resumes of the same run cannot both start.
+
+        Raises:
+            UsageError: ``prev_id`` was already resumed (names the run that did).
+        """
+        with self._tx() as db:
+            cur = db.execute("UPDATE runs SET resumed_by = ? WHERE id = ? AND resumed_by IS NULL", (run_id, prev_id))
+            if cur.rowcount != 1:
+                row = db.execute("SELECT resumed_by FROM runs WHERE id = ?", (prev_id,)).fetchone()
+                raise UsageError(already_resumed(prev_id, row[0] if row else None))
 
     def get(self, run_id: str) -> Run:
         """The run with this id (or the only one starting with it).

@@ -10,7 +10,7 @@ import random
 from contextlib import contextmanager
 from typing import Iterator
 
-from ..errors import UsageError
+from ..errors import UsageError, surface
 
 
 def seed_everything(seed: int, deterministic: bool = True) -> int:
@@ -31,7 +31,8 @@ def seed_everything(seed: int, deterministic: bool = True) -> int:
         UsageError: when ``seed`` is not a whole number in range.
     """
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
-        raise UsageError(f"seed={seed!r} is not allowed: it must be a whole number in 0 .. 2**32-1; pass e.g. seed=0")
+        example = "`%llm seed 0`" if surface() == "magic" else "seed(0)"
+        raise UsageError(f"seed {seed!r} is not allowed: it must be a whole number in 0 .. 2**32-1; e.g. {example}")
     random.seed(seed)
     try:
         import numpy as np

@@ -147,7 +147,7 @@ def test_export_formats_round_trip(store, dirty, tmp_path, tree):
     assert sorted(p.name for p in paths) == ["test.parquet", "train.parquet"]
     assert store.load(out / "test.parquet", name="t").num_rows == {"train": 3}
     before = tree(tmp_path)
-    with pytest.raises(UsageError, match="exists; pass overwrite=True"):
+    with pytest.raises(UsageError, match="exists; nothing was written — add overwrite=True"):
         store.export("dirty", out)
     with pytest.raises(NotFoundError, match="unknown format 'xlsx'"):
         store.export("dirty", tmp_path / "x.xlsx", format="xlsx")

@@ -137,8 +137,8 @@ def test_bad_engine_choices_are_one_line_and_load_nothing(fresh_api, pulled, tin
         (dict(spec=str(tiny_llama), task="causal-lm", engine="llama.cpp"), "serves GGUF files"),
         (dict(spec="smollm2-135m-instruct", task="seq-cls", engine="llama.cpp"), "causal-lm models only"),
         (dict(spec="smollm2-135m-instruct", n_ctx=100_000), "more than this model allows (8,192 positions"),
-        (dict(spec="smollm2-135m-instruct", engine="vllm"), "use --engine auto, transformers or llama.cpp"),
-        (dict(spec="smollm2-135m-instruct", engine="transformers", n_ctx=512), "drop them for --engine transformers"),
+        (dict(spec="smollm2-135m-instruct", engine="vllm"), "use engine='auto', transformers or llama.cpp"),
+        (dict(spec="smollm2-135m-instruct", engine="transformers", n_ctx=512), "drop them for engine='transformers'"),
     ]
     for kw, text in cases:
         spec = kw.pop("spec")

@@ -175,7 +175,7 @@ def test_export_gguf_through_the_api(tmp_path, fresh_api, tiny_bert):
     """`%llm export … --format gguf` refuses a seq-cls/encoder model and a folder that is not an
     llmos export, and leaves nothing behind."""
     fresh_api.load(str(tiny_bert), alias="b", task="embedding")
-    with pytest.raises(UsageError, match="export it with --format hf"):
+    with pytest.raises(UsageError, match="export it with format='hf'"):
         fresh_api.export("b", str(tmp_path / "out"), format="gguf")
     assert not (tmp_path / "out").exists()
     (tmp_path / "mine").mkdir()
@@ -183,7 +183,7 @@ def test_export_gguf_through_the_api(tmp_path, fresh_api, tiny_bert):
     with pytest.raises(UsageError, match="not an llmos export"):
         fresh_api.export("b", str(tmp_path / "mine"), format="gguf", overwrite=True)
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
-    with pytest.raises(UsageError, match="--quantize applies to --format gguf"):
+    with pytest.raises(UsageError, match="quantize= applies to format='gguf'"):
         fresh_api.export("b", str(tmp_path / "out"), quantize="q8_0")
 
 

@@ -102,12 +102,12 @@ def test_global_count_scaling_gives_the_one_process_gradient_for_unequal_slices(
 
     group = [np.arange(5)]
     one = make()
-    loss1, n1, _, _ = _train_step(_loss_module(one, lm), one, group, tok, tok.lengths, labels, pad, "cpu", lm)
+    loss1, n1, _, _, _ = _train_step(_loss_module(one, lm), one, group, tok, tok.lengths, labels, pad, "cpu", lm)
     g1 = _grads(one)
     per_rank, losses = [], []
     for r in range(2):
         m = make()
-        loss, n, _, _ = _train_step(_loss_module(m, lm), m, group, tok, tok.lengths, labels, pad, "cpu", lm,
+        loss, n, _, _, _ = _train_step(_loss_module(m, lm), m, group, tok, tok.lengths, labels, pad, "cpu", lm,
                                     _Rank(r, 2))
         per_rank.append(_grads(m))
         losses.append(loss)
@@ -299,7 +299,8 @@ def test_export_writes_spec_script_commands_slurm_and_fsdp_config(fresh_api, tin
                                                 "slurm.sbatch", "spec.json", "train.py"])
     spec = json.loads((out / "spec.json").read_text())
     assert spec["model"]["path"] == "model" and spec["data"]["path"] == "data" and spec["output_dir"] == "output"
-    assert spec["config"]["batch_size"] == 32 and spec["echo"] is True and spec["supervisor_pid"] is None
+    n_train = len(api.store().get("toy").splits["train"])  # the default batch of 32 is cut to the rows
+    assert spec["config"]["batch_size"] == min(32, n_train) and spec["echo"] is True and spec["supervisor_pid"] is None
     cmds = msg.data["commands"]
     assert len(cmds) == 2
     assert all("--rdzv-endpoint 10.1.2.3:29555" in c and "--nnodes 2" in c and "--nproc-per-node 2" in c for c in cmds)
@@ -325,7 +326,7 @@ def test_registry_records_the_launch_and_reads_an_older_registry(tmp_path):
     from llmos_jupyter.training.runs import SCHEMA, RunRegistry
 
     path = tmp_path / "runs.sqlite"
-    old = re.sub(r",\n\s*distributed\s+TEXT[^\n]*", "", SCHEMA)  # the table as registries before the column have it
+    old = re.sub(r"\n\s*-- distributed:[^\n]*\n\s*distributed\s+TEXT,", "", SCHEMA)  # before the column
     assert "distributed" not in old
     db = sqlite3.connect(path)
     db.executescript(old)

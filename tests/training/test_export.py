@@ -68,11 +68,16 @@ def test_export_refuses_and_overwrites(tiny_llama, tmp_path):
     assert not (home() / "checkpoints" / "ft-x").exists()
     prev = tmp_path / "prev"
     export_model(model, tok, prev)
-    (prev / "stale.txt").write_text("left from before")
-    with pytest.raises(UsageError, match="--overwrite to replace that earlier export"):
+    with pytest.raises(UsageError, match="overwrite=True to replace that earlier export"):
         export_model(model, tok, prev)
-    export_model(model, tok, prev, overwrite=True)
-    assert "stale.txt" not in {p.name for p in prev.iterdir()} and (prev / "model.safetensors").is_file()
+    (prev / "model.safetensors").write_bytes(b"an older export's weights")
+    export_model(model, tok, prev, overwrite=True)  # replaces the export's own files
+    assert (prev / "model.safetensors").stat().st_size > 1000
+    # a file the user added to the export folder is never deleted: overwrite refuses and names it
+    (prev / "stale.txt").write_text("my notes")
+    with pytest.raises(UsageError, match=r"did not write \(stale.txt\)"):
+        export_model(model, tok, prev, overwrite=True)
+    assert (prev / "stale.txt").read_text() == "my notes"
     (tmp_path / "file").write_text("x")
     with pytest.raises(UsageError, match="is a file"):
         export_model(model, tok, tmp_path / "file")
@@ -81,7 +86,7 @@ def test_export_refuses_and_overwrites(tiny_llama, tmp_path):
     with pytest.raises(UsageError, match="symbolic link"):
         export_model(model, tok, tmp_path / "link")
     assert list((tmp_path / "elsewhere").iterdir()) == []
-    with pytest.raises(UsageError, match="--merge-lora needs a LoRA model"):
+    with pytest.raises(UsageError, match="merge_lora=True needs a LoRA model"):
         export_model(model, tok, tmp_path / "m", merge_lora=True)
     assert not (tmp_path / "m").exists()  # a refused export creates nothing
 

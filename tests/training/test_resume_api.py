@@ -39,16 +39,6 @@ def test_resume_a_run_through_the_api(fresh_api, tiny_bert, monkeypatch):
     monkeypatch.undo()
     assert cut.status == "interrupted"
 
-    n_runs = len(api.runs(100))
-    res = api.finetune("m", "toy", resume=cut.id, progress=False)  # the run's own config comes back
-    assert res.status == "completed" and res.id not in (cut.id, ref.id)
-    assert res.config["resumed_from"] == cut.id and res.config["eval_every"] == 3 and res.config["lr"] == 1e-3
-    assert len(api.runs(100)) == n_runs + 1
-    pm, pr = dict(api.manager().get("m").model.named_parameters()), dict(api.manager().get("ref").model.named_parameters())
-    assert pm.keys() == pr.keys() and all(torch.equal(pm[k], pr[k]) for k in pm)
-    assert res.metrics == ref.metrics and res.metrics["best_step"] == ref.metrics["best_step"]
-    assert res.checkpoint_sha256 == ref.checkpoint_sha256
-
     # refusals: one line each, before any registry row or checkpoint is written
     api.data_load(ROWS[::-1], name="other")
     api.data_split("other", test=0.25, seed=0)
@@ -67,6 +57,23 @@ def test_resume_a_run_through_the_api(fresh_api, tiny_bert, monkeypatch):
             api.finetune(kw.pop("alias"), kw.pop("dataset"), **kw)
         assert "\n" not in str(e.value)
     assert len(api.runs(100)) == n_runs and sorted((api.registry().path.parent / "checkpoints").iterdir()) == ckpts
+
+    n_runs = len(api.runs(100))
+    res = api.finetune("m", "toy", resume=cut.id, progress=False)  # the run's own config comes back
+    assert res.status == "completed" and res.id not in (cut.id, ref.id)
+    assert res.config["resumed_from"] == cut.id and res.config["eval_every"] == 3 and res.config["lr"] == 1e-3
+    assert len(api.runs(100)) == n_runs + 1
+    pm = dict(api.manager().get("m").model.named_parameters())
+    pr = dict(api.manager().get("ref").model.named_parameters())
+    assert pm.keys() == pr.keys() and all(torch.equal(pm[k], pr[k]) for k in pm)
+    assert res.metrics == ref.metrics and res.metrics["best_step"] == ref.metrics["best_step"]
+    assert res.checkpoint_sha256 == ref.checkpoint_sha256
+
+    # one rule: a run is resumed once; the link is kept both ways and a second resume is refused
+    assert api.run(cut.id).resumed_by == res.id and api.run(res.id).config["resumed_from"] == cut.id
+    with pytest.raises(UsageError, match=f"already resumed by run {res.id}"):
+        api.finetune("m", "toy", resume=cut.id, progress=False)
+    assert len(api.runs(100)) == n_runs + 1
 
 
 def test_magic_options_reach_the_api(monkeypatch):

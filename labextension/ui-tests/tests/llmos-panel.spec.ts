@@ -2,9 +2,10 @@
  * The LLM OS side panel in a real browser (galata + Debian's Chromium), against a real kernel:
  * load a tiny random BERT with %llm and see it with its size; fine-tune it on a data set made in
  * the notebook through the real job path (background: progress, loss, samples/s, done; a second
- * one cancelled from the panel; foreground: the bar moves while the cell runs); unload the model
- * from the panel and see `%llm ps` empty; start `%llm serve` and stop it with the panel's Stop
- * button; screenshots into <repo>/artifacts.
+ * one cancelled from the panel; foreground: the bar moves while the cell runs, and while a long one
+ * blocks its cell the panel's Unload is answered at once and its Cancel stops the run within 2 s);
+ * unload the model from the panel and see `%llm ps` empty; start `%llm serve` and stop it with the
+ * panel's Stop button; screenshots into <repo>/artifacts.
  */
 import { expect, test } from '@jupyterlab/galata';
 import * as path from 'path';
@@ -131,6 +132,32 @@ test.describe('LLM OS panel', () => {
     expect(fgMoved.length, `progress seen while the cell was busy: ${fgMoved}`).toBe(2);
     await nb.waitForRun(busyCell);
     await expect(panel.jobState(fg)).toHaveText('done', { timeout: 30000 });
+
+    // The panel acts while a foreground fine-tune blocks its cell (the kernel reads the panel's
+    // comm on a subshell; without one, Cancel sends the kernel interrupt): Unload of the model in
+    // training is answered at once (refused: it is busy), and Cancel stops the run within 2 s.
+    await nb.addCell('code', `%llm finetune tiny ds --epochs 500 ${OPTS}`);
+    const longCell = (await nb.getCellCount()) - 1;
+    await nb.runCell(longCell, { wait: false });
+    await expect(panel.jobs.locator('li.jp-LLMOS-job')).toHaveCount(4, { timeout: 30000 });
+    const fg2 = (await panel.jobIds())[3];
+    expect((await panel.progressValues(fg2, 1, 60000, busy)).length).toBe(1);
+    await panel.unloadButton('tiny').click();
+    await expect(panel.root.getByRole('alert').filter({ hasText: 'is used by' })).toBeVisible({ timeout: 2000 });
+    await expect(row).toHaveCount(1);
+    // the cell still runs (the status bar may say Idle: it shows the subshell's last status)
+    const prompt = page.locator('.jp-Notebook .jp-Cell').nth(longCell).locator('.jp-InputPrompt');
+    await expect(prompt).toHaveText('[*]:');
+    await expect(panel.jobState(fg2)).toHaveText('running');
+    const clicked = Date.now();
+    await panel.cancelButton(fg2).click();
+    await expect(panel.jobState(fg2)).toHaveText(/cancelled|interrupted/, { timeout: 2000 });
+    const stoppedMs = Date.now() - clicked;
+    console.log(`[ui-tests] foreground fine-tune stopped ${stoppedMs} ms after Cancel`);
+    await nb.waitForRun(longCell);
+    expect(await panel.progressOf(fg2)).toBeLessThan(100);
+    const stopped = await panel.run('%llm jobs');
+    expect(stopped).toMatch(new RegExp(`${fg2}\\s*finetune\\s*tiny\\s*(cancelled|interrupted)`));
 
     // Unload from the panel: the row goes, and %llm ps agrees.
     await panel.unloadButton('tiny').click();

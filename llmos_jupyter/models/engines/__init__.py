@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import sys
 
-from ...errors import LLMOSError, UsageError, unknown
+from ...errors import LLMOSError, UsageError, opt, unknown
 
 ENGINES = ("transformers", "llama.cpp")
 SERVES = {"transformers": "causal-lm, seq-cls, embedding; HF folders, hub ids, GGUF (dequantised)",
@@ -41,7 +41,7 @@ def normalize(name: str | None) -> str:
     aliases = {"auto": "auto", "llama.cpp": "llama.cpp", "llamacpp": "llama.cpp", "transformers": "transformers",
                "hf": "transformers"}
     if key not in aliases:
-        raise unknown("engine", name, ("auto",) + ENGINES, "use --engine auto, transformers or llama.cpp")
+        raise unknown("engine", name, ("auto",) + ENGINES, f"use {opt('engine', 'auto')}, transformers or llama.cpp")
     return aliases[key]
 
 
@@ -83,11 +83,12 @@ def choose(requested: str | None, *, kind: str, task: str, spec: str, notify=Non
             raise UsageError(f"llama.cpp serves causal-lm models only, not {task}; load {spec} with "
                              f"--engine transformers (it serves {SERVES['transformers']})")
         if kind != "gguf":
-            raise UsageError(f"llama.cpp serves GGUF files and {spec} is not one; load it with --engine transformers, "
+            raise UsageError(f"llama.cpp serves GGUF files and {spec} is not one; load it with "
+                             f"{opt('engine', 'transformers')}, "
                              f"or write a GGUF with `%llm export ALIAS DIR --format gguf` and load that")
         if not have["llama.cpp"]:
             raise LLMOSError(f"the llama.cpp engine is not installed; `{EXTRA_HINT}` installs it "
-                             f"(or load with --engine transformers)")
+                             f"(or load with {opt('engine', 'transformers')})")
     return want
 
 

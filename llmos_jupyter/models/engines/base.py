@@ -30,7 +30,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterator, Optional
 
-from ...errors import LLMOSError, UsageError
+from ...errors import ContextLengthError, LLMOSError, UsageError, opt, surface
 
 MAX_NEW_TOKENS_DEFAULT = 256
 
@@ -68,15 +68,17 @@ class GenerationSettings:
         """
         n = self.max_new_tokens
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise UsageError(f"max_new_tokens must be a whole number ≥ 1, got {n!r}; e.g. --max-new-tokens 64")
+            raise UsageError(f"max_new_tokens must be a whole number ≥ 1, got {n!r}; e.g. "
+                             f"{opt('max_new_tokens', 64)}")
         t = self.temperature
         if t is None:
             self.temperature = t = 0.0
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
-            raise UsageError(f"temperature must be a number ≥ 0 (0 = greedy), got {t!r}; e.g. --temperature 0.7")
+            raise UsageError(f"temperature must be a number ≥ 0 (0 = greedy), got {t!r}; e.g. "
+                             f"{opt('temperature', 0.7)}")
         p = self.top_p
         if p is not None and (isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1):
-            raise UsageError(f"top_p must be in (0, 1], got {p!r}; e.g. top_p=0.9")
+            raise UsageError(f"top_p must be in (0, 1], got {p!r}; e.g. {opt('top_p', 0.9)}")
         s = self.seed
         if s is not None and (isinstance(s, bool) or not isinstance(s, int) or s < 0):
             raise UsageError(f"seed must be a whole number ≥ 0, got {s!r}")
@@ -139,14 +141,19 @@ def plan_tokens(prompt_tokens: int, max_new_tokens: int, n_ctx: int, *, what: st
         ``(max_new_tokens to use, the value asked for if it was capped else None)``.
 
     Raises:
-        UsageError: the prompt leaves no room for one new token (one line: prompt tokens, the
-            limit, the fix).
+        ContextLengthError: (a UsageError) the prompt leaves no room for one new token (one line:
+            prompt tokens, the limit, the fix spelled for the surface: cell, Python or HTTP).
     """
     room = n_ctx - prompt_tokens
     if room < 1:
-        raise UsageError(f"the {what} is {prompt_tokens:,} tokens but this model's context window is {n_ctx:,} "
-                         f"positions; shorten it (or reset the chat with --reset), or load with a larger --n-ctx "
-                         f"if the model allows one")
+        if surface() == "http":
+            fix = ("shorten the messages (or the prompt), or load the model in the kernel with a larger --n-ctx "
+                   "if it allows one")
+        else:
+            fix = (f"shorten it (or reset the chat with {opt('reset', True)}), or load with a larger {opt('n_ctx')} "
+                   f"if the model allows one")
+        raise ContextLengthError(f"the {what} is {prompt_tokens:,} tokens but this model's context window is "
+                                 f"{n_ctx:,} positions; {fix}")
     if max_new_tokens > room:
         return room, max_new_tokens
     return max_new_tokens, None

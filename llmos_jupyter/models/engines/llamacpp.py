@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Iterator, Optional
 
-from ...errors import LLMOSError, UsageError
+from ...errors import LLMOSError, UsageError, opt
 from .base import Engine, GenerationSettings, GenerationStats
 
 DEFAULT_N_CTX = 4096        # Ollama's default context; `--n-ctx` up to the model's own limit
@@ -155,7 +155,7 @@ def plan(path: str | os.PathLike, n_ctx: Optional[int] = None) -> dict:
         raise UsageError(f"--n-ctx must be a whole number ≥ 16, got {n_ctx!r}")
     if n_ctx > limit:
         raise UsageError(f"--n-ctx {n_ctx:,} is more than this model allows ({limit:,} positions, its "
-                         f"context_length); use --n-ctx {limit} or less")
+                         f"context_length); use {opt('n_ctx', limit)} or less")
     vocab = (int(meta.get(f"{arch}.vocab_size", 0)) or meta.get("_array_lengths", {}).get("tokenizer.ggml.tokens")
              or 32000)
     tensor = info.tensor_bytes
