@@ -1056,14 +1056,7 @@ def finetune(alias: str, dataset: str, *, epochs: int = 1, lr: float = 5e-5, bat
                         _serve_trained(m, held, registry().run_dir(run.id))
             return run.finish_from(result)
 
-    if background:
-        for note in notes:
-            print(note, file=sys.stderr)
-        return scheduler().submit(job, work)
-    result = scheduler().run_here(job, work)
-    for note in notes:  # after the run: a refused input stays one line
-        print(note, file=sys.stderr)
-    return result
+    return _run_finetune_job(job, work, background, notes)
 
 
 def _launch_config(nproc, nnodes, backend, launcher, fsdp, rdzv_endpoint, export_launch, resume):
@@ -1151,12 +1144,19 @@ def _finetune_distributed(m, rec, dv, lc, cfg, train, ev, eval_split, prev, resu
         refuse_if_failed(res)
         return out
 
+    return _run_finetune_job(job, work, background, notes)
+
+
+def _run_finetune_job(job, work, background: bool, notes: list[str]):
+    """Run a fine-tune's ``work`` as ``job``: in a background thread (the job, at once) or here
+    (its result); ``notes`` go to stderr when the job starts in the background, else after the
+    run, so that a refused input stays one line."""
     if background:
         for note in notes:
             print(note, file=sys.stderr)
         return scheduler().submit(job, work)
     result = scheduler().run_here(job, work)
-    for note in notes:  # after the run: a refused input stays one line
+    for note in notes:
         print(note, file=sys.stderr)
     return result
 
