@@ -960,6 +960,9 @@ def optimize(alias: str, *, quantize: str | None = None, prune: float | None = N
             ds = _prepare_split(dv, split, rec)
             train = _prepare_split(dv, "train", rec) if plan.recover_epochs else None
         else:
+            if not dv.text_column:
+                raise UsageError(f"dataset '{dv.name}' has no text column for embeddings; name it with "
+                                 f"`%llm data load ... --text COLUMN`")
             if split not in dv.splits:
                 raise UsageError(f"dataset '{dv.name}' has no '{split}' split (it has {', '.join(dv.splits)}); "
                                  f"make one with `%llm data split {dv.name} --test 0.15`")
@@ -987,7 +990,8 @@ def optimize(alias: str, *, quantize: str | None = None, prune: float | None = N
             texts = texts[:n]
         batches = (encode_batches(tok, texts, batch_size=batch_size, max_length=max_length, device=device)
                    if texts else None)
-        evaluate_fn = _optimize_evaluator(src, dv, ds, task=task, generate=generate, max_length=max_length)
+        evaluate_fn = _optimize_evaluator(src, dv, ds, task=task, generate=generate, max_length=max_length,
+                                          batch_size=batch_size)
         recover_fn = (_optimize_recovery(src, dv, train, new_alias, epochs=plan.recover_epochs, lr=recover_lr,
                                          max_length=max_length, progress=progress) if plan.recover_epochs else None)
         config = dict(plan.to_dict(), source=alias, new_alias=new_alias, eval=eval, split=split, generate=generate,
@@ -1017,15 +1021,16 @@ def optimize(alias: str, *, quantize: str | None = None, prune: float | None = N
                         split=f"{dv.name}:{split}" if dv else None, run_id=run.id)
 
 
-def _optimize_evaluator(src, dv, ds, *, task: str, generate: bool, max_length: int):
-    """``evaluate(model) -> metrics`` on ``ds`` for :func:`optimize` (None without a dataset)."""
+def _optimize_evaluator(src, dv, ds, *, task: str, generate: bool, max_length: int, batch_size: int):
+    """``evaluate(model) -> metrics`` on ``ds`` for :func:`optimize` (None without a dataset); seq-cls
+    batches are the speed batches' size, so a compiled copy sees the batch shape it was compiled for."""
     if ds is None:
         return None
     if task == "seq-cls":
         from .training.evaluate import evaluate as _evaluate
 
         return lambda model: _evaluate(model, src.tokenizer, ds, text_column=dv.text_column,
-                                       label_column=dv.label_column, batch_size=64, max_length=max_length,
+                                       label_column=dv.label_column, batch_size=batch_size, max_length=max_length,
                                        label_names=src.labels).to_metrics()
     if task == "causal-lm":
         if generate:

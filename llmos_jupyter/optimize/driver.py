@@ -118,8 +118,8 @@ def check_plan(*, quantize: Optional[str] = None, prune: Any = None, structured:
         raise UsageError("--recover-epochs fine-tunes after pruning; add --prune AMOUNT (or drop --recover-epochs)")
     if task not in ("seq-cls", "causal-lm", "embedding"):
         raise UsageError(f"optimize takes seq-cls, causal-lm and embedding models, not {task}")
-    if parts:
-        prune_mod._arch(model) if model is not None else None
+    if parts and model is not None:
+        prune_mod.check_structured(model, amount, parts)
     if model is not None:
         have = quantize_mod.current(model)
         if quantize and have is not None:

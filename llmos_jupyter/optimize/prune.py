@@ -194,19 +194,21 @@ def _ffn(model: Any, arch: str, amount: float) -> dict[str, Any]:
     return {"ffn_before": before, "ffn_after": n_keep}
 
 
-def _heads(model: Any, arch: str, amount: float) -> dict[str, Any]:
-    import torch
+def _head_plan(model: Any, amount: float) -> dict[str, int]:
+    """How :func:`_heads` will cut: heads ``H`` of size ``D``, ``n_groups`` groups (key/value
+    heads with grouping, else one) of ``per_group`` query heads, ``keep_n`` kept in each.
 
+    Raises:
+        UsageError: ``amount`` removes no head, or every head, of a group.
+    """
     cfg = model.config
     H = cfg.num_attention_heads
-    layers = _layers(model, arch)
-    if arch == "bert":
-        D = cfg.hidden_size // H                               # head size
-        kv, groups = H, 1
+    if _arch(model) == "bert":
+        D, kv = cfg.hidden_size // H, H                          # head size; no grouping
     else:
         D = getattr(cfg, "head_dim", None) or cfg.hidden_size // H
         kv = getattr(cfg, "num_key_value_heads", None) or H
-        groups = H // kv                                       # query heads per key/value head
+    groups = H // kv                                             # query heads per key/value head
     n_groups, per_group = (kv, groups) if groups > 1 else (1, H)  # heads are chosen within each group
     drop = round(amount * per_group)
     if drop < 1:
@@ -214,7 +216,30 @@ def _heads(model: Any, arch: str, amount: float) -> dict[str, Any]:
                          f"removes none; use --prune {1.5 / per_group:.2f} or more")
     if drop >= per_group:
         raise UsageError(f"--prune {amount:g} would remove every head; use a smaller amount")
-    keep_n = per_group - drop
+    return {"H": H, "D": D, "groups": groups, "n_groups": n_groups, "per_group": per_group, "keep_n": per_group - drop}
+
+
+def check_structured(model: Any, amount: Any, parts: Any) -> None:
+    """Everything :func:`structured` would refuse, checked without changing ``model``.
+
+    Raises:
+        UsageError: see :func:`structured`.
+    """
+    amount = check_amount(amount)
+    if "heads" in parse_structures(parts):
+        _head_plan(model, amount)
+    else:
+        _arch(model)
+
+
+def _heads(model: Any, arch: str, amount: float) -> dict[str, Any]:
+    import torch
+
+    cfg = model.config
+    plan = _head_plan(model, amount)
+    H, D, groups, n_groups, per_group, keep_n = (plan[k] for k in ("H", "D", "groups", "n_groups", "per_group",
+                                                                    "keep_n"))
+    layers = _layers(model, arch)
 
     def rows_sq(w):  # (H·D, hidden) -> (H,): squared norm of each head's rows
         return w.float().view(H, D, -1).pow(2).sum((1, 2))

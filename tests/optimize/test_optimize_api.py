@@ -121,6 +121,7 @@ def test_heads_pruned_bert_export_is_refused_in_one_line(tb, tmp_path):
     (dict(prune=0.0), "strictly between 0 and 1 (got 0.0)"),
     (dict(structured="heads"), "--structured says which parts to prune; add --prune AMOUNT"),
     (dict(prune=0.3, structured="layers"), "unknown --structured 'layers'"),
+    (dict(prune=0.1, structured="heads"), "--prune 0.1 of 4 heads per layer removes none; use --prune 0.38 or more"),
     (dict(quantize="int8", recover_epochs=1, eval="sent"), "--recover-epochs fine-tunes after pruning"),
     (dict(prune=0.3, recover_epochs=1), "--recover-epochs fine-tunes on a dataset's train split; add --eval"),
     (dict(quantize="int8", eval="sent:validation"), "dataset 'sent' has no 'validation' split (it has "),
