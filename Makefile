@@ -17,7 +17,7 @@ $(BIN)/python:
 install: $(BIN)/python
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e '.[test,llamacpp]'
+	$(BIN)/python -m pip install -q -e '.[test,llamacpp,bench]'
 
 main: install
 	LLMOS_QUICKSTART_ROWS=0 $(BIN)/python notebooks/run.py notebooks/01_quickstart.ipynb --out artifacts

@@ -27,7 +27,13 @@ def load_ipython_extension(ipython) -> None:
 
 
 def unload_ipython_extension(ipython) -> None:
-    """Remove ``%llm`` (models stay loaded until the kernel ends or ``api.unload``)."""
+    """Remove ``%llm`` and stop a running ``%llm serve`` server (models stay loaded until the
+    kernel ends or ``api.unload``)."""
+    import sys
+
+    server = sys.modules.get("llmos_jupyter.serve.server")  # imported only if one was started
+    if server is not None:
+        server.stop()
     mm = ipython.magics_manager
     for kind in ("line", "cell"):
         mm.magics[kind].pop("llm", None)

@@ -269,7 +269,95 @@ def state() -> dict:
         except Exception:
             datasets = []
     jobs_ = [j.summary() for j in _state["jobs"].jobs.values()] if "jobs" in _state else []
-    return {"models": manager().ps(), "jobs": jobs_, "datasets": datasets}
+    return {"models": manager().ps(), "jobs": jobs_, "datasets": datasets, "server": _server_summary()}
+
+
+# ----------------------------------------------------------------------- serve
+def _server_summary() -> dict | None:
+    """The running server's status (never imports FastAPI when none was started)."""
+    mod = sys.modules.get("llmos_jupyter.serve.server")
+    hub = mod.current() if mod is not None else None
+    return hub.summary() if hub is not None else None
+
+
+def serve(*, host: str = "127.0.0.1", port: int = 0, models=None, max_queue: int = 32, max_batch: int = 8,
+          max_body_bytes: int = 4 * 2**20) -> Message:
+    """Serve the kernel's models over an OpenAI-compatible HTTP API, from a thread of this kernel.
+
+    ``GET /v1/models``, ``POST /v1/chat/completions``, ``/v1/completions`` (SSE streaming),
+    ``/v1/embeddings`` and ``/v1/classify`` (seq-cls); the ``openai`` client, LangChain and
+    editors work with ``base_url`` and the token as ``api_key``. Every request goes through the
+    resource manager like a cell's call (keep-alive, pins, eviction); a model that is not loaded
+    is refused (404 with the `%llm load` hint), never loaded. See docs/serve.md.
+
+    Args:
+        host: address to bind (default ``127.0.0.1``, this machine only); anything else prints a
+            warning line.
+        port: TCP port (default 0: a free one).
+        models: aliases to serve (list or ``"a,b"``; default: every loaded model, now or later).
+        max_queue: requests waiting per model before 503 (default 32).
+        max_batch: transformers requests decoded together (default 8; 1 turns batching off).
+        max_body_bytes: larger request bodies get 413 (default 4 MiB).
+
+    Returns:
+        A message with the URL and the token; ``.data`` has ``base_url``, ``token`` and the status.
+
+    Raises:
+        UsageError: a server already runs; the port is taken; an alias in ``models`` is not loaded.
+    """
+    from .serve.server import ServeSettings, start
+
+    if isinstance(models, str):
+        models = [m.strip() for m in models.split(",") if m.strip()]
+    if models is not None and not models:
+        raise UsageError("--models needs at least one alias, e.g. --models smol,minilm")
+    settings = ServeSettings(host=host, port=port, models=tuple(models) if models else None, max_queue=max_queue,
+                             max_batch=max_batch, max_body_bytes=max_body_bytes)
+    threads = None
+    if "torch" in sys.modules:
+        threads = sys.modules["torch"].get_num_threads()  # this thread's setting, for the serving threads
+    hub = start(manager(), settings, threads=threads, notify=lambda m: print(m, file=sys.stderr, flush=True))
+    s = hub.summary()
+    which = ", ".join(s["models"]) or "nothing loaded yet"
+    what = "" if settings.models else " (every model loaded in the kernel)"
+    text = (f"serving {which}{what} at {s['base_url']} (OpenAI-compatible)\n"
+            f"api_key: {hub.token}  (new at each start; required on every request)\n"
+            f"from openai import OpenAI; client = OpenAI(base_url=\"{s['base_url']}\", api_key=\"{hub.token}\")\n"
+            f"`%llm serve status` for requests and queues; `%llm serve stop` to stop")
+    return Message(text, token=hub.token, **s)
+
+
+def serve_status() -> Message:
+    """The running server: URL, models, requests served and failed, in flight, queued per model,
+    tokens/s over the last minute, batches (``.data`` has the numbers and the token)."""
+    mod = sys.modules.get("llmos_jupyter.serve.server")
+    hub = mod.current() if mod is not None else None
+    if hub is None:
+        return Message("no server is running; start one with `%llm serve`", running=False)
+    s = hub.summary()
+    queues = ", ".join(f"{a}: {v['in_flight']} running, {v['queued']} queued" for a, v in s["per_model"].items())
+    batch = f"; {s['batches']} batches of {s['mean_batch']:.1f} on average" if s["batches"] else ""
+    lines = [f"serving at {s['base_url']} since {time.strftime('%H:%M:%S', time.localtime(s['started']))}",
+             f"models: {', '.join(s['models']) or 'none loaded'}" + ("" if s["only"] is None else " (--models)"),
+             f"requests: {s['requests']} served, {s['failed']} failed, {s['in_flight']} in flight, "
+             f"{s['queued']} queued (at most {s['max_queue']} per model){batch}",
+             f"tokens/s: {s['tokens_per_s']:.1f} over the last minute ({s['completion_tokens']} tokens in all)",
+             f"api_key: {hub.token}"]
+    if queues:
+        lines.append(f"queues: {queues}")
+    lines += [f"log: {line}" for line in list(hub.logs)[-5:]]
+    return Message("\n".join(lines), running=True, token=hub.token, **s)
+
+
+def serve_stop() -> Message:
+    """Stop the server: waiting requests get 503, decoding ones stop at their next token, and the
+    port is free again. A no-op when none runs."""
+    mod = sys.modules.get("llmos_jupyter.serve.server")
+    s = mod.stop() if mod is not None else None
+    if s is None:
+        return Message("no server is running", running=False)
+    return Message(f"stopped the server at {s['base_url']} ({s['requests']} requests served, {s['failed']} failed)",
+                   running=False, **s)
 
 
 # ------------------------------------------------------------------ inference
@@ -396,7 +484,7 @@ def classify(alias: str, texts, *, max_length: int = 256) -> Table:
         A table with text, label and score (softmax probability of the label) per input;
         ``table.data`` holds dicts with every class's probability under ``scores``.
     """
-    import torch
+    from .models.classify import probabilities
 
     single = isinstance(texts, str)
     texts = [texts] if single else list(texts)
@@ -404,10 +492,7 @@ def classify(alias: str, texts, *, max_length: int = 256) -> Table:
         raise UsageError("classify needs a text or a list of texts")
     with manager().use(alias) as rec:
         _need_task(rec, "seq-cls", "classify")
-        tok, model = rec.tokenizer, rec.model
-        enc = tok(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt").to(model.device)
-        with torch.inference_mode():
-            probs = model(**enc).logits.float().softmax(-1).cpu()
+        probs, _ = probabilities(rec.model, rec.tokenizer, texts, max_length=max_length)
         labels = rec.labels
     data = []
     for t, p in zip(texts, probs):

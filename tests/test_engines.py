@@ -37,7 +37,7 @@ def test_auto_picks_llama_cpp_for_a_gguf_causal_lm(smol):
     assert row["engine"] == "llama.cpp" and row["real_bytes"]["cpu"] > row["bytes"]["cpu"]  # + KV cache, buffers
 
 
-def test_c14_llama_cpp_renders_the_transformers_prompt_and_stops_at_im_end(smol, pulled):
+def test_llama_cpp_renders_the_transformers_prompt_and_stops_at_im_end(smol, pulled):
     from transformers import AutoTokenizer
 
     engine = smol.manager().get("smol").inference()
@@ -220,8 +220,9 @@ def test_real_cost_matches_a_fresh_process(pulled, spec, engine, tmp_path):
     assert abs(real - whole) / whole < 0.10, (real, whole)  # nothing the load keeps escapes the measurement
     assert abs(est - real) / real < 0.10, (est, real)
     if spec == "all-minilm-l6-v2":
-        # plain transformers leaves MiniLM's safetensors memory-mapped, so embedding rows no text
-        # used are never paged in (79 MB resident vs 87 MB of tensors); llmos holds them all
-        assert ref <= real, (ref, real)
+        # plain transformers may leave MiniLM's safetensors memory-mapped, so embedding rows no text
+        # used are never paged in (79 MB resident vs 87 MB of tensors on one machine, 107 MB on
+        # another); llmos holds them all, so only the upper side of the 10% band applies
+        assert ref <= 1.10 * real, (ref, real)
     else:
         assert abs(real - ref) / ref < 0.10, (real, ref)

@@ -1,4 +1,4 @@
-"""GGUF models: sizes before load, broken files (C02), dequantised models are trainable (C01 part)."""
+"""GGUF models: sizes before load, broken or unsupported files, dequantised models are trainable."""
 from __future__ import annotations
 
 import numpy as np
@@ -25,7 +25,7 @@ def test_estimate_uses_tensor_table_not_file_size(smol_file):
     assert est["params"] == 134_515_008 and est["bytes"] == 538_060_032 and est["dtype"] == "float32"
 
 
-def test_c02a_unsupported_architecture(tmp_path, fresh_api):
+def test_unsupported_architecture_is_one_line(tmp_path, fresh_api):
     import gguf
 
     path = tmp_path / "mamba9000.gguf"
@@ -43,7 +43,7 @@ def test_c02a_unsupported_architecture(tmp_path, fresh_api):
     assert fresh_api.manager().ps() == []
 
 
-def test_c02b_truncated_file(tmp_path, smol_file, fresh_api):
+def test_truncated_file_is_one_line(tmp_path, smol_file, fresh_api):
     from llmos_jupyter.resources.memory import process_rss
 
     cut = tmp_path / "truncated.gguf"

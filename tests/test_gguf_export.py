@@ -188,7 +188,7 @@ def test_export_gguf_through_the_api(tmp_path, fresh_api, tiny_bert):
 
 
 @pytest.mark.slow
-def test_c13_smollm2_export_gives_the_same_greedy_answers(tmp_path, fresh_api, smol_file):
+def test_smollm2_export_gives_the_same_greedy_answers(tmp_path, fresh_api, smol_file):
     """SmolLM2 loaded with transformers (fp32) → GGUF f32 / f16 / q8_0 → llama.cpp: 20 greedy chat
     answers of 48 tokens against transformers' own.
 

@@ -1,4 +1,4 @@
-"""Behaviour that depends on a real kernel: freeing memory (C06) and thread output (C12)."""
+"""Behaviour that depends on a real kernel: unload really frees memory, and thread output lands in the starting cell."""
 from __future__ import annotations
 
 import json
@@ -59,7 +59,7 @@ def kernel(pulled):
     k.close()
 
 
-def test_c06_unload_really_frees(kernel):
+def test_unload_really_frees(kernel):
     setup = kernel.run("%load_ext llmos_jupyter\nimport gc, json, weakref, psutil\nfrom llmos_jupyter import api")
     assert not kernel.errors(setup)
     msgs = kernel.run("%llm load all-minilm-l6-v2 --task seq-cls --labels negative,positive --as m")
@@ -87,7 +87,7 @@ def test_c06_unload_really_frees(kernel):
     assert kernel.stdout(ps).strip() == "0"
 
 
-def test_c12_thread_output_stays_in_starting_cell(kernel):
+def test_thread_output_stays_in_starting_cell(kernel):
     code = (
         "import threading, time, ipywidgets as w\n"
         "from IPython.display import display\n"

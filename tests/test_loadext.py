@@ -1,9 +1,11 @@
-"""`%load_ext llmos_jupyter` stays light: no torch, transformers or datasets imported."""
+"""`%load_ext llmos_jupyter` stays light: no torch, transformers, datasets, llama.cpp or the server's
+FastAPI/uvicorn imported."""
 import json
 import subprocess
 import sys
 
-CODE = """
+HEAVY = ("torch", "transformers", "datasets", "triton", "llama_cpp", "fastapi", "uvicorn", "starlette", "pydantic")
+CODE = f"""
 import json, sys, time
 from IPython.core.interactiveshell import InteractiveShell
 ip = InteractiveShell.instance()
@@ -11,7 +13,7 @@ t = time.perf_counter()
 ip.run_line_magic('load_ext', 'llmos_jupyter')
 dt = time.perf_counter() - t
 ip.run_line_magic('llm', 'help')
-print(json.dumps({"s": dt, "heavy": [m for m in ("torch", "transformers", "datasets", "triton") if m in sys.modules]}))
+print(json.dumps({{"s": dt, "heavy": [m for m in {HEAVY!r} if m in sys.modules]}}))
 """
 
 

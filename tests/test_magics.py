@@ -1,4 +1,4 @@
-"""The %llm grammar and the user-error contract (C07, bad input)."""
+"""The %llm grammar and the user-error contract (prompt text reaches the API verbatim; bad input is one line)."""
 from __future__ import annotations
 
 import pytest
@@ -34,12 +34,12 @@ def shell(monkeypatch):
     ("don't stop", "don't stop"),                                # a lone apostrophe is text
     ('"one quoted string"', "one quoted string"),
 ])
-def test_c07_line_prompt_reaches_api_verbatim(shell, typed, received):
+def test_line_prompt_reaches_api_verbatim(shell, typed, received):
     shell.run_line_magic("llm", f"chat smol {typed}")
     assert shell.calls[-1]["message"] == received
 
 
-def test_c07_cell_body_verbatim_and_raw(shell):
+def test_cell_body_verbatim_and_raw(shell):
     body = 'cost is $5 and {name}; JSON {"a": 1}\nsecond line'
     shell.run_cell_magic("llm", "chat smol", body + "\n")
     assert shell.calls[-1]["message"] == 'cost is $5 and Bob; JSON {"a": 1}\nsecond line'
@@ -47,7 +47,7 @@ def test_c07_cell_body_verbatim_and_raw(shell):
     assert shell.calls[-1]["message"] == body
 
 
-def test_c07_quoted_option_value(shell):
+def test_quoted_option_value(shell):
     shell.run_line_magic("llm", 'chat smol --system "a b" hello there')
     assert shell.calls[-1]["system"] == "a b" and shell.calls[-1]["message"] == "hello there"
     shell.run_line_magic("llm", "generate smol --max-new-tokens 7 --temperature 0.5 Once upon")
@@ -118,3 +118,38 @@ def test_hub_id_offline_is_one_line(capsys, monkeypatch):
     err = capsys.readouterr().err
     assert err.startswith("llmos: could not load 'some-org/not-cached-model' from the Hugging Face hub")
     assert err.count("\n") == 1 and "x" not in api.manager().aliases()
+
+
+def test_serve_magics_reach_the_api_and_help_lists_them(shell, capsys, monkeypatch):
+    got = {}
+    monkeypatch.setattr(api, "serve", lambda **kw: got.update(kw))
+    shell.run_line_magic("llm", "serve --host 0.0.0.0 --port 8765 --models a,b --max-queue 4 --max-batch 1")
+    assert got == {"host": "0.0.0.0", "port": 8765, "models": "a,b", "max_queue": 4, "max_batch": 1}
+    text = repr(shell.run_line_magic("llm", "help serve"))
+    for want in ("%llm serve [--port N] [--host ADDR] [--models A,B]", "%llm serve status", "%llm serve stop",
+                 "prints a warning"):
+        assert want in text, text
+    monkeypatch.undo()  # the real api.serve checks the port before binding anything
+    shell.run_line_magic("llm", "serve --port 70000")
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--port must be a whole number 0..65535" in err
+
+
+def test_serve_start_status_stop_through_the_magics(capsys):
+    import httpx
+
+    ip = InteractiveShell.instance()
+    ip.run_line_magic("load_ext", "llmos_jupyter")
+    started = ip.run_line_magic("llm", "serve")
+    try:
+        assert "api_key: llmos-" in started.text and started["models"] == []
+        r = httpx.get(started["base_url"] + "/models", headers={"Authorization": f"Bearer {started['token']}"})
+        assert r.status_code == 200 and r.json() == {"object": "list", "data": []}
+        status = ip.run_line_magic("llm", "serve status")
+        assert status.text.startswith(f"serving at {started['base_url']}") and "requests: 1 served" not in status.text
+        ip.run_line_magic("llm", "serve")
+        assert "a server is already running" in capsys.readouterr().err
+    finally:
+        stopped = ip.run_line_magic("llm", "serve stop")
+    assert stopped.text.startswith("stopped the server at")
+    assert ip.run_line_magic("llm", "serve status").text.startswith("no server is running")

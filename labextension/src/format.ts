@@ -73,6 +73,29 @@ export function formatEngineDetail(
   return parts.join(' · ');
 }
 
+/**
+ * A server's load as `12 served · 1 failed · 2 in flight · 3 queued · 41.5 tok/s` (failed, and
+ * the speed, only when there are some).
+ */
+export function formatServerLoad(s: {
+  requests: number;
+  failed: number;
+  inFlight: number;
+  queued: number;
+  tokensPerS: number | null;
+}): string {
+  const parts = [`${s.requests} served`];
+  if (s.failed > 0) {
+    parts.push(`${s.failed} failed`);
+  }
+  parts.push(`${s.inFlight} in flight`, `${s.queued} queued`);
+  const speed = formatTokensPerS(s.tokensPerS);
+  if (speed !== '—') {
+    parts.push(speed);
+  }
+  return parts.join(' · ');
+}
+
 /** Seconds as `42s`, `3m 05s`, `2h 07m`. */
 export function formatDuration(s: number | null | undefined): string {
   if (s === null || s === undefined || !Number.isFinite(s) || s < 0) {

@@ -16,6 +16,7 @@ import {
   formatEngineDetail,
   formatNumber,
   formatPercent,
+  formatServerLoad,
   formatTokensPerS,
   share,
   totalBytes
@@ -248,6 +249,40 @@ function Jobs(props: IProps): JSX.Element {
           ))}
         </ul>
       )}
+    </Section>
+  );
+}
+
+/** The kernel's `%llm serve` server: its URL, load and a Stop button (shown only while it runs). */
+function Server(props: IProps): JSX.Element | null {
+  const { state, model, trans } = props;
+  const server = state.server;
+  if (server === null) {
+    return null;
+  }
+  const busy = isPending(state, 'stop-server', '');
+  return (
+    <Section title={trans.__('Server')}>
+      <div className="jp-LLMOS-server" aria-label={trans.__('OpenAI-compatible server')}>
+        <div className="jp-LLMOS-jobHead">
+          <span className="jp-LLMOS-name jp-LLMOS-url" title={trans.__('base_url for OpenAI clients')}>
+            {server.baseUrl}
+          </span>
+          <button
+            className="jp-mod-styled jp-mod-warn jp-LLMOS-button"
+            aria-label={trans.__('Stop server')}
+            title={trans.__('Stop the server and free its port')}
+            disabled={state.connection !== 'connected' || busy}
+            onClick={() => model.act('stop-server')}
+          >
+            {busy ? trans.__('Stopping…') : trans.__('Stop')}
+          </button>
+        </div>
+        <div className="jp-LLMOS-sub">
+          {server.models.length ? server.models.join(', ') : trans.__('no model loaded')}
+        </div>
+        <div className="jp-LLMOS-sub jp-LLMOS-serverStats">{formatServerLoad(server)}</div>
+      </div>
     </Section>
   );
 }
@@ -492,6 +527,7 @@ export function PanelView(props: IProps): JSX.Element {
             <p className="jp-LLMOS-sub">{state.detail}</p>
           )}
           <Models {...props} />
+          <Server {...props} />
           <Jobs {...props} />
           <Datasets {...props} />
           <Hardware {...props} />

@@ -103,6 +103,26 @@ export interface IHardwareInfo {
   error: string;
 }
 
+/** The `%llm serve` server of the kernel (an OpenAI-compatible endpoint); never its token. */
+export interface IServerInfo {
+  /** `http://127.0.0.1:PORT` */
+  url: string;
+  /** `url` + `/v1`, what clients take as `base_url`. */
+  baseUrl: string;
+  /** Aliases served now. */
+  models: string[];
+  /** Requests answered (2xx) since the server started. */
+  requests: number;
+  /** Requests answered with an error after they reached a model's queue. */
+  failed: number;
+  /** Requests decoding now. */
+  inFlight: number;
+  /** Requests waiting in the models' queues. */
+  queued: number;
+  /** Completion tokens per second over the last minute. */
+  tokensPerS: number | null;
+}
+
 export interface IStateMessage {
   type: 'state';
   seq: number;
@@ -110,6 +130,8 @@ export interface IStateMessage {
   jobs: IJobInfo[];
   datasets: IDatasetInfo[];
   hardware: IHardwareInfo | null;
+  /** null when no server runs (and from kernels before `%llm serve`). */
+  server: IServerInfo | null;
 }
 
 export interface IHardwareMessage {
@@ -128,7 +150,7 @@ export interface IReplyMessage {
 
 export type KernelMessage = IStateMessage | IHardwareMessage | IReplyMessage;
 
-export type ActionName = 'unload' | 'cancel' | 'refresh';
+export type ActionName = 'unload' | 'cancel' | 'refresh' | 'stop-server';
 
 export interface IActionMessage {
   type: 'action';
@@ -273,6 +295,23 @@ export function parseHardware(value: unknown): IHardwareInfo | null {
   };
 }
 
+export function parseServer(value: unknown): IServerInfo | null {
+  if (!isDict(value) || !str(value.url)) {
+    return null;
+  }
+  const count = (v: unknown) => Math.max(num(v) ?? 0, 0);
+  return {
+    url: str(value.url),
+    baseUrl: str(value.base_url) || `${str(value.url)}/v1`,
+    models: list(value.models).map(m => str(m)).filter(Boolean),
+    requests: count(value.requests),
+    failed: count(value.failed),
+    inFlight: count(value.in_flight),
+    queued: count(value.queued),
+    tokensPerS: num(value.tokens_per_s)
+  };
+}
+
 function parsed<T>(items: unknown, parse: (v: unknown) => T | null): T[] {
   const out: T[] = [];
   for (const item of list(items)) {
@@ -301,7 +340,8 @@ export function parseKernelMessage(data: unknown): KernelMessage | null {
         models: parsed(data.models, parseModel),
         jobs: parsed(data.jobs, parseJob),
         datasets: parsed(data.datasets, parseDataset),
-        hardware: parseHardware(data.hardware)
+        hardware: parseHardware(data.hardware),
+        server: parseServer(data.server)
       };
     case 'hardware': {
       const hardware = parseHardware(data.hardware);

@@ -10,6 +10,7 @@ import {
   IHardwareInfo,
   IJobInfo,
   IModelInfo,
+  IServerInfo,
   parseKernelMessage
 } from './protocol';
 
@@ -61,6 +62,8 @@ export interface IPanelState {
   jobs: IJobInfo[];
   datasets: IDatasetInfo[];
   hardware: IHardwareInfo | null;
+  /** The kernel's `%llm serve` server, or null when none runs. */
+  server: IServerInfo | null;
   /** The last `HISTORY_LENGTH` hardware samples, oldest first. */
   history: IHardwarePoint[];
   /** Sequence number of the last kernel message applied (0 after a (re)connect). */
@@ -103,6 +106,7 @@ export function initialState(): IPanelState {
     jobs: [],
     datasets: [],
     hardware: null,
+    server: null,
     history: [],
     seq: 0,
     pending: {},
@@ -240,6 +244,7 @@ function applyMessage(
         jobs: msg.jobs,
         datasets: msg.datasets,
         hardware,
+        server: msg.server,
         history,
         updated: now
       };

@@ -1,6 +1,6 @@
 import {
   costBytes, formatBytes, formatDeviceBytes, formatDuration, formatEngineDetail, formatNumber, formatPercent,
-  formatTokensPerS, share
+  formatServerLoad, formatTokensPerS, share
 } from '../src/format';
 
 describe('format', () => {
@@ -55,5 +55,12 @@ describe('format', () => {
     expect(formatEngineDetail(null, 1)).toBe('1 thread');
     expect(formatEngineDetail(null, undefined)).toBe('');
     expect(formatEngineDetail(0, Number.NaN)).toBe('');
+  });
+
+  it('formats a server load, with failures and speed only when there are some', () => {
+    expect(formatServerLoad({ requests: 12, failed: 1, inFlight: 2, queued: 3, tokensPerS: 41.5 }))
+      .toBe('12 served · 1 failed · 2 in flight · 3 queued · 41.5 tok/s');
+    expect(formatServerLoad({ requests: 0, failed: 0, inFlight: 0, queued: 0, tokensPerS: 0 }))
+      .toBe('0 served · 0 in flight · 0 queued');
   });
 });

@@ -2,7 +2,7 @@
  * Model summaries from the kernel (`ModelRecord.summary()`), old and new: engine, real bytes,
  * context, threads and the last generation's statistics.
  */
-import { parseGeneration, parseKernelMessage, parseModel } from '../src/protocol';
+import { parseGeneration, parseKernelMessage, parseModel, parseServer } from '../src/protocol';
 
 /** A summary as kernels before llama.cpp support sent it. */
 const OLD = {
@@ -83,5 +83,32 @@ describe('state messages', () => {
       ['tiny', 'transformers', null],
       ['qwen', 'llama.cpp', 98.09]
     ]);
+  });
+});
+
+describe('parseServer', () => {
+  const SERVER = {
+    url: 'http://127.0.0.1:8765', base_url: 'http://127.0.0.1:8765/v1', models: ['smol', 'minilm'],
+    requests: 12, failed: 1, in_flight: 2, queued: 3, tokens_per_s: 41.5, completion_tokens: 900
+  };
+
+  it('reads the server of a state message, and null when none runs or the kernel is older', () => {
+    const base = { version: 1, type: 'state', seq: 4, models: [], jobs: [], datasets: [], hardware: null };
+    expect(parseKernelMessage({ ...base, server: SERVER })).toMatchObject({
+      server: {
+        url: 'http://127.0.0.1:8765', baseUrl: 'http://127.0.0.1:8765/v1', models: ['smol', 'minilm'],
+        requests: 12, failed: 1, inFlight: 2, queued: 3, tokensPerS: 41.5
+      }
+    });
+    expect(parseKernelMessage({ ...base, server: null })).toMatchObject({ server: null });
+    expect(parseKernelMessage(base)).toMatchObject({ server: null });
+  });
+
+  it('cleans odd fields: no url is no server, bad counts are 0, base_url defaults', () => {
+    expect(parseServer({ models: ['x'] })).toBeNull();
+    expect(parseServer({ url: 'http://127.0.0.1:1', models: [3, null, 'a'], requests: -2, in_flight: 'x' })).toEqual({
+      url: 'http://127.0.0.1:1', baseUrl: 'http://127.0.0.1:1/v1', models: ['3', 'a'], requests: 0, failed: 0,
+      inFlight: 0, queued: 0, tokensPerS: null
+    });
   });
 });

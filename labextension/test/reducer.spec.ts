@@ -194,6 +194,29 @@ describe('reduce', () => {
   });
 });
 
+describe('server', () => {
+  const SERVER = { url: 'http://127.0.0.1:8765', base_url: 'http://127.0.0.1:8765/v1', models: ['smol'],
+    requests: 3, failed: 0, in_flight: 1, queued: 2, tokens_per_s: 55 };
+
+  it('shows the server of each snapshot and drops it when the next has none', () => {
+    const s1 = run([connecting, msg(snapshot(1, { server: SERVER }))]);
+    expect(s1.server).toEqual({ url: 'http://127.0.0.1:8765', baseUrl: 'http://127.0.0.1:8765/v1', models: ['smol'],
+      requests: 3, failed: 0, inFlight: 1, queued: 2, tokensPerS: 55 });
+    const s2 = run([msg(snapshot(2, { server: { ...SERVER, requests: 4, in_flight: 0 } }))], s1);
+    expect(s2.server).toMatchObject({ requests: 4, inFlight: 0 });
+    expect(run([msg(snapshot(3, { server: null }))], s2).server).toBeNull();
+  });
+
+  it('tracks a stop-server action until its ack, and forgets the server with another kernel', () => {
+    const s = run([connecting, msg(snapshot(1, { server: SERVER })),
+      { kind: 'action', id: 'a1', action: 'stop-server', target: '' }]);
+    expect(isPending(s, 'stop-server', '')).toBe(true);
+    const acked = run([msg({ type: 'ack', version: 1, action: 'stop-server', target: '', id: 'a1' })], s);
+    expect(isPending(acked, 'stop-server', '')).toBe(false);
+    expect(run([{ kind: 'connection', status: 'not-loaded' }], acked).server).toBeNull();
+  });
+});
+
 describe('protocol helpers', () => {
   it('builds action messages the kernel validates', () => {
     expect(actionMessage('unload', 'tiny', 'a1')).toEqual({ type: 'action', action: 'unload', target: 'tiny', id: 'a1' });

@@ -10,7 +10,7 @@ A *source* is one of (tried in this order):
    ``.parquet`` (optionally ``.gz``/``.bz2``/``.zst``/``.xz``-compressed for CSV/TSV), or a directory
    written by ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``.
 
-Missing values and numbers in text (the C08 rule, used for every source):
+Missing values and numbers in text (one rule, used for every source):
 
 * A cell of a *text column* (the ``text`` role, and ``prompt``/``response``) is kept exactly as
   written. ``42`` and ``NaN`` in a CSV are the strings ``"42"`` and ``"NaN"``; a number from JSON
@@ -461,7 +461,7 @@ def _convert_numeric(values: list) -> list:
 
 
 def as_text_column(values: list) -> list:
-    """The C08 rule for a text cell: missing stays ``None``; anything else becomes its ``str``."""
+    """The reading rule for a text cell: missing stays ``None``; anything else becomes its ``str``."""
     return [None if v is None else (v if isinstance(v, str) else _text_of(v)) for v in values]
 
 

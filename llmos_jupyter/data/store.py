@@ -395,7 +395,7 @@ class DataStore:
                 ``.json``, ``.parquet`` or a ``save_to_disk`` folder; or such an object itself.
                 Cells of the text column are kept as written: ``42`` and ``NaN`` in a CSV are
                 the strings ``"42"`` and ``"NaN"``; only an absent value (empty CSV field, JSON
-                ``null``, ``None``/``NaN`` in a DataFrame) is missing (C08). Full reading rules
+                ``null``, ``None``/``NaN`` in a DataFrame) is missing. Full reading rules
                 and label encoding: :mod:`llmos_jupyter.data.sources`.
             name: dataset name; default from the source (:func:`sources.default_name`:
                 ``rotten_tomatoes``, ``movie_reviews``, the file stem, the variable name).

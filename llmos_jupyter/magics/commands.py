@@ -175,6 +175,18 @@ COMMANDS: dict[str, Command] = {c.name: c for c in [
     Command("job cancel", "stop a job at its next step", ["job_id"]),
     Command("job wait", "wait for a job to end and show its result", ["job_id"]),
     Command("seed", "seed Python, NumPy and torch; deterministic algorithms on", ["n"]),
+    Command("serve", "serve the loaded models over an OpenAI-compatible HTTP API from this kernel "
+            "(loopback, a new token per start)", options=[
+        Opt("port", int, help="TCP port (default: a free one)", metavar="N"),
+        Opt("host", help="address to bind (default 127.0.0.1; anything else is reachable from other machines "
+                         "and prints a warning)", metavar="ADDR"),
+        Opt("models", help="aliases to serve, comma-separated (default: every loaded model)", metavar="A,B"),
+        Opt("max-queue", int, help="requests waiting per model before 503 (default 32)", metavar="N"),
+        Opt("max-batch", int, help="transformers requests decoded together (default 8; 1 = no batching)",
+            metavar="N")],
+        example="%llm serve --models smol,minilm"),
+    Command("serve status", "the server's URL, token, models, requests served, in flight, queued, tokens/s"),
+    Command("serve stop", "stop the server and free its port"),
 ]}
 
-GROUPS = {"data", "runs", "job"}
+GROUPS = {"data", "runs", "job", "serve"}

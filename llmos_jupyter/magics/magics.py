@@ -80,8 +80,8 @@ class LLMMagics(Magics):
 
         sub = " ".join(w for w in (p.get("subcommand"), p.get("word")) if w)
         if sub:
-            if sub in ("data", "job"):
-                cmds = [c for n, c in COMMANDS.items() if n.startswith(sub + " ")]
+            if sub in ("data", "job", "serve"):
+                cmds = [c for n, c in COMMANDS.items() if n == sub or n.startswith(sub + " ")]
             elif sub in COMMANDS:
                 cmds = [COMMANDS[sub]]
             else:
@@ -343,6 +343,24 @@ class LLMMagics(Magics):
 
         return api.export(p["alias"], p["path"], merge_lora=p["merge_lora"], overwrite=p["overwrite"],
                           format=p.get("format") or "hf", quantize=p.get("quantize"))
+
+    def do_serve(self, p):
+        from .. import api
+
+        kw = {k: p[k] for k in ("port", "max_queue", "max_batch") if p[k] is not None}
+        if p["host"] is not None:
+            kw["host"] = p["host"]
+        return api.serve(models=p["models"], **kw)
+
+    def do_serve_status(self, p):
+        from .. import api
+
+        return api.serve_status()
+
+    def do_serve_stop(self, p):
+        from .. import api
+
+        return api.serve_stop()
 
     def do_seed(self, p):
         from .. import api

@@ -75,22 +75,37 @@ def embed(model, tokenizer, texts: Sequence[Any], *, batch_size: int = 64, max_l
     Raises:
         UsageError: ``batch_size`` or ``max_length`` below 1.
     """
-    import torch
-
     from ..errors import UsageError
 
     if int(batch_size) < 1 or int(max_length) < 1:
         raise UsageError(f"batch_size and max_length must be >= 1 (got {batch_size}, {max_length})")
     strings = [as_text(t) for t in texts]
-    dim = int(getattr(getattr(model, "config", None), "hidden_size", 0) or 0)
     if not strings:
+        dim = int(getattr(getattr(model, "config", None), "hidden_size", 0) or 0)
         return np.zeros((0, dim), dtype=np.float32)
-
     # One tokenizer call for all texts (fast tokenizers batch this in Rust), no padding yet.
-    enc = tokenizer(strings, truncation=True, max_length=int(max_length), padding=False)
-    ids = enc["input_ids"]
+    ids = tokenizer(strings, truncation=True, max_length=int(max_length), padding=False)["input_ids"]
+    return embed_ids(model, ids, pad_id=tokenizer.pad_token_id, batch_size=batch_size, normalize=normalize)
+
+
+def embed_ids(model, ids: Sequence[Sequence[int]], *, pad_id: int | None = None, batch_size: int = 64,
+              normalize: bool = True) -> np.ndarray:
+    """Embed texts already tokenised (``ids``: N lists of token ids of the model's vocabulary,
+    special tokens included as the model expects them) by mean pooling; see :func:`embed`.
+
+    Args:
+        pad_id: the id that pads a batch (masked out; default 0).
+
+    Returns:
+        ``(N, D)`` float32 array in the order of ``ids``.
+    """
+    import torch
+
+    dim = int(getattr(getattr(model, "config", None), "hidden_size", 0) or 0)
+    if not ids:
+        return np.zeros((0, dim), dtype=np.float32)
     order = np.argsort([-len(x) for x in ids], kind="stable")  # longest first: OOM shows early
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad_id = pad_id if pad_id is not None else 0
     device = next(model.parameters()).device
 
     out = None  # (N, D), allocated once D is known from the first batch
@@ -105,7 +120,7 @@ def embed(model, tokenizer, texts: Sequence[Any], *, batch_size: int = 64, max_l
                 mask = torch.zeros((len(rows), T), dtype=torch.long)
                 for j, i in enumerate(rows):
                     n = len(ids[i])
-                    input_ids[j, :n] = torch.tensor(ids[i], dtype=torch.long)
+                    input_ids[j, :n] = torch.tensor(list(ids[i]), dtype=torch.long)
                     mask[j, :n] = 1
                 input_ids, mask = input_ids.to(device), mask.to(device)
                 hidden = model(input_ids=input_ids, attention_mask=mask)[0]  # (B, T, D)
@@ -113,7 +128,7 @@ def embed(model, tokenizer, texts: Sequence[Any], *, batch_size: int = 64, max_l
                 if normalize:
                     vec = torch.nn.functional.normalize(vec, p=2, dim=1)
                 if out is None:
-                    out = np.empty((len(strings), vec.shape[1]), dtype=np.float32)
+                    out = np.empty((len(ids), vec.shape[1]), dtype=np.float32)
                 out[rows] = vec.cpu().numpy()
     finally:
         model.train(was_training)

@@ -1,4 +1,4 @@
-"""Check a GGUF file before transformers dequantises it (C02).
+"""Check a GGUF file before transformers dequantises it: a broken, truncated or unsupported file is one line.
 
 Reads only the header (format: https://github.com/ggml-org/ggml/blob/master/docs/gguf.md):
 magic ``GGUF``, version, tensor count, key/value metadata, tensor infos; then compares the

@@ -204,7 +204,7 @@ def prepare(spec: str) -> None:
 
 def _unmark_gguf_quantized(model) -> None:
     """transformers marks a GGUF-loaded model as quantised although its weights are dequantised
-    float tensors; Trainer, peft and ``save_pretrained`` then refuse it (C01). Clear the marks."""
+    float tensors; Trainer, peft and ``save_pretrained`` then refuse it. Clear the marks."""
     for m in (model, getattr(model, "base_model", None)):
         if m is None:
             continue
@@ -229,7 +229,7 @@ def _own_storage(model) -> None:
     """Give every tensor memory of its own when it is backed by a memory-mapped file.
 
     safetensors loads map the file; such storages cannot be resized, so an autograd graph that
-    still points at a weight would keep the whole mapping alive after unload (C06). Owned
+    still points at a weight would keep the whole mapping alive after unload. Owned
     storages can be released in place (``untyped_storage().resize_(0)``) by the manager.
     """
     import torch
@@ -347,7 +347,7 @@ def _load_impl(spec: str, task: str | None = None, *, labels: list[str] | None =
     if task == "seq-cls":
         from .pooling import pool_by_attention_mask
 
-        pool_by_attention_mask(model)  # decoder classifiers: last real token by the mask (C03)
+        pool_by_attention_mask(model)  # decoder classifiers: last real token by the mask
         lab = [model.config.id2label[i] for i in range(model.config.num_labels)]
     return Loaded(model, tok, task, src, dtype, device, count_params(model), time.perf_counter() - t0,
                   labels=lab, quantization=quant)

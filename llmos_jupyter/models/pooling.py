@@ -4,7 +4,7 @@ pool the last *real* token, found from ``attention_mask``.
 transformers' ``GenericForSequenceClassification`` pools the rightmost token that is not
 ``pad_token_id``. Llama-type tokenizers have no pad token, so the pad token is usually the eos
 token (SmolLM2: ``<|im_end|>``, id 2); a text that really ends with eos then has that token taken
-for padding and pooled one position early (C03). The mask knows which tokens are real, on either
+for padding and pooled one position early. The mask knows which tokens are real, on either
 padding side: :func:`pool_by_attention_mask` makes a model pool at the last position where
 ``attention_mask == 1`` and derive ``position_ids`` from the mask
 (``cumsum(mask) - 1``), so a left-padded row sees the same positions as the row run alone —

@@ -3,8 +3,8 @@
 transformers calls an attention function as ``fn(module, query, key, value, attention_mask,
 dropout=, scaling=, is_causal=, **kwargs)`` with query (B, H, S_q, D), key/value (B, H_kv, S_k, D),
 and expects ``(output (B, S_q, H, D), weights or None)``. A custom function only receives a
-padding mask if a mask function is registered under the same name (case C04 in
-shared/cases/padding.md), so :func:`register` registers ``sdpa_mask`` with it: boolean 4-D masks,
+padding mask if a mask function is registered under the same name (without it a left-padded
+batch attends to its pad tokens and the real tokens' logits drift by ~19), so :func:`register` registers ``sdpa_mask`` with it: boolean 4-D masks,
 True = attend, or ``None`` when plain causal / full attention is exact.
 
 The fallback is as visible as the fast path: every case the kernels do not cover goes to

@@ -2,7 +2,7 @@
 
 ipykernel routes output by the *parent header* of the request being handled. A thread started
 from a cell sees the last parent set from any thread, so its later output lands in whichever
-cell runs then (C12). :func:`keep_output_parent` captures the starting cell's parent when the
+cell runs then. :func:`keep_output_parent` captures the starting cell's parent when the
 function is wrapped and sets it as the *thread's own* parent inside the thread (ipykernel ≥ 6.?
 ``ZMQInteractiveShell.set_thread_parent``; older kernels fall back to the streams'
 thread-local setters). See ``ipykernel/zmqshell.py`` and ``ipykernel/iostream.py``.
@@ -51,6 +51,23 @@ def set_output_parent(parent) -> None:
                 setter(parent)
             except Exception:
                 pass
+
+
+def detach_output() -> None:
+    """Give this thread an empty parent header, so what it prints or sends is not attributed to
+    whichever cell happens to be running (ipykernel >= 7 keeps the shell parent in a ContextVar
+    that threads otherwise inherit from the last request). For threads that belong to no cell:
+    the side panel's push thread, the ``%llm serve`` threads. Best effort: older kernels keep the
+    old routing."""
+    try:
+        from ipykernel.kernelbase import Kernel
+
+        if Kernel.initialized():
+            var = getattr(Kernel.instance(), "_shell_parent", None)
+            if var is not None and hasattr(var, "set"):
+                var.set({})
+    except Exception:
+        pass
 
 
 def keep_output_parent(fn):

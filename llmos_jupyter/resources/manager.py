@@ -1,13 +1,13 @@
 """The resource manager: the one owner of loaded models in this kernel.
 
-Policy (DESIGN.md, "Resource manager policy"):
+Policy (see docs/architecture.md, "Resources"):
 
 * **Estimate before load** (:func:`llmos_jupyter.models.loading.estimate`), then **admit** when
   the estimate fits the device budget (default 90% of the device's memory) *and* is ≤ 80% of
   the memory free right now (Ollama's scheduler rule).
 * Otherwise **evict** idle models — never pinned, never in use — choosing the smallest set that
   frees enough, least recently used first. Each eviction is reported in one line.
-* **Unload really frees** (C06): the manager's references, IPython's output history (``Out``,
+* **Unload really frees**: the manager's references, IPython's output history (``Out``,
   ``_``, ``__``, ``___``, ``_N``), ``sys.last_traceback``, and the tensors' storage itself (so
   autograd graphs that still point at the weights do not keep them); then ``gc`` and the
   allocator caches. The memory that came back is measured and reported.
@@ -40,7 +40,7 @@ from .memory import format_duration, format_size, parse_duration, parse_size, pr
 
 @dataclass
 class ModelRecord:
-    """What the manager knows about one model (see DESIGN.md for the fields)."""
+    """What the manager knows about one model: its alias, source, task, engine, device, state, memory and use."""
 
     alias: str
     source: str
@@ -304,7 +304,7 @@ class ModelManager:
             90% of their total memory.
     """
 
-    BUDGET_FRACTION = 0.90  # default budget: 90% of the device's memory (DESIGN.md)
+    BUDGET_FRACTION = 0.90  # default budget: 90% of the device's memory
     FREE_FRACTION = 0.80    # admit only when the estimate is ≤ 80% of free memory (Ollama)
     REAP_MAX_SLEEP_S = 5.0  # the reaper wakes at the next expiry, or at least this often
 

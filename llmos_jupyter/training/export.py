@@ -2,7 +2,7 @@
 for a model trained by a run, ``llmos_manifest.json``), loadable with
 ``transformers.AutoModelFor*.from_pretrained(path)`` and nothing of llmos.
 
-Safety (shared/DESIGN.md, "exports never write outside the folder named"): every file is written
+Safety (exports never write outside the folder named): every file is written
 inside the folder named — first into a hidden staging folder inside it, then renamed into place —
 and after writing, every path under the folder is checked to resolve inside it (no symlink
 escapes). An existing non-empty folder is refused unless ``overwrite=True``; then its old entries

@@ -4,11 +4,11 @@ One function, :func:`finetune`, with the whole loop in view: tokenise once (cach
 length-grouped batches padded per batch, AdamW with linear warmup/decay, gradient clipping,
 periodic evaluation, cancel at step boundaries, and a safetensors checkpoint written atomically.
 
-Reproducibility (shared/cases/repro.md, C09): the run seeds every RNG at its start and
+Reproducibility (same seed, same result): the run seeds every RNG at its start and
 re-initialises a classification head that no run has trained yet from the run seed, so the result
 depends on (starting weights, data, config) only — not on what the RNGs did before the call.
 
-LoRA (shared/cases/lora.md, C05): adapters come from peft with ``task_type=SEQ_CLS``, which
+LoRA (the head of a LoRA classifier is trained, saved and reloaded): adapters come from peft with ``task_type=SEQ_CLS``, which
 puts the head (``classifier`` / ``score``) in ``modules_to_save``: it is trained and saved in
 ``adapter_model.safetensors`` next to the adapters.
 
@@ -172,7 +172,7 @@ def _fmt(v: Any) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# head initialisation (C09)
+# head initialisation (same seed, same result)
 
 
 def untrained_head_params(model: Any) -> list[str]:

@@ -20,13 +20,15 @@ class FakeAPI:
         self.listeners: list = []
         self.hardware_calls = 0
         self.fail_hardware = False
+        self.server: dict | None = None
 
     # -- the contract -----------------------------------------------------------------------
     def state(self) -> dict:
         with self.lock:
             return {"models": [dict(m) for m in self.models.values()],
                     "jobs": [dict(j) for j in self.jobs.values()],
-                    "datasets": [dict(d) for d in self.datasets]}
+                    "datasets": [dict(d) for d in self.datasets],
+                    "server": dict(self.server) if self.server else None}
 
     def hardware(self) -> dict:
         self.hardware_calls += 1
@@ -60,7 +62,21 @@ class FakeAPI:
             self.jobs[job_id]["state"] = "cancelled"
         self.emit({"kind": "job", "id": job_id, "state": "cancelled"})
 
+    def serve_stop(self) -> None:
+        with self.lock:
+            self.server = None
+        self.emit({"kind": "serve", "state": "stopped"})
+
     # -- test helpers -----------------------------------------------------------------------
+    def serve(self, models=("tiny",)) -> None:
+        """A running `%llm serve` server as ``api.state()["server"]`` shows it (token included:
+        the comm must not send it)."""
+        with self.lock:
+            self.server = {"url": "http://127.0.0.1:8765", "base_url": "http://127.0.0.1:8765/v1",
+                           "models": list(models), "requests": 12, "failed": 1, "in_flight": 2, "queued": 3,
+                           "tokens_per_s": 41.5, "token": "llmos-secret"}
+        self.emit({"kind": "serve", "state": "started"})
+
     def emit(self, event: dict) -> None:
         with self.lock:
             listeners = list(self.listeners)

@@ -147,6 +147,20 @@ def test_cancel_action_maps_the_string_id_to_the_job(panel):
     panel.wait_for(lambda d: is_state(d) and d["jobs"][0]["state"] == "cancelled", comm_id=cid)
 
 
+def test_server_field_and_stop_server_action(panel):
+    cid = panel.open()
+    _, snap, _ = panel.wait_for(is_state, comm_id=cid)
+    assert snap["server"] is None
+    panel.execute("fake.serve(['tiny', 'minilm'])")
+    _, snap, _ = panel.wait_for(lambda d: is_state(d) and d["server"], comm_id=cid)
+    assert snap["server"] == {"url": "http://127.0.0.1:8765", "base_url": "http://127.0.0.1:8765/v1",
+                              "models": ["tiny", "minilm"], "requests": 12, "failed": 1, "in_flight": 2,
+                              "queued": 3, "tokens_per_s": 41.5}  # never the token
+    panel.send(cid, {"type": "action", "action": "stop-server", "target": "", "id": "s1"})
+    panel.wait_for(lambda d: d.get("id") == "s1", comm_id=cid, type_="ack")
+    panel.wait_for(lambda d: is_state(d) and d["server"] is None, comm_id=cid)
+
+
 def test_refresh_sends_a_fresh_snapshot(panel):
     cid = panel.open()
     panel.wait_for(is_state, comm_id=cid)

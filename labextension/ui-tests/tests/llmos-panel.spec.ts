@@ -3,7 +3,8 @@
  * load a tiny random BERT with %llm and see it with its size; fine-tune it on a data set made in
  * the notebook through the real job path (background: progress, loss, samples/s, done; a second
  * one cancelled from the panel; foreground: the bar moves while the cell runs); unload the model
- * from the panel and see `%llm ps` empty; screenshots into <repo>/artifacts.
+ * from the panel and see `%llm ps` empty; start `%llm serve` and stop it with the panel's Stop
+ * button; screenshots into <repo>/artifacts.
  */
 import { expect, test } from '@jupyterlab/galata';
 import * as path from 'path';
@@ -154,6 +155,15 @@ test.describe('LLM OS panel', () => {
     await expect(panel.status).toHaveText('Paused');
     await panel.root.getByRole('button', { name: 'Resume updates' }).click();
     await expect(panel.status).toHaveText('Live');
+    // `%llm serve` shows the server with its URL and load; the panel's Stop button stops it.
+    const served = await panel.run('%llm serve');
+    expect(served).toContain('http://127.0.0.1:');
+    const server = panel.root.getByRole('region', { name: 'Server' });
+    await expect(server).toContainText(/http:\/\/127\.0\.0\.1:\d+\/v1/, { timeout: 30000 });
+    await expect(server).toContainText('0 served · 0 in flight · 0 queued');
     await panel.root.screenshot({ path: path.join(ARTIFACTS, 'llmos-panel-dark.png') });
+    await panel.root.getByRole('button', { name: 'Stop server' }).click();
+    await expect(server).toHaveCount(0, { timeout: 30000 });
+    expect(await panel.run('%llm serve status')).toContain('no server is running');
   });
 });

@@ -316,6 +316,21 @@ class Engine(abc.ABC):
         Raises:
             UsageError: bad settings; a prompt that does not fit the context window.
         """
+        ids, settings, stats = self.prepare(prompt, settings, add_special_tokens=add_special_tokens, notify=notify)
+        cancel = cancel or threading.Event()
+        return Stream(self._guarded(ids, settings, stats, cancel), stats, cancel)
+
+    def prepare(self, prompt: str, settings: GenerationSettings | None = None, *, add_special_tokens: bool = True,
+                notify: Callable[[str], None] | None = None) -> tuple[list[int], GenerationSettings, GenerationStats]:
+        """Tokenise ``prompt`` and fit it into the context window, before anything decodes.
+
+        Returns:
+            ``(prompt token ids, the settings with max_new_tokens capped to the room left, a
+            fresh GenerationStats whose clock starts now)``.
+
+        Raises:
+            UsageError: bad settings; an empty prompt; a prompt that does not fit the context window.
+        """
         settings = (settings or GenerationSettings()).check()
         ids = self.tokenize(prompt, add_special_tokens=add_special_tokens)
         if not ids:
@@ -326,9 +341,7 @@ class Engine(abc.ABC):
                    f"positions and the prompt takes {len(ids):,})")
         settings = GenerationSettings(n, settings.temperature, settings.top_p, settings.seed, settings.stop,
                                       dict(settings.extra))
-        stats = GenerationStats(self.name, prompt_tokens=len(ids), capped_from=capped)
-        cancel = cancel or threading.Event()
-        return Stream(self._guarded(ids, settings, stats, cancel), stats, cancel)
+        return ids, settings, GenerationStats(self.name, prompt_tokens=len(ids), capped_from=capped)
 
     def _guarded(self, ids, settings, stats, cancel) -> Iterator[str]:
         """Run :meth:`_stream` under the engine lock, applying stop strings and timing."""

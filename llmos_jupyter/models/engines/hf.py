@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Iterator
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Optional
 
-from ...errors import UsageError
-from .base import Engine, GenerationSettings, GenerationStats
+from ...errors import LLMOSError, UsageError
+from .base import Engine, GenerationSettings, GenerationStats, StopStrings
 
 JOIN_S = 5.0  # how long the caller waits for a cancelled generate() to return (one token is ~0.1 s)
 
@@ -81,6 +82,106 @@ class TransformersEngine(Engine):
             kw.update(temperature=None, top_p=None, top_k=None)
         kw.update(extra)
         return kw
+
+    def generate_batch(self, rows: list["BatchRow"]) -> None:
+        """Decode several prompts in one ``model.generate`` call (static batching), in this thread.
+
+        The prompts are padded on the left to the longest (``attention_mask`` 0 on the pads, so
+        transformers derives each row's positions from its own tokens) and decoded together;
+        greedy rows give the same tokens as the prompt alone (tested in
+        ``tests/serve/test_batching.py``). Each row keeps its own ``max_new_tokens``, stop
+        strings, end token and cancel event: a finished or cancelled row is marked done in a
+        ``StoppingCriteria`` (transformers pads it from then on) and ``generate`` returns when
+        every row is done. Pieces reach ``row.on_piece`` as they decode (the UTF-8 of a character
+        split over two tokens is held back until whole), and join to the row's full text.
+        Sampling settings (temperature, top_p, extra) must be the same for every row; a sampling
+        row with a ``seed`` must be alone (one seed seeds the whole batch).
+
+        Holds :attr:`lock` for the whole call (one decode at a time per engine). See
+        https://huggingface.co/docs/transformers/main_classes/text_generation (``generate``,
+        ``streamer``, ``stopping_criteria``) and the padding side note in
+        https://huggingface.co/docs/transformers/llm_tutorial#wrong-padding-side.
+
+        Args:
+            rows: from :meth:`prepare` (``ids``, ``settings``, ``stats``), a cancel event and a
+                callback; ``row.stats`` is filled (tokens, ttft, total, finish reason).
+
+        Raises:
+            UsageError: rows with different sampling settings, a seeded sampling row in a batch,
+                num_beams > 1.
+            LLMOSError: ``generate`` failed (one line; every row gets ``finish_reason='error'``).
+        """
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
+        from transformers.generation.streamers import BaseStreamer
+
+        if not rows:
+            return
+        first = rows[0].settings
+        key = _sampling_key(first)
+        if any(_sampling_key(r.settings) != key for r in rows):
+            raise UsageError("rows of one batch must share temperature, top_p and extra generate arguments")
+        if len(rows) > 1 and not first.greedy and any(r.settings.seed is not None for r in rows):
+            raise UsageError("a seeded sampling request decodes alone (one seed seeds the whole batch)")
+        kw = self._generate_kwargs(GenerationSettings(max(r.settings.max_new_tokens for r in rows), first.temperature,
+                                                      first.top_p, first.seed, (), dict(first.extra)))
+        model, tok = self.model, self.tokenizer
+        if model is None:
+            raise LLMOSError("this model was unloaded; load it again with `%llm load`")
+        eos = _eos_ids(model, tok)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else (min(eos) if eos else 0)
+        width = max(len(r.ids) for r in rows)
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):  # left padding: every row's last prompt token sits at column width-1
+            ids[i, width - len(r.ids):] = torch.tensor(r.ids, dtype=torch.long)
+            mask[i, width - len(r.ids):] = 1
+        states = [_RowState(r, StopStrings(r.settings.stop)) for r in rows]
+
+        class Rows(BaseStreamer):
+            """Hands each row's new token to its state (the first ``put`` is the prompt)."""
+
+            prompt_seen = False
+
+            def put(self, value):
+                if not self.prompt_seen:
+                    self.prompt_seen = True
+                    return
+                flat = value.reshape(-1).tolist()
+                for st, t in zip(states, flat):
+                    st.step(t, eos, tok)
+
+            def end(self):
+                pass
+
+        class Done(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                for st in states:  # a client gone while its row waited for the next token
+                    if not st.done and st.row.cancel.is_set():
+                        st.finish("cancelled", tok)
+                return torch.tensor([st.done for st in states], dtype=torch.bool, device=input_ids.device)
+
+        with self.lock:
+            try:
+                if first.seed is not None and not first.greedy:
+                    torch.manual_seed(first.seed)
+                with torch.inference_mode():
+                    model.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
+                                   streamer=Rows(), pad_token_id=pad, stopping_criteria=StoppingCriteriaList([Done()]),
+                                   **kw)
+            except Exception as e:
+                msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                for st in states:  # the caller reports the error to the rows still open
+                    if not st.done:
+                        st.done, st.row.stats.finish_reason = True, "error"
+                        st.row.stats.total_s = time.perf_counter() - st.row.stats.started
+                raise LLMOSError(f"generation failed: {type(e).__name__}: {msg[:200]}") from None
+            finally:
+                for st in states:
+                    if not st.done:  # generate ended at the batch's max_new_tokens
+                        st.finish("length", tok)
+                if rows:
+                    self.last_stats = rows[-1].stats
 
     def _stream(self, prompt_ids: list[int], settings: GenerationSettings, stats: GenerationStats,
                 cancel: threading.Event) -> Iterator[str]:
@@ -159,3 +260,78 @@ def _eos_ids(model, tokenizer) -> set:
         elif isinstance(v, (list, tuple)):
             out.update(int(x) for x in v)
     return out
+
+
+def _sampling_key(s: GenerationSettings) -> tuple:
+    """What rows of one batch must share: greedy, or the same temperature/top_p; extra arguments."""
+    return (s.greedy, None if s.greedy else (float(s.temperature), s.top_p), tuple(sorted(map(repr, s.extra.items()))))
+
+
+@dataclass
+class BatchRow:
+    """One prompt of :meth:`TransformersEngine.generate_batch`.
+
+    Attributes:
+        ids, settings, stats: what :meth:`Engine.prepare` returned for the prompt.
+        on_piece: called with each piece of text, from the decoding thread.
+        cancel: set it to drop this row at its next token (the others go on).
+        on_done: called once when this row ends (its ``stats`` final), while the others may
+            still decode.
+    """
+
+    ids: list
+    settings: GenerationSettings
+    stats: GenerationStats
+    on_piece: Callable[[str], None]
+    cancel: threading.Event = field(default_factory=threading.Event)
+    on_done: Optional[Callable[[], None]] = None
+
+
+class _RowState:
+    """Decoding state of one batch row: its tokens, the text sent so far, its stop strings."""
+
+    def __init__(self, row: BatchRow, stops: StopStrings):
+        self.row, self.stops, self.tokens, self.sent, self.done = row, stops, [], 0, False
+
+    def _emit(self, text: str) -> None:
+        out = self.stops.feed(text)
+        if out:
+            self.row.on_piece(out)
+
+    def step(self, token: int, eos: set, tok) -> None:
+        if self.done:
+            return
+        st = self.row.stats
+        if self.row.cancel.is_set():
+            return self.finish("cancelled", tok)
+        if st.ttft_s is None:
+            st.ttft_s = time.perf_counter() - st.started
+        if token in eos:
+            return self.finish("stop", tok)
+        self.tokens.append(token)
+        st.completion_tokens = len(self.tokens)
+        text = tok.decode(self.tokens, skip_special_tokens=True)
+        if not text.endswith("\ufffd"):  # a character split over tokens waits to be whole
+            new, self.sent = text[self.sent:], len(text)
+            self._emit(new)
+            if self.stops.stopped:
+                return self.finish("stop", tok)
+        if len(self.tokens) >= self.row.settings.max_new_tokens:
+            self.finish("length", tok)
+
+    def finish(self, reason: str, tok) -> None:
+        if self.done:
+            return
+        self.done = True
+        st = self.row.stats
+        if reason != "cancelled" and not self.stops.stopped:
+            text = tok.decode(self.tokens, skip_special_tokens=True) if self.tokens else ""
+            self._emit(text[self.sent:])
+            self.sent = len(text)
+            tail = self.stops.flush()
+            if tail:
+                self.row.on_piece(tail)
+        st.finish_reason = "stop" if self.stops.stopped else reason
+        st.total_s = time.perf_counter() - st.started
+        if self.row.on_done is not None:
+            self.row.on_done()

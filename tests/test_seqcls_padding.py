@@ -1,4 +1,4 @@
-"""C03: a Llama-type model (SmolLM2, pad token = eos) as a sequence classifier on a padded batch.
+"""A Llama-type model (SmolLM2, pad token = eos) as a sequence classifier on a padded batch.
 
 Each row's logits must equal the same text run alone within 1e-5, padded left and right, and a
 real trailing eos must be pooled as a real token (transformers' own pooling takes it for padding).
@@ -38,7 +38,7 @@ def smollm2_cls():
     return L
 
 
-def test_c03_smollm2_seq_cls_padded_batch(smollm2_cls):
+def test_smollm2_seq_cls_pools_the_last_real_token_in_a_padded_batch(smollm2_cls):
     import torch
 
     model, tok = smollm2_cls.model, smollm2_cls.tokenizer
@@ -61,7 +61,7 @@ def test_c03_smollm2_seq_cls_padded_batch(smollm2_cls):
     assert (hf[0] - alone[0]).abs().max().item() <= 1e-4
 
 
-def test_c03_tiny_llama_classifier_trains_with_padding(tiny_llama, tmp_path):
+def test_tiny_llama_classifier_trains_with_padding(tiny_llama, tmp_path):
     """The mask pooling survives LoRA wrapping (peft calls the instance's forward) and a save/reload."""
     import torch
     from peft import LoraConfig, TaskType, get_peft_model

@@ -1,4 +1,4 @@
-"""C01 (shared/cases/gguf.md): the SmolLM2 GGUF, loaded through the API, is fine-tuned (LoRA and
+"""A GGUF causal LM trains, saves and reloads: the SmolLM2 GGUF, loaded through the API, is fine-tuned (LoRA and
 full, causal-lm SFT on two instruction/response pairs), exported, and reloaded with plain
 ``AutoModelForCausalLM.from_pretrained(export_dir)`` with the same greedy logits.
 
@@ -29,7 +29,7 @@ def _probe(model, tok, n_new=8):
     return logits, out[0, enc["input_ids"].shape[1]:].tolist()
 
 
-def test_c01_gguf_finetune_export_reload(fresh_api, pulled, tmp_path):
+def test_gguf_finetune_export_reload(fresh_api, pulled, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging
@@ -78,5 +78,5 @@ def test_c01_gguf_finetune_export_reload(fresh_api, pulled, tmp_path):
     assert next(back.parameters()).dtype == torch.float32
     delta = (back_logits - mem_logits).abs().max().item()
     assert delta == 0.0 and back_greedy == mem_greedy
-    print(f"C01: LoRA loss {lo[0]:.3f} -> {lo[-1]:.3f}, full loss {fl[0]:.3f} -> {fl[-1]:.3f}; "
+    print(f"GGUF fine-tune: LoRA loss {lo[0]:.3f} -> {lo[-1]:.3f}, full loss {fl[0]:.3f} -> {fl[-1]:.3f}; "
           f"merged-LoRA export max|Δ| {d_lora:.2e}; full export max|Δ| {delta}; greedy {tok.decode(back_greedy)!r}")
