@@ -33,7 +33,7 @@ if not torch.cuda.is_available():  # must precede the kernel module's import (tr
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
-from llmos_jupyter.ops import attention  # noqa: E402
+from llmos_jupyter.ops import attention, registration  # noqa: E402
 
 S_ALL = [512, 1024, 2048, 4096, 8192, 16384]
 S_QUICK = [1024, 4096, 16384]
@@ -121,7 +121,7 @@ def bench_kernels(s_values, modes=("fwd", "fwd+bwd")) -> None:
 def bench_end_to_end(impls, model_path: str | None) -> None:
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    attention.register()
+    registration.register()
     print("\nend to end, bf16: training = forward+backward tokens/s (B=4, S=2048); "
           "generate = new tokens/s (B=16, prompt 256, 128 new, greedy)")
     for impl in impls:

@@ -300,9 +300,9 @@ def _load_impl(spec: str, task: str | None = None, *, labels: list[str] | None =
     auto = auto_class(task)
     device, dtype = choose_device_dtype(device, dtype)
     if attn_implementation in ("triton", "llmos_triton"):
-        from ..ops import attention
+        from ..ops import registration
 
-        attn_implementation = attention.register()
+        attn_implementation = registration.register()
     kw: dict = {"trust_remote_code": trust_remote_code, **_hub_kwargs(src)}
     quant = None
     if src.kind == "gguf":

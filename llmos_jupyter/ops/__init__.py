@@ -12,6 +12,8 @@ __all__ = ["flash_attention", "is_available", "register"]
 
 
 def __getattr__(name: str):
+    if name == "register":
+        return importlib.import_module("llmos_jupyter.ops.registration").register
     if name in __all__:
         return getattr(importlib.import_module("llmos_jupyter.ops.attention"), name)
     raise AttributeError(f"module 'llmos_jupyter.ops' has no attribute {name!r}")

@@ -51,7 +51,7 @@ except ImportError as exc:  # no Triton wheel for this platform: is_available() 
     triton, tl = _NoTriton(), None
     _TRITON_IMPORT_ERROR = f"Triton is not installed ({exc})"
 
-__all__ = ["FlashAttentionFunction", "flash_attention", "is_available", "register", "NAME", "USE_TRITON"]
+__all__ = ["FlashAttentionFunction", "flash_attention", "is_available", "NAME", "USE_TRITON"]
 
 NAME = "llmos_triton"  # the attn_implementation name in transformers
 
@@ -607,17 +607,3 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal
         raise UsageError(f"the Triton attention kernels cannot run here: {why}")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     return FlashAttentionFunction.apply(q, k, v, mask, bool(causal), scale)
-
-
-def register() -> str:
-    """Register ``"llmos_triton"`` with transformers and return that name. Idempotent.
-
-    Registers the attention function (``AttentionInterface``) together with ``sdpa_mask`` as its
-    mask function (``AttentionMaskInterface``), so models get boolean 4-D padding masks rather
-    than ``attention_mask=None``. Afterwards
-    ``AutoModel.from_pretrained(..., attn_implementation="llmos_triton")`` works for models that
-    support attention backends (Llama-type, BERT-type, ...). See :mod:`llmos_jupyter.ops.registration`.
-    """
-    from llmos_jupyter.ops.registration import register as _register
-
-    return _register()

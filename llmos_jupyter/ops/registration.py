@@ -98,8 +98,15 @@ def llmos_triton_attention_forward(module, query, key, value, attention_mask, dr
 
 
 def register() -> str:
-    """Register ``"llmos_triton"`` in transformers' ``AttentionInterface`` and, with ``sdpa_mask``,
-    in its ``AttentionMaskInterface``. Idempotent; returns the name."""
+    """Register ``"llmos_triton"`` with transformers and return that name. Idempotent.
+
+    Registers the attention function (``AttentionInterface``) together with ``sdpa_mask`` as its
+    mask function (``AttentionMaskInterface``), so models get boolean 4-D padding masks rather
+    than ``attention_mask=None``. Afterwards
+    ``AutoModel.from_pretrained(..., attn_implementation="llmos_triton")`` works for models that
+    support attention backends (Llama-type, BERT-type, ...).
+    Source: https://huggingface.co/docs/transformers/attention_interface
+    """
     from transformers import AttentionInterface, AttentionMaskInterface
     from transformers.masking_utils import sdpa_mask
 

@@ -62,7 +62,7 @@ def kernel_calls(monkeypatch):
 
 def _load(cls, path, impl, device):
     if impl == attention.NAME:
-        assert attention.register() == attention.NAME
+        assert registration.register() == attention.NAME
     return cls.from_pretrained(path, attn_implementation=impl, dtype=torch.float32).to(device).eval()
 
 
@@ -81,8 +81,8 @@ def _batch(lengths, side, device, seed=1):
 
 
 def test_register_is_idempotent_and_registers_the_mask_function():
-    assert attention.register() == "llmos_triton"
-    assert attention.register() == "llmos_triton"
+    assert registration.register() == "llmos_triton"
+    assert registration.register() == "llmos_triton"
     assert AttentionInterface._global_mapping["llmos_triton"] is registration.llmos_triton_attention_forward
     assert AttentionMaskInterface._global_mapping["llmos_triton"] is sdpa_mask
 
@@ -224,8 +224,8 @@ def test_without_gpu_or_interpreter_the_model_falls_back_to_sdpa_with_a_notice()
     code = """
 import warnings, torch
 from transformers import LlamaConfig, LlamaForCausalLM
-from llmos_jupyter.ops import attention
-attention.register()
+from llmos_jupyter.ops import attention, registration
+registration.register()
 torch.manual_seed(0)
 cfg = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                   num_attention_heads=2, num_key_value_heads=1, head_dim=16)

@@ -15,7 +15,7 @@ def test_smollm2_left_padded_batch_matches_sdpa(pulled):
     real = enc["attention_mask"].bool()
     with torch.no_grad():
         ref = model(**enc).logits
-        from llmos_jupyter.ops.attention import register
+        from llmos_jupyter.ops.registration import register
 
         model.set_attn_implementation(register())
         assert model.config._attn_implementation == "llmos_triton"
