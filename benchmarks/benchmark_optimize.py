@@ -228,7 +228,7 @@ def choose_int8(args) -> None:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from llmos_jupyter.optimize.measure import encode_batches
-    from llmos_jupyter.optimize.quantize import _quiet_torchao, _quantize_dynamic
+    from llmos_jupyter.optimize.quantize import _quantize_dynamic, _quiet_torchao
     from llmos_jupyter.pull import ensure_pulled
 
     with _quiet_torchao():

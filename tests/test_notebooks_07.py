@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 
 import pytest
-
 from test_notebooks import execute
 
 ROWS = 400  # 340 train / 60 test: one test row is 1.67 accuracy points

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import copy
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 from ..display import Table
 from ..errors import UsageError
@@ -43,9 +44,9 @@ class Plan:
         recover_epochs: epochs of fine-tuning after pruning (0: none).
     """
 
-    quantize: Optional[str] = None
-    prune: Optional[float] = None
-    structured: Optional[tuple] = None
+    quantize: str | None = None
+    prune: float | None = None
+    structured: tuple | None = None
     compile: bool = False
     recover_epochs: int = 0
 
@@ -81,9 +82,9 @@ class Plan:
                 "compile": self.compile, "recover_epochs": self.recover_epochs}
 
 
-def check_plan(*, quantize: Optional[str] = None, prune: Any = None, structured: Any = None, compile: bool = False,
+def check_plan(*, quantize: str | None = None, prune: Any = None, structured: Any = None, compile: bool = False,
                recover_epochs: Any = 0, task: str = "seq-cls", device: str = "cpu", model: Any = None,
-               optimized: Optional[dict] = None) -> Plan:
+               optimized: dict | None = None) -> Plan:
     """Validate every option before anything runs (one line each).
 
     Args:
@@ -173,11 +174,11 @@ def prepare(plan: Plan) -> None:
     elif plan.quantize in quantize_mod.TORCHAO_LEVELS or plan.quantize == "int8":
         quantize_mod._torchao()
     if plan.prune is not None:
-        import torch.nn.utils.prune  # noqa: F401
+        import torch.nn.utils.prune
         import transformers.pytorch_utils  # noqa: F401
     if plan.compile:
-        import torch._dynamo  # noqa: F401
-        import torch._inductor  # noqa: F401
+        import torch._dynamo
+        import torch._inductor
 
 
 def _usage(device: str) -> dict:
@@ -210,7 +211,7 @@ class Result:
     model: Any
     plan: Plan
     info: dict = field(default_factory=dict)
-    compile_s: Optional[float] = None
+    compile_s: float | None = None
 
     def metrics(self) -> dict:
         """Flat numbers for the run registry: ``before.X`` / ``after.X`` for every measured
@@ -232,7 +233,7 @@ class Result:
         return out
 
     def table(self, src_alias: str, new_alias: str, *, task: str, batch_size: int, threads: int,
-              rows_evaluated: Optional[int] = None, split: Optional[str] = None, run_id: Optional[str] = None) -> Table:
+              rows_evaluated: int | None = None, split: str | None = None, run_id: str | None = None) -> Table:
         """The before/after table (see :func:`report_rows`); ``table.data`` holds raw numbers."""
         rows, data = report_rows(self, task=task, batch_size=batch_size, split=split)
         notes = [f"{self.plan.describe()}; {threads} threads"]
@@ -258,14 +259,14 @@ class Result:
         return t
 
 
-def _ratio(b: Optional[float], a: Optional[float], *, smaller_better: bool, word: str) -> str:
+def _ratio(b: float | None, a: float | None, *, smaller_better: bool, word: str) -> str:
     if not b or not a:
         return "-"
     r = b / a if smaller_better else a / b
     return f"{r:.2f}x {word}" if r >= 1 else f"{1 / r:.2f}x {'larger' if word == 'smaller' else 'slower'}"
 
 
-def report_rows(result: Result, *, task: str, batch_size: int, split: Optional[str] = None) -> tuple[list, list]:
+def report_rows(result: Result, *, task: str, batch_size: int, split: str | None = None) -> tuple[list, list]:
     """``(rows, data)`` of the table: formatted cells and ``{"measure", "before", "after",
     "change"}`` dicts with the raw numbers (bytes, ms, samples/s, metric values)."""
     b, a = result.before, result.after
@@ -323,9 +324,9 @@ def report_rows(result: Result, *, task: str, batch_size: int, split: Optional[s
     return rows, data
 
 
-def run(model: Any, tokenizer: Any, plan: Plan, *, task: str, batches: Optional[list] = None, prompt: str = "",
-        evaluate: Optional[Callable[[Any], dict]] = None, recover: Optional[Callable[[Any], dict]] = None,
-        folder: Optional[Path] = None, auto_class: str = "", repeats: int = 3, max_new_tokens: int = 32,
+def run(model: Any, tokenizer: Any, plan: Plan, *, task: str, batches: list | None = None, prompt: str = "",
+        evaluate: Callable[[Any], dict] | None = None, recover: Callable[[Any], dict] | None = None,
+        folder: Path | None = None, auto_class: str = "", repeats: int = 3, max_new_tokens: int = 32,
         notify: Callable[[str], None] = lambda m: None) -> Result:
     """Measure ``model``, build the optimised copy, measure it.
 

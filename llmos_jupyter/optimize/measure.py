@@ -25,9 +25,10 @@ from __future__ import annotations
 import os
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 # Texts for speed when no dataset is named: short reviews, like the packaged Rotten Tomatoes data.
 SPEED_TEXTS = [
@@ -66,13 +67,13 @@ class Sample:
     linear_bytes: int = 0
     disk_bytes: int = 0
     files: list = field(default_factory=list)
-    resident_bytes: Optional[int] = None
-    latency_ms: Optional[float] = None
-    samples_per_s: Optional[float] = None
-    tokens_per_s: Optional[float] = None
-    ttft_s: Optional[float] = None
-    first_pass_s: Optional[float] = None
-    pass_s: Optional[float] = None
+    resident_bytes: int | None = None
+    latency_ms: float | None = None
+    samples_per_s: float | None = None
+    tokens_per_s: float | None = None
+    ttft_s: float | None = None
+    first_pass_s: float | None = None
+    pass_s: float | None = None
     metrics: dict = field(default_factory=dict)
     sparsity: float = 0.0
 
@@ -96,7 +97,7 @@ def linear_bytes(model: Any) -> int:
     return total
 
 
-def save_weights(model: Any, folder: Path, *, auto_class: str, level: Optional[str]) -> tuple[int, list[str]]:
+def save_weights(model: Any, folder: Path, *, auto_class: str, level: str | None) -> tuple[int, list[str]]:
     """Write ``model``'s weights into ``folder`` and return ``(bytes of the weights files, all
     file names written)``: ``save_pretrained`` (safetensors + config) for float weights,
     :func:`~.quantize.save_quantized` for quantised ones."""
@@ -178,7 +179,7 @@ def generation_speed(model: Any, tokenizer: Any, prompt: str, *, max_new_tokens:
             "pass_s": statistics.median(s.total_s for s in stats)}
 
 
-def first_pass(model: Any, tokenizer: Any, *, task: str, batches: Optional[list[dict]] = None, prompt: str = "",
+def first_pass(model: Any, tokenizer: Any, *, task: str, batches: list[dict] | None = None, prompt: str = "",
                max_new_tokens: int = 32) -> float:
     """Seconds of one pass as :func:`sample` times it (all ``batches`` once, or one generation
     of ``prompt``): run right after ``torch.compile``, it is the pass that compiles."""
@@ -199,10 +200,10 @@ def first_pass(model: Any, tokenizer: Any, *, task: str, batches: Optional[list[
     return time.perf_counter() - t0
 
 
-def sample(model: Any, tokenizer: Any, *, task: str, batches: Optional[list[dict]] = None, prompt: str = "",
-           repeats: int = 3, max_new_tokens: int = 32, evaluate: Optional[Callable[[Any], dict]] = None,
-           folder: Optional[Path] = None, auto_class: str = "", level: Optional[str] = None,
-           resident_bytes: Optional[int] = None) -> Sample:
+def sample(model: Any, tokenizer: Any, *, task: str, batches: list[dict] | None = None, prompt: str = "",
+           repeats: int = 3, max_new_tokens: int = 32, evaluate: Callable[[Any], dict] | None = None,
+           folder: Path | None = None, auto_class: str = "", level: str | None = None,
+           resident_bytes: int | None = None) -> Sample:
     """Measure ``model`` once (every field of :class:`Sample` the arguments allow).
 
     Args:

@@ -158,6 +158,8 @@ def test_magic_prints_one_line_and_the_table(tb, capsys):
     ip.run_line_magic("llm", "optimize tb --quantize int4 --eval sent")
     err = capsys.readouterr().err
     assert err.startswith("llmos: --quantize int4 is not available on cpu") and err.count("\n") == 1, err
+    ip.run_line_magic("llm", "optimize tb --distill 0.5")  # an unknown technique
+    assert capsys.readouterr().err == "llmos: unknown option --distill for `%llm optimize`; see `%llm help optimize`\n"
     table = ip.run_line_magic("llm", "optimize tb --prune 0.3 --repeats 1 --as tb30")
     assert table.alias == "tb30" and _row(table, "sparsity")["after"] == pytest.approx(0.3, abs=0.01)
     helptext = str(ip.run_line_magic("llm", "help optimize"))
