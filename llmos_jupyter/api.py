@@ -1311,6 +1311,237 @@ def _note_cut(n_cut: int, n: int, what: str) -> None:
         print(f"llmos: note: {n_cut:,} of {n:,} {what}", file=sys.stderr, flush=True)
 
 
+_AUTO_CLASS = {"seq-cls": "AutoModelForSequenceClassification", "causal-lm": "AutoModelForCausalLM",
+               "embedding": "AutoModel"}
+_OPT_DTYPE = {"int8": "int8 dynamic", "int8-weight": "int8 weight-only", "int4": "int4 weight-only",
+              "bf16": "bfloat16", "fp16": "float16"}
+
+
+@checked
+def optimize(alias: str, *, quantize: str | None = None, prune: float | None = None, structured=None,
+             compile: bool = False, eval: str | None = None, generate: bool = False,  # noqa: A002
+             recover_epochs: int = 0, as_: str | None = None, limit: int | None = None, batch_size: int = 32,
+             speed_batches: int = 8, repeats: int = 3, max_new_tokens: int = 32, max_length: int = 128,
+             recover_lr: float = 5e-5, progress: bool = True) -> Table:
+    """Make a smaller / faster copy of ``alias`` under a new alias and show what it cost: one
+    table, before vs after, every number measured in this call (see :mod:`llmos_jupyter.optimize`).
+
+    The techniques run in this order on a deep copy (the original alias stays as it is):
+    prune → recovery fine-tune → quantize → compile. The copy is registered like a loaded model
+    (``ps``, ``classify``, ``embed``, ``eval``, ``export``, keep-alive, eviction, the side
+    panel) and the call is recorded as a run of kind ``optimize`` (config, before/after metrics,
+    the optimised weights as its checkpoint).
+
+    Args:
+        quantize: ``int8`` (dynamic: int8 weights and activations), ``int8-weight``
+            (weight-only), ``int4`` (weight-only, CUDA), ``bf16``, ``fp16`` (CUDA); see
+            :mod:`llmos_jupyter.optimize.quantize` for the backends.
+        prune: share of weights to remove, in (0, 1): magnitude pruning, or with ``structured``
+            whole heads / FFN neurons.
+        structured: ``"heads"``, ``"ffn"`` or ``"heads,ffn"``.
+        compile: ``torch.compile`` the forward (causal-lm: the decode step, static KV cache);
+            the compile time is its own row.
+        eval: ``DATASET`` or ``DATASET:SPLIT`` (default split ``test``): the metric on that
+            split before and after (seq-cls: accuracy, macro-F1; causal-lm: loss, perplexity,
+            or with ``generate`` greedy-answer accuracy; embedding: mean cosine similarity to the
+            original's embeddings); its texts are also the speed batches.
+        generate: causal-lm: score greedy answers (as ``evaluate(..., generate=True)``).
+        recover_epochs: after pruning, fine-tune this many epochs on ``eval``'s ``train`` split
+            (:func:`llmos_jupyter.training.finetune.finetune`, lr ``recover_lr``, batch 32, seed 0).
+        as_: the new alias (default: ``ALIAS-<recipe>``, e.g. ``minilm-int8``, ``minilm-p30h-r1``).
+        limit: score only the first ``limit`` rows of the split.
+        batch_size / speed_batches / repeats: speed = median over ``repeats`` passes over
+            ``speed_batches`` batches of ``batch_size`` texts (default 32 × 8, 3 repeats).
+        max_new_tokens: causal-lm speed: greedy tokens decoded per repeat (default 32).
+        max_length: tokens per text for speed, evaluation and recovery (default 128).
+        progress: show the recovery fine-tune's progress view.
+
+    Returns:
+        A :class:`~llmos_jupyter.display.Table` (columns: measure, ALIAS, NEW, change);
+        ``table.data`` has the raw numbers, ``table.run_id`` the run, ``table.alias`` the new alias.
+
+    Raises:
+        NotFoundError: unknown alias or dataset. UsageError: nothing to do; an unknown
+            technique or level; a level this hardware does not run (naming the ones it does); a
+            prune amount outside (0, 1); an alias a job is training; ``eval`` naming a split the
+            dataset does not have; quantising a quantised model (int8 of int8) or compiling a
+            compiled one; the new alias taken. ResourceError: the copy does not fit in memory.
+            Nothing is registered and no run is kept after a user error.
+    """
+    import torch
+
+    from .optimize import driver as _driver
+    from .optimize.measure import SPEED_PROMPT, SPEED_TEXTS, encode_batches
+
+    m = manager()
+    rec = m.get(alias)
+    if rec.exclusive:
+        raise UsageError(f"'{alias}' is being fine-tuned by {rec.exclusive}; wait with `%llm job wait {rec.exclusive}` "
+                         f"or stop it with `%llm job cancel {rec.exclusive}`, then optimize it")
+    task = rec.task
+    device = rec.device or "cpu"
+    plan = _driver.check_plan(quantize=quantize, prune=prune, structured=structured, compile=compile,
+                              recover_epochs=recover_epochs, task=task, device=device, model=rec.model,
+                              optimized=rec.optimized)
+    for name, v, lo in (("batch size", batch_size, 1), ("speed batches", speed_batches, 1), ("repeats", repeats, 1),
+                        ("max_new_tokens", max_new_tokens, 2)):
+        if int(v) < lo:
+            raise UsageError(f"{name} must be at least {lo} (got {v})")
+    if limit is not None and int(limit) < 1:
+        raise UsageError(f"limit must be at least 1 row (got {limit})")
+    if generate and task != "causal-lm":
+        raise UsageError(f"'{alias}' is loaded as {task}; --generate scores a causal-lm's answers (drop --generate)")
+    if generate and not eval:
+        raise UsageError("--generate scores greedy answers on a dataset; add --eval DATASET")
+    if plan.recover_epochs and not eval:
+        raise UsageError("--recover-epochs fine-tunes on a dataset's train split; add --eval DATASET")
+    if plan.recover_epochs and task == "embedding":
+        raise UsageError("--recover-epochs fine-tunes seq-cls and causal-lm models; load the model with --task seq-cls")
+    new_alias = as_ or f"{alias}-{plan.suffix()}"
+    if new_alias in m.aliases():
+        raise UsageError(f"alias '{new_alias}' is already loaded; name another with --as NAME "
+                         f"or `%llm unload {new_alias}`")
+
+    # the dataset, its split (and train split for recovery): refused before anything runs
+    dv = ds = train = None
+    split = None
+    if eval:
+        dataset, _, split = str(eval).partition(":")
+        split = split or "test"
+        dv = store().get(dataset)
+        if task == "causal-lm":
+            ds = _prepare_sft_split(dv, split)
+            train = _prepare_sft_split(dv, "train") if plan.recover_epochs else None
+        elif task == "seq-cls":
+            ds = _prepare_split(dv, split, rec)
+            train = _prepare_split(dv, "train", rec) if plan.recover_epochs else None
+        else:
+            if not dv.text_column:
+                raise UsageError(f"dataset '{dv.name}' has no text column for embeddings; name it with "
+                                 f"`%llm data load ... --text COLUMN`")
+            if split not in dv.splits:
+                raise UsageError(f"dataset '{dv.name}' has no '{split}' split (it has {', '.join(dv.splits)}); "
+                                 f"make one with `%llm data split {dv.name} --test 0.15`")
+            ds = dv.splits[split]
+        if limit is not None:
+            ds = ds.select(range(min(int(limit), len(ds))))
+    if rec.model is None and rec.engine == "llama.cpp":  # optimise the transformers weights of its GGUF
+        rec = m.attach_weights(alias)
+
+    from .training.batching import as_text
+
+    with m.use(alias) as src:  # refused while a job trains it; cannot be unloaded meanwhile
+        tok = src.tokenizer
+        m.make_room(device, sum(src.bytes.values()), new_alias)  # room for the copy, as a load makes it
+        texts = prompt = None
+        if task == "causal-lm":
+            from .training.sft import render_pair
+
+            first = ds[dv.prompt_column][0] if ds is not None and len(ds) else SPEED_PROMPT
+            prompt = render_pair(tok, as_text(first), "")[0]
+        else:
+            n = batch_size * speed_batches
+            pool = [as_text(t) for t in ds[dv.text_column][:n]] if ds is not None and len(ds) else []
+            texts = (pool or SPEED_TEXTS) * (n // max(1, len(pool or SPEED_TEXTS)) + 1)
+            texts = texts[:n]
+        batches = (encode_batches(tok, texts, batch_size=batch_size, max_length=max_length, device=device)
+                   if texts else None)
+        evaluate_fn = _optimize_evaluator(src, dv, ds, task=task, generate=generate, max_length=max_length,
+                                          batch_size=batch_size)
+        recover_fn = (_optimize_recovery(src, dv, train, new_alias, epochs=plan.recover_epochs, lr=recover_lr,
+                                         max_length=max_length, progress=progress) if plan.recover_epochs else None)
+        config = dict(plan.to_dict(), source=alias, new_alias=new_alias, eval=eval, split=split, generate=generate,
+                      limit=limit, batch_size=batch_size, speed_batches=speed_batches, repeats=repeats,
+                      max_new_tokens=max_new_tokens, max_length=max_length, threads=torch.get_num_threads(),
+                      device=device, recover_lr=recover_lr if plan.recover_epochs else None)
+        t0 = time.perf_counter()
+        with registry().track("optimize", alias, f"{dv.name}@v{dv.version}:{split}" if dv else None, config,
+                              0 if plan.recover_epochs else None, dv.fingerprint if dv else None) as run:
+            folder = registry().run_dir(run.id) / "checkpoint"
+            result = _driver.run(src.model, tok, plan, task=task, batches=batches, prompt=prompt or "",
+                                 evaluate=evaluate_fn, recover=recover_fn, folder=folder,
+                                 auto_class=_AUTO_CLASS[task], repeats=repeats, max_new_tokens=max_new_tokens)
+            real = {device: result.after.resident_bytes or 0}
+            m.register(new_alias, result.model, tok, source=f"{alias} (optimize: {plan.describe()})", task=task,
+                       real_bytes=real, labels=src.labels, dtype=_OPT_DTYPE.get(plan.quantize or "", src.dtype),
+                       quantization=plan.quantize, optimized=dict(plan.to_dict(), source=alias, run=run.id),
+                       run_id=run.id)
+            from .pull import sha256_file
+
+            weights = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".pt"))
+            sha = sha256_file(weights[0]) if len(weights) == 1 else None
+            run.finish("completed", metrics=result.metrics(), wall_s=time.perf_counter() - t0,
+                       checkpoint=str(folder), checkpoint_sha256=sha)
+    return result.table(alias, new_alias, task=task, batch_size=batch_size, threads=config["threads"],
+                        rows_evaluated=len(ds) if ds is not None and evaluate_fn is not None else None,
+                        split=f"{dv.name}:{split}" if dv else None, run_id=run.id)
+
+
+def _optimize_evaluator(src, dv, ds, *, task: str, generate: bool, max_length: int, batch_size: int):
+    """``evaluate(model) -> metrics`` on ``ds`` for :func:`optimize` (None without a dataset); seq-cls
+    batches are the speed batches' size, so a compiled copy sees the batch shape it was compiled for."""
+    if ds is None:
+        return None
+    if task == "seq-cls":
+        from .training.evaluate import evaluate as _evaluate
+
+        return lambda model: _evaluate(model, src.tokenizer, ds, text_column=dv.text_column,
+                                       label_column=dv.label_column, batch_size=batch_size, max_length=max_length,
+                                       label_names=src.labels).to_metrics()
+    if task == "causal-lm":
+        if generate:
+            from .training.answers import evaluate_answers
+
+            return lambda model: evaluate_answers(model, src.tokenizer, ds, prompt_column=dv.prompt_column,
+                                                  response_column=dv.response_column, batch_size=16,
+                                                  max_length=512).to_metrics()
+        from .training.sft import evaluate_causal_lm
+
+        return lambda model: evaluate_causal_lm(model, src.tokenizer, ds, prompt_column=dv.prompt_column,
+                                                response_column=dv.response_column, batch_size=16,
+                                                max_length=max(max_length, 512)).to_metrics()
+    from .models.embedding import embed as _embed
+    from .training.batching import as_text
+
+    texts = [as_text(t) for t in ds[dv.text_column]]
+    reference: list = []
+
+    def cosine(model):  # embeddings are L2-normalised: the dot product is the cosine
+        vecs = _embed(getattr(model, "base_model", model), src.tokenizer, texts, max_length=max_length)
+        if not reference:
+            reference.append(vecs)
+        return {"cosine_to_original": float((vecs * reference[0]).sum(axis=1).mean())}
+
+    return cosine
+
+
+def _optimize_recovery(src, dv, train, new_alias: str, *, epochs: int, lr: float, max_length: int, progress: bool):
+    """``recover(model) -> summary``: the fine-tune after pruning, on ``train``."""
+    from .training.config import FinetuneConfig
+    from .training.finetune import finetune as _finetune
+
+    lm = src.task == "causal-lm"
+    cols = ({"prompt_column": dv.prompt_column, "response_column": dv.response_column} if lm else
+            {"text_column": dv.text_column, "label_column": dv.label_column})
+
+    def recover(model):
+        view = None
+        if progress:
+            from .widgets.progress import TrainingProgress
+
+            view = TrainingProgress(title=f"recover {new_alias} on {dv.name}")
+        cfg = FinetuneConfig(epochs=epochs, lr=lr, batch_size=32, seed=0, max_length=max_length,
+                             task="causal-lm" if lm else "seq-cls")
+        res = _finetune(model, src.tokenizer, train, None, config=cfg, callback=view, **cols)
+        if res.status != "completed":
+            raise LLMOSError(f"the recovery fine-tune was {res.status}; nothing was registered")
+        last = res.train_loss[-1] if res.train_loss else float("nan")
+        return {"epochs": epochs, "steps": res.steps, "train_loss": last, "samples_per_s": res.samples_per_s,
+                "wall_s": res.wall_s}
+
+    return recover
+
+
 @checked
 def runs(limit: int = 20):
     """Recent runs from the registry (newest first, at most ``limit``)."""
@@ -1373,6 +1604,7 @@ def export(alias: str, path: str | os.PathLike, *, merge_lora: bool | None = Non
         if format == "gguf" and rec.task != "causal-lm":
             raise UsageError(f"'{alias}' is {rec.task}; GGUF export takes causal LMs")
         rec = m.attach_weights(alias)
+    writer = _optimized_writer(rec, format)
     with m.use(alias) as rec:
         run_id = rec.run_id
         lora = hasattr(rec.model, "peft_config")
@@ -1396,7 +1628,8 @@ def export(alias: str, path: str | os.PathLike, *, merge_lora: bool | None = Non
         manifest.update(format=format, source=source, labels=rec.labels)
         try:
             info = export_model(rec.model, rec.tokenizer, path, merge_lora=merge_lora, overwrite=overwrite,
-                                manifest=manifest, format=format, quantize=quantize, source_gguf=rec.gguf_path)
+                                manifest=manifest, format=format, quantize=quantize, source_gguf=rec.gguf_path,
+                                weights_writer=writer)
         except OSError as e:  # a folder that cannot be made or written: nothing was left there
             raise LLMOSError(f"cannot export to {path}: {e.strerror or e}; pick a folder you can write to") from None
     src = f" (run {run_id})" if run_id else ""
@@ -1407,6 +1640,10 @@ def export(alias: str, path: str | os.PathLike, *, merge_lora: bool | None = Non
         what = "LoRA adapter"
         how = (f"load it with `%llm load {info['path']}` (the base, {rec.source}, then the adapter)" if gguf_base
                else f"load it with `%llm load {info['path']}` or peft's AutoPeftModel.from_pretrained(path)")
+    elif writer is not None:
+        how = ("load with plain transformers + torch: the lines in llmos_quantization.json, or "
+               "llmos_jupyter.optimize.quantize.load_quantized(path)")
+        what = f"{rec.quantization or 'quantised'} model"
     else:
         how = "load with transformers' from_pretrained(path)"
         what = "merged model" if info["merged_lora"] else "model"
@@ -1416,6 +1653,32 @@ def export(alias: str, path: str | os.PathLike, *, merge_lora: bool | None = Non
                      f"`%llm load`)")
     return Message(f"{alias}: exported {what}{src} to {info['path']} — {len(info['files'])} files, "
                    f"{format_size(info['bytes'])}; {how}", run_id=run_id, **info)
+
+
+def _optimized_writer(rec, format: str):
+    """For :func:`export`: the weights writer of a quantised alias (``None`` for float weights),
+    after refusing, in one line, what an optimised model cannot be exported as."""
+    if rec.model is None:
+        return None
+    from .optimize import prune as _prune
+    from .optimize import quantize as _quantize
+
+    if not _prune.exportable(rec.model):
+        raise UsageError(f"'{rec.alias}' has attention heads pruned from BERT-type layers, which a Hugging Face "
+                         f"config cannot describe (transformers 5 has no pruned_heads); export a copy pruned with "
+                         f"--structured ffn, or keep this one with torch.save(model)")
+    have = _quantize.current(rec.model)
+    if have not in ("int8", "torchao"):
+        return None
+    if format == "gguf":
+        raise UsageError(f"'{rec.alias}' holds {have} weights; GGUF export takes float weights: export its float "
+                         f"original with --format gguf --quantize q8_0 (llama.cpp's own 8-bit)")
+    level = rec.quantization if rec.quantization in ("int8", "int8-weight", "int4") else "int8"
+
+    def write(model, folder):
+        _quantize.save_quantized(model, folder, level=level, task_class=_AUTO_CLASS.get(rec.task, "AutoModel"))
+
+    return write
 
 
 @checked

@@ -156,6 +156,26 @@ COMMANDS: dict[str, Command] = {c.name: c for c in [
             metavar="N"),
         Opt("engine", help="with --generate: answer with this engine (default: the one serving the alias; "
                            "transformers uses its transformers weights)", metavar="E")]),
+    Command("optimize", "a smaller / faster copy under a new alias (quantize, prune, compile), measured before vs "
+            "after: size, memory, speed, the metric", ["alias"], options=[
+        Opt("quantize", help="int8 (dynamic: int8 weights + activations) | int8-weight | int4 (CUDA) | bf16 | "
+                             "fp16 (CUDA)", metavar="LEVEL"),
+        Opt("prune", float, help="share of weights to remove, in (0, 1): smallest magnitudes, or with --structured "
+                                 "whole heads / FFN neurons", metavar="AMOUNT"),
+        Opt("structured", help="heads | ffn | heads,ffn: remove whole parts, so the matrices shrink", metavar="PARTS"),
+        Opt("compile", bool, help="torch.compile the forward (causal-lm: the decode step with a static cache); "
+                                  "the compile time is its own row"),
+        Opt("eval", help="DATASET[:SPLIT] scored before and after (default split test); its texts time the speed",
+            metavar="DATA"),
+        Opt("generate", bool, help="causal-lm: score greedy answers on --eval DATA (as `%llm eval --generate`)"),
+        Opt("recover-epochs", int, help="after pruning, fine-tune N epochs on DATA's train split", metavar="N"),
+        Opt("as", dest="new_alias", help="the new alias (default ALIAS-RECIPE, e.g. minilm-int8)", metavar="NEW"),
+        Opt("limit", int, help="score only the first N rows of the split", metavar="N"),
+        Opt("batch-size", int, help="texts per timed batch (default 32)", metavar="N"),
+        Opt("repeats", int, help="timed passes; the table shows the median (default 3)", metavar="N"),
+        Opt("max-new-tokens", int, help="causal-lm: tokens decoded per timed generation (default 32)", metavar="N"),
+        Opt("no-progress", bool, help="no live view of the recovery fine-tune")],
+        example="%llm optimize minilm --quantize int8 --eval rt --as minilm_int8"),
     Command("runs", "recent fine-tuning runs from the registry (`runs show ID`, `runs compare A B` for details)", options=[Opt("limit", int, metavar="N")]),
     Command("runs show", "one run with its manifest", ["run_id"]),
     Command("runs compare", "two runs side by side: config, metrics (delta), data, checkpoints", ["run_a", "run_b"]),

@@ -324,6 +324,15 @@ class LLMMagics(Magics):
         return api.evaluate(p["alias"], dataset, split=p["split"] or split or "test", limit=p["limit"],
                             generate=p["generate"], max_new_tokens=p["max_new_tokens"], engine=p.get("engine"), **kw)
 
+    def do_optimize(self, p):
+        from .. import api
+
+        kw = {k: p[k] for k in ("limit", "batch_size", "repeats", "max_new_tokens") if p[k] is not None}
+        return api.optimize(p["alias"], quantize=p["quantize"], prune=p["prune"], structured=p["structured"],
+                            compile=p["compile"], eval=p["eval"], generate=p["generate"],
+                            recover_epochs=p["recover_epochs"] or 0, as_=p["new_alias"],
+                            progress=not p["no_progress"], **kw)
+
     def do_runs(self, p):
         from .. import api
 

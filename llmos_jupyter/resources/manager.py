@@ -74,6 +74,7 @@ class ModelRecord:
     gguf_path: str | None = None     # the GGUF file llama.cpp serves (or transformers loaded)
     last_generation: dict | None = None  # tokens, tokens/s, time to first token of the last call
     noted: set = field(default_factory=set)  # one-time notes already shown for this model (e.g. "head")
+    optimized: dict | None = None    # the recipe of an optimised copy: {"from", "quantize", "prune", ...}
 
     def inference(self):
         """The :class:`~llmos_jupyter.models.engines.base.Engine` that serves generate/chat: the
@@ -103,6 +104,7 @@ class ModelRecord:
             "home_device": self.home_device, "training": self.exclusive, "expires_at": self.expires_at(),
             "engine": self.engine, "real_bytes": dict(self.real_bytes), "n_ctx": self.n_ctx, "threads": self.threads,
             "last_generation": dict(self.last_generation) if self.last_generation else None,
+            "optimized": dict(self.optimized) if self.optimized else None,
         }
 
     def expires_at(self) -> float | None:
@@ -544,6 +546,64 @@ class ModelManager:
             self._retire(old)
         self.events.emit("load", alias=alias, bytes=rec.bytes, real_bytes=rec.real_bytes, params=rec.params,
                          load_s=rec.load_s, keep_alive=rec.keep_alive, engine=rec.engine)
+        if keep_alive is not None and keep_alive > 0:
+            self._ensure_reaper()
+        return rec
+
+    def make_room(self, device: str, need: int, for_alias: str, *, exclude: str | None = None, notify=print) -> None:
+        """Evict idle models until ``need`` bytes fit on ``device`` (the rule of
+        :meth:`plan_admission`), one line per eviction via ``notify``.
+
+        Raises:
+            ResourceError: it cannot fit even after evicting every idle model (nothing evicted).
+        """
+        with self._lock:
+            for v in self.plan_admission(device, need, exclude=exclude):
+                self._evict(v, device, for_alias, need, notify)
+
+    def register(self, alias: str, model, tokenizer, *, source: str, task: str, real_bytes: dict,
+                 labels=None, dtype: str | None = None, quantization: str | None = None,
+                 optimized: dict | None = None, run_id: str | None = None, keep_alive=None,
+                 notify=print) -> ModelRecord:
+        """Register a model built in this process (an optimised copy, say) under a new ``alias``,
+        like a load: admitted on its measured real cost (evicting idle models as for a load),
+        then served, listed, evicted, kept alive and unloaded like any other.
+
+        Args:
+            model / tokenizer: the transformers model (on its device, eval mode) and tokenizer.
+            source / task / labels / dtype / quantization: as for a loaded model (``source``
+                says where it came from, e.g. ``"minilm (optimize: int8)"``).
+            real_bytes: what building it cost, per device (RSS / CUDA growth measured by the
+                caller the way :meth:`load` measures, see :func:`_real_delta`).
+            optimized: the recipe that made it (shown by ``ps`` and the side panel).
+            run_id: the run that produced it (``export`` writes its manifest).
+            keep_alive: as for :meth:`load`.
+
+        Raises:
+            UsageError: ``alias`` is taken. ResourceError: it does not fit even after evicting
+                every idle model (nothing is registered; the caller still owns ``model``).
+        """
+        from .memory import count_params, module_bytes
+
+        keep_alive = parse_duration(keep_alive)
+        tensors = module_bytes(model)
+        device = next(iter(tensors), "cpu")
+        real = {d: max(int(real_bytes.get(d, 0)), int(n)) for d, n in tensors.items()}
+        with self._lock:
+            if alias in self._models:
+                raise UsageError(f"alias '{alias}' is already loaded; pick another with --as NAME "
+                                 f"or `%llm unload {alias}` first")
+            self.make_room(device, real.get(device, 0), alias, exclude=alias, notify=notify)
+            rec = ModelRecord(alias=alias, source=source, task=task, state="ready", dtype=dtype, device=device,
+                              params=count_params(model), estimated_bytes=real.get(device), bytes=tensors,
+                              real_bytes=real, load_s=0.0, keep_alive=keep_alive, home_device=device, labels=labels,
+                              quantization=quantization, model=model, tokenizer=tokenizer, run_id=run_id,
+                              optimized=dict(optimized) if optimized else None)
+            if task == "causal-lm":
+                rec.n_ctx = rec.inference().n_ctx
+            self._models[alias] = rec
+        self.events.emit("load", alias=alias, bytes=rec.bytes, real_bytes=rec.real_bytes, params=rec.params,
+                         load_s=0.0, keep_alive=rec.keep_alive, engine=rec.engine, optimized=rec.optimized)
         if keep_alive is not None and keep_alive > 0:
             self._ensure_reaper()
         return rec

@@ -52,8 +52,56 @@ def format_size(n: int | float | None) -> str:
     return f"{n:.2f} TiB"
 
 
+def _leaf_tensors(t) -> list:
+    """The plain tensors that hold the data of ``t``: ``[t]`` for an ordinary tensor, the inner
+    tensors (recursively) of a tensor subclass that wraps others (torchao's quantised weights
+    flatten into ``qdata``, ``scale``, ... through ``__tensor_flatten__``)."""
+    from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+
+    if not is_traceable_wrapper_subclass(t):
+        return [t]
+    names, _ = t.__tensor_flatten__()
+    return [leaf for n in names for leaf in _leaf_tensors(getattr(t, n))]
+
+
+def _packed_weight_bias(module):
+    """``(weight, bias)`` of torch.ao's dynamic-quantised ``Linear`` (int8 weight, float bias),
+    whose packed weights live outside ``parameters()``/``buffers()``; ``None`` for other modules."""
+    unpack = getattr(getattr(module, "_packed_params", None), "_weight_bias", None)
+    return unpack() if unpack is not None else None
+
+
+def _packed_tensors(module) -> list:
+    """The packed int8 weight, its per-channel scales and zero points, and the bias of a
+    dynamic-quantised layer (see :func:`_packed_weight_bias`); ``[]`` for other modules."""
+    wb = _packed_weight_bias(module)
+    if wb is None:
+        return []
+    w, b = wb
+    return quantized_parts(w) + ([b] if b is not None else [])
+
+
+def quantized_parts(t) -> list:
+    """``[t]``, plus the per-channel scales and zero points of a per-channel quantised ``t``."""
+    import torch
+
+    if t.is_quantized and t.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
+        return [t, t.q_per_channel_scales(), t.q_per_channel_zero_points()]
+    return [t]
+
+
+def _nbytes(t) -> int:
+    """Bytes of ``t``'s storage (a quantised tensor: its int8 values)."""
+    try:
+        return t.untyped_storage().nbytes()
+    except (RuntimeError, NotImplementedError):
+        return t.numel() * t.element_size()
+
+
 def module_bytes(module) -> dict[str, int]:
-    """Measured bytes of a ``torch.nn.Module``'s parameters and buffers, per device.
+    """Measured bytes of a ``torch.nn.Module``'s weights, per device: parameters and buffers
+    (the inner tensors of tensor subclasses such as torchao's quantised weights) and the packed
+    weights of torch.ao's dynamic-quantised layers.
 
     Tensors that share storage (tied embeddings) are counted once.
 
@@ -62,28 +110,37 @@ def module_bytes(module) -> dict[str, int]:
     """
     seen: set[int] = set()
     out: dict[str, int] = {}
-    for t in list(module.parameters()) + list(module.buffers()):
-        if t.device.type == "meta":
-            continue
-        try:
-            key = t.untyped_storage().data_ptr()
-        except RuntimeError:
-            key = id(t)
-        if key in seen:
-            continue
-        seen.add(key)
-        dev = str(t.device)
-        out[dev] = out.get(dev, 0) + t.untyped_storage().nbytes()
+    tensors = list(module.parameters()) + list(module.buffers())
+    tensors += [t for m in module.modules() for t in _packed_tensors(m)]
+    for top in tensors:
+        for t in _leaf_tensors(top):
+            if t.device.type == "meta":
+                continue
+            try:
+                key = t.untyped_storage().data_ptr()
+            except (RuntimeError, NotImplementedError):
+                key = id(t)
+            if key in seen:
+                continue
+            seen.add(key)
+            dev = str(t.device)
+            out[dev] = out.get(dev, 0) + _nbytes(t)
     return out
 
 
 def count_params(module) -> int:
-    """Number of distinct parameters (tied weights counted once)."""
+    """Number of distinct weights (tied weights counted once), quantised ones included: the
+    elements of every parameter, and of the packed weight and bias of torch.ao's
+    dynamic-quantised layers (which are not ``parameters()``)."""
     seen, n = set(), 0
     for p in module.parameters():
         if id(p) not in seen:
             seen.add(id(p))
             n += p.numel()
+    for m in module.modules():
+        wb = _packed_weight_bias(m)
+        if wb is not None:
+            n += sum(t.numel() for t in wb if t is not None)
     return n
 
 

@@ -134,7 +134,7 @@ def check_format(format: str, quantize: Optional[str]) -> Optional[str]:
 
 def export_model(model: Any, tokenizer: Any, path: os.PathLike | str, *, merge_lora: bool = False, overwrite: bool = False,
                  manifest: Optional[dict[str, Any]] = None, format: str = "hf", quantize: Optional[str] = None,
-                 source_gguf: Optional[str] = None) -> dict[str, Any]:
+                 source_gguf: Optional[str] = None, weights_writer: Any = None) -> dict[str, Any]:
     """Write ``model`` and ``tokenizer`` to the folder ``path`` in Hugging Face format, or as one
     GGUF file for llama.cpp / Ollama (``format="gguf"``).
 
@@ -150,6 +150,9 @@ def export_model(model: Any, tokenizer: Any, path: os.PathLike | str, *, merge_l
         quantize: with ``gguf``: ``f32 | f16 | q8_0 | q4_0`` (default ``f16``).
         source_gguf: with ``gguf``: the GGUF the model was loaded from (its tokenizer metadata is
             copied exactly).
+        weights_writer: with ``hf``: ``weights_writer(model, folder)`` writes the weights (and
+            config) instead of ``save_pretrained`` — for weights ``save_pretrained`` cannot hold,
+            such as a quantised model's (``.pt`` / ``.safetensors`` files count as weights).
 
     Returns:
         ``{"path", "files", "bytes", "weights", "merged_lora", "adapter"}``: the absolute folder,
@@ -184,15 +187,19 @@ def export_model(model: Any, tokenizer: Any, path: os.PathLike | str, *, merge_l
             out = model
             if peft and merge_lora:
                 out = copy.deepcopy(model).merge_and_unload()  # a copy: the in-memory model keeps its adapters
-            with quiet_saving():
-                out.save_pretrained(stage, safe_serialization=True)
+            if weights_writer is not None:
+                weights_writer(out, stage)
+            else:
+                with quiet_saving():
+                    out.save_pretrained(stage, safe_serialization=True)
             if tokenizer is not None:
                 tokenizer.save_pretrained(stage)
         # always written: it marks the folder as an llmos export and lists its files (what --overwrite may replace)
         written = sorted(p.name for p in stage.iterdir())
         record = dict(manifest if manifest is not None else {"run": None}, exported_files=written)
         (stage / MANIFEST).write_text(json.dumps(record, indent=2, default=str))
-        weights = sorted(p.name for p in stage.glob("*.gguf" if format == "gguf" else "*.safetensors"))
+        kinds = ("*.gguf",) if format == "gguf" else ("*.safetensors", "*.pt")
+        weights = sorted(p.name for k in kinds for p in stage.glob(k))
         if not weights:
             raise RuntimeError(f"the export wrote no weights file in {stage}")
         _inside(stage)

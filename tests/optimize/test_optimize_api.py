@@ -1,0 +1,187 @@
+"""``api.optimize`` / ``%llm optimize`` on tiny random models: the table's numbers against
+independent measurements, the new alias in classify / eval / export / ps / unload, the run
+registry, and every bad input as one line that leaves nothing behind."""
+from __future__ import annotations
+
+import gc
+import os
+import weakref
+
+import pytest
+from IPython.core.interactiveshell import InteractiveShell
+
+from llmos_jupyter.errors import UsageError
+
+WORDS = {1: ["great movie", "a gorgeous, witty, seductive movie", "hello world"],
+         0: ["awful film", "this film was a complete waste of two hours", "the lazy dog"]}
+
+
+@pytest.fixture
+def tb(fresh_api, tiny_bert):
+    """``fresh_api`` with the tiny BERT loaded as seq-cls alias ``tb`` and a labelled dataset
+    ``sent`` (48 rows, train 36 / test 12)."""
+    rows = [{"text": WORDS[i % 2][(i // 2) % 3] + ("" if i % 3 else " !"), "label": ["negative", "positive"][i % 2]}
+            for i in range(48)]
+    fresh_api.data_load(rows, name="sent")
+    fresh_api.data_split("sent", test=0.25, seed=0)
+    fresh_api.load(str(tiny_bert), task="seq-cls", labels="negative,positive", alias="tb")
+    return fresh_api
+
+
+def _row(table, name):
+    return next(r for r in table.data if r["measure"].startswith(name))
+
+
+def _logits(api, alias, texts=("great movie", "awful film")):
+    import torch
+
+    with api.manager().use(alias) as rec:
+        enc = rec.tokenizer(list(texts), padding=True, return_tensors="pt")
+        with torch.inference_mode():
+            return rec.model(**enc).logits.clone()
+
+
+def test_int8_table_matches_independent_measurements(tb, tmp_path):
+    api = tb
+    original = _logits(api, "tb")
+    table = api.optimize("tb", quantize="int8", eval="sent", repeats=1, speed_batches=1)
+    assert table.alias == "tb-int8" and table.columns == ["", "tb", "tb-int8", "change"]
+    assert _logits(api, "tb").equal(original)  # the original is untouched
+    # accuracy: a separate evaluate call on each alias gives the table's numbers
+    acc = _row(table, "accuracy")
+    assert acc["before"] == api.evaluate("tb", "sent").accuracy
+    assert acc["after"] == api.evaluate("tb-int8", "sent").accuracy
+    # file size: the run's checkpoint on disk, stat'ed here
+    run = api.registry().get(table.run_id)
+    assert run.kind == "optimize" and run.status == "completed" and run.model == "tb"
+    assert run.config["quantize"] == "int8" and run.config["new_alias"] == "tb-int8" and run.config["split"] == "test"
+    weights = os.path.join(run.checkpoint, "model_quantized.pt")
+    assert _row(table, "file size")["after"] == os.stat(weights).st_size
+    assert run.metrics["after.disk_bytes"] == os.stat(weights).st_size
+    assert run.metrics["after.accuracy"] == acc["after"] and run.metrics["accuracy"] == acc["after"]
+    # parameters and bytes as the manager sees the new alias
+    rec = api.manager().get("tb-int8")
+    assert _row(table, "parameters")["after"] == rec.params == _row(table, "parameters")["before"]
+    lin = _row(table, "linear weights")
+    assert lin["after"] < lin["before"] / 2  # int8 + a float64 scale and int64 zero point per row of 32
+    for name in ("latency per batch of 32", "samples/s"):
+        assert _row(table, name)["before"] > 0 and _row(table, name)["after"] > 0
+    assert "torch.ao quantize_dynamic" in table.note and f"run {table.run_id}" in table.note
+
+
+def test_new_alias_is_an_ordinary_model(tb, tmp_path):
+    import torch
+
+    from llmos_jupyter.optimize.quantize import load_quantized
+
+    api = tb
+    api.optimize("tb", quantize="int8", repeats=1, speed_batches=1, as_="small")  # no --eval: speed texts only
+    ps = {m["alias"]: m for m in api.ps().data}
+    assert ps["small"]["dtype"] == "int8 dynamic" and ps["small"]["state"] == "ready"
+    assert ps["small"]["optimized"]["source"] == "tb" and ps["small"]["optimized"]["quantize"] == "int8"
+    assert ps["small"]["real_bytes"]["cpu"] >= sum(ps["small"]["bytes"].values()) > 0
+    assert api.classify("small", "great movie").data[0]["label"] in ("negative", "positive")
+    out = api.export("small", str(tmp_path / "exp"))
+    assert "model_quantized.pt" in out["files"] and "llmos_quantization.json" in out["files"]
+    again = load_quantized(tmp_path / "exp")
+    enc = api.manager().get("small").tokenizer(["great movie"], return_tensors="pt")
+    with torch.inference_mode():
+        assert torch.equal(again(**enc).logits, _logits(api, "small", ["great movie"]))
+    ref = weakref.ref(api.manager().get("small").model)
+    api.unload("small")
+    gc.collect()
+    assert ref() is None and "small" not in api.manager().aliases() and "tb" in api.manager().aliases()
+
+
+def test_recovery_fine_tune_and_structured_rows(tb):
+    api = tb
+    table = api.optimize("tb", prune=0.5, structured="ffn", recover_epochs=1, eval="sent", repeats=1,
+                         speed_batches=1, progress=False)
+    assert table.alias == "tb-p50f-r1"
+    assert _row(table, "FFN neurons per layer")["before"] == 64 and _row(table, "FFN neurons per layer")["after"] == 32
+    rec_row = _row(table, "recovery fine-tune")
+    assert rec_row["after"] > 0 and "1 epoch(s), 2 steps" in rec_row["change"]  # 36 train rows at batch 32
+    assert _row(table, "accuracy")["after"] == api.evaluate("tb-p50f-r1", "sent").accuracy
+    rec = api.manager().get("tb-p50f-r1")
+    assert rec.model.config.intermediate_size == 32 and rec.optimized["recover_epochs"] == 1
+
+
+def test_heads_pruned_bert_export_is_refused_in_one_line(tb, tmp_path):
+    api = tb
+    api.optimize("tb", prune=0.5, structured="heads", repeats=1, speed_batches=1)
+    with pytest.raises(UsageError, match="attention heads pruned from BERT-type layers.* --structured ffn"):
+        api.export("tb-p50h", str(tmp_path / "x"))
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(quantize="int3"), "unknown quantisation level 'int3'"),
+    (dict(quantize="int4"), "--quantize int4 is not available on cpu"),
+    (dict(prune=1.5), "strictly between 0 and 1 (got 1.5)"),
+    (dict(prune=0.0), "strictly between 0 and 1 (got 0.0)"),
+    (dict(structured="heads"), "--structured says which parts to prune; add --prune AMOUNT"),
+    (dict(prune=0.3, structured="layers"), "unknown --structured 'layers'"),
+    (dict(prune=0.1, structured="heads"), "--prune 0.1 of 4 heads per layer removes none; use --prune 0.38 or more"),
+    (dict(quantize="int8", recover_epochs=1, eval="sent"), "--recover-epochs fine-tunes after pruning"),
+    (dict(prune=0.3, recover_epochs=1), "--recover-epochs fine-tunes on a dataset's train split; add --eval"),
+    (dict(quantize="int8", eval="sent:validation"), "dataset 'sent' has no 'validation' split (it has "),
+    (dict(quantize="int8", eval="nope"), "unknown dataset 'nope'"),
+    (dict(), "nothing to do"),
+    (dict(quantize="int8", as_="tb"), "alias 'tb' is already loaded"),
+])
+def test_bad_inputs_are_one_line_and_leave_nothing(tb, kw, message):
+    api = tb
+    with pytest.raises(Exception) as e:
+        api.optimize("tb", **kw)
+    assert message in str(e.value) and "\n" not in str(e.value), str(e.value)
+    assert api.manager().aliases() == ["tb"]
+    assert not [r for r in api.runs() if r.kind == "optimize"]
+
+
+def test_int8_of_int8_and_a_model_in_training_are_refused(tb):
+    api = tb
+    api.optimize("tb", quantize="int8", repeats=1, speed_batches=1)
+    with pytest.raises(UsageError, match=r"already quantised \(int8\)"):
+        api.optimize("tb-int8", quantize="int8")
+    with pytest.raises(UsageError, match=r"weights are quantised \(int8\); prune its float original"):
+        api.optimize("tb-int8", prune=0.3)
+    with api.manager().use("tb", exclusive="job-7"):  # what a fine-tune job holds while it trains
+        with pytest.raises(UsageError, match="'tb' is being fine-tuned by job-7; wait with `%llm job wait job-7`"):
+            api.optimize("tb", quantize="int8", as_="other")
+    assert sorted(api.manager().aliases()) == ["tb", "tb-int8"]
+    assert len([r for r in api.runs() if r.kind == "optimize"]) == 1
+
+
+def test_magic_prints_one_line_and_the_table(tb, capsys):
+    ip = InteractiveShell.instance()
+    ip.run_line_magic("load_ext", "llmos_jupyter")
+    ip.run_line_magic("llm", "optimize tb --quantize int4 --eval sent")
+    err = capsys.readouterr().err
+    assert err.startswith("llmos: --quantize int4 is not available on cpu") and err.count("\n") == 1, err
+    ip.run_line_magic("llm", "optimize tb --distill 0.5")  # an unknown technique
+    assert capsys.readouterr().err == "llmos: unknown option --distill for `%llm optimize`; see `%llm help optimize`\n"
+    table = ip.run_line_magic("llm", "optimize tb --prune 0.3 --repeats 1 --as tb30")
+    assert table.alias == "tb30" and _row(table, "sparsity")["after"] == pytest.approx(0.3, abs=0.01)
+    helptext = str(ip.run_line_magic("llm", "help optimize"))
+    for flag in ("--quantize LEVEL", "--prune AMOUNT", "--structured PARTS", "--compile", "--eval DATA",
+                 "--generate", "--recover-epochs N", "--as NEW"):
+        assert flag in helptext, helptext
+
+
+def test_causal_lm_generate_and_embedding_cosine(fresh_api, tiny_llama, tiny_bert):
+    api = fresh_api
+    rows = [{"prompt": "hello world", "response": "great movie"}, {"prompt": "awful film", "response": "hello"}] * 6
+    api.data_load(rows, name="pairs")
+    api.data_split("pairs", test=0.5, seed=0)
+    api.load(str(tiny_llama), task="causal-lm", alias="lm")
+    table = api.optimize("lm", quantize="int8", eval="pairs", generate=True, limit=4, repeats=1, max_new_tokens=4)
+    names = [r["measure"] for r in table.data]
+    assert "tokens/s (greedy decode)" in names and "time to first token" in names
+    assert _row(table, "accuracy")["after"] == api.evaluate("lm-int8", "pairs", generate=True, limit=4).accuracy
+    assert _row(table, "tokens/s")["after"] > 0
+    assert isinstance(api.generate("lm-int8", "hello", max_new_tokens=3, stream=False), str)
+    api.load(str(tiny_bert), task="embedding", alias="emb")
+    table = api.optimize("emb", quantize="int8", eval="pairs:train", repeats=1, speed_batches=1)
+    cos = _row(table, "cosine_to_original")
+    assert cos["before"] == pytest.approx(1.0, abs=1e-6) and 0.9 < cos["after"] <= 1.0 + 1e-6
+    assert api.embed("emb-int8", "hello world").shape == (1, 32)
