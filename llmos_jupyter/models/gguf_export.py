@@ -3,7 +3,7 @@
 Format: https://github.com/ggml-org/ggml/blob/master/docs/gguf.md; written with the ``gguf``
 package's ``GGUFWriter`` and tensor names from its ``TensorNameMap`` (the table llama.cpp's own
 ``convert_hf_to_gguf.py`` uses). What has to be right, or llama.cpp "converts fine and answers
-gibberish" (tested in tests/test_gguf_export.py):
+gibberish" (tested in tests/models/test_gguf_export.py):
 
 * **q/k permutation.** transformers' Llama applies rotary embeddings as "rotate half" (the two
   halves of each head); GGUF / llama.cpp rotate interleaved pairs. The rows of ``q_proj`` and

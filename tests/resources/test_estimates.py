@@ -1,7 +1,7 @@
 """Estimate before load vs bytes measured after: within 10% for tiny configs (fast) and for the
 packaged MiniLM and SmolLM2 (slow). Prints each error so a run shows the figures (``-s``).
 
-Run: ``.venv/bin/python -m pytest tests/test_resources_estimates.py -q -s [-m slow]``.
+Run: ``.venv/bin/python -m pytest tests/resources/test_estimates.py -q -s [-m slow]``.
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def check(api, spec: str, task: str, **kw) -> float:
     assert abs(err) <= 0.10, (spec, est, measured)
     # in this long-lived test process memory freed by earlier tests is reused, so a load's RSS
     # growth reads up to ~12% low; the 10% claim is checked in fresh processes
-    # (tests/test_engines.py::test_real_cost_matches_a_fresh_process)
+    # (tests/models/test_engines.py::test_real_cost_matches_a_fresh_process)
     assert abs(real_err) <= 0.15, (spec, est, real)
     return err
 

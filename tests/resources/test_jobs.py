@@ -2,7 +2,7 @@
 refuses calls in one line naming the job (decision: a model under training is in train mode
 with weights changing every step — serving it would give answers from no checkpoint at all).
 
-Run: ``.venv/bin/python -m pytest tests/test_resources_jobs.py -q``.
+Run: ``.venv/bin/python -m pytest tests/resources/test_jobs.py -q``.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Keep-alive (Ollama's ``keep_alive``): durations, the reaper, ``0`` = after each call, ``%llm ps``.
 
-Run: ``.venv/bin/python -m pytest tests/test_resources_keepalive.py -q``. Expiry is driven with
+Run: ``.venv/bin/python -m pytest tests/resources/test_keepalive.py -q``. Expiry is driven with
 ``ModelManager.reap(now=...)`` (no sleeping); one test waits for the real reaper thread.
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Offload before unload: the decision (GPU victim + CPU room → offload; otherwise unload) on a
 CPU-only machine with tiny models. The GPU move itself runs in ``benchmarks/gpu_check_manager.py``.
 
-Run: ``.venv/bin/python -m pytest tests/test_resources_offload.py -q``.
+Run: ``.venv/bin/python -m pytest tests/resources/test_offload.py -q``.
 """
 from __future__ import annotations
 
