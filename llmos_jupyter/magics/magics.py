@@ -231,8 +231,7 @@ class LLMMagics(Magics):
         if not p["prompt"] or not p["response"]:
             raise UsageError('`%llm data prompt` needs --prompt and --response templates, e.g. '
                              '--prompt "Review: {text}\\nSentiment:" --response "{label}"')
-        unescape = lambda t: t.replace("\\n", "\n").replace("\\t", "\t")  # noqa: E731
-        dv = api.data_prompts(p["name"], prompt=unescape(p["prompt"]), response=unescape(p["response"]),
+        dv = api.data_prompts(p["name"], prompt=_unescape(p["prompt"]), response=_unescape(p["response"]),
                               version=p["version"])
         return _dataset_message(dv)
 
@@ -410,3 +409,8 @@ def _show_report(report):
         except Exception:
             pass
     return report
+
+
+def _unescape(text: str) -> str:
+    """``\\n`` and ``\\t`` typed in a magic option become a newline and a tab."""
+    return text.replace("\\n", "\n").replace("\\t", "\t")

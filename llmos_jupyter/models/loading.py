@@ -375,13 +375,14 @@ def prepare(spec: str) -> None:
     import importlib
     import json
 
+    # imported for their side effect only: the libraries' memory is then already in the process
     import torch  # noqa: F401
     import transformers  # noqa: F401
 
     src = resolve_source(spec, pull=False)
     model_type = None
     if src.kind == "gguf":
-        import transformers.modeling_gguf_pytorch_utils  # noqa: F401
+        import transformers.modeling_gguf_pytorch_utils  # noqa: F401  (side effect: the GGUF reader)
 
         from .engines.llamacpp import gguf_metadata
 

@@ -175,7 +175,7 @@ def prepare(plan: Plan) -> None:
         quantize_mod._torchao()
     if plan.prune is not None:
         import torch.nn.utils.prune
-        import transformers.pytorch_utils  # noqa: F401
+        import transformers.pytorch_utils  # noqa: F401  (side effect: loaded before the timing starts)
     if plan.compile:
         import torch._dynamo
         import torch._inductor

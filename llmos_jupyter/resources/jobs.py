@@ -10,7 +10,12 @@ thread-local setters). See ``ipykernel/zmqshell.py`` and ``ipykernel/iostream.py
 from __future__ import annotations
 
 import functools
+import itertools
 import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
 
 
 def _shell():
@@ -87,11 +92,6 @@ def keep_output_parent(fn):
 
 
 # ----------------------------------------------------------------------------- jobs
-import itertools  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-from typing import Callable  # noqa: E402
 
 _ids = itertools.count(1)
 

@@ -49,7 +49,7 @@ def detect_mode() -> str:
     if ip is None or getattr(ip, "kernel", None) is None:
         return "text"
     try:
-        import ipywidgets  # noqa: F401
+        import ipywidgets  # noqa: F401  (is it installed?)
     except ImportError:
         return "html"
     return "widget"
