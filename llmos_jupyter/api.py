@@ -1235,8 +1235,6 @@ def evaluate(alias: str, dataset: str, *, split: str = "test", batch_size: int =
             the model's labels, no prompt/response columns for a causal LM, ``generate`` on a
             seq-cls model, ``limit`` < 1.
     """
-    from .training.evaluate import evaluate as _evaluate
-
     m = manager()
     rec = m.get(alias)
     dv = store().get(dataset)
@@ -1257,46 +1255,58 @@ def evaluate(alias: str, dataset: str, *, split: str = "test", batch_size: int =
         raise UsageError(f"'{alias}' is loaded as {rec.task}; --generate scores a causal-lm's answers "
                          f"(drop {opt('generate', True)}, or load a causal LM)")
     if rec.task == "causal-lm":
-        from .training.sft import evaluate_causal_lm
-
-        ds = first(_prepare_sft_split(dv, split))
-        from .models import engines as _engines
-
-        use = rec.engine if _engines.normalize(engine) == "auto" else _engines.normalize(engine)
-        if use == "llama.cpp" and rec.engine != "llama.cpp":
-            raise UsageError(f"'{alias}' is served by {rec.engine}; load it with {opt('engine', 'llama.cpp')} to "
-                             f"answer with llama.cpp")
-        if (not generate or use == "transformers") and rec.model is None and rec.engine == "llama.cpp":
-            rec = m.attach_weights(alias)  # the loss is computed on the transformers weights of its GGUF
-        with m.use(alias) as rec:
-            if generate:
-                from .training.answers import evaluate_answers
-
-                served = rec.inference() if use == "llama.cpp" else None  # answers from the llama.cpp context
-                limit = max(max_length, 512)
-                count = served.tokenize if served is not None else (lambda t: rec.tokenizer(t)["input_ids"])
-                _note_cut(sum(len(count(str(t))) > limit for t in ds[dv.prompt_column]), len(ds),
-                          f"prompts are longer than {limit:,} tokens: '{alias}' answers from their last {limit:,} "
-                          f"tokens (the beginning is not read)")
-                return evaluate_answers(rec.model, rec.tokenizer, ds, prompt_column=dv.prompt_column,
-                                        response_column=dv.response_column, batch_size=min(batch_size, 32),
-                                        max_new_tokens=max_new_tokens, max_length=limit, engine=served)
-            from .training.sft import tokenize_pairs
-
-            limit = min(max(max_length, 512), model_positions(rec))
-            import numpy as np
-
-            lengths = np.diff(tokenize_pairs(rec.tokenizer, ds, dv.prompt_column, dv.response_column, limit).offsets)
-            _note_cut(int((lengths >= limit).sum()), len(ds), f"rows reached {limit:,} tokens (prompt + response): "
-                      f"'{alias}' is scored on their first {limit:,} tokens")
-            return evaluate_causal_lm(rec.model, rec.tokenizer, ds, prompt_column=dv.prompt_column,
-                                      response_column=dv.response_column, batch_size=min(batch_size, 16),
-                                      max_length=limit)
+        return _evaluate_causal_lm(m, rec, dv, first(_prepare_sft_split(dv, split)), generate=generate, engine=engine,
+                                   batch_size=batch_size, max_length=max_length, max_new_tokens=max_new_tokens)
     _need_task(rec, "seq-cls", "evaluate")
     ds = first(_prepare_split(dv, split, rec))
-    with m.use(alias) as rec:
-        from .training.batching import tokenize_column
+    return _evaluate_seq_cls(m, alias, dv, ds, batch_size=batch_size, max_length=max_length)
 
+
+def _evaluate_causal_lm(m, rec, dv, ds, *, generate: bool, engine: str | None, batch_size: int, max_length: int,
+                        max_new_tokens: int | None):
+    """:func:`evaluate` of a causal LM: loss and perplexity on the responses, or with ``generate``
+    its greedy answers (from the engine asked for: the alias's own, or its transformers weights)."""
+    from .models import engines as _engines
+
+    alias = rec.alias
+    use = rec.engine if _engines.normalize(engine) == "auto" else _engines.normalize(engine)
+    if use == "llama.cpp" and rec.engine != "llama.cpp":
+        raise UsageError(f"'{alias}' is served by {rec.engine}; load it with {opt('engine', 'llama.cpp')} to "
+                         f"answer with llama.cpp")
+    if (not generate or use == "transformers") and rec.model is None and rec.engine == "llama.cpp":
+        rec = m.attach_weights(alias)  # the loss is computed on the transformers weights of its GGUF
+    with m.use(alias) as rec:
+        if generate:
+            from .training.answers import evaluate_answers
+
+            served = rec.inference() if use == "llama.cpp" else None  # answers from the llama.cpp context
+            limit = max(max_length, 512)
+            count = served.tokenize if served is not None else (lambda t: rec.tokenizer(t)["input_ids"])
+            _note_cut(sum(len(count(str(t))) > limit for t in ds[dv.prompt_column]), len(ds),
+                      f"prompts are longer than {limit:,} tokens: '{alias}' answers from their last {limit:,} "
+                      f"tokens (the beginning is not read)")
+            return evaluate_answers(rec.model, rec.tokenizer, ds, prompt_column=dv.prompt_column,
+                                    response_column=dv.response_column, batch_size=min(batch_size, 32),
+                                    max_new_tokens=max_new_tokens, max_length=limit, engine=served)
+        import numpy as np
+
+        from .training.sft import evaluate_causal_lm, tokenize_pairs
+
+        limit = min(max(max_length, 512), model_positions(rec))
+        lengths = np.diff(tokenize_pairs(rec.tokenizer, ds, dv.prompt_column, dv.response_column, limit).offsets)
+        _note_cut(int((lengths >= limit).sum()), len(ds), f"rows reached {limit:,} tokens (prompt + response): "
+                  f"'{alias}' is scored on their first {limit:,} tokens")
+        return evaluate_causal_lm(rec.model, rec.tokenizer, ds, prompt_column=dv.prompt_column,
+                                  response_column=dv.response_column, batch_size=min(batch_size, 16),
+                                  max_length=limit)
+
+
+def _evaluate_seq_cls(m, alias: str, dv, ds, *, batch_size: int, max_length: int):
+    """:func:`evaluate` of a seq-cls model: accuracy, macro-F1, per-class scores, confusion matrix."""
+    from .training.batching import tokenize_column
+    from .training.evaluate import evaluate as _evaluate
+
+    with m.use(alias) as rec:
         limit = min(int(max_length), model_positions(rec))
         lengths = tokenize_column(rec.tokenizer, ds, dv.text_column, limit).lengths  # cached: evaluate reuses it
         _note_cut(int((lengths >= limit).sum()), len(ds), f"rows reached {limit:,} tokens: '{alias}' classified "
@@ -1309,12 +1319,6 @@ def _note_cut(n_cut: int, n: int, what: str) -> None:
     """The evaluation side of :func:`fit_texts`: one note when rows reached the token limit."""
     if n_cut:
         print(f"llmos: note: {n_cut:,} of {n:,} {what}", file=sys.stderr, flush=True)
-
-
-_AUTO_CLASS = {"seq-cls": "AutoModelForSequenceClassification", "causal-lm": "AutoModelForCausalLM",
-               "embedding": "AutoModel"}
-_OPT_DTYPE = {"int8": "int8 dynamic", "int8-weight": "int8 weight-only", "int4": "int4 weight-only",
-              "bf16": "bfloat16", "fp16": "float16"}
 
 
 @checked
@@ -1368,178 +1372,19 @@ def optimize(alias: str, *, quantize: str | None = None, prune: float | None = N
             compiled one; the new alias taken. ResourceError: the copy does not fit in memory.
             Nothing is registered and no run is kept after a user error.
     """
-    import torch
-
-    from .optimize import driver as _driver
-    from .optimize.measure import SPEED_PROMPT, SPEED_TEXTS, encode_batches
+    from .optimize.command import optimize_alias
 
     m = manager()
     rec = m.get(alias)
-    if rec.exclusive:
-        raise UsageError(f"'{alias}' is being fine-tuned by {rec.exclusive}; wait with `%llm job wait {rec.exclusive}` "
-                         f"or stop it with `%llm job cancel {rec.exclusive}`, then optimize it")
-    task = rec.task
-    device = rec.device or "cpu"
-    plan = _driver.check_plan(quantize=quantize, prune=prune, structured=structured, compile=compile,
-                              recover_epochs=recover_epochs, task=task, device=device, model=rec.model,
-                              optimized=rec.optimized)
-    for name, v, lo in (("batch size", batch_size, 1), ("speed batches", speed_batches, 1), ("repeats", repeats, 1),
-                        ("max_new_tokens", max_new_tokens, 2)):
-        if int(v) < lo:
-            raise UsageError(f"{name} must be at least {lo} (got {v})")
-    if limit is not None and int(limit) < 1:
-        raise UsageError(f"limit must be at least 1 row (got {limit})")
-    if generate and task != "causal-lm":
-        raise UsageError(f"'{alias}' is loaded as {task}; --generate scores a causal-lm's answers (drop --generate)")
-    if generate and not eval:
-        raise UsageError("--generate scores greedy answers on a dataset; add --eval DATASET")
-    if plan.recover_epochs and not eval:
-        raise UsageError("--recover-epochs fine-tunes on a dataset's train split; add --eval DATASET")
-    if plan.recover_epochs and task == "embedding":
-        raise UsageError("--recover-epochs fine-tunes seq-cls and causal-lm models; load the model with --task seq-cls")
-    new_alias = as_ or f"{alias}-{plan.suffix()}"
-    if new_alias in m.aliases():
-        raise UsageError(f"alias '{new_alias}' is already loaded; name another with --as NAME "
-                         f"or `%llm unload {new_alias}`")
 
-    # the dataset, its split (and train split for recovery): refused before anything runs
-    dv = ds = train = None
-    split = None
-    if eval:
-        dataset, _, split = str(eval).partition(":")
-        split = split or "test"
-        dv = store().get(dataset)
-        if task == "causal-lm":
-            ds = _prepare_sft_split(dv, split)
-            train = _prepare_sft_split(dv, "train") if plan.recover_epochs else None
-        elif task == "seq-cls":
-            ds = _prepare_split(dv, split, rec)
-            train = _prepare_split(dv, "train", rec) if plan.recover_epochs else None
-        else:
-            if not dv.text_column:
-                raise UsageError(f"dataset '{dv.name}' has no text column for embeddings; name it with "
-                                 f"`%llm data load ... --text COLUMN`")
-            if split not in dv.splits:
-                raise UsageError(f"dataset '{dv.name}' has no '{split}' split (it has {', '.join(dv.splits)}); "
-                                 f"make one with `%llm data split {dv.name} --test 0.15`")
-            ds = dv.splits[split]
-        if limit is not None:
-            ds = ds.select(range(min(int(limit), len(ds))))
-    if rec.model is None and rec.engine == "llama.cpp":  # optimise the transformers weights of its GGUF
-        rec = m.attach_weights(alias)
+    def prepare(dv, split):  # the split as the model's task reads it
+        return _prepare_sft_split(dv, split) if rec.task == "causal-lm" else _prepare_split(dv, split, rec)
 
-    from .training.batching import as_text
-
-    with m.use(alias) as src:  # refused while a job trains it; cannot be unloaded meanwhile
-        tok = src.tokenizer
-        m.make_room(device, sum(src.bytes.values()), new_alias)  # room for the copy, as a load makes it
-        texts = prompt = None
-        if task == "causal-lm":
-            from .training.sft import render_pair
-
-            first = ds[dv.prompt_column][0] if ds is not None and len(ds) else SPEED_PROMPT
-            prompt = render_pair(tok, as_text(first), "")[0]
-        else:
-            n = batch_size * speed_batches
-            pool = [as_text(t) for t in ds[dv.text_column][:n]] if ds is not None and len(ds) else []
-            texts = (pool or SPEED_TEXTS) * (n // max(1, len(pool or SPEED_TEXTS)) + 1)
-            texts = texts[:n]
-        batches = (encode_batches(tok, texts, batch_size=batch_size, max_length=max_length, device=device)
-                   if texts else None)
-        evaluate_fn = _optimize_evaluator(src, dv, ds, task=task, generate=generate, max_length=max_length,
-                                          batch_size=batch_size)
-        recover_fn = (_optimize_recovery(src, dv, train, new_alias, epochs=plan.recover_epochs, lr=recover_lr,
-                                         max_length=max_length, progress=progress) if plan.recover_epochs else None)
-        config = dict(plan.to_dict(), source=alias, new_alias=new_alias, eval=eval, split=split, generate=generate,
-                      limit=limit, batch_size=batch_size, speed_batches=speed_batches, repeats=repeats,
-                      max_new_tokens=max_new_tokens, max_length=max_length, threads=torch.get_num_threads(),
-                      device=device, recover_lr=recover_lr if plan.recover_epochs else None)
-        t0 = time.perf_counter()
-        with registry().track("optimize", alias, f"{dv.name}@v{dv.version}:{split}" if dv else None, config,
-                              0 if plan.recover_epochs else None, dv.fingerprint if dv else None) as run:
-            folder = registry().run_dir(run.id) / "checkpoint"
-            result = _driver.run(src.model, tok, plan, task=task, batches=batches, prompt=prompt or "",
-                                 evaluate=evaluate_fn, recover=recover_fn, folder=folder,
-                                 auto_class=_AUTO_CLASS[task], repeats=repeats, max_new_tokens=max_new_tokens)
-            real = {device: result.after.resident_bytes or 0}
-            m.register(new_alias, result.model, tok, source=f"{alias} (optimize: {plan.describe()})", task=task,
-                       real_bytes=real, labels=src.labels, dtype=_OPT_DTYPE.get(plan.quantize or "", src.dtype),
-                       quantization=plan.quantize, optimized=dict(plan.to_dict(), source=alias, run=run.id),
-                       run_id=run.id)
-            from .pull import sha256_file
-
-            weights = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".pt"))
-            sha = sha256_file(weights[0]) if len(weights) == 1 else None
-            run.finish("completed", metrics=result.metrics(), wall_s=time.perf_counter() - t0,
-                       checkpoint=str(folder), checkpoint_sha256=sha)
-    return result.table(alias, new_alias, task=task, batch_size=batch_size, threads=config["threads"],
-                        rows_evaluated=len(ds) if ds is not None and evaluate_fn is not None else None,
-                        split=f"{dv.name}:{split}" if dv else None, run_id=run.id)
-
-
-def _optimize_evaluator(src, dv, ds, *, task: str, generate: bool, max_length: int, batch_size: int):
-    """``evaluate(model) -> metrics`` on ``ds`` for :func:`optimize` (None without a dataset); seq-cls
-    batches are the speed batches' size, so a compiled copy sees the batch shape it was compiled for."""
-    if ds is None:
-        return None
-    if task == "seq-cls":
-        from .training.evaluate import evaluate as _evaluate
-
-        return lambda model: _evaluate(model, src.tokenizer, ds, text_column=dv.text_column,
-                                       label_column=dv.label_column, batch_size=batch_size, max_length=max_length,
-                                       label_names=src.labels).to_metrics()
-    if task == "causal-lm":
-        if generate:
-            from .training.answers import evaluate_answers
-
-            return lambda model: evaluate_answers(model, src.tokenizer, ds, prompt_column=dv.prompt_column,
-                                                  response_column=dv.response_column, batch_size=16,
-                                                  max_length=512).to_metrics()
-        from .training.sft import evaluate_causal_lm
-
-        return lambda model: evaluate_causal_lm(model, src.tokenizer, ds, prompt_column=dv.prompt_column,
-                                                response_column=dv.response_column, batch_size=16,
-                                                max_length=max(max_length, 512)).to_metrics()
-    from .models.embedding import embed as _embed
-    from .training.batching import as_text
-
-    texts = [as_text(t) for t in ds[dv.text_column]]
-    reference: list = []
-
-    def cosine(model):  # embeddings are L2-normalised: the dot product is the cosine
-        vecs = _embed(getattr(model, "base_model", model), src.tokenizer, texts, max_length=max_length)
-        if not reference:
-            reference.append(vecs)
-        return {"cosine_to_original": float((vecs * reference[0]).sum(axis=1).mean())}
-
-    return cosine
-
-
-def _optimize_recovery(src, dv, train, new_alias: str, *, epochs: int, lr: float, max_length: int, progress: bool):
-    """``recover(model) -> summary``: the fine-tune after pruning, on ``train``."""
-    from .training.config import FinetuneConfig
-    from .training.finetune import finetune as _finetune
-
-    lm = src.task == "causal-lm"
-    cols = ({"prompt_column": dv.prompt_column, "response_column": dv.response_column} if lm else
-            {"text_column": dv.text_column, "label_column": dv.label_column})
-
-    def recover(model):
-        view = None
-        if progress:
-            from .widgets.progress import TrainingProgress
-
-            view = TrainingProgress(title=f"recover {new_alias} on {dv.name}")
-        cfg = FinetuneConfig(epochs=epochs, lr=lr, batch_size=32, seed=0, max_length=max_length,
-                             task="causal-lm" if lm else "seq-cls")
-        res = _finetune(model, src.tokenizer, train, None, config=cfg, callback=view, **cols)
-        if res.status != "completed":
-            raise LLMOSError(f"the recovery fine-tune was {res.status}; nothing was registered")
-        last = res.train_loss[-1] if res.train_loss else float("nan")
-        return {"epochs": epochs, "steps": res.steps, "train_loss": last, "samples_per_s": res.samples_per_s,
-                "wall_s": res.wall_s}
-
-    return recover
+    return optimize_alias(m, alias, store=store, registry=registry, prepare=prepare, quantize=quantize, prune=prune,
+                          structured=structured, compile_model=compile, eval_spec=eval, generate=generate,
+                          recover_epochs=recover_epochs, as_=as_, limit=limit, batch_size=batch_size,
+                          speed_batches=speed_batches, repeats=repeats, max_new_tokens=max_new_tokens,
+                          max_length=max_length, recover_lr=recover_lr, progress=progress)
 
 
 @checked
@@ -1606,32 +1451,46 @@ def export(alias: str, path: str | os.PathLike, *, merge_lora: bool | None = Non
         rec = m.attach_weights(alias)
     writer = _optimized_writer(rec, format)
     with m.use(alias) as rec:
-        run_id = rec.run_id
         lora = hasattr(rec.model, "peft_config")
         gguf_base = lora and bool(rec.gguf_path)
         auto_merged = merge_lora is None and gguf_base and format == "hf"
         merge_lora = bool(merge_lora) or auto_merged
-        manifest = {"exported_alias": alias, "source": rec.source, "task": rec.task, "merged_lora": merge_lora,
-                    "run": None}
-        if run_id:
-            manifest = dict(registry().get(run_id).manifest(), exported_alias=alias, merged_lora=merge_lora)
-        # what `%llm load DIR` needs to rebuild it: the base as the user named it, and the class names
-        source = rec.source
-        try:
-            from .models import loading
-
-            src = loading.resolve_source(source, pull=False)
-            if src.kind == "adapter":  # an alias loaded from an adapter folder: record its base, not the adapter
-                source = loading.adapter_base(src)
-        except LLMOSError:
-            pass
-        manifest.update(format=format, source=source, labels=rec.labels)
+        manifest = _export_manifest(rec, format=format, merge_lora=merge_lora)
         try:
             info = export_model(rec.model, rec.tokenizer, path, merge_lora=merge_lora, overwrite=overwrite,
                                 manifest=manifest, format=format, quantize=quantize, source_gguf=rec.gguf_path,
                                 weights_writer=writer)
         except OSError as e:  # a folder that cannot be made or written: nothing was left there
             raise LLMOSError(f"cannot export to {path}: {e.strerror or e}; pick a folder you can write to") from None
+    return _export_message(rec, info, format=format, quantised=writer is not None, gguf_base=gguf_base,
+                           auto_merged=auto_merged)
+
+
+def _export_manifest(rec, *, format: str, merge_lora: bool) -> dict:
+    """``llmos_manifest.json`` of an export: the run's manifest for a trained alias, else alias,
+    source and task; plus what `%llm load DIR` needs to rebuild it (the base as the user named
+    it, the class names)."""
+    alias = rec.alias
+    manifest = {"exported_alias": alias, "source": rec.source, "task": rec.task, "merged_lora": merge_lora,
+                "run": None}
+    if rec.run_id:
+        manifest = dict(registry().get(rec.run_id).manifest(), exported_alias=alias, merged_lora=merge_lora)
+    source = rec.source
+    try:
+        from .models import loading
+
+        src = loading.resolve_source(source, pull=False)
+        if src.kind == "adapter":  # an alias loaded from an adapter folder: record its base, not the adapter
+            source = loading.adapter_base(src)
+    except LLMOSError:
+        pass
+    manifest.update(format=format, source=source, labels=rec.labels)
+    return manifest
+
+
+def _export_message(rec, info: dict, *, format: str, quantised: bool, gguf_base: bool, auto_merged: bool) -> Message:
+    """The one-line result of :func:`export`: what was written, where, its size, how to load it."""
+    alias, run_id = rec.alias, rec.run_id
     src = f" (run {run_id})" if run_id else ""
     if format == "gguf":
         how = f"run it with llama.cpp / llama-cpp-python, or `%llm load {info['path']}`"
@@ -1640,7 +1499,7 @@ def export(alias: str, path: str | os.PathLike, *, merge_lora: bool | None = Non
         what = "LoRA adapter"
         how = (f"load it with `%llm load {info['path']}` (the base, {rec.source}, then the adapter)" if gguf_base
                else f"load it with `%llm load {info['path']}` or peft's AutoPeftModel.from_pretrained(path)")
-    elif writer is not None:
+    elif quantised:
         how = ("load with plain transformers + torch: the lines in llmos_quantization.json, or "
                "llmos_jupyter.optimize.quantize.load_quantized(path)")
         what = f"{rec.quantization or 'quantised'} model"
@@ -1676,7 +1535,7 @@ def _optimized_writer(rec, format: str):
     level = rec.quantization if rec.quantization in ("int8", "int8-weight", "int4") else "int8"
 
     def write(model, folder):
-        _quantize.save_quantized(model, folder, level=level, task_class=_AUTO_CLASS.get(rec.task, "AutoModel"))
+        _quantize.save_quantized(model, folder, level=level, task_class=_quantize.TASK_CLASS.get(rec.task, "AutoModel"))
 
     return write
 

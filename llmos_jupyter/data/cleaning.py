@@ -270,6 +270,30 @@ class CleanReport:
         return {"text/plain": str(self), "text/html": self._repr_html_()}
 
 
+def apply_label_map(labels: list, names: list[str], plan: tuple[list[int], list[str]], *, split: str,
+                    rule: RuleResult) -> list[int]:
+    """Relabel one split with a plan from :func:`plan_label_map`; missing labels stay ``-1``.
+
+    Args:
+        labels: label ids of the split (``-1`` or ``None`` = missing); ``names`` their names.
+        rule: the ``label_map`` result to count changed rows in (with examples) and to describe
+            the whole map in.
+
+    Returns:
+        the new label ids.
+    """
+    new_id, new_names = plan
+    mapped = [new_id[x] if x is not None and x >= 0 else -1 for x in labels]
+    changed = [i for i, (a, b) in enumerate(zip(labels, mapped))
+               if a is not None and a >= 0 and (a != b or names[a] != new_names[b])]
+    rule.changed += len(changed)
+    for i in changed[: MAX_EXAMPLES - len(rule.examples)]:
+        rule.examples.append({"split": split, "row": i, "before": f"{names[labels[i]]} ({labels[i]})",
+                              "after": f"{new_names[mapped[i]]} ({mapped[i]})"})
+    rule.detail = {"map": ", ".join(f"{a}->{new_names[new_id[i]]}({new_id[i]})" for i, a in enumerate(names))}
+    return mapped
+
+
 def clean_split(texts: list, labels: list | None, *, split: str, rules: list[RuleResult],
                 strip: bool, normalize: bool, drop_empty: bool, min_chars: int | None,
                 max_chars: int | None, dedupe: bool) -> tuple[list[int], list]:
@@ -283,11 +307,37 @@ def clean_split(texts: list, labels: list | None, *, split: str, rules: list[Rul
     Returns:
         ``(kept row indices into the input, new texts for those rows)``.
     """
-    by = {r.rule: r for r in rules}
-    texts = list(texts)
+    c = _SplitCleaner(texts, labels, split, rules)
+    if strip:
+        c.count_tags()
+        c.change("strip_html", strip_html)
+    if normalize:
+        c.change("normalize_whitespace", normalize_whitespace)
+    if drop_empty:
+        c.remove("drop_empty", c.empty_reason)
+    if min_chars is not None:
+        c.remove("min_chars", lambda i: f"shorter than {min_chars} chars"
+                 if c.texts[i] is not None and len(c.texts[i]) < min_chars else None)
+    if max_chars is not None:
+        c.remove("max_chars", lambda i: f"longer than {max_chars} chars"
+                 if c.texts[i] is not None and len(c.texts[i]) > max_chars else None)
+    if dedupe:
+        c.dedupe()
+    return c.keep, [c.texts[i] for i in c.keep]
 
-    def change(rule: str, fn):
-        r = by[rule]
+
+class _SplitCleaner:
+    """One split's texts while :func:`clean_split` runs: ``texts`` (changed in place), ``keep``
+    (the row indices still kept), and the :class:`RuleResult` of each rule (``by``)."""
+
+    def __init__(self, texts: list, labels: list | None, split: str, rules: list[RuleResult]):
+        self.texts, self.labels, self.split = list(texts), labels, split
+        self.by = {r.rule: r for r in rules}
+        self.keep = list(range(len(self.texts)))
+
+    def change(self, rule: str, fn) -> None:
+        """Rewrite every text with ``fn``, counting (and keeping examples of) the ones it changed."""
+        r, texts = self.by[rule], self.texts
         for i, t in enumerate(texts):
             if t is None:
                 continue
@@ -295,57 +345,50 @@ def clean_split(texts: list, labels: list | None, *, split: str, rules: list[Rul
             if new != t:
                 r.changed += 1
                 if len(r.examples) < MAX_EXAMPLES:
-                    r.examples.append({"split": split, "row": i, "before": t, "after": new})
+                    r.examples.append({"split": self.split, "row": i, "before": t, "after": new})
                 texts[i] = new
 
-    if strip:
+    def count_tags(self) -> None:
+        """Add ``rows with <tag>`` counts to the strip_html rule's detail (most frequent first)."""
         tags: dict[str, int] = {}
-        for t in texts:
+        for t in self.texts:
             if t is not None and "<" in t:
                 for k in {tag_key(m) for m in TAG_RE.finditer(t)}:
                     tags[k] = tags.get(k, 0) + 1
+        detail = self.by["strip_html"].detail
         for k, v in sorted(tags.items(), key=lambda kv: -kv[1]):
-            by["strip_html"].detail[f"rows with {k}"] = by["strip_html"].detail.get(f"rows with {k}", 0) + v
-        change("strip_html", strip_html)
-    if normalize:
-        change("normalize_whitespace", normalize_whitespace)
+            detail[f"rows with {k}"] = detail.get(f"rows with {k}", 0) + v
 
-    keep = list(range(len(texts)))
-
-    def remove(rule: str, reason_of, tally: bool = True):
-        nonlocal keep
-        r = by[rule]
+    def remove(self, rule: str, reason_of, tally: bool = True) -> None:
+        """Drop the kept rows for which ``reason_of(i)`` gives a reason (tallied by reason)."""
+        r = self.by[rule]
         kept = []
-        for i in keep:
+        for i in self.keep:
             reason = reason_of(i)
             if reason:
                 r.removed += 1
                 if tally:
                     r.detail[reason] = r.detail.get(reason, 0) + 1
                 if len(r.examples) < MAX_EXAMPLES:
-                    r.examples.append({"split": split, "row": i, "reason": reason, "text": texts[i]})
+                    r.examples.append({"split": self.split, "row": i, "reason": reason, "text": self.texts[i]})
             else:
                 kept.append(i)
-        keep = kept
+        self.keep = kept
 
-    if drop_empty:
-        def empty(i):
-            t = texts[i]
-            if t is None:
-                return "missing text"
-            if not t.strip():
-                return "blank text"
-            if labels is not None and labels[i] is not None and labels[i] < 0:
-                return "missing label"
-            return None
-        remove("drop_empty", empty)
-    if min_chars is not None:
-        remove("min_chars", lambda i: f"shorter than {min_chars} chars"
-               if texts[i] is not None and len(texts[i]) < min_chars else None)
-    if max_chars is not None:
-        remove("max_chars", lambda i: f"longer than {max_chars} chars"
-               if texts[i] is not None and len(texts[i]) > max_chars else None)
-    if dedupe:
+    def empty_reason(self, i: int) -> str | None:
+        t, labels = self.texts[i], self.labels
+        if t is None:
+            return "missing text"
+        if not t.strip():
+            return "blank text"
+        if labels is not None and labels[i] is not None and labels[i] < 0:
+            return "missing label"
+        return None
+
+    def dedupe(self) -> None:
+        """Drop exact copies of an earlier kept text (the first is kept); count the texts with
+        copies and, when labelled, those whose copies disagree on the label."""
+        texts, labels, keep, detail = self.texts, self.labels, self.keep, self.by["dedupe"].detail
         first: dict[str, int] = {}
         for i in keep:
             if texts[i] is not None:
@@ -357,14 +400,13 @@ def clean_split(texts: list, labels: list | None, *, split: str, rules: list[Rul
                 if t is not None:
                     groups.setdefault(t, set()).add(labels[i])
         conflicting = sum(1 for t, ls in groups.items() if len(ls) > 1)
-        by["dedupe"].detail["texts with copies"] = by["dedupe"].detail.get("texts with copies", 0) + len(
+        detail["texts with copies"] = detail.get("texts with copies", 0) + len(
             {texts[i] for i in keep if texts[i] is not None and first[texts[i]] != i})
         if labels is not None:
-            by["dedupe"].detail["with conflicting labels (first kept)"] = (
-                by["dedupe"].detail.get("with conflicting labels (first kept)", 0) + conflicting)
-        remove("dedupe", lambda i: f"copy of row {first[texts[i]]}"
-               if texts[i] is not None and first[texts[i]] != i else None, tally=False)
-    return keep, [texts[i] for i in keep]
+            detail["with conflicting labels (first kept)"] = (
+                detail.get("with conflicting labels (first kept)", 0) + conflicting)
+        self.remove("dedupe", lambda i: f"copy of row {first[texts[i]]}"
+                    if texts[i] is not None and first[texts[i]] != i else None, tally=False)
 
 
 def check_clean_args(min_chars, max_chars) -> None:

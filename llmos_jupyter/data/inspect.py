@@ -325,9 +325,7 @@ def inspect_version(version, *, tokenizer=None, max_length: int | None = None) -
         max_length: tokens; with a tokenizer, the share of rows longer than this is reported
             (default: the tokenizer's ``model_max_length`` when it is below 100,000).
     """
-    from ..models.embedding import as_text
-
-    tc, lc, names = version.text_column, version.label_column, version.label_names
+    tc, lc = version.text_column, version.label_column
     rows = {s: len(ds) for s, ds in version.splits.items()}
     roles = {tc: "text", lc: "label", getattr(version, "prompt_column", None): "prompt",
              getattr(version, "response_column", None): "response"}
@@ -336,64 +334,79 @@ def inspect_version(version, *, tokenizer=None, max_length: int | None = None) -
 
     texts_by_split = {s: column(ds, tc) for s, ds in version.splits.items()}
     labels_by_split = {s: column(ds, lc) for s, ds in version.splits.items()} if lc else {}
-    label_counts = {}
-    if lc:
-        for s, labels in labels_by_split.items():
-            counts: dict[str, int] = {}
-            if names:
-                for n in names:
-                    counts[n] = 0
-                arr = np.asarray(labels, dtype=np.int64)
-                for i, n in enumerate(names):
-                    counts[n] = int((arr == i).sum())
-                if (arr < 0).any():
-                    counts["(missing)"] = int((arr < 0).sum())
-            else:  # regression target: no class counts
-                continue
-            label_counts[s] = counts
-
+    label_counts = _label_counts(labels_by_split, version.label_names) if lc else {}
     all_texts = [t for s in version.splits for t in texts_by_split[s]]
     all_labels = [v for s in version.splits for v in labels_by_split.get(s, [])] if lc else None
     missing = sum(t is None for t in all_texts)
     blank = sum(1 for t in all_texts if t is not None and not t.strip())
-    seen: dict[str, int] = {}
-    label_sets: dict[str, set] = {}
-    for i, t in enumerate(all_texts):
-        if t is None:
-            continue
-        seen[t] = seen.get(t, 0) + 1
-        if all_labels is not None:
-            label_sets.setdefault(t, set()).add(all_labels[i])
-    present = len(all_texts) - missing
-    duplicates = present - len(seen)
-    duplicate_texts = sum(1 for c in seen.values() if c > 1)
-    conflicted = [t for t, ls in label_sets.items() if len(ls) > 1]
-    conflicting_rows = sum(seen[t] for t in conflicted)
+    duplicates, duplicate_texts, conflicting, conflicting_rows = _duplicates(all_texts, all_labels)
     overlap = {}
     if "train" in texts_by_split and len(texts_by_split) > 1:
         train = {t for t in texts_by_split["train"] if t is not None}
         for s, ts in texts_by_split.items():
             if s != "train":
                 overlap[s] = sum(1 for t in ts if t is not None and t in train)
+    chars = LengthStats.of(np.array([len(t) for t in all_texts if t is not None], dtype=np.int64), "chars")
+    tokens = _token_lengths(tokenizer, all_texts, max_length) if tokenizer is not None else None
+    examples = page_rows(version, next(iter(version.splits)), 0, EXAMPLES)
+    return DataReport(version.name, version.version, version.fingerprint, tc, lc, rows, schema,
+                      label_counts, missing, blank, duplicates, duplicate_texts, conflicting,
+                      conflicting_rows, overlap, _markup_counts(all_texts), chars, tokens, examples, version)
+
+
+def _label_counts(labels_by_split: dict[str, list], names: list[str] | None) -> dict[str, dict[str, int]]:
+    """Rows per class name in each split (``(missing)`` for ids below 0); empty for a regression
+    target (no class names)."""
+    if not names:
+        return {}
+    out = {}
+    for s, labels in labels_by_split.items():
+        arr = np.asarray(labels, dtype=np.int64)
+        counts = {n: int((arr == i).sum()) for i, n in enumerate(names)}
+        if (arr < 0).any():
+            counts["(missing)"] = int((arr < 0).sum())
+        out[s] = counts
+    return out
+
+
+def _duplicates(texts: list, labels: list | None) -> tuple[int, int, int, int]:
+    """``(duplicate rows, texts with copies, texts whose copies disagree on the label, rows of
+    those texts)`` over every split; missing texts are not counted."""
+    seen: dict[str, int] = {}
+    label_sets: dict[str, set] = {}
+    for i, t in enumerate(texts):
+        if t is None:
+            continue
+        seen[t] = seen.get(t, 0) + 1
+        if labels is not None:
+            label_sets.setdefault(t, set()).add(labels[i])
+    present = sum(t is not None for t in texts)
+    conflicted = [t for t, ls in label_sets.items() if len(ls) > 1]
+    return (present - len(seen), sum(1 for c in seen.values() if c > 1), len(conflicted),
+            sum(seen[t] for t in conflicted))
+
+
+def _markup_counts(texts: list) -> dict[str, int]:
+    """Rows holding each kind of HTML markup (:func:`.cleaning.find_markup`), most frequent first."""
     markup: dict[str, int] = {}
-    for t in all_texts:
+    for t in texts:
         if t is not None and ("<" in t or "&" in t):
             for k in find_markup(t):
                 markup[k] = markup.get(k, 0) + 1
-    markup = dict(sorted(markup.items(), key=lambda kv: (-kv[1], kv[0])))
-    chars = LengthStats.of(np.array([len(t) for t in all_texts if t is not None], dtype=np.int64), "chars")
-    tokens = None
-    if tokenizer is not None:
-        if max_length is None:
-            mml = getattr(tokenizer, "model_max_length", None)
-            max_length = int(mml) if mml and mml < 100_000 else None
-        enc = tokenizer([as_text(t) for t in all_texts], add_special_tokens=True, truncation=False,
-                        padding=False, verbose=False)
-        tokens = LengthStats.of(np.array([len(x) for x in enc["input_ids"]], dtype=np.int64), "tokens", max_length)
-    examples = page_rows(version, next(iter(version.splits)), 0, EXAMPLES)
-    return DataReport(version.name, version.version, version.fingerprint, tc, lc, rows, schema,
-                      label_counts, missing, blank, duplicates, duplicate_texts, len(conflicted),
-                      conflicting_rows, overlap, markup, chars, tokens, examples, version)
+    return dict(sorted(markup.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def _token_lengths(tokenizer, texts: list, max_length: int | None) -> LengthStats:
+    """Token lengths of every text (special tokens in, no truncation; a missing text counts as
+    ``""``); ``max_length`` defaults to the tokenizer's ``model_max_length`` below 100,000."""
+    from ..models.embedding import as_text
+
+    if max_length is None:
+        mml = getattr(tokenizer, "model_max_length", None)
+        max_length = int(mml) if mml and mml < 100_000 else None
+    enc = tokenizer([as_text(t) for t in texts], add_special_tokens=True, truncation=False,
+                    padding=False, verbose=False)
+    return LengthStats.of(np.array([len(x) for x in enc["input_ids"]], dtype=np.int64), "tokens", max_length)
 
 
 def _feature_str(f) -> str:

@@ -645,7 +645,7 @@ class DataStore:
             UsageError/NotFoundError: bad arguments, an unknown label in ``label_map``, a label
                 map on unlabelled data, or cleaning that would remove every row.
         """
-        from datasets import ClassLabel, DatasetDict
+        from datasets import DatasetDict
 
         v = self.get(name, version)
         cleaning.check_clean_args(min_chars, max_chars)
@@ -665,53 +665,32 @@ class DataStore:
                  ("dedupe", dedupe)]
         rules = [cleaning.RuleResult(r) for r, on in order if on]
         held = ["test"] if "test" in v.splits and len(v.splits) > 1 else []
-        tc, lc = v.text_column, v.label_column
-        names = v.label_names
-        features = None
+        names, features = v.label_names, None
         if plan is not None:
-            new_id, new_names = plan
-            features = next(iter(v.splits.values())).features.copy()
-            features[lc] = ClassLabel(names=new_names)
-            names = new_names
+            names, features = plan[1], _with_class_labels(v, plan[1])
         out = {}
         for s, ds in v.splits.items():
             fp = _hash("clean", ds._fingerprint, params)
-            labels = sources.column(ds, lc) if lc and v.label_names else None
+            labels = sources.column(ds, v.label_column) if v.label_column and v.label_names else None
             columns = {}
             if plan is not None:
-                mapped = [new_id[x] if x is not None and x >= 0 else -1 for x in labels]
-                changed = [i for i, (a, b) in enumerate(zip(labels, mapped))
-                           if a is not None and a >= 0 and (a != b or v.label_names[a] != new_names[b])]
-                r = rules[0]
-                r.changed += len(changed)
-                for i in changed[: cleaning.MAX_EXAMPLES - len(r.examples)]:
-                    r.examples.append({"split": s, "row": i,
-                                       "before": f"{v.label_names[labels[i]]} ({labels[i]})",
-                                       "after": f"{new_names[mapped[i]]} ({mapped[i]})"})
-                r.detail = {"map": ", ".join(f"{a}->{new_names[new_id[i]]}({new_id[i]})"
-                                             for i, a in enumerate(v.label_names))}
-                labels = mapped
-                columns[lc] = mapped
+                labels = columns[v.label_column] = cleaning.apply_label_map(labels, v.label_names, plan, split=s,
+                                                                            rule=rules[0])
             if s in held:
                 out[s] = _rebuild(ds, columns=columns, features=features, fingerprint=fp) if columns else ds
                 continue
-            texts = sources.column(ds, tc)
             keep, new_texts = cleaning.clean_split(
-                texts, labels, split=s, rules=rules, strip=strip_html, normalize=normalize_whitespace,
-                drop_empty=drop_empty, min_chars=min_chars, max_chars=max_chars, dedupe=dedupe)
+                sources.column(ds, v.text_column), labels, split=s, rules=rules, strip=strip_html,
+                normalize=normalize_whitespace, drop_empty=drop_empty, min_chars=min_chars, max_chars=max_chars,
+                dedupe=dedupe)
             if not keep:
                 raise UsageError(f"these rules would remove all {len(ds):,} rows of {name} split '{s}'; "
                                  f"loosen them (nothing was changed)")
             columns = {c: [vals[i] for i in keep] for c, vals in columns.items()}
             if strip_html or normalize_whitespace:
-                columns[tc] = new_texts
+                columns[v.text_column] = new_texts
             out[s] = _rebuild(ds, keep=keep, columns=columns, features=features, fingerprint=fp)
-        warn = []
-        if held and any(on for r, on in order if r != "label_map"):
-            rows = len(v.splits["test"])
-            warn.append(f"split 'test' is held out: its {rows:,} rows were left as they were "
-                        f"(clean before splitting to clean them too)")
-            warnings.warn(f"{name}: {warn[-1]}", UserWarning, stacklevel=2)
+        warn = _held_out_warning(name, v, held, any(on for r, on in order if r != "label_map"))
         new = self._commit(name, DatasetDict(out), operation="clean", params=params, roles=_roles(v),
                            label_names=names, parent=v, source=v.source)
         report = cleaning.CleanReport(name, v.version, new.version, new.fingerprint, v.fingerprint,
@@ -892,6 +871,27 @@ class DataStore:
 def _no_stratify() -> str:
     """``--no-stratify`` under ``%llm``, ``stratify=None`` in Python."""
     return "--no-stratify" if surface() == "magic" else "stratify=None"
+
+
+def _with_class_labels(v: DatasetVersion, names: list[str]):
+    """The features of ``v``'s splits with the label column as a ClassLabel of ``names``."""
+    from datasets import ClassLabel
+
+    features = next(iter(v.splits.values())).features.copy()
+    features[v.label_column] = ClassLabel(names=names)
+    return features
+
+
+def _held_out_warning(name: str, v: DatasetVersion, held: list[str], text_rules: bool) -> list[str]:
+    """The warning (also sent as a UserWarning) that a held-out ``test`` split was left as it was
+    while text rules cleaned the others; empty when nothing was held out or only labels changed."""
+    if not (held and text_rules):
+        return []
+    rows = len(v.splits["test"])
+    line = (f"split 'test' is held out: its {rows:,} rows were left as they were "
+            f"(clean before splitting to clean them too)")
+    warnings.warn(f"{name}: {line}", UserWarning, stacklevel=3)
+    return [line]
 
 
 def _roles(v: DatasetVersion) -> dict:

@@ -207,8 +207,6 @@ def export_gguf(model: Any, tokenizer: Any, path: str | os.PathLike, *, quantize
         LLMOSError: quantisation without the llama.cpp extra.
     """
     import gguf
-    import numpy as np
-    import torch
 
     if quantize not in GGUF_QUANTS:
         raise UsageError(f"unknown GGUF quantisation '{quantize}'; use one of {', '.join(GGUF_QUANTS)}")
@@ -220,65 +218,19 @@ def export_gguf(model: Any, tokenizer: Any, path: str | os.PathLike, *, quantize
                          f"'{mtype}' — export it with {opt('format', 'hf')}")
     arch, permute = ARCHITECTURES[mtype]
     n_head, n_kv = cfg.num_attention_heads, getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_head
     theta = _rope_theta(cfg)
-    if source_gguf is not None:
-        tok_fields, warning = tokenizer_fields_from_gguf(source_gguf), None
-    else:
-        if tokenizer is None:
-            raise UsageError("GGUF export needs the model's tokenizer (or the GGUF it was loaded from)")
-        tok_fields, warning = tokenizer_fields_from_hf(tokenizer)
-    if warning and notify:
-        notify(warning)
-    n_vocab = len(tok_fields["tokenizer.ggml.tokens"][0])
-    if n_vocab != cfg.vocab_size:
-        raise UsageError(f"the tokenizer has {n_vocab} tokens but the model's embedding has {cfg.vocab_size} rows; "
-                         f"GGUF needs them equal")
+    tok_fields = _tokenizer_fields(cfg, tokenizer, source_gguf, notify)
 
     path = Path(path)
     float_type = "f16" if quantize == "f16" else "f32"
     target = path if quantize in ("f32", "f16") else Path(tempfile.mkstemp(suffix=".f32.gguf", dir=path.parent)[1])
     try:
         w = gguf.GGUFWriter(str(target), arch)
-        w.add_name(name or Path(str(getattr(cfg, "_name_or_path", "") or "model")).name or "model")
-        w.add_context_length(int(cfg.max_position_embeddings))
-        w.add_embedding_length(int(cfg.hidden_size))
-        w.add_block_count(int(cfg.num_hidden_layers))
-        w.add_feed_forward_length(int(cfg.intermediate_size))
-        w.add_head_count(int(n_head))
-        w.add_head_count_kv(int(n_kv))
-        w.add_rope_dimension_count(int(head_dim))
-        if head_dim != cfg.hidden_size // n_head:
-            w.add_key_length(int(head_dim))
-            w.add_value_length(int(head_dim))
-        w.add_rope_freq_base(theta)
-        w.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
-        w.add_vocab_size(int(cfg.vocab_size))
-        w.add_file_type(_FTYPE[float_type])
+        _add_hyperparameters(w, cfg, name=name, theta=theta, float_type=float_type)
         for key, (value, vtype, sub) in tok_fields.items():
             w.add_key_value(key, value, vtype, sub_type=sub)
-
-        tmap = gguf.get_tensor_name_map(getattr(gguf.MODEL_ARCH, arch.upper()), int(cfg.num_hidden_layers))
-        tied = bool(getattr(cfg, "tie_word_embeddings", False))
-        state = model.state_dict()
-        count = params = 0
-        for hf_name, t in state.items():
-            if hf_name.endswith("rotary_emb.inv_freq") or (tied and hf_name == "lm_head.weight"):
-                continue
-            gg = tmap.get_name(hf_name, try_suffixes=(".weight", ".bias"))
-            if gg is None:
-                raise UsageError(f"GGUF export does not know where tensor '{hf_name}' goes; export with "
-                                 f"{opt('format', 'hf')}")
-            data = t.detach().to(torch.float32).cpu().numpy()
-            if permute and hf_name.endswith(("q_proj.weight", "q_proj.bias")):
-                data = permute_qk(data, n_head)
-            elif permute and hf_name.endswith(("k_proj.weight", "k_proj.bias")):
-                data = permute_qk(data, n_kv)
-            if float_type == "f16" and data.ndim > 1:
-                data = data.astype(np.float16)
-            w.add_tensor(gg, np.ascontiguousarray(data))
-            count += 1
-            params += data.size
+        count, params = _add_tensors(w, model, arch, permute=permute, n_head=n_head, n_kv=n_kv,
+                                     float_type=float_type)
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
@@ -294,3 +246,74 @@ def export_gguf(model: Any, tokenizer: Any, path: str | os.PathLike, *, quantize
         target.unlink(missing_ok=True)
     return {"path": str(path), "bytes": path.stat().st_size, "quantize": quantize, "architecture": arch,
             "tensors": count, "params": int(params)}
+
+
+def _tokenizer_fields(cfg, tokenizer, source_gguf: Optional[str], notify) -> dict[str, tuple]:
+    """The ``tokenizer.*`` keys to write: copied from ``source_gguf``, else built from ``tokenizer``
+    (its warning, if any, goes to ``notify``); the vocabulary must match the embedding rows."""
+    if source_gguf is not None:
+        tok_fields, warning = tokenizer_fields_from_gguf(source_gguf), None
+    else:
+        if tokenizer is None:
+            raise UsageError("GGUF export needs the model's tokenizer (or the GGUF it was loaded from)")
+        tok_fields, warning = tokenizer_fields_from_hf(tokenizer)
+    if warning and notify:
+        notify(warning)
+    n_vocab = len(tok_fields["tokenizer.ggml.tokens"][0])
+    if n_vocab != cfg.vocab_size:
+        raise UsageError(f"the tokenizer has {n_vocab} tokens but the model's embedding has {cfg.vocab_size} rows; "
+                         f"GGUF needs them equal")
+    return tok_fields
+
+
+def _add_hyperparameters(w, cfg, *, name: Optional[str], theta: float, float_type: str) -> None:
+    """The architecture's hyper-parameters as GGUF keys (``set_gguf_parameters`` in llama.cpp's
+    converter): name, context, widths, heads, rope, norm epsilon, vocabulary size, file type."""
+    n_head, n_kv = cfg.num_attention_heads, getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_head
+    w.add_name(name or Path(str(getattr(cfg, "_name_or_path", "") or "model")).name or "model")
+    w.add_context_length(int(cfg.max_position_embeddings))
+    w.add_embedding_length(int(cfg.hidden_size))
+    w.add_block_count(int(cfg.num_hidden_layers))
+    w.add_feed_forward_length(int(cfg.intermediate_size))
+    w.add_head_count(int(n_head))
+    w.add_head_count_kv(int(n_kv))
+    w.add_rope_dimension_count(int(head_dim))
+    if head_dim != cfg.hidden_size // n_head:
+        w.add_key_length(int(head_dim))
+        w.add_value_length(int(head_dim))
+    w.add_rope_freq_base(theta)
+    w.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
+    w.add_vocab_size(int(cfg.vocab_size))
+    w.add_file_type(_FTYPE[float_type])
+
+
+def _add_tensors(w, model, arch: str, *, permute: bool, n_head: int, n_kv: int, float_type: str) -> tuple[int, int]:
+    """Add every weight under its GGUF name (q/k permuted for llama.cpp's rope layout, no
+    ``output.weight`` when the embeddings are tied); returns ``(tensors, parameters)``."""
+    import gguf
+    import numpy as np
+    import torch
+
+    cfg = model.config
+    tmap = gguf.get_tensor_name_map(getattr(gguf.MODEL_ARCH, arch.upper()), int(cfg.num_hidden_layers))
+    tied = bool(getattr(cfg, "tie_word_embeddings", False))
+    count = params = 0
+    for hf_name, t in model.state_dict().items():
+        if hf_name.endswith("rotary_emb.inv_freq") or (tied and hf_name == "lm_head.weight"):
+            continue
+        gg = tmap.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if gg is None:
+            raise UsageError(f"GGUF export does not know where tensor '{hf_name}' goes; export with "
+                             f"{opt('format', 'hf')}")
+        data = t.detach().to(torch.float32).cpu().numpy()
+        if permute and hf_name.endswith(("q_proj.weight", "q_proj.bias")):
+            data = permute_qk(data, n_head)
+        elif permute and hf_name.endswith(("k_proj.weight", "k_proj.bias")):
+            data = permute_qk(data, n_kv)
+        if float_type == "f16" and data.ndim > 1:
+            data = data.astype(np.float16)
+        w.add_tensor(gg, np.ascontiguousarray(data))
+        count += 1
+        params += data.size
+    return count, params

@@ -259,6 +259,11 @@ RECIPE = {
 }
 
 
+# the transformers Auto class that rebuilds a saved model of each task (for save_quantized)
+TASK_CLASS = {"seq-cls": "AutoModelForSequenceClassification", "causal-lm": "AutoModelForCausalLM",
+              "embedding": "AutoModel"}
+
+
 def save_quantized(model: Any, folder: Path, *, level: str, task_class: str) -> list[str]:
     """Write a quantised model into ``folder``: ``config.json``, the quantised ``state_dict``
     (``model_quantized.pt``, ``torch.save``; int8 tensors and their scales) and

@@ -474,40 +474,11 @@ class ModelManager:
         if device not in (None, "auto", "cpu"):
             device = check_device(device)
         alias = alias or str(spec).rstrip("/").split("/")[-1].removesuffix(".gguf")
-        with self._lock:
-            old = self._models.get(alias)
-            if old is not None and not replace:
-                raise UsageError(f"alias '{alias}' is already loaded; use `--as OTHER` or `--replace`")
-            if old is not None and old.state == "loading":
-                raise UsageError(f"'{alias}' is still loading; wait for it, then retry")
-            if old is not None and old.exclusive:  # swapping weights under a running fine-tune
-                raise UsageError(f"'{alias}' is being fine-tuned by {old.exclusive}; wait with `%llm job wait "
-                                 f"{old.exclusive}`, stop it with `%llm job cancel {old.exclusive}`, or load as another alias")
+        old = self._check_alias(alias, replace)
         src = loading.resolve_source(spec)
         task = loading.resolve_task(src, task)  # the catalog's, the architectures'; an encoder never generates
         eng = engines.choose(engine, kind=src.kind, task=task, spec=spec, notify=lambda m: print(m, file=sys.stderr))
-        if eng == "llama.cpp":
-            if device not in (None, "auto", "cpu"):
-                raise UsageError(f"this build of the llama.cpp engine runs on the cpu; drop {opt('device', device)}, "
-                                 f"or load with {opt('engine', 'transformers')} {opt('device', device)}")
-            if dtype is not None:
-                raise UsageError(f"llama.cpp serves the GGUF's own weights ({src.gguf_file}), so {opt('dtype', dtype)} "
-                                 f"does not apply; drop it, or load with {opt('engine', 'transformers')} "
-                                 f"{opt('dtype', dtype)}")
-            from ..models.engines import llamacpp
-
-            plan = llamacpp.plan(gguf_file(src), n_ctx)
-            est = {"params": plan["params"], "bytes": plan["tensor_bytes"], "real_bytes": plan["bytes"],
-                   "dtype": "gguf", "device": "cpu", "task": "causal-lm"}
-        else:
-            if n_ctx is not None or threads is not None:
-                raise UsageError(f"{opt('n_ctx')} and {opt('threads')} size a llama.cpp context; drop them for "
-                                 f"{opt('engine', 'transformers')}")
-            if device not in (None, "auto") and dtype in (None, "auto"):
-                from .hardware import choose_device_dtype  # the dtype the load will pick for that device
-
-                dtype = choose_device_dtype(device, None)[1]
-            est = loading.estimate(spec, task, dtype)
+        est, dtype = self._estimate(eng, src, spec, task, dtype=dtype, device=device, n_ctx=n_ctx, threads=threads)
         dev = device if device not in (None, "auto") else est["device"]
         need = est["real_bytes"]
         with self._lock:
@@ -521,23 +492,9 @@ class ModelManager:
         with self._lock:
             self._models[key] = rec
         self.events.emit("loading", alias=alias, estimated_bytes=need, device=dev, engine=eng)
-        try:
-            if eng == "llama.cpp":
-                self._load_llamacpp(rec, gguf_file(src), n_ctx=n_ctx, threads=threads)
-            else:
-                self._load_transformers(rec, spec, task, labels=labels, dtype=dtype, device=device, attn_implementation=attn,
-                                        trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
-                if getattr(src, "gguf_file", None):
-                    rec.gguf_path = gguf_file(src)  # its tokenizer metadata travels into a GGUF export
-        except BaseException as e:
-            with self._lock:
-                self._models.pop(key, None)
-            self._free_record(rec)
-            self.events.emit("error", alias=alias, message=str(e).splitlines()[0] if str(e) else type(e).__name__)
-            if isinstance(e, MemoryError) and not isinstance(e, LLMOSError):
-                raise ResourceError(f"out of memory while loading '{alias}'; nothing was kept — "
-                                    f"free memory with `%llm unload ALIAS` or lower `%llm budget`") from None
-            raise
+        self._load_weights(rec, key, src, spec, task, labels=labels, dtype=dtype, device=device, attn=attn,
+                           trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, n_ctx=n_ctx,
+                           threads=threads)
         rec.state, rec.last_used = "ready", time.time()
         with self._lock:
             self._models.pop(key, None)
@@ -549,6 +506,72 @@ class ModelManager:
         if keep_alive is not None and keep_alive > 0:
             self._ensure_reaper()
         return rec
+
+    def _check_alias(self, alias: str, replace: bool) -> ModelRecord | None:
+        """The record ``alias`` holds now (None if free); refuses a taken alias without
+        ``replace``, one still loading, or one a fine-tune holds."""
+        with self._lock:
+            old = self._models.get(alias)
+            if old is not None and not replace:
+                raise UsageError(f"alias '{alias}' is already loaded; use `--as OTHER` or `--replace`")
+            if old is not None and old.state == "loading":
+                raise UsageError(f"'{alias}' is still loading; wait for it, then retry")
+            if old is not None and old.exclusive:  # swapping weights under a running fine-tune
+                raise UsageError(f"'{alias}' is being fine-tuned by {old.exclusive}; wait with `%llm job wait "
+                                 f"{old.exclusive}`, stop it with `%llm job cancel {old.exclusive}`, or load as another alias")
+        return old
+
+    @staticmethod
+    def _estimate(eng: str, src, spec: str, task: str, *, dtype, device, n_ctx, threads) -> tuple[dict, str | None]:
+        """``(estimate, dtype)`` before anything loads: the llama.cpp plan of the GGUF (weights + KV
+        cache + buffers), or transformers' meta-device estimate (with the dtype the load will pick
+        for an explicit device). Refuses options the chosen engine does not take."""
+        from ..models import loading
+
+        if eng == "llama.cpp":
+            if device not in (None, "auto", "cpu"):
+                raise UsageError(f"this build of the llama.cpp engine runs on the cpu; drop {opt('device', device)}, "
+                                 f"or load with {opt('engine', 'transformers')} {opt('device', device)}")
+            if dtype is not None:
+                raise UsageError(f"llama.cpp serves the GGUF's own weights ({src.gguf_file}), so {opt('dtype', dtype)} "
+                                 f"does not apply; drop it, or load with {opt('engine', 'transformers')} "
+                                 f"{opt('dtype', dtype)}")
+            from ..models.engines import llamacpp
+
+            plan = llamacpp.plan(gguf_file(src), n_ctx)
+            return {"params": plan["params"], "bytes": plan["tensor_bytes"], "real_bytes": plan["bytes"],
+                    "dtype": "gguf", "device": "cpu", "task": "causal-lm"}, dtype
+        if n_ctx is not None or threads is not None:
+            raise UsageError(f"{opt('n_ctx')} and {opt('threads')} size a llama.cpp context; drop them for "
+                             f"{opt('engine', 'transformers')}")
+        if device not in (None, "auto") and dtype in (None, "auto"):
+            from .hardware import choose_device_dtype  # the dtype the load will pick for that device
+
+            dtype = choose_device_dtype(device, None)[1]
+        return loading.estimate(spec, task, dtype), dtype
+
+    def _load_weights(self, rec: ModelRecord, key: str, src, spec: str, task: str, *, labels, dtype, device, attn,
+                      trust_remote_code: bool, allow_pickle: bool, n_ctx, threads) -> None:
+        """Load the admitted record's weights with its engine. On any error the record is
+        dropped, its memory given back, an ``error`` event sent, and a MemoryError becomes one
+        ResourceError line."""
+        try:
+            if rec.engine == "llama.cpp":
+                self._load_llamacpp(rec, gguf_file(src), n_ctx=n_ctx, threads=threads)
+            else:
+                self._load_transformers(rec, spec, task, labels=labels, dtype=dtype, device=device, attn_implementation=attn,
+                                        trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+                if getattr(src, "gguf_file", None):
+                    rec.gguf_path = gguf_file(src)  # its tokenizer metadata travels into a GGUF export
+        except BaseException as e:
+            with self._lock:
+                self._models.pop(key, None)
+            self._free_record(rec)
+            self.events.emit("error", alias=rec.alias, message=str(e).splitlines()[0] if str(e) else type(e).__name__)
+            if isinstance(e, MemoryError) and not isinstance(e, LLMOSError):
+                raise ResourceError(f"out of memory while loading '{rec.alias}'; nothing was kept — "
+                                    f"free memory with `%llm unload ALIAS` or lower `%llm budget`") from None
+            raise
 
     def make_room(self, device: str, need: int, for_alias: str, *, exclude: str | None = None, notify=print) -> None:
         """Evict idle models until ``need`` bytes fit on ``device`` (the rule of

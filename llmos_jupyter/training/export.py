@@ -132,6 +132,59 @@ def check_format(format: str, quantize: Optional[str]) -> Optional[str]:
     return quantize or "f16"
 
 
+def _write_stage(model: Any, tokenizer: Any, stage: Path, *, format: str, quantize: Optional[str],
+                 source_gguf: Optional[str], manifest: Optional[dict[str, Any]], merge: bool,
+                 weights_writer: Any) -> list[str]:
+    """Write the export into the staging folder ``stage``: the GGUF file, or the weights (LoRA
+    merged into a copy when ``merge``), config and tokenizer; then the manifest listing the files.
+    Returns the weights file names.
+
+    Raises:
+        RuntimeError: no weights file was written, or a file resolves outside ``stage``.
+    """
+    if format == "gguf":
+        from ..models.gguf_export import export_gguf
+
+        export_gguf(model, tokenizer, stage / f"model-{quantize}.gguf", quantize=quantize, source_gguf=source_gguf,
+                    name=(manifest or {}).get("exported_alias"))
+    else:
+        out = copy.deepcopy(model).merge_and_unload() if merge else model  # a copy: the model keeps its adapters
+        if weights_writer is not None:
+            weights_writer(out, stage)
+        else:
+            with quiet_saving():
+                out.save_pretrained(stage, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(stage)
+    # always written: it marks the folder as an llmos export and lists its files (what --overwrite may replace)
+    written = sorted(p.name for p in stage.iterdir())
+    record = dict(manifest if manifest is not None else {"run": None}, exported_files=written)
+    (stage / MANIFEST).write_text(json.dumps(record, indent=2, default=str))
+    kinds = ("*.gguf",) if format == "gguf" else ("*.safetensors", "*.pt")
+    weights = sorted(p.name for k in kinds for p in stage.glob(k))
+    if not weights:
+        raise RuntimeError(f"the export wrote no weights file in {stage}")
+    _inside(stage)
+    return weights
+
+
+def _replace_export(stage: Path, path: Path) -> None:
+    """Move the staged files into ``path``, first removing only what the earlier export there
+    listed in its manifest (and stale staging folders); nothing else in ``path`` is touched."""
+    new = sorted(p.name for p in stage.iterdir())
+    ours = previous_files(path) or set()  # only what the earlier export listed (nothing else is there: checked)
+    for old in list(path.iterdir()):
+        if old == stage or not (old.name in ours or old.name.startswith(".llmos-export-")):
+            continue
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old)
+        else:
+            old.unlink()
+    for name in new:
+        os.replace(stage / name, path / name)
+    stage.rmdir()
+
+
 def export_model(model: Any, tokenizer: Any, path: os.PathLike | str, *, merge_lora: bool = False, overwrite: bool = False,
                  manifest: Optional[dict[str, Any]] = None, format: str = "hf", quantize: Optional[str] = None,
                  source_gguf: Optional[str] = None, weights_writer: Any = None) -> dict[str, Any]:
@@ -178,43 +231,9 @@ def export_model(model: Any, tokenizer: Any, path: os.PathLike | str, *, merge_l
     path.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=".llmos-export-", dir=path))
     try:
-        if format == "gguf":
-            from ..models.gguf_export import export_gguf
-
-            export_gguf(model, tokenizer, stage / f"model-{quantize}.gguf", quantize=quantize, source_gguf=source_gguf,
-                        name=(manifest or {}).get("exported_alias"))
-        else:
-            out = model
-            if peft and merge_lora:
-                out = copy.deepcopy(model).merge_and_unload()  # a copy: the in-memory model keeps its adapters
-            if weights_writer is not None:
-                weights_writer(out, stage)
-            else:
-                with quiet_saving():
-                    out.save_pretrained(stage, safe_serialization=True)
-            if tokenizer is not None:
-                tokenizer.save_pretrained(stage)
-        # always written: it marks the folder as an llmos export and lists its files (what --overwrite may replace)
-        written = sorted(p.name for p in stage.iterdir())
-        record = dict(manifest if manifest is not None else {"run": None}, exported_files=written)
-        (stage / MANIFEST).write_text(json.dumps(record, indent=2, default=str))
-        kinds = ("*.gguf",) if format == "gguf" else ("*.safetensors", "*.pt")
-        weights = sorted(p.name for k in kinds for p in stage.glob(k))
-        if not weights:
-            raise RuntimeError(f"the export wrote no weights file in {stage}")
-        _inside(stage)
-        new = sorted(p.name for p in stage.iterdir())
-        ours = previous_files(path) or set()  # only what the earlier export listed (nothing else is there: checked)
-        for old in list(path.iterdir()):
-            if old == stage or not (old.name in ours or old.name.startswith(".llmos-export-")):
-                continue
-            if old.is_dir() and not old.is_symlink():
-                shutil.rmtree(old)
-            else:
-                old.unlink()
-        for name in new:
-            os.replace(stage / name, path / name)
-        stage.rmdir()
+        weights = _write_stage(model, tokenizer, stage, format=format, quantize=quantize, source_gguf=source_gguf,
+                               manifest=manifest, merge=peft and merge_lora, weights_writer=weights_writer)
+        _replace_export(stage, path)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         if not existed:
