@@ -26,6 +26,12 @@ from .display import Message, Reply, Table
 from .errors import LLMOSError, UsageError, opt, surface, unknown
 from .models.text_limits import fit_texts, model_positions
 from .resources.memory import format_size
+from .training.config import FinetuneConfig
+from .training.jobs import JobProgress as _JobProgress
+from .training.jobs import account_trained, run_job, warmup_note
+from .training.jobs import label_ids as _label_ids
+from .training.jobs import prepare_sft_split as _prepare_sft_split
+from .training.jobs import prepare_split as _prepare_split
 
 _lock = threading.Lock()
 _state: dict = {}
@@ -776,60 +782,6 @@ def seed(n: int) -> Message:
     return Message(f"seeded Python, NumPy and torch with {n}; deterministic algorithms on", seed=int(n))
 
 
-def _label_ids(rec, dv):
-    """Map the dataset's labels to the model's label ids; raise one line on a mismatch."""
-    model_labels = list(rec.labels or [])
-    names = dv.label_names
-    if names:
-        missing = [n for n in names if n not in model_labels]
-        if missing:
-            if len(names) == len(model_labels) and all(str(n).isdigit() for n in names):
-                return None
-            raise UsageError(f"dataset labels {missing} are not among the model's labels {model_labels}; "
-                             f"reload with `--labels {','.join(names)}` or map them with "
-                             f"`%llm data clean NAME --label-map OLD=NEW`")
-        mapping = [model_labels.index(n) for n in names]
-        return None if mapping == list(range(len(names))) else mapping
-    return None
-
-
-def _prepare_split(dv, split: str, rec):
-    if dv.label_column is None:
-        raise UsageError(f"dataset '{dv.name}' has no label column; set it with `%llm data load ... --label COLUMN`")
-    if split not in dv.splits:
-        raise UsageError(f"dataset '{dv.name}' has no '{split}' split (it has {', '.join(dv.splits)}); "
-                         f"make one with `%llm data split {dv.name} --test 0.15`")
-    ds = dv.splits[split]
-    mapping = _label_ids(rec, dv)
-    if mapping is not None:
-        col = dv.label_column
-        ds = ds.map(lambda b: {col: [mapping[x] for x in b[col]]}, batched=True, keep_in_memory=True)
-    n_model = len(rec.labels or [])
-    values = ds[dv.label_column]
-    missing = sum(1 for x in values if x is None or int(x) < 0)  # -1: ClassLabel's "no label" (an empty CSV cell)
-    if missing:
-        raise UsageError(f"{missing} of {len(values)} rows of '{dv.name}' ({split}) have no label; drop them with "
-                         f"`%llm data clean {dv.name}` (rows without a label or text are dropped), then train on the "
-                         f"new version")
-    bad = [x for x in set(values) if not 0 <= int(x) < n_model]
-    if bad:
-        raise UsageError(f"label values {sorted(map(str, bad))[:5]} are outside the model's {n_model} labels "
-                         f"{rec.labels}; reload with matching --labels")
-    return ds
-
-
-def _prepare_sft_split(dv, split: str):
-    """The ``split`` of a prompt/response dataset for causal-lm fine-tuning or evaluation."""
-    if not dv.prompt_column or not dv.response_column:
-        raise UsageError(f"dataset '{dv.name}' has no prompt/response columns (it has {', '.join(dv.splits[next(iter(dv.splits))].column_names)}); "
-                         f"a causal-lm needs prompt/response columns: name them so, or make them with "
-                         f"`%llm data prompt {dv.name} --prompt \"Review: {{text}}\\nSentiment:\" --response \"{{label}}\"`")
-    if split not in dv.splits:
-        raise UsageError(f"dataset '{dv.name}' has no '{split}' split (it has {', '.join(dv.splits)}); "
-                         f"make one with `%llm data split {dv.name} --test 0.15`")
-    return dv.splits[split]
-
-
 def scheduler():
     """The process-wide job scheduler (one training job per device at a time)."""
     with _lock:
@@ -840,60 +792,15 @@ def scheduler():
         return _state["jobs"]
 
 
-class _JobProgress:
-    """Training callback that feeds a job's fields (and so the side panel) and, optionally, the
-    notebook progress view; events are throttled to ≤ 4 per second."""
-
-    def __init__(self, job, view=None, min_interval_s: float = 0.25):
-        self.job, self.view, self.min_interval_s, self._last = job, view, min_interval_s, 0.0
-
-    def _view(self, name, *args):
-        fn = getattr(self.view, name, None)
-        if fn is not None:
-            fn(*args)
-
-    def on_begin(self, total_steps, total_samples, run_id=None):
-        scheduler().update(self.job, total_steps=total_steps)
-        self._view("on_begin", total_steps, total_samples, run_id)
-
-    def on_step(self, step, loss, lr, samples_per_s, eta_s):
-        j = self.job
-        j.step, j.loss, j.samples_per_s, j.eta_s = step, loss, samples_per_s, eta_s
-        j.progress = step / j.total_steps if j.total_steps else 0.0
-        now = time.monotonic()
-        if now - self._last >= self.min_interval_s or step == j.total_steps:
-            self._last = now
-            scheduler().update(j)
-        self._view("on_step", step, loss, lr, samples_per_s, eta_s)
-
-    def on_eval(self, step, epoch, metrics):
-        self._view("on_eval", step, epoch, metrics)
-
-    def on_end(self, status, result=None):
-        self._view("on_end", status, result)
-
-
-def _warmup_note(cfg, rows: int) -> list[str]:
-    """A note when the linear warmup (``ceil(warmup_ratio * steps)`` steps, as
-    ``transformers.get_linear_schedule_with_warmup`` is used by the Trainer) takes every step of
-    the run: the learning rate never reaches ``lr``, and a one-step run learns nothing (its only
-    step has learning rate 0)."""
-    import math
-
-    steps = math.ceil(math.ceil(rows / cfg.batch_size) / cfg.grad_accum) * cfg.epochs
-    steps = min(steps, cfg.max_steps) if cfg.max_steps is not None else steps
-    if cfg.warmup_ratio <= 0 or math.ceil(cfg.warmup_ratio * steps) < steps:
-        return []
-    what = ("its only step has learning rate 0, so nothing is learned" if steps == 1 else
-            f"the learning rate never reaches {opt('lr', cfg.lr)}")
-    return [f"llmos: note: the warmup takes all {steps} optimizer step{'s' if steps > 1 else ''} of this run "
-            f"({opt('warmup_ratio', cfg.warmup_ratio)}, rounded up): {what}; give {opt('warmup_ratio', 0.0)} "
-            f"or more steps"]
+# api.finetune's defaults are FinetuneConfig's (training/config.py), written once there
+_FT = FinetuneConfig()
+_FT_ARGS = ("epochs", "lr", "batch_size", "seed", "max_length", "method")  # the config fields finetune() names
 
 
 @checked
-def finetune(alias: str, dataset: str, *, epochs: int = 1, lr: float = 5e-5, batch_size: int = 32,
-             seed: int = 0, max_length: int = 128, method: str = "full", eval_split: str | None = "test",
+def finetune(alias: str, dataset: str, *, epochs: int = _FT.epochs, lr: float = _FT.lr, batch_size: int = _FT.batch_size,
+             seed: int = _FT.seed, max_length: int = _FT.max_length, method: str = _FT.method,
+             eval_split: str | None = "test",
              progress: bool = True, background: bool = False, resume: str | None = None,
              nproc: int | None = None, nnodes: int | None = None, backend: str | None = None,
              launcher: str | None = None, fsdp: bool = False, rdzv_endpoint: str | None = None,
@@ -955,37 +862,29 @@ def finetune(alias: str, dataset: str, *, epochs: int = 1, lr: float = 5e-5, bat
         LLMOSError: a rank failed (the run is recorded as failed with that rank's last error
             line; its last checkpoint, if any, stays loadable and resumable).
     """
-    from dataclasses import asdict
-
-    from .resources.jobs import Job
-    from .training.config import FinetuneConfig
-    from .training.finetune import finetune as _finetune
-
     from .training.finetune import check_lora_targets
+    from .training.jobs import launch_config
 
     m = manager()
     rec = m.get(alias)
     lm = rec.task == "causal-lm"
-    lc = _launch_config(nproc, nnodes, backend, launcher, fsdp, rdzv_endpoint, export_launch, resume)
+    lc = launch_config(nproc, nnodes, backend, launcher, fsdp, rdzv_endpoint, export_launch, resume)
     if lc is not None and rec.exclusive:
         raise UsageError(f"'{alias}' is being fine-tuned by {rec.exclusive}; wait with `%llm job wait {rec.exclusive}` "
                          f"or stop it with `%llm job cancel {rec.exclusive}` before starting ranks on it")
     if rec.model is None and rec.engine == "llama.cpp":  # train the transformers weights of the same GGUF
         store().get(dataset)  # an unknown dataset is refused before the weights are loaded
         rec = m.attach_weights(alias)
-    cfg = FinetuneConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, max_length=max_length,
-                         method=method, task="causal-lm" if lm else "seq-cls", **options)
+    given = dict(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, max_length=max_length, method=method,
+                 task="causal-lm" if lm else "seq-cls", **options)
+    cfg = FinetuneConfig(**given)
     prev = resume_ck = None
     if resume is not None:  # continue an interrupted run with its own config (training/resume.py)
         from .training.resume import model_fingerprint, plan_resume
 
         prev = registry().get(resume)
-        given = dict(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, max_length=max_length, method=method,
-                     task=cfg.task, **options)
-        defaults = dict(epochs=1, lr=5e-5, batch_size=32, seed=0, max_length=128, method="full")
-        prev_cfg, resume_ck, prev_state = plan_resume(prev, given, defaults)
+        prev_cfg, resume_ck, prev_state = plan_resume(prev, given, {k: getattr(_FT, k) for k in _FT_ARGS})
         cfg = FinetuneConfig.from_dict(prev_cfg)
-        method, seed = cfg.method, cfg.seed
         if prev_state.get("model_fingerprint") != model_fingerprint(rec.model):
             raise UsageError(f"run {prev.id} was trained on a different model than '{alias}' now holds; load the same base model as '{alias}', or start a new run")
     if not lm:
@@ -1003,11 +902,11 @@ def finetune(alias: str, dataset: str, *, epochs: int = 1, lr: float = 5e-5, bat
                      f"trained with {len(train):,} ({opt('batch_size', len(train))})")
         cfg = FinetuneConfig.from_dict(dict(cfg.to_dict(), batch_size=len(train)))
     if resume is None:
-        notes += _warmup_note(cfg, len(train))
+        notes += warmup_note(cfg, len(train))
     if prev is not None and prev.data_fingerprint != dv.fingerprint:
         raise UsageError(f"run {prev.id} was trained on dataset fingerprint {prev.data_fingerprint}, '{dataset}' is now "
                          f"{dv.fingerprint}; pass the same dataset version, or start a new run")
-    if method == "lora":
+    if cfg.method == "lora":
         check_lora_targets(rec.model, cfg)  # before the registry row: a bad target writes nothing
     if eval_split and eval_split not in dv.splits and cfg.track_best:
         raise UsageError(f"--patience/--metric keep the best evaluation, but '{dv.name}' has no '{eval_split}' split; "
@@ -1015,11 +914,22 @@ def finetune(alias: str, dataset: str, *, epochs: int = 1, lr: float = 5e-5, bat
     if eval_split and eval_split not in dv.splits and resume is None:
         notes.append(f"llmos: note: '{dv.name}' has no '{eval_split}' split, so this run was not evaluated; "
                      f"make one with `%llm data split {dv.name} --test 0.15`")
-    cols = ({"prompt_column": dv.prompt_column, "response_column": dv.response_column} if lm else
-            {"text_column": dv.text_column, "label_column": dv.label_column})
     if lc is not None:
         return _finetune_distributed(m, rec, dv, lc, cfg, train, ev, eval_split, prev, resume_ck, notes, progress,
                                      background, export_launch)
+    return _finetune_here(m, rec, dv, cfg, train, ev, prev, resume_ck, notes, progress, background)
+
+
+def _finetune_here(m, rec, dv, cfg, train, ev, prev, resume_ck, notes, progress, background):
+    """:func:`finetune` in this kernel, as a job (here or in the background)."""
+    from dataclasses import asdict
+
+    from .resources.jobs import Job
+    from .training.finetune import finetune as _finetune
+
+    alias, lm = rec.alias, cfg.task == "causal-lm"
+    cols = ({"prompt_column": dv.prompt_column, "response_column": dv.response_column} if lm else
+            {"text_column": dv.text_column, "label_column": dv.label_column})
     view = None
     if progress:
         from .widgets.progress import TrainingProgress
@@ -1029,13 +939,13 @@ def finetune(alias: str, dataset: str, *, epochs: int = 1, lr: float = 5e-5, bat
 
     def work(job):
         config = dict(asdict(cfg), **({"resumed_from": prev.id} if prev is not None else {}))
-        with registry().track("finetune", alias, f"{dv.name}@v{dv.version}", config, seed,
+        with registry().track("finetune", alias, f"{dv.name}@v{dv.version}", config, cfg.seed,
                               dv.fingerprint) as run:
             if prev is not None:  # the link both ways; a second resume of prev is refused from now on
                 registry().link_resume(prev.id, run.id)
             with m.use(alias, exclusive=job.id) as held:  # other calls on alias are refused meanwhile
                 result = _finetune(held.model, held.tokenizer, train, ev, **cols, config=cfg,
-                                   callback=_JobProgress(job, view),
+                                   callback=_JobProgress(job, view, scheduler=scheduler()),
                                    run_dir=registry().run_dir(run.id), should_stop=job.should_stop, run_id=run.id,
                                    resume_from=resume_ck)
                 if getattr(result, "model", None) is not None and result.model is not held.model:
@@ -1047,35 +957,10 @@ def finetune(alias: str, dataset: str, *, epochs: int = 1, lr: float = 5e-5, bat
                           f"{opt('lr', 5e-5)})", file=sys.stderr, flush=True)
                     return run.finish_from(result)
                 held.run_id = run.id  # `export` writes this run's manifest next to the weights
-                from .resources.memory import module_bytes
-
-                held.bytes = module_bytes(held.model)
-                if held.engine == "llama.cpp":  # its GGUF context too
-                    held.bytes["cpu"] = held.bytes.get("cpu", 0) + held.server.footprint()["tensor_bytes"]["cpu"]
-                    if result.status == "completed":
-                        _serve_trained(m, held, registry().run_dir(run.id))
+                account_trained(m, held, registry().run_dir(run.id), result.status == "completed")
             return run.finish_from(result)
 
-    return _run_finetune_job(job, work, background, notes)
-
-
-def _launch_config(nproc, nnodes, backend, launcher, fsdp, rdzv_endpoint, export_launch, resume):
-    """The :class:`~llmos_jupyter.training.launch.LaunchConfig` of a distributed fine-tune, or
-    None for a run in the kernel; launch flags without ``--nproc``/``--export-launch`` are refused."""
-    given = [f for f, v in (("--nnodes", nnodes), ("--backend", backend), ("--launcher", launcher), ("--fsdp", fsdp),
-                            ("--rdzv-endpoint", rdzv_endpoint)) if v]
-    if nproc is None and export_launch is None:
-        if given:
-            raise UsageError(f"{given[0]} goes with --nproc N (ranks in subprocesses) or --export-launch DIR; "
-                             f"add one of them")
-        return None
-    if export_launch is not None and resume is not None:
-        raise UsageError("--export-launch writes a new run for a cluster; drop --resume "
-                         "(or drop --export-launch to resume here)")
-    from .training.launch import LaunchConfig
-
-    return LaunchConfig(nproc=1 if nproc is None else nproc, nnodes=1 if nnodes is None else nnodes, backend=backend,
-                        launcher=launcher or "torchrun", fsdp=bool(fsdp), rdzv_endpoint=rdzv_endpoint)
+    return run_job(scheduler(), job, work, background, notes)
 
 
 def _finetune_distributed(m, rec, dv, lc, cfg, train, ev, eval_split, prev, resume_ck, notes, progress, background,
@@ -1124,7 +1009,7 @@ def _finetune_distributed(m, rec, dv, lc, cfg, train, ev, eval_split, prev, resu
                 res = _launch.run_distributed(held.model, held.tokenizer, lc=lc, backend=backend, task=cfg.task,
                                               labels=held.labels, dtype=held.dtype, data=data, config=cfg,
                                               run_dir=registry().run_dir(run.id), run_id=run.id, resume_from=resume_ck,
-                                              progress=_JobProgress(job, view),
+                                              progress=_JobProgress(job, view, scheduler=scheduler()),
                                               job_update=lambda **f: scheduler().update(job, **f),
                                               should_stop=job.should_stop)
                 if res.status == "refused":
@@ -1132,53 +1017,13 @@ def _finetune_distributed(m, rec, dv, lc, cfg, train, ev, eval_split, prev, resu
                 if res.status != "failed" and res.checkpoint:
                     held.model = _launch.load_trained(held.model, res.checkpoint, cfg)  # the hot swap
                     held.run_id = run.id
-                    from .resources.memory import module_bytes
-
-                    held.bytes = module_bytes(held.model)
-                    if held.engine == "llama.cpp":
-                        held.bytes["cpu"] = held.bytes.get("cpu", 0) + held.server.footprint()["tensor_bytes"]["cpu"]
-                        if res.status == "completed":
-                            _serve_trained(m, held, registry().run_dir(run.id))
+                    account_trained(m, held, registry().run_dir(run.id), res.status == "completed")
             out = run.finish(res.status, metrics=res.metrics, wall_s=res.wall_s, checkpoint=res.checkpoint,
                              checkpoint_sha256=res.checkpoint_sha256, error=res.error)
         refuse_if_failed(res)
         return out
 
-    return _run_finetune_job(job, work, background, notes)
-
-
-def _run_finetune_job(job, work, background: bool, notes: list[str]):
-    """Run a fine-tune's ``work`` as ``job``: in a background thread (the job, at once) or here
-    (its result); ``notes`` go to stderr when the job starts in the background, else after the
-    run, so that a refused input stays one line."""
-    if background:
-        for note in notes:
-            print(note, file=sys.stderr)
-        return scheduler().submit(job, work)
-    result = scheduler().run_here(job, work)
-    for note in notes:
-        print(note, file=sys.stderr)
-    return result
-
-
-def _serve_trained(m, rec, run_dir) -> None:
-    """After a fine-tune of a llama.cpp alias: write the trained (LoRA-merged) model as an f16
-    GGUF into the run's folder and hot-swap it in, so chat answers with the new weights."""
-    from pathlib import Path
-
-    from .models.gguf_export import export_gguf
-
-    path = Path(run_dir) / "model-f16.gguf"
-    try:
-        info = export_gguf(rec.model, rec.tokenizer, path, quantize="f16", source_gguf=rec.gguf_path)
-    except UsageError as e:  # an architecture GGUF export does not take: the trained run still stands
-        print(f"llmos: note: {rec.alias} keeps serving its original GGUF on llama.cpp ({e}); the trained weights "
-              f"answer with {opt('engine', 'transformers')} and export with {opt('format', 'hf')}", file=sys.stderr,
-              flush=True)
-        return
-    m.swap_gguf(rec, str(path))
-    print(f"llmos: {rec.alias} now serves the fine-tuned weights on llama.cpp ({path}, {format_size(info['bytes'])})",
-          flush=True)
+    return run_job(scheduler(), job, work, background, notes)
 
 
 @checked

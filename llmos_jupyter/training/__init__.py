@@ -10,10 +10,11 @@ package; reach the modules with ``from llmos_jupyter.training.evaluate import Ev
 """
 from __future__ import annotations
 
+from .checkpoint import load_checkpoint
 from .config import FinetuneConfig
 from .evaluate import EvalResult, classification_metrics, evaluate
 from .export import export_model
-from .finetune import FinetuneResult, check_lora_targets, finetune, load_checkpoint
+from .finetune import FinetuneResult, check_lora_targets, finetune
 from .runs import Run, RunRegistry
 from .seed import seed_everything
 from .sft import LMEvalResult, evaluate_causal_lm

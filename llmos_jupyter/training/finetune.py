@@ -21,13 +21,9 @@ Run it::
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import math
 import os
-import shutil
 import signal
-import tempfile
 import threading
 import time
 import warnings
@@ -42,8 +38,9 @@ from .batching import check_columns, collate, length_grouped_batches, pad_id_for
 from .config import FinetuneConfig
 from .distributed import rank_seed
 from .evaluate import evaluate
-from .resume import (TRAINER_STATE, capture_rng, check_resume, load_training_state, load_weights, model_fingerprint,
-                     read_resume_state, restore_rng, save_training_state, train_digest)
+from .checkpoint import is_peft as _is_peft
+from .checkpoint import load_training_state, load_weights, read_resume_state, save_checkpoint, save_training_state
+from .resume import capture_rng, check_resume, model_fingerprint, restore_rng, train_digest
 from .seed import deterministic_mode, seed_everything
 from .sft import IGNORE_INDEX, collate_sft, evaluate_causal_lm, response_loss_sum, tokenize_pairs
 
@@ -322,14 +319,6 @@ def lr_factor(step: int, total: int, warmup: int, kind: str = "linear") -> float
     return max(0.0, (total - step) / max(1, total - warmup))
 
 
-def _is_peft(model: Any) -> bool:
-    try:
-        from peft import PeftModel
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(model, PeftModel)
-
-
 def _is_causal_lm(model: Any) -> bool:
     base = model.get_base_model() if _is_peft(model) else model
     return type(base).__name__.endswith(("ForCausalLM", "LMHeadModel"))
@@ -392,97 +381,6 @@ def _wrap_lora(model: Any, cfg: FinetuneConfig) -> Any:
             leaves = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
             raise UsageError(f"target_modules={targets!r} match no module of this {type(model).__name__}; pass target_modules= from its linear layers: {', '.join(leaves)}") from None
         raise
-
-
-def save_checkpoint(model: Any, tokenizer: Any, run_dir: os.PathLike, state: dict[str, Any],
-                    extra: Optional[Callable[[Path], None]] = None,
-                    state_dict: Optional[dict[str, Any]] = None) -> tuple[Path, str]:
-    """Write ``run_dir/checkpoint`` atomically: weights (safetensors), config, tokenizer,
-    ``trainer_state.json`` and whatever ``extra(directory)`` writes (the resume state). Built in a temporary sibling directory and renamed into place, so a
-    failure leaves no half-written checkpoint and an older one stays intact until replaced.
-    ``state_dict``: the weights to write instead of the model's own (an FSDP model's gathered
-    full state dict).
-
-    Returns:
-        (checkpoint directory, sha256 of the weights file). For a sharded save the sha256 is that
-        of the lines "<file> <sha256>" of every shard, sorted by name.
-    """
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    final = run_dir / "checkpoint"
-    tmp = Path(tempfile.mkdtemp(prefix=".checkpoint-tmp-", dir=run_dir))
-    try:
-        from .export import quiet_saving
-
-        with quiet_saving():
-            model.save_pretrained(tmp, **({"state_dict": state_dict} if state_dict is not None else {}))
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        name = "adapter_model.safetensors" if _is_peft(model) else "model.safetensors"
-        if (tmp / name).exists():
-            sha = sha256_file(tmp / name)
-        else:
-            shards = sorted(p.name for p in tmp.glob("*.safetensors"))
-            if not shards:
-                raise RuntimeError(f"save_pretrained wrote no safetensors file in {tmp}")
-            sha = hashlib.sha256("".join(f"{s} {sha256_file(tmp / s)}\n" for s in shards).encode()).hexdigest()
-        if extra is not None:
-            extra(tmp)
-        state = dict(state, checkpoint_sha256=sha, weights_file=name)
-        (tmp / TRAINER_STATE).write_text(json.dumps(state, indent=2, default=str))
-        old = None
-        if final.exists():
-            old = run_dir / f".checkpoint-old-{os.getpid()}-{time.monotonic_ns()}"
-            os.replace(final, old)
-        os.replace(tmp, final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final, sha
-
-
-def load_checkpoint(checkpoint: os.PathLike, *, base_model: Any = None) -> tuple[Any, Any]:
-    """Load a checkpoint written by :func:`finetune` with plain transformers / peft.
-
-    Args:
-        checkpoint: the ``run_dir/checkpoint`` directory.
-        base_model: for LoRA checkpoints, the base model object or path (default: the path
-            recorded in ``adapter_config.json``).
-
-    Returns:
-        (model in eval mode, tokenizer).
-
-    Raises:
-        NotFoundError: when the directory holds no checkpoint.
-    """
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
-
-    from ..errors import NotFoundError
-
-    ck = Path(checkpoint)
-    if not (ck / TRAINER_STATE).exists():
-        raise NotFoundError(f"no fine-tuning checkpoint in {ck} (missing {TRAINER_STATE}); pass the run's checkpoint directory (see %llm runs)")
-    state = json.loads((ck / TRAINER_STATE).read_text())
-    tok = AutoTokenizer.from_pretrained(ck)
-    lm = state.get("task") == "causal-lm"
-    if state.get("method") == "lora":
-        from peft import PeftModel
-
-        if base_model is None or isinstance(base_model, (str, os.PathLike)):
-            src = base_model or json.loads((ck / "adapter_config.json").read_text())["base_model_name_or_path"]
-            if lm:
-                base_model = AutoModelForCausalLM.from_pretrained(src)
-            else:
-                base_model = AutoModelForSequenceClassification.from_pretrained(
-                    src, num_labels=len(state["id2label"]), id2label={int(k): v for k, v in state["id2label"].items()}, label2id=state["label2id"]
-                )
-        model = PeftModel.from_pretrained(base_model, ck)
-    else:
-        model = (AutoModelForCausalLM if lm else AutoModelForSequenceClassification).from_pretrained(ck)
-    model.eval()
-    return model, tok
 
 
 # ---------------------------------------------------------------------------------------------

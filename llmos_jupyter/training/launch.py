@@ -342,7 +342,7 @@ def load_trained(model: Any, checkpoint: Path, config: Any) -> Any:
     (peft), as a run in the kernel leaves it. Trained parameters are marked, so a later run does
     not re-initialise the head."""
     from .finetune import _wrap_lora, reinit_untrained_head
-    from .resume import load_weights
+    from .checkpoint import load_weights
 
     if config.task == "seq-cls" and not _is_peft(model):  # what the ranks did first (LoRA keeps the original head)
         reinit_untrained_head(model, config.seed)

@@ -1,34 +1,28 @@
-"""Resuming an interrupted fine-tune exactly, and the state it needs.
+"""Resuming an interrupted fine-tune exactly: RNG states, fingerprints and the resume checks.
 
-An interrupted run's checkpoint (``run_dir/checkpoint``) holds, next to the weights and
-``trainer_state.json``, the file ``training_state.pt`` (:data:`TRAINING_STATE`): the AdamW and
-scheduler ``state_dict``s, the RNG states of Python, NumPy and torch (CPU and CUDA) at the step
-boundary where the run stopped, and, with best-model tracking, the best trainable weights so far.
-The data order needs no storing: batches are ``length_grouped_batches(seed=(seed, epoch))``, so a
-resumed run regenerates each epoch's batches and skips the ones already consumed.
+An interrupted run's checkpoint (``run_dir/checkpoint``, written and read by :mod:`.checkpoint`)
+holds, next to the weights and ``trainer_state.json``, the file ``training_state.pt``: the AdamW
+and scheduler ``state_dict``s, the RNG states of Python, NumPy and torch (CPU and CUDA) at the step
+boundary where the run stopped (:func:`capture_rng`), and, with best-model tracking, the best
+trainable weights so far. The data order needs no storing: batches are
+``length_grouped_batches(seed=(seed, epoch))``, so a resumed run regenerates each epoch's batches
+and skips the ones already consumed.
 
 Same config, data and starting checkpoint on the same device and package versions → the
 resumed run ends with the same weights (``torch.equal``) and metrics as a run never stopped.
-
-Only torch tensors and plain Python values are stored, and ``torch.load(weights_only=True)``
-reads them back (no pickle code runs).
 """
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import random
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
-from ..errors import NotFoundError, UsageError
+from ..errors import UsageError
+from .checkpoint import read_resume_state
 
-TRAINER_STATE = "trainer_state.json"  # the run state every checkpoint carries (finetune.py writes it)
-TRAINING_STATE = "training_state.pt"
-RESUME_FORMAT = 1
 # Keys of the run registry's config that are provenance, not FinetuneConfig fields.
 PROVENANCE_KEYS = ("resumed_from",)
 
@@ -101,27 +95,6 @@ def train_digest(tok: Any, labels: Optional[np.ndarray]) -> str:
     return h.hexdigest()[:16]
 
 
-# --------------------------------------------------------------------------- reading a checkpoint
-def read_resume_state(checkpoint: os.PathLike, *, what: str = "the checkpoint") -> dict[str, Any]:
-    """``trainer_state.json`` of an interrupted run's checkpoint, checked to be resumable.
-
-    Raises:
-        NotFoundError: no checkpoint there. UsageError: the run completed (nothing to resume),
-            the checkpoint carries no optimizer/RNG state (written by an older version, or
-            stopped in the middle of an optimizer update).
-    """
-    ck = Path(checkpoint)
-    f = ck / TRAINER_STATE
-    if not f.is_file():
-        raise NotFoundError(f"{what} has no checkpoint at {ck} (missing {TRAINER_STATE}); nothing to resume — start a new run with %llm finetune")
-    state = json.loads(f.read_text())
-    if state.get("status") != "interrupted":
-        raise UsageError(f"{what} {state.get('status', 'finished')} ({state.get('steps')}/{state.get('total_steps')} steps); nothing to resume — start a new run with %llm finetune")
-    if not state.get("resumable") or not (ck / TRAINING_STATE).is_file():
-        raise UsageError(f"{what} was stopped without resumable optimizer state (older version, or stopped inside an optimizer update); start a new run with %llm finetune")
-    return state
-
-
 def check_resume(state: dict[str, Any], *, config: dict[str, Any], model_fp: str, data_digest: str, what: str = "the checkpoint") -> None:
     """Check that a resume continues the same run: same config, model architecture and data.
 
@@ -137,57 +110,6 @@ def check_resume(state: dict[str, Any], *, config: dict[str, Any], model_fp: str
         raise UsageError(f"{what} was trained on a different model (fingerprint {state.get('model_fingerprint')} ≠ {model_fp}); load the same base model under the alias, or start a new run")
     if state.get("train_digest") != data_digest:
         raise UsageError(f"{what} was trained on different data (digest {state.get('train_digest')} ≠ {data_digest}); pass the same dataset version, or start a new run")
-
-
-def load_training_state(checkpoint: os.PathLike) -> dict[str, Any]:
-    """``training_state.pt`` (optimizer, scheduler, rng, best weights), read with
-    ``torch.load(weights_only=True)`` onto the CPU."""
-    import torch
-
-    return torch.load(Path(checkpoint) / TRAINING_STATE, map_location="cpu", weights_only=True)
-
-
-def save_training_state(path: Path, opt: Any, sched: Any, rng: dict[str, Any], best_params: Optional[dict[str, Any]],
-                        rng_ranks: Optional[list[dict[str, Any]]] = None) -> None:
-    """Write ``training_state.pt`` into ``path`` (inside the checkpoint being built).
-    ``rng_ranks``: in a distributed run, every rank's RNG states in rank order (a resume with
-    the same number of ranks gives each rank its own dropout stream back)."""
-    import torch
-
-    torch.save({"format": RESUME_FORMAT, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "rng": rng, "best_params": best_params, "rng_ranks": rng_ranks}, path / TRAINING_STATE)
-
-
-def load_weights(model: Any, checkpoint: os.PathLike) -> None:
-    """Load the trained weights of a checkpoint into ``model`` in place: the adapters (and head)
-    of a LoRA ``PeftModel`` from ``adapter_model.safetensors``, else every weight from
-    ``*.safetensors`` (tied weights that the file leaves out stay tied).
-
-    Raises:
-        UsageError: the files do not match the model's parameters.
-    """
-    import torch
-    from safetensors.torch import load_file
-
-    ck = Path(checkpoint)
-    if hasattr(model, "peft_config"):
-        from peft import set_peft_model_state_dict
-
-        res = set_peft_model_state_dict(model, load_file(ck / "adapter_model.safetensors"))
-        bad = list(getattr(res, "unexpected_keys", []) or [])
-        if bad:
-            raise UsageError(f"the checkpoint's adapters do not fit this model (e.g. {bad[0]}); load the same base model, or start a new run")
-        return
-    sd: dict[str, Any] = {}
-    for f in sorted(ck.glob("*.safetensors")):
-        sd.update(load_file(f))
-    with torch.no_grad():
-        missing, unexpected = model.load_state_dict(sd, strict=False)
-    loaded = {model.state_dict()[k].data_ptr() for k in sd if k in model.state_dict()}
-    untied = [k for k in missing if model.state_dict()[k].data_ptr() not in loaded]
-    if unexpected or untied:
-        k = (list(unexpected) + untied)[0]
-        raise UsageError(f"the checkpoint's weights do not fit this model ({k}); load the same base model, or start a new run")
 
 
 def resume_config(prev_config: dict[str, Any], given: dict[str, Any], defaults: dict[str, Any], run_id: str) -> dict[str, Any]:

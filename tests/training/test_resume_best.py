@@ -12,7 +12,7 @@ import torch
 
 from llmos_jupyter.errors import NotFoundError, UsageError
 from llmos_jupyter.training import FinetuneConfig, finetune
-from llmos_jupyter.training.resume import TRAINING_STATE
+from llmos_jupyter.training.checkpoint import TRAINING_STATE
 
 
 def same_weights(a, b) -> bool:
