@@ -175,7 +175,9 @@ def untrained_head_params(model: Any) -> list[str]:
     loaded = any(getattr(p, "_is_hf_initialized", False) for _, p in params)
     out = []
     for name, p in params:
-        if getattr(p, "_llmos_trained", False):
+        if getattr(p, "_llmos_trained", False) or ".original_module." in name:
+            # peft's modules_to_save keeps the head's pre-LoRA copy as ``original_module``; the
+            # model uses (and a LoRA run trains) ``modules_to_save.default`` instead
             continue
         if loaded:
             if not getattr(p, "_is_hf_initialized", False):
