@@ -80,7 +80,8 @@ class Table:
 
 
 class Message:
-    """One or more lines of plain text (rendered as <pre> in HTML)."""
+    """One or more lines of plain text (rendered as <pre> in HTML), with the figures behind them
+    as ``data`` (read like a dict: ``msg["key"]``, ``msg.get``, ``in``, ``dict(msg)``)."""
 
     def __init__(self, text: str, **data):
         self.text, self.data = text, data
@@ -90,6 +91,19 @@ class Message:
 
     def __getitem__(self, key):
         return self.data[key]
+
+    # the fields read like a dict's: ``msg["url"]``, ``msg.get("url")``, ``"url" in msg``, ``dict(msg)``
+    def keys(self):
+        return self.data.keys()
+
+    def get(self, key, default=None):
+        return self.data.get(key, default)
+
+    def __contains__(self, key) -> bool:
+        return key in self.data
+
+    def __iter__(self):
+        return iter(self.data)
 
     def _repr_mimebundle_(self, include=None, exclude=None):
         return {"text/plain": self.text, "text/html": f"<pre>{html.escape(self.text)}</pre>"}

@@ -187,6 +187,8 @@ class ChatCompletionRequest(_Sampling):
                 raise bad(f"messages[{i}].role '{m.role}' is not one of system, user, assistant, developer",
                           f"messages[{i}].role")
             out.append({"role": "system" if m.role == "developer" else m.role, "content": m.text(i)})
+        if out[-1]["role"] == "user" and isinstance(out[-1]["content"], str) and not out[-1]["content"].strip():
+            raise bad("the last user message is empty; write something to answer", f"messages[{len(out) - 1}].content")
         if out[-1]["role"] == "assistant":
             raise bad("the last message is the assistant's; end with a user message to get an answer",
                       f"messages[{len(out) - 1}].role")
@@ -248,6 +250,8 @@ class EmbeddingRequest(_Request):
             raise bad("input has an empty list of token ids", "input")
         if len(x) > 2048:
             raise bad(f"input has {len(x)} items; send at most 2048 per request", "input")
+        if not ids:
+            _no_empty_text(x)
         return list(x), ids
 
 
@@ -263,7 +267,16 @@ class ClassifyRequest(_Request):
             raise bad("input is empty; give a string or a list of strings", "input")
         if len(x) > 2048:
             raise bad(f"input has {len(x)} items; send at most 2048 per request", "input")
+        _no_empty_text(x)
         return x
+
+
+def _no_empty_text(texts: list, param: str = "input") -> None:
+    """An empty or whitespace-only text is refused, as ``api.embed`` / ``api.classify`` refuse it."""
+    for i, t in enumerate(texts):
+        if isinstance(t, str) and not t.strip():
+            where = param if len(texts) == 1 else f"{param}[{i}]"
+            raise bad(f"{where} is an empty text; give some words", param)
 
 
 def parse(model: type[BaseModel], body: bytes) -> BaseModel:

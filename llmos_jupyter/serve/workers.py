@@ -91,7 +91,10 @@ ROUTES = {"causal-lm": "/v1/chat/completions or /v1/completions", "embedding": "
 def need_task(rec, task: str, route: str) -> None:
     """Raise a 400 naming the right route when ``rec`` is not a ``task`` model."""
     if rec.task != task:
-        raise APIError(400, f"'{rec.alias}' is a {rec.task} model and {route} needs a {task} model; "
+        def a(word: str) -> str:
+            return ("an " if word[:1] in "aeiou" else "a ") + word
+
+        raise APIError(400, f"'{rec.alias}' is {a(rec.task)} model and {route} needs {a(task)} model; "
                             f"call {ROUTES.get(rec.task, 'another route')} with it", param="model",
                        code="wrong_model_task")
 

@@ -71,6 +71,12 @@ def test_bad_inputs_each_get_their_status_and_one_message(served):
     _error(_post(s, "/v1/embeddings", {"model": "tiny", "input": "x"}), 400, "causal-lm model")
     _error(_post(s, "/v1/embeddings", {"model": "bert", "input": [[1, 2, 10**6]]}), 400, "outside this model's")
     _error(_post(s, "/v1/completions", {"model": "tiny", "prompt": ["a", "b"]}), 400, "one prompt per request")
+    # an empty text is refused here as api.embed / api.classify / chat refuse it
+    _error(_post(s, "/v1/embeddings", {"model": "bert", "input": ""}), 400, "empty text", param="input")
+    _error(_post(s, "/v1/embeddings", {"model": "bert", "input": ["ok", " "]}), 400, "input[1] is an empty text")
+    _error(_post(s, "/v1/classify", {"model": "bert", "input": ["ok", ""]}), 400, "empty text", param="input")
+    _error(_post(s, "/v1/chat/completions", dict(CHAT, messages=[{"role": "user", "content": "  "}])), 400,
+           "last user message is empty", param="messages[0].content")
     big = json.dumps(dict(CHAT, messages=[{"role": "user", "content": "x" * (5 * 10**6)}]))
     _error(_post(s, "/v1/chat/completions", big), 413, "at most")
     _error(httpx.get(s["url"] + "/nowhere", headers={"Authorization": f"Bearer {s['token']}"}), 404, "no such route")
