@@ -45,4 +45,4 @@ fmt: install
 test-ui: install
 	PYTHON=$(CURDIR)/$(BIN)/python bash labextension/ui-tests/run.sh
 
-test: test-python test-js test-ui
+test: lint test-python test-js test-ui

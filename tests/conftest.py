@@ -5,6 +5,7 @@
 * ``tiny_llama`` / ``tiny_bert``: tiny random models saved from configs, with real (small)
   tokenizers trained in memory — for fast unit tests.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,7 +17,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest  # noqa: E402
-
 from tiny_kit import CHATML, make_tokenizer, save_tiny  # noqa: E402,F401  (re-exported for tests)
 
 

@@ -1,4 +1,5 @@
 """Result objects: a Message's figures read like a dict (a user did ``dict(api.serve_status())``)."""
+
 from llmos_jupyter.display import Message, fmt_value, kv_html
 
 
@@ -12,5 +13,6 @@ def test_message_fields_read_like_a_dict():
 
 def test_one_value_format_and_key_value_table():
     assert [fmt_value(v) for v in (None, 0.123456, {"a": 1}, 3)] == ["-", "0.1235", '{"a": 1}', "3"]
-    assert kv_html([("a<b", 1.0)], "x") == ("<table class='x'><tr><th style='text-align:left'>a&lt;b</th>"
-                                           "<td style='text-align:left'>1</td></tr></table>")
+    assert kv_html([("a<b", 1.0)], "x") == (
+        "<table class='x'><tr><th style='text-align:left'>a&lt;b</th><td style='text-align:left'>1</td></tr></table>"
+    )

@@ -28,6 +28,7 @@ Rules (also shown by ``%llm help``):
   notebook — with ``str(value)``; everything else (``{12}``, ``{}``, ``{"a": 1}``, ``$5``) is
   kept as written, ``{{name}}`` gives a literal ``{name}``, and ``--raw`` turns it off.
 """
+
 from __future__ import annotations
 
 import re
@@ -174,7 +175,7 @@ def parse_args(cmd: Command, line: str, *, body: str | None = None) -> Parsed:
         raise UsageError(f"`%llm {cmd.name}` needs {missing.upper()}; usage: {cmd.usage()}")
     for k, v in zip(cmd.positionals + cmd.optional_positionals, pos):
         args[k] = v
-    for k in cmd.optional_positionals[max(0, len(pos) - len(cmd.positionals)):]:
+    for k in cmd.optional_positionals[max(0, len(pos) - len(cmd.positionals)) :]:
         args.setdefault(k, None)
     if cmd.text:
         args[cmd.text] = scan.text(body)
@@ -218,8 +219,9 @@ class _LineScan:
         if opt is None:
             hint = close_matches("--" + name, ["--" + o for o in self.by_name])
             text_fix = "; to send it as text, put the text after `--` or in quotes" if cmd.text else ""
-            raise UsageError(f"unknown option --{name} for `%llm {cmd.name}`{hint}{text_fix}; "
-                             f"see `%llm help {cmd.name}`")
+            raise UsageError(
+                f"unknown option --{name} for `%llm {cmd.name}`{hint}{text_fix}; see `%llm help {cmd.name}`"
+            )
         if opt.type is bool:
             if eq:
                 raise UsageError(f"--{name} is a flag and takes no value")
@@ -287,7 +289,7 @@ class _LineScan:
         elif self.quoted_only is not None and len(parts) == 1:
             text = self.quoted_only
         else:
-            text = " ".join(self.line[p[0]:p[1]] if isinstance(p, tuple) else p for p in parts) if parts else None
+            text = " ".join(self.line[p[0] : p[1]] if isinstance(p, tuple) else p for p in parts) if parts else None
         if text is None or not str(text).strip():
             where = "the cell body" if body is not None else "the line"
             raise UsageError(f"`%llm {cmd.name}` needs {cmd.text.upper()}: {where} is empty; usage: {cmd.usage()}")
@@ -304,6 +306,7 @@ def interpolate(text: str, namespace: dict) -> str:
     >>> interpolate('hi {name}, {12} {} {"a": 1} {{name}} {nope} $5', {"name": "Bob"})
     'hi Bob, {12} {} {"a": 1} {name} {nope} $5'
     """
+
     def sub(m: re.Match) -> str:
         if m.group(1):
             return "{" + m.group(1) + "}"

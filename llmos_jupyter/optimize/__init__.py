@@ -14,6 +14,7 @@
 
 Nothing here imports torch at import time; each function imports what it needs.
 """
+
 from __future__ import annotations
 
 __all__ = ["command", "compile", "driver", "measure", "prune", "quantize"]

@@ -6,6 +6,7 @@ the optimised copy with the resource manager and record the call as a run of kin
 errors); it hands this module the manager and the getters of the data store and run registry,
 so nothing here imports the API.
 """
+
 from __future__ import annotations
 
 import time
@@ -15,15 +16,39 @@ from typing import Any
 from ..errors import LLMOSError, UsageError
 
 # the dtype column of `%llm ps` for each quantisation level
-OPT_DTYPE = {"int8": "int8 dynamic", "int8-weight": "int8 weight-only", "int4": "int4 weight-only",
-             "bf16": "bfloat16", "fp16": "float16"}
+OPT_DTYPE = {
+    "int8": "int8 dynamic",
+    "int8-weight": "int8 weight-only",
+    "int4": "int4 weight-only",
+    "bf16": "bfloat16",
+    "fp16": "float16",
+}
 
 
-def optimize_alias(m, alias: str, *, store: Callable, registry: Callable, prepare: Callable,
-                   quantize: str | None, prune: float | None, structured, compile_model: bool, eval_spec: str | None,
-                   generate: bool, recover_epochs: int, as_: str | None, limit: int | None, batch_size: int,
-                   speed_batches: int, repeats: int, max_new_tokens: int, max_length: int, recover_lr: float,
-                   progress: bool):
+def optimize_alias(
+    m,
+    alias: str,
+    *,
+    store: Callable,
+    registry: Callable,
+    prepare: Callable,
+    quantize: str | None,
+    prune: float | None,
+    structured,
+    compile_model: bool,
+    eval_spec: str | None,
+    generate: bool,
+    recover_epochs: int,
+    as_: str | None,
+    limit: int | None,
+    batch_size: int,
+    speed_batches: int,
+    repeats: int,
+    max_new_tokens: int,
+    max_length: int,
+    recover_lr: float,
+    progress: bool,
+):
     """Run ``llmos_jupyter.api.optimize`` (same options, ``compile`` as ``compile_model`` and
     ``eval`` as ``eval_spec``; same result and errors).
 
@@ -40,44 +65,125 @@ def optimize_alias(m, alias: str, *, store: Callable, registry: Callable, prepar
 
     rec = m.get(alias)
     if rec.exclusive:
-        raise UsageError(f"'{alias}' is being fine-tuned by {rec.exclusive}; wait with `%llm job wait {rec.exclusive}` "
-                         f"or stop it with `%llm job cancel {rec.exclusive}`, then optimize it")
+        raise UsageError(
+            f"'{alias}' is being fine-tuned by {rec.exclusive}; wait with `%llm job wait {rec.exclusive}` "
+            f"or stop it with `%llm job cancel {rec.exclusive}`, then optimize it"
+        )
     task, device = rec.task, rec.device or "cpu"
-    plan = _driver.check_plan(quantize=quantize, prune=prune, structured=structured, compile=compile_model,
-                              recover_epochs=recover_epochs, task=task, device=device, model=rec.model,
-                              optimized=rec.optimized)
-    new_alias = _check_request(m, rec, alias, plan, eval_spec=eval_spec, generate=generate, as_=as_, limit=limit,
-                               batch_size=batch_size, speed_batches=speed_batches, repeats=repeats,
-                               max_new_tokens=max_new_tokens)
-    dv, ds, train, split = _eval_splits(rec, eval_spec, store=store, prepare=prepare, limit=limit,
-                                        recover=bool(plan.recover_epochs))
+    plan = _driver.check_plan(
+        quantize=quantize,
+        prune=prune,
+        structured=structured,
+        compile=compile_model,
+        recover_epochs=recover_epochs,
+        task=task,
+        device=device,
+        model=rec.model,
+        optimized=rec.optimized,
+    )
+    new_alias = _check_request(
+        m,
+        rec,
+        alias,
+        plan,
+        eval_spec=eval_spec,
+        generate=generate,
+        as_=as_,
+        limit=limit,
+        batch_size=batch_size,
+        speed_batches=speed_batches,
+        repeats=repeats,
+        max_new_tokens=max_new_tokens,
+    )
+    dv, ds, train, split = _eval_splits(
+        rec, eval_spec, store=store, prepare=prepare, limit=limit, recover=bool(plan.recover_epochs)
+    )
     if rec.model is None and rec.engine == "llama.cpp":  # optimise the transformers weights of its GGUF
         rec = m.attach_weights(alias)
     with m.use(alias) as src:  # refused while a job trains it; cannot be unloaded meanwhile
         m.make_room(device, sum(src.bytes.values()), new_alias)  # room for the copy, as a load makes it
-        batches, prompt = _speed_inputs(src.tokenizer, task, dv, ds, batch_size=batch_size,
-                                        speed_batches=speed_batches, max_length=max_length, device=device)
-        evaluate_fn = _evaluator(src, dv, ds, task=task, generate=generate, max_length=max_length,
-                                 batch_size=batch_size)
-        recover_fn = (_recovery(src, dv, train, new_alias, epochs=plan.recover_epochs, lr=recover_lr,
-                                max_length=max_length, progress=progress) if plan.recover_epochs else None)
-        config = dict(plan.to_dict(), source=alias, new_alias=new_alias, eval=eval_spec, split=split, generate=generate,
-                      limit=limit, batch_size=batch_size, speed_batches=speed_batches, repeats=repeats,
-                      max_new_tokens=max_new_tokens, max_length=max_length, threads=torch.get_num_threads(),
-                      device=device, recover_lr=recover_lr if plan.recover_epochs else None)
+        batches, prompt = _speed_inputs(
+            src.tokenizer,
+            task,
+            dv,
+            ds,
+            batch_size=batch_size,
+            speed_batches=speed_batches,
+            max_length=max_length,
+            device=device,
+        )
+        evaluate_fn = _evaluator(
+            src, dv, ds, task=task, generate=generate, max_length=max_length, batch_size=batch_size
+        )
+        recover_fn = (
+            _recovery(
+                src,
+                dv,
+                train,
+                new_alias,
+                epochs=plan.recover_epochs,
+                lr=recover_lr,
+                max_length=max_length,
+                progress=progress,
+            )
+            if plan.recover_epochs
+            else None
+        )
+        config = dict(
+            plan.to_dict(),
+            source=alias,
+            new_alias=new_alias,
+            eval=eval_spec,
+            split=split,
+            generate=generate,
+            limit=limit,
+            batch_size=batch_size,
+            speed_batches=speed_batches,
+            repeats=repeats,
+            max_new_tokens=max_new_tokens,
+            max_length=max_length,
+            threads=torch.get_num_threads(),
+            device=device,
+            recover_lr=recover_lr if plan.recover_epochs else None,
+        )
         t0 = time.perf_counter()
-        with registry().track("optimize", alias, f"{dv.name}@v{dv.version}:{split}" if dv else None, config,
-                              0 if plan.recover_epochs else None, dv.fingerprint if dv else None) as run:
+        with registry().track(
+            "optimize",
+            alias,
+            f"{dv.name}@v{dv.version}:{split}" if dv else None,
+            config,
+            0 if plan.recover_epochs else None,
+            dv.fingerprint if dv else None,
+        ) as run:
             folder = registry().run_dir(run.id) / "checkpoint"
-            result = _driver.run(src.model, src.tokenizer, plan, task=task, batches=batches, prompt=prompt or "",
-                                 evaluate=evaluate_fn, recover=recover_fn, folder=folder,
-                                 auto_class=_task_class(task), repeats=repeats, max_new_tokens=max_new_tokens)
-            _register_copy(m, src, plan, result, alias=alias, new_alias=new_alias, task=task, device=device,
-                           run_id=run.id)
+            result = _driver.run(
+                src.model,
+                src.tokenizer,
+                plan,
+                task=task,
+                batches=batches,
+                prompt=prompt or "",
+                evaluate=evaluate_fn,
+                recover=recover_fn,
+                folder=folder,
+                auto_class=_task_class(task),
+                repeats=repeats,
+                max_new_tokens=max_new_tokens,
+            )
+            _register_copy(
+                m, src, plan, result, alias=alias, new_alias=new_alias, task=task, device=device, run_id=run.id
+            )
             _finish_run(run, result, folder, wall_s=time.perf_counter() - t0)
-    return result.table(alias, new_alias, task=task, batch_size=batch_size, threads=config["threads"],
-                        rows_evaluated=len(ds) if ds is not None and evaluate_fn is not None else None,
-                        split=f"{dv.name}:{split}" if dv else None, run_id=run.id)
+    return result.table(
+        alias,
+        new_alias,
+        task=task,
+        batch_size=batch_size,
+        threads=config["threads"],
+        rows_evaluated=len(ds) if ds is not None and evaluate_fn is not None else None,
+        split=f"{dv.name}:{split}" if dv else None,
+        run_id=run.id,
+    )
 
 
 def _task_class(task: str) -> str:
@@ -86,12 +192,17 @@ def _task_class(task: str) -> str:
     return TASK_CLASS[task]
 
 
-def _check_request(m, rec, alias: str, plan, *, eval_spec, generate, as_, limit, batch_size, speed_batches,
-                   repeats, max_new_tokens) -> str:
+def _check_request(
+    m, rec, alias: str, plan, *, eval_spec, generate, as_, limit, batch_size, speed_batches, repeats, max_new_tokens
+) -> str:
     """Refuse the options that cannot run together (one line each); return the new alias."""
     task = rec.task
-    for name, v, lo in (("batch size", batch_size, 1), ("speed batches", speed_batches, 1), ("repeats", repeats, 1),
-                        ("max_new_tokens", max_new_tokens, 2)):
+    for name, v, lo in (
+        ("batch size", batch_size, 1),
+        ("speed batches", speed_batches, 1),
+        ("repeats", repeats, 1),
+        ("max_new_tokens", max_new_tokens, 2),
+    ):
         if int(v) < lo:
             raise UsageError(f"{name} must be at least {lo} (got {v})")
     if limit is not None and int(limit) < 1:
@@ -106,13 +217,15 @@ def _check_request(m, rec, alias: str, plan, *, eval_spec, generate, as_, limit,
         raise UsageError("--recover-epochs fine-tunes seq-cls and causal-lm models; load the model with --task seq-cls")
     new_alias = as_ or f"{alias}-{plan.suffix()}"
     if new_alias in m.aliases():
-        raise UsageError(f"alias '{new_alias}' is already loaded; name another with --as NAME "
-                         f"or `%llm unload {new_alias}`")
+        raise UsageError(
+            f"alias '{new_alias}' is already loaded; name another with --as NAME or `%llm unload {new_alias}`"
+        )
     return new_alias
 
 
-def _eval_splits(rec, eval_spec: str | None, *, store: Callable, prepare: Callable, limit: int | None,
-                 recover: bool) -> tuple[Any, Any, Any, str | None]:
+def _eval_splits(
+    rec, eval_spec: str | None, *, store: Callable, prepare: Callable, limit: int | None, recover: bool
+) -> tuple[Any, Any, Any, str | None]:
     """``(dataset version, eval split, train split for recovery, split name)`` of ``--eval
     DATASET[:SPLIT]`` (all None without it); refused before anything runs."""
     if not eval_spec:
@@ -126,11 +239,15 @@ def _eval_splits(rec, eval_spec: str | None, *, store: Callable, prepare: Callab
         train = prepare(dv, "train") if recover else None
     else:
         if not dv.text_column:
-            raise UsageError(f"dataset '{dv.name}' has no text column for embeddings; name it with "
-                             f"`%llm data load ... --text COLUMN`")
+            raise UsageError(
+                f"dataset '{dv.name}' has no text column for embeddings; name it with "
+                f"`%llm data load ... --text COLUMN`"
+            )
         if split not in dv.splits:
-            raise UsageError(f"dataset '{dv.name}' has no '{split}' split (it has {', '.join(dv.splits)}); "
-                             f"make one with `%llm data split {dv.name} --test 0.15`")
+            raise UsageError(
+                f"dataset '{dv.name}' has no '{split}' split (it has {', '.join(dv.splits)}); "
+                f"make one with `%llm data split {dv.name} --test 0.15`"
+            )
         ds = dv.splits[split]
     if limit is not None:
         ds = ds.select(range(min(int(limit), len(ds))))
@@ -160,10 +277,19 @@ def _speed_inputs(tok, task: str, dv, ds, *, batch_size: int, speed_batches: int
 def _register_copy(m, src, plan, result, *, alias: str, new_alias: str, task: str, device: str, run_id: str) -> None:
     """Register the optimised copy like a loaded model, with the resident bytes measured."""
     real = {device: result.after.resident_bytes or 0}
-    m.register(new_alias, result.model, src.tokenizer, source=f"{alias} (optimize: {plan.describe()})", task=task,
-               real_bytes=real, labels=src.labels, dtype=OPT_DTYPE.get(plan.quantize or "", src.dtype),
-               quantization=plan.quantize, optimized=dict(plan.to_dict(), source=alias, run=run_id),
-               run_id=run_id)
+    m.register(
+        new_alias,
+        result.model,
+        src.tokenizer,
+        source=f"{alias} (optimize: {plan.describe()})",
+        task=task,
+        real_bytes=real,
+        labels=src.labels,
+        dtype=OPT_DTYPE.get(plan.quantize or "", src.dtype),
+        quantization=plan.quantize,
+        optimized=dict(plan.to_dict(), source=alias, run=run_id),
+        run_id=run_id,
+    )
 
 
 def _finish_run(run, result, folder, *, wall_s: float) -> None:
@@ -184,21 +310,40 @@ def _evaluator(src, dv, ds, *, task: str, generate: bool, max_length: int, batch
     if task == "seq-cls":
         from ..training.evaluate import evaluate as _evaluate
 
-        return lambda model: _evaluate(model, src.tokenizer, ds, text_column=dv.text_column,
-                                       label_column=dv.label_column, batch_size=batch_size, max_length=max_length,
-                                       label_names=src.labels).to_metrics()
+        return lambda model: _evaluate(
+            model,
+            src.tokenizer,
+            ds,
+            text_column=dv.text_column,
+            label_column=dv.label_column,
+            batch_size=batch_size,
+            max_length=max_length,
+            label_names=src.labels,
+        ).to_metrics()
     if task == "causal-lm":
         if generate:
             from ..training.answers import evaluate_answers
 
-            return lambda model: evaluate_answers(model, src.tokenizer, ds, prompt_column=dv.prompt_column,
-                                                  response_column=dv.response_column, batch_size=16,
-                                                  max_length=512).to_metrics()
+            return lambda model: evaluate_answers(
+                model,
+                src.tokenizer,
+                ds,
+                prompt_column=dv.prompt_column,
+                response_column=dv.response_column,
+                batch_size=16,
+                max_length=512,
+            ).to_metrics()
         from ..training.sft import evaluate_causal_lm
 
-        return lambda model: evaluate_causal_lm(model, src.tokenizer, ds, prompt_column=dv.prompt_column,
-                                                response_column=dv.response_column, batch_size=16,
-                                                max_length=max(max_length, 512)).to_metrics()
+        return lambda model: evaluate_causal_lm(
+            model,
+            src.tokenizer,
+            ds,
+            prompt_column=dv.prompt_column,
+            response_column=dv.response_column,
+            batch_size=16,
+            max_length=max(max_length, 512),
+        ).to_metrics()
     from ..models.embedding import embed as _embed
     from ..training.batching import as_text
 
@@ -220,8 +365,11 @@ def _recovery(src, dv, train, new_alias: str, *, epochs: int, lr: float, max_len
     from ..training.finetune import finetune as _finetune
 
     lm = src.task == "causal-lm"
-    cols = ({"prompt_column": dv.prompt_column, "response_column": dv.response_column} if lm else
-            {"text_column": dv.text_column, "label_column": dv.label_column})
+    cols = (
+        {"prompt_column": dv.prompt_column, "response_column": dv.response_column}
+        if lm
+        else {"text_column": dv.text_column, "label_column": dv.label_column}
+    )
 
     def recover(model):
         view = None
@@ -229,13 +377,19 @@ def _recovery(src, dv, train, new_alias: str, *, epochs: int, lr: float, max_len
             from ..widgets.progress import TrainingProgress
 
             view = TrainingProgress(title=f"recover {new_alias} on {dv.name}")
-        cfg = FinetuneConfig(epochs=epochs, lr=lr, batch_size=32, seed=0, max_length=max_length,
-                             task="causal-lm" if lm else "seq-cls")
+        cfg = FinetuneConfig(
+            epochs=epochs, lr=lr, batch_size=32, seed=0, max_length=max_length, task="causal-lm" if lm else "seq-cls"
+        )
         res = _finetune(model, src.tokenizer, train, None, config=cfg, callback=view, **cols)
         if res.status != "completed":
             raise LLMOSError(f"the recovery fine-tune was {res.status}; nothing was registered")
         last = res.train_loss[-1] if res.train_loss else float("nan")
-        return {"epochs": epochs, "steps": res.steps, "train_loss": last, "samples_per_s": res.samples_per_s,
-                "wall_s": res.wall_s}
+        return {
+            "epochs": epochs,
+            "steps": res.steps,
+            "train_loss": last,
+            "samples_per_s": res.samples_per_s,
+            "wall_s": res.wall_s,
+        }
 
     return recover

@@ -30,6 +30,7 @@ decoders (``llama``, ``mistral``, ``qwen2``: ``layers[i].self_attn.q_proj`` ...)
 key/value heads (``num_key_value_heads`` < ``num_attention_heads``) the same number of query
 heads goes from every group and the key/value heads stay.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -54,8 +55,9 @@ def check_amount(amount: Any) -> float:
     except (TypeError, ValueError):
         a = float("nan")
     if not 0.0 < a < 1.0:
-        raise UsageError(f"--prune takes the share of weights to remove, strictly between 0 and 1 (got {amount}); "
-                         f"e.g. --prune 0.3")
+        raise UsageError(
+            f"--prune takes the share of weights to remove, strictly between 0 and 1 (got {amount}); e.g. --prune 0.3"
+        )
     return a
 
 
@@ -77,8 +79,11 @@ def prunable_linears(model: Any) -> list[tuple[str, Any]]:
     """``(name, module)`` of every ``nn.Linear`` of the model's body (the output head excluded)."""
     from torch import nn
 
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)
-            and n.split(".")[0] not in HEAD_NAMES and n.rsplit(".", 1)[-1] not in HEAD_NAMES]
+    return [
+        (n, m)
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Linear) and n.split(".")[0] not in HEAD_NAMES and n.rsplit(".", 1)[-1] not in HEAD_NAMES
+    ]
 
 
 def sparsity(model: Any) -> float:
@@ -130,9 +135,11 @@ def _arch(model: Any) -> str:
         return "bert"
     if mt in LLAMA_TYPES:
         return "llama"
-    raise UsageError(f"structured pruning knows BERT-type ({', '.join(BERT_TYPES)}) and Llama-type "
-                     f"({', '.join(LLAMA_TYPES)}) layers, not '{mt}'; use --prune AMOUNT without --structured "
-                     f"(magnitude pruning)")
+    raise UsageError(
+        f"structured pruning knows BERT-type ({', '.join(BERT_TYPES)}) and Llama-type "
+        f"({', '.join(LLAMA_TYPES)}) layers, not '{mt}'; use --prune AMOUNT without --structured "
+        f"(magnitude pruning)"
+    )
 
 
 def _layers(model: Any, arch: str) -> list:
@@ -176,14 +183,17 @@ def _ffn(model: Any, arch: str, amount: float) -> dict[str, Any]:
         for layer in layers:
             if arch == "bert":
                 w_in, w_out = layer.intermediate.dense.weight, layer.output.dense.weight  # (I, H), (H, I)
-                score = w_in.float().norm(dim=1) * w_out.float().norm(dim=0)          # (I,)
+                score = w_in.float().norm(dim=1) * w_out.float().norm(dim=0)  # (I,)
                 idx = _keep(score, n_keep)
                 layer.intermediate.dense = _shrink(layer.intermediate.dense, idx, 0)
                 layer.output.dense = _shrink(layer.output.dense, idx, 1)
             else:
                 mlp = layer.mlp
-                score = (mlp.gate_proj.weight.float().norm(dim=1) * mlp.up_proj.weight.float().norm(dim=1)
-                         * mlp.down_proj.weight.float().norm(dim=0))                     # (I,)
+                score = (
+                    mlp.gate_proj.weight.float().norm(dim=1)
+                    * mlp.up_proj.weight.float().norm(dim=1)
+                    * mlp.down_proj.weight.float().norm(dim=0)
+                )  # (I,)
                 idx = _keep(score, n_keep)
                 mlp.gate_proj = _shrink(mlp.gate_proj, idx, 0)
                 mlp.up_proj = _shrink(mlp.up_proj, idx, 0)
@@ -204,16 +214,18 @@ def _head_plan(model: Any, amount: float) -> dict[str, int]:
     cfg = model.config
     H = cfg.num_attention_heads
     if _arch(model) == "bert":
-        D, kv = cfg.hidden_size // H, H                          # head size; no grouping
+        D, kv = cfg.hidden_size // H, H  # head size; no grouping
     else:
         D = getattr(cfg, "head_dim", None) or cfg.hidden_size // H
         kv = getattr(cfg, "num_key_value_heads", None) or H
-    groups = H // kv                                             # query heads per key/value head
+    groups = H // kv  # query heads per key/value head
     n_groups, per_group = (kv, groups) if groups > 1 else (1, H)  # heads are chosen within each group
     drop = round(amount * per_group)
     if drop < 1:
-        raise UsageError(f"--prune {amount:g} of {per_group} heads per {'group' if groups > 1 else 'layer'} "
-                         f"removes none; use --prune {1.5 / per_group:.2f} or more")
+        raise UsageError(
+            f"--prune {amount:g} of {per_group} heads per {'group' if groups > 1 else 'layer'} "
+            f"removes none; use --prune {1.5 / per_group:.2f} or more"
+        )
     if drop >= per_group:
         raise UsageError(f"--prune {amount:g} would remove every head; use a smaller amount")
     return {"H": H, "D": D, "groups": groups, "n_groups": n_groups, "per_group": per_group, "keep_n": per_group - drop}
@@ -237,8 +249,9 @@ def _heads(model: Any, arch: str, amount: float) -> dict[str, Any]:
 
     cfg = model.config
     plan = _head_plan(model, amount)
-    H, D, groups, n_groups, per_group, keep_n = (plan[k] for k in ("H", "D", "groups", "n_groups", "per_group",
-                                                                    "keep_n"))
+    H, D, groups, n_groups, per_group, keep_n = (
+        plan[k] for k in ("H", "D", "groups", "n_groups", "per_group", "keep_n")
+    )
     layers = _layers(model, arch)
 
     def rows_sq(w):  # (H·D, hidden) -> (H,): squared norm of each head's rows

@@ -25,6 +25,7 @@ with the models of :mod:`.protocol`, so every mistake is one 400 naming the fiel
 request is executed or read from disk; CORS headers are not sent (browsers on other origins
 cannot call it), and there are no OpenAPI/docs routes.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -69,8 +70,14 @@ def _add_error_handlers(app, hub) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request, exc):
-        msg = ("no such route; this server has GET /v1/models and POST /v1/chat/completions, /v1/completions, "
-               "/v1/embeddings, /v1/classify") if exc.status_code == 404 else str(exc.detail)
+        msg = (
+            (
+                "no such route; this server has GET /v1/models and POST /v1/chat/completions, /v1/completions, "
+                "/v1/embeddings, /v1/classify"
+            )
+            if exc.status_code == 404
+            else str(exc.detail)
+        )
         return _error_response(P.APIError(exc.status_code, msg))
 
     @app.exception_handler(Exception)
@@ -83,11 +90,17 @@ def _authorize(hub, request: Request) -> None:
     auth = request.headers.get("authorization", "")
     scheme, _, given = auth.partition(" ")
     if not auth:
-        raise P.APIError(401, "missing API key; pass the token `%llm serve` printed as api_key "
-                              "(header Authorization: Bearer TOKEN)", code="missing_api_key")
+        raise P.APIError(
+            401,
+            "missing API key; pass the token `%llm serve` printed as api_key (header Authorization: Bearer TOKEN)",
+            code="missing_api_key",
+        )
     if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), hub.token.encode()):
-        raise P.APIError(401, "invalid API key; use the token of this server's current start "
-                              "(`%llm serve status` shows it)", code="invalid_api_key")
+        raise P.APIError(
+            401,
+            "invalid API key; use the token of this server's current start (`%llm serve status` shows it)",
+            code="invalid_api_key",
+        )
 
 
 async def _body_of(hub, request: Request, model: type):
@@ -103,8 +116,12 @@ async def _body_of(hub, request: Request, model: type):
         elif n > DRAIN_BYTES:
             break
     if n > cap or (declared.isdigit() and int(declared) > cap):
-        raise P.APIError(413, f"the request body is {n:,} bytes; this server takes at most {cap:,} "
-                              f"(split the input over several requests)", code="request_too_large")
+        raise P.APIError(
+            413,
+            f"the request body is {n:,} bytes; this server takes at most {cap:,} "
+            f"(split the input over several requests)",
+            code="request_too_large",
+        )
     return P.parse(model, b"".join(chunks))
 
 
@@ -156,9 +173,13 @@ def _add_model_routes(app, hub) -> None:
 def _settings_of(req: P._Sampling, limit):
     from ..models.engines.base import GenerationSettings
 
-    return GenerationSettings(max_new_tokens=limit if limit is not None else 1 << 30,
-                              temperature=req.temperature or 0.0, top_p=req.top_p, seed=req.seed,
-                              stop=req.stops).check()
+    return GenerationSettings(
+        max_new_tokens=limit if limit is not None else 1 << 30,
+        temperature=req.temperature or 0.0,
+        top_p=req.top_p,
+        seed=req.seed,
+        stop=req.stops,
+    ).check()
 
 
 def _add_generation_routes(app, hub) -> None:
@@ -187,14 +208,17 @@ async def _generation(hub, request: Request, chat: bool):
     prompt_tokens = first[1]["prompt_tokens"]
     ident, created = P.new_id("chatcmpl" if chat else "cmpl"), P.now()
     if req.stream:
-        return StreamingResponse(_stream(t, q, req, chat, ident, created, prompt_tokens),
-                                 media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return StreamingResponse(
+            _stream(t, q, req, chat, ident, created, prompt_tokens),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
     return await _whole_answer(request, t, q, req, chat, ident, created, prompt_tokens)
 
 
-async def _whole_answer(request, t: Ticket, q: asyncio.Queue, req, chat: bool, ident: str, created: int,
-                        prompt_tokens: int):
+async def _whole_answer(
+    request, t: Ticket, q: asyncio.Queue, req, chat: bool, ident: str, created: int, prompt_tokens: int
+):
     """The JSON response of a non-streamed completion (499 if the client went away)."""
     parts = []
     while True:
@@ -209,14 +233,27 @@ async def _whole_answer(request, t: Ticket, q: asyncio.Queue, req, chat: bool, i
             stats = ev[1]
             break
     text = "".join(parts)
-    usage = P.Usage(prompt_tokens=prompt_tokens, completion_tokens=stats.completion_tokens,
-                    total_tokens=prompt_tokens + stats.completion_tokens)
+    usage = P.Usage(
+        prompt_tokens=prompt_tokens,
+        completion_tokens=stats.completion_tokens,
+        total_tokens=prompt_tokens + stats.completion_tokens,
+    )
     if chat:
-        out = P.ChatCompletion(id=ident, created=created, model=req.model, usage=usage, choices=[
-            P.ChatChoice(message=P.ChatMessageOut(content=text), finish_reason=stats.finish_reason)])
+        out = P.ChatCompletion(
+            id=ident,
+            created=created,
+            model=req.model,
+            usage=usage,
+            choices=[P.ChatChoice(message=P.ChatMessageOut(content=text), finish_reason=stats.finish_reason)],
+        )
     else:
-        out = P.Completion(id=ident, created=created, model=req.model, usage=usage, choices=[
-            P.CompletionChoice(text=text, finish_reason=stats.finish_reason)])
+        out = P.Completion(
+            id=ident,
+            created=created,
+            model=req.model,
+            usage=usage,
+            choices=[P.CompletionChoice(text=text, finish_reason=stats.finish_reason)],
+        )
     return JSONResponse(out.model_dump())
 
 
@@ -233,8 +270,21 @@ async def _stream(t: Ticket, q: asyncio.Queue, req, chat: bool, ident: str, crea
             choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
         else:
             choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
-        return "data: " + _dumps({"id": ident, "object": obj, "created": created, "model": req.model,
-                                  "system_fingerprint": None, "choices": [choice], **usage_null}) + "\n\n"
+        return (
+            "data: "
+            + _dumps(
+                {
+                    "id": ident,
+                    "object": obj,
+                    "created": created,
+                    "model": req.model,
+                    "system_fingerprint": None,
+                    "choices": [choice],
+                    **usage_null,
+                }
+            )
+            + "\n\n"
+        )
 
     try:
         if chat:
@@ -253,10 +303,26 @@ async def _stream(t: Ticket, q: asyncio.Queue, req, chat: bool, ident: str, crea
                 stats = ev[1]
                 yield chunk(held, finish=stats.finish_reason)
                 if req.include_usage:
-                    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": stats.completion_tokens,
-                             "total_tokens": prompt_tokens + stats.completion_tokens}
-                    yield "data: " + _dumps({"id": ident, "object": obj, "created": created, "model": req.model,
-                                             "system_fingerprint": None, "choices": [], "usage": usage}) + "\n\n"
+                    usage = {
+                        "prompt_tokens": prompt_tokens,
+                        "completion_tokens": stats.completion_tokens,
+                        "total_tokens": prompt_tokens + stats.completion_tokens,
+                    }
+                    yield (
+                        "data: "
+                        + _dumps(
+                            {
+                                "id": ident,
+                                "object": obj,
+                                "created": created,
+                                "model": req.model,
+                                "system_fingerprint": None,
+                                "choices": [],
+                                "usage": usage,
+                            }
+                        )
+                        + "\n\n"
+                    )
                 yield "data: [DONE]\n\n"
                 return
     finally:  # a client gone mid-stream closes this generator: its decode stops at the next token
@@ -266,8 +332,11 @@ async def _stream(t: Ticket, q: asyncio.Queue, req, chat: bool, ident: str, crea
 # ---------------------------------------------------------------------- embed, classify
 async def _one_shot(hub, request: Request, kind: str, alias: str, payload: dict):
     """The result of one embed/classify job; None if the client went away, its APIError raised."""
-    need_task(hub.resolve(alias), "embedding" if kind == "embed" else "seq-cls",
-              "/v1/embeddings" if kind == "embed" else "/v1/classify")
+    need_task(
+        hub.resolve(alias),
+        "embedding" if kind == "embed" else "seq-cls",
+        "/v1/embeddings" if kind == "embed" else "/v1/classify",
+    )
     t, q = _ticket(hub, kind, alias, payload)
     ev = await _next_event(request, t, q)
     if ev is None:
@@ -300,11 +369,17 @@ def _add_embed_classify_routes(app, hub) -> None:
 def _embedding_list(req: P.EmbeddingRequest, res: dict) -> P.EmbeddingList:
     vectors = res["vectors"]
     if req.dimensions is not None and req.dimensions != vectors.shape[1]:
-        raise P.APIError(400, f"dimensions={req.dimensions}, but '{req.model}' gives {vectors.shape[1]}-"
-                              f"dimensional vectors; leave dimensions out", param="dimensions")
+        raise P.APIError(
+            400,
+            f"dimensions={req.dimensions}, but '{req.model}' gives {vectors.shape[1]}-"
+            f"dimensional vectors; leave dimensions out",
+            param="dimensions",
+        )
     if req.encoding_format == "base64":  # little-endian float32, as the openai client decodes it
-        data = [P.Embedding(index=i, embedding=base64.b64encode(v.astype("<f4").tobytes()).decode())
-                for i, v in enumerate(vectors)]
+        data = [
+            P.Embedding(index=i, embedding=base64.b64encode(v.astype("<f4").tobytes()).decode())
+            for i, v in enumerate(vectors)
+        ]
     else:
         data = [P.Embedding(index=i, embedding=v.tolist()) for i, v in enumerate(vectors)]
     usage = P.EmbeddingUsage(prompt_tokens=res["tokens"], total_tokens=res["tokens"])
@@ -316,8 +391,14 @@ def _classification_list(req: P.ClassifyRequest, res: dict) -> P.ClassificationL
     data = []
     for i, p in enumerate(probs):
         k = int(p.argmax())
-        data.append(P.Classification(index=i, label=labels[k], probs=[float(x) for x in p],
-                                     scores={labels[j]: float(p[j]) for j in range(len(labels))},
-                                     num_classes=len(labels)))
+        data.append(
+            P.Classification(
+                index=i,
+                label=labels[k],
+                probs=[float(x) for x in p],
+                scores={labels[j]: float(p[j]) for j in range(len(labels))},
+                num_classes=len(labels),
+            )
+        )
     usage = P.EmbeddingUsage(prompt_tokens=res["tokens"], total_tokens=res["tokens"])
     return P.ClassificationList(id=P.new_id("classify"), created=P.now(), model=req.model, data=data, usage=usage)

@@ -8,9 +8,9 @@ Reproducibility (same seed, same result): the run seeds every RNG at its start a
 re-initialises a classification head that no run has trained yet from the run seed, so the result
 depends on (starting weights, data, config) only — not on what the RNGs did before the call.
 
-LoRA (the head of a LoRA classifier is trained, saved and reloaded): adapters come from peft with ``task_type=SEQ_CLS``, which
-puts the head (``classifier`` / ``score``) in ``modules_to_save``: it is trained and saved in
-``adapter_model.safetensors`` next to the adapters.
+LoRA (the head of a LoRA classifier is trained, saved and reloaded): adapters come from peft
+with ``task_type=SEQ_CLS``, which puts the head (``classifier`` / ``score``) in
+``modules_to_save``: it is trained and saved in ``adapter_model.safetensors`` next to the adapters.
 
 Run it::
 
@@ -18,6 +18,7 @@ Run it::
     res = finetune(model, tok, train_ds, eval_ds, text_column="text", label_column="label",
                    config=FinetuneConfig(epochs=1), run_dir="runs/demo")
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -31,15 +32,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
-
-from ..pull import sha256_file  # noqa: F401  (re-exported: checkpoints are hashed the same way as pulls)
 from ..errors import UsageError
+from ..pull import sha256_file  # noqa: F401  (re-exported: checkpoints are hashed the same way as pulls)
 from .batching import check_columns, collate, length_grouped_batches, pad_id_for, read_labels, tokenize_column
+from .checkpoint import is_peft as _is_peft
+from .checkpoint import load_training_state, load_weights, read_resume_state, save_checkpoint, save_training_state
 from .config import FinetuneConfig
 from .distributed import rank_seed
 from .evaluate import evaluate
-from .checkpoint import is_peft as _is_peft
-from .checkpoint import load_training_state, load_weights, read_resume_state, save_checkpoint, save_training_state
 from .resume import capture_rng, check_resume, model_fingerprint, restore_rng, train_digest
 from .seed import deterministic_mode, seed_everything
 from .sft import IGNORE_INDEX, collate_sft, evaluate_causal_lm, response_loss_sum, tokenize_pairs
@@ -144,7 +144,10 @@ class FinetuneResult:
             f"train loss {loss}, {self.samples_per_s:.1f} samples/s, {self.wall_s:.1f} s"
         ]
         if self.metrics:
-            lines.append("eval: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in self.metrics.items()))
+            lines.append(
+                "eval: "
+                + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in self.metrics.items())
+            )
         if self.checkpoint:
             lines.append(f"checkpoint: {self.checkpoint} (sha256 {self.checkpoint_sha256[:12]}…)")
         return "\n".join(lines)
@@ -259,7 +262,11 @@ class _Callback:
         except KeyboardInterrupt:
             raise
         except Exception as e:  # noqa: BLE001 - a display must not stop training
-            warnings.warn(f"progress callback {name} failed ({type(e).__name__}: {e}); training continues without it", RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"progress callback {name} failed ({type(e).__name__}: {e}); training continues without it",
+                RuntimeWarning,
+                stacklevel=2,
+            )
             self.cb = None
 
 
@@ -356,8 +363,10 @@ def check_lora_targets(model: Any, config: FinetuneConfig | dict[str, Any]) -> l
         leaves = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
         from ..errors import opt
 
-        raise UsageError(f"LoRA target_modules={targets!r} match no module of this {type(model).__name__}; "
-                         f"pass {opt('target_modules')} from its linear layers: {', '.join(leaves) or '(none)'}")
+        raise UsageError(
+            f"LoRA target_modules={targets!r} match no module of this {type(model).__name__}; "
+            f"pass {opt('target_modules')} from its linear layers: {', '.join(leaves) or '(none)'}"
+        )
     return hit
 
 
@@ -367,10 +376,19 @@ def _wrap_lora(model: Any, cfg: FinetuneConfig) -> Any:
     if _is_peft(model):
         return model  # continue training its adapters (and its head)
     if any(hasattr(m, "lora_A") for m in model.modules()):
-        raise UsageError("this model already carries LoRA adapters from an earlier run (a re-run cell?); pass result.model to keep training them, or reload the base model")
+        raise UsageError(
+            "this model already carries LoRA adapters from an earlier run (a re-run cell?); pass result.model to "
+            "keep training them, or reload the base model"
+        )
     targets = cfg.resolve_target_modules(getattr(model.config, "model_type", ""))
     task_type = TaskType.CAUSAL_LM if cfg.task == "causal-lm" else TaskType.SEQ_CLS
-    lc = LoraConfig(task_type=task_type, r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets)
+    lc = LoraConfig(
+        task_type=task_type,
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=targets,
+    )
     from ..models.loading import quiet_transformers
 
     try:
@@ -381,7 +399,10 @@ def _wrap_lora(model: Any, cfg: FinetuneConfig) -> Any:
             from torch import nn
 
             leaves = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
-            raise UsageError(f"target_modules={targets!r} match no module of this {type(model).__name__}; pass target_modules= from its linear layers: {', '.join(leaves)}") from None
+            raise UsageError(
+                f"target_modules={targets!r} match no module of this {type(model).__name__}; pass target_modules= "
+                f"from its linear layers: {', '.join(leaves)}"
+            ) from None
         raise
 
 
@@ -457,8 +478,18 @@ def _loss_module(model: Any, lm: bool) -> Any:
     return LossSum(model)
 
 
-def _train_step(fwd: Any, model: Any, group: list[Any], tok: Any, lengths: Any, labels: Any, pad_id: int, device: Any,
-                lm: bool, dist: Any = None) -> tuple[float, int, int, int]:
+def _train_step(
+    fwd: Any,
+    model: Any,
+    group: list[Any],
+    tok: Any,
+    lengths: Any,
+    labels: Any,
+    pad_id: int,
+    device: Any,
+    lm: bool,
+    dist: Any = None,
+) -> tuple[float, int, int, int]:
     """Forward and backward of one optimizer step over ``group`` (its micro-batches, each a
     ``(B,)`` array of global row indices); gradients accumulate in the parameters' ``.grad``.
 
@@ -610,17 +641,45 @@ def finetune(
     """
     cb = _Callback(callback)
     try:
-        return _finetune(model, tokenizer, train, eval, text_column, label_column, config, cb, run_dir, should_stop, run_id,
-                         prompt_column, response_column, resume_from, dist)
+        return _finetune(
+            model,
+            tokenizer,
+            train,
+            eval,
+            text_column,
+            label_column,
+            config,
+            cb,
+            run_dir,
+            should_stop,
+            run_id,
+            prompt_column,
+            response_column,
+            resume_from,
+            dist,
+        )
     except BaseException:
         cb("on_end", "failed", None)  # the progress display must not stay "running"
         raise
 
 
-def _finetune(model: Any, tokenizer: Any, train: Any, eval: Any, text_column: str, label_column: str, config: Any, cb: _Callback,
-              run_dir: Any, should_stop: Optional[Callable[[], bool]], run_id: Optional[str],
-              prompt_column: str = "prompt", response_column: str = "response",
-              resume_from: Optional[os.PathLike | str] = None, dist: Any = None) -> FinetuneResult:  # noqa: A002
+def _finetune(
+    model: Any,
+    tokenizer: Any,
+    train: Any,
+    eval: Any,
+    text_column: str,
+    label_column: str,
+    config: Any,
+    cb: _Callback,
+    run_dir: Any,
+    should_stop: Optional[Callable[[], bool]],
+    run_id: Optional[str],
+    prompt_column: str = "prompt",
+    response_column: str = "response",
+    resume_from: Optional[os.PathLike | str] = None,
+    dist: Any = None,
+) -> FinetuneResult:  # noqa: A002
     import psutil
     import torch
     import torch.nn.functional as F
@@ -629,11 +688,17 @@ def _finetune(model: Any, tokenizer: Any, train: Any, eval: Any, text_column: st
     cfg = config if isinstance(config, FinetuneConfig) else FinetuneConfig.from_dict(config or {})
     lm = cfg.task == "causal-lm"
     if cfg.method == "full" and _is_peft(model):
-        raise UsageError("method='full' was given a LoRA (peft) model; pass method='lora' to keep training its adapters, or merge them first with model.merge_and_unload()")
+        raise UsageError(
+            "method='full' was given a LoRA (peft) model; pass method='lora' to keep training its adapters, or "
+            "merge them first with model.merge_and_unload()"
+        )
     mconf = model.config
     if lm:
         if not _is_causal_lm(model):
-            raise UsageError(f"task='causal-lm' needs a causal LM (a *ForCausalLM model), got {type(model).__name__}; load it with --task causal-lm")
+            raise UsageError(
+                f"task='causal-lm' needs a causal LM (a *ForCausalLM model), got {type(model).__name__}; load it "
+                "with --task causal-lm"
+            )
         check_columns(train, [prompt_column, response_column], "train dataset")
         if eval is not None:
             check_columns(eval, [prompt_column, response_column], "eval dataset")
@@ -641,7 +706,10 @@ def _finetune(model: Any, tokenizer: Any, train: Any, eval: Any, text_column: st
     else:
         num_labels = int(getattr(mconf, "num_labels", 0) or 0)
         if num_labels < 2:
-            raise UsageError(f"the model has num_labels={num_labels}; a seq-cls fine-tune needs 2 or more classes: reload it for seq-cls with num_labels= set to the number of labels")
+            raise UsageError(
+                f"the model has num_labels={num_labels}; a seq-cls fine-tune needs 2 or more classes: reload it for "
+                "seq-cls with num_labels= set to the number of labels"
+            )
         check_columns(train, [text_column, label_column], "train dataset")
         if eval is not None:
             check_columns(eval, [text_column, label_column], "eval dataset")
@@ -653,7 +721,10 @@ def _finetune(model: Any, tokenizer: Any, train: Any, eval: Any, text_column: st
     first = next(model.parameters())
     device = first.device
     if cfg.method == "full" and first.dtype == torch.float16:
-        raise UsageError("a full fine-tune of float16 weights diverges without loss scaling; load the model with dtype=float32 or bfloat16, or use method='lora'")
+        raise UsageError(
+            "a full fine-tune of float16 weights diverges without loss scaling; load the model with dtype=float32 "
+            "or bfloat16, or use method='lora'"
+        )
     if getattr(tokenizer, "pad_token_id", None) is not None and getattr(mconf, "pad_token_id", None) is None:
         mconf.pad_token_id = tokenizer.pad_token_id
     pad_id = pad_id_for(tokenizer, mconf)
@@ -674,7 +745,9 @@ def _finetune(model: Any, tokenizer: Any, train: Any, eval: Any, text_column: st
     model_fp = model_fingerprint(model)
     digest = train_digest(tok, labels)
     if cfg.track_best and eval is None:
-        raise UsageError("early_stopping_patience / metric_for_best need an eval set; pass eval= (a test or validation split)")
+        raise UsageError(
+            "early_stopping_patience / metric_for_best need an eval set; pass eval= (a test or validation split)"
+        )
     rstate: Optional[dict[str, Any]] = None
     if resume_from is not None:  # every check before anything is trained or written
         rstate = read_resume_state(resume_from)
@@ -694,7 +767,14 @@ def _finetune(model: Any, tokenizer: Any, train: Any, eval: Any, text_column: st
     trainable: list[Any] = []
     metric_name, greater = cfg.best_metric()
     # best-model tracking: the best evaluation so far (JSON-safe, goes to trainer_state) and its weights
-    best: dict[str, Any] = {"metric": metric_name, "value": None, "step": None, "epoch": None, "bad_evals": 0, "metrics": None}
+    best: dict[str, Any] = {
+        "metric": metric_name,
+        "value": None,
+        "step": None,
+        "epoch": None,
+        "bad_evals": 0,
+        "metrics": None,
+    }
     best_w: dict[str, Any] = {}
     stopped_early = False
     diverged_step: Optional[int] = None
@@ -704,10 +784,26 @@ def _finetune(model: Any, tokenizer: Any, train: Any, eval: Any, text_column: st
 
     def eval_only() -> Any:
         if lm:
-            return evaluate_causal_lm(model, tokenizer, eval, prompt_column=prompt_column, response_column=response_column,
-                                      batch_size=cfg.batch_size, max_length=cfg.max_length, dist=dist)
-        return evaluate(model, tokenizer, eval, text_column=text_column, label_column=label_column,
-                        batch_size=max(cfg.batch_size, 64), max_length=cfg.max_length, dist=dist)
+            return evaluate_causal_lm(
+                model,
+                tokenizer,
+                eval,
+                prompt_column=prompt_column,
+                response_column=response_column,
+                batch_size=cfg.batch_size,
+                max_length=cfg.max_length,
+                dist=dist,
+            )
+        return evaluate(
+            model,
+            tokenizer,
+            eval,
+            text_column=text_column,
+            label_column=label_column,
+            batch_size=max(cfg.batch_size, 64),
+            max_length=cfg.max_length,
+            dist=dist,
+        )
 
     def run_eval(epoch_f: float) -> Any:
         ev = eval_only()
@@ -716,7 +812,9 @@ def _finetune(model: Any, tokenizer: Any, train: Any, eval: Any, text_column: st
             if best["value"] is None or (v > best["value"] if greater else v < best["value"]):
                 best.update(value=v, step=step, epoch=epoch_f, bad_evals=0, metrics=ev.to_metrics())
                 best_w.clear()
-                best_w.update({n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad})
+                best_w.update(
+                    {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+                )
             else:
                 best["bad_evals"] += 1
         eval_history.append({"step": step, "epoch": epoch_f, **ev.to_metrics()})
@@ -741,10 +839,16 @@ def _finetune(model: Any, tokenizer: Any, train: Any, eval: Any, text_column: st
                 fwd = dist.wrap(fwd, model)
             trainable = [p for p in model.parameters() if p.requires_grad]
             if not trainable:
-                raise UsageError("the model has no trainable parameters (all requires_grad=False); unfreeze it or use method='lora'")
+                raise UsageError(
+                    "the model has no trainable parameters (all requires_grad=False); unfreeze it or use method='lora'"
+                )
             fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in trainable)
-            opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, fused=fused or None)
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total_steps, warmup, cfg.lr_scheduler))
+            opt = torch.optim.AdamW(
+                _param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, fused=fused or None
+            )
+            sched = torch.optim.lr_scheduler.LambdaLR(
+                opt, lambda s: lr_factor(s, total_steps, warmup, cfg.lr_scheduler)
+            )
             start_step = 0
             if rstate is not None:
                 load_weights(model, resume_from)
@@ -757,8 +861,13 @@ def _finetune(model: Any, tokenizer: Any, train: Any, eval: Any, text_column: st
                 best.update(rstate.get("best") or {})
                 if ts.get("best_params"):
                     best_w.update(ts["best_params"])
-                if (eval is not None and eval_every and step % eval_every == 0 and 0 < step < total_steps
-                        and not any(h.get("step") == step for h in eval_history)):
+                if (
+                    eval is not None
+                    and eval_every
+                    and step % eval_every == 0
+                    and 0 < step < total_steps
+                    and not any(h.get("step") == step for h in eval_history)
+                ):
                     last_eval = run_eval(step / steps_per_epoch)  # the stop came before this step's evaluation
                 stopped_early = patience_spent()  # also when a callback's Ctrl-C cut off the check
                 restore_rng(ts["rng"])  # last: nothing above may draw from the RNGs
@@ -768,15 +877,24 @@ def _finetune(model: Any, tokenizer: Any, train: Any, eval: Any, text_column: st
                     restore_rng(saved[dist.rank])
                 elif dist.rank > 0:
                     torch.manual_seed(rank_seed(cfg.seed, dist.rank) + start_step)
-            cb("on_begin", total_steps, min(n_train * cfg.epochs, total_steps * cfg.batch_size * cfg.grad_accum), run_id)
+            cb(
+                "on_begin",
+                total_steps,
+                min(n_train * cfg.epochs, total_steps * cfg.batch_size * cfg.grad_accum),
+                run_id,
+            )
             model.train()
             with _sigint_stops(stop_flag) if dist is None else contextlib.nullcontext():  # ranks: should_stop
                 try:
                     for epoch in range(start_step // steps_per_epoch, cfg.epochs):
                         if step >= total_steps or stopped_early:
                             break
-                        batches = length_grouped_batches(lengths, cfg.batch_size, seed=(cfg.seed, epoch), group=cfg.group_by_length)
-                        first_g = (step % steps_per_epoch) * cfg.grad_accum if epoch == start_step // steps_per_epoch else 0
+                        batches = length_grouped_batches(
+                            lengths, cfg.batch_size, seed=(cfg.seed, epoch), group=cfg.group_by_length
+                        )
+                        first_g = (
+                            (step % steps_per_epoch) * cfg.grad_accum if epoch == start_step // steps_per_epoch else 0
+                        )
                         for g in range(first_g, len(batches), cfg.grad_accum):
                             if step >= total_steps:
                                 break
@@ -789,7 +907,8 @@ def _finetune(model: Any, tokenizer: Any, train: Any, eval: Any, text_column: st
                             group = batches[g : g + cfg.grad_accum]
                             lr_now = opt.param_groups[0]["lr"]
                             step_loss, n_rows, n_real, n_padded, last_batch = _train_step(
-                                fwd, model, group, tok, lengths, labels, pad_id, device, lm, dist)
+                                fwd, model, group, tok, lengths, labels, pad_id, device, lm, dist
+                            )
                             real_tokens += n_real
                             padded_tokens += n_padded
                             resumable = False  # an update cut short cannot be resumed exactly
@@ -819,8 +938,11 @@ def _finetune(model: Any, tokenizer: Any, train: Any, eval: Any, text_column: st
                     if status == "completed" and step > start_step:  # the last update: is the loss still finite?
                         ids, mask, y = last_batch  # this rank's part of the last micro-batch
                         with torch.no_grad():
-                            last = (response_loss_sum(model, ids, mask, y) if lm
-                                    else F.cross_entropy(model(input_ids=ids, attention_mask=mask).logits.float(), y))
+                            last = (
+                                response_loss_sum(model, ids, mask, y)
+                                if lm
+                                else F.cross_entropy(model(input_ids=ids, attention_mask=mask).logits.float(), y)
+                            )
                         per = max(int((y[:, 1:] != IGNORE_INDEX).sum()), 1) if lm else 1  # per response token
                         last = float(last) / per
                         if dist is not None:  # every rank decides alike (NaN/inf survive the sum)
@@ -853,9 +975,16 @@ def _finetune(model: Any, tokenizer: Any, train: Any, eval: Any, text_column: st
                         if n in best_w:
                             p.copy_(best_w[n].to(p.device))
                 last_eval = eval_only()
-            final_metrics: dict[str, Any] = last_eval.to_metrics() if last_eval is not None and status == "completed" else {}
+            final_metrics: dict[str, Any] = (
+                last_eval.to_metrics() if last_eval is not None and status == "completed" else {}
+            )
             if won:
-                final_metrics.update(best_step=best["step"], best_epoch=best["epoch"], metric_for_best=metric_name, stopped_early=stopped_early)
+                final_metrics.update(
+                    best_step=best["step"],
+                    best_epoch=best["epoch"],
+                    metric_for_best=metric_name,
+                    stopped_early=stopped_early,
+                )
             if device.type == "cuda":
                 peak_dev: Optional[int] = int(torch.cuda.max_memory_allocated(device))
             else:
@@ -892,7 +1021,8 @@ def _finetune(model: Any, tokenizer: Any, train: Any, eval: Any, text_column: st
                     rng = rng_at_step if rng_at_step is not None else capture_rng()
                     rng_ranks = dist.gather(rng) if collective else None
                     extra = lambda d: save_training_state(  # noqa: E731
-                        d, opt, sched, rng, dict(best_w) or None, rng_ranks)
+                        d, opt, sched, rng, dict(best_w) or None, rng_ranks
+                    )
                 full_sd = dist.full_state_dict(model) if collective else None
                 if dist is None or dist.main:
                     ck, sha = save_checkpoint(model, tokenizer, run_dir, state, extra=extra, state_dict=full_sd)

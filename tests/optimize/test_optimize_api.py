@@ -1,6 +1,7 @@
 """``api.optimize`` / ``%llm optimize`` on tiny random models: the table's numbers against
 independent measurements, the new alias in classify / eval / export / ps / unload, the run
 registry, and every bad input as one line that leaves nothing behind."""
+
 from __future__ import annotations
 
 import gc
@@ -12,16 +13,20 @@ from IPython.core.interactiveshell import InteractiveShell
 
 from llmos_jupyter.errors import UsageError
 
-WORDS = {1: ["great movie", "a gorgeous, witty, seductive movie", "hello world"],
-         0: ["awful film", "this film was a complete waste of two hours", "the lazy dog"]}
+WORDS = {
+    1: ["great movie", "a gorgeous, witty, seductive movie", "hello world"],
+    0: ["awful film", "this film was a complete waste of two hours", "the lazy dog"],
+}
 
 
 @pytest.fixture
 def tb(fresh_api, tiny_bert):
     """``fresh_api`` with the tiny BERT loaded as seq-cls alias ``tb`` and a labelled dataset
     ``sent`` (48 rows, train 36 / test 12)."""
-    rows = [{"text": WORDS[i % 2][(i // 2) % 3] + ("" if i % 3 else " !"), "label": ["negative", "positive"][i % 2]}
-            for i in range(48)]
+    rows = [
+        {"text": WORDS[i % 2][(i // 2) % 3] + ("" if i % 3 else " !"), "label": ["negative", "positive"][i % 2]}
+        for i in range(48)
+    ]
     fresh_api.data_load(rows, name="sent")
     fresh_api.data_split("sent", test=0.25, seed=0)
     fresh_api.load(str(tiny_bert), task="seq-cls", labels="negative,positive", alias="tb")
@@ -95,8 +100,9 @@ def test_new_alias_is_an_ordinary_model(tb, tmp_path):
 
 def test_recovery_fine_tune_and_structured_rows(tb):
     api = tb
-    table = api.optimize("tb", prune=0.5, structured="ffn", recover_epochs=1, eval="sent", repeats=1,
-                         speed_batches=1, progress=False)
+    table = api.optimize(
+        "tb", prune=0.5, structured="ffn", recover_epochs=1, eval="sent", repeats=1, speed_batches=1, progress=False
+    )
     assert table.alias == "tb-p50f-r1"
     assert _row(table, "FFN neurons per layer")["before"] == 64 and _row(table, "FFN neurons per layer")["after"] == 32
     rec_row = _row(table, "recovery fine-tune")
@@ -114,21 +120,27 @@ def test_heads_pruned_bert_export_is_refused_in_one_line(tb, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-@pytest.mark.parametrize("kw, message", [
-    (dict(quantize="int3"), "unknown quantisation level 'int3'"),
-    (dict(quantize="int4"), "--quantize int4 is not available on cpu"),
-    (dict(prune=1.5), "strictly between 0 and 1 (got 1.5)"),
-    (dict(prune=0.0), "strictly between 0 and 1 (got 0.0)"),
-    (dict(structured="heads"), "--structured says which parts to prune; add --prune AMOUNT"),
-    (dict(prune=0.3, structured="layers"), "unknown --structured 'layers'"),
-    (dict(prune=0.1, structured="heads"), "--prune 0.1 of 4 heads per layer removes none; use --prune 0.38 or more"),
-    (dict(quantize="int8", recover_epochs=1, eval="sent"), "--recover-epochs fine-tunes after pruning"),
-    (dict(prune=0.3, recover_epochs=1), "--recover-epochs fine-tunes on a dataset's train split; add --eval"),
-    (dict(quantize="int8", eval="sent:validation"), "dataset 'sent' has no 'validation' split (it has "),
-    (dict(quantize="int8", eval="nope"), "unknown dataset 'nope'"),
-    (dict(), "nothing to do"),
-    (dict(quantize="int8", as_="tb"), "alias 'tb' is already loaded"),
-])
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        (dict(quantize="int3"), "unknown quantisation level 'int3'"),
+        (dict(quantize="int4"), "--quantize int4 is not available on cpu"),
+        (dict(prune=1.5), "strictly between 0 and 1 (got 1.5)"),
+        (dict(prune=0.0), "strictly between 0 and 1 (got 0.0)"),
+        (dict(structured="heads"), "--structured says which parts to prune; add --prune AMOUNT"),
+        (dict(prune=0.3, structured="layers"), "unknown --structured 'layers'"),
+        (
+            dict(prune=0.1, structured="heads"),
+            "--prune 0.1 of 4 heads per layer removes none; use --prune 0.38 or more",
+        ),
+        (dict(quantize="int8", recover_epochs=1, eval="sent"), "--recover-epochs fine-tunes after pruning"),
+        (dict(prune=0.3, recover_epochs=1), "--recover-epochs fine-tunes on a dataset's train split; add --eval"),
+        (dict(quantize="int8", eval="sent:validation"), "dataset 'sent' has no 'validation' split (it has "),
+        (dict(quantize="int8", eval="nope"), "unknown dataset 'nope'"),
+        (dict(), "nothing to do"),
+        (dict(quantize="int8", as_="tb"), "alias 'tb' is already loaded"),
+    ],
+)
 def test_bad_inputs_are_one_line_and_leave_nothing(tb, kw, message):
     api = tb
     with pytest.raises(Exception) as e:
@@ -163,8 +175,16 @@ def test_magic_prints_one_line_and_the_table(tb, capsys):
     table = ip.run_line_magic("llm", "optimize tb --prune 0.3 --repeats 1 --as tb30")
     assert table.alias == "tb30" and _row(table, "sparsity")["after"] == pytest.approx(0.3, abs=0.01)
     helptext = str(ip.run_line_magic("llm", "help optimize"))
-    for flag in ("--quantize LEVEL", "--prune AMOUNT", "--structured PARTS", "--compile", "--eval DATA",
-                 "--generate", "--recover-epochs N", "--as NEW"):
+    for flag in (
+        "--quantize LEVEL",
+        "--prune AMOUNT",
+        "--structured PARTS",
+        "--compile",
+        "--eval DATA",
+        "--generate",
+        "--recover-epochs N",
+        "--as NEW",
+    ):
         assert flag in helptext, helptext
 
 

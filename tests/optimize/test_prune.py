@@ -1,6 +1,7 @@
 """Pruning of tiny models: magnitude sparsity is exact and permanent; structured pruning really
 shrinks the matrices, keeps the best-scoring heads/neurons, and (where a config can describe
 it) survives save_pretrained + from_pretrained."""
+
 from __future__ import annotations
 
 import pytest

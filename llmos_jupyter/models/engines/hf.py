@@ -8,6 +8,7 @@ a kernel interrupt included — ends ``generate`` within one token and the threa
 before the engine takes the next call. An error raised inside ``generate`` closes the stream at
 once and reaches the caller as one line; the model stays usable.
 """
+
 from __future__ import annotations
 
 import threading
@@ -131,9 +132,14 @@ class TransformersEngine(Engine):
                 if first.seed is not None and not first.greedy:
                     torch.manual_seed(first.seed)
                 with torch.inference_mode():
-                    model.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
-                                   streamer=streamer, pad_token_id=pad, stopping_criteria=StoppingCriteriaList([done]),
-                                   **kw)
+                    model.generate(
+                        input_ids=ids.to(model.device),
+                        attention_mask=mask.to(model.device),
+                        streamer=streamer,
+                        pad_token_id=pad,
+                        stopping_criteria=StoppingCriteriaList([done]),
+                        **kw,
+                    )
             except Exception as e:
                 msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 for st in states:  # the caller reports the error to the rows still open
@@ -157,12 +163,20 @@ class TransformersEngine(Engine):
             raise UsageError("rows of one batch must share temperature, top_p and extra generate arguments")
         if len(rows) > 1 and not first.greedy and any(r.settings.seed is not None for r in rows):
             raise UsageError("a seeded sampling request decodes alone (one seed seeds the whole batch)")
-        return self._generate_kwargs(GenerationSettings(max(r.settings.max_new_tokens for r in rows),
-                                                        first.temperature, first.top_p, first.seed, (),
-                                                        dict(first.extra)))
+        return self._generate_kwargs(
+            GenerationSettings(
+                max(r.settings.max_new_tokens for r in rows),
+                first.temperature,
+                first.top_p,
+                first.seed,
+                (),
+                dict(first.extra),
+            )
+        )
 
-    def _stream(self, prompt_ids: list[int], settings: GenerationSettings, stats: GenerationStats,
-                cancel: threading.Event) -> Iterator[str]:
+    def _stream(
+        self, prompt_ids: list[int], settings: GenerationSettings, stats: GenerationStats, cancel: threading.Event
+    ) -> Iterator[str]:
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
@@ -203,9 +217,14 @@ class TransformersEngine(Engine):
                 if settings.seed is not None and not settings.greedy:
                     torch.manual_seed(settings.seed)
                 with torch.inference_mode():
-                    model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), streamer=streamer,
-                                   pad_token_id=tok.pad_token_id, stopping_criteria=StoppingCriteriaList([Cancelled()]),
-                                   **kw)
+                    model.generate(
+                        input_ids=ids,
+                        attention_mask=torch.ones_like(ids),
+                        streamer=streamer,
+                        pad_token_id=tok.pad_token_id,
+                        stopping_criteria=StoppingCriteriaList([Cancelled()]),
+                        **kw,
+                    )
             except BaseException as e:  # hand it to the caller, then close the stream
                 failure.append(e)
                 streamer.on_finalized_text("", stream_end=True)
@@ -290,7 +309,7 @@ class _RowState:
         st.completion_tokens = len(self.tokens)
         text = tok.decode(self.tokens, skip_special_tokens=True)
         if not text.endswith("\ufffd"):  # a character split over tokens waits to be whole
-            new, self.sent = text[self.sent:], len(text)
+            new, self.sent = text[self.sent :], len(text)
             self._emit(new)
             if self.stops.stopped:
                 return self.finish("stop", tok)
@@ -304,7 +323,7 @@ class _RowState:
         st = self.row.stats
         if reason != "cancelled" and not self.stops.stopped:
             text = tok.decode(self.tokens, skip_special_tokens=True) if self.tokens else ""
-            self._emit(text[self.sent:])
+            self._emit(text[self.sent :])
             self.sent = len(text)
             tail = self.stops.flush()
             if tail:
@@ -324,8 +343,8 @@ def _left_padded(rows: list[list[int]], pad: int):
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
-        ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
-        mask[i, width - len(r):] = 1
+        ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+        mask[i, width - len(r) :] = 1
     return ids, mask
 
 
@@ -361,8 +380,17 @@ def _batch_hooks(states: list[_RowState], eos: set, tok):
     return Rows(), Done()
 
 
-def stream(model, tokenizer, prompt: str, *, max_new_tokens: int = 256, temperature: float = 0.0,
-           top_p: float | None = None, add_special_tokens: bool = True, **extra) -> Iterator[str]:
+def stream(
+    model,
+    tokenizer,
+    prompt: str,
+    *,
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    top_p: float | None = None,
+    add_special_tokens: bool = True,
+    **extra,
+) -> Iterator[str]:
     """Yield the decoded continuation of ``prompt`` with a transformers ``model``/``tokenizer``
     piece by piece (greedy by default); ``extra`` goes to ``generate``.
     A convenience for callers that hold a bare model; see :class:`TransformersEngine`.
