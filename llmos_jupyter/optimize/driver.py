@@ -277,6 +277,8 @@ class Result:
         if q:
             notes.append(f"quantize: {q['backend']}")
         p = self.info.get("prune")
+        if p and p.get("scores"):
+            notes.append(f"heads/neurons ranked by {p['scores']}")
         if p and p.get("method") == "magnitude":
             notes.append(
                 "magnitude pruning leaves the matrices dense: zeros are multiplied like any number, "
@@ -429,6 +431,7 @@ def run(
     prompt: str = "",
     evaluate: Callable[[Any], dict] | None = None,
     recover: Callable[[Any], dict] | None = None,
+    calibration: list | None = None,
     folder: Path | None = None,
     auto_class: str = "",
     repeats: int = 3,
@@ -445,6 +448,8 @@ def run(
         evaluate: ``evaluate(model) -> metrics`` on the named split, run on both.
         recover: ``recover(model) -> {"epochs", "steps", "train_loss", "samples_per_s",
             "wall_s"}``, the fine-tune after pruning (required when ``plan.recover_epochs``).
+        calibration: batches with labels on which structured pruning scores heads and neurons
+            (:func:`.prune.taylor_scores`); None: weight magnitudes.
         folder: where the optimised weights are written (their size is the *after* file
             size); the original's are written to a temporary folder and removed.
         auto_class: the transformers Auto class name of the task (for quantised saves).
@@ -470,7 +475,7 @@ def run(
     if plan.prune is not None:
         notify(f"pruning {plan.prune * 100:g}%")
         if plan.structured:
-            info["prune"] = prune_mod.structured(new, plan.prune, plan.structured)
+            info["prune"] = prune_mod.structured(new, plan.prune, plan.structured, calibration=calibration)
         else:
             info["prune"] = prune_mod.magnitude(new, plan.prune)
     if plan.recover_epochs:

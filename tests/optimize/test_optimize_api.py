@@ -110,6 +110,33 @@ def test_recovery_fine_tune_and_structured_rows(tb):
     assert _row(table, "accuracy")["after"] == api.evaluate("tb-p50f-r1", "sent").accuracy
     rec = api.manager().get("tb-p50f-r1")
     assert rec.model.config.intermediate_size == 32 and rec.optimized["recover_epochs"] == 1
+    # neurons ranked on the train split (36 rows: batches of 32 and 4), said in the table's note
+    assert "heads/neurons ranked by first-order Taylor importance on 2 batches" in table.note
+
+
+def test_structured_pruning_ranks_on_the_train_split_it_is_given(tb):
+    """With --eval, the neurons kept are the top half of prune.taylor_scores on the train rows
+    (computed here again from the same batches); without --eval, by weight magnitude."""
+    import torch
+
+    from llmos_jupyter.optimize import prune
+    from llmos_jupyter.optimize.command import calibration_batches
+    from llmos_jupyter.training.jobs import prepare_split
+
+    api = tb
+    table = api.optimize("tb", prune=0.5, structured="ffn", eval="sent", repeats=1, speed_batches=1, as_="by-data")
+    src, dv = api.manager().get("tb"), api.data_get("sent")
+    train = prepare_split(dv, "train", src)
+    batches = calibration_batches(src, dv, train, max_length=128, device="cpu")
+    assert [len(b["labels"]) for b in batches] == [32, 4]
+    scores = prune.taylor_scores(src.model, "ffn", batches)["ffn"]
+    src_layers, new_layers = src.model.bert.encoder.layer, api.manager().get("by-data").model.bert.encoder.layer
+    for s, old, new in zip(scores, src_layers, new_layers):
+        keep = torch.topk(s, 32).indices.sort().values
+        assert torch.equal(new.intermediate.dense.weight, old.intermediate.dense.weight[keep])
+    assert "first-order Taylor importance on 2 batches" in table.note
+    table = api.optimize("tb", prune=0.5, structured="ffn", repeats=1, speed_batches=1, as_="by-weight")
+    assert "heads/neurons ranked by weight magnitude" in table.note
 
 
 def test_heads_pruned_bert_export_is_refused_in_one_line(tb, tmp_path):
@@ -200,6 +227,11 @@ def test_causal_lm_generate_and_embedding_cosine(fresh_api, tiny_llama, tiny_ber
     assert _row(table, "accuracy")["after"] == api.evaluate("lm-int8", "pairs", generate=True, limit=4).accuracy
     assert _row(table, "tokens/s")["after"] > 0
     assert isinstance(api.generate("lm-int8", "hello", max_new_tokens=3, stream=False), str)
+    # structured pruning of a causal-lm ranks on the response tokens of the train pairs
+    table = api.optimize("lm", prune=0.5, structured="heads,ffn", eval="pairs", limit=4, repeats=1, max_new_tokens=4)
+    assert "first-order Taylor importance on 1 batch" in table.note
+    assert _row(table, "FFN neurons per layer")["after"] == 32 and _row(table, "attention heads")["after"] == 2
+    assert isinstance(api.generate("lm-p50hf", "hello", max_new_tokens=3, stream=False), str)
     api.load(str(tiny_bert), task="embedding", alias="emb")
     table = api.optimize("emb", quantize="int8", eval="pairs:train", repeats=1, speed_batches=1)
     cos = _row(table, "cosine_to_original")
