@@ -1224,22 +1224,35 @@ def _finetune_distributed(
     m, rec, dv, lc, cfg, train, ev, eval_split, prev, resume_ck, notes, progress, background, export_launch
 ):
     """:func:`finetune` with ranks in subprocesses (``lc``), or the export of that run."""
-    from dataclasses import asdict
-
     from .resources.jobs import Job
     from .training import launch as _launch
-    from .training.supervisor import refuse_if_failed
 
     alias = rec.alias
     backend = lc.backend or _launch.default_backend(rec.device or "cpu")
     _launch.check_launch(
         lc, backend=backend, n_train=len(train), config=cfg, resume=prev is not None, kernel=export_launch is None
     )
+    data = _launch_data(rec, dv, cfg, eval_split if ev is not None else None)
+    if export_launch is not None:
+        return _export_distributed(m, alias, dv, lc, cfg, data, export_launch)
+    view = None
+    if progress:
+        from .widgets.progress import TrainingProgress
+
+        view = TrainingProgress(title=f"finetune {alias} on {dv.name} ({lc.world_size} ranks, {backend})")
+    job = Job(kind="finetune", target=alias, device=rec.device or "cpu", world_size=lc.world_size, launcher=lc.launcher)
+    work = _distributed_work(m, alias, dv, lc, backend, cfg, data, prev, resume_ck, view)
+    return run_job(scheduler(), job, work, background, notes)
+
+
+def _launch_data(rec, dv, cfg, eval_split: str | None) -> dict:
+    """Where the ranks read the data set (its saved version on disk) and how (columns, label
+    ids), as the launch's ``data`` dict."""
     lm = cfg.task == "causal-lm"
-    data = {
+    return {
         "path": str(store().root / dv.name / f"v{dv.version}"),
         "train_split": "train",
-        "eval_split": eval_split if ev is not None else None,
+        "eval_split": eval_split,
         "label_map": None if lm else _label_ids(rec, dv),
         "text_column": dv.text_column,
         "label_column": dv.label_column,
@@ -1249,35 +1262,44 @@ def _finetune_distributed(
         "version": dv.version,
         "fingerprint": dv.fingerprint,
     }
-    if export_launch is not None:
-        with m.use(alias) as held:
-            info = _launch.export_launch(
-                export_launch,
-                model=held.model,
-                tokenizer=held.tokenizer,
-                task=cfg.task,
-                labels=held.labels,
-                dtype=held.dtype,
-                dataset_dir=data["path"],
-                data=data,
-                config=cfg.to_dict(),
-                lc=lc,
-                name=f"{alias}-{dv.name}",
-            )
-        lines = "\n".join(f"  node {k}: {c}" for k, c in enumerate(info["commands"]))
-        return Message(
-            f"{alias}: exported a {lc.world_size}-rank fine-tune on {dv.name} v{dv.version} to "
-            f"{info['path']} "
-            f"({', '.join(info['files'])}); run on each node, from that folder:\n{lines}\n"
-            f"(see README.md there for Slurm and accelerate launch with FSDP)",
-            **info,
-        )
-    view = None
-    if progress:
-        from .widgets.progress import TrainingProgress
 
-        view = TrainingProgress(title=f"finetune {alias} on {dv.name} ({lc.world_size} ranks, {backend})")
-    job = Job(kind="finetune", target=alias, device=rec.device or "cpu", world_size=lc.world_size, launcher=lc.launcher)
+
+def _export_distributed(m, alias, dv, lc, cfg, data: dict, folder) -> Message:
+    """Write the launch folder of a multi-node fine-tune (``--export-launch FOLDER``) and say
+    the command to run on each node."""
+    from .training import launch as _launch
+
+    with m.use(alias) as held:
+        info = _launch.export_launch(
+            folder,
+            model=held.model,
+            tokenizer=held.tokenizer,
+            task=cfg.task,
+            labels=held.labels,
+            dtype=held.dtype,
+            dataset_dir=data["path"],
+            data=data,
+            config=cfg.to_dict(),
+            lc=lc,
+            name=f"{alias}-{dv.name}",
+        )
+    lines = "\n".join(f"  node {k}: {c}" for k, c in enumerate(info["commands"]))
+    return Message(
+        f"{alias}: exported a {lc.world_size}-rank fine-tune on {dv.name} v{dv.version} to "
+        f"{info['path']} "
+        f"({', '.join(info['files'])}); run on each node, from that folder:\n{lines}\n"
+        f"(see README.md there for Slurm and accelerate launch with FSDP)",
+        **info,
+    )
+
+
+def _distributed_work(m, alias, dv, lc, backend, cfg, data: dict, prev, resume_ck, view):
+    """``work(job)`` of a distributed fine-tune: a tracked run whose ranks train the alias
+    (held exclusively), the trained weights swapped in, the run finished with their result."""
+    from dataclasses import asdict
+
+    from .training import launch as _launch
+    from .training.supervisor import refuse_if_failed
 
     def work(job):
         config = dict(asdict(cfg), **({"resumed_from": prev.id} if prev is not None else {}))
@@ -1327,7 +1349,7 @@ def _finetune_distributed(
         refuse_if_failed(res)
         return out
 
-    return run_job(scheduler(), job, work, background, notes)
+    return work
 
 
 @checked

@@ -166,3 +166,24 @@ def test_serve_start_status_stop_through_the_magics(capsys):
         stopped = ip.run_line_magic("llm", "serve stop")
     assert stopped.text.startswith("stopped the server at")
     assert ip.run_line_magic("llm", "serve status").text.startswith("no server is running")
+
+
+def test_finetune_help_defaults_are_the_config_defaults():
+    """Every "(default X)" in `%llm finetune`'s option help is FinetuneConfig's default for that
+    field (the help is written by hand; this keeps it from drifting from the dataclass)."""
+    import dataclasses
+    import re
+
+    from llmos_jupyter.magics.commands import COMMANDS
+    from llmos_jupyter.training.config import FinetuneConfig
+
+    defaults = {f.name: f.default for f in dataclasses.fields(FinetuneConfig)}
+    checked = []
+    for opt in COMMANDS["finetune"].options:
+        m = re.search(r"\(default ([^;:)]+)\)", opt.help or "")
+        if not m or opt.key not in defaults:
+            continue
+        said, want = m.group(1), defaults[opt.key]
+        assert said == str(want) or float(said) == want, (opt.name, said, want)
+        checked.append(opt.key)
+    assert len(checked) >= 12, checked  # epochs, lr, batch_size, seed, max_length, method, lora_*, ...
