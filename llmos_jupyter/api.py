@@ -1595,7 +1595,10 @@ def optimize(
             :mod:`llmos_jupyter.optimize.quantize` for the backends.
         prune: share of weights to remove, in (0, 1): magnitude pruning, or with ``structured``
             whole heads / FFN neurons.
-        structured: ``"heads"``, ``"ffn"`` or ``"heads,ffn"``.
+        structured: ``"heads"``, ``"ffn"`` or ``"heads,ffn"``. With ``eval`` naming a dataset
+            that has a ``train`` split (seq-cls, causal-lm), heads and neurons are ranked by
+            first-order Taylor importance on 1,024 of its rows
+            (:func:`llmos_jupyter.optimize.prune.taylor_scores`), else by weight magnitude.
         compile: ``torch.compile`` the forward (causal-lm: the decode step, static KV cache);
             the compile time is its own row.
         eval: ``DATASET`` or ``DATASET:SPLIT`` (default split ``test``): the metric on that
