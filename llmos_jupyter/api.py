@@ -23,7 +23,7 @@ import time
 
 from . import catalog, paths
 from .argcheck import checked
-from .display import Message, Reply, Table
+from .display import Message, Rendered, Reply, Table
 from .errors import LLMOSError, UsageError, opt, surface, unknown
 from .models.text_limits import fit_texts, model_positions
 from .resources.memory import format_size
@@ -929,7 +929,7 @@ def data_search(name: str, query: str, *, k: int = 5, model: str = "all-minilm-l
         )
 
 
-class Written(list):
+class Written(list, Rendered):
     """The files a :func:`data_export` wrote (a list of paths) that shows as one line per file."""
 
     def __init__(self, paths, lines: list[str]):
@@ -941,11 +941,6 @@ class Written(list):
 
     def _repr_pretty_(self, p, cycle) -> None:
         p.text(str(self))
-
-    def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
-        import html
-
-        return {"text/plain": str(self), "text/html": "<pre>" + html.escape(str(self)) + "</pre>"}
 
 
 @checked

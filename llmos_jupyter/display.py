@@ -1,6 +1,6 @@
 """Small result objects that render in Jupyter (HTML) and in terminals (text).
 
-They implement ``_repr_mimebundle_`` with ``text/plain`` and ``text/html`` so they survive
+They derive from :class:`Rendered` (``_repr_mimebundle_`` with ``text/plain`` and ``text/html``) so they survive
 saved notebooks and nbconvert, and hold only plain data (never a model), so showing one as a
 cell result does not keep a model alive.
 """
@@ -33,7 +33,19 @@ def kv_html(rows: Iterable[tuple[str, Any]], css_class: str) -> str:
     return f"<table class='{css_class}'>{body}</table>"
 
 
-class Table:
+class Rendered:
+    """Base of the result objects a cell shows: ``str(self)`` is their text/plain and
+    :meth:`_repr_html_` their text/html (by default the text in a ``<pre>``). Subclasses write
+    ``__str__`` (or ``__repr__``) and, when they have a richer view, ``_repr_html_``."""
+
+    def _repr_html_(self) -> str:
+        return f"<pre>{html.escape(str(self))}</pre>"
+
+    def _repr_mimebundle_(self, include=None, exclude=None) -> dict[str, str]:
+        return {"text/plain": str(self), "text/html": self._repr_html_()}
+
+
+class Table(Rendered):
     """A titled table: ``columns`` (names) and ``rows`` (lists of cells, already formatted or raw).
 
     Attributes:
@@ -66,7 +78,7 @@ class Table:
             lines.append(self.note)
         return "\n".join(lines)
 
-    def _html(self) -> str:
+    def _repr_html_(self) -> str:
         head = "".join(f"<th style='text-align:left'>{html.escape(str(c))}</th>" for c in self.columns)
         body = "".join(
             "<tr>"
@@ -84,11 +96,8 @@ class Table:
     def __repr__(self) -> str:
         return self._text()
 
-    def _repr_mimebundle_(self, include=None, exclude=None):
-        return {"text/plain": self._text(), "text/html": self._html()}
 
-
-class Message:
+class Message(Rendered):
     """One or more lines of plain text (rendered as <pre> in HTML), with the figures behind them
     as ``data`` (read like a dict: ``msg["key"]``, ``msg.get``, ``in``, ``dict(msg)``)."""
 
@@ -113,9 +122,6 @@ class Message:
 
     def __iter__(self):
         return iter(self.data)
-
-    def _repr_mimebundle_(self, include=None, exclude=None):
-        return {"text/plain": self.text, "text/html": f"<pre>{html.escape(self.text)}</pre>"}
 
 
 class Reply(str):

@@ -30,6 +30,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..display import Rendered
 from ..errors import UsageError, opt, unknown
 
 # Elements whose tags are removed by strip_html (HTML 4/5 names that appear in scraped text).
@@ -241,7 +242,7 @@ def diff_window(before: str, after: str, context: int = 20, width: int = 60) -> 
 
 
 @dataclass
-class CleanReport:
+class CleanReport(Rendered):
     """The outcome of :meth:`DataStore.clean`.
 
     Attributes:
@@ -324,9 +325,6 @@ class CleanReport:
             f"<table><tr><th>rule</th><th>removed</th><th>changed</th><th>what</th></tr>"
             f"{rows}</table></div>"
         )
-
-    def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
-        return {"text/plain": str(self), "text/html": self._repr_html_()}
 
 
 def apply_label_map(

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ..display import Rendered
 from .cleaning import find_markup
 from .sources import column
 
@@ -76,7 +77,7 @@ class LengthStats:
 
 
 @dataclass
-class DataReport:
+class DataReport(Rendered):
     """What :meth:`DataStore.show` returns.
 
     Attributes (counts are over all splits together unless named per split):
@@ -189,9 +190,6 @@ class DataReport:
             f"<div class='llmos-data-report'>{head}{self._quality_html()}<div>{imgs}</div>"
             f"{rows_table_html(self.examples, self.label_column is not None)}</div>"
         )
-
-    def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
-        return {"text/plain": str(self), "text/html": self._repr_html_()}
 
     # ------------------------------------------------------------------ plots
     def label_png(self) -> bytes | None:

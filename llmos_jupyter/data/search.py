@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..display import Rendered
+
 
 def cache_key(split_fingerprint: str, text_column: str, model_key: str, max_length: int) -> str:
     """sha256 (first 32 hex) of what determines a split's vectors."""
@@ -71,7 +73,7 @@ class EmbeddingCache:
 
 
 @dataclass
-class SearchResult:
+class SearchResult(Rendered):
     """The ``k`` nearest rows to ``query``.
 
     Attributes:
@@ -129,9 +131,6 @@ class SearchResult:
             f"<small>({esc(self.model_key)}, {how})</small><table><tr><th>#</th><th>score</th>"
             f"<th>row</th>{'<th>label</th>' if labelled else ''}<th>text</th></tr>{body}</table></div>"
         )
-
-    def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
-        return {"text/plain": str(self), "text/html": self._repr_html_()}
 
 
 def search_version(

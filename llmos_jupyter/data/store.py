@@ -33,6 +33,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..display import Rendered
 from ..errors import NotFoundError, UsageError, close_matches, opt, surface, unknown
 from . import cleaning, sources
 
@@ -44,7 +45,7 @@ _VERSION_RE = re.compile(r"v(\d+)\Z")
 
 
 @dataclass
-class DatasetVersion:
+class DatasetVersion(Rendered):
     """One immutable version of a named dataset.
 
     Attributes:
@@ -145,18 +146,17 @@ class DatasetVersion:
             f"operation={self.operation!r}, text={self.text_column!r}, label={self.label_column!r})"
         )
 
-    def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
+    def _repr_html_(self) -> str:
         import html
 
         rows = ", ".join(f"{html.escape(s)} {n:,}" for s, n in self.num_rows.items())
         labels = f", labels {html.escape(', '.join(self.label_names))}" if self.label_names else ""
-        return {
-            "text/plain": repr(self),
-            "text/html": f"<div><b>{html.escape(self.name)}</b> v{self.version} "
+        return (
+            f"<div><b>{html.escape(self.name)}</b> v{self.version} "
             f"<code>{self.fingerprint}</code> — {rows} rows; text "
             f"<code>{html.escape(self.text_column)}</code>{labels} "
-            f"<small>({html.escape(self.operation)}, {self.created})</small></div>",
-        }
+            f"<small>({html.escape(self.operation)}, {self.created})</small></div>"
+        )
 
 
 @contextmanager

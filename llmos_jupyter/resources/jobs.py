@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from ..display import Rendered
+
 
 def _shell():
     try:
@@ -98,7 +100,7 @@ _ids = itertools.count(1)
 
 
 @dataclass
-class Job:
+class Job(Rendered):
     """One unit of long work (a fine-tune, an evaluation) with live progress.
 
     ``state``: ``queued → running → done | failed | cancelled | interrupted | diverged``.
@@ -160,11 +162,6 @@ class Job:
             f"{self.id}: {self.kind} {self.target}, {self.state} {self.progress * 100:.0f}%{steps}{extra}; "
             f"`%llm jobs`, `%llm job wait {self.id}`, `%llm job cancel {self.id}`"
         )
-
-    def _repr_mimebundle_(self, include=None, exclude=None):
-        import html
-
-        return {"text/plain": repr(self), "text/html": f"<pre>{html.escape(repr(self))}</pre>"}
 
     def summary(self) -> dict:
         """JSON-safe view for ``%llm jobs`` and the side panel."""

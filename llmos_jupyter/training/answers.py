@@ -24,6 +24,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from ..display import Rendered
 from ..errors import UsageError
 from .batching import as_text, check_columns, pad_id_for
 from .evaluate import classification_metrics
@@ -49,7 +50,7 @@ def match_choice(answer: str, choices: list[tuple[str, ...]]) -> int:
 
 
 @dataclass
-class AnswerEvalResult:
+class AnswerEvalResult(Rendered):
     """What :func:`evaluate_answers` measured (plain Python numbers, JSON-safe).
 
     Attributes:
@@ -137,9 +138,6 @@ class AnswerEvalResult:
                 + "</tbody></table>"
             )
         return f"<div class='llmos-eval'>{head}{cm}{wrong}</div>"
-
-    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
-        return {"text/plain": str(self), "text/html": self._repr_html_()}
 
 
 def generate_answers(

@@ -23,11 +23,12 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from ..display import Rendered
 from .batching import as_text, check_columns, collate, pad_id_for, read_labels, tokenize_column
 
 
 @dataclass
-class EvalResult:
+class EvalResult(Rendered):
     """What :func:`evaluate` measured. Numbers are plain Python floats/ints (JSON-safe).
 
     Attributes:
@@ -176,9 +177,6 @@ class EvalResult:
                 f"<th>predicted</th><th>confidence</th><th>text</th></tr></thead><tbody>{wr}</tbody></table>"
             )
         return f"<div class='llmos-eval'>{head}{per}{cm}{worst}</div>"
-
-    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
-        return {"text/plain": str(self), "text/html": self._repr_html_()}
 
 
 def classification_metrics(labels: Sequence[int], predictions: Sequence[int], num_classes: int) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from ..display import fmt_value, kv_html
+from ..display import Rendered, fmt_value, kv_html
 from ..errors import UsageError, unknown
 
 RUN_STATUSES = ("running", "completed", "failed", "interrupted", "cancelled", "diverged")
@@ -193,7 +193,7 @@ def _migrate(db: sqlite3.Connection) -> None:
 
 
 @dataclass
-class Run:
+class Run(Rendered):
     """One row of the registry. ``config``, ``metrics``, ``packages``, ``hardware`` are dicts;
     ``distributed`` too: ``{world_size, nproc_per_node, nnodes, backend, launcher, fsdp}`` for a
     run whose ranks ran in subprocesses (``training/launch.py``), ``{}`` for one process."""
@@ -255,12 +255,12 @@ class Run:
     def _repr_pretty_(self, p: Any, cycle: bool) -> None:  # IPython text consoles: the table, not the repr
         p.text(str(self))
 
-    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
+    def _repr_html_(self) -> str:
         rows = [(k, v) for k, v in self.manifest().items() if k not in ("packages", "hardware")]
-        return {"text/plain": str(self), "text/html": kv_html(rows, "llmos-run")}
+        return kv_html(rows, "llmos-run")
 
 
-class RunList(list):
+class RunList(list, Rendered):
     """A list of :class:`Run` that renders as a table (newest first)."""
 
     _cols = (
@@ -296,17 +296,14 @@ class RunList(list):
     def _repr_pretty_(self, p: Any, cycle: bool) -> None:  # IPython text consoles: the table, not the repr
         p.text(str(self))
 
-    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
+    def _repr_html_(self) -> str:
         head = "".join(f"<th>{c}</th>" for c in self._cols)
         body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in self._cells(r)) + "</tr>" for r in self)
-        return {
-            "text/plain": str(self),
-            "text/html": f"<table class='llmos-runs'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>",
-        }
+        return f"<table class='llmos-runs'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 @dataclass
-class RunComparison:
+class RunComparison(Rendered):
     """Field-by-field comparison of two runs: ``rows`` = (field, a, b, delta or None, differs)."""
 
     a: Run
@@ -330,7 +327,7 @@ class RunComparison:
     def _repr_pretty_(self, p: Any, cycle: bool) -> None:  # IPython text consoles: the table, not the repr
         p.text(str(self))
 
-    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
+    def _repr_html_(self) -> str:
         e = html.escape
         bold = ' style="font-weight:bold"'
         body = "".join(
@@ -340,10 +337,7 @@ class RunComparison:
             for f, x, y, d, d_ in self.rows
         )
         head = f"<tr><th>field</th><th>{e(self.a.id)}</th><th>{e(self.b.id)}</th><th>delta (b - a)</th></tr>"
-        return {
-            "text/plain": str(self),
-            "text/html": f"<table class='llmos-compare'><thead>{head}</thead><tbody>{body}</tbody></table>",
-        }
+        return f"<table class='llmos-compare'><thead>{head}</thead><tbody>{body}</tbody></table>"
 
 
 class RunHandle:

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from ..display import Rendered
 from ..errors import UsageError
 from .batching import as_text, check_columns, pad_id_for
 
@@ -206,7 +207,7 @@ def response_loss_sum(model: Any, input_ids: Any, attention_mask: Any, labels: A
 
 
 @dataclass
-class LMEvalResult:
+class LMEvalResult(Rendered):
     """Held-out score of a causal LM on prompt/response rows.
 
     Attributes:
@@ -235,8 +236,8 @@ class LMEvalResult:
             f"{self.tokens} response tokens"
         )
 
-    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
-        return {"text/plain": str(self), "text/html": f"<div class='llmos-eval'><p>{html.escape(str(self))}</p></div>"}
+    def _repr_html_(self) -> str:
+        return f"<div class='llmos-eval'><p>{html.escape(str(self))}</p></div>"
 
 
 def evaluate_causal_lm(
