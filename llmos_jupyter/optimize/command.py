@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, fields
 from typing import Any
 
 from ..errors import LLMOSError, UsageError
@@ -28,6 +29,64 @@ OPT_DTYPE = {
     "bf16": "bfloat16",
     "fp16": "float16",
 }
+
+
+@dataclass(frozen=True)
+class _Options:
+    """The options of :func:`optimize_alias` as it received them (see ``llmos_jupyter.api.optimize``)."""
+
+    quantize: str | None
+    prune: float | None
+    structured: Any
+    compile_model: bool
+    eval_spec: str | None
+    generate: bool
+    recover_epochs: int
+    as_: str | None
+    limit: int | None
+    batch_size: int
+    speed_batches: int
+    repeats: int
+    max_new_tokens: int
+    max_length: int
+    recover_lr: float
+    progress: bool
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """A request that passed every check, with what the checks read.
+
+    Attributes:
+        alias / new_alias: the source alias and the alias of the optimised copy.
+        rec: the source's record as it was checked. task / device: its task and device.
+        plan: the :class:`.driver.Plan`. opts: the :class:`_Options`.
+        dv / ds / train / split: as :func:`_eval_splits` returns them (None without ``--eval``).
+    """
+
+    alias: str
+    new_alias: str
+    rec: Any
+    task: str
+    device: str
+    plan: Any
+    opts: _Options
+    dv: Any
+    ds: Any
+    train: Any
+    split: str | None
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """What :func:`.driver.run` takes besides the model and the plan (see its Args): the speed
+    ``batches`` or decode ``prompt``, ``evaluate``, the ``calibration`` batches, ``recover``."""
+
+    batches: list | None
+    prompt: str | None
+    evaluate: Callable | None
+    calibration: list | None
+    recover: Callable | None
 
 
 def optimize_alias(
@@ -64,8 +123,38 @@ def optimize_alias(
         prepare: ``prepare(dv, split) -> Dataset``: the split as the model's task reads it
             (labels mapped and checked for seq-cls, prompt/response columns for causal-lm).
     """
-    import torch
+    given = locals()  # _Options has a field, of the same name, for each option from quantize on
+    opts = _Options(**{f.name: given[f.name] for f in fields(_Options)})
+    req = _check(m, alias, opts, store=store, prepare=prepare)
+    if req.rec.model is None and req.rec.engine == "llama.cpp":  # optimise the transformers weights of its GGUF
+        m.attach_weights(alias)
+    with m.use(alias) as src:  # refused while a job trains it; cannot be unloaded meanwhile
+        m.make_room(req.device, sum(src.bytes.values()), req.new_alias)  # room for the copy, as a load makes it
+        inputs = _run_inputs(src, req)
+        config = _run_config(req)
+        result, run_id = _tracked_run(m, src, req, inputs, config, registry=registry)
+    return result.table(
+        alias,
+        req.new_alias,
+        task=req.task,
+        batch_size=batch_size,
+        threads=config["threads"],
+        rows_evaluated=len(req.ds) if req.ds is not None and inputs.evaluate is not None else None,
+        split=f"{req.dv.name}:{req.split}" if req.dv else None,
+        run_id=run_id,
+    )
 
+
+def _check(m, alias: str, opts: _Options, *, store: Callable, prepare: Callable) -> _Checked:
+    """Check the whole request before anything runs: no job holds the alias, the plan
+    (:func:`.driver.check_plan`), the options (:func:`_check_request`), the ``--eval`` splits.
+
+    Returns:
+        :class:`_Checked`.
+
+    Raises:
+        UsageError: the alias is being fine-tuned, or any refusal of the checks named above.
+    """
     from . import driver as _driver
 
     rec = m.get(alias)
@@ -76,131 +165,96 @@ def optimize_alias(
         )
     task, device = rec.task, rec.device or "cpu"
     plan = _driver.check_plan(
-        quantize=quantize,
-        prune=prune,
-        structured=structured,
-        compile=compile_model,
-        recover_epochs=recover_epochs,
+        quantize=opts.quantize,
+        prune=opts.prune,
+        structured=opts.structured,
+        compile=opts.compile_model,
+        recover_epochs=opts.recover_epochs,
         task=task,
         device=device,
         model=rec.model,
         optimized=rec.optimized,
     )
-    new_alias = _check_request(
-        m,
-        rec,
-        alias,
-        plan,
-        eval_spec=eval_spec,
-        generate=generate,
-        as_=as_,
-        limit=limit,
-        batch_size=batch_size,
-        speed_batches=speed_batches,
-        repeats=repeats,
-        max_new_tokens=max_new_tokens,
-    )
+    new_alias = _check_request(m, rec, alias, plan, opts)
     dv, ds, train, split = _eval_splits(
         rec,
-        eval_spec,
+        opts.eval_spec,
         store=store,
         prepare=prepare,
-        limit=limit,
+        limit=opts.limit,
         recover=bool(plan.recover_epochs),
         calibrate=bool(plan.structured),
     )
-    if rec.model is None and rec.engine == "llama.cpp":  # optimise the transformers weights of its GGUF
-        rec = m.attach_weights(alias)
-    with m.use(alias) as src:  # refused while a job trains it; cannot be unloaded meanwhile
-        m.make_room(device, sum(src.bytes.values()), new_alias)  # room for the copy, as a load makes it
-        batches, prompt = _speed_inputs(
-            src.tokenizer,
-            task,
-            dv,
-            ds,
-            batch_size=batch_size,
-            speed_batches=speed_batches,
-            max_length=max_length,
-            device=device,
-        )
-        evaluate_fn = _evaluator(
-            src, dv, ds, task=task, generate=generate, max_length=max_length, batch_size=batch_size
-        )
-        calibration = (
-            calibration_batches(src, dv, train, max_length=max_length, device=device)
-            if plan.structured and train is not None
-            else None
-        )
-        recover_fn = (
-            _recovery(
-                src,
-                dv,
-                train,
-                new_alias,
-                epochs=plan.recover_epochs,
-                lr=recover_lr,
-                max_length=max_length,
-                progress=progress,
-            )
-            if plan.recover_epochs
-            else None
-        )
-        config = dict(
-            plan.to_dict(),
-            source=alias,
-            new_alias=new_alias,
-            eval=eval_spec,
-            split=split,
-            generate=generate,
-            limit=limit,
-            batch_size=batch_size,
-            speed_batches=speed_batches,
-            repeats=repeats,
-            max_new_tokens=max_new_tokens,
-            max_length=max_length,
-            threads=torch.get_num_threads(),
-            device=device,
-            recover_lr=recover_lr if plan.recover_epochs else None,
-        )
-        t0 = time.perf_counter()
-        with registry().track(
-            "optimize",
-            alias,
-            f"{dv.name}@v{dv.version}:{split}" if dv else None,
-            config,
-            0 if plan.recover_epochs else None,
-            dv.fingerprint if dv else None,
-        ) as run:
-            folder = registry().run_dir(run.id) / "checkpoint"
-            result = _driver.run(
-                src.model,
-                src.tokenizer,
-                plan,
-                task=task,
-                batches=batches,
-                prompt=prompt or "",
-                evaluate=evaluate_fn,
-                recover=recover_fn,
-                calibration=calibration,
-                folder=folder,
-                auto_class=_task_class(task),
-                repeats=repeats,
-                max_new_tokens=max_new_tokens,
-            )
-            _register_copy(
-                m, src, plan, result, alias=alias, new_alias=new_alias, task=task, device=device, run_id=run.id
-            )
-            _finish_run(run, result, folder, wall_s=time.perf_counter() - t0)
-    return result.table(
-        alias,
-        new_alias,
-        task=task,
-        batch_size=batch_size,
-        threads=config["threads"],
-        rows_evaluated=len(ds) if ds is not None and evaluate_fn is not None else None,
-        split=f"{dv.name}:{split}" if dv else None,
-        run_id=run.id,
+    return _Checked(alias, new_alias, rec, task, device, plan, opts, dv, ds, train, split)
+
+
+def _run_inputs(src, req: _Checked) -> _Inputs:
+    """Build, on the source record ``src``, the speed inputs (:func:`_speed_inputs`), the
+    evaluator (:func:`_evaluator`), the calibration batches (structured pruning with a train
+    split: :func:`calibration_batches`) and the recovery fine-tune (:func:`_recovery`)."""
+    batches, prompt = _speed_inputs(src.tokenizer, req)
+    evaluate = _evaluator(src, req)
+    calibration = (
+        calibration_batches(src, req.dv, req.train, max_length=req.opts.max_length, device=req.device)
+        if req.plan.structured and req.train is not None
+        else None
     )
+    recover = _recovery(src, req) if req.plan.recover_epochs else None
+    return _Inputs(batches, prompt, evaluate, calibration, recover)
+
+
+def _run_config(req: _Checked) -> dict:
+    """The config the run registry records for the call: the plan, then the options."""
+    import torch
+
+    opts, plan = req.opts, req.plan
+    config = dict(plan.to_dict(), source=req.alias, new_alias=req.new_alias, eval=opts.eval_spec, split=req.split)
+    recorded = ("generate", "limit", "batch_size", "speed_batches", "repeats", "max_new_tokens", "max_length")
+    config.update({name: getattr(opts, name) for name in recorded})
+    config.update(
+        threads=torch.get_num_threads(), device=req.device, recover_lr=opts.recover_lr if plan.recover_epochs else None
+    )
+    return config
+
+
+def _tracked_run(m, src, req: _Checked, inputs: _Inputs, config: dict, *, registry: Callable) -> tuple[Any, str]:
+    """Run :func:`.driver.run` as a run of kind ``optimize`` (weights written to its checkpoint
+    folder), register the copy and close the run.
+
+    Returns:
+        ``(result, run id)``: the :class:`.driver.Result` and the id of the recorded run.
+    """
+    from . import driver as _driver
+
+    plan, dv = req.plan, req.dv
+    t0 = time.perf_counter()
+    with registry().track(
+        "optimize",
+        req.alias,
+        f"{dv.name}@v{dv.version}:{req.split}" if dv else None,
+        config,
+        0 if plan.recover_epochs else None,
+        dv.fingerprint if dv else None,
+    ) as run:
+        folder = registry().run_dir(run.id) / "checkpoint"
+        result = _driver.run(
+            src.model,
+            src.tokenizer,
+            plan,
+            task=req.task,
+            batches=inputs.batches,
+            prompt=inputs.prompt or "",
+            evaluate=inputs.evaluate,
+            recover=inputs.recover,
+            calibration=inputs.calibration,
+            folder=folder,
+            auto_class=_task_class(req.task),
+            repeats=req.opts.repeats,
+            max_new_tokens=req.opts.max_new_tokens,
+        )
+        _register_copy(m, src, req, result, run_id=run.id)
+        _finish_run(run, result, folder, wall_s=time.perf_counter() - t0)
+    return result, run.id
 
 
 def _task_class(task: str) -> str:
@@ -209,16 +263,15 @@ def _task_class(task: str) -> str:
     return TASK_CLASS[task]
 
 
-def _check_request(
-    m, rec, alias: str, plan, *, eval_spec, generate, as_, limit, batch_size, speed_batches, repeats, max_new_tokens
-) -> str:
+def _check_request(m, rec, alias: str, plan, opts: _Options) -> str:
     """Refuse the options that cannot run together (one line each); return the new alias."""
     task = rec.task
+    eval_spec, generate, limit = opts.eval_spec, opts.generate, opts.limit
     for name, v, lo in (
-        ("batch size", batch_size, 1),
-        ("speed batches", speed_batches, 1),
-        ("repeats", repeats, 1),
-        ("max_new_tokens", max_new_tokens, 2),
+        ("batch size", opts.batch_size, 1),
+        ("speed batches", opts.speed_batches, 1),
+        ("repeats", opts.repeats, 1),
+        ("max_new_tokens", opts.max_new_tokens, 2),
     ):
         if int(v) < lo:
             raise UsageError(f"{name} must be at least {lo} (got {v})")
@@ -232,7 +285,7 @@ def _check_request(
         raise UsageError("--recover-epochs fine-tunes on a dataset's train split; add --eval DATASET")
     if plan.recover_epochs and task == "embedding":
         raise UsageError("--recover-epochs fine-tunes seq-cls and causal-lm models; load the model with --task seq-cls")
-    new_alias = as_ or f"{alias}-{plan.suffix()}"
+    new_alias = opts.as_ or f"{alias}-{plan.suffix()}"
     if new_alias in m.aliases():
         raise UsageError(
             f"alias '{new_alias}' is already loaded; name another with --as NAME or `%llm unload {new_alias}`"
@@ -280,10 +333,12 @@ def _eval_splits(
     return dv, ds, train, split
 
 
-def _speed_inputs(tok, task: str, dv, ds, *, batch_size: int, speed_batches: int, max_length: int, device: str):
-    """``(batches, prompt)`` the speed rows time: a causal-lm decodes from one prompt (the split's
-    first, else a fixed one); the others run ``speed_batches`` batches of the split's texts (cycled,
-    else fixed texts)."""
+def _speed_inputs(tok, req: _Checked):
+    """``(batches, prompt)`` the speed rows time, for the checked request ``req`` and the
+    tokenizer ``tok``: a causal-lm decodes from one prompt (the split's first, else a fixed
+    one); the others run ``speed_batches`` batches of the split's texts (cycled, else fixed texts)."""
+    task, dv, ds, device = req.task, req.dv, req.ds, req.device
+    batch_size, speed_batches, max_length = req.opts.batch_size, req.opts.speed_batches, req.opts.max_length
     from ..training.batching import as_text
     from .measure import SPEED_PROMPT, SPEED_TEXTS, encode_batches
 
@@ -300,15 +355,16 @@ def _speed_inputs(tok, task: str, dv, ds, *, batch_size: int, speed_batches: int
     return batches, None
 
 
-def _register_copy(m, src, plan, result, *, alias: str, new_alias: str, task: str, device: str, run_id: str) -> None:
+def _register_copy(m, src, req: _Checked, result, *, run_id: str) -> None:
     """Register the optimised copy like a loaded model, with the resident bytes measured."""
-    real = {device: result.after.resident_bytes or 0}
+    plan, alias = req.plan, req.alias
+    real = {req.device: result.after.resident_bytes or 0}
     m.register(
-        new_alias,
+        req.new_alias,
         result.model,
         src.tokenizer,
         source=f"{alias} (optimize: {plan.describe()})",
-        task=task,
+        task=req.task,
         real_bytes=real,
         labels=src.labels,
         dtype=OPT_DTYPE.get(plan.quantize or "", src.dtype),
@@ -328,9 +384,12 @@ def _finish_run(run, result, folder, *, wall_s: float) -> None:
     run.finish("completed", metrics=result.metrics(), wall_s=wall_s, checkpoint=str(folder), checkpoint_sha256=sha)
 
 
-def _evaluator(src, dv, ds, *, task: str, generate: bool, max_length: int, batch_size: int):
-    """``evaluate(model) -> metrics`` on ``ds`` for :func:`optimize_alias` (None without a dataset); seq-cls
-    batches are the speed batches' size, so a compiled copy sees the batch shape it was compiled for."""
+def _evaluator(src, req: _Checked):
+    """``evaluate(model) -> metrics`` on the checked request's split ``req.ds`` for :func:`optimize_alias`
+    (None without a dataset); seq-cls batches are the speed batches' size, so a compiled copy sees the
+    batch shape it was compiled for."""
+    dv, ds, task = req.dv, req.ds, req.task
+    generate, max_length, batch_size = req.opts.generate, req.opts.max_length, req.opts.batch_size
     if ds is None:
         return None
     if task == "seq-cls":
@@ -428,8 +487,11 @@ def calibration_batches(src, dv, train, *, max_length: int, device: str, seed: i
     ]
 
 
-def _recovery(src, dv, train, new_alias: str, *, epochs: int, lr: float, max_length: int, progress: bool):
-    """``recover(model) -> summary``: the fine-tune after pruning, on ``train``."""
+def _recovery(src, req: _Checked):
+    """``recover(model) -> summary``: the fine-tune after pruning, on the checked request's
+    train split ``req.train`` (``recover_epochs`` epochs at ``recover_lr``)."""
+    dv, train, new_alias, epochs = req.dv, req.train, req.new_alias, req.plan.recover_epochs
+    lr, max_length, progress = req.opts.recover_lr, req.opts.max_length, req.opts.progress
     from ..training.config import FinetuneConfig
     from ..training.finetune import finetune as _finetune
 

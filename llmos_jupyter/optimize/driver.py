@@ -308,6 +308,40 @@ def _ratio(b: float | None, a: float | None, *, smaller_better: bool, word: str)
     return f"{r:.2f}x {word}" if r >= 1 else f"{1 / r:.2f}x {'larger' if word == 'smaller' else 'slower'}"
 
 
+def _change(kind: str, b: Any, a: Any) -> str:
+    """The change column of a size or speed row, by the row's kind of measure.
+
+    Args:
+        kind: ``count`` (percent change, ``same`` when equal), ``size`` (bytes: ``2.00x smaller``),
+            ``time`` (seconds or ms: ``2.00x faster``), ``rate`` (per second: ``2.00x faster``).
+        b / a: the measure before / after (None when not measured: ``-`` for ratios).
+    """
+    if kind == "count":
+        pct = (a - b) / b * 100 if b else 0.0
+        return "same" if a == b else f"{pct:+.1f}%"
+    if kind == "size":
+        return _ratio(b, a, smaller_better=True, word="smaller")
+    return _ratio(b, a, smaller_better=kind == "time", word="faster")
+
+
+# the size and speed rows of the table: (measure, Sample field, cell format, kind of change for
+# _change); the measure may name {batch_size}
+_SIZE_ROWS = (
+    ("parameters", "params", lambda v: f"{v / 1e6:.2f}M", "count"),
+    ("linear weights", "linear_bytes", format_size, "size"),
+    ("file size (weights)", "disk_bytes", format_size, "size"),
+    ("resident (RSS growth)", "resident_bytes", format_size, "size"),
+)
+_DECODE_ROWS = (  # causal-lm
+    ("tokens/s (greedy decode)", "tokens_per_s", lambda v: f"{v:.1f}", "rate"),
+    ("time to first token", "ttft_s", lambda v: f"{v * 1000:.0f} ms", "time"),
+)
+_FORWARD_ROWS = (  # seq-cls, embedding
+    ("latency per batch of {batch_size}", "latency_ms", lambda v: f"{v:.1f} ms", "time"),
+    ("samples/s", "samples_per_s", lambda v: f"{v:.1f}", "rate"),
+)
+
+
 def report_rows(result: Result, *, task: str, batch_size: int, split: str | None = None) -> tuple[list, list]:
     """``(rows, data)`` of the table: formatted cells and ``{"measure", "before", "after",
     "change"}`` dicts with the raw numbers (bytes, ms, samples/s, metric values)."""
@@ -319,66 +353,23 @@ def report_rows(result: Result, *, task: str, batch_size: int, split: str | None
         rows.append([name, "-" if vb is None else fmt(vb), "-" if va is None else fmt(va), change])
         data.append({"measure": name, "before": vb, "after": va, "change": change})
 
-    pct = (a.params - b.params) / b.params * 100 if b.params else 0.0
-    add(
-        "parameters",
-        b.params,
-        a.params,
-        lambda v: f"{v / 1e6:.2f}M",
-        "same" if a.params == b.params else f"{pct:+.1f}%",
-    )
-    add(
-        "linear weights",
-        b.linear_bytes,
-        a.linear_bytes,
-        format_size,
-        _ratio(b.linear_bytes, a.linear_bytes, smaller_better=True, word="smaller"),
-    )
-    add(
-        "file size (weights)",
-        b.disk_bytes,
-        a.disk_bytes,
-        format_size,
-        _ratio(b.disk_bytes, a.disk_bytes, smaller_better=True, word="smaller"),
-    )
-    add(
-        "resident (RSS growth)",
-        b.resident_bytes,
-        a.resident_bytes,
-        format_size,
-        _ratio(b.resident_bytes, a.resident_bytes, smaller_better=True, word="smaller"),
-    )
-    if task == "causal-lm":
-        add(
-            "tokens/s (greedy decode)",
-            b.tokens_per_s,
-            a.tokens_per_s,
-            lambda v: f"{v:.1f}",
-            _ratio(b.tokens_per_s, a.tokens_per_s, smaller_better=False, word="faster"),
-        )
-        add(
-            "time to first token",
-            b.ttft_s,
-            a.ttft_s,
-            lambda v: f"{v * 1000:.0f} ms",
-            _ratio(b.ttft_s, a.ttft_s, smaller_better=True, word="faster"),
-        )
-    else:
-        add(
-            f"latency per batch of {batch_size}",
-            b.latency_ms,
-            a.latency_ms,
-            lambda v: f"{v:.1f} ms",
-            _ratio(b.latency_ms, a.latency_ms, smaller_better=True, word="faster"),
-        )
-        add(
-            "samples/s",
-            b.samples_per_s,
-            a.samples_per_s,
-            lambda v: f"{v:.1f}",
-            _ratio(b.samples_per_s, a.samples_per_s, smaller_better=False, word="faster"),
-        )
+    for name, attr, fmt, kind in _SIZE_ROWS + (_DECODE_ROWS if task == "causal-lm" else _FORWARD_ROWS):
+        vb, va = getattr(b, attr), getattr(a, attr)
+        add(name.format(batch_size=batch_size), vb, va, fmt, _change(kind, vb, va))
+    for row in _metric_rows(b, a, split) + _technique_rows(result):
+        add(*row)
+    return rows, data
+
+
+def _metric_rows(b: Sample, a: Sample, split: str | None) -> list:
+    """The rows of the metrics measured on both (``n`` and ``tokens`` left out): accuracy,
+    macro_f1 and valid change in points, the others by their difference.
+
+    Returns:
+        ``(measure, before, after, format, change)`` tuples for :func:`report_rows`.
+    """
     where = f" ({split})" if split else ""
+    out = []
     for k, vb in b.metrics.items():
         va = a.metrics.get(k)
         if not isinstance(vb, (int, float)) or isinstance(vb, bool) or k in ("n", "tokens") or va is None:
@@ -387,38 +378,34 @@ def report_rows(result: Result, *, task: str, batch_size: int, split: str | None
             change = f"{(va - vb) * 100:+.2f} points"
         else:
             change = f"{va - vb:+.4f}"
-        add(f"{k}{where}", vb, va, lambda v: f"{v:.4f}", change)
+        out.append((f"{k}{where}", vb, va, lambda v: f"{v:.4f}", change))
+    return out
+
+
+def _technique_rows(result: Result) -> list:
+    """The rows of what the techniques did: sparsity and heads / FFN neurons per layer (prune),
+    the recovery fine-tune, the compile time.
+
+    Returns:
+        ``(measure, before, after, format, change)`` tuples for :func:`report_rows`.
+    """
+    b, a = result.before, result.after
+    out = []
     if result.plan.prune:
-        add(
-            "sparsity (hidden linear weights)",
-            b.sparsity,
-            a.sparsity,
-            lambda v: f"{v * 100:.1f}%",
-            f"{(a.sparsity - b.sparsity) * 100:+.1f} points",
-        )
+        points = f"{(a.sparsity - b.sparsity) * 100:+.1f} points"
+        out.append(("sparsity (hidden linear weights)", b.sparsity, a.sparsity, lambda v: f"{v * 100:.1f}%", points))
         p = result.info.get("prune", {})
-        if "heads_before" in p:
-            add(
-                "attention heads per layer",
-                p["heads_before"],
-                p["heads_after"],
-                str,
-                f"-{p['heads_before'] - p['heads_after']}",
-            )
-        if "ffn_before" in p:
-            add("FFN neurons per layer", p["ffn_before"], p["ffn_after"], str, f"-{p['ffn_before'] - p['ffn_after']}")
+        for name, part in (("attention heads per layer", "heads"), ("FFN neurons per layer", "ffn")):
+            if f"{part}_before" in p:
+                vb, va = p[f"{part}_before"], p[f"{part}_after"]
+                out.append((name, vb, va, str, f"-{vb - va}"))
     r = result.info.get("recover")
     if r:
-        add(
-            "recovery fine-tune",
-            None,
-            r["wall_s"],
-            lambda v: f"{v:.1f} s",
-            f"{r['epochs']} epoch(s), {r['steps']} steps, final train loss {r['train_loss']:.4f}",
-        )
+        done = f"{r['epochs']} epoch(s), {r['steps']} steps, final train loss {r['train_loss']:.4f}"
+        out.append(("recovery fine-tune", None, r["wall_s"], lambda v: f"{v:.1f} s", done))
     if result.compile_s is not None:
-        add("compile time", None, result.compile_s, lambda v: f"{v:.1f} s", "once per process")
-    return rows, data
+        out.append(("compile time", None, result.compile_s, lambda v: f"{v:.1f} s", "once per process"))
+    return out
 
 
 def run(
