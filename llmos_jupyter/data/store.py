@@ -814,12 +814,7 @@ class DataStore:
 
         v = self.get(name, version)
         cleaning.check_clean_args(min_chars, max_chars)
-        plan = None
-        if label_map is not None:
-            if not v.label_names:
-                raise UsageError(f"{name} has no class labels to map; load it with label_column=")
-            mapping = cleaning.parse_label_map(label_map)
-            plan = cleaning.plan_label_map(v.label_names, mapping)
+        plan = _label_map_plan(name, v, label_map)
         params = {
             "dedupe": bool(dedupe),
             "strip_html": bool(strip_html),
@@ -843,39 +838,20 @@ class DataStore:
         names, features = v.label_names, None
         if plan is not None:
             names, features = plan[1], _with_class_labels(v, plan[1])
+        switches = {
+            "strip": strip_html,
+            "normalize": normalize_whitespace,
+            "drop_empty": drop_empty,
+            "min_chars": min_chars,
+            "max_chars": max_chars,
+            "dedupe": dedupe,
+        }
         out = {}
         for s, ds in v.splits.items():
             fp = _hash("clean", ds._fingerprint, params)
-            labels = sources.column(ds, v.label_column) if v.label_column and v.label_names else None
-            columns = {}
-            if plan is not None:
-                labels = columns[v.label_column] = cleaning.apply_label_map(
-                    labels, v.label_names, plan, split=s, rule=rules[0]
-                )
-            if s in held:
-                out[s] = _rebuild(ds, columns=columns, features=features, fingerprint=fp) if columns else ds
-                continue
-            keep, new_texts = cleaning.clean_split(
-                sources.column(ds, v.text_column),
-                labels,
-                split=s,
-                rules=rules,
-                strip=strip_html,
-                normalize=normalize_whitespace,
-                drop_empty=drop_empty,
-                min_chars=min_chars,
-                max_chars=max_chars,
-                dedupe=dedupe,
+            out[s] = _clean_one_split(
+                name, v, s, ds, fp, plan=plan, rules=rules, features=features, held=s in held, switches=switches
             )
-            if not keep:
-                raise UsageError(
-                    f"these rules would remove all {len(ds):,} rows of {name} split '{s}'; "
-                    f"loosen them (nothing was changed)"
-                )
-            columns = {c: [vals[i] for i in keep] for c, vals in columns.items()}
-            if strip_html or normalize_whitespace:
-                columns[v.text_column] = new_texts
-            out[s] = _rebuild(ds, keep=keep, columns=columns, features=features, fingerprint=fp)
         warn = _held_out_warning(name, v, held, any(on for r, on in order if r != "label_map"))
         new = self._commit(
             name,
@@ -1123,6 +1099,53 @@ def _with_class_labels(v: DatasetVersion, names: list[str]):
     features = next(iter(v.splits.values())).features.copy()
     features[v.label_column] = ClassLabel(names=names)
     return features
+
+
+def _label_map_plan(name: str, v: DatasetVersion, label_map) -> tuple[list[int], list[str]] | None:
+    """The relabelling plan of ``label_map`` for ``v`` (:func:`cleaning.plan_label_map`), or None
+    without a map.
+
+    Raises:
+        UsageError/NotFoundError: ``v`` has no class labels, or a bad or unknown label in the map.
+    """
+    if label_map is None:
+        return None
+    if not v.label_names:
+        raise UsageError(f"{name} has no class labels to map; load it with label_column=")
+    mapping = cleaning.parse_label_map(label_map)
+    return cleaning.plan_label_map(v.label_names, mapping)
+
+
+def _clean_one_split(name: str, v: DatasetVersion, split: str, ds, fp: str, *, plan, rules, features, held, switches):
+    """One split of :meth:`DataStore.clean`: relabelled by ``plan`` (when given), then, unless it is
+    ``held`` out, cleaned by ``rules`` with the ``switches`` of :func:`cleaning.clean_split`.
+
+    Returns:
+        the new split under fingerprint ``fp`` (``ds`` itself for a held-out split nothing changed).
+
+    Raises:
+        UsageError: the rules would remove every row of the split.
+    """
+    labels = sources.column(ds, v.label_column) if v.label_column and v.label_names else None
+    columns = {}
+    if plan is not None:
+        labels = columns[v.label_column] = cleaning.apply_label_map(
+            labels, v.label_names, plan, split=split, rule=rules[0]
+        )
+    if held:
+        return _rebuild(ds, columns=columns, features=features, fingerprint=fp) if columns else ds
+    keep, new_texts = cleaning.clean_split(
+        sources.column(ds, v.text_column), labels, split=split, rules=rules, **switches
+    )
+    if not keep:
+        raise UsageError(
+            f"these rules would remove all {len(ds):,} rows of {name} split '{split}'; "
+            f"loosen them (nothing was changed)"
+        )
+    columns = {c: [vals[i] for i in keep] for c, vals in columns.items()}
+    if switches["strip"] or switches["normalize"]:
+        columns[v.text_column] = new_texts
+    return _rebuild(ds, keep=keep, columns=columns, features=features, fingerprint=fp)
 
 
 def _held_out_warning(name: str, v: DatasetVersion, held: list[str], text_rules: bool) -> list[str]:

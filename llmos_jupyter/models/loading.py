@@ -528,7 +528,6 @@ def _load_impl(
     from transformers import AutoTokenizer
 
     from ..resources.hardware import choose_device_dtype
-    from ..resources.memory import count_params
 
     t0 = time.perf_counter()
     src = resolve_source(spec)
@@ -551,6 +550,31 @@ def _load_impl(
         from ..ops import registration
 
         attn_implementation = registration.register()
+    kw, quant = _checked_source(src, spec, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    config = _load_config(src, trust_remote_code)
+    model_kw = {**kw, **_label_kwargs(task, labels, config)}
+    try:
+        tok = AutoTokenizer.from_pretrained(src.path, **kw)
+    except (OSError, ValueError) as e:
+        raise LLMOSError(f"could not load the tokenizer of {spec}: {str(e).splitlines()[0][:160]}") from None
+    if attn_implementation:
+        model_kw["attn_implementation"] = attn_implementation
+    model = _from_pretrained(auto, src, spec, task, getattr(torch, dtype), model_kw, allow_pickle=allow_pickle)
+    return _finish_load(model, tok, src, task, dtype, device, quant, t0)
+
+
+def _checked_source(src: Source, spec: str, *, trust_remote_code: bool, allow_pickle: bool) -> tuple[dict, str | None]:
+    """Check a non-adapter source before any weight is read (GGUF support, pickle-only folders,
+    safetensors headers, a note on remote code not run).
+
+    Returns:
+        ``(kw, quantization)``: the ``from_pretrained`` keyword arguments the tokenizer and the
+        model share, and ``"gguf"`` for a GGUF file, else None.
+
+    Raises:
+        LLMOSError: an unsupported GGUF, pickle weights without ``allow_pickle``, a corrupt
+            safetensors file.
+    """
     kw: dict = {"trust_remote_code": trust_remote_code, **_hub_kwargs(src)}
     quant = None
     if src.kind == "gguf":
@@ -569,27 +593,35 @@ def _load_impl(
     if src.kind in ("dir", "catalog"):
         check_safetensors(src.path, src.catalog or spec)
         _note_remote_code(src, trust_remote_code)
-    config = _load_config(src, trust_remote_code)
-    model_kw = dict(kw)
-    if task == "seq-cls":
-        if labels:
-            model_kw.update(
-                num_labels=len(labels),
-                id2label=dict(enumerate(labels)),
-                label2id={name: i for i, name in enumerate(labels)},
-            )
-        elif not getattr(config, "id2label", None) or len(config.id2label) < 2:
-            model_kw.update(num_labels=2)
+    return kw, quant
+
+
+def _label_kwargs(task: str, labels: list[str] | None, config) -> dict:
+    """Extra ``from_pretrained`` arguments for a ``seq-cls`` head: the given ``labels`` as
+    ``num_labels``/``id2label``/``label2id``, or 2 classes when ``config`` names fewer than 2."""
+    if task != "seq-cls":
+        return {}
+    if labels:
+        return {
+            "num_labels": len(labels),
+            "id2label": dict(enumerate(labels)),
+            "label2id": {name: i for i, name in enumerate(labels)},
+        }
+    if not getattr(config, "id2label", None) or len(config.id2label) < 2:
+        return {"num_labels": 2}
+    return {}
+
+
+def _from_pretrained(auto, src: Source, spec: str, task: str, torch_dtype, model_kw: dict, *, allow_pickle: bool):
+    """``auto.from_pretrained`` on ``src`` in ``torch_dtype``, its failures as one-line errors.
+
+    Raises:
+        LLMOSError: the checkpoint does not load as ``task``, or a weights file is corrupt.
+    """
     try:
-        tok = AutoTokenizer.from_pretrained(src.path, **kw)
-    except (OSError, ValueError) as e:
-        raise LLMOSError(f"could not load the tokenizer of {spec}: {str(e).splitlines()[0][:160]}") from None
-    if attn_implementation:
-        model_kw["attn_implementation"] = attn_implementation
-    try:
-        model = auto.from_pretrained(
+        return auto.from_pretrained(
             src.path,
-            dtype=getattr(torch, dtype),
+            dtype=torch_dtype,
             use_safetensors=None if allow_pickle else (src.kind != "gguf" or None),
             **model_kw,
         )
@@ -602,6 +634,13 @@ def _load_impl(
             f"a weights file of {spec} is corrupt ({str(e).splitlines()[0][:120]}); copy or save it "
             f"again (a catalog model: `%llm pull NAME --force`)"
         ) from None
+
+
+def _finish_load(model, tok, src: Source, task: str, dtype: str, device: str, quant: str | None, t0: float) -> Loaded:
+    """Make a freshly loaded model ready (own storage, pad token, on ``device``, eval mode; a
+    classifier pools by the attention mask) and describe it; ``t0`` is when the load began."""
+    from ..resources.memory import count_params
+
     if quant == "gguf":
         _unmark_gguf_quantized(model)
     _own_storage(model)

@@ -64,6 +64,59 @@ def _is_num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+# Whole-number fields that must be >= 1; the fix offers each one's default.
+_COUNTS = ("epochs", "batch_size", "max_length", "grad_accum", "lora_r")
+
+# The other numeric fields, checked in this order after _COUNTS: (field, accepts the value, what is
+# allowed, the fix). NaN and infinities are refused by _is_num.
+_NUMBER_RULES = (
+    ("seed", lambda v: _is_int(v) and 0 <= v < 2**32, "it must be a whole number in 0 .. 2**32-1", "pass e.g. seed=0"),
+    (
+        "lr",
+        lambda v: _is_num(v) and v > 0,
+        "it must be a number > 0",
+        "pass e.g. lr=5e-5 for a full fine-tune, lr=2e-4 for LoRA",
+    ),
+    ("weight_decay", lambda v: _is_num(v) and v >= 0, "it must be a number >= 0", "pass e.g. weight_decay=0.01"),
+    (
+        "warmup_ratio",
+        lambda v: _is_num(v) and 0 <= v < 1,
+        "it is a fraction of the steps, 0 <= r < 1",
+        "pass e.g. warmup_ratio=0.06",
+    ),
+    (
+        "max_grad_norm",
+        lambda v: v is None or (_is_num(v) and v > 0),
+        "it must be a number > 0 or None",
+        "pass max_grad_norm=1.0, or None for no clipping",
+    ),
+    (
+        "max_steps",
+        lambda v: v is None or (_is_int(v) and v >= 1),
+        "it must be a whole number of optimizer steps >= 1 or None",
+        "pass e.g. max_steps=50, or leave it out",
+    ),
+    (
+        "eval_every",
+        lambda v: v == "epoch" or v is None or (_is_int(v) and v >= 1),
+        "it must be a whole number of optimizer steps >= 1, 'epoch' or None",
+        "pass e.g. eval_every=50, or leave it out",
+    ),
+    (
+        "lora_alpha",
+        lambda v: _is_num(v) and v > 0,
+        "it must be a number > 0",
+        "pass e.g. lora_alpha=16 (often 2 x lora_r)",
+    ),
+    (
+        "lora_dropout",
+        lambda v: _is_num(v) and 0 <= v < 1,
+        "it is a probability, 0 <= p < 1",
+        "pass e.g. lora_dropout=0.05",
+    ),
+)
+
+
 @dataclass
 class FinetuneConfig:
     """Settings of one fine-tuning run (defaults follow BERT fine-tuning practice, HF Trainer).
@@ -145,58 +198,49 @@ class FinetuneConfig:
     task: str = "seq-cls"
 
     def __post_init__(self) -> None:
+        self._check_numbers()
+        self._check_choices()
+        self._check_best()
+        for name in ("group_by_length", "deterministic"):
+            if not isinstance(getattr(self, name), bool):
+                raise self._bad(name, "it must be True or False", f"pass {name}=True")
+        self._check_target_modules()
+
+    def _bad(self, name: str, want: str, fix: str) -> UsageError:
+        """The one-line error for field ``name``: its value, its flag, what is allowed, the fix."""
         fields = set(self.__dataclass_fields__)
+        # name the Python keyword and the magic's flag ("epochs=0 (--epochs)"); the fix in flags
+        fix = re.sub(
+            r"\b(\w+)=(\S+)",
+            lambda m: f"{flag_of(m.group(1))} {m.group(2)}" if m.group(1) in fields else m.group(0),
+            fix,
+        ).replace("pass ", "use ")
+        return UsageError(f"{name}={getattr(self, name)!r} ({flag_of(name)}) is not allowed: {want}; {fix}")
 
-        def bad(name: str, want: str, fix: str) -> UsageError:
-            # name the Python keyword and the magic's flag ("epochs=0 (--epochs)"); the fix in flags
-            fix = re.sub(
-                r"\b(\w+)=(\S+)",
-                lambda m: f"{flag_of(m.group(1))} {m.group(2)}" if m.group(1) in fields else m.group(0),
-                fix,
-            ).replace("pass ", "use ")
-            return UsageError(f"{name}={getattr(self, name)!r} ({flag_of(name)}) is not allowed: {want}; {fix}")
-
-        for name in ("epochs", "batch_size", "max_length", "grad_accum", "lora_r"):
+    def _check_numbers(self) -> None:
+        """The counts (>= 1, fix: their default), then the :data:`_NUMBER_RULES`, in that order."""
+        for name in _COUNTS:
             v = getattr(self, name)
             if not _is_int(v) or v < 1:
-                raise bad(name, "it must be a whole number >= 1", f"pass e.g. {name}={_DEFAULTS[name]}")
-        if not _is_int(self.seed) or not 0 <= self.seed < 2**32:
-            raise bad("seed", "it must be a whole number in 0 .. 2**32-1", "pass e.g. seed=0")
-        if not _is_num(self.lr) or self.lr <= 0:
-            raise bad("lr", "it must be a number > 0", "pass e.g. lr=5e-5 for a full fine-tune, lr=2e-4 for LoRA")
-        if not _is_num(self.weight_decay) or self.weight_decay < 0:
-            raise bad("weight_decay", "it must be a number >= 0", "pass e.g. weight_decay=0.01")
-        if not _is_num(self.warmup_ratio) or not 0 <= self.warmup_ratio < 1:
-            raise bad("warmup_ratio", "it is a fraction of the steps, 0 <= r < 1", "pass e.g. warmup_ratio=0.06")
-        if self.max_grad_norm is not None and (not _is_num(self.max_grad_norm) or self.max_grad_norm <= 0):
-            raise bad(
-                "max_grad_norm", "it must be a number > 0 or None", "pass max_grad_norm=1.0, or None for no clipping"
-            )
-        for name in ("max_steps", "eval_every"):
-            v = getattr(self, name)
-            if name == "eval_every" and v == "epoch":
-                continue
-            if v is not None and (not _is_int(v) or v < 1):
-                raise bad(
-                    name,
-                    "it must be a whole number of optimizer steps >= 1"
-                    + (", 'epoch'" if name == "eval_every" else "")
-                    + " or None",
-                    f"pass e.g. {name}=50, or leave it out",
-                )
-        if not _is_num(self.lora_alpha) or self.lora_alpha <= 0:
-            raise bad("lora_alpha", "it must be a number > 0", "pass e.g. lora_alpha=16 (often 2 x lora_r)")
-        if not _is_num(self.lora_dropout) or not 0 <= self.lora_dropout < 1:
-            raise bad("lora_dropout", "it is a probability, 0 <= p < 1", "pass e.g. lora_dropout=0.05")
+                raise self._bad(name, "it must be a whole number >= 1", f"pass e.g. {name}={_DEFAULTS[name]}")
+        for name, ok, want, fix in _NUMBER_RULES:
+            if not ok(getattr(self, name)):
+                raise self._bad(name, want, fix)
+
+    def _check_choices(self) -> None:
+        """``method``, ``task`` and ``lr_scheduler`` are one of their fixed names."""
         for name, choices in (("method", METHODS), ("task", TASKS), ("lr_scheduler", SCHEDULERS)):
             v = getattr(self, name)
             if v not in choices:
                 raise UsageError(
                     f"{name}={v!r} is not allowed{close_matches(v, choices)}; use one of: {', '.join(choices)}"
                 )
+
+    def _check_best(self) -> None:
+        """Early stopping and best-model tracking: a valid patience and metric, and periodic evaluation."""
         v = self.early_stopping_patience
         if v is not None and (not _is_int(v) or v < 1):
-            raise bad(
+            raise self._bad(
                 "early_stopping_patience",
                 "it must be a whole number of evaluations >= 1, or None",
                 "pass e.g. early_stopping_patience=3",
@@ -214,27 +258,29 @@ class FinetuneConfig:
                 f"{which} ({flag_of(which)}) needs periodic evaluation; add --eval-every N (optimizer steps) "
                 f"or --eval-every epoch (eval_every= in Python)"
             )
-        for name in ("group_by_length", "deterministic"):
-            if not isinstance(getattr(self, name), bool):
-                raise bad(name, "it must be True or False", f"pass {name}=True")
+
+    def _check_target_modules(self) -> None:
+        """``target_modules``: None, a non-blank string or a non-empty list of names (stored as a
+        list), and only with ``method='lora'``."""
         tm = self.target_modules
-        if tm is not None:
-            if isinstance(tm, str):
-                if not tm.strip():
-                    raise bad("target_modules", "it is empty", "pass None for the default or e.g. ['query', 'value']")
-            elif isinstance(tm, (list, tuple)) and tm and all(isinstance(t, str) and t for t in tm):
-                self.target_modules = list(tm)
-            else:
-                raise bad(
-                    "target_modules",
-                    "it must be a non-empty list of module names",
-                    "pass None for the default or e.g. ['query', 'value']",
-                )
-            if self.method != "lora":
-                raise UsageError(
-                    f"target_modules={tm!r} only applies to method='lora' (method={self.method!r}); pass "
-                    "method='lora' or drop target_modules"
-                )
+        if tm is None:
+            return
+        if isinstance(tm, str):
+            if not tm.strip():
+                raise self._bad("target_modules", "it is empty", "pass None for the default or e.g. ['query', 'value']")
+        elif isinstance(tm, (list, tuple)) and tm and all(isinstance(t, str) and t for t in tm):
+            self.target_modules = list(tm)
+        else:
+            raise self._bad(
+                "target_modules",
+                "it must be a non-empty list of module names",
+                "pass None for the default or e.g. ['query', 'value']",
+            )
+        if self.method != "lora":
+            raise UsageError(
+                f"target_modules={tm!r} only applies to method='lora' (method={self.method!r}); pass "
+                "method='lora' or drop target_modules"
+            )
 
     @property
     def track_best(self) -> bool:
