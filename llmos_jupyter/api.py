@@ -798,9 +798,9 @@ _FT_ARGS = ("epochs", "lr", "batch_size", "seed", "max_length", "method")  # the
 
 
 @checked
-def finetune(alias: str, dataset: str, *, epochs: int = _FT.epochs, lr: float = _FT.lr, batch_size: int = _FT.batch_size,
-             seed: int = _FT.seed, max_length: int = _FT.max_length, method: str = _FT.method,
-             eval_split: str | None = "test",
+def finetune(alias: str, dataset: str, *, epochs: int = _FT.epochs, lr: float = _FT.lr,
+             batch_size: int = _FT.batch_size, seed: int = _FT.seed, max_length: int = _FT.max_length,
+             method: str = _FT.method, eval_split: str | None = "test",
              progress: bool = True, background: bool = False, resume: str | None = None,
              nproc: int | None = None, nnodes: int | None = None, backend: str | None = None,
              launcher: str | None = None, fsdp: bool = False, rdzv_endpoint: str | None = None,
@@ -886,7 +886,8 @@ def finetune(alias: str, dataset: str, *, epochs: int = _FT.epochs, lr: float = 
         prev_cfg, resume_ck, prev_state = plan_resume(prev, given, {k: getattr(_FT, k) for k in _FT_ARGS})
         cfg = FinetuneConfig.from_dict(prev_cfg)
         if prev_state.get("model_fingerprint") != model_fingerprint(rec.model):
-            raise UsageError(f"run {prev.id} was trained on a different model than '{alias}' now holds; load the same base model as '{alias}', or start a new run")
+            raise UsageError(f"run {prev.id} was trained on a different model than '{alias}' now holds; "
+                             f"load the same base model as '{alias}', or start a new run")
     if not lm:
         _need_task(rec, "seq-cls", "finetune")
     dv = store().get(dataset)
