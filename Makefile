@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 # multi-GB CUDA build. On a CUDA machine install the torch you want first, then `make install`.
 TORCH  ?= torch==2.13.0
 
-.PHONY: install main test test-python test-js test-ui
+.PHONY: install main test lint fmt test-python test-js test-ui
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,12 +25,24 @@ main: install
 test-python: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
-# front-end unit tests (jest) for the side panel's state model
+# front-end: eslint + prettier check, then the unit tests (jest) of the side panel's state model
 test-js:
-	cd labextension && ([ -d node_modules/jest ] || npm ci --no-audit --no-fund --loglevel=error) && npm test
+	cd labextension && ([ -d node_modules/eslint ] || npm ci --no-audit --no-fund --loglevel=error) && npm run lint && npm test
+
+# style checks: ruff (lint + format) for Python, eslint + prettier for labextension/src
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	cd labextension && ([ -d node_modules/eslint ] || npm ci --no-audit --no-fund --loglevel=error) && npm run lint
+
+# rewrite what `make lint` would complain about (formatting and the fixable lint rules)
+fmt: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+	cd labextension && npm run fmt
 
 # browser test of the side panel (galata + Debian's Chromium; installs chromium with apt if missing)
 test-ui: install
 	PYTHON=$(CURDIR)/$(BIN)/python bash labextension/ui-tests/run.sh
 
-test: test-python test-js test-ui
+test: lint test-python test-js test-ui

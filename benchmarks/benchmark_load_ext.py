@@ -6,6 +6,7 @@ Starts real ipykernels (jupyter_client), times the execution of `%load_ext llmos
 (round trip from execute request to idle) and, for scale, of `pass` in the same kernel;
 prints the median of each, their ratio, and whether torch/transformers were imported.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,7 +45,11 @@ def main() -> None:
         try:
             bare.append(timed(kc, "pass")[0])
             load.append(timed(kc, "%load_ext llmos_jupyter")[0])
-            _, out = timed(kc, "import sys, json; print(json.dumps([m for m in ('torch','transformers','datasets') if m in sys.modules]))")
+            _, out = timed(
+                kc,
+                "import sys, json; print(json.dumps([m for m in ('torch','transformers','datasets') if m in "
+                "sys.modules]))",
+            )
             heavy = json.loads(out.strip().splitlines()[-1])
         finally:
             kc.stop_channels()

@@ -5,8 +5,11 @@ MiniLM-L6 fine-tuned on Rotten Tomatoes (seq-cls), the full stratified 15% test 
 
   fp32            the fine-tuned model
   int8            ``optimize.quantize(level="int8")``: torch.ao dynamic int8
-  p30 heads+ffn   ``optimize.prune.structured(0.3, "heads,ffn")`` (no recovery)
-  p30 + recover   the same + 1 epoch of ``training.finetune`` on the train split (lr 5e-5)
+  p30 magnitude   ``optimize.prune.structured(0.3, "heads,ffn")``, heads and FFN neurons
+                  ranked by weight magnitude (data-free), no recovery
+  p30 taylor      the same, ranked by first-order Taylor importance on 1,024 train rows
+                  (what ``%llm optimize --prune 0.3 --structured heads,ffn --eval rt`` does)
+  p30 + recover   p30 taylor + 1 epoch of ``training.finetune`` on the train split (lr 5e-5)
   compiled        ``optimize.compile.compile_model`` (the first pass, timed, is the compile time)
 
 Speed: after one untimed pass each, ``--repeats`` rounds in which every variant takes its turn
@@ -30,6 +33,7 @@ Run::
     .venv/bin/python benchmarks/benchmark_optimize.py --skip-smollm --repeats 5
     .venv/bin/python benchmarks/benchmark_optimize.py --choose-int8 --skip-smollm --skip-minilm
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,8 +64,10 @@ def fine_tuned_minilm(api, epochs: int, reuse: bool = True):
     api.load("all-minilm-l6-v2", task="seq-cls", labels="negative,positive", alias="minilm")
     t0 = time.perf_counter()
     run = api.finetune("minilm", "rt", epochs=epochs, lr=5e-5, batch_size=32, seed=0, progress=False)
-    print(f"fine-tuned MiniLM on RT train ({epochs} epoch, {time.perf_counter() - t0:.0f} s): "
-          f"test accuracy {run.metrics['accuracy']:.4f}")
+    print(
+        f"fine-tuned MiniLM on RT train ({epochs} epoch, {time.perf_counter() - t0:.0f} s): "
+        f"test accuracy {run.metrics['accuracy']:.4f}"
+    )
     if reuse:
         api.export("minilm", str(SAVED), overwrite=True)
 
@@ -91,6 +97,7 @@ def minilm(args) -> None:
     from llmos_jupyter import api
     from llmos_jupyter.optimize import compile as comp
     from llmos_jupyter.optimize import prune, quantize
+    from llmos_jupyter.optimize.command import calibration_batches
     from llmos_jupyter.optimize.driver import clone
     from llmos_jupyter.optimize.measure import encode_batches, linear_bytes, save_weights
     from llmos_jupyter.training.config import FinetuneConfig
@@ -118,12 +125,24 @@ def minilm(args) -> None:
     variants["int8"] = v
     v = clone(base)
     prune.structured(v, 0.3, "heads,ffn")
-    variants["p30 heads+ffn"] = v
+    variants["p30 magnitude"] = v
+    calibration = calibration_batches(rec, dv, train, max_length=128, device="cpu")
     v = clone(base)
-    prune.structured(v, 0.3, "heads,ffn")
     t0 = time.perf_counter()
-    finetune(v, tok, train, None, text_column="text", label_column="label",
-             config=FinetuneConfig(epochs=1, lr=5e-5, batch_size=32, seed=0, max_length=128))
+    prune.structured(v, 0.3, "heads,ffn", calibration=calibration)
+    print(f"Taylor importance on {len(calibration)} batches of 32 train rows: {time.perf_counter() - t0:.0f} s")
+    variants["p30 taylor"] = v
+    v = clone(variants["p30 taylor"])
+    t0 = time.perf_counter()
+    finetune(
+        v,
+        tok,
+        train,
+        None,
+        text_column="text",
+        label_column="label",
+        config=FinetuneConfig(epochs=1, lr=5e-5, batch_size=32, seed=0, max_length=128),
+    )
     torch.set_num_threads(args.threads)
     print(f"recovery fine-tune: {time.perf_counter() - t0:.0f} s")
     variants["p30 + recover"] = v.eval()
@@ -138,32 +157,54 @@ def minilm(args) -> None:
     times = round_robin(variants, lambda m: one_pass(m, batches), args.repeats)
     rows, acc, size = {}, {}, {}
     for n, m in variants.items():
-        acc[n] = evaluate(m, tok, test, text_column="text", label_column="label", batch_size=64,
-                          max_length=128, label_names=rec.labels).accuracy
+        acc[n] = evaluate(
+            m,
+            tok,
+            test,
+            text_column="text",
+            label_column="label",
+            batch_size=64,
+            max_length=128,
+            label_names=rec.labels,
+        ).accuracy
         with tempfile.TemporaryDirectory() as d:
             level = "int8" if n == "int8" else None
             size[n] = save_weights(m, Path(d), auto_class="AutoModelForSequenceClassification", level=level)[0]
         rows[n] = (len(texts) / statistics.median(times[n]), linear_bytes(m))
     f_sps, f_lin = rows["fp32"]
-    print(f"\n{'variant':16} {'samples/s':>10} {'x fp32':>7} {'ms/batch':>9} {'accuracy':>9} {'Δ points':>9} "
-          f"{'linear MiB':>11} {'÷ fp32':>7} {'file MiB':>9}")
+    print(
+        f"\n{'variant':16} {'samples/s':>10} {'x fp32':>7} {'ms/batch':>9} {'accuracy':>9} {'Δ points':>9} "
+        f"{'linear MiB':>11} {'÷ fp32':>7} {'file MiB':>9}"
+    )
     for n, (sps, lin) in rows.items():
-        print(f"{n:16} {sps:10.1f} {sps / f_sps:7.2f} {32000 / sps:9.1f} {acc[n]:9.4f} "
-              f"{(acc[n] - acc['fp32']) * 100:+9.2f} {lin / 2**20:11.2f} {f_lin / lin:7.2f} {size[n] / 2**20:9.2f}")
+        print(
+            f"{n:16} {sps:10.1f} {sps / f_sps:7.2f} {32000 / sps:9.1f} {acc[n]:9.4f} "
+            f"{(acc[n] - acc['fp32']) * 100:+9.2f} {lin / 2**20:11.2f} {f_lin / lin:7.2f} {size[n] / 2**20:9.2f}"
+        )
     if compile_s is not None:
         comp_pass = statistics.median(times["compiled"])
-        print(f"compile time (first pass {compile_s:.1f} s - a timed pass {comp_pass:.1f} s): "
-              f"{compile_s - comp_pass:.1f} s")
+        print(
+            f"compile time (first pass {compile_s:.1f} s - a timed pass {comp_pass:.1f} s): "
+            f"{compile_s - comp_pass:.1f} s"
+        )
     print("passes (s): " + "; ".join(f"{n} " + ", ".join(f"{t:.2f}" for t in ts) for n, ts in times.items()))
     i_sps, i_lin = rows["int8"]
     r_sps, _ = rows["p30 + recover"]
-    checks = [("int8 >= 1.5x samples/s", i_sps / f_sps >= 1.5, f"{i_sps / f_sps:.2f}x"),
-              ("int8 <= 1.0 point accuracy loss", acc["fp32"] - acc["int8"] <= 0.010,
-               f"{(acc['int8'] - acc['fp32']) * 100:+.2f}"),
-              ("int8 >= 2x smaller linear weights", f_lin / i_lin >= 2, f"{f_lin / i_lin:.2f}x"),
-              ("p30 + recover >= 1.2x samples/s", r_sps / f_sps >= 1.2, f"{r_sps / f_sps:.2f}x"),
-              ("p30 + recover <= 2 points loss", acc["fp32"] - acc["p30 + recover"] <= 0.020,
-               f"{(acc['p30 + recover'] - acc['fp32']) * 100:+.2f}")]
+    checks = [
+        ("int8 >= 1.5x samples/s", i_sps / f_sps >= 1.5, f"{i_sps / f_sps:.2f}x"),
+        (
+            "int8 <= 1.0 point accuracy loss",
+            acc["fp32"] - acc["int8"] <= 0.010,
+            f"{(acc['int8'] - acc['fp32']) * 100:+.2f}",
+        ),
+        ("int8 >= 2x smaller linear weights", f_lin / i_lin >= 2, f"{f_lin / i_lin:.2f}x"),
+        ("p30 + recover >= 1.2x samples/s", r_sps / f_sps >= 1.2, f"{r_sps / f_sps:.2f}x"),
+        (
+            "p30 + recover <= 2 points loss",
+            acc["fp32"] - acc["p30 + recover"] <= 0.020,
+            f"{(acc['p30 + recover'] - acc['fp32']) * 100:+.2f}",
+        ),
+    ]
     for name, ok, val in checks:
         print(f"  {'PASS' if ok else 'FAIL'}  {name}: {val}")
     print(load_avg())
@@ -216,8 +257,9 @@ def smollm(args) -> None:
         print(f"{n:24} {tps:9.1f} {tps / f:7.2f} {ttft * 1000:9.0f} ms")
     if compile_s is not None:
         total = statistics.median(s.total_s for s in stats["compiled (static cache)"])
-        print(f"compile time (first generation {compile_s:.1f} s - a timed one {total:.1f} s): "
-              f"{compile_s - total:.1f} s")
+        print(
+            f"compile time (first generation {compile_s:.1f} s - a timed one {total:.1f} s): {compile_s - total:.1f} s"
+        )
     print(load_avg())
     api.unload("smol")
 
@@ -248,8 +290,10 @@ def choose_int8(args) -> None:
     v = copy.deepcopy(base)
     _quantize_dynamic(v)
     variants["torch.ao quantize_dynamic"] = v
-    for name, cfg in (("torchao int8 dynamic", Int8DynamicActivationInt8WeightConfig()),
-                      ("torchao int8 weight-only", Int8WeightOnlyConfig())):
+    for name, cfg in (
+        ("torchao int8 dynamic", Int8DynamicActivationInt8WeightConfig()),
+        ("torchao int8 weight-only", Int8WeightOnlyConfig()),
+    ):
         v = copy.deepcopy(base)
         with _quiet_torchao():
             quantize_(v, cfg)
@@ -265,13 +309,14 @@ def choose_int8(args) -> None:
         one_pass(v, batches[:2])
     times = round_robin(variants, lambda m: one_pass(m, batches), args.repeats)
     f = statistics.median(times["fp32"])
-    print(f"\nint8 backends (torch {torch.__version__}, torchao {torchao.__version__}), MiniLM seq-cls, "
-          f"{len(batches)} batches of 32, {args.threads} threads; {load_avg()}")
+    print(
+        f"\nint8 backends (torch {torch.__version__}, torchao {torchao.__version__}), MiniLM seq-cls, "
+        f"{len(batches)} batches of 32, {args.threads} threads; {load_avg()}"
+    )
     print(f"{'backend':34} {'ms/batch':>9} {'x fp32':>7} {'max |Δ logit|':>14} {'compile s':>10}")
     for n, ts in times.items():
         med = statistics.median(ts)
-        print(f"{n:34} {med / len(batches) * 1000:9.1f} {f / med:7.2f} {err[n]:14.4f} "
-              f"{compile_s.get(n, 0.0):10.1f}")
+        print(f"{n:34} {med / len(batches) * 1000:9.1f} {f / med:7.2f} {err[n]:14.4f} {compile_s.get(n, 0.0):10.1f}")
 
 
 def main() -> int:

@@ -20,6 +20,7 @@ Run::
     .venv/bin/python benchmarks/benchmark_search.py            # all 8,530 rows, 1 repeat
     .venv/bin/python benchmarks/benchmark_search.py --rows 2000 --threads 1
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,9 @@ def plain_loop(model, tok, texts, batch_size=64, max_length=256):
     out = []
     with torch.no_grad():
         for i in range(0, len(texts), batch_size):
-            enc = tok(texts[i:i + batch_size], padding=True, truncation=True, max_length=max_length,
-                      return_tensors="pt")
+            enc = tok(
+                texts[i : i + batch_size], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+            )
             h = model(**enc)[0]
             mask = enc["attention_mask"].unsqueeze(-1).expand(h.size()).float()
             vec = torch.sum(h * mask, 1) / torch.clamp(mask.sum(1), min=1e-9)
@@ -56,9 +58,13 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=None, help="N rows spread over the data (default: all 8,530)")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--chunk", type=int, default=512, help="rows per side-by-side chunk (default 512)")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch intra-op threads for both paths (default: torch's choice). On a shared "
-                         "machine under load, 2 threads can be several times slower than 1")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads for both paths (default: torch's choice). On a shared "
+        "machine under load, 2 threads can be several times slower than 1",
+    )
     ap.add_argument("--query", default="a boring, predictable plot")
     args = ap.parse_args()
 
@@ -83,12 +89,17 @@ def main() -> None:
         if args.rows:
             ds = v["train"]  # rows spread over the file (it is sorted by label)
             part = ds.select([i * len(ds) // args.rows for i in range(min(args.rows, len(ds)))])[:]
-            v = store.load([{"text": t, "label": v.label_names[y]} for t, y in zip(part["text"], part["label"])],
-                           name="rt_part", label_names=v.label_names)
+            v = store.load(
+                [{"text": t, "label": v.label_names[y]} for t, y in zip(part["text"], part["label"])],
+                name="rt_part",
+                label_names=v.label_names,
+            )
         name, texts = v.name, column(v["train"], "text")
         n = len(texts)
-        print(f"{n:,} rows, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-              f"{os.cpu_count()} cpus; mean tokens {np.mean([len(x) for x in tok(texts)['input_ids']]):.1f}")
+        print(
+            f"{n:,} rows, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+            f"{os.cpu_count()} cpus; mean tokens {np.mean([len(x) for x in tok(texts)['input_ids']]):.1f}"
+        )
 
         plain_loop(model, tok, texts[:128])  # warm-up both paths
         from llmos_jupyter.models.embedding import embed
@@ -106,7 +117,7 @@ def main() -> None:
         for r in range(args.repeats):
             for c, rows in enumerate(chunks):
                 part = [texts[i] for i in rows]
-                for how in (("plain", "ours") if (c + r) % 2 == 0 else ("ours", "plain")):
+                for how in ("plain", "ours") if (c + r) % 2 == 0 else ("ours", "plain"):
                     t, p = time.perf_counter(), time.process_time()
                     vecs = runs[how](part)
                     wall[how] += time.perf_counter() - t
@@ -130,20 +141,35 @@ def main() -> None:
     plain_rps, ours_rps = total / wall["plain"], total / wall["ours"]
     print(result)
     print(f"\nplain transformers loop : {plain_rps:8.1f} rows/s  ({cpu['plain'] / total * 1000:.2f} CPU ms/row)")
-    print(f"llmos embed             : {ours_rps:8.1f} rows/s  ({cpu['ours'] / total * 1000:.2f} CPU ms/row)"
-          f"   -> {ours_rps / plain_rps:.2f}x wall, {cpu['plain'] / cpu['ours']:.2f}x CPU")
+    print(
+        f"llmos embed             : {ours_rps:8.1f} rows/s  ({cpu['ours'] / total * 1000:.2f} CPU ms/row)"
+        f"   -> {ours_rps / plain_rps:.2f}x wall, {cpu['plain'] / cpu['ours']:.2f}x CPU"
+    )
     print(f"first search (index)    : {n / index_s:8.1f} rows/s  ({index_s:.1f} s for {n:,} rows + query)")
-    print(f"second search           : {second_s * 1000:8.1f} ms, cached={second.cached}, "
-          f"embedded_rows={second.embedded_rows}")
+    print(
+        f"second search           : {second_s * 1000:8.1f} ms, cached={second.cached}, "
+        f"embedded_rows={second.embedded_rows}"
+    )
     print(f"min cosine ours vs plain: {min_cos:.6f}")
     print(f"top-5 negatives         : {result.labels.count('negative')}/5")
-    print(json.dumps({"rows": n, "repeats": args.repeats, "plain_rows_per_s": round(plain_rps, 1),
-                      "ours_rows_per_s": round(ours_rps, 1), "speedup_wall": round(ours_rps / plain_rps, 2),
-                      "speedup_cpu": round(cpu["plain"] / cpu["ours"], 2),
-                      "first_search_rows_per_s": round(n / index_s, 1),
-                      "second_search_ms": round(second_s * 1000, 1), "second_cached": second.cached,
-                      "min_cosine": round(min_cos, 6), "top5_negative": result.labels.count("negative"),
-                      "threads": torch.get_num_threads()}))
+    print(
+        json.dumps(
+            {
+                "rows": n,
+                "repeats": args.repeats,
+                "plain_rows_per_s": round(plain_rps, 1),
+                "ours_rows_per_s": round(ours_rps, 1),
+                "speedup_wall": round(ours_rps / plain_rps, 2),
+                "speedup_cpu": round(cpu["plain"] / cpu["ours"], 2),
+                "first_search_rows_per_s": round(n / index_s, 1),
+                "second_search_ms": round(second_s * 1000, 1),
+                "second_cached": second.cached,
+                "min_cosine": round(min_cos, 6),
+                "top5_negative": result.labels.count("negative"),
+                "threads": torch.get_num_threads(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ Run::
 
 The machine may be shared: the load average before and after is printed with the table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,14 +44,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-PROMPTS = ["Write a long story about a dragon who learns to bake bread.",
-           "Describe, in detail, how a steam engine works.",
-           "Write a long letter to a friend about a trip to the mountains.",
-           "Explain the rules of chess to a beginner, step by step.",
-           "Tell a long story about a robot lost in a big city.",
-           "Describe a busy market in the morning, with every sound and smell.",
-           "Write a long essay about why people enjoy music.",
-           "Explain how bread is made, from wheat in the field to the loaf."]
+PROMPTS = [
+    "Write a long story about a dragon who learns to bake bread.",
+    "Describe, in detail, how a steam engine works.",
+    "Write a long letter to a friend about a trip to the mountains.",
+    "Explain the rules of chess to a beginner, step by step.",
+    "Tell a long story about a robot lost in a big city.",
+    "Describe a busy market in the morning, with every sound and smell.",
+    "Write a long essay about why people enjoy music.",
+    "Explain how bread is made, from wheat in the field to the loaf.",
+]
 START_TIMEOUT_S = 300
 REQUEST_TIMEOUT_S = 600
 
@@ -74,9 +77,14 @@ def free_port() -> int:
 
 def start_llmos(path: Path, engine: str, threads: int):
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
-    proc = subprocess.Popen([sys.executable, "-c", LLMOS_SERVER.format(), str(path), engine, str(threads)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                            env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LLMOS_SERVER.format(), str(path), engine, str(threads)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
     deadline = time.time() + START_TIMEOUT_S
     while time.time() < deadline:
         line = proc.stdout.readline()
@@ -90,25 +98,48 @@ def start_llmos(path: Path, engine: str, threads: int):
 
 
 def start_llama_cpp_server(path: Path, threads: int):
-    import httpx
-
     import tempfile
+
+    import httpx
 
     port = free_port()
     log = tempfile.TemporaryFile(mode="w+")  # llama.cpp logs a lot at load: a pipe would fill and block it
-    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(path), "--host", "127.0.0.1",
-                             "--port", str(port), "--n_ctx", "4096", "--n_threads", str(threads),
-                             "--n_threads_batch", str(threads),
-                             # by default a new request interrupts the one decoding: queue them instead
-                             "--interrupt_requests", "False"],
-                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(path),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--n_ctx",
+            "4096",
+            "--n_threads",
+            str(threads),
+            "--n_threads_batch",
+            str(threads),
+            # by default a new request interrupts the one decoding: queue them instead
+            "--interrupt_requests",
+            "False",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}/v1"
     deadline = time.time() + START_TIMEOUT_S
     while time.time() < deadline:
         if proc.poll() is not None:
             log.seek(0)
-            raise RuntimeError("llama_cpp.server exited: " + log.read()[-500:]
-                               + "\n(install the bench extra: pip install -e '.[bench]')")
+            raise RuntimeError(
+                "llama_cpp.server exited: "
+                + log.read()[-500:]
+                + "\n(install the bench extra: pip install -e '.[bench]')"
+            )
         try:
             if httpx.get(url + "/models", timeout=2).status_code == 200:
                 return proc, url, "none", str(path)
@@ -119,12 +150,23 @@ def start_llama_cpp_server(path: Path, threads: int):
 
 
 def one_request(client, url: str, token: str, model: str, prompt: str, tokens: int) -> dict:
-    body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": tokens,
-            "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     t0 = time.perf_counter()
     first, chunks, usage = None, 0, None
-    with client.stream("POST", url + "/chat/completions", json=body, headers={"Authorization": f"Bearer {token}"},
-                       timeout=REQUEST_TIMEOUT_S) as r:
+    with client.stream(
+        "POST",
+        url + "/chat/completions",
+        json=body,
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=REQUEST_TIMEOUT_S,
+    ) as r:
         if r.status_code != 200:
             return {"ok": False, "why": f"HTTP {r.status_code}"}
         for line in r.iter_lines():
@@ -180,12 +222,21 @@ def run_clients(url: str, token: str, model: str, clients: int, requests: int, t
 
     ttft = [r["ttft"] for r in ok if r["ttft"] is not None]
     lat = [r["latency"] for r in ok]
-    return {"clients": clients, "requests": len(results), "failed": len(results) - len(ok),
-            "why": sorted({r["why"] for r in results if not r["ok"]}), "wall_s": wall,
-            "req_per_s": len(ok) / wall, "tok_per_s": sum(r["tokens"] for r in ok) / wall,
-            "tokens": sum(r["tokens"] for r in ok), "ttft_p50": pct(ttft, 0.5), "ttft_p95": pct(ttft, 0.95),
-            "lat_p50": pct(lat, 0.5), "lat_p95": pct(lat, 0.95), "median_tokens": statistics.median(
-                [r["tokens"] for r in ok]) if ok else 0}
+    return {
+        "clients": clients,
+        "requests": len(results),
+        "failed": len(results) - len(ok),
+        "why": sorted({r["why"] for r in results if not r["ok"]}),
+        "wall_s": wall,
+        "req_per_s": len(ok) / wall,
+        "tok_per_s": sum(r["tokens"] for r in ok) / wall,
+        "tokens": sum(r["tokens"] for r in ok),
+        "ttft_p50": pct(ttft, 0.5),
+        "ttft_p95": pct(ttft, 0.95),
+        "lat_p50": pct(lat, 0.5),
+        "lat_p95": pct(lat, 0.95),
+        "median_tokens": statistics.median([r["tokens"] for r in ok]) if ok else 0,
+    }
 
 
 def main() -> int:
@@ -194,8 +245,11 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=64, help="max_tokens per request, greedy (default 64)")
     ap.add_argument("--clients", default="1,4,8", help="concurrent clients to try (default 1,4,8)")
     ap.add_argument("--threads", type=int, default=None, help="decode threads (default: the physical cores)")
-    ap.add_argument("--only", default="a,b,c", help="which servers: a (llmos transformers), b (llmos llama.cpp), "
-                                                     "c (llama_cpp.server)")
+    ap.add_argument(
+        "--only",
+        default="a,b,c",
+        help="which servers: a (llmos transformers), b (llmos llama.cpp), c (llama_cpp.server)",
+    )
     args = ap.parse_args()
     from llmos_jupyter.models.engines.llamacpp import physical_cores
     from llmos_jupyter.pull import ensure_pulled
@@ -203,13 +257,18 @@ def main() -> int:
     threads = args.threads or physical_cores()
     path = Path(ensure_pulled("smollm2-135m-instruct")) / GGUF
     clients = [int(c) for c in args.clients.split(",")]
-    servers = {"a": ("llmos transformers", lambda: start_llmos(path, "transformers", threads)),
-               "b": ("llmos llama.cpp", lambda: start_llmos(path, "llama.cpp", threads)),
-               "c": ("llama_cpp.server", lambda: start_llama_cpp_server(path, threads))}
+    servers = {
+        "a": ("llmos transformers", lambda: start_llmos(path, "transformers", threads)),
+        "b": ("llmos llama.cpp", lambda: start_llmos(path, "llama.cpp", threads)),
+        "c": ("llama_cpp.server", lambda: start_llama_cpp_server(path, threads)),
+    }
     load0 = os.getloadavg()
-    print(f"SmolLM2-135M-Instruct Q4_1, {threads} threads, {args.requests} streamed requests x {args.tokens} greedy "
-          f"tokens per configuration; load average {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f} "
-          f"on {os.cpu_count()} CPUs", flush=True)
+    print(
+        f"SmolLM2-135M-Instruct Q4_1, {threads} threads, {args.requests} streamed requests x {args.tokens} greedy "
+        f"tokens per configuration; load average {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f} "
+        f"on {os.cpu_count()} CPUs",
+        flush=True,
+    )
     rows = {}
     for key in args.only.split(","):
         name, start = servers[key]
@@ -219,10 +278,13 @@ def main() -> int:
             for c in clients:
                 r = run_clients(url, token, model, c, args.requests, args.tokens)
                 rows[(key, c)] = r
-                print(f"{name:<20} {c:>2} clients: {r['req_per_s']:5.2f} req/s  {r['tok_per_s']:6.1f} tok/s  "
-                      f"TTFT p50 {r['ttft_p50']:.2f} s p95 {r['ttft_p95']:.2f} s  latency p50 {r['lat_p50']:.2f} s "
-                      f"p95 {r['lat_p95']:.2f} s  ({r['tokens']} tokens, median {r['median_tokens']:.0f}/request, "
-                      f"{r['failed']} failed{(': ' + '; '.join(r['why'])) if r['failed'] else ''})", flush=True)
+                print(
+                    f"{name:<20} {c:>2} clients: {r['req_per_s']:5.2f} req/s  {r['tok_per_s']:6.1f} tok/s  "
+                    f"TTFT p50 {r['ttft_p50']:.2f} s p95 {r['ttft_p95']:.2f} s  latency p50 {r['lat_p50']:.2f} s "
+                    f"p95 {r['lat_p95']:.2f} s  ({r['tokens']} tokens, median {r['median_tokens']:.0f}/request, "
+                    f"{r['failed']} failed{(': ' + '; '.join(r['why'])) if r['failed'] else ''})",
+                    flush=True,
+                )
         finally:
             if proc.stdin:
                 try:
@@ -241,8 +303,10 @@ def main() -> int:
     print("| server | clients | req/s | tok/s | TTFT p50 | TTFT p95 | latency p50 | latency p95 | failed |")
     print("|---|---|---|---|---|---|---|---|---|")
     for (key, c), r in rows.items():
-        print(f"| {servers[key][0]} | {c} | {r['req_per_s']:.2f} | {r['tok_per_s']:.1f} | {r['ttft_p50']:.2f} s | "
-              f"{r['ttft_p95']:.2f} s | {r['lat_p50']:.2f} s | {r['lat_p95']:.2f} s | {r['failed']} |")
+        print(
+            f"| {servers[key][0]} | {c} | {r['req_per_s']:.2f} | {r['tok_per_s']:.1f} | {r['ttft_p50']:.2f} s | "
+            f"{r['ttft_p95']:.2f} s | {r['lat_p50']:.2f} s | {r['lat_p95']:.2f} s | {r['failed']} |"
+        )
     print()
     lo, hi = min(clients), max(clients)
     for key in args.only.split(","):
@@ -252,8 +316,10 @@ def main() -> int:
             print(f"{servers[key][0]}: aggregate tokens/s at {hi} clients / {lo} client = {ratio:.2f}x{target}")
     for c in clients:
         if ("b", c) in rows and ("c", c) in rows:
-            print(f"llmos llama.cpp / llama_cpp.server at {c} clients: "
-                  f"{rows[('b', c)]['tok_per_s'] / rows[('c', c)]['tok_per_s']:.2f}x tokens/s")
+            print(
+                f"llmos llama.cpp / llama_cpp.server at {c} clients: "
+                f"{rows[('b', c)]['tok_per_s'] / rows[('c', c)]['tok_per_s']:.2f}x tokens/s"
+            )
     failed = sum(r["failed"] for r in rows.values())
     print(f"failed requests: {failed}; load average after {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
     return 1 if failed else 0

@@ -18,6 +18,7 @@ Run::
     .venv/bin/python benchmarks/benchmark_sft.py            # pulls the model and data
     .venv/bin/python benchmarks/benchmark_sft.py --steps 12 --threads 2
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,12 @@ def batches(tokenizer, n_batches: int, batch: int):
     rt = df[df["source"] == "rotten_tomatoes"].sample(n_batches * batch, random_state=0).reset_index(drop=True)
     import datasets
 
-    ds = datasets.Dataset.from_dict({"prompt": [f"Review: {t}\nSentiment:" for t in rt["text"]],
-                                     "response": ["positive" if y else "negative" for y in rt["label"]]})
+    ds = datasets.Dataset.from_dict(
+        {
+            "prompt": [f"Review: {t}\nSentiment:" for t in rt["text"]],
+            "response": ["positive" if y else "negative" for y in rt["label"]],
+        }
+    )
     tok = tokenize_pairs(tokenizer, ds, "prompt", "response", 128)
     pad = pad_id_for(tokenizer)
     return [collate_sft(tok, np.arange(i * batch, (i + 1) * batch), pad) for i in range(n_batches)], tok
@@ -67,8 +72,9 @@ def main() -> int:
     loaded = load("smollm2-135m-instruct", task="causal-lm", device="cpu", dtype="float32")
     torch.manual_seed(0)
     with quiet_transformers():
-        model = get_peft_model(loaded.model, LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "v_proj"],
-                                                        task_type="CAUSAL_LM"))
+        model = get_peft_model(
+            loaded.model, LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+        )
     model.train()
     bs, tok = batches(loaded.tokenizer, args.steps + 1, args.batch_size)
 
@@ -83,7 +89,9 @@ def main() -> int:
     diffs = []
     for i, b in enumerate(bs):
         losses = {}
-        for name, fn in (("full logits", full), ("llmos", ours)) if i % 2 == 0 else (("llmos", ours), ("full logits", full)):
+        for name, fn in (
+            (("full logits", full), ("llmos", ours)) if i % 2 == 0 else (("llmos", ours), ("full logits", full))
+        ):
             model.zero_grad(set_to_none=True)
             t0 = time.perf_counter()
             loss = fn(b)
@@ -93,15 +101,19 @@ def main() -> int:
                 times[name].append(dt)
             losses[name] = float(loss.detach())
         diffs.append(abs(losses["full logits"] - losses["llmos"]) / max(abs(losses["full logits"]), 1e-12))
-    print(f"SmolLM2-135M LoRA r=16, batch {args.batch_size}, {args.steps} steps each, threads {torch.get_num_threads()}, "
-          f"mean row {tok.lengths.mean():.1f} tokens, {tok.targets.mean():.1f} response tokens predicted per row")
+    print(
+        f"SmolLM2-135M LoRA r=16, batch {args.batch_size}, {args.steps} steps each, threads {torch.get_num_threads()}, "
+        f"mean row {tok.lengths.mean():.1f} tokens, {tok.targets.mean():.1f} response tokens predicted per row"
+    )
     print(f"{'':<12} {'s/step':>8} {'samples/s':>10}")
     med = {}
     for name, ts in times.items():
         med[name] = statistics.median(ts)
         print(f"{name:<12} {med[name]:8.3f} {args.batch_size / med[name]:10.2f}")
-    print(f"llmos / full logits speed: {med['full logits'] / med['llmos']:.2f}x; "
-          f"largest relative loss difference {max(diffs):.2e}")
+    print(
+        f"llmos / full logits speed: {med['full logits'] / med['llmos']:.2f}x; "
+        f"largest relative loss difference {max(diffs):.2e}"
+    )
     return 0
 
 

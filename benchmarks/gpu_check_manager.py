@@ -11,6 +11,7 @@ CUDA memory that came back at each step (``torch.cuda.memory_allocated``), then 
 exit status 1 if a check fails (estimate error > 10%, < 90% of a model's bytes returned).
 Without CUDA it says it needs CUDA and exits 0.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,14 @@ def main() -> int:
 
     dev = "cuda:0"
     m = api.manager()
-    path = save_tiny_model(tmp / "llama", "llama", hidden=args.hidden, layers=args.layers,
-                           intermediate=int(args.hidden * 2.75), heads=max(4, args.hidden // 64))
+    path = save_tiny_model(
+        tmp / "llama",
+        "llama",
+        hidden=args.hidden,
+        layers=args.layers,
+        intermediate=int(args.hidden * 2.75),
+        heads=max(4, args.hidden // 64),
+    )
     failures: list[str] = []
     alloc = lambda: torch.cuda.memory_allocated(dev)  # noqa: E731
 
@@ -54,8 +61,10 @@ def main() -> int:
         rec = m.get(alias)
         measured = sum(rec.bytes.values())
         err = (rec.estimated_bytes - measured) / measured
-        print(f"  {alias}: {rec.state} on {rec.device}; estimated {format_size(rec.estimated_bytes)}, measured "
-              f"{', '.join(f'{d} {format_size(b)}' for d, b in rec.bytes.items())} (error {err * 100:+.2f}%)")
+        print(
+            f"  {alias}: {rec.state} on {rec.device}; estimated {format_size(rec.estimated_bytes)}, measured "
+            f"{', '.join(f'{d} {format_size(b)}' for d, b in rec.bytes.items())} (error {err * 100:+.2f}%)"
+        )
         if abs(err) > 0.10:
             failures.append(f"estimate error {err * 100:+.1f}% for {alias}")
 
@@ -78,8 +87,10 @@ def main() -> int:
         failures.append("'a' was not offloaded when 'b' needed the room")
     else:
         back = ev[-1]["device_freed"]
-        print(f"RESULT offload 'a': {format_size(back)} of CUDA memory came back for {format_size(size)} measured "
-              f"({back / size * 100:.1f}%)")
+        print(
+            f"RESULT offload 'a': {format_size(back)} of CUDA memory came back for {format_size(size)} measured "
+            f"({back / size * 100:.1f}%)"
+        )
         if back < 0.9 * size:
             failures.append(f"offload returned only {back / size * 100:.1f}% of 'a'")
 
@@ -98,8 +109,10 @@ def main() -> int:
         failures.append("with the CPU full, eviction of 'a' did not unload it")
     else:
         back = ev_unload["device_freed"].get(dev, 0)
-        print(f"RESULT unload 'a' on eviction (CPU full): {format_size(back)} of CUDA memory came back for "
-              f"{format_size(size)} measured ({back / size * 100:.1f}%)")
+        print(
+            f"RESULT unload 'a' on eviction (CPU full): {format_size(back)} of CUDA memory came back for "
+            f"{format_size(size)} measured ({back / size * 100:.1f}%)"
+        )
         if back < 0.9 * size:
             failures.append(f"unload returned only {back / size * 100:.1f}% of 'a'")
     report("b")
@@ -107,8 +120,10 @@ def main() -> int:
 
     api.unload("b")
     left = alloc() - base
-    print(f"RESULT all unloaded: CUDA allocated {format_size(left)} above the start (a model is {format_size(size)}); "
-          f"peak with 'a' loaded {format_size(a0 - base)}")
+    print(
+        f"RESULT all unloaded: CUDA allocated {format_size(left)} above the start (a model is {format_size(size)}); "
+        f"peak with 'a' loaded {format_size(a0 - base)}"
+    )
     if left > 0.1 * size:
         failures.append(f"{format_size(left)} still allocated after unloading everything")
     for f in failures:

@@ -4,6 +4,7 @@
 running in a kernel). It imports neither torch nor transformers: those load on first use.
 The Python API is :mod:`llmos_jupyter.api`.
 """
+
 try:
     from ._version import __version__  # written by the build from labextension/package.json
 except ImportError:  # a source tree that was never installed

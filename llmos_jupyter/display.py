@@ -4,6 +4,7 @@ They implement ``_repr_mimebundle_`` with ``text/plain`` and ``text/html`` so th
 saved notebooks and nbconvert, and hold only plain data (never a model), so showing one as a
 cell result does not keep a model alive.
 """
+
 from __future__ import annotations
 
 import html
@@ -24,8 +25,11 @@ def fmt_value(v: Any) -> str:
 
 def kv_html(rows: Iterable[tuple[str, Any]], css_class: str) -> str:
     """A two-column key/value HTML table (keys as row headers, values through :func:`fmt_value`)."""
-    body = "".join(f"<tr><th style='text-align:left'>{html.escape(k)}</th>"
-                   f"<td style='text-align:left'>{html.escape(fmt_value(v))}</td></tr>" for k, v in rows)
+    body = "".join(
+        f"<tr><th style='text-align:left'>{html.escape(k)}</th>"
+        f"<td style='text-align:left'>{html.escape(fmt_value(v))}</td></tr>"
+        for k, v in rows
+    )
     return f"<table class='{css_class}'>{body}</table>"
 
 
@@ -64,13 +68,18 @@ class Table:
 
     def _html(self) -> str:
         head = "".join(f"<th style='text-align:left'>{html.escape(str(c))}</th>" for c in self.columns)
-        body = "".join("<tr>" + "".join(f"<td style='text-align:left'>{html.escape('' if c is None else str(c))}</td>"
-                                         for c in r) + "</tr>" for r in self.rows)
+        body = "".join(
+            "<tr>"
+            + "".join(f"<td style='text-align:left'>{html.escape('' if c is None else str(c))}</td>" for c in r)
+            + "</tr>"
+            for r in self.rows
+        )
         if not self.rows:
             body = f"<tr><td colspan='{len(self.columns)}'><i>none</i></td></tr>"
         title = f"<b>{html.escape(self.title)}</b>" if self.title else ""
         note = f"<div style='opacity:.7'>{html.escape(self.note)}</div>" if self.note else ""
-        return f"<div class='llmos-table'>{title}<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{note}</div>"
+        table = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        return f"<div class='llmos-table'>{title}{table}{note}</div>"
 
     def __repr__(self) -> str:
         return self._text()
@@ -80,7 +89,8 @@ class Table:
 
 
 class Message:
-    """One or more lines of plain text (rendered as <pre> in HTML)."""
+    """One or more lines of plain text (rendered as <pre> in HTML), with the figures behind them
+    as ``data`` (read like a dict: ``msg["key"]``, ``msg.get``, ``in``, ``dict(msg)``)."""
 
     def __init__(self, text: str, **data):
         self.text, self.data = text, data
@@ -90,6 +100,19 @@ class Message:
 
     def __getitem__(self, key):
         return self.data[key]
+
+    # the fields read like a dict's: ``msg["url"]``, ``msg.get("url")``, ``"url" in msg``, ``dict(msg)``
+    def keys(self):
+        return self.data.keys()
+
+    def get(self, key, default=None):
+        return self.data.get(key, default)
+
+    def __contains__(self, key) -> bool:
+        return key in self.data
+
+    def __iter__(self):
+        return iter(self.data)
 
     def _repr_mimebundle_(self, include=None, exclude=None):
         return {"text/plain": self.text, "text/html": f"<pre>{html.escape(self.text)}</pre>"}

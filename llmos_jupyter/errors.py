@@ -5,6 +5,7 @@ Every mistake a user can make (an unknown name, a bad flag, a file that does not
 it on stderr as ``llmos: <message>``; in plain Python, IPython shows the same single line instead
 of a traceback (``_render_traceback_``). Anything else that escapes is a bug in llmos.
 """
+
 from __future__ import annotations
 
 import contextlib

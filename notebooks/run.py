@@ -20,8 +20,18 @@ def run(path: Path, out_dir: Path, timeout: int) -> bool:
     from nbclient.exceptions import CellExecutionError
 
     nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
     t0 = time.perf_counter()
+    n_code = sum(c.cell_type == "code" for c in nb.cells)
+    order = {id(c): i for i, c in enumerate(c for c in nb.cells if c.cell_type == "code")}
+
+    def started(cell, cell_index, **_):  # one line per code cell, so a long run shows where it is
+        if cell.cell_type != "code":
+            return
+        first = next((line for line in cell.source.splitlines() if line.strip()), "")[:70]
+        print(f"[{time.perf_counter() - t0:6.0f} s] cell {order.get(id(cell), 0) + 1}/{n_code}: {first}", flush=True)
+
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}},
+                            on_cell_start=started)
     ok = True
     try:
         client.execute()

@@ -5,6 +5,7 @@
 * ``tiny_llama`` / ``tiny_bert``: tiny random models saved from configs, with real (small)
   tokenizers trained in memory — for fast unit tests.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,7 +17,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest  # noqa: E402
-
 from tiny_kit import CHATML, make_tokenizer, save_tiny  # noqa: E402,F401  (re-exported for tests)
 
 
@@ -88,3 +88,18 @@ def minilm_dir() -> Path:
     from llmos_jupyter.pull import ensure_pulled
 
     return ensure_pulled("all-minilm-l6-v2")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The ``gpu`` marker skips its tests where torch sees no CUDA device (so a GPU test never
+    fails for want of one); torch is imported only when a collected test carries the marker."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu_items:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (the gpu marker; torch.cuda.is_available() is False)")
+    for item in gpu_items:
+        item.add_marker(skip)

@@ -1,5 +1,6 @@
 """A real ipykernel driven over ZMQ (jupyter_client), for tests whose behaviour depends on a
 kernel: threads, comms, display, servers."""
+
 from __future__ import annotations
 
 import os
@@ -41,7 +42,9 @@ class Kernel:
                 pass
 
     def stdout(self, msgs) -> str:
-        return "".join(m["content"]["text"] for m in msgs if m["msg_type"] == "stream" and m["content"]["name"] == "stdout")
+        return "".join(
+            m["content"]["text"] for m in msgs if m["msg_type"] == "stream" and m["content"]["name"] == "stdout"
+        )
 
     def errors(self, msgs):
         return [m["content"] for m in msgs if m["msg_type"] == "error"]

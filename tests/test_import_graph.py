@@ -3,6 +3,7 @@ docs/architecture.md ("The import rule"). Every import counts, also one inside a
 
 The checker is tested too: a graph with a circle or an upward edge must fail it.
 """
+
 from __future__ import annotations
 
 import ast
@@ -16,13 +17,35 @@ PACKAGE = Path(__file__).resolve().parents[1] / "llmos_jupyter"
 LAYERS = [
     (5, ["llmos_jupyter", "llmos_jupyter.magics", "llmos_jupyter.comm"]),
     (4, ["llmos_jupyter.api"]),
-    (3, ["llmos_jupyter.resources.manager", "llmos_jupyter.training", "llmos_jupyter.data",
-         "llmos_jupyter.optimize", "llmos_jupyter.launch", "llmos_jupyter.serve"]),
+    (
+        3,
+        [
+            "llmos_jupyter.resources.manager",
+            "llmos_jupyter.training",
+            "llmos_jupyter.data",
+            "llmos_jupyter.optimize",
+            "llmos_jupyter.launch",
+            "llmos_jupyter.serve",
+        ],
+    ),
     (2, ["llmos_jupyter.models", "llmos_jupyter.ops", "llmos_jupyter.catalog", "llmos_jupyter.pull"]),
-    (1, ["llmos_jupyter.errors", "llmos_jupyter.argcheck", "llmos_jupyter.paths", "llmos_jupyter._version", "llmos_jupyter.display",
-         "llmos_jupyter.widgets",
-         "llmos_jupyter.kernel", "llmos_jupyter.resources", "llmos_jupyter.resources.hardware",
-         "llmos_jupyter.resources.memory", "llmos_jupyter.resources.events", "llmos_jupyter.resources.jobs"]),
+    (
+        1,
+        [
+            "llmos_jupyter.errors",
+            "llmos_jupyter.argcheck",
+            "llmos_jupyter.paths",
+            "llmos_jupyter._version",
+            "llmos_jupyter.display",
+            "llmos_jupyter.widgets",
+            "llmos_jupyter.kernel",
+            "llmos_jupyter.resources",
+            "llmos_jupyter.resources.hardware",
+            "llmos_jupyter.resources.memory",
+            "llmos_jupyter.resources.events",
+            "llmos_jupyter.resources.jobs",
+        ],
+    ),
 ]
 
 
@@ -78,7 +101,7 @@ def problems(graph: dict[str, set[str]]) -> list[str]:
         state[node] = 1
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                out.append("circle: " + " -> ".join(path[path.index(nxt):] + [node, nxt]))
+                out.append("circle: " + " -> ".join(path[path.index(nxt) :] + [node, nxt]))
             elif nxt not in state:
                 visit(nxt, path + [node])
         state[node] = 2
@@ -95,14 +118,21 @@ def test_the_package_has_no_circles_and_no_upward_imports():
     assert problems(graph) == []
 
 
-@pytest.mark.parametrize("extra, expected", [
-    (("llmos_jupyter.errors", "llmos_jupyter.paths"), None),  # same layer, no circle: fine
-    (("llmos_jupyter.paths", "llmos_jupyter.errors"), "circle"),
-    (("llmos_jupyter.models.loading", "llmos_jupyter.api"), "upward"),
-])
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (("llmos_jupyter.errors", "llmos_jupyter.paths"), None),  # same layer, no circle: fine
+        (("llmos_jupyter.paths", "llmos_jupyter.errors"), "circle"),
+        (("llmos_jupyter.models.loading", "llmos_jupyter.api"), "upward"),
+    ],
+)
 def test_the_checker_fails_on_a_circle_and_on_an_upward_import(extra, expected):
-    graph = {"llmos_jupyter.errors": set(), "llmos_jupyter.paths": set(), "llmos_jupyter.api": {"llmos_jupyter.paths"},
-             "llmos_jupyter.models.loading": {"llmos_jupyter.errors"}}
+    graph = {
+        "llmos_jupyter.errors": set(),
+        "llmos_jupyter.paths": set(),
+        "llmos_jupyter.api": {"llmos_jupyter.paths"},
+        "llmos_jupyter.models.loading": {"llmos_jupyter.errors"},
+    }
     graph[extra[0]].add(extra[1])
     if expected == "circle":
         graph["llmos_jupyter.errors"].add("llmos_jupyter.paths")

@@ -16,6 +16,7 @@ Models:
 
 Data: :func:`sentiment_rows` (list of dicts) and :func:`make_sentiment` (dict of columns).
 """
+
 from __future__ import annotations
 
 import random as _random
@@ -25,11 +26,16 @@ CORPUS = [
     "the quick brown fox jumps over the lazy dog",
     "a gorgeous, witty, seductive movie",
     "this film was a complete waste of two hours",
-    "great movie", "awful film", "hello world", "what is the capital of france? paris.",
+    "great movie",
+    "awful film",
+    "hello world",
+    "what is the capital of france? paris.",
 ] * 4
 
-CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 
 
 def make_tokenizer(kind: str = "bpe", chat_template: str | None = CHATML):
@@ -41,10 +47,19 @@ def make_tokenizer(kind: str = "bpe", chat_template: str | None = CHATML):
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=300, special_tokens=special,
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="<|im_end|>",
-                                   pad_token="<pad>" if kind == "bert" else None)
+    tok.train_from_iterator(
+        CORPUS,
+        trainers.BpeTrainer(
+            vocab_size=300, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="<|im_end|>",
+        pad_token="<pad>" if kind == "bert" else None,
+    )
     if chat_template:
         fast.chat_template = chat_template
     return fast
@@ -53,8 +68,9 @@ def make_tokenizer(kind: str = "bpe", chat_template: str | None = CHATML):
 POS = ["good", "great", "fine", "lovely", "superb", "fun", "moving", "witty"]
 NEG = ["bad", "awful", "dull", "boring", "weak", "poor", "messy", "tedious"]
 FILL = ["the", "movie", "film", "plot", "was", "and", "a", "very", "story", "acting", "really", "quite"]
-WORDS = (["[PAD]", "[UNK]", "[CLS]", "[SEP]", "42", "great", "movie", "awful", "film"]
-         + sorted(set(POS + NEG + FILL) - {"great", "movie", "awful", "film"}))
+WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "42", "great", "movie", "awful", "film"] + sorted(
+    set(POS + NEG + FILL) - {"great", "movie", "awful", "film"}
+)
 
 
 def word_tokenizer():
@@ -65,10 +81,12 @@ def word_tokenizer():
     vocab = {w: i for i, w in enumerate(WORDS)}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]",
-                                                       special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
-                                   sep_token="[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]"
+    )
 
 
 def tiny_model(kind: str, tokenizer, *, seed: int = 0, **cfg):
@@ -81,18 +99,37 @@ def tiny_model(kind: str, tokenizer, *, seed: int = 0, **cfg):
     from transformers import BertConfig, BertForSequenceClassification, BertModel, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    common = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=4)
+    common = dict(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4
+    )
     if kind == "llama":
-        config = LlamaConfig(**{**common, "num_key_value_heads": 2, "max_position_embeddings": 128,
-                                "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id, **cfg})
+        config = LlamaConfig(
+            **{
+                **common,
+                "num_key_value_heads": 2,
+                "max_position_embeddings": 128,
+                "bos_token_id": tokenizer.bos_token_id,
+                "eos_token_id": tokenizer.eos_token_id,
+                **cfg,
+            }
+        )
         return LlamaForCausalLM(config)
     if kind == "bert":
-        return BertModel(BertConfig(**{**common, "max_position_embeddings": 128,
-                                       "pad_token_id": tokenizer.pad_token_id, **cfg}))
+        return BertModel(
+            BertConfig(**{**common, "max_position_embeddings": 128, "pad_token_id": tokenizer.pad_token_id, **cfg})
+        )
     if kind == "bert-cls":
-        return BertForSequenceClassification(BertConfig(**{**common, "max_position_embeddings": 64, "num_labels": 2,
-                                                           "pad_token_id": tokenizer.pad_token_id, **cfg}))
+        return BertForSequenceClassification(
+            BertConfig(
+                **{
+                    **common,
+                    "max_position_embeddings": 64,
+                    "num_labels": 2,
+                    "pad_token_id": tokenizer.pad_token_id,
+                    **cfg,
+                }
+            )
+        )
     raise ValueError(f"unknown tiny model kind {kind!r}")
 
 
@@ -129,7 +166,9 @@ def make_sentiment(n: int = 96, seed: int = 0) -> dict:
     texts, labels = [], []
     for i in range(n):
         y = i % 2
-        words = [rng.choice(FILL) for _ in range(rng.randint(1, 9))] + [rng.choice(POS if y else NEG) for _ in range(rng.randint(1, 2))]
+        words = [rng.choice(FILL) for _ in range(rng.randint(1, 9))] + [
+            rng.choice(POS if y else NEG) for _ in range(rng.randint(1, 2))
+        ]
         rng.shuffle(words)
         texts.append(" ".join(words))
         labels.append(y)

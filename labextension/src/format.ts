@@ -45,7 +45,7 @@ export function costBytes(
   const out: Record<string, number> = {};
   for (const device of new Set([...Object.keys(tensorBytes), ...Object.keys(realBytes)])) {
     const real = realBytes[device] ?? 0;
-    out[device] = real > 0 ? real : tensorBytes[device] ?? 0;
+    out[device] = real > 0 ? real : (tensorBytes[device] ?? 0);
   }
   return out;
 }

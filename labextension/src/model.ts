@@ -7,13 +7,7 @@ import { Kernel, KernelMessage } from '@jupyterlab/services';
 import { ISignal, Signal } from '@lumino/signaling';
 
 import { ActionName, COMM_TARGET, PROTOCOL_VERSION, actionMessage, cancelRoute } from './protocol';
-import {
-  ConnectionStatus,
-  IPanelState,
-  PanelEvent,
-  initialState,
-  reduce
-} from './reducer';
+import { ConnectionStatus, IPanelState, PanelEvent, initialState, reduce } from './reducer';
 
 /** The code the "Load" button runs in the kernel. */
 export const LOAD_EXTENSION_CODE = '%load_ext llmos_jupyter';
@@ -21,7 +15,7 @@ export const LOAD_EXTENSION_CODE = '%load_ext llmos_jupyter';
 /** The part of a document context the panel uses: its path, which changes on rename. */
 export interface IDocumentPath {
   readonly path: string;
-  readonly pathChanged: ISignal<any, string>;
+  readonly pathChanged: ISignal<unknown, string>;
 }
 
 export interface IPanelSettings {
@@ -82,7 +76,7 @@ export class LLMOSModel {
     this._watchKernel(null);
     this._closeComm();
     this._context = context;
-    this._document = context ? document ?? null : null;
+    this._document = context ? (document ?? null) : null;
     if (context) {
       context.kernelChanged.connect(this._onKernelChanged, this);
       context.statusChanged.connect(this._onStatus, this);
@@ -199,10 +193,17 @@ export class LLMOSModel {
     try {
       comm.send({ ...actionMessage(action, target, id) });
     } catch (reason) {
-      this.dispatch({ kind: 'message', data: {
-        type: 'error', version: PROTOCOL_VERSION, id, action, target,
-        message: `${action} not sent: ${reason}`
-      } });
+      this.dispatch({
+        kind: 'message',
+        data: {
+          type: 'error',
+          version: PROTOCOL_VERSION,
+          id,
+          action,
+          target,
+          message: `${action} not sent: ${reason}`
+        }
+      });
     }
   }
 
@@ -335,7 +336,11 @@ export class LLMOSModel {
       this._retryOnIdle = true;
     } else if (status === 'idle' && this._retryOnIdle) {
       this._retryOnIdle = false;
-      if (connection === 'disconnected' || connection === 'not-loaded' || connection === 'no-kernel') {
+      if (
+        connection === 'disconnected' ||
+        connection === 'not-loaded' ||
+        connection === 'no-kernel'
+      ) {
         void this.connect();
       }
     }

@@ -59,7 +59,10 @@ function Sparkline(props: { values: (number | null)[]; label: string }): JSX.Ele
   }
   const n = Math.max(props.values.length - 1, 1);
   const d = points
-    .map(([i, v], k) => `${k ? 'L' : 'M'}${((100 * i) / n).toFixed(1)},${(30 - (30 * Math.min(v, 100)) / 100).toFixed(1)}`)
+    .map(
+      ([i, v], k) =>
+        `${k ? 'L' : 'M'}${((100 * i) / n).toFixed(1)},${(30 - (30 * Math.min(v, 100)) / 100).toFixed(1)}`
+    )
     .join(' ');
   return (
     <svg
@@ -74,11 +77,7 @@ function Sparkline(props: { values: (number | null)[]; label: string }): JSX.Ele
   );
 }
 
-function Section(props: {
-  title: string;
-  count?: number;
-  children: React.ReactNode;
-}): JSX.Element {
+function Section(props: { title: string; count?: number; children: React.ReactNode }): JSX.Element {
   return (
     <section className="jp-LLMOS-section" aria-label={props.title}>
       <h3 className="jp-LLMOS-sectionTitle">
@@ -200,8 +199,7 @@ function Models(props: IProps): JSX.Element {
 function Job(props: IProps & { job: IJobInfo }): JSX.Element {
   const { job, state, model, trans } = props;
   const busy = isPending(state, 'cancel', job.id);
-  const steps =
-    job.step !== null && job.totalSteps !== null ? `${job.step}/${job.totalSteps}` : '';
+  const steps = job.step !== null && job.totalSteps !== null ? `${job.step}/${job.totalSteps}` : '';
   return (
     <li className="jp-LLMOS-job" data-job={job.id} aria-label={trans.__('Job %1', job.id)}>
       <div className="jp-LLMOS-jobHead">
@@ -272,7 +270,10 @@ function Server(props: IProps): JSX.Element | null {
     <Section title={trans.__('Server')}>
       <div className="jp-LLMOS-server" aria-label={trans.__('OpenAI-compatible server')}>
         <div className="jp-LLMOS-jobHead">
-          <span className="jp-LLMOS-name jp-LLMOS-url" title={trans.__('base_url for OpenAI clients')}>
+          <span
+            className="jp-LLMOS-name jp-LLMOS-url"
+            title={trans.__('base_url for OpenAI clients')}
+          >
             {server.baseUrl}
           </span>
           <button
@@ -344,7 +345,10 @@ function Gpu(props: {
       </div>
       <div className="jp-LLMOS-metric">
         <span>{trans.__('Memory')}</span>
-        <Bar value={share(gpu.memUsed, gpu.memTotal)} label={trans.__('GPU %1 memory', gpu.index)} />
+        <Bar
+          value={share(gpu.memUsed, gpu.memTotal)}
+          label={trans.__('GPU %1 memory', gpu.index)}
+        />
         <span>{`${formatBytes(gpu.memUsed)} / ${formatBytes(gpu.memTotal)}`}</span>
       </div>
       <div className="jp-LLMOS-sub">
@@ -419,10 +423,7 @@ function Header(props: IProps): JSX.Element {
   return (
     <div className="jp-LLMOS-header">
       <div className="jp-LLMOS-title">
-        <span
-          className={`jp-LLMOS-dot jp-LLMOS-dot-${state.connection}`}
-          aria-hidden="true"
-        />
+        <span className={`jp-LLMOS-dot jp-LLMOS-dot-${state.connection}`} aria-hidden="true" />
         <span className="jp-LLMOS-status" role="status">
           {trans.__(STATUS_TEXT[state.connection] ?? state.connection)}
         </span>
@@ -459,7 +460,9 @@ function Blocker(props: IProps): JSX.Element | null {
     case 'no-notebook':
       return (
         <div className="jp-LLMOS-blocker">
-          <p>{trans.__("Open a notebook to see its kernel's models, jobs, datasets and hardware.")}</p>
+          <p>
+            {trans.__("Open a notebook to see its kernel's models, jobs, datasets and hardware.")}
+          </p>
         </div>
       );
     case 'no-kernel':
@@ -471,8 +474,14 @@ function Blocker(props: IProps): JSX.Element | null {
     case 'not-loaded':
     case 'loading':
       return (
-        <div className="jp-LLMOS-blocker jp-LLMOS-missing" role="region" aria-label={trans.__('llmos not loaded')}>
-          <p>{trans.__('This kernel has not loaded llmos_jupyter, so there is nothing to show.')}</p>
+        <div
+          className="jp-LLMOS-blocker jp-LLMOS-missing"
+          role="region"
+          aria-label={trans.__('llmos not loaded')}
+        >
+          <p>
+            {trans.__('This kernel has not loaded llmos_jupyter, so there is nothing to show.')}
+          </p>
           <button
             className="jp-mod-styled jp-mod-accept jp-LLMOS-button"
             disabled={state.connection === 'loading'}
@@ -483,7 +492,10 @@ function Blocker(props: IProps): JSX.Element | null {
               : trans.__('Load llmos in this kernel')}
           </button>
           <p className="jp-LLMOS-sub">
-            {trans.__('Runs %1 in the kernel. The "LLM OS (Python 3)" kernel loads it at start.', '%load_ext llmos_jupyter')}
+            {trans.__(
+              'Runs %1 in the kernel. The "LLM OS (Python 3)" kernel loads it at start.',
+              '%load_ext llmos_jupyter'
+            )}
           </p>
           {state.detail && (
             <p className="jp-LLMOS-error" role="alert">

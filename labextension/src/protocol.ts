@@ -13,14 +13,7 @@ export type ModelState = 'loading' | 'ready' | 'offloaded' | 'error' | string;
 /** Which engine serves a model's generate/chat calls. */
 export type ModelEngine = 'transformers' | 'llama.cpp' | string;
 export type JobState =
-  | 'queued'
-  | 'running'
-  | 'done'
-  | 'failed'
-  | 'cancelled'
-  | 'interrupted'
-  | 'diverged'
-  | string;
+  'queued' | 'running' | 'done' | 'failed' | 'cancelled' | 'interrupted' | 'diverged' | string;
 
 export interface IModelInfo {
   alias: string;
@@ -342,7 +335,9 @@ export function parseServer(value: unknown): IServerInfo | null {
   return {
     url: str(value.url),
     baseUrl: str(value.base_url) || `${str(value.url)}/v1`,
-    models: list(value.models).map(m => str(m)).filter(Boolean),
+    models: list(value.models)
+      .map(m => str(m))
+      .filter(Boolean),
     requests: count(value.requests),
     failed: count(value.failed),
     inFlight: count(value.in_flight),
@@ -401,10 +396,6 @@ export function parseKernelMessage(data: unknown): KernelMessage | null {
 }
 
 /** Build an action message for the kernel. */
-export function actionMessage(
-  action: ActionName,
-  target: string,
-  id: string
-): IActionMessage {
+export function actionMessage(action: ActionName, target: string, id: string): IActionMessage {
   return { type: 'action', action, target, id };
 }

@@ -117,11 +117,7 @@ export function initialState(): IPanelState {
 
 let noticeCounter = 0;
 
-function addNotice(
-  state: IPanelState,
-  message: string,
-  now: number
-): IPanelState {
+function addNotice(state: IPanelState, message: string, now: number): IPanelState {
   const notice = { id: `n${++noticeCounter}`, message, time: now };
   return {
     ...state,
@@ -129,11 +125,7 @@ function addNotice(
   };
 }
 
-function withHistory(
-  history: IHardwarePoint[],
-  hw: IHardwareInfo,
-  now: number
-): IHardwarePoint[] {
+function withHistory(history: IHardwarePoint[], hw: IHardwareInfo, now: number): IHardwarePoint[] {
   const point = {
     time: now,
     cpu: hw.cpuPercent,
@@ -213,11 +205,7 @@ export function reduce(state: IPanelState, event: PanelEvent): IPanelState {
   }
 }
 
-function applyMessage(
-  state: IPanelState,
-  data: unknown,
-  now: number
-): IPanelState {
+function applyMessage(state: IPanelState, data: unknown, now: number): IPanelState {
   if (state.connection === 'paused') {
     return state; // the view is frozen while paused
   }
@@ -284,14 +272,8 @@ function sameSample(a: IHardwareInfo | null, b: IHardwareInfo): boolean {
 }
 
 /** Is an action on `target` waiting for its answer? */
-export function isPending(
-  state: IPanelState,
-  action: ActionName,
-  target: string
-): boolean {
-  return Object.values(state.pending).some(
-    p => p.action === action && p.target === target
-  );
+export function isPending(state: IPanelState, action: ActionName, target: string): boolean {
+  return Object.values(state.pending).some(p => p.action === action && p.target === target);
 }
 
 /** Jobs that a Cancel button applies to. */

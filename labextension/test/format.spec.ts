@@ -1,6 +1,14 @@
 import {
-  costBytes, formatBytes, formatDeviceBytes, formatDuration, formatEngineDetail, formatNumber, formatPercent,
-  formatServerLoad, formatTokensPerS, share
+  costBytes,
+  formatBytes,
+  formatDeviceBytes,
+  formatDuration,
+  formatEngineDetail,
+  formatNumber,
+  formatPercent,
+  formatServerLoad,
+  formatTokensPerS,
+  share
 } from '../src/format';
 
 describe('format', () => {
@@ -14,7 +22,9 @@ describe('format', () => {
   });
 
   it('lists bytes per device, largest first', () => {
-    expect(formatDeviceBytes({ cpu: 2 ** 20, 'cuda:0': 3 * 2 ** 30, meta: 0 })).toBe('cuda:0 3.00 GiB · cpu 1.00 MiB');
+    expect(formatDeviceBytes({ cpu: 2 ** 20, 'cuda:0': 3 * 2 ** 30, meta: 0 })).toBe(
+      'cuda:0 3.00 GiB · cpu 1.00 MiB'
+    );
     expect(formatDeviceBytes({})).toBe('—');
   });
 
@@ -33,10 +43,15 @@ describe('format', () => {
   it('counts a model at its real bytes where measured, else its tensor bytes', () => {
     expect(costBytes({}, { cpu: 4000 })).toEqual({ cpu: 4000 });
     expect(costBytes({ cpu: 6000 }, { cpu: 4000 })).toEqual({ cpu: 6000 });
-    expect(costBytes({ 'cuda:0': 9000, cpu: 0 }, { cpu: 100, 'cuda:0': 8000 })).toEqual({ cpu: 100, 'cuda:0': 9000 });
+    expect(costBytes({ 'cuda:0': 9000, cpu: 0 }, { cpu: 100, 'cuda:0': 8000 })).toEqual({
+      cpu: 100,
+      'cuda:0': 9000
+    });
     expect(costBytes({ cpu: 512 }, {})).toEqual({ cpu: 512 });
     expect(costBytes({}, {})).toEqual({});
-    expect(formatDeviceBytes(costBytes({ cpu: 612_368_384 }, { cpu: 491_400_032 }))).toBe('cpu 584 MiB');
+    expect(formatDeviceBytes(costBytes({ cpu: 612_368_384 }, { cpu: 491_400_032 }))).toBe(
+      'cpu 584 MiB'
+    );
   });
 
   it('formats decode speeds', () => {
@@ -58,9 +73,11 @@ describe('format', () => {
   });
 
   it('formats a server load, with failures and speed only when there are some', () => {
-    expect(formatServerLoad({ requests: 12, failed: 1, inFlight: 2, queued: 3, tokensPerS: 41.5 }))
-      .toBe('12 served · 1 failed · 2 in flight · 3 queued · 41.5 tok/s');
-    expect(formatServerLoad({ requests: 0, failed: 0, inFlight: 0, queued: 0, tokensPerS: 0 }))
-      .toBe('0 served · 0 in flight · 0 queued');
+    expect(
+      formatServerLoad({ requests: 12, failed: 1, inFlight: 2, queued: 3, tokensPerS: 41.5 })
+    ).toBe('12 served · 1 failed · 2 in flight · 3 queued · 41.5 tok/s');
+    expect(
+      formatServerLoad({ requests: 0, failed: 0, inFlight: 0, queued: 0, tokensPerS: 0 })
+    ).toBe('0 served · 0 in flight · 0 queued');
   });
 });

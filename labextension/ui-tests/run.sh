@@ -50,10 +50,10 @@ if ! "$PYTHON" -m jupyter_client.kernelspecapp list 2>/dev/null | grep -E "^\s+l
   exit 1
 fi
 
-# 4. JupyterLab on loopback, no token; kernels can import the test helpers (tests/comm/comm_tiny.py:
-#    the tiny random models the Python comm tests use too).
+# 4. JupyterLab on loopback, no token; kernels can import the test helpers (tests/tiny_kit.py:
+#    the tiny random models the Python tests use too).
 SERVER_LOG="$ARTIFACTS/ui-jupyter-server.log"
-export PYTHONPATH="$ROOT/tests/comm${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="$ROOT/tests${PYTHONPATH:+:$PYTHONPATH}"
 export JUPYTERLAB_GALATA_ROOT_DIR="$(mktemp -d /tmp/llmos-ui-root.XXXXXX)"
 export LLMOS_HOME="${LLMOS_HOME:-$JUPYTERLAB_GALATA_ROOT_DIR/.llmos_home}"
 export LLMOS_UI_PORT="$PORT"

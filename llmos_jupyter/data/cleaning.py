@@ -22,6 +22,7 @@ after ``strip_html`` is then removed by ``drop_empty``):
 Rules apply to every split except a held-out ``test`` split of a dataset that was split
 (``label_map`` excepted: ids must mean the same in every split, so it relabels ``test`` too).
 """
+
 from __future__ import annotations
 
 import html
@@ -32,11 +33,58 @@ from typing import Any
 from ..errors import UsageError, opt, unknown
 
 # Elements whose tags are removed by strip_html (HTML 4/5 names that appear in scraped text).
-HTML_BLOCK = ("br", "p", "div", "hr", "li", "ul", "ol", "tr", "table", "tbody", "thead", "td",
-              "th", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote", "pre", "dd", "dt", "dl")
-HTML_INLINE = ("a", "abbr", "b", "big", "center", "cite", "code", "del", "em", "font", "i", "img",
-               "ins", "kbd", "q", "s", "small", "span", "strike", "strong", "sub", "sup", "tt",
-               "u")
+HTML_BLOCK = (
+    "br",
+    "p",
+    "div",
+    "hr",
+    "li",
+    "ul",
+    "ol",
+    "tr",
+    "table",
+    "tbody",
+    "thead",
+    "td",
+    "th",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "blockquote",
+    "pre",
+    "dd",
+    "dt",
+    "dl",
+)
+HTML_INLINE = (
+    "a",
+    "abbr",
+    "b",
+    "big",
+    "center",
+    "cite",
+    "code",
+    "del",
+    "em",
+    "font",
+    "i",
+    "img",
+    "ins",
+    "kbd",
+    "q",
+    "s",
+    "small",
+    "span",
+    "strike",
+    "strong",
+    "sub",
+    "sup",
+    "tt",
+    "u",
+)
 _NAMES = "|".join(sorted(HTML_BLOCK + HTML_INLINE, key=len, reverse=True))
 TAG_RE = re.compile(rf"<(/?)({_NAMES})\b([^<>]*?)(/?)>", re.IGNORECASE)
 COMMENT_RE = re.compile(r"<!--.*?-->", re.DOTALL)
@@ -94,8 +142,10 @@ def parse_label_map(spec: Any) -> dict:
             if not part.strip():
                 continue
             if "=" not in part:
-                raise UsageError(f"label map item '{part.strip()}' has no '='; write OLD=NEW pairs "
-                                 f"separated by commas, e.g. neg=0,pos=1")
+                raise UsageError(
+                    f"label map item '{part.strip()}' has no '='; write OLD=NEW pairs "
+                    f"separated by commas, e.g. neg=0,pos=1"
+                )
             old, new = part.split("=", 1)
             items[old.strip()] = new.strip()
         spec = items
@@ -136,8 +186,10 @@ def plan_label_map(names: list[str], mapping: dict) -> tuple[list[int], list[str
     values = list(by_old.values())
     if all(isinstance(v, int) for v in values):
         if len(by_old) != len(names) or sorted(values) != list(range(len(names))):
-            raise UsageError(f"label_map with ids must give each of {names} a different id "
-                             f"0..{len(names) - 1}, e.g. {','.join(f'{n}={i}' for i, n in enumerate(names))}")
+            raise UsageError(
+                f"label_map with ids must give each of {names} a different id "
+                f"0..{len(names) - 1}, e.g. {','.join(f'{n}={i}' for i, n in enumerate(names))}"
+            )
         new_names = [""] * len(names)
         for old, new in by_old.items():
             new_names[new] = names[old]
@@ -148,11 +200,11 @@ def plan_label_map(names: list[str], mapping: dict) -> tuple[list[int], list[str
             raise UsageError("label_map gives an empty name; write OLD=NEW with a NEW name")
         new_names = sorted(set(targets))
         if len(new_names) < 2:
-            raise UsageError(f"label_map merges every label into '{new_names[0]}'; a classifier "
-                             f"needs two or more classes")
+            raise UsageError(
+                f"label_map merges every label into '{new_names[0]}'; a classifier needs two or more classes"
+            )
         return [new_names.index(t) for t in targets], new_names
-    raise UsageError("label_map values must be all ids (neg=0,pos=1) or all names "
-                     "(negative=neg); not a mix")
+    raise UsageError("label_map values must be all ids (neg=0,pos=1) or all names (negative=neg); not a mix")
 
 
 @dataclass
@@ -182,7 +234,7 @@ def diff_window(before: str, after: str, context: int = 20, width: int = 60) -> 
     start = max(0, p - context)
 
     def cut(t: str) -> str:
-        piece = t[start:start + width]
+        piece = t[start : start + width]
         return ("…" if start else "") + piece + ("…" if start + width < len(t) else "")
 
     return cut(before), cut(after)
@@ -236,10 +288,12 @@ class CleanReport:
         return f"{where} {ex['reason']}: {_short(ex['text'])}"
 
     def __str__(self) -> str:
-        rows = ", ".join(f"{s} {self.rows_before[s]:,} -> {self.rows_after.get(s, 0):,}"
-                         for s in self.rows_before)
-        lines = [f"clean {self.name}: v{self.parent_version} -> v{self.version} "
-                 f"(fingerprint {self.fingerprint}, parent {self.parent})", f"rows: {rows}"]
+        rows = ", ".join(f"{s} {self.rows_before[s]:,} -> {self.rows_after.get(s, 0):,}" for s in self.rows_before)
+        lines = [
+            f"clean {self.name}: v{self.parent_version} -> v{self.version} "
+            f"(fingerprint {self.fingerprint}, parent {self.parent})",
+            f"rows: {rows}",
+        ]
         for r in self.rules:
             lines.append(f"  {r.rule:<22} removed {r.removed:>6,}  changed {r.changed:>6,}")
             for k, v in r.detail.items():
@@ -256,23 +310,72 @@ class CleanReport:
             f"<td style='text-align:right'>{r.changed:,}</td><td>"
             + "".join(f"<div>{esc(k)}: {esc(str(v))}</div>" for k, v in r.detail.items())
             + "".join(f"<div style='font-size:90%'>{esc(self._example_line(e))}</div>" for e in r.examples)
-            + "</td></tr>" for r in self.rules)
-        splits = ", ".join(f"{esc(s)} {self.rows_before[s]:,} → {self.rows_after.get(s, 0):,}"
-                           for s in self.rows_before)
+            + "</td></tr>"
+            for r in self.rules
+        )
+        splits = ", ".join(
+            f"{esc(s)} {self.rows_before[s]:,} → {self.rows_after.get(s, 0):,}" for s in self.rows_before
+        )
         warn = "".join(f"<div style='color:#b45309'>⚠ {esc(w)}</div>" for w in self.warnings)
-        return (f"<div><b>clean {esc(self.name)}</b>: v{self.parent_version} → v{self.version} "
-                f"<code>{esc(self.fingerprint)}</code> (parent <code>{esc(self.parent)}</code>)"
-                f"<div>rows: {splits}</div>{warn}"
-                f"<table><tr><th>rule</th><th>removed</th><th>changed</th><th>what</th></tr>"
-                f"{rows}</table></div>")
+        return (
+            f"<div><b>clean {esc(self.name)}</b>: v{self.parent_version} → v{self.version} "
+            f"<code>{esc(self.fingerprint)}</code> (parent <code>{esc(self.parent)}</code>)"
+            f"<div>rows: {splits}</div>{warn}"
+            f"<table><tr><th>rule</th><th>removed</th><th>changed</th><th>what</th></tr>"
+            f"{rows}</table></div>"
+        )
 
     def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
         return {"text/plain": str(self), "text/html": self._repr_html_()}
 
 
-def clean_split(texts: list, labels: list | None, *, split: str, rules: list[RuleResult],
-                strip: bool, normalize: bool, drop_empty: bool, min_chars: int | None,
-                max_chars: int | None, dedupe: bool) -> tuple[list[int], list]:
+def apply_label_map(
+    labels: list, names: list[str], plan: tuple[list[int], list[str]], *, split: str, rule: RuleResult
+) -> list[int]:
+    """Relabel one split with a plan from :func:`plan_label_map`; missing labels stay ``-1``.
+
+    Args:
+        labels: label ids of the split (``-1`` or ``None`` = missing); ``names`` their names.
+        rule: the ``label_map`` result to count changed rows in (with examples) and to describe
+            the whole map in.
+
+    Returns:
+        the new label ids.
+    """
+    new_id, new_names = plan
+    mapped = [new_id[x] if x is not None and x >= 0 else -1 for x in labels]
+    changed = [
+        i
+        for i, (a, b) in enumerate(zip(labels, mapped))
+        if a is not None and a >= 0 and (a != b or names[a] != new_names[b])
+    ]
+    rule.changed += len(changed)
+    for i in changed[: MAX_EXAMPLES - len(rule.examples)]:
+        rule.examples.append(
+            {
+                "split": split,
+                "row": i,
+                "before": f"{names[labels[i]]} ({labels[i]})",
+                "after": f"{new_names[mapped[i]]} ({mapped[i]})",
+            }
+        )
+    rule.detail = {"map": ", ".join(f"{a}->{new_names[new_id[i]]}({new_id[i]})" for i, a in enumerate(names))}
+    return mapped
+
+
+def clean_split(
+    texts: list,
+    labels: list | None,
+    *,
+    split: str,
+    rules: list[RuleResult],
+    strip: bool,
+    normalize: bool,
+    drop_empty: bool,
+    min_chars: int | None,
+    max_chars: int | None,
+    dedupe: bool,
+) -> tuple[list[int], list]:
     """Apply the text rules to one split's columns.
 
     Args:
@@ -283,11 +386,45 @@ def clean_split(texts: list, labels: list | None, *, split: str, rules: list[Rul
     Returns:
         ``(kept row indices into the input, new texts for those rows)``.
     """
-    by = {r.rule: r for r in rules}
-    texts = list(texts)
+    c = _SplitCleaner(texts, labels, split, rules)
+    if strip:
+        c.count_tags()
+        c.change("strip_html", strip_html)
+    if normalize:
+        c.change("normalize_whitespace", normalize_whitespace)
+    if drop_empty:
+        c.remove("drop_empty", c.empty_reason)
+    if min_chars is not None:
+        c.remove(
+            "min_chars",
+            lambda i: (
+                f"shorter than {min_chars} chars" if c.texts[i] is not None and len(c.texts[i]) < min_chars else None
+            ),
+        )
+    if max_chars is not None:
+        c.remove(
+            "max_chars",
+            lambda i: (
+                f"longer than {max_chars} chars" if c.texts[i] is not None and len(c.texts[i]) > max_chars else None
+            ),
+        )
+    if dedupe:
+        c.dedupe()
+    return c.keep, [c.texts[i] for i in c.keep]
 
-    def change(rule: str, fn):
-        r = by[rule]
+
+class _SplitCleaner:
+    """One split's texts while :func:`clean_split` runs: ``texts`` (changed in place), ``keep``
+    (the row indices still kept), and the :class:`RuleResult` of each rule (``by``)."""
+
+    def __init__(self, texts: list, labels: list | None, split: str, rules: list[RuleResult]):
+        self.texts, self.labels, self.split = list(texts), labels, split
+        self.by = {r.rule: r for r in rules}
+        self.keep = list(range(len(self.texts)))
+
+    def change(self, rule: str, fn) -> None:
+        """Rewrite every text with ``fn``, counting (and keeping examples of) the ones it changed."""
+        r, texts = self.by[rule], self.texts
         for i, t in enumerate(texts):
             if t is None:
                 continue
@@ -295,57 +432,50 @@ def clean_split(texts: list, labels: list | None, *, split: str, rules: list[Rul
             if new != t:
                 r.changed += 1
                 if len(r.examples) < MAX_EXAMPLES:
-                    r.examples.append({"split": split, "row": i, "before": t, "after": new})
+                    r.examples.append({"split": self.split, "row": i, "before": t, "after": new})
                 texts[i] = new
 
-    if strip:
+    def count_tags(self) -> None:
+        """Add ``rows with <tag>`` counts to the strip_html rule's detail (most frequent first)."""
         tags: dict[str, int] = {}
-        for t in texts:
+        for t in self.texts:
             if t is not None and "<" in t:
                 for k in {tag_key(m) for m in TAG_RE.finditer(t)}:
                     tags[k] = tags.get(k, 0) + 1
+        detail = self.by["strip_html"].detail
         for k, v in sorted(tags.items(), key=lambda kv: -kv[1]):
-            by["strip_html"].detail[f"rows with {k}"] = by["strip_html"].detail.get(f"rows with {k}", 0) + v
-        change("strip_html", strip_html)
-    if normalize:
-        change("normalize_whitespace", normalize_whitespace)
+            detail[f"rows with {k}"] = detail.get(f"rows with {k}", 0) + v
 
-    keep = list(range(len(texts)))
-
-    def remove(rule: str, reason_of, tally: bool = True):
-        nonlocal keep
-        r = by[rule]
+    def remove(self, rule: str, reason_of, tally: bool = True) -> None:
+        """Drop the kept rows for which ``reason_of(i)`` gives a reason (tallied by reason)."""
+        r = self.by[rule]
         kept = []
-        for i in keep:
+        for i in self.keep:
             reason = reason_of(i)
             if reason:
                 r.removed += 1
                 if tally:
                     r.detail[reason] = r.detail.get(reason, 0) + 1
                 if len(r.examples) < MAX_EXAMPLES:
-                    r.examples.append({"split": split, "row": i, "reason": reason, "text": texts[i]})
+                    r.examples.append({"split": self.split, "row": i, "reason": reason, "text": self.texts[i]})
             else:
                 kept.append(i)
-        keep = kept
+        self.keep = kept
 
-    if drop_empty:
-        def empty(i):
-            t = texts[i]
-            if t is None:
-                return "missing text"
-            if not t.strip():
-                return "blank text"
-            if labels is not None and labels[i] is not None and labels[i] < 0:
-                return "missing label"
-            return None
-        remove("drop_empty", empty)
-    if min_chars is not None:
-        remove("min_chars", lambda i: f"shorter than {min_chars} chars"
-               if texts[i] is not None and len(texts[i]) < min_chars else None)
-    if max_chars is not None:
-        remove("max_chars", lambda i: f"longer than {max_chars} chars"
-               if texts[i] is not None and len(texts[i]) > max_chars else None)
-    if dedupe:
+    def empty_reason(self, i: int) -> str | None:
+        t, labels = self.texts[i], self.labels
+        if t is None:
+            return "missing text"
+        if not t.strip():
+            return "blank text"
+        if labels is not None and labels[i] is not None and labels[i] < 0:
+            return "missing label"
+        return None
+
+    def dedupe(self) -> None:
+        """Drop exact copies of an earlier kept text (the first is kept); count the texts with
+        copies and, when labelled, those whose copies disagree on the label."""
+        texts, labels, keep, detail = self.texts, self.labels, self.keep, self.by["dedupe"].detail
         first: dict[str, int] = {}
         for i in keep:
             if texts[i] is not None:
@@ -357,21 +487,26 @@ def clean_split(texts: list, labels: list | None, *, split: str, rules: list[Rul
                 if t is not None:
                     groups.setdefault(t, set()).add(labels[i])
         conflicting = sum(1 for t, ls in groups.items() if len(ls) > 1)
-        by["dedupe"].detail["texts with copies"] = by["dedupe"].detail.get("texts with copies", 0) + len(
-            {texts[i] for i in keep if texts[i] is not None and first[texts[i]] != i})
+        detail["texts with copies"] = detail.get("texts with copies", 0) + len(
+            {texts[i] for i in keep if texts[i] is not None and first[texts[i]] != i}
+        )
         if labels is not None:
-            by["dedupe"].detail["with conflicting labels (first kept)"] = (
-                by["dedupe"].detail.get("with conflicting labels (first kept)", 0) + conflicting)
-        remove("dedupe", lambda i: f"copy of row {first[texts[i]]}"
-               if texts[i] is not None and first[texts[i]] != i else None, tally=False)
-    return keep, [texts[i] for i in keep]
+            detail["with conflicting labels (first kept)"] = (
+                detail.get("with conflicting labels (first kept)", 0) + conflicting
+            )
+        self.remove(
+            "dedupe",
+            lambda i: f"copy of row {first[texts[i]]}" if texts[i] is not None and first[texts[i]] != i else None,
+            tally=False,
+        )
 
 
 def check_clean_args(min_chars, max_chars) -> None:
     """Raise :class:`UsageError` for negative or crossed ``min_chars``/``max_chars``."""
     for n, v in (("min_chars", min_chars), ("max_chars", max_chars)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
-            raise UsageError(f"{opt(n, v)} is not allowed: a number of characters is a whole number >= 0; "
-                             f"e.g. {opt(n, 20)}")
+            raise UsageError(
+                f"{opt(n, v)} is not allowed: a number of characters is a whole number >= 0; e.g. {opt(n, 20)}"
+            )
     if min_chars is not None and max_chars is not None and min_chars > max_chars:
         raise UsageError(f"{opt('min_chars', min_chars)} is above {opt('max_chars', max_chars)}; swap them")

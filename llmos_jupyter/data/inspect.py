@@ -6,6 +6,7 @@ text/html (``_repr_mimebundle_``: works in saved notebooks, nbconvert and termin
 interactive widget (:meth:`DataReport.widget`). Plots are drawn with matplotlib's object API
 (``matplotlib.figure.Figure``, no pyplot state) into PNGs.
 """
+
 from __future__ import annotations
 
 import base64
@@ -50,13 +51,25 @@ class LengthStats:
             return cls(unit, 0, 0, 0.0, 0.0, 0.0, 0, [], [])
         counts, edges = np.histogram(lengths, bins=HIST_BINS)
         trunc = float((lengths > max_length).mean()) if max_length else None
-        return cls(unit, int(lengths.size), int(lengths.min()), float(np.median(lengths)),
-                   float(lengths.mean()), float(np.percentile(lengths, 95)), int(lengths.max()),
-                   counts.tolist(), edges.tolist(), max_length, trunc)
+        return cls(
+            unit,
+            int(lengths.size),
+            int(lengths.min()),
+            float(np.median(lengths)),
+            float(lengths.mean()),
+            float(np.percentile(lengths, 95)),
+            int(lengths.max()),
+            counts.tolist(),
+            edges.tolist(),
+            max_length,
+            trunc,
+        )
 
     def line(self) -> str:
-        s = (f"{self.unit}: min {self.min:,}, median {self.median:,.0f}, mean {self.mean:,.1f}, "
-             f"p95 {self.p95:,.0f}, max {self.max:,}")
+        s = (
+            f"{self.unit}: min {self.min:,}, median {self.median:,.0f}, mean {self.mean:,.1f}, "
+            f"p95 {self.p95:,.0f}, max {self.max:,}"
+        )
         if self.truncated is not None:
             s += f"; {self.truncated:.1%} longer than max_length={self.max_length}"
         return s
@@ -105,13 +118,17 @@ class DataReport:
     # ------------------------------------------------------------------ text
     def __str__(self) -> str:
         rows = ", ".join(f"{s} {n:,}" for s, n in self.rows.items())
-        lines = [f"{self.name} v{self.version} ({self.fingerprint}): {sum(self.rows.values()):,} rows ({rows})",
-                 "columns: " + ", ".join(f"{c} [{f}{', ' + r if r else ''}]" for c, f, r in self.schema)]
+        lines = [
+            f"{self.name} v{self.version} ({self.fingerprint}): {sum(self.rows.values()):,} rows ({rows})",
+            "columns: " + ", ".join(f"{c} [{f}{', ' + r if r else ''}]" for c, f, r in self.schema),
+        ]
         for s, counts in self.label_counts.items():
             lines.append(f"labels {s}: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
-        lines.append(f"text '{self.text_column}': {self.missing:,} missing, {self.blank:,} blank, "
-                     f"{self.duplicates:,} duplicate rows ({self.duplicate_texts:,} texts), "
-                     f"{self.conflicting:,} texts with conflicting labels ({self.conflicting_rows:,} rows)")
+        lines.append(
+            f"text '{self.text_column}': {self.missing:,} missing, {self.blank:,} blank, "
+            f"{self.duplicates:,} duplicate rows ({self.duplicate_texts:,} texts), "
+            f"{self.conflicting:,} texts with conflicting labels ({self.conflicting_rows:,} rows)"
+        )
         for s, n in self.overlap.items():
             lines.append(f"{s}: {n:,} rows whose text is also in train")
         if self.markup:
@@ -127,30 +144,51 @@ class DataReport:
     # ------------------------------------------------------------------ html
     def _quality_html(self) -> str:
         esc = html.escape
-        items = [("rows", f"{sum(self.rows.values()):,} (" + ", ".join(f"{esc(s)} {n:,}" for s, n in self.rows.items()) + ")"),
-                 ("missing text", f"{self.missing:,}"), ("blank text", f"{self.blank:,}"),
-                 ("duplicate rows", f"{self.duplicates:,} ({self.duplicate_texts:,} texts)"),
-                 ("conflicting labels", f"{self.conflicting:,} texts ({self.conflicting_rows:,} rows)")]
+        items = [
+            (
+                "rows",
+                f"{sum(self.rows.values()):,} (" + ", ".join(f"{esc(s)} {n:,}" for s, n in self.rows.items()) + ")",
+            ),
+            ("missing text", f"{self.missing:,}"),
+            ("blank text", f"{self.blank:,}"),
+            ("duplicate rows", f"{self.duplicates:,} ({self.duplicate_texts:,} texts)"),
+            ("conflicting labels", f"{self.conflicting:,} texts ({self.conflicting_rows:,} rows)"),
+        ]
         items += [(f"{esc(s)} rows also in train", f"{n:,}") for s, n in self.overlap.items()]
-        items.append(("markup", ", ".join(f"<code>{esc(k)}</code> in {v:,} rows" for k, v in self.markup.items()) or "none"))
+        items.append(
+            ("markup", ", ".join(f"<code>{esc(k)}</code> in {v:,} rows" for k, v in self.markup.items()) or "none")
+        )
         items.append(("length", esc(self.chars.line())))
         if self.tokens:
             items.append(("tokens", esc(self.tokens.line())))
-        rows = "".join(f"<tr><th style='text-align:left'>{k}</th><td style='text-align:left'>{v}</td></tr>" for k, v in items)
-        schema = "".join(f"<tr><td><code>{esc(c)}</code></td><td>{esc(f)}</td><td>{esc(r)}</td></tr>"
-                         for c, f, r in self.schema)
-        return (f"<table>{rows}</table><details><summary>schema</summary><table><tr><th>column</th>"
-                f"<th>feature</th><th>role</th></tr>{schema}</table></details>")
+        rows = "".join(
+            f"<tr><th style='text-align:left'>{k}</th><td style='text-align:left'>{v}</td></tr>" for k, v in items
+        )
+        schema = "".join(
+            f"<tr><td><code>{esc(c)}</code></td><td>{esc(f)}</td><td>{esc(r)}</td></tr>" for c, f, r in self.schema
+        )
+        return (
+            f"<table>{rows}</table><details><summary>schema</summary><table><tr><th>column</th>"
+            f"<th>feature</th><th>role</th></tr>{schema}</table></details>"
+        )
 
     def _repr_html_(self) -> str:
         esc = html.escape
-        head = (f"<div><b>{esc(self.name)}</b> v{self.version} <code>{esc(self.fingerprint)}</code> "
-                f"— text <code>{esc(self.text_column)}</code>"
-                + (f", label <code>{esc(self.label_column)}</code>" if self.label_column else "") + "</div>")
-        imgs = "".join(f"<img src='data:image/png;base64,{base64.b64encode(png).decode()}'/>"
-                       for png in (self.label_png(), self.length_png()) if png)
-        return (f"<div class='llmos-data-report'>{head}{self._quality_html()}<div>{imgs}</div>"
-                f"{rows_table_html(self.examples, self.label_column is not None)}</div>")
+        head = (
+            f"<div><b>{esc(self.name)}</b> v{self.version} <code>{esc(self.fingerprint)}</code> "
+            f"— text <code>{esc(self.text_column)}</code>"
+            + (f", label <code>{esc(self.label_column)}</code>" if self.label_column else "")
+            + "</div>"
+        )
+        imgs = "".join(
+            f"<img src='data:image/png;base64,{base64.b64encode(png).decode()}'/>"
+            for png in (self.label_png(), self.length_png())
+            if png
+        )
+        return (
+            f"<div class='llmos-data-report'>{head}{self._quality_html()}<div>{imgs}</div>"
+            f"{rows_table_html(self.examples, self.label_column is not None)}</div>"
+        )
 
     def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
         return {"text/plain": str(self), "text/html": self._repr_html_()}
@@ -210,12 +248,17 @@ class DataReport:
         except ImportError:
             from ..errors import LLMOSError
 
-            raise LLMOSError("ipywidgets is not installed; display the report itself for the "
-                             "static HTML view, or `pip install ipywidgets`") from None
+            raise LLMOSError(
+                "ipywidgets is not installed; display the report itself for the "
+                "static HTML view, or `pip install ipywidgets`"
+            ) from None
         version = self._version_obj
         splits = list(self.rows)
         split = w.Dropdown(options=splits, value=splits[0], description="split", layout=w.Layout(width="220px"))
-        prev, nxt = w.Button(description="◀", layout=w.Layout(width="40px")), w.Button(description="▶", layout=w.Layout(width="40px"))
+        prev, nxt = (
+            w.Button(description="◀", layout=w.Layout(width="40px")),
+            w.Button(description="▶", layout=w.Layout(width="40px")),
+        )
         page = w.BoundedIntText(value=1, min=1, max=1, description="page", layout=w.Layout(width="150px"))
         total = w.Label()
         table = w.HTML()
@@ -259,6 +302,7 @@ def _inspector_class(w):
     so a saved notebook or a renderer without widget state still shows the inspector's content."""
     global _INSPECTOR
     if _INSPECTOR is None:
+
         class DataInspector(w.VBox):
             def __init__(self, children, report):
                 super().__init__(children)
@@ -295,14 +339,17 @@ def rows_table_html(rows: list[dict], labelled: bool) -> str:
     head = "<tr><th>row</th><th style='text-align:left'>text</th>" + ("<th>label</th>" if labelled else "") + "</tr>"
     body = "".join(
         f"<tr><td>{r['row']}</td><td style='text-align:left;white-space:normal'>{_cell(r['text'])}</td>"
-        + (f"<td>{html.escape(str(r.get('label')))}</td>" if labelled else "") + "</tr>" for r in rows)
+        + (f"<td>{html.escape(str(r.get('label')))}</td>" if labelled else "")
+        + "</tr>"
+        for r in rows
+    )
     return f"<table class='llmos-rows'>{head}{body}</table>"
 
 
 def page_rows(version, split: str, start: int, n: int) -> list[dict]:
     """Rows ``start..start+n`` of ``split`` as ``{"row", "text", "label"}`` (label as its name)."""
     ds = version.splits[split]
-    batch = ds[start:start + n]
+    batch = ds[start : start + n]
     out = []
     names = version.label_names
     for j, text in enumerate(batch[version.text_column]):
@@ -325,75 +372,116 @@ def inspect_version(version, *, tokenizer=None, max_length: int | None = None) -
         max_length: tokens; with a tokenizer, the share of rows longer than this is reported
             (default: the tokenizer's ``model_max_length`` when it is below 100,000).
     """
-    from ..models.embedding import as_text
-
-    tc, lc, names = version.text_column, version.label_column, version.label_names
+    tc, lc = version.text_column, version.label_column
     rows = {s: len(ds) for s, ds in version.splits.items()}
-    roles = {tc: "text", lc: "label", getattr(version, "prompt_column", None): "prompt",
-             getattr(version, "response_column", None): "response"}
+    roles = {
+        tc: "text",
+        lc: "label",
+        getattr(version, "prompt_column", None): "prompt",
+        getattr(version, "response_column", None): "response",
+    }
     first = next(iter(version.splits.values()))
     schema = [(c, _feature_str(f), roles.get(c, "")) for c, f in first.features.items()]
 
     texts_by_split = {s: column(ds, tc) for s, ds in version.splits.items()}
     labels_by_split = {s: column(ds, lc) for s, ds in version.splits.items()} if lc else {}
-    label_counts = {}
-    if lc:
-        for s, labels in labels_by_split.items():
-            counts: dict[str, int] = {}
-            if names:
-                for n in names:
-                    counts[n] = 0
-                arr = np.asarray(labels, dtype=np.int64)
-                for i, n in enumerate(names):
-                    counts[n] = int((arr == i).sum())
-                if (arr < 0).any():
-                    counts["(missing)"] = int((arr < 0).sum())
-            else:  # regression target: no class counts
-                continue
-            label_counts[s] = counts
-
+    label_counts = _label_counts(labels_by_split, version.label_names) if lc else {}
     all_texts = [t for s in version.splits for t in texts_by_split[s]]
     all_labels = [v for s in version.splits for v in labels_by_split.get(s, [])] if lc else None
     missing = sum(t is None for t in all_texts)
     blank = sum(1 for t in all_texts if t is not None and not t.strip())
-    seen: dict[str, int] = {}
-    label_sets: dict[str, set] = {}
-    for i, t in enumerate(all_texts):
-        if t is None:
-            continue
-        seen[t] = seen.get(t, 0) + 1
-        if all_labels is not None:
-            label_sets.setdefault(t, set()).add(all_labels[i])
-    present = len(all_texts) - missing
-    duplicates = present - len(seen)
-    duplicate_texts = sum(1 for c in seen.values() if c > 1)
-    conflicted = [t for t, ls in label_sets.items() if len(ls) > 1]
-    conflicting_rows = sum(seen[t] for t in conflicted)
+    duplicates, duplicate_texts, conflicting, conflicting_rows = _duplicates(all_texts, all_labels)
     overlap = {}
     if "train" in texts_by_split and len(texts_by_split) > 1:
         train = {t for t in texts_by_split["train"] if t is not None}
         for s, ts in texts_by_split.items():
             if s != "train":
                 overlap[s] = sum(1 for t in ts if t is not None and t in train)
+    chars = LengthStats.of(np.array([len(t) for t in all_texts if t is not None], dtype=np.int64), "chars")
+    tokens = _token_lengths(tokenizer, all_texts, max_length) if tokenizer is not None else None
+    examples = page_rows(version, next(iter(version.splits)), 0, EXAMPLES)
+    return DataReport(
+        version.name,
+        version.version,
+        version.fingerprint,
+        tc,
+        lc,
+        rows,
+        schema,
+        label_counts,
+        missing,
+        blank,
+        duplicates,
+        duplicate_texts,
+        conflicting,
+        conflicting_rows,
+        overlap,
+        _markup_counts(all_texts),
+        chars,
+        tokens,
+        examples,
+        version,
+    )
+
+
+def _label_counts(labels_by_split: dict[str, list], names: list[str] | None) -> dict[str, dict[str, int]]:
+    """Rows per class name in each split (``(missing)`` for ids below 0); empty for a regression
+    target (no class names)."""
+    if not names:
+        return {}
+    out = {}
+    for s, labels in labels_by_split.items():
+        arr = np.asarray(labels, dtype=np.int64)
+        counts = {n: int((arr == i).sum()) for i, n in enumerate(names)}
+        if (arr < 0).any():
+            counts["(missing)"] = int((arr < 0).sum())
+        out[s] = counts
+    return out
+
+
+def _duplicates(texts: list, labels: list | None) -> tuple[int, int, int, int]:
+    """``(duplicate rows, texts with copies, texts whose copies disagree on the label, rows of
+    those texts)`` over every split; missing texts are not counted."""
+    seen: dict[str, int] = {}
+    label_sets: dict[str, set] = {}
+    for i, t in enumerate(texts):
+        if t is None:
+            continue
+        seen[t] = seen.get(t, 0) + 1
+        if labels is not None:
+            label_sets.setdefault(t, set()).add(labels[i])
+    present = sum(t is not None for t in texts)
+    conflicted = [t for t, ls in label_sets.items() if len(ls) > 1]
+    return (
+        present - len(seen),
+        sum(1 for c in seen.values() if c > 1),
+        len(conflicted),
+        sum(seen[t] for t in conflicted),
+    )
+
+
+def _markup_counts(texts: list) -> dict[str, int]:
+    """Rows holding each kind of HTML markup (:func:`.cleaning.find_markup`), most frequent first."""
     markup: dict[str, int] = {}
-    for t in all_texts:
+    for t in texts:
         if t is not None and ("<" in t or "&" in t):
             for k in find_markup(t):
                 markup[k] = markup.get(k, 0) + 1
-    markup = dict(sorted(markup.items(), key=lambda kv: (-kv[1], kv[0])))
-    chars = LengthStats.of(np.array([len(t) for t in all_texts if t is not None], dtype=np.int64), "chars")
-    tokens = None
-    if tokenizer is not None:
-        if max_length is None:
-            mml = getattr(tokenizer, "model_max_length", None)
-            max_length = int(mml) if mml and mml < 100_000 else None
-        enc = tokenizer([as_text(t) for t in all_texts], add_special_tokens=True, truncation=False,
-                        padding=False, verbose=False)
-        tokens = LengthStats.of(np.array([len(x) for x in enc["input_ids"]], dtype=np.int64), "tokens", max_length)
-    examples = page_rows(version, next(iter(version.splits)), 0, EXAMPLES)
-    return DataReport(version.name, version.version, version.fingerprint, tc, lc, rows, schema,
-                      label_counts, missing, blank, duplicates, duplicate_texts, len(conflicted),
-                      conflicting_rows, overlap, markup, chars, tokens, examples, version)
+    return dict(sorted(markup.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def _token_lengths(tokenizer, texts: list, max_length: int | None) -> LengthStats:
+    """Token lengths of every text (special tokens in, no truncation; a missing text counts as
+    ``""``); ``max_length`` defaults to the tokenizer's ``model_max_length`` below 100,000."""
+    from ..models.embedding import as_text
+
+    if max_length is None:
+        mml = getattr(tokenizer, "model_max_length", None)
+        max_length = int(mml) if mml and mml < 100_000 else None
+    enc = tokenizer(
+        [as_text(t) for t in texts], add_special_tokens=True, truncation=False, padding=False, verbose=False
+    )
+    return LengthStats.of(np.array([len(x) for x in enc["input_ids"]], dtype=np.int64), "tokens", max_length)
 
 
 def _feature_str(f) -> str:

@@ -7,6 +7,7 @@ renamed, so a crash never leaves a half file that looks complete). A split that 
 untouched keeps its fingerprint, so its vectors are reused by the next version too. Scores are
 cosine similarities (dot products of unit vectors), in ``[-1, 1]``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -120,19 +121,32 @@ class SearchResult:
             f"<tr><td>{r['rank']}</td><td>{r['score']:.3f}</td><td>{esc(r['split'])}[{r['row']}]</td>"
             + (f"<td>{esc(str(r.get('label', '')))}</td>" if labelled else "")
             + f"<td style='text-align:left;white-space:normal'>{esc(str(r['text']))[:400]}</td></tr>"
-            for r in self.rows)
+            for r in self.rows
+        )
         how = "cached vectors" if self.cached else f"embedded {self.embedded_rows:,} rows"
-        return (f"<div><b>{esc(self.name)}</b> v{self.version} — “{esc(self.query)}” "
-                f"<small>({esc(self.model_key)}, {how})</small><table><tr><th>#</th><th>score</th>"
-                f"<th>row</th>{'<th>label</th>' if labelled else ''}<th>text</th></tr>{body}</table></div>")
+        return (
+            f"<div><b>{esc(self.name)}</b> v{self.version} — “{esc(self.query)}” "
+            f"<small>({esc(self.model_key)}, {how})</small><table><tr><th>#</th><th>score</th>"
+            f"<th>row</th>{'<th>label</th>' if labelled else ''}<th>text</th></tr>{body}</table></div>"
+        )
 
     def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
         return {"text/plain": str(self), "text/html": self._repr_html_()}
 
 
-def search_version(version, query: str, *, k: int, model, tokenizer, model_key: str,
-                   cache: EmbeddingCache, splits: list[str] | None = None, batch_size: int = 64,
-                   max_length: int = 256) -> SearchResult:
+def search_version(
+    version,
+    query: str,
+    *,
+    k: int,
+    model,
+    tokenizer,
+    model_key: str,
+    cache: EmbeddingCache,
+    splits: list[str] | None = None,
+    batch_size: int = 64,
+    max_length: int = 256,
+) -> SearchResult:
     """Search ``version``'s text column; see :meth:`DataStore.search` for the arguments."""
     from ..models.embedding import embed
     from .sources import column
@@ -147,10 +161,21 @@ def search_version(version, query: str, *, k: int, model, tokenizer, model_key: 
         if mat is None:
             mat = embed(model, tokenizer, column(ds, tc), batch_size=batch_size, max_length=max_length)
             cache.embedded_rows += len(ds)
-            cache.put(key, mat, {"split_fingerprint": ds._fingerprint, "text_column": tc,
-                                 "model_key": model_key, "max_length": max_length,
-                                 "rows": len(ds), "dim": int(mat.shape[1]),
-                                 "dataset": version.name, "version": version.version, "split": s})
+            cache.put(
+                key,
+                mat,
+                {
+                    "split_fingerprint": ds._fingerprint,
+                    "text_column": tc,
+                    "model_key": model_key,
+                    "max_length": max_length,
+                    "rows": len(ds),
+                    "dim": int(mat.shape[1]),
+                    "dataset": version.name,
+                    "version": version.version,
+                    "split": s,
+                },
+            )
         mats.append(mat)
         where.append((s, len(ds)))
     q = embed(model, tokenizer, [query], max_length=max_length)[0]  # (D,)
@@ -170,5 +195,13 @@ def search_version(version, query: str, *, k: int, model, tokenizer, model_key: 
             r["label"] = (names[v] if v is not None and v >= 0 else "(missing)") if names else v
         rows.append(r)
     embedded = cache.embedded_rows - before
-    return SearchResult(query, version.name, version.version, version.fingerprint, model_key, rows,
-                        cached=embedded == 0, embedded_rows=embedded)
+    return SearchResult(
+        query,
+        version.name,
+        version.version,
+        version.fingerprint,
+        model_key,
+        rows,
+        cached=embedded == 0,
+        embedded_rows=embedded,
+    )

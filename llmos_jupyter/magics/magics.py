@@ -4,6 +4,7 @@ Magics hold no state of their own. A user error prints one line on stderr
 (``llmos: <message>``) and no traceback; ``%config LLMMagics.debug = True`` shows tracebacks
 of unexpected errors.
 """
+
 from __future__ import annotations
 
 import sys
@@ -45,8 +46,11 @@ class LLMMagics(Magics):
             if self.debug:
                 raise
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            print(f"llmos: unexpected {type(e).__name__}: {first[:200]} "
-                  f"(`%config LLMMagics.debug = True` shows the traceback)", file=sys.stderr)
+            print(
+                f"llmos: unexpected {type(e).__name__}: {first[:200]} "
+                f"(`%config LLMMagics.debug = True` shows the traceback)",
+                file=sys.stderr,
+            )
         return None
 
     # ------------------------------------------------------------------
@@ -60,8 +64,12 @@ class LLMMagics(Magics):
             return COMMANDS[f"{head} {words[1]}"], rest
         if head in ("data", "job"):
             sub = words[1] if len(words) > 1 else ""
-            raise unknown(f"{head} subcommand", sub, [c.split()[1] for c in COMMANDS if c.startswith(head + " ")],
-                          f"see `%llm help {head}`")
+            raise unknown(
+                f"{head} subcommand",
+                sub,
+                [c.split()[1] for c in COMMANDS if c.startswith(head + " ")],
+                f"see `%llm help {head}`",
+            )
         if head in COMMANDS:
             return COMMANDS[head], line.split(None, 1)[1] if len(words) > 1 else ""
         raise unknown("subcommand", head, [c for c in COMMANDS if " " not in c] + ["data"], "see `%llm help`")
@@ -69,8 +77,10 @@ class LLMMagics(Magics):
     def _dispatch(self, line: str, cell: str | None):
         cmd, rest = self._split_command(line.strip())
         if cell is not None and not cmd.cell:
-            raise UsageError(f"`%%llm {cmd.name}` is not a cell magic; use `%llm {cmd.name}` on one line "
-                             f"(cell magics: {', '.join(c.name for c in COMMANDS.values() if c.cell)})")
+            raise UsageError(
+                f"`%%llm {cmd.name}` is not a cell magic; use `%llm {cmd.name}` on one line "
+                f"(cell magics: {', '.join(c.name for c in COMMANDS.values() if c.cell)})"
+            )
         p = parse_args(cmd, rest, body=cell.rstrip("\n") if cell is not None else None)
         if cmd.text and not p.get("raw"):
             p.args[cmd.text] = interpolate(p.args[cmd.text], self.shell.user_ns if self.shell else {})
@@ -119,11 +129,23 @@ class LLMMagics(Magics):
     def do_load(self, p):
         from .. import api
 
-        return api.load(p["source"], alias=p["alias"], task=p["task"], labels=p["labels"], dtype=p["dtype"],
-                        device=p["device"], attn=p["attn"], replace=p["replace"], pin=p["pin"],
-                        keep_alive=p["keep_alive"], trust_remote_code=p["trust_remote_code"],
-                        engine=p["engine"], n_ctx=p["n_ctx"], threads=p["threads"],
-                        allow_pickle=p["allow_pickle"])
+        return api.load(
+            p["source"],
+            alias=p["alias"],
+            task=p["task"],
+            labels=p["labels"],
+            dtype=p["dtype"],
+            device=p["device"],
+            attn=p["attn"],
+            replace=p["replace"],
+            pin=p["pin"],
+            keep_alive=p["keep_alive"],
+            trust_remote_code=p["trust_remote_code"],
+            engine=p["engine"],
+            n_ctx=p["n_ctx"],
+            threads=p["threads"],
+            allow_pickle=p["allow_pickle"],
+        )
 
     def do_unload(self, p):
         from .. import api
@@ -179,21 +201,29 @@ class LLMMagics(Magics):
 
     def do_embed(self, p):
         from .. import api
-
         from ..display import Message
 
         vec = api.embed(p["alias"], p["text"])[0]
         head = ", ".join(f"{x:.4f}" for x in vec[:6])
-        return Message(f"{p['alias']}: embedding of {len(vec)} dims, L2 norm {float((vec ** 2).sum()) ** 0.5:.4f}: "
-                       f"[{head}, …]  (the vector: `llmos_jupyter.api.embed(alias, text)`)", vector=vec)
+        return Message(
+            f"{p['alias']}: embedding of {len(vec)} dims, L2 norm {float((vec**2).sum()) ** 0.5:.4f}: "
+            f"[{head}, …]  (the vector: `llmos_jupyter.api.embed(alias, text)`)",
+            vector=vec,
+        )
 
     def do_data_load(self, p):
         from .. import api
 
         ns = self.shell.user_ns if self.shell else {}
-        dv = api.data_load(p["source"], name=p["name"], text_column=p["text_column"],
-                           label_column=p["label_column"], prompt_column=p["prompt_column"],
-                           response_column=p["response_column"], namespace=ns)
+        dv = api.data_load(
+            p["source"],
+            name=p["name"],
+            text_column=p["text_column"],
+            label_column=p["label_column"],
+            prompt_column=p["prompt_column"],
+            response_column=p["response_column"],
+            namespace=ns,
+        )
         return _dataset_message(dv)
 
     def do_data_sample(self, p):
@@ -203,8 +233,9 @@ class LLMMagics(Magics):
             n = int(p["n"])
         except ValueError:
             raise UsageError(f"%llm data sample takes a whole number of rows, got '{p['n']}'") from None
-        dv = api.data_sample(p["name"], n, seed=p["seed"] or 0, stratify=None if p["no_stratify"] else "label",
-                             version=p["version"])
+        dv = api.data_sample(
+            p["name"], n, seed=p["seed"] or 0, stratify=None if p["no_stratify"] else "label", version=p["version"]
+        )
         return _dataset_message(dv)
 
     def do_data_show(self, p):
@@ -221,19 +252,22 @@ class LLMMagics(Magics):
         for k in ("test", "validation"):  # 0.15 = a fraction, 300 = a row count, 1.5 = an error (in the store)
             if p[k] is not None:
                 kw[k] = int(p[k]) if p[k] >= 1 and float(p[k]).is_integer() else p[k]
-        dv = api.data_split(p["name"], seed=p["seed"] if p["seed"] is not None else 0, stratify=stratify,
-                            version=p["version"], **kw)
+        dv = api.data_split(
+            p["name"], seed=p["seed"] if p["seed"] is not None else 0, stratify=stratify, version=p["version"], **kw
+        )
         return _dataset_message(dv)
 
     def do_data_prompt(self, p):
         from .. import api
 
         if not p["prompt"] or not p["response"]:
-            raise UsageError('`%llm data prompt` needs --prompt and --response templates, e.g. '
-                             '--prompt "Review: {text}\\nSentiment:" --response "{label}"')
-        unescape = lambda t: t.replace("\\n", "\n").replace("\\t", "\t")  # noqa: E731
-        dv = api.data_prompts(p["name"], prompt=unescape(p["prompt"]), response=unescape(p["response"]),
-                              version=p["version"])
+            raise UsageError(
+                "`%llm data prompt` needs --prompt and --response templates, e.g. "
+                '--prompt "Review: {text}\\nSentiment:" --response "{label}"'
+            )
+        dv = api.data_prompts(
+            p["name"], prompt=_unescape(p["prompt"]), response=_unescape(p["response"]), version=p["version"]
+        )
         return _dataset_message(dv)
 
     def do_data_clean(self, p):
@@ -244,10 +278,19 @@ class LLMMagics(Magics):
             try:
                 label_map = dict(kv.split("=", 1) for kv in p["label_map"].split(","))
             except ValueError:
-                raise UsageError("--label-map takes OLD=NEW pairs separated by commas, e.g. neg=negative,pos=positive") from None
-        return api.data_clean(p["name"], dedupe=p["dedupe"], strip_html=p["strip_html"], drop_empty=not p["keep_empty"],
-                              min_chars=p["min_chars"], max_chars=p["max_chars"],
-                              normalize_whitespace=p["normalize_whitespace"], label_map=label_map)
+                raise UsageError(
+                    "--label-map takes OLD=NEW pairs separated by commas, e.g. neg=negative,pos=positive"
+                ) from None
+        return api.data_clean(
+            p["name"],
+            dedupe=p["dedupe"],
+            strip_html=p["strip_html"],
+            drop_empty=not p["keep_empty"],
+            min_chars=p["min_chars"],
+            max_chars=p["max_chars"],
+            normalize_whitespace=p["normalize_whitespace"],
+            label_map=label_map,
+        )
 
     def do_data_versions(self, p):
         from .. import api
@@ -262,40 +305,63 @@ class LLMMagics(Magics):
     def do_data_search(self, p):
         from .. import api
 
-        return api.data_search(p["name"], p["query"], k=5 if p["k"] is None else p["k"],
-                               model=p["model"] or "all-minilm-l6-v2")
+        return api.data_search(
+            p["name"], p["query"], k=5 if p["k"] is None else p["k"], model=p["model"] or "all-minilm-l6-v2"
+        )
 
     def do_data_export(self, p):
         from .. import api
 
-        return api.data_export(p["name"], p["path"], format=p["format"], split=p["split"], version=p["version"],
-                               overwrite=p["overwrite"])
+        return api.data_export(
+            p["name"], p["path"], format=p["format"], split=p["split"], version=p["version"], overwrite=p["overwrite"]
+        )
 
     def do_finetune(self, p):
         from .. import api
 
         kw = {k: p[k] for k in ("epochs", "lr", "batch_size", "seed", "max_length", "method") if p[k] is not None}
-        for k in ("lora_r", "lora_alpha", "lora_dropout", "weight_decay", "warmup_ratio", "lr_scheduler", "grad_accum",
-                  "max_grad_norm", "max_steps"):
+        for k in (
+            "lora_r",
+            "lora_alpha",
+            "lora_dropout",
+            "weight_decay",
+            "warmup_ratio",
+            "lr_scheduler",
+            "grad_accum",
+            "max_grad_norm",
+            "max_steps",
+        ):
             if p[k] is not None:
                 kw[k] = p[k]
         if p["target_modules"] is not None:
             kw["target_modules"] = [t.strip() for t in p["target_modules"].split(",") if t.strip()]
-        for opt, k in (("eval_every", "eval_every"), ("patience", "early_stopping_patience"), ("metric", "metric_for_best")):
+        for opt, k in (
+            ("eval_every", "eval_every"),
+            ("patience", "early_stopping_patience"),
+            ("metric", "metric_for_best"),
+        ):
             if p[opt] is not None:
                 kw[k] = p[opt]
         if isinstance(kw.get("eval_every"), str) and kw["eval_every"] != "epoch":
             try:
                 kw["eval_every"] = int(kw["eval_every"])
             except ValueError:
-                raise UsageError(f"--eval-every takes a whole number of steps or 'epoch', got '{kw['eval_every']}'") from None
+                raise UsageError(
+                    f"--eval-every takes a whole number of steps or 'epoch', got '{kw['eval_every']}'"
+                ) from None
         for k in ("nproc", "nnodes", "backend", "launcher", "rdzv_endpoint", "export_launch"):
             if p[k] is not None:
                 kw[k] = p[k]
         if p["fsdp"]:
             kw["fsdp"] = True
-        return api.finetune(p["alias"], p["dataset"], progress=not p["no_progress"], background=p["background"],
-                            resume=p["resume"], **kw)
+        return api.finetune(
+            p["alias"],
+            p["dataset"],
+            progress=not p["no_progress"],
+            background=p["background"],
+            resume=p["resume"],
+            **kw,
+        )
 
     def do_jobs(self, p):
         from .. import api
@@ -321,17 +387,34 @@ class LLMMagics(Magics):
         kw = {"batch_size": p["batch_size"]} if p["batch_size"] is not None else {}
         if p["max_new_tokens"] is not None and not p["generate"]:
             raise UsageError("--max-new-tokens goes with --generate (greedy answers); add --generate or drop it")
-        return api.evaluate(p["alias"], dataset, split=p["split"] or split or "test", limit=p["limit"],
-                            generate=p["generate"], max_new_tokens=p["max_new_tokens"], engine=p.get("engine"), **kw)
+        return api.evaluate(
+            p["alias"],
+            dataset,
+            split=p["split"] or split or "test",
+            limit=p["limit"],
+            generate=p["generate"],
+            max_new_tokens=p["max_new_tokens"],
+            engine=p.get("engine"),
+            **kw,
+        )
 
     def do_optimize(self, p):
         from .. import api
 
         kw = {k: p[k] for k in ("limit", "batch_size", "repeats", "max_new_tokens") if p[k] is not None}
-        return api.optimize(p["alias"], quantize=p["quantize"], prune=p["prune"], structured=p["structured"],
-                            compile=p["compile"], eval=p["eval"], generate=p["generate"],
-                            recover_epochs=p["recover_epochs"] or 0, as_=p["new_alias"],
-                            progress=not p["no_progress"], **kw)
+        return api.optimize(
+            p["alias"],
+            quantize=p["quantize"],
+            prune=p["prune"],
+            structured=p["structured"],
+            compile=p["compile"],
+            eval=p["eval"],
+            generate=p["generate"],
+            recover_epochs=p["recover_epochs"] or 0,
+            as_=p["new_alias"],
+            progress=not p["no_progress"],
+            **kw,
+        )
 
     def do_runs(self, p):
         from .. import api
@@ -354,8 +437,14 @@ class LLMMagics(Magics):
         if p["merge_lora"] and p["no_merge"]:
             raise UsageError("--merge-lora and --no-merge contradict each other; give one")
         merge = True if p["merge_lora"] else (False if p["no_merge"] else None)
-        return api.export(p["alias"], p["path"], merge_lora=merge, overwrite=p["overwrite"],
-                          format=p.get("format") or "hf", quantize=p.get("quantize"))
+        return api.export(
+            p["alias"],
+            p["path"],
+            merge_lora=merge,
+            overwrite=p["overwrite"],
+            format=p.get("format") or "hf",
+            quantize=p.get("quantize"),
+        )
 
     def do_serve(self, p):
         from .. import api
@@ -390,8 +479,11 @@ def _dataset_message(dv):
 
     rows = ", ".join(f"{k} {v:,}" for k, v in dv.num_rows.items())
     labels = f"; labels {dv.label_names}" if dv.label_names else ""
-    return Message(f"{dv.name} v{dv.version} ({dv.fingerprint[:12]}): {rows} rows; text '{dv.text_column}', "
-                   f"label '{dv.label_column}'{labels}", **dv.summary())
+    return Message(
+        f"{dv.name} v{dv.version} ({dv.fingerprint[:12]}): {rows} rows; text '{dv.text_column}', "
+        f"label '{dv.label_column}'{labels}",
+        **dv.summary(),
+    )
 
 
 def _show_report(report):
@@ -410,3 +502,8 @@ def _show_report(report):
         except Exception:
             pass
     return report
+
+
+def _unescape(text: str) -> str:
+    """``\\n`` and ``\\t`` typed in a magic option become a newline and a tab."""
+    return text.replace("\\n", "\n").replace("\\t", "\t")

@@ -28,6 +28,7 @@ Rules (also shown by ``%llm help``):
   notebook — with ``str(value)``; everything else (``{12}``, ``{}``, ``{"a": 1}``, ``$5``) is
   kept as written, ``{{name}}`` gives a literal ``{name}``, and ``--raw`` turns it off.
 """
+
 from __future__ import annotations
 
 import re
@@ -166,30 +167,65 @@ def parse_args(cmd: Command, line: str, *, body: str | None = None) -> Parsed:
             missing value, missing positional, bad number, unterminated quote in an option
             value — one line naming the fix.
     """
-    by_name = {o.name: o for o in cmd.options}
-    args: dict = {o.key: (False if o.type is bool else None) for o in cmd.options}
-    pos: list[str] = []
-    want = len(cmd.positionals) + len(cmd.optional_positionals)
-    free = bool(cmd.text) and body is None
-    parts: list = []  # free text: (start, end) spans of the line, or verbatim strings after `--`
-    quoted_only = None  # the unquoted value when the text so far is one quoted word
-    last_text = False  # the previous word was text (so this one extends the same span)
-    options_done = False
-    n, i = len(line), 0
+    scan = _LineScan(cmd, line, free=bool(cmd.text) and body is None)
+    scan.run()
+    args, pos = scan.args, scan.pos
+    if len(pos) < len(cmd.positionals):
+        missing = cmd.positionals[len(pos)]
+        raise UsageError(f"`%llm {cmd.name}` needs {missing.upper()}; usage: {cmd.usage()}")
+    for k, v in zip(cmd.positionals + cmd.optional_positionals, pos):
+        args[k] = v
+    for k in cmd.optional_positionals[max(0, len(pos) - len(cmd.positionals)) :]:
+        args.setdefault(k, None)
+    if cmd.text:
+        args[cmd.text] = scan.text(body)
+    return Parsed(cmd, args)
 
-    def option(at: int) -> int:
+
+class _LineScan:
+    """One left-to-right scan of a magic line for :func:`parse_args`: options into ``args``,
+    positionals into ``pos``, and (for a free-text command without a cell body) the spans of the
+    free text into ``parts``."""
+
+    def __init__(self, cmd: Command, line: str, *, free: bool):
+        self.cmd, self.line, self.free = cmd, line, free
+        self.by_name = {o.name: o for o in cmd.options}
+        self.args: dict = {o.key: (False if o.type is bool else None) for o in cmd.options}
+        self.pos: list[str] = []
+        self.want = len(cmd.positionals) + len(cmd.optional_positionals)
+        self.parts: list = []  # free text: (start, end) spans of the line, or verbatim strings after `--`
+        self.quoted_only = None  # the unquoted value when the text so far is one quoted word
+        self.last_text = False  # the previous word was text (so this one extends the same span)
+        self.options_done = False
+
+    def run(self) -> None:
+        line, n, i = self.line, len(self.line), 0
+        while i is not None:
+            while i < n and line[i].isspace():
+                i += 1
+            if i >= n:
+                break
+            if self.free and len(self.pos) >= self.want:  # the free text, with options anywhere in it
+                i = self._text_word(i)
+            else:
+                i = self._token(i)
+
+    def _option(self, at: int) -> int:
+        """Read the ``--name [VALUE]`` at ``at`` into ``args``; return where it ends."""
+        cmd, line = self.cmd, self.line
         value, _, e, _ = _next_token(line, at)  # strict: quotes in an option value must close
         name, eq, inline = value[2:].partition("=")
-        opt = by_name.get(name)
+        opt = self.by_name.get(name)
         if opt is None:
-            hint = close_matches("--" + name, ["--" + o for o in by_name])
+            hint = close_matches("--" + name, ["--" + o for o in self.by_name])
             text_fix = "; to send it as text, put the text after `--` or in quotes" if cmd.text else ""
-            raise UsageError(f"unknown option --{name} for `%llm {cmd.name}`{hint}{text_fix}; "
-                             f"see `%llm help {cmd.name}`")
+            raise UsageError(
+                f"unknown option --{name} for `%llm {cmd.name}`{hint}{text_fix}; see `%llm help {cmd.name}`"
+            )
         if opt.type is bool:
             if eq:
                 raise UsageError(f"--{name} is a flag and takes no value")
-            args[opt.key] = True
+            self.args[opt.key] = True
             return e
         if eq:
             raw = inline
@@ -198,69 +234,66 @@ def parse_args(cmd: Command, line: str, *, body: str | None = None) -> Parsed:
             if nxt is None or (nxt[0].startswith("--") and not nxt[3]):
                 raise UsageError(f"--{name} needs a value ({opt.metavar}); see `%llm help {cmd.name}`")
             raw, e = nxt[0], nxt[2]
-        args[opt.key] = _coerce(opt, raw, cmd)
+        self.args[opt.key] = _coerce(opt, raw, cmd)
         return e
 
-    while True:
-        while i < n and line[i].isspace():
-            i += 1
-        if i >= n:
-            break
-        if free and len(pos) >= want:  # the free text, with options anywhere in it
-            if options_done:
-                parts.append(line[i:].rstrip())
-                quoted_only, last_text = None, False
-                break
-            s, e, quoted = _text_word(line, i)
-            word = line[s:e]
-            if not quoted and word == "--":
-                rest = line[e:].strip()
-                if rest:
-                    parts.append(rest)
-                    quoted_only = None
-                break
-            if not quoted and _OPTION_WORD.fullmatch(word):
-                i, last_text = option(s), False
-                continue
-            if last_text and parts and isinstance(parts[-1], tuple):
-                parts[-1] = (parts[-1][0], e)
-                quoted_only = None
-            else:
-                quoted_only = word[1:-1] if quoted and not parts else None
-                parts.append((s, e))
-            i, last_text = e, True
-            continue
-        value, s, e, quoted = _next_token(line, i)
-        if value == "--" and not quoted and not options_done:
-            options_done, i = True, e
-            continue
-        if not options_done and value.startswith("--") and not quoted and len(value) > 2:
-            i = option(s)
-            continue
-        i = e
-        if len(pos) < want:
-            pos.append(value)
-            continue
-        raise UsageError(f"unexpected argument '{value}' for `%llm {cmd.name}`; usage: {cmd.usage()}")
-    if len(pos) < len(cmd.positionals):
-        missing = cmd.positionals[len(pos)]
-        raise UsageError(f"`%llm {cmd.name}` needs {missing.upper()}; usage: {cmd.usage()}")
-    for k, v in zip(cmd.positionals + cmd.optional_positionals, pos):
-        args[k] = v
-    for k in cmd.optional_positionals[max(0, len(pos) - len(cmd.positionals)):]:
-        args.setdefault(k, None)
-    if cmd.text:
+    def _text_word(self, i: int) -> int | None:
+        """One word of free text (or an option among it) at ``i``; None when the text ends here."""
+        line, parts = self.line, self.parts
+        if self.options_done:
+            parts.append(line[i:].rstrip())
+            self.quoted_only, self.last_text = None, False
+            return None
+        s, e, quoted = _text_word(line, i)
+        word = line[s:e]
+        if not quoted and word == "--":
+            rest = line[e:].strip()
+            if rest:
+                parts.append(rest)
+                self.quoted_only = None
+            return None
+        if not quoted and _OPTION_WORD.fullmatch(word):
+            self.last_text = False
+            return self._option(s)
+        if self.last_text and parts and isinstance(parts[-1], tuple):
+            parts[-1] = (parts[-1][0], e)
+            self.quoted_only = None
+        else:
+            self.quoted_only = word[1:-1] if quoted and not parts else None
+            parts.append((s, e))
+        self.last_text = True
+        return e
+
+    def _token(self, i: int) -> int:
+        """One token before the free text at ``i``: ``--``, an option or a positional."""
+        value, s, e, quoted = _next_token(self.line, i)
+        if value == "--" and not quoted and not self.options_done:
+            self.options_done = True
+            return e
+        if not self.options_done and value.startswith("--") and not quoted and len(value) > 2:
+            return self._option(s)
+        if len(self.pos) < self.want:
+            self.pos.append(value)
+            return e
+        raise UsageError(f"unexpected argument '{value}' for `%llm {self.cmd.name}`; usage: {self.cmd.usage()}")
+
+    def text(self, body: str | None) -> str:
+        """The free-text argument: the cell body, else the line's text parts joined with one space.
+
+        Raises:
+            UsageError: the text is empty.
+        """
+        cmd, parts = self.cmd, self.parts
         if body is not None:
             text = body
-        elif quoted_only is not None and len(parts) == 1:
-            text = quoted_only
+        elif self.quoted_only is not None and len(parts) == 1:
+            text = self.quoted_only
         else:
-            text = " ".join(line[p[0]:p[1]] if isinstance(p, tuple) else p for p in parts) if parts else None
+            text = " ".join(self.line[p[0] : p[1]] if isinstance(p, tuple) else p for p in parts) if parts else None
         if text is None or not str(text).strip():
             where = "the cell body" if body is not None else "the line"
             raise UsageError(f"`%llm {cmd.name}` needs {cmd.text.upper()}: {where} is empty; usage: {cmd.usage()}")
-        args[cmd.text] = text
-    return Parsed(cmd, args)
+        return text
 
 
 _IDENT = re.compile(r"\{\{([A-Za-z_][A-Za-z0-9_]*)\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -273,6 +306,7 @@ def interpolate(text: str, namespace: dict) -> str:
     >>> interpolate('hi {name}, {12} {} {"a": 1} {{name}} {nope} $5', {"name": "Bob"})
     'hi Bob, {12} {} {"a": 1} {name} {nope} $5'
     """
+
     def sub(m: re.Match) -> str:
         if m.group(1):
             return "{" + m.group(1) + "}"

@@ -7,12 +7,15 @@
   (https://huggingface.co/docs/transformers/main/en/chat_templating_writing) — without
   importing transformers, so the llama.cpp engine renders the same prompt token for token.
 """
+
 from __future__ import annotations
 
 from ..errors import LLMOSError, UsageError
 
-NO_TEMPLATE = ("this model's tokenizer has no chat template, so chat cannot format turns; "
-               "use `%llm generate ALIAS PROMPT` for plain completion, or load an instruct/chat model")
+NO_TEMPLATE = (
+    "this model's tokenizer has no chat template, so chat cannot format turns; "
+    "use `%llm generate ALIAS PROMPT` for plain completion, or load an instruct/chat model"
+)
 
 
 def check_messages(messages: list[dict]) -> None:
@@ -67,8 +70,9 @@ def _environment():
     return _ENV["env"]
 
 
-def render_template(template: str | None, messages: list[dict], *, add_generation_prompt: bool = True,
-                    special: dict | None = None) -> str:
+def render_template(
+    template: str | None, messages: list[dict], *, add_generation_prompt: bool = True, special: dict | None = None
+) -> str:
     """Render ``messages`` with the Jinja chat ``template`` as transformers' ``apply_chat_template``
     does (same environment, same variables: ``messages``, ``add_generation_prompt`` and the
     special tokens in ``special``, e.g. ``{"bos_token": "<|im_start|>", "eos_token": "<|im_end|>"}``).

@@ -4,6 +4,7 @@ Used by ``api.classify`` (cells) and ``POST /v1/classify`` (``%llm serve``), so 
 same. Padding follows the tokenizer's side; Llama-type classifiers pool the last real token by
 the attention mask (:mod:`.pooling`), so a padded row equals the text alone.
 """
+
 from __future__ import annotations
 
 from typing import Sequence

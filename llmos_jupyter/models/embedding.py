@@ -19,6 +19,7 @@ sentence_transformer/models.html#pooling)::
 
 Run ``python -m llmos_jupyter.models.embedding MODEL_DIR "some text"`` to print a vector's head.
 """
+
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -52,8 +53,9 @@ def mean_pool(last_hidden_state, attention_mask):
     return summed / mask.sum(dim=1).clamp(min=1e-9)
 
 
-def embed(model, tokenizer, texts: Sequence[Any], *, batch_size: int = 64, max_length: int = 256,
-          normalize: bool = True) -> np.ndarray:
+def embed(
+    model, tokenizer, texts: Sequence[Any], *, batch_size: int = 64, max_length: int = 256, normalize: bool = True
+) -> np.ndarray:
     """Embed ``texts`` with ``model`` by mean pooling over the attention mask.
 
     Args:
@@ -88,8 +90,9 @@ def embed(model, tokenizer, texts: Sequence[Any], *, batch_size: int = 64, max_l
     return embed_ids(model, ids, pad_id=tokenizer.pad_token_id, batch_size=batch_size, normalize=normalize)
 
 
-def embed_ids(model, ids: Sequence[Sequence[int]], *, pad_id: int | None = None, batch_size: int = 64,
-              normalize: bool = True) -> np.ndarray:
+def embed_ids(
+    model, ids: Sequence[Sequence[int]], *, pad_id: int | None = None, batch_size: int = 64, normalize: bool = True
+) -> np.ndarray:
     """Embed texts already tokenised (``ids``: N lists of token ids of the model's vocabulary,
     special tokens included as the model expects them) by mean pooling; see :func:`embed`.
 
@@ -114,7 +117,7 @@ def embed_ids(model, ids: Sequence[Sequence[int]], *, pad_id: int | None = None,
     try:
         with torch.inference_mode():
             for start in range(0, len(order), int(batch_size)):
-                rows = order[start:start + int(batch_size)]
+                rows = order[start : start + int(batch_size)]
                 T = max(len(ids[i]) for i in rows)  # pad to this batch's longest text
                 input_ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
                 mask = torch.zeros((len(rows), T), dtype=torch.long)

@@ -5,6 +5,7 @@ magic ``GGUF``, version, tensor count, key/value metadata, tensor infos; then co
 size the tensor table needs with the file's real size, so a truncated download is reported as
 such instead of as a numpy reshape error deep inside the loader.
 """
+
 from __future__ import annotations
 
 import os
@@ -77,7 +78,10 @@ def inspect_gguf(path: str | os.PathLike) -> GGUFInfo:
         r = _Reader(f, actual)
         try:
             if f.read(4) != b"GGUF":
-                raise LLMOSError(f"{os.path.basename(path)} is not a GGUF file (no GGUF magic); pass a .gguf file or a model directory")
+                raise LLMOSError(
+                    f"{os.path.basename(path)} is not a GGUF file (no GGUF magic); pass a .gguf file or a model "
+                    "directory"
+                )
             r.read("I")  # version
             n_tensors, n_kv = r.read("Q"), r.read("Q")
             meta = {}
@@ -94,7 +98,8 @@ def inspect_gguf(path: str | os.PathLike) -> GGUFInfo:
         except EOFError:
             raise LLMOSError(
                 f"{os.path.basename(path)} is truncated or corrupt: its header ends past the end of "
-                f"the file ({actual:,} bytes); download it again (`%llm pull NAME --force`)") from None
+                f"the file ({actual:,} bytes); download it again (`%llm pull NAME --force`)"
+            ) from None
     align = int(meta.get("general.alignment", 32))
     data_start = (header_end + align - 1) // align * align
     params, end, stored = 0, data_start, 0
@@ -122,10 +127,12 @@ def check_gguf(path: str | os.PathLike) -> GGUFInfo:
     if info.actual_bytes < info.expected_bytes:
         raise LLMOSError(
             f"{os.path.basename(path)} is truncated or corrupt: its tensors need {info.expected_bytes:,} "
-            f"bytes but the file has {info.actual_bytes:,}; download it again (`%llm pull NAME --force`)")
+            f"bytes but the file has {info.actual_bytes:,}; download it again (`%llm pull NAME --force`)"
+        )
     supported = [a for a in GGUF_SUPPORTED_ARCHITECTURES if a not in ("general", "tokenizer")]
     if info.architecture not in supported:
         raise LLMOSError(
             f"GGUF architecture '{info.architecture}' is not supported by transformers' GGUF loader; "
-            f"supported: {', '.join(supported)}")
+            f"supported: {', '.join(supported)}"
+        )
     return info

@@ -3,7 +3,7 @@
 Format: https://github.com/ggml-org/ggml/blob/master/docs/gguf.md; written with the ``gguf``
 package's ``GGUFWriter`` and tensor names from its ``TensorNameMap`` (the table llama.cpp's own
 ``convert_hf_to_gguf.py`` uses). What has to be right, or llama.cpp "converts fine and answers
-gibberish" (tested in tests/test_gguf_export.py):
+gibberish" (tested in tests/models/test_gguf_export.py):
 
 * **q/k permutation.** transformers' Llama applies rotary embeddings as "rotate half" (the two
   halves of each head); GGUF / llama.cpp rotate interleaved pairs. The rows of ``q_proj`` and
@@ -23,6 +23,7 @@ gibberish" (tested in tests/test_gguf_export.py):
   write a float32 GGUF first and quantise it with llama.cpp's own quantiser
   (``llama_model_quantize``, needs the ``[llamacpp]`` extra).
 """
+
 from __future__ import annotations
 
 import copy
@@ -45,8 +46,10 @@ ARCHITECTURES = {"llama": ("llama", True), "mistral": ("llama", True), "qwen2": 
 _BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
 _KNOWN_PRE = {
     json.dumps(_BYTE_LEVEL, sort_keys=True): "gpt2",
-    json.dumps({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True}, _BYTE_LEVEL]},
-               sort_keys=True): "smollm",
+    json.dumps(
+        {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True}, _BYTE_LEVEL]},
+        sort_keys=True,
+    ): "smollm",
 }
 
 
@@ -67,7 +70,7 @@ def permute_qk(weight, n_head: int):
 def _rope_theta(config) -> float:
     rp = getattr(config, "rope_parameters", None) or {}
     scaling = getattr(config, "rope_scaling", None) or {}
-    kind = (rp.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default")
+    kind = rp.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
     if kind != "default":
         raise UsageError(f"GGUF export supports plain rotary embeddings; this model uses rope scaling '{kind}'")
     theta = rp.get("rope_theta", getattr(config, "rope_theta", None))
@@ -107,15 +110,18 @@ def tokenizer_fields_from_hf(tokenizer) -> tuple[dict[str, tuple], Optional[str]
         UsageError: no fast tokenizer, or not a BPE model (SentencePiece/WordPiece vocabularies
             need the source GGUF).
     """
-    from gguf import GGUFValueType as T, TokenType
+    from gguf import GGUFValueType as T
+    from gguf import TokenType
 
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         raise UsageError("GGUF export needs a fast (tokenizer.json) tokenizer or the GGUF the model came from")
     spec = json.loads(backend.to_str())
     if spec.get("model", {}).get("type") != "BPE":
-        raise UsageError(f"GGUF export builds byte-level BPE vocabularies only; this tokenizer is "
-                         f"{spec.get('model', {}).get('type')} — export a model loaded from a GGUF instead")
+        raise UsageError(
+            f"GGUF export builds byte-level BPE vocabularies only; this tokenizer is "
+            f"{spec.get('model', {}).get('type')} — export a model loaded from a GGUF instead"
+        )
     vocab = tokenizer.get_vocab()
     n = max(vocab.values()) + 1
     tokens = [f"[PAD{i}]" for i in range(n)]
@@ -130,8 +136,14 @@ def tokenizer_fields_from_hf(tokenizer) -> tuple[dict[str, tuple], Optional[str]
     merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"].get("merges", [])]
     pre_spec = json.dumps(spec.get("pre_tokenizer"), sort_keys=True)
     pre = _KNOWN_PRE.get(pre_spec, "default")
-    warning = None if pre != "default" else ("the tokenizer's pre-tokenizer is not one llama.cpp knows by name; "
-                                             "llama.cpp will split text with its default rules")
+    warning = (
+        None
+        if pre != "default"
+        else (
+            "the tokenizer's pre-tokenizer is not one llama.cpp knows by name; "
+            "llama.cpp will split text with its default rules"
+        )
+    )
     fields = {
         "tokenizer.ggml.model": ("gpt2", T.STRING, None),
         "tokenizer.ggml.pre": (pre, T.STRING, None),
@@ -139,8 +151,12 @@ def tokenizer_fields_from_hf(tokenizer) -> tuple[dict[str, tuple], Optional[str]
         "tokenizer.ggml.token_type": (types, T.ARRAY, T.INT32),
         "tokenizer.ggml.merges": (merges, T.ARRAY, T.STRING),
     }
-    for key, tok in (("bos", tokenizer.bos_token), ("eos", tokenizer.eos_token), ("unknown", tokenizer.unk_token),
-                     ("padding", tokenizer.pad_token)):
+    for key, tok in (
+        ("bos", tokenizer.bos_token),
+        ("eos", tokenizer.eos_token),
+        ("unknown", tokenizer.unk_token),
+        ("padding", tokenizer.pad_token),
+    ):
         if tok is not None and tok in vocab:
             fields[f"tokenizer.ggml.{key}_token_id"] = (vocab[tok], T.UINT32, None)
     fields["tokenizer.ggml.add_bos_token"] = (bool(getattr(tokenizer, "add_bos_token", False)), T.BOOL, None)
@@ -171,8 +187,10 @@ def quantize_gguf(src: str | os.PathLike, dst: str | os.PathLike, quantize: str,
     from .engines import llamacpp
 
     if not llamacpp.installed():
-        raise LLMOSError("quantising a GGUF needs llama.cpp: pip install 'llmos-jupyter[llamacpp]' "
-                         f"(or export with {opt('quantize', 'f16')})")
+        raise LLMOSError(
+            "quantising a GGUF needs llama.cpp: pip install 'llmos-jupyter[llamacpp]' "
+            f"(or export with {opt('quantize', 'f16')})"
+        )
     import llama_cpp
 
     params = llama_cpp.llama_model_quantize_default_params()
@@ -183,9 +201,16 @@ def quantize_gguf(src: str | os.PathLike, dst: str | os.PathLike, quantize: str,
         raise LLMOSError(f"llama.cpp's quantiser failed (code {rc}) writing {quantize} from {Path(src).name}")
 
 
-def export_gguf(model: Any, tokenizer: Any, path: str | os.PathLike, *, quantize: str = "f16",
-                source_gguf: Optional[str] = None, name: Optional[str] = None,
-                notify: Optional[Callable[[str], None]] = None) -> dict[str, Any]:
+def export_gguf(
+    model: Any,
+    tokenizer: Any,
+    path: str | os.PathLike,
+    *,
+    quantize: str = "f16",
+    source_gguf: Optional[str] = None,
+    name: Optional[str] = None,
+    notify: Optional[Callable[[str], None]] = None,
+) -> dict[str, Any]:
     """Write ``model`` (a transformers Llama / Mistral / Qwen2 causal LM, or a LoRA ``PeftModel``
     over one — adapters merged) as the GGUF file ``path``.
 
@@ -207,8 +232,6 @@ def export_gguf(model: Any, tokenizer: Any, path: str | os.PathLike, *, quantize
         LLMOSError: quantisation without the llama.cpp extra.
     """
     import gguf
-    import numpy as np
-    import torch
 
     if quantize not in GGUF_QUANTS:
         raise UsageError(f"unknown GGUF quantisation '{quantize}'; use one of {', '.join(GGUF_QUANTS)}")
@@ -216,69 +239,24 @@ def export_gguf(model: Any, tokenizer: Any, path: str | os.PathLike, *, quantize
     cfg = model.config
     mtype = getattr(cfg, "model_type", None)
     if mtype not in ARCHITECTURES:
-        raise UsageError(f"GGUF export supports {', '.join(sorted(ARCHITECTURES))} causal LMs; this model is "
-                         f"'{mtype}' — export it with {opt('format', 'hf')}")
+        raise UsageError(
+            f"GGUF export supports {', '.join(sorted(ARCHITECTURES))} causal LMs; this model is "
+            f"'{mtype}' — export it with {opt('format', 'hf')}"
+        )
     arch, permute = ARCHITECTURES[mtype]
     n_head, n_kv = cfg.num_attention_heads, getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_head
     theta = _rope_theta(cfg)
-    if source_gguf is not None:
-        tok_fields, warning = tokenizer_fields_from_gguf(source_gguf), None
-    else:
-        if tokenizer is None:
-            raise UsageError("GGUF export needs the model's tokenizer (or the GGUF it was loaded from)")
-        tok_fields, warning = tokenizer_fields_from_hf(tokenizer)
-    if warning and notify:
-        notify(warning)
-    n_vocab = len(tok_fields["tokenizer.ggml.tokens"][0])
-    if n_vocab != cfg.vocab_size:
-        raise UsageError(f"the tokenizer has {n_vocab} tokens but the model's embedding has {cfg.vocab_size} rows; "
-                         f"GGUF needs them equal")
+    tok_fields = _tokenizer_fields(cfg, tokenizer, source_gguf, notify)
 
     path = Path(path)
     float_type = "f16" if quantize == "f16" else "f32"
     target = path if quantize in ("f32", "f16") else Path(tempfile.mkstemp(suffix=".f32.gguf", dir=path.parent)[1])
     try:
         w = gguf.GGUFWriter(str(target), arch)
-        w.add_name(name or Path(str(getattr(cfg, "_name_or_path", "") or "model")).name or "model")
-        w.add_context_length(int(cfg.max_position_embeddings))
-        w.add_embedding_length(int(cfg.hidden_size))
-        w.add_block_count(int(cfg.num_hidden_layers))
-        w.add_feed_forward_length(int(cfg.intermediate_size))
-        w.add_head_count(int(n_head))
-        w.add_head_count_kv(int(n_kv))
-        w.add_rope_dimension_count(int(head_dim))
-        if head_dim != cfg.hidden_size // n_head:
-            w.add_key_length(int(head_dim))
-            w.add_value_length(int(head_dim))
-        w.add_rope_freq_base(theta)
-        w.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
-        w.add_vocab_size(int(cfg.vocab_size))
-        w.add_file_type(_FTYPE[float_type])
+        _add_hyperparameters(w, cfg, name=name, theta=theta, float_type=float_type)
         for key, (value, vtype, sub) in tok_fields.items():
             w.add_key_value(key, value, vtype, sub_type=sub)
-
-        tmap = gguf.get_tensor_name_map(getattr(gguf.MODEL_ARCH, arch.upper()), int(cfg.num_hidden_layers))
-        tied = bool(getattr(cfg, "tie_word_embeddings", False))
-        state = model.state_dict()
-        count = params = 0
-        for hf_name, t in state.items():
-            if hf_name.endswith("rotary_emb.inv_freq") or (tied and hf_name == "lm_head.weight"):
-                continue
-            gg = tmap.get_name(hf_name, try_suffixes=(".weight", ".bias"))
-            if gg is None:
-                raise UsageError(f"GGUF export does not know where tensor '{hf_name}' goes; export with "
-                                 f"{opt('format', 'hf')}")
-            data = t.detach().to(torch.float32).cpu().numpy()
-            if permute and hf_name.endswith(("q_proj.weight", "q_proj.bias")):
-                data = permute_qk(data, n_head)
-            elif permute and hf_name.endswith(("k_proj.weight", "k_proj.bias")):
-                data = permute_qk(data, n_kv)
-            if float_type == "f16" and data.ndim > 1:
-                data = data.astype(np.float16)
-            w.add_tensor(gg, np.ascontiguousarray(data))
-            count += 1
-            params += data.size
+        count, params = _add_tensors(w, model, arch, permute=permute, n_head=n_head, n_kv=n_kv, float_type=float_type)
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
@@ -292,5 +270,85 @@ def export_gguf(model: Any, tokenizer: Any, path: str | os.PathLike, *, quantize
         raise
     if target != path:
         target.unlink(missing_ok=True)
-    return {"path": str(path), "bytes": path.stat().st_size, "quantize": quantize, "architecture": arch,
-            "tensors": count, "params": int(params)}
+    return {
+        "path": str(path),
+        "bytes": path.stat().st_size,
+        "quantize": quantize,
+        "architecture": arch,
+        "tensors": count,
+        "params": int(params),
+    }
+
+
+def _tokenizer_fields(cfg, tokenizer, source_gguf: Optional[str], notify) -> dict[str, tuple]:
+    """The ``tokenizer.*`` keys to write: copied from ``source_gguf``, else built from ``tokenizer``
+    (its warning, if any, goes to ``notify``); the vocabulary must match the embedding rows."""
+    if source_gguf is not None:
+        tok_fields, warning = tokenizer_fields_from_gguf(source_gguf), None
+    else:
+        if tokenizer is None:
+            raise UsageError("GGUF export needs the model's tokenizer (or the GGUF it was loaded from)")
+        tok_fields, warning = tokenizer_fields_from_hf(tokenizer)
+    if warning and notify:
+        notify(warning)
+    n_vocab = len(tok_fields["tokenizer.ggml.tokens"][0])
+    if n_vocab != cfg.vocab_size:
+        raise UsageError(
+            f"the tokenizer has {n_vocab} tokens but the model's embedding has {cfg.vocab_size} rows; "
+            f"GGUF needs them equal"
+        )
+    return tok_fields
+
+
+def _add_hyperparameters(w, cfg, *, name: Optional[str], theta: float, float_type: str) -> None:
+    """The architecture's hyper-parameters as GGUF keys (``set_gguf_parameters`` in llama.cpp's
+    converter): name, context, widths, heads, rope, norm epsilon, vocabulary size, file type."""
+    n_head, n_kv = cfg.num_attention_heads, getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_head
+    w.add_name(name or Path(str(getattr(cfg, "_name_or_path", "") or "model")).name or "model")
+    w.add_context_length(int(cfg.max_position_embeddings))
+    w.add_embedding_length(int(cfg.hidden_size))
+    w.add_block_count(int(cfg.num_hidden_layers))
+    w.add_feed_forward_length(int(cfg.intermediate_size))
+    w.add_head_count(int(n_head))
+    w.add_head_count_kv(int(n_kv))
+    w.add_rope_dimension_count(int(head_dim))
+    if head_dim != cfg.hidden_size // n_head:
+        w.add_key_length(int(head_dim))
+        w.add_value_length(int(head_dim))
+    w.add_rope_freq_base(theta)
+    w.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
+    w.add_vocab_size(int(cfg.vocab_size))
+    w.add_file_type(_FTYPE[float_type])
+
+
+def _add_tensors(w, model, arch: str, *, permute: bool, n_head: int, n_kv: int, float_type: str) -> tuple[int, int]:
+    """Add every weight under its GGUF name (q/k permuted for llama.cpp's rope layout, no
+    ``output.weight`` when the embeddings are tied); returns ``(tensors, parameters)``."""
+    import gguf
+    import numpy as np
+    import torch
+
+    cfg = model.config
+    tmap = gguf.get_tensor_name_map(getattr(gguf.MODEL_ARCH, arch.upper()), int(cfg.num_hidden_layers))
+    tied = bool(getattr(cfg, "tie_word_embeddings", False))
+    count = params = 0
+    for hf_name, t in model.state_dict().items():
+        if hf_name.endswith("rotary_emb.inv_freq") or (tied and hf_name == "lm_head.weight"):
+            continue
+        gg = tmap.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if gg is None:
+            raise UsageError(
+                f"GGUF export does not know where tensor '{hf_name}' goes; export with {opt('format', 'hf')}"
+            )
+        data = t.detach().to(torch.float32).cpu().numpy()
+        if permute and hf_name.endswith(("q_proj.weight", "q_proj.bias")):
+            data = permute_qk(data, n_head)
+        elif permute and hf_name.endswith(("k_proj.weight", "k_proj.bias")):
+            data = permute_qk(data, n_kv)
+        if float_type == "f16" and data.ndim > 1:
+            data = data.astype(np.float16)
+        w.add_tensor(gg, np.ascontiguousarray(data))
+        count += 1
+        params += data.size
+    return count, params

@@ -17,6 +17,7 @@ Checks before weights are read: every ``*.safetensors`` header (a cut or random 
 corrupt, with the fix); ``auto_map`` code shipped with a model runs only with
 ``trust_remote_code`` — without it a note says what was not run and how to allow it.
 """
+
 from __future__ import annotations
 
 import os
@@ -64,9 +65,11 @@ def auto_class(task: str):
     import transformers
 
     try:
-        return {"causal-lm": transformers.AutoModelForCausalLM,
-                "seq-cls": transformers.AutoModelForSequenceClassification,
-                "embedding": transformers.AutoModel}[task]
+        return {
+            "causal-lm": transformers.AutoModelForCausalLM,
+            "seq-cls": transformers.AutoModelForSequenceClassification,
+            "embedding": transformers.AutoModel,
+        }[task]
     except KeyError:
         raise UsageError(f"unknown task '{task}'; use one of: {', '.join(TASKS)}") from None
 
@@ -86,8 +89,14 @@ def resolve_source(spec: str, *, pull: bool = True) -> Source:
         if entry.kind != "model":
             raise UsageError(f"'{spec}' is a dataset; load it with `%llm data load {spec}`")
         path = pull_mod.ensure_pulled(spec) if pull else pull_mod.target_dir(spec)
-        return Source(spec, "gguf" if entry.gguf_file else "catalog", str(path), entry.gguf_file,
-                      catalog=spec, default_task=entry.default_task)
+        return Source(
+            spec,
+            "gguf" if entry.gguf_file else "catalog",
+            str(path),
+            entry.gguf_file,
+            catalog=spec,
+            default_task=entry.default_task,
+        )
     p = Path(spec).expanduser()
     if p.suffix == ".gguf" or p.is_file():
         if not p.is_file():
@@ -100,15 +109,21 @@ def resolve_source(spec: str, *, pull: bool = True) -> Source:
             ggufs = sorted(p.glob("*.gguf"))
             if len(ggufs) == 1:
                 return Source(spec, "gguf", str(p.resolve()), ggufs[0].name)
-            raise LLMOSError(f"{spec} has no config.json (nor adapter_config.json, nor exactly one .gguf file); "
-                             f"point at a model directory")
+            raise LLMOSError(
+                f"{spec} has no config.json (nor adapter_config.json, nor exactly one .gguf file); "
+                f"point at a model directory"
+            )
         return Source(spec, "dir", str(p.resolve()))
     if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
         return Source(spec, "hub", spec)
     from ..errors import unknown
 
-    raise unknown("model", spec, catalog.names("model"),
-                  "give a catalog name (`%llm list`), a local directory, a .gguf file or a hub id like org/name")
+    raise unknown(
+        "model",
+        spec,
+        catalog.names("model"),
+        "give a catalog name (`%llm list`), a local directory, a .gguf file or a hub id like org/name",
+    )
 
 
 CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
@@ -181,15 +196,19 @@ def resolve_task(src: Source, task: str | None = None) -> str:
         kind = str(_json(Path(src.path) / "adapter_config.json").get("task_type") or "")
         own = ADAPTER_TASKS.get(kind)
         if task is not None and own is not None and task != own:
-            raise UsageError(f"{src.spec} is a {own} adapter (task_type {kind}); load it with {opt('task', own)} or "
-                             f"leave the task out")
+            raise UsageError(
+                f"{src.spec} is a {own} adapter (task_type {kind}); load it with {opt('task', own)} or "
+                f"leave the task out"
+            )
         return task or own or "causal-lm"
     cfg = _config_json(src)
     task = task or src.default_task or task_of_architectures(cfg.get("architectures")) or "causal-lm"
     if task == "causal-lm" and cfg and is_encoder(cfg):
         arch = (cfg.get("architectures") or [cfg.get("model_type")])[0]
-        raise UsageError(f"{src.spec} is an encoder ({arch}, model_type '{cfg.get('model_type')}'): it reads text but "
-                         f"cannot generate it; load it with {opt('task', 'embedding')} or {opt('task', 'seq-cls')}")
+        raise UsageError(
+            f"{src.spec} is an encoder ({arch}, model_type '{cfg.get('model_type')}'): it reads text but "
+            f"cannot generate it; load it with {opt('task', 'embedding')} or {opt('task', 'seq-cls')}"
+        )
     return task
 
 
@@ -206,8 +225,11 @@ def check_safetensors(directory: str | os.PathLike, spec: str = "") -> None:
 
     from .. import catalog
 
-    fix = (f"download it again with `%llm pull {spec} --force`" if spec in catalog.CATALOG
-           else "copy or save the model again (a catalog model: `%llm pull NAME --force`)")
+    fix = (
+        f"download it again with `%llm pull {spec} --force`"
+        if spec in catalog.CATALOG
+        else "copy or save the model again (a catalog model: `%llm pull NAME --force`)"
+    )
     for f in sorted(Path(directory).glob("*.safetensors")):
         try:
             size = f.stat().st_size
@@ -234,9 +256,13 @@ def _note_remote_code(src: Source, trust_remote_code: bool) -> None:
     if not auto_map or trust_remote_code:
         return
     first = next(iter(auto_map.items()))
-    print(f"llmos: note: {src.spec} ships its own model code (auto_map: {first[0]} → {first[1]}) which was not run; "
-          f"it loads with transformers' built-in classes instead. To run that code, load with "
-          f"{opt('trust_remote_code', True)} (only for a source you trust)", file=sys.stderr, flush=True)
+    print(
+        f"llmos: note: {src.spec} ships its own model code (auto_map: {first[0]} → {first[1]}) which was not run; "
+        f"it loads with transformers' built-in classes instead. To run that code, load with "
+        f"{opt('trust_remote_code', True)} (only for a source you trust)",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _hub_kwargs(src: Source) -> dict:
@@ -255,12 +281,15 @@ def _load_config(src: Source, trust_remote_code: bool):
         if src.kind == "hub":
             raise LLMOSError(
                 f"could not load '{src.spec}' from the Hugging Face hub (offline or not cached: "
-                f"{str(e).splitlines()[0][:120]}); pull a catalog model (`%llm list`) or give a local path") from None
+                f"{str(e).splitlines()[0][:120]}); pull a catalog model (`%llm list`) or give a local path"
+            ) from None
         if "trust_remote_code" in str(e):
-            raise LLMOSError(f"{src.spec} needs the model code shipped with it (its config names a model type "
-                             f"transformers does not have); load it with {opt('trust_remote_code', True)} if you "
-                             f"trust the "
-                             f"source") from None
+            raise LLMOSError(
+                f"{src.spec} needs the model code shipped with it (its config names a model type "
+                f"transformers does not have); load it with {opt('trust_remote_code', True)} if you "
+                f"trust the "
+                f"source"
+            ) from None
         raise LLMOSError(f"could not read the config of {src.spec}: {str(e).splitlines()[0][:160]}") from None
 
 
@@ -340,9 +369,11 @@ def adapter_base(src: Source) -> str:
         except LLMOSError:
             continue
     named = ", ".join(map(str, tried)) or "nothing recorded"
-    raise LLMOSError(f"the base model of the adapter {src.spec} cannot be found (tried: {named}); "
-                     f"load the base with `%llm load BASE` and fine-tune it again, or export the adapter merged "
-                     f"(`%llm export ALIAS DIR --merge-lora`)")
+    raise LLMOSError(
+        f"the base model of the adapter {src.spec} cannot be found (tried: {named}); "
+        f"load the base with `%llm load BASE` and fine-tune it again, or export the adapter merged "
+        f"(`%llm export ALIAS DIR --merge-lora`)"
+    )
 
 
 def adapter_labels(src: Source) -> list[str] | None:
@@ -375,13 +406,14 @@ def prepare(spec: str) -> None:
     import importlib
     import json
 
+    # imported for their side effect only: the libraries' memory is then already in the process
     import torch  # noqa: F401
     import transformers  # noqa: F401
 
     src = resolve_source(spec, pull=False)
     model_type = None
     if src.kind == "gguf":
-        import transformers.modeling_gguf_pytorch_utils  # noqa: F401
+        import transformers.modeling_gguf_pytorch_utils  # noqa: F401  (side effect: the GGUF reader)
 
         from .engines.llamacpp import gguf_metadata
 
@@ -480,9 +512,17 @@ def quiet_transformers():
     return quiet()
 
 
-def _load_impl(spec: str, task: str | None = None, *, labels: list[str] | None = None, dtype: str | None = None,
-         device: str | None = None, attn_implementation: str | None = None,
-         trust_remote_code: bool = False, allow_pickle: bool = False) -> Loaded:
+def _load_impl(
+    spec: str,
+    task: str | None = None,
+    *,
+    labels: list[str] | None = None,
+    dtype: str | None = None,
+    device: str | None = None,
+    attn_implementation: str | None = None,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+) -> Loaded:
     """See :func:`load`."""
     import torch
     from transformers import AutoTokenizer
@@ -494,9 +534,17 @@ def _load_impl(spec: str, task: str | None = None, *, labels: list[str] | None =
     src = resolve_source(spec)
     task = resolve_task(src, task)
     if src.kind == "adapter":
-        return _load_adapter(src, task, t0, labels=labels, dtype=dtype, device=device,
-                             attn_implementation=attn_implementation, trust_remote_code=trust_remote_code,
-                             allow_pickle=allow_pickle)
+        return _load_adapter(
+            src,
+            task,
+            t0,
+            labels=labels,
+            dtype=dtype,
+            device=device,
+            attn_implementation=attn_implementation,
+            trust_remote_code=trust_remote_code,
+            allow_pickle=allow_pickle,
+        )
     auto = auto_class(task)
     device, dtype = choose_device_dtype(device, dtype)
     if attn_implementation in ("triton", "llmos_triton"):
@@ -514,8 +562,10 @@ def _load_impl(spec: str, task: str | None = None, *, labels: list[str] | None =
     elif src.kind == "dir" and not allow_pickle:
         d = Path(src.path)
         if not list(d.glob("*.safetensors")) and (list(d.glob("*.bin")) or list(d.glob("*.pt"))):
-            raise LLMOSError(f"{spec} has only pickle weights (.bin/.pt), which can run code when loaded; "
-                             f"pass {opt('allow_pickle', True)} if you trust it")
+            raise LLMOSError(
+                f"{spec} has only pickle weights (.bin/.pt), which can run code when loaded; "
+                f"pass {opt('allow_pickle', True)} if you trust it"
+            )
     if src.kind in ("dir", "catalog"):
         check_safetensors(src.path, src.catalog or spec)
         _note_remote_code(src, trust_remote_code)
@@ -523,8 +573,11 @@ def _load_impl(spec: str, task: str | None = None, *, labels: list[str] | None =
     model_kw = dict(kw)
     if task == "seq-cls":
         if labels:
-            model_kw.update(num_labels=len(labels), id2label=dict(enumerate(labels)),
-                            label2id={l: i for i, l in enumerate(labels)})
+            model_kw.update(
+                num_labels=len(labels),
+                id2label=dict(enumerate(labels)),
+                label2id={name: i for i, name in enumerate(labels)},
+            )
         elif not getattr(config, "id2label", None) or len(config.id2label) < 2:
             model_kw.update(num_labels=2)
     try:
@@ -534,14 +587,21 @@ def _load_impl(spec: str, task: str | None = None, *, labels: list[str] | None =
     if attn_implementation:
         model_kw["attn_implementation"] = attn_implementation
     try:
-        model = auto.from_pretrained(src.path, dtype=getattr(torch, dtype), use_safetensors=None if allow_pickle else (src.kind != "gguf" or None), **model_kw)
+        model = auto.from_pretrained(
+            src.path,
+            dtype=getattr(torch, dtype),
+            use_safetensors=None if allow_pickle else (src.kind != "gguf" or None),
+            **model_kw,
+        )
     except (OSError, ValueError, KeyError) as e:
         raise LLMOSError(f"could not load {spec} as {task}: {str(e).splitlines()[0][:200]}") from None
     except Exception as e:
         if type(e).__name__ != "SafetensorError":
             raise
-        raise LLMOSError(f"a weights file of {spec} is corrupt ({str(e).splitlines()[0][:120]}); copy or save it "
-                         f"again (a catalog model: `%llm pull NAME --force`)") from None
+        raise LLMOSError(
+            f"a weights file of {spec} is corrupt ({str(e).splitlines()[0][:120]}); copy or save it "
+            f"again (a catalog model: `%llm pull NAME --force`)"
+        ) from None
     if quant == "gguf":
         _unmark_gguf_quantized(model)
     _own_storage(model)
@@ -557,8 +617,18 @@ def _load_impl(spec: str, task: str | None = None, *, labels: list[str] | None =
 
         pool_by_attention_mask(model)  # decoder classifiers: last real token by the mask
         lab = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    return Loaded(model, tok, task, src, dtype, device, count_params(model), time.perf_counter() - t0,
-                  labels=lab, quantization=quant)
+    return Loaded(
+        model,
+        tok,
+        task,
+        src,
+        dtype,
+        device,
+        count_params(model),
+        time.perf_counter() - t0,
+        labels=lab,
+        quantization=quant,
+    )
 
 
 def _load_adapter(src: Source, task: str, t0: float, *, labels=None, **kw) -> Loaded:
@@ -576,8 +646,9 @@ def _load_adapter(src: Source, task: str, t0: float, *, labels=None, **kw) -> Lo
     try:
         model = PeftModel.from_pretrained(base.model, src.path, is_trainable=True)
     except (ValueError, KeyError, RuntimeError, OSError) as e:
-        raise LLMOSError(f"could not put the adapter {src.spec} on its base {base_spec}: "
-                         f"{str(e).splitlines()[0][:160]}") from None
+        raise LLMOSError(
+            f"could not put the adapter {src.spec} on its base {base_spec}: {str(e).splitlines()[0][:160]}"
+        ) from None
     model.eval()
     tok = base.tokenizer
     if (Path(src.path) / "tokenizer_config.json").is_file():
@@ -586,8 +657,19 @@ def _load_adapter(src: Source, task: str, t0: float, *, labels=None, **kw) -> Lo
         tok = AutoTokenizer.from_pretrained(src.path)
         if tok.pad_token is None:
             tok.pad_token = base.tokenizer.pad_token
-    return Loaded(model, tok, task, src, base.dtype, base.device, count_params(model), time.perf_counter() - t0,
-                  labels=base.labels, quantization=base.quantization, extra={"base": base_spec})
+    return Loaded(
+        model,
+        tok,
+        task,
+        src,
+        base.dtype,
+        base.device,
+        count_params(model),
+        time.perf_counter() - t0,
+        labels=base.labels,
+        quantization=base.quantization,
+        extra={"base": base_spec},
+    )
 
 
 def load(spec: str, task: str | None = None, **kw) -> Loaded:

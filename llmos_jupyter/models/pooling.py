@@ -10,14 +10,16 @@ padding side: :func:`pool_by_attention_mask` makes a model pool at the last posi
 (``cumsum(mask) - 1``), so a left-padded row sees the same positions as the row run alone —
 the same rule ``generate`` applies to left-padded prompts.
 """
+
 from __future__ import annotations
 
 import types
 from typing import Any
 
 
-def _masked_forward(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None, labels=None,
-                    **kwargs):
+def _masked_forward(
+    self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None, labels=None, **kwargs
+):
     """``forward`` of a ``GenericForSequenceClassification`` model pooling by ``attention_mask``.
 
     Args:
@@ -32,14 +34,22 @@ def _masked_forward(self, input_ids=None, attention_mask=None, position_ids=None
     from transformers.modeling_outputs import SequenceClassifierOutputWithPast
 
     if attention_mask is None or attention_mask.dim() != 2:
-        return type(self).forward(self, input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                  inputs_embeds=inputs_embeds, labels=labels, **kwargs)
+        return type(self).forward(
+            self,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            labels=labels,
+            **kwargs,
+        )
     mask = attention_mask.to(torch.long)
     if position_ids is None:
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
     kwargs.setdefault("use_cache", False)
-    out = getattr(self, self.base_model_prefix)(input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                                inputs_embeds=inputs_embeds, **kwargs)
+    out = getattr(self, self.base_model_prefix)(
+        input_ids, attention_mask=attention_mask, position_ids=position_ids, inputs_embeds=inputs_embeds, **kwargs
+    )
     hidden = out.last_hidden_state  # (B, L, H)
     B, L = mask.shape
     last = (torch.arange(L, device=mask.device) * mask).argmax(-1)  # (B,) last real token
@@ -47,8 +57,9 @@ def _masked_forward(self, input_ids=None, attention_mask=None, position_ids=None
     loss = None
     if labels is not None:
         loss = self.loss_function(logits=logits, labels=labels, pooled_logits=logits, config=self.config)
-    return SequenceClassifierOutputWithPast(loss=loss, logits=logits, hidden_states=out.hidden_states,
-                                            attentions=out.attentions)
+    return SequenceClassifierOutputWithPast(
+        loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions
+    )
 
 
 def pool_by_attention_mask(model: Any) -> bool:

@@ -6,6 +6,7 @@ tokens and the truncation is *said* (:func:`fit_texts`); generation refuses inst
 :class:`~llmos_jupyter.resources.manager.ModelRecord` (anything with ``model``, ``tokenizer``
 and ``alias``).
 """
+
 from __future__ import annotations
 
 import sys
@@ -34,6 +35,10 @@ def fit_texts(rec, texts: list[str], max_length: int, what: str) -> int:
     if cut:
         many = f"{len(cut)} of {len(texts)} texts are" if len(texts) > 1 else f"the text ({cut[0]:,} tokens) is"
         longest = f" (longest {max(cut):,})" if len(texts) > 1 else ""
-        print(f"llmos: note: {many} longer than the {limit:,} tokens '{rec.alias}' reads here{longest}; {what} "
-              f"used the first {limit:,} tokens{' of each' if len(cut) > 1 else ''}", file=sys.stderr, flush=True)
+        print(
+            f"llmos: note: {many} longer than the {limit:,} tokens '{rec.alias}' reads here{longest}; {what} "
+            f"used the first {limit:,} tokens{' of each' if len(cut) > 1 else ''}",
+            file=sys.stderr,
+            flush=True,
+        )
     return limit

@@ -4,6 +4,7 @@
 name is used: importing this package does not import torch or triton. Set ``TRITON_INTERPRET=1``
 before the first use to run the kernels on a CPU. See :mod:`llmos_jupyter.ops.attention`.
 """
+
 from __future__ import annotations
 
 import importlib

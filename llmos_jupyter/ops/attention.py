@@ -24,6 +24,7 @@ kernels and torch rounds the fp32 results; autotuning is pinned to one config.
 Tests: ``.venv/bin/python -m pytest tests/ops -q``; speed:
 ``python benchmarks/benchmark_attention.py`` on a CUDA machine.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -46,7 +47,7 @@ except ImportError as exc:  # no Triton wheel for this platform: is_available() 
 
         Config = staticmethod(lambda *args, **kwargs: None)
         jit = staticmethod(lambda fn=None, **kwargs: fn if fn is not None else (lambda f: f))
-        autotune = staticmethod(lambda *args, **kwargs: (lambda f: f))
+        autotune = staticmethod(lambda *args, **kwargs: lambda f: f)
 
     triton, tl = _NoTriton(), None
     _TRITON_IMPORT_ERROR = f"Triton is not installed ({exc})"
@@ -82,7 +83,11 @@ FP32_DOT_PRECISION = "ieee"
 _INTERPRET_CONFIG = dict(BLOCK_M=32, BLOCK_N=32)
 
 _FWD_SPACE = [  # (BLOCK_M, BLOCK_N, num_warps, num_stages); the last one always survives pruning
-    (128, 128, 8, 3), (128, 64, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3), (64, 32, 4, 2),
+    (128, 128, 8, 3),
+    (128, 64, 8, 3),
+    (128, 64, 4, 3),
+    (64, 64, 4, 3),
+    (64, 32, 4, 2),
 ]
 _BWD_DKDV_SPACE = [(64, 128, 8, 2), (32, 128, 8, 2), (64, 64, 4, 3), (32, 32, 4, 2)]
 _BWD_DQ_SPACE = [(128, 64, 8, 3), (64, 64, 4, 3), (64, 32, 4, 3), (32, 32, 4, 2)]
@@ -133,8 +138,7 @@ def _bucket(n: int) -> int:
 # log2 units (qk_scale = scale * log2(e)); "valid" = inside S_q/S_k, causal and padding mask.
 # ---------------------------------------------------------------------------------------------
 @triton.jit
-def _valid_tile(offs_m, offs_n, S_Q, S_K, Mask, stride_mm, stride_mn,
-                CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr):
+def _valid_tile(offs_m, offs_n, S_Q, S_K, Mask, stride_mm, stride_mn, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr):
     """(BLOCK_M, BLOCK_N) booleans: may query i attend to key j? Causal is bottom-right aligned."""
     valid = (offs_m[:, None] < S_Q) & (offs_n[None, :] < S_K)
     if CAUSAL:
@@ -147,10 +151,34 @@ def _valid_tile(offs_m, offs_n, S_Q, S_K, Mask, stride_mm, stride_mn,
 
 
 @triton.jit
-def _attn_fwd_tiles(acc, l_i, m_i, q, K, V, Mask, stride_kn, stride_kd, stride_vn, stride_vd,
-                    stride_mm, stride_mn, offs_m, offs_d, S_Q, S_K, qk_scale, lo, hi,
-                    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
-                    HAS_MASK: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr):
+def _attn_fwd_tiles(
+    acc,
+    l_i,
+    m_i,
+    q,
+    K,
+    V,
+    Mask,
+    stride_kn,
+    stride_kd,
+    stride_vn,
+    stride_vd,
+    stride_mm,
+    stride_mn,
+    offs_m,
+    offs_d,
+    S_Q,
+    S_K,
+    qk_scale,
+    lo,
+    hi,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    UPCAST: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
     """Online softmax over key tiles [lo, hi) (FlashAttention-2, Algorithm 1, lines 6-11)."""
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -174,19 +202,56 @@ def _attn_fwd_tiles(acc, l_i, m_i, q, K, V, Mask, stride_kn, stride_kd, stride_v
     return acc, l_i, m_i
 
 
-@triton.autotune(configs=_configs(_FWD_SPACE), key=_AUTOTUNE_KEY,
-                 prune_configs_by={"early_config_prune": _prune(lambda c: c.kwargs["BLOCK_M"])}, **_TUNE_KW)
+@triton.autotune(
+    configs=_configs(_FWD_SPACE),
+    key=_AUTOTUNE_KEY,
+    prune_configs_by={"early_config_prune": _prune(lambda c: c.kwargs["BLOCK_M"])},
+    **_TUNE_KW,
+)
 @triton.jit
-def _attn_fwd_kernel(Q, K, V, Mask, Out, Lse,
-                     stride_qb, stride_qh, stride_qm, stride_qd,
-                     stride_kb, stride_kh, stride_kn, stride_kd,
-                     stride_vb, stride_vh, stride_vn, stride_vd,
-                     stride_mb, stride_mh, stride_mm, stride_mn,
-                     stride_ob, stride_oh, stride_om, stride_od,
-                     H, GROUP, S_Q, S_K, qk_scale, S_Q_KEY, S_K_KEY,
-                     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
-                     HAS_MASK: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def _attn_fwd_kernel(
+    Q,
+    K,
+    V,
+    Mask,
+    Out,
+    Lse,
+    stride_qb,
+    stride_qh,
+    stride_qm,
+    stride_qd,
+    stride_kb,
+    stride_kh,
+    stride_kn,
+    stride_kd,
+    stride_vb,
+    stride_vh,
+    stride_vn,
+    stride_vd,
+    stride_mb,
+    stride_mh,
+    stride_mm,
+    stride_mn,
+    stride_ob,
+    stride_oh,
+    stride_om,
+    stride_od,
+    H,
+    GROUP,
+    S_Q,
+    S_K,
+    qk_scale,
+    S_Q_KEY,
+    S_K_KEY,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    UPCAST: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     """Grid (cdiv(S_q, BLOCK_M), H, B). Writes O (B, S_q, H, D) and Lse (B, H, S_q) in log2 units."""
     pid_m = tl.program_id(0)
     h = tl.program_id(1).to(tl.int64)
@@ -215,16 +280,91 @@ def _attn_fwd_kernel(Q, K, V, Mask, Out, Lse,
         first = pid_m * BLOCK_M + (S_K - S_Q)
         full_hi = tl.minimum(S_K, tl.maximum(0, first + 1)) // BLOCK_N * BLOCK_N
         hi = tl.minimum(S_K, tl.maximum(0, first + BLOCK_M))
-        acc, l_i, m_i = _attn_fwd_tiles(acc, l_i, m_i, q, K, V, Mask, stride_kn, stride_kd, stride_vn, stride_vd,
-                                        stride_mm, stride_mn, offs_m, offs_d, S_Q, S_K, qk_scale, 0, full_hi,
-                                        HEAD_DIM, BLOCK_N, False, HAS_MASK, UPCAST, DOT_PRECISION)
-        acc, l_i, m_i = _attn_fwd_tiles(acc, l_i, m_i, q, K, V, Mask, stride_kn, stride_kd, stride_vn, stride_vd,
-                                        stride_mm, stride_mn, offs_m, offs_d, S_Q, S_K, qk_scale, full_hi, hi,
-                                        HEAD_DIM, BLOCK_N, True, HAS_MASK, UPCAST, DOT_PRECISION)
+        acc, l_i, m_i = _attn_fwd_tiles(
+            acc,
+            l_i,
+            m_i,
+            q,
+            K,
+            V,
+            Mask,
+            stride_kn,
+            stride_kd,
+            stride_vn,
+            stride_vd,
+            stride_mm,
+            stride_mn,
+            offs_m,
+            offs_d,
+            S_Q,
+            S_K,
+            qk_scale,
+            0,
+            full_hi,
+            HEAD_DIM,
+            BLOCK_N,
+            False,
+            HAS_MASK,
+            UPCAST,
+            DOT_PRECISION,
+        )
+        acc, l_i, m_i = _attn_fwd_tiles(
+            acc,
+            l_i,
+            m_i,
+            q,
+            K,
+            V,
+            Mask,
+            stride_kn,
+            stride_kd,
+            stride_vn,
+            stride_vd,
+            stride_mm,
+            stride_mn,
+            offs_m,
+            offs_d,
+            S_Q,
+            S_K,
+            qk_scale,
+            full_hi,
+            hi,
+            HEAD_DIM,
+            BLOCK_N,
+            True,
+            HAS_MASK,
+            UPCAST,
+            DOT_PRECISION,
+        )
     else:
-        acc, l_i, m_i = _attn_fwd_tiles(acc, l_i, m_i, q, K, V, Mask, stride_kn, stride_kd, stride_vn, stride_vd,
-                                        stride_mm, stride_mn, offs_m, offs_d, S_Q, S_K, qk_scale, 0, S_K,
-                                        HEAD_DIM, BLOCK_N, False, HAS_MASK, UPCAST, DOT_PRECISION)
+        acc, l_i, m_i = _attn_fwd_tiles(
+            acc,
+            l_i,
+            m_i,
+            q,
+            K,
+            V,
+            Mask,
+            stride_kn,
+            stride_kd,
+            stride_vn,
+            stride_vd,
+            stride_mm,
+            stride_mn,
+            offs_m,
+            offs_d,
+            S_Q,
+            S_K,
+            qk_scale,
+            0,
+            S_K,
+            HEAD_DIM,
+            BLOCK_N,
+            False,
+            HAS_MASK,
+            UPCAST,
+            DOT_PRECISION,
+        )
 
     empty = l_i == 0.0  # no valid key (all padding, or above the causal diagonal): output 0
     l_safe = tl.where(empty, 1.0, l_i)
@@ -235,10 +375,24 @@ def _attn_fwd_kernel(Q, K, V, Mask, Out, Lse,
 
 
 @triton.jit
-def _attn_bwd_preprocess_kernel(Out, dOut, Delta,
-                                stride_ob, stride_oh, stride_om, stride_od,
-                                stride_dob, stride_doh, stride_dom, stride_dod,
-                                H, S_Q, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr):
+def _attn_bwd_preprocess_kernel(
+    Out,
+    dOut,
+    Delta,
+    stride_ob,
+    stride_oh,
+    stride_om,
+    stride_od,
+    stride_dob,
+    stride_doh,
+    stride_dom,
+    stride_dod,
+    H,
+    S_Q,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+):
     """Delta_i = rowsum(dO_i * O_i) (FlashAttention-2, Algorithm 2, line 4). Grid (cdiv(S_q, BLOCK_M), H, B)."""
     pid_m = tl.program_id(0)
     h = tl.program_id(1).to(tl.int64)
@@ -246,28 +400,81 @@ def _attn_bwd_preprocess_kernel(Out, dOut, Delta,
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     inside = (offs_m[:, None] < S_Q) & (offs_d[None, :] < HEAD_DIM)
-    o = tl.load(Out + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od,
-                mask=inside, other=0.0).to(tl.float32)
-    do = tl.load(dOut + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dom + offs_d[None, :] * stride_dod,
-                 mask=inside, other=0.0).to(tl.float32)
+    o = tl.load(
+        Out + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od,
+        mask=inside,
+        other=0.0,
+    ).to(tl.float32)
+    do = tl.load(
+        dOut + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dom + offs_d[None, :] * stride_dod,
+        mask=inside,
+        other=0.0,
+    ).to(tl.float32)
     tl.store(Delta + (b * H + h) * S_Q + offs_m, tl.sum(o * do, 1), mask=offs_m < S_Q)
 
 
-@triton.autotune(configs=_configs(_BWD_DKDV_SPACE), key=_AUTOTUNE_KEY,
-                 prune_configs_by={"early_config_prune": _prune(lambda c: 2 * c.kwargs["BLOCK_N"])}, **_TUNE_KW)
+@triton.autotune(
+    configs=_configs(_BWD_DKDV_SPACE),
+    key=_AUTOTUNE_KEY,
+    prune_configs_by={"early_config_prune": _prune(lambda c: 2 * c.kwargs["BLOCK_N"])},
+    **_TUNE_KW,
+)
 @triton.jit
-def _attn_bwd_dkdv_kernel(Q, K, V, Mask, dOut, Lse, Delta, dK, dV,
-                          stride_qb, stride_qh, stride_qm, stride_qd,
-                          stride_kb, stride_kh, stride_kn, stride_kd,
-                          stride_vb, stride_vh, stride_vn, stride_vd,
-                          stride_mb, stride_mh, stride_mm, stride_mn,
-                          stride_dob, stride_doh, stride_dom, stride_dod,
-                          stride_dkb, stride_dkh, stride_dkn, stride_dkd,
-                          stride_dvb, stride_dvh, stride_dvn, stride_dvd,
-                          H, GROUP, S_Q, S_K, qk_scale, sm_scale, S_Q_KEY, S_K_KEY,
-                          HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
-                          HAS_MASK: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def _attn_bwd_dkdv_kernel(
+    Q,
+    K,
+    V,
+    Mask,
+    dOut,
+    Lse,
+    Delta,
+    dK,
+    dV,
+    stride_qb,
+    stride_qh,
+    stride_qm,
+    stride_qd,
+    stride_kb,
+    stride_kh,
+    stride_kn,
+    stride_kd,
+    stride_vb,
+    stride_vh,
+    stride_vn,
+    stride_vd,
+    stride_mb,
+    stride_mh,
+    stride_mm,
+    stride_mn,
+    stride_dob,
+    stride_doh,
+    stride_dom,
+    stride_dod,
+    stride_dkb,
+    stride_dkh,
+    stride_dkn,
+    stride_dkd,
+    stride_dvb,
+    stride_dvh,
+    stride_dvn,
+    stride_dvd,
+    H,
+    GROUP,
+    S_Q,
+    S_K,
+    qk_scale,
+    sm_scale,
+    S_Q_KEY,
+    S_K_KEY,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    UPCAST: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     """dK, dV for one tile of keys of one key/value head, summed over its GROUP query heads.
 
     Grid (cdiv(S_k, BLOCK_N), H_kv, B); FlashAttention-2, Algorithm 2 (outer loop over key tiles):
@@ -280,10 +487,16 @@ def _attn_bwd_dkdv_kernel(Q, K, V, Mask, dOut, Lse, Delta, dK, dV,
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     kv_in = (offs_n[:, None] < S_K) & (offs_d[None, :] < HEAD_DIM)
-    k = tl.load(K + b * stride_kb + kv_h * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
-                mask=kv_in, other=0.0)
-    v = tl.load(V + b * stride_vb + kv_h * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
-                mask=kv_in, other=0.0)
+    k = tl.load(
+        K + b * stride_kb + kv_h * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
+        mask=kv_in,
+        other=0.0,
+    )
+    v = tl.load(
+        V + b * stride_vb + kv_h * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
+        mask=kv_in,
+        other=0.0,
+    )
     if UPCAST:
         k = k.to(tl.float32)
         v = v.to(tl.float32)
@@ -320,26 +533,75 @@ def _attn_bwd_dkdv_kernel(Q, K, V, Mask, dOut, Lse, Delta, dK, dV,
             dk = tl.dot(tl.trans(ds.to(q.dtype)), q, dk, input_precision=DOT_PRECISION)
 
     dk = dk * sm_scale
-    tl.store(dK + b * stride_dkb + kv_h * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :] * stride_dkd,
-             dk.to(dK.dtype.element_ty), mask=kv_in)
-    tl.store(dV + b * stride_dvb + kv_h * stride_dvh + offs_n[:, None] * stride_dvn + offs_d[None, :] * stride_dvd,
-             dv.to(dV.dtype.element_ty), mask=kv_in)
+    tl.store(
+        dK + b * stride_dkb + kv_h * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :] * stride_dkd,
+        dk.to(dK.dtype.element_ty),
+        mask=kv_in,
+    )
+    tl.store(
+        dV + b * stride_dvb + kv_h * stride_dvh + offs_n[:, None] * stride_dvn + offs_d[None, :] * stride_dvd,
+        dv.to(dV.dtype.element_ty),
+        mask=kv_in,
+    )
 
 
-@triton.autotune(configs=_configs(_BWD_DQ_SPACE), key=_AUTOTUNE_KEY,
-                 prune_configs_by={"early_config_prune": _prune(lambda c: c.kwargs["BLOCK_M"])}, **_TUNE_KW)
+@triton.autotune(
+    configs=_configs(_BWD_DQ_SPACE),
+    key=_AUTOTUNE_KEY,
+    prune_configs_by={"early_config_prune": _prune(lambda c: c.kwargs["BLOCK_M"])},
+    **_TUNE_KW,
+)
 @triton.jit
-def _attn_bwd_dq_kernel(Q, K, V, Mask, dOut, Lse, Delta, dQ,
-                        stride_qb, stride_qh, stride_qm, stride_qd,
-                        stride_kb, stride_kh, stride_kn, stride_kd,
-                        stride_vb, stride_vh, stride_vn, stride_vd,
-                        stride_mb, stride_mh, stride_mm, stride_mn,
-                        stride_dob, stride_doh, stride_dom, stride_dod,
-                        stride_dqb, stride_dqh, stride_dqm, stride_dqd,
-                        H, GROUP, S_Q, S_K, qk_scale, sm_scale, S_Q_KEY, S_K_KEY,
-                        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
-                        HAS_MASK: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def _attn_bwd_dq_kernel(
+    Q,
+    K,
+    V,
+    Mask,
+    dOut,
+    Lse,
+    Delta,
+    dQ,
+    stride_qb,
+    stride_qh,
+    stride_qm,
+    stride_qd,
+    stride_kb,
+    stride_kh,
+    stride_kn,
+    stride_kd,
+    stride_vb,
+    stride_vh,
+    stride_vn,
+    stride_vd,
+    stride_mb,
+    stride_mh,
+    stride_mm,
+    stride_mn,
+    stride_dob,
+    stride_doh,
+    stride_dom,
+    stride_dod,
+    stride_dqb,
+    stride_dqh,
+    stride_dqm,
+    stride_dqd,
+    H,
+    GROUP,
+    S_Q,
+    S_K,
+    qk_scale,
+    sm_scale,
+    S_Q_KEY,
+    S_K_KEY,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    UPCAST: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     """dQ = scale * dS K for one tile of queries. Grid (cdiv(S_q, BLOCK_M), H, B)."""
     pid_m = tl.program_id(0)
     h = tl.program_id(1).to(tl.int64)
@@ -352,10 +614,16 @@ def _attn_bwd_dq_kernel(Q, K, V, Mask, dOut, Lse, Delta, dQ,
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     q_in = (offs_m[:, None] < S_Q) & (offs_d[None, :] < HEAD_DIM)
-    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
-                mask=q_in, other=0.0)
-    do = tl.load(dOut + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dom + offs_d[None, :] * stride_dod,
-                 mask=q_in, other=0.0)
+    q = tl.load(
+        Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+        mask=q_in,
+        other=0.0,
+    )
+    do = tl.load(
+        dOut + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dom + offs_d[None, :] * stride_dod,
+        mask=q_in,
+        other=0.0,
+    )
     if UPCAST:
         q = q.to(tl.float32)
         do = do.to(tl.float32)
@@ -383,8 +651,11 @@ def _attn_bwd_dq_kernel(Q, K, V, Mask, dOut, Lse, Delta, dQ,
         dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PRECISION)
 
     dq = dq * sm_scale
-    tl.store(dQ + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd,
-             dq.to(dQ.dtype.element_ty), mask=q_in)
+    tl.store(
+        dQ + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd,
+        dq.to(dQ.dtype.element_ty),
+        mask=q_in,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -436,9 +707,24 @@ def _flash_attn_forward(q, k, v, mask, causal: bool, scale: float):
         return triton.cdiv(S_q, meta["BLOCK_M"]), H, B
 
     _attn_fwd_kernel[grid](
-        q, k, v, mask_t, out, lse,
-        *q.stride(), *k.stride(), *v.stride(), *mask_strides, *_bhsd_strides(out),
-        H, H // H_kv, S_q, S_k, scale * LOG2E, _bucket(S_q), _bucket(S_k),
+        q,
+        k,
+        v,
+        mask_t,
+        out,
+        lse,
+        *q.stride(),
+        *k.stride(),
+        *v.stride(),
+        *mask_strides,
+        *_bhsd_strides(out),
+        H,
+        H // H_kv,
+        S_q,
+        S_k,
+        scale * LOG2E,
+        _bucket(S_q),
+        _bucket(S_k),
         **_common_meta(q, causal, mask),
     )
     return out.to(q.dtype), lse
@@ -456,8 +742,16 @@ def _flash_attn_backward(do, q, k, v, out, lse, mask, causal: bool, scale: float
     delta = torch.empty_like(lse)
     pre_block_m = 64
     _attn_bwd_preprocess_kernel[(triton.cdiv(S_q, pre_block_m), H, B)](
-        out, do, delta, *_bhsd_strides(out), *_bhsd_strides(do), H, S_q,
-        HEAD_DIM=meta["HEAD_DIM"], BLOCK_D=meta["BLOCK_D"], BLOCK_M=pre_block_m,
+        out,
+        do,
+        delta,
+        *_bhsd_strides(out),
+        *_bhsd_strides(do),
+        H,
+        S_q,
+        HEAD_DIM=meta["HEAD_DIM"],
+        BLOCK_D=meta["BLOCK_D"],
+        BLOCK_M=pre_block_m,
     )
     mask_t, mask_strides = _mask_args(mask, q)
     common = (H, H // H_kv, S_q, S_k, scale * LOG2E, scale, _bucket(S_q), _bucket(S_k))
@@ -466,18 +760,46 @@ def _flash_attn_backward(do, q, k, v, out, lse, mask, causal: bool, scale: float
         return triton.cdiv(S_k, m["BLOCK_N"]), H_kv, B
 
     _attn_bwd_dkdv_kernel[grid_kv](
-        q, k, v, mask_t, do, lse, delta, dk, dv,
-        *q.stride(), *k.stride(), *v.stride(), *mask_strides, *_bhsd_strides(do), *dk.stride(), *dv.stride(),
-        *common, **meta,
+        q,
+        k,
+        v,
+        mask_t,
+        do,
+        lse,
+        delta,
+        dk,
+        dv,
+        *q.stride(),
+        *k.stride(),
+        *v.stride(),
+        *mask_strides,
+        *_bhsd_strides(do),
+        *dk.stride(),
+        *dv.stride(),
+        *common,
+        **meta,
     )
 
     def grid_q(m):
         return triton.cdiv(S_q, m["BLOCK_M"]), H, B
 
     _attn_bwd_dq_kernel[grid_q](
-        q, k, v, mask_t, do, lse, delta, dq,
-        *q.stride(), *k.stride(), *v.stride(), *mask_strides, *_bhsd_strides(do), *dq.stride(),
-        *common, **meta,
+        q,
+        k,
+        v,
+        mask_t,
+        do,
+        lse,
+        delta,
+        dq,
+        *q.stride(),
+        *k.stride(),
+        *v.stride(),
+        *mask_strides,
+        *_bhsd_strides(do),
+        *dq.stride(),
+        *common,
+        **meta,
     )
     return dq.to(q.dtype), dk.to(q.dtype), dv.to(q.dtype)
 
@@ -521,8 +843,10 @@ def is_available() -> tuple[bool, str]:
         return True, "Triton interpreter (TRITON_INTERPRET=1): the kernels run on the CPU, slowly"
     if torch.cuda.is_available():
         return True, f"CUDA device {torch.cuda.get_device_name(0)}"
-    return False, ("no CUDA device and TRITON_INTERPRET is not 1; set TRITON_INTERPRET=1 before importing "
-                   "llmos_jupyter.ops.attention to run the kernels on the CPU")
+    return False, (
+        "no CUDA device and TRITON_INTERPRET is not 1; set TRITON_INTERPRET=1 before importing "
+        "llmos_jupyter.ops.attention to run the kernels on the CPU"
+    )
 
 
 def runs_on(t: torch.Tensor) -> tuple[bool, str]:
@@ -538,8 +862,10 @@ def runs_on(t: torch.Tensor) -> tuple[bool, str]:
 
 def _check_inputs(q, k, v, attention_mask):
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise UsageError(f"flash_attention wants 4-D q (B, H, S_q, D) and k, v (B, H_kv, S_k, D); got "
-                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+        raise UsageError(
+            f"flash_attention wants 4-D q (B, H, S_q, D) and k, v (B, H_kv, S_k, D); got "
+            f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
     B, H, S_q, D = q.shape
     if k.shape != v.shape or k.shape[0] != B or k.shape[3] != D:
         raise UsageError(f"k and v must both be (B={B}, H_kv, S_k, D={D}); got {tuple(k.shape)} and {tuple(v.shape)}")
@@ -556,8 +882,9 @@ def _check_inputs(q, k, v, attention_mask):
         return None
     m = attention_mask
     if m.dtype != torch.bool:
-        raise UsageError(f"attention_mask must be boolean (True = attend), got {m.dtype}; "
-                         "for an additive float mask use torch SDPA")
+        raise UsageError(
+            f"attention_mask must be boolean (True = attend), got {m.dtype}; for an additive float mask use torch SDPA"
+        )
     if m.device != q.device:
         raise UsageError(f"attention_mask is on {m.device}, q on {q.device}; move it with .to(q.device)")
     if m.dim() == 2:  # (B, S_k) padding mask
@@ -566,13 +893,22 @@ def _check_inputs(q, k, v, attention_mask):
     try:
         m = m.view(torch.uint8).expand(B, H, S_q, S_k)  # zero-copy: broadcast dims get stride 0
     except RuntimeError:
-        raise UsageError(f"attention_mask of shape {tuple(attention_mask.shape)} does not broadcast to "
-                         f"(B, H, S_q, S_k) = {(B, H, S_q, S_k)}; pass (B, 1, S_q, S_k) or (B, S_k)") from None
+        raise UsageError(
+            f"attention_mask of shape {tuple(attention_mask.shape)} does not broadcast to "
+            f"(B, H, S_q, S_k) = {(B, H, S_q, S_k)}; pass (B, 1, S_q, S_k) or (B, S_k)"
+        ) from None
     return m
 
 
-def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
-                    attention_mask: torch.Tensor | None = None, scale: float | None = None) -> torch.Tensor:
+def flash_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool = False,
+    attention_mask: torch.Tensor | None = None,
+    scale: float | None = None,
+) -> torch.Tensor:
     """Fused scaled-dot-product attention (FlashAttention-2, Dao 2023, arXiv:2307.08691) in Triton.
 
     Args:

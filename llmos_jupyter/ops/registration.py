@@ -4,12 +4,14 @@ transformers calls an attention function as ``fn(module, query, key, value, atte
 dropout=, scaling=, is_causal=, **kwargs)`` with query (B, H, S_q, D), key/value (B, H_kv, S_k, D),
 and expects ``(output (B, S_q, H, D), weights or None)``. A custom function only receives a
 padding mask if a mask function is registered under the same name (without it a left-padded
-batch attends to its pad tokens and the real tokens' logits drift by ~19), so :func:`register` registers ``sdpa_mask`` with it: boolean 4-D masks,
-True = attend, or ``None`` when plain causal / full attention is exact.
+batch attends to its pad tokens and the real tokens' logits drift by ~19), so :func:`register`
+registers ``sdpa_mask`` with it: boolean 4-D masks, True = attend, or ``None`` when plain causal /
+full attention is exact.
 
 The fallback is as visible as the fast path: every case the kernels do not cover goes to
 transformers' own SDPA function with a one-time ``RuntimeWarning`` naming the reason.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -44,8 +46,9 @@ def fallback_reason(module, query, key, value, attention_mask, dropout: float, k
         return "additive position bias is not implemented in the kernels"
     if kwargs.get("s_aux") is not None or kwargs.get("sinks") is not None:
         return "attention sinks are not implemented in the kernels"
-    if attention_mask is not None and not (isinstance(attention_mask, torch.Tensor)
-                                           and attention_mask.dtype == torch.bool):
+    if attention_mask is not None and not (
+        isinstance(attention_mask, torch.Tensor) and attention_mask.dtype == torch.bool
+    ):
         return "only boolean masks are supported (got an additive or block mask)"
     D = query.shape[-1]
     if key.shape[-1] != D or value.shape[-1] != D:
@@ -59,8 +62,17 @@ def fallback_reason(module, query, key, value, attention_mask, dropout: float, k
     return ""
 
 
-def llmos_triton_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0,
-                                   scaling: float | None = None, is_causal: bool | None = None, **kwargs):
+def llmos_triton_attention_forward(
+    module,
+    query,
+    key,
+    value,
+    attention_mask,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    is_causal: bool | None = None,
+    **kwargs,
+):
     """transformers attention function backed by :func:`~llmos_jupyter.ops.attention.flash_attention`.
 
     Args:
@@ -83,8 +95,9 @@ def llmos_triton_attention_forward(module, query, key, value, attention_mask, dr
         _notice_once(reason)
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
-                                      scaling=scaling, is_causal=is_causal, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
+        )
 
     q_len, kv_len = query.shape[2], key.shape[2]
     is_causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)

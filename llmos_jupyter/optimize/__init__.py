@@ -9,9 +9,12 @@
 * :mod:`.measure` / :mod:`.driver` — the before/after measurement behind ``%llm optimize``
   (``llmos_jupyter.api.optimize``): parameters, weight and file bytes, resident memory,
   latency and throughput, the metric on a dataset split.
+* :mod:`.command` — the steps of ``%llm optimize`` around the driver: check the request, read
+  the evaluation split, build the speed inputs, register the copy, record the run.
 
 Nothing here imports torch at import time; each function imports what it needs.
 """
+
 from __future__ import annotations
 
-__all__ = ["compile", "driver", "measure", "prune", "quantize"]
+__all__ = ["command", "compile", "driver", "measure", "prune", "quantize"]

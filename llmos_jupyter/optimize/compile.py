@@ -20,6 +20,7 @@ Compiling happens on the first calls, not here: the driver times that warm-up as
 row. On a CPU, Inductor needs a C++ compiler (:func:`check_compiler`).
 Source: https://docs.pytorch.org/docs/stable/generated/torch.compile.html.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -43,8 +44,10 @@ def check_compiler(device: str = "cpu") -> str | None:
         path = shutil.which(name)
         if path:
             return path
-    raise LLMOSError("torch.compile on the cpu needs a C++ compiler and none is on the PATH; "
-                     "install one (`apt-get install g++`) or drop --compile")
+    raise LLMOSError(
+        "torch.compile on the cpu needs a C++ compiler and none is on the PATH; "
+        "install one (`apt-get install g++`) or drop --compile"
+    )
 
 
 def is_compiled(model: Any) -> bool:

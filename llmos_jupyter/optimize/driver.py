@@ -12,6 +12,7 @@ the way the resource manager measures a load.
 >>> result = run(model, tok, plan, task="seq-cls", batches=batches)      # doctest: +SKIP
 >>> result.table("minilm", "minilm-int8")                                # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 import copy
@@ -78,13 +79,27 @@ class Plan:
         return " + ".join(parts)
 
     def to_dict(self) -> dict:
-        return {"quantize": self.quantize, "prune": self.prune, "structured": list(self.structured or []) or None,
-                "compile": self.compile, "recover_epochs": self.recover_epochs}
+        return {
+            "quantize": self.quantize,
+            "prune": self.prune,
+            "structured": list(self.structured or []) or None,
+            "compile": self.compile,
+            "recover_epochs": self.recover_epochs,
+        }
 
 
-def check_plan(*, quantize: str | None = None, prune: Any = None, structured: Any = None, compile: bool = False,
-               recover_epochs: Any = 0, task: str = "seq-cls", device: str = "cpu", model: Any = None,
-               optimized: dict | None = None) -> Plan:
+def check_plan(
+    *,
+    quantize: str | None = None,
+    prune: Any = None,
+    structured: Any = None,
+    compile: bool = False,
+    recover_epochs: Any = 0,
+    task: str = "seq-cls",
+    device: str = "cpu",
+    model: Any = None,
+    optimized: dict | None = None,
+) -> Plan:
     """Validate every option before anything runs (one line each).
 
     Args:
@@ -100,15 +115,18 @@ def check_plan(*, quantize: str | None = None, prune: Any = None, structured: An
     if isinstance(quantize, str):
         quantize = quantize.strip().lower()
     if not quantize and prune is None and not structured and not compile:
-        raise UsageError("nothing to do: give --quantize LEVEL, --prune AMOUNT [--structured heads|ffn] "
-                         "and/or --compile (see `%llm help optimize`)")
+        raise UsageError(
+            "nothing to do: give --quantize LEVEL, --prune AMOUNT [--structured heads|ffn] "
+            "and/or --compile (see `%llm help optimize`)"
+        )
     if quantize:
         quantize_mod.check(quantize, device)
     amount = prune_mod.check_amount(prune) if prune is not None else None
     parts = prune_mod.parse_structures(structured) if structured else None
     if parts and amount is None:
-        raise UsageError("--structured says which parts to prune; add --prune AMOUNT, "
-                         "e.g. --prune 0.3 --structured heads")
+        raise UsageError(
+            "--structured says which parts to prune; add --prune AMOUNT, e.g. --prune 0.3 --structured heads"
+        )
     try:
         epochs = int(recover_epochs or 0)
     except (TypeError, ValueError):
@@ -124,15 +142,18 @@ def check_plan(*, quantize: str | None = None, prune: Any = None, structured: An
     if model is not None:
         have = quantize_mod.current(model)
         if quantize and have is not None:
-            raise UsageError(f"this model is already quantised ({have}); optimise its float original instead "
-                             f"(int8 of int8 only adds error)")
+            raise UsageError(
+                f"this model is already quantised ({have}); optimise its float original instead "
+                f"(int8 of int8 only adds error)"
+            )
         if amount is not None and have in ("int8", "torchao"):
-            raise UsageError(f"this model's weights are quantised ({have}); prune its float original, then "
-                             f"quantise in the same call (--prune {amount:g} --quantize LEVEL)")
+            raise UsageError(
+                f"this model's weights are quantised ({have}); prune its float original, then "
+                f"quantise in the same call (--prune {amount:g} --quantize LEVEL)"
+            )
         if compile_mod.is_compiled(model) or (optimized or {}).get("compile"):
             raise UsageError("this model is already compiled; optimise its original, adding --compile")
-    return Plan(quantize=quantize or None, prune=amount, structured=parts, compile=bool(compile),
-                recover_epochs=epochs)
+    return Plan(quantize=quantize or None, prune=amount, structured=parts, compile=bool(compile), recover_epochs=epochs)
 
 
 def clone(model: Any) -> Any:
@@ -150,11 +171,14 @@ def clone(model: Any) -> Any:
 def carry_marks(src: Any, dst: Any) -> None:
     """Copy ``_is_hf_initialized`` / ``_llmos_trained`` from ``src``'s parameters to ``dst``'s
     parameters of the same name (peft's ``base_model.model.`` prefix ignored)."""
+
     def norm(n: str) -> str:
         return n.replace("base_model.model.", "").replace(".base_layer", "")
 
-    marks = {norm(n): {k: getattr(p, k) for k in ("_is_hf_initialized", "_llmos_trained") if hasattr(p, k)}
-             for n, p in src.named_parameters()}
+    marks = {
+        norm(n): {k: getattr(p, k) for k in ("_is_hf_initialized", "_llmos_trained") if hasattr(p, k)}
+        for n, p in src.named_parameters()
+    }
     for n, p in dst.named_parameters():
         for k, v in marks.get(norm(n), {}).items():
             setattr(p, k, v)
@@ -175,7 +199,7 @@ def prepare(plan: Plan) -> None:
         quantize_mod._torchao()
     if plan.prune is not None:
         import torch.nn.utils.prune
-        import transformers.pytorch_utils  # noqa: F401
+        import transformers.pytorch_utils  # noqa: F401  (side effect: loaded before the timing starts)
     if plan.compile:
         import torch._dynamo
         import torch._inductor
@@ -232,8 +256,18 @@ class Result:
             out["compile_s"] = self.compile_s
         return out
 
-    def table(self, src_alias: str, new_alias: str, *, task: str, batch_size: int, threads: int,
-              rows_evaluated: int | None = None, split: str | None = None, run_id: str | None = None) -> Table:
+    def table(
+        self,
+        src_alias: str,
+        new_alias: str,
+        *,
+        task: str,
+        batch_size: int,
+        threads: int,
+        rows_evaluated: int | None = None,
+        split: str | None = None,
+        run_id: str | None = None,
+    ) -> Table:
         """The before/after table (see :func:`report_rows`); ``table.data`` holds raw numbers."""
         rows, data = report_rows(self, task=task, batch_size=batch_size, split=split)
         notes = [f"{self.plan.describe()}; {threads} threads"]
@@ -243,18 +277,26 @@ class Result:
         if q:
             notes.append(f"quantize: {q['backend']}")
         p = self.info.get("prune")
+        if p and p.get("scores"):
+            notes.append(f"heads/neurons ranked by {p['scores']}")
         if p and p.get("method") == "magnitude":
-            notes.append("magnitude pruning leaves the matrices dense: zeros are multiplied like any number, "
-                         "so it saves no time and no memory (only a compressed file shrinks)")
+            notes.append(
+                "magnitude pruning leaves the matrices dense: zeros are multiplied like any number, "
+                "so it saves no time and no memory (only a compressed file shrinks)"
+            )
         c = self.info.get("compile")
         if c:
             notes.append(f"compile: {c['what']}, compile time = first pass - a timed pass")
-        notes.append("resident: RSS growth while building the model (the tokenizer is shared with "
-                     f"'{src_alias}')")
+        notes.append(f"resident: RSS growth while building the model (the tokenizer is shared with '{src_alias}')")
         if run_id:
             notes.append(f"run {run_id}")
-        t = Table(f"optimize {src_alias} -> {new_alias}", ["", src_alias, new_alias, "change"], rows,
-                  note="; ".join(notes), data=data)
+        t = Table(
+            f"optimize {src_alias} -> {new_alias}",
+            ["", src_alias, new_alias, "change"],
+            rows,
+            note="; ".join(notes),
+            data=data,
+        )
         t.result, t.run_id, t.alias = self, run_id, new_alias
         return t
 
@@ -278,24 +320,64 @@ def report_rows(result: Result, *, task: str, batch_size: int, split: str | None
         data.append({"measure": name, "before": vb, "after": va, "change": change})
 
     pct = (a.params - b.params) / b.params * 100 if b.params else 0.0
-    add("parameters", b.params, a.params, lambda v: f"{v / 1e6:.2f}M",
-        "same" if a.params == b.params else f"{pct:+.1f}%")
-    add("linear weights", b.linear_bytes, a.linear_bytes, format_size,
-        _ratio(b.linear_bytes, a.linear_bytes, smaller_better=True, word="smaller"))
-    add("file size (weights)", b.disk_bytes, a.disk_bytes, format_size,
-        _ratio(b.disk_bytes, a.disk_bytes, smaller_better=True, word="smaller"))
-    add("resident (RSS growth)", b.resident_bytes, a.resident_bytes, format_size,
-        _ratio(b.resident_bytes, a.resident_bytes, smaller_better=True, word="smaller"))
+    add(
+        "parameters",
+        b.params,
+        a.params,
+        lambda v: f"{v / 1e6:.2f}M",
+        "same" if a.params == b.params else f"{pct:+.1f}%",
+    )
+    add(
+        "linear weights",
+        b.linear_bytes,
+        a.linear_bytes,
+        format_size,
+        _ratio(b.linear_bytes, a.linear_bytes, smaller_better=True, word="smaller"),
+    )
+    add(
+        "file size (weights)",
+        b.disk_bytes,
+        a.disk_bytes,
+        format_size,
+        _ratio(b.disk_bytes, a.disk_bytes, smaller_better=True, word="smaller"),
+    )
+    add(
+        "resident (RSS growth)",
+        b.resident_bytes,
+        a.resident_bytes,
+        format_size,
+        _ratio(b.resident_bytes, a.resident_bytes, smaller_better=True, word="smaller"),
+    )
     if task == "causal-lm":
-        add("tokens/s (greedy decode)", b.tokens_per_s, a.tokens_per_s, lambda v: f"{v:.1f}",
-            _ratio(b.tokens_per_s, a.tokens_per_s, smaller_better=False, word="faster"))
-        add("time to first token", b.ttft_s, a.ttft_s, lambda v: f"{v * 1000:.0f} ms",
-            _ratio(b.ttft_s, a.ttft_s, smaller_better=True, word="faster"))
+        add(
+            "tokens/s (greedy decode)",
+            b.tokens_per_s,
+            a.tokens_per_s,
+            lambda v: f"{v:.1f}",
+            _ratio(b.tokens_per_s, a.tokens_per_s, smaller_better=False, word="faster"),
+        )
+        add(
+            "time to first token",
+            b.ttft_s,
+            a.ttft_s,
+            lambda v: f"{v * 1000:.0f} ms",
+            _ratio(b.ttft_s, a.ttft_s, smaller_better=True, word="faster"),
+        )
     else:
-        add(f"latency per batch of {batch_size}", b.latency_ms, a.latency_ms, lambda v: f"{v:.1f} ms",
-            _ratio(b.latency_ms, a.latency_ms, smaller_better=True, word="faster"))
-        add("samples/s", b.samples_per_s, a.samples_per_s, lambda v: f"{v:.1f}",
-            _ratio(b.samples_per_s, a.samples_per_s, smaller_better=False, word="faster"))
+        add(
+            f"latency per batch of {batch_size}",
+            b.latency_ms,
+            a.latency_ms,
+            lambda v: f"{v:.1f} ms",
+            _ratio(b.latency_ms, a.latency_ms, smaller_better=True, word="faster"),
+        )
+        add(
+            "samples/s",
+            b.samples_per_s,
+            a.samples_per_s,
+            lambda v: f"{v:.1f}",
+            _ratio(b.samples_per_s, a.samples_per_s, smaller_better=False, word="faster"),
+        )
     where = f" ({split})" if split else ""
     for k, vb in b.metrics.items():
         va = a.metrics.get(k)
@@ -307,27 +389,55 @@ def report_rows(result: Result, *, task: str, batch_size: int, split: str | None
             change = f"{va - vb:+.4f}"
         add(f"{k}{where}", vb, va, lambda v: f"{v:.4f}", change)
     if result.plan.prune:
-        add("sparsity (hidden linear weights)", b.sparsity, a.sparsity, lambda v: f"{v * 100:.1f}%",
-            f"{(a.sparsity - b.sparsity) * 100:+.1f} points")
+        add(
+            "sparsity (hidden linear weights)",
+            b.sparsity,
+            a.sparsity,
+            lambda v: f"{v * 100:.1f}%",
+            f"{(a.sparsity - b.sparsity) * 100:+.1f} points",
+        )
         p = result.info.get("prune", {})
         if "heads_before" in p:
-            add("attention heads per layer", p["heads_before"], p["heads_after"], str,
-                f"-{p['heads_before'] - p['heads_after']}")
+            add(
+                "attention heads per layer",
+                p["heads_before"],
+                p["heads_after"],
+                str,
+                f"-{p['heads_before'] - p['heads_after']}",
+            )
         if "ffn_before" in p:
             add("FFN neurons per layer", p["ffn_before"], p["ffn_after"], str, f"-{p['ffn_before'] - p['ffn_after']}")
     r = result.info.get("recover")
     if r:
-        add("recovery fine-tune", None, r["wall_s"], lambda v: f"{v:.1f} s",
-            f"{r['epochs']} epoch(s), {r['steps']} steps, final train loss {r['train_loss']:.4f}")
+        add(
+            "recovery fine-tune",
+            None,
+            r["wall_s"],
+            lambda v: f"{v:.1f} s",
+            f"{r['epochs']} epoch(s), {r['steps']} steps, final train loss {r['train_loss']:.4f}",
+        )
     if result.compile_s is not None:
         add("compile time", None, result.compile_s, lambda v: f"{v:.1f} s", "once per process")
     return rows, data
 
 
-def run(model: Any, tokenizer: Any, plan: Plan, *, task: str, batches: list | None = None, prompt: str = "",
-        evaluate: Callable[[Any], dict] | None = None, recover: Callable[[Any], dict] | None = None,
-        folder: Path | None = None, auto_class: str = "", repeats: int = 3, max_new_tokens: int = 32,
-        notify: Callable[[str], None] = lambda m: None) -> Result:
+def run(
+    model: Any,
+    tokenizer: Any,
+    plan: Plan,
+    *,
+    task: str,
+    batches: list | None = None,
+    prompt: str = "",
+    evaluate: Callable[[Any], dict] | None = None,
+    recover: Callable[[Any], dict] | None = None,
+    calibration: list | None = None,
+    folder: Path | None = None,
+    auto_class: str = "",
+    repeats: int = 3,
+    max_new_tokens: int = 32,
+    notify: Callable[[str], None] = lambda m: None,
+) -> Result:
     """Measure ``model``, build the optimised copy, measure it.
 
     Args:
@@ -338,6 +448,8 @@ def run(model: Any, tokenizer: Any, plan: Plan, *, task: str, batches: list | No
         evaluate: ``evaluate(model) -> metrics`` on the named split, run on both.
         recover: ``recover(model) -> {"epochs", "steps", "train_loss", "samples_per_s",
             "wall_s"}``, the fine-tune after pruning (required when ``plan.recover_epochs``).
+        calibration: batches with labels on which structured pruning scores heads and neurons
+            (:func:`.prune.taylor_scores`); None: weight magnitudes.
         folder: where the optimised weights are written (their size is the *after* file
             size); the original's are written to a temporary folder and removed.
         auto_class: the transformers Auto class name of the task (for quantised saves).
@@ -348,8 +460,9 @@ def run(model: Any, tokenizer: Any, plan: Plan, *, task: str, batches: list | No
         :class:`Result`. On any error the copy is dropped and the original is untouched.
     """
     device = str(next(model.parameters()).device)
-    kw = dict(task=task, batches=batches, prompt=prompt, repeats=repeats, max_new_tokens=max_new_tokens,
-              evaluate=evaluate)
+    kw = dict(
+        task=task, batches=batches, prompt=prompt, repeats=repeats, max_new_tokens=max_new_tokens, evaluate=evaluate
+    )
     notify("measuring the original")
     before = sample(model, tokenizer, **kw)
     prepare(plan)
@@ -362,7 +475,7 @@ def run(model: Any, tokenizer: Any, plan: Plan, *, task: str, batches: list | No
     if plan.prune is not None:
         notify(f"pruning {plan.prune * 100:g}%")
         if plan.structured:
-            info["prune"] = prune_mod.structured(new, plan.prune, plan.structured)
+            info["prune"] = prune_mod.structured(new, plan.prune, plan.structured, calibration=calibration)
         else:
             info["prune"] = prune_mod.magnitude(new, plan.prune)
     if plan.recover_epochs:
@@ -381,8 +494,9 @@ def run(model: Any, tokenizer: Any, plan: Plan, *, task: str, batches: list | No
         warm_s = first_pass(new, tokenizer, task=task, batches=batches, prompt=prompt, max_new_tokens=max_new_tokens)
     resident = _resident(u0, _usage(device), new, device)
     notify("measuring the optimised copy")
-    after = sample(new, tokenizer, folder=folder, auto_class=auto_class, level=plan.quantize,
-                   resident_bytes=resident, **kw)
+    after = sample(
+        new, tokenizer, folder=folder, auto_class=auto_class, level=plan.quantize, resident_bytes=resident, **kw
+    )
     compile_s = None
     if warm_s is not None:
         after.first_pass_s = warm_s

@@ -20,6 +20,7 @@ Every number is measured on the model object in hand, never copied from a consta
 * **first pass** — the untimed pass above, in seconds: with ``--compile`` that is where
   compilation happens, so *compile time* = first pass − a timed pass.
 """
+
 from __future__ import annotations
 
 import os
@@ -128,9 +129,14 @@ def _sync(model: Any) -> None:
 def encode_batches(tokenizer: Any, texts: list[str], *, batch_size: int, max_length: int, device: str) -> list[dict]:
     """``texts`` tokenised into batches of ``batch_size`` (each padded to its longest row,
     truncated at ``max_length``), on ``device``."""
-    return [dict(tokenizer(texts[i:i + batch_size], padding=True, truncation=True, max_length=max_length,
-                           return_tensors="pt").to(device))
-            for i in range(0, len(texts), batch_size)]
+    return [
+        dict(
+            tokenizer(
+                texts[i : i + batch_size], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+            ).to(device)
+        )
+        for i in range(0, len(texts), batch_size)
+    ]
 
 
 def forward_speed(model: Any, batches: list[dict], *, repeats: int = 3) -> dict[str, float]:
@@ -157,8 +163,9 @@ def forward_speed(model: Any, batches: list[dict], *, repeats: int = 3) -> dict[
     return {"latency_ms": med / len(batches) * 1000.0, "first_pass_s": first, "pass_s": med}
 
 
-def generation_speed(model: Any, tokenizer: Any, prompt: str, *, max_new_tokens: int = 32,
-                     repeats: int = 3) -> dict[str, float]:
+def generation_speed(
+    model: Any, tokenizer: Any, prompt: str, *, max_new_tokens: int = 32, repeats: int = 3
+) -> dict[str, float]:
     """Greedy decode of ``prompt`` for exactly ``max_new_tokens`` tokens on the transformers
     engine (the path ``%llm chat`` takes): one untimed call, then the median of ``repeats``.
 
@@ -174,13 +181,23 @@ def generation_speed(model: Any, tokenizer: Any, prompt: str, *, max_new_tokens:
     engine.generate(prompt, settings, add_special_tokens=False)
     first = time.perf_counter() - t0
     stats = [engine.generate(prompt, settings, add_special_tokens=False)[1] for _ in range(max(1, repeats))]
-    return {"tokens_per_s": statistics.median(s.tokens_per_s for s in stats),
-            "ttft_s": statistics.median(s.ttft_s or 0.0 for s in stats), "first_pass_s": first,
-            "pass_s": statistics.median(s.total_s for s in stats)}
+    return {
+        "tokens_per_s": statistics.median(s.tokens_per_s for s in stats),
+        "ttft_s": statistics.median(s.ttft_s or 0.0 for s in stats),
+        "first_pass_s": first,
+        "pass_s": statistics.median(s.total_s for s in stats),
+    }
 
 
-def first_pass(model: Any, tokenizer: Any, *, task: str, batches: list[dict] | None = None, prompt: str = "",
-               max_new_tokens: int = 32) -> float:
+def first_pass(
+    model: Any,
+    tokenizer: Any,
+    *,
+    task: str,
+    batches: list[dict] | None = None,
+    prompt: str = "",
+    max_new_tokens: int = 32,
+) -> float:
     """Seconds of one pass as :func:`sample` times it (all ``batches`` once, or one generation
     of ``prompt``): run right after ``torch.compile``, it is the pass that compiles."""
     import torch
@@ -200,10 +217,21 @@ def first_pass(model: Any, tokenizer: Any, *, task: str, batches: list[dict] | N
     return time.perf_counter() - t0
 
 
-def sample(model: Any, tokenizer: Any, *, task: str, batches: list[dict] | None = None, prompt: str = "",
-           repeats: int = 3, max_new_tokens: int = 32, evaluate: Callable[[Any], dict] | None = None,
-           folder: Path | None = None, auto_class: str = "", level: str | None = None,
-           resident_bytes: int | None = None) -> Sample:
+def sample(
+    model: Any,
+    tokenizer: Any,
+    *,
+    task: str,
+    batches: list[dict] | None = None,
+    prompt: str = "",
+    repeats: int = 3,
+    max_new_tokens: int = 32,
+    evaluate: Callable[[Any], dict] | None = None,
+    folder: Path | None = None,
+    auto_class: str = "",
+    level: str | None = None,
+    resident_bytes: int | None = None,
+) -> Sample:
     """Measure ``model`` once (every field of :class:`Sample` the arguments allow).
 
     Args:
@@ -217,8 +245,13 @@ def sample(model: Any, tokenizer: Any, *, task: str, batches: list[dict] | None 
     from ..resources.memory import count_params, module_bytes
     from .prune import sparsity
 
-    s = Sample(params=count_params(model), weight_bytes=sum(module_bytes(model).values()),
-               linear_bytes=linear_bytes(model), resident_bytes=resident_bytes, sparsity=sparsity(model))
+    s = Sample(
+        params=count_params(model),
+        weight_bytes=sum(module_bytes(model).values()),
+        linear_bytes=linear_bytes(model),
+        resident_bytes=resident_bytes,
+        sparsity=sparsity(model),
+    )
     if folder is not None:
         s.disk_bytes, s.files = save_weights(model, folder, auto_class=auto_class, level=level)
     if task == "causal-lm":

@@ -16,7 +16,13 @@
   configs carry ``head_dim``; BERT-type configs cannot describe heads of a different count,
   see :func:`exportable`). Matrices shrink with transformers' own ``prune_linear_layer``.
 
-  Scores are data-free weight magnitudes: an FFN neuron j scores ‖W_in[j,:]‖₂ · ‖W_out[:,j]‖₂
+  With training data (``calibration``: ``%llm optimize ... --eval DATA`` uses 1,024 rows of its
+  train split) heads and neurons are ranked by their measured first-order Taylor importance,
+  (Σ w·∂L/∂w)² over the unit's weights (:func:`taylor_scores`; Molchanov et al. 2019,
+  https://arxiv.org/abs/1906.10771). Measured on MiniLM fine-tuned on Rotten Tomatoes, 30% of
+  heads and FFN neurons removed, no recovery: 83.75% → 82.11% accuracy ranked by Taylor
+  importance, → 73.13% ranked by weight magnitude. Without data, scores are data-free weight
+  magnitudes: an FFN neuron j scores ‖W_in[j,:]‖₂ · ‖W_out[:,j]‖₂
   (Llama: ‖W_gate[j]‖₂ · ‖W_up[j]‖₂ · ‖W_down[:,j]‖₂), a head the L2 norm of its rows in the
   query/key/value projections and its columns in the output projection (Li et al. 2017,
   "Pruning Filters for Efficient ConvNets", https://arxiv.org/abs/1608.08710, rank filters by
@@ -30,6 +36,7 @@ decoders (``llama``, ``mistral``, ``qwen2``: ``layers[i].self_attn.q_proj`` ...)
 key/value heads (``num_key_value_heads`` < ``num_attention_heads``) the same number of query
 heads goes from every group and the key/value heads stay.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -54,8 +61,9 @@ def check_amount(amount: Any) -> float:
     except (TypeError, ValueError):
         a = float("nan")
     if not 0.0 < a < 1.0:
-        raise UsageError(f"--prune takes the share of weights to remove, strictly between 0 and 1 (got {amount}); "
-                         f"e.g. --prune 0.3")
+        raise UsageError(
+            f"--prune takes the share of weights to remove, strictly between 0 and 1 (got {amount}); e.g. --prune 0.3"
+        )
     return a
 
 
@@ -77,8 +85,11 @@ def prunable_linears(model: Any) -> list[tuple[str, Any]]:
     """``(name, module)`` of every ``nn.Linear`` of the model's body (the output head excluded)."""
     from torch import nn
 
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)
-            and n.split(".")[0] not in HEAD_NAMES and n.rsplit(".", 1)[-1] not in HEAD_NAMES]
+    return [
+        (n, m)
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Linear) and n.split(".")[0] not in HEAD_NAMES and n.rsplit(".", 1)[-1] not in HEAD_NAMES
+    ]
 
 
 def sparsity(model: Any) -> float:
@@ -130,9 +141,11 @@ def _arch(model: Any) -> str:
         return "bert"
     if mt in LLAMA_TYPES:
         return "llama"
-    raise UsageError(f"structured pruning knows BERT-type ({', '.join(BERT_TYPES)}) and Llama-type "
-                     f"({', '.join(LLAMA_TYPES)}) layers, not '{mt}'; use --prune AMOUNT without --structured "
-                     f"(magnitude pruning)")
+    raise UsageError(
+        f"structured pruning knows BERT-type ({', '.join(BERT_TYPES)}) and Llama-type "
+        f"({', '.join(LLAMA_TYPES)}) layers, not '{mt}'; use --prune AMOUNT without --structured "
+        f"(magnitude pruning)"
+    )
 
 
 def _layers(model: Any, arch: str) -> list:
@@ -159,6 +172,101 @@ def _shrink(layer: Any, index: Any, dim: int) -> Any:
     return new
 
 
+def _attention(layer: Any, arch: str) -> tuple:
+    """``(W_q, W_k, W_v, W_o)`` Linears of one layer."""
+    if arch == "bert":
+        a = layer.attention
+        return a.self.query, a.self.key, a.self.value, a.output.dense
+    a = layer.self_attn
+    return a.q_proj, a.k_proj, a.v_proj, a.o_proj
+
+
+def _pieces(layer: Any, arch: str, part: str, grouped: bool) -> tuple[list, list]:
+    """``(rows, cols)``: the Linears whose output rows / input columns belong to the units
+    (heads or FFN neurons) of ``part`` in ``layer``, in the units' order."""
+    if part == "ffn":
+        if arch == "bert":
+            return [layer.intermediate.dense], [layer.output.dense]
+        return [layer.mlp.gate_proj, layer.mlp.up_proj], [layer.mlp.down_proj]
+    q, k, v, o = _attention(layer, arch)
+    return ([q] if grouped else [q, k, v]), [o]
+
+
+def _first_order(rows: list, cols: list, n_units: int) -> Any:
+    """Σ w·∂L/∂w over each unit's weights (and its output biases) after a backward pass:
+    the first-order Taylor estimate of the loss change when the unit is removed, ``(n_units,)``."""
+    total = 0
+    for m in rows:
+        wg = (m.weight * m.weight.grad).float().sum(1)
+        if m.bias is not None and m.bias.grad is not None:
+            wg = wg + (m.bias * m.bias.grad).float()
+        total = total + wg.view(n_units, -1).sum(1)
+    for m in cols:
+        total = total + (m.weight * m.weight.grad).float().sum(0).view(n_units, -1).sum(1)
+    return total
+
+
+def taylor_scores(model: Any, parts: Any, batches: list) -> dict[str, list]:
+    """Importance of every head and FFN neuron measured on data: per unit, the squared first-
+    order Taylor estimate of how the loss changes when it is removed, (Σ w·∂L/∂w)², summed over
+    ``batches`` (Molchanov et al. 2019, "Importance Estimation for Neural Network Pruning",
+    https://arxiv.org/abs/1906.10771; Michel et al. 2019 score heads the same way).
+
+    Args:
+        model: a BERT-type or Llama-type transformers model that returns ``.loss``.
+        parts: ``"heads"``, ``"ffn"`` or both.
+        batches: model inputs with ``labels`` (seq-cls: class ids ``(B,)``; causal-lm: token
+            ids ``(B, T)``, -100 where no loss), each a dict of tensors on the model's device.
+
+    Returns:
+        ``{"heads": [(H,) per layer], "ffn": [(intermediate_size,) per layer]}`` for the parts
+        asked, float32, higher = keep. Gradients are cleared, ``requires_grad`` and the
+        train/eval mode restored (dropout is off while scoring).
+
+    Raises:
+        UsageError: an unknown part or architecture; no batch.
+    """
+    import torch
+
+    parts = parse_structures(parts)
+    arch = _arch(model)
+    if not batches:
+        raise UsageError("data-aware pruning needs at least one batch of training data")
+    layers = _layers(model, arch)
+    cfg = model.config
+    grouped = arch == "llama" and (getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads) < (
+        cfg.num_attention_heads
+    )
+    units = {"heads": cfg.num_attention_heads, "ffn": cfg.intermediate_size}
+    params = list(model.parameters())
+    flags, was_training = [p.requires_grad for p in params], model.training
+    acc = {part: [torch.zeros(units[part]) for _ in layers] for part in parts}
+    try:
+        model.eval()
+        for p in params:
+            p.requires_grad_(False)
+        for layer in layers:
+            for part in parts:
+                for m in sum(_pieces(layer, arch, part, grouped), []):
+                    for p in (m.weight, m.bias):
+                        if p is not None:
+                            p.requires_grad_(True)
+        for batch in batches:
+            model.zero_grad(set_to_none=True)
+            model(**batch).loss.backward()
+            with torch.no_grad():
+                for i, layer in enumerate(layers):
+                    for part in parts:
+                        rows, cols = _pieces(layer, arch, part, grouped)
+                        acc[part][i] += _first_order(rows, cols, units[part]).pow(2).cpu()
+    finally:
+        model.zero_grad(set_to_none=True)
+        for p, f in zip(params, flags):
+            p.requires_grad_(f)
+        model.train(was_training)
+    return acc
+
+
 def _keep(scores: Any, n_keep: int) -> Any:
     """Indices of the ``n_keep`` largest scores, in increasing order (the layout is kept)."""
     import torch
@@ -166,24 +274,29 @@ def _keep(scores: Any, n_keep: int) -> Any:
     return torch.topk(scores, n_keep).indices.sort().values
 
 
-def _ffn(model: Any, arch: str, amount: float) -> dict[str, Any]:
+def _ffn(model: Any, arch: str, amount: float, scores: list | None = None) -> dict[str, Any]:
     import torch
 
     layers = _layers(model, arch)
     before = model.config.intermediate_size
     n_keep = max(1, round((1 - amount) * before))
     with torch.no_grad():
-        for layer in layers:
+        for i, layer in enumerate(layers):
             if arch == "bert":
                 w_in, w_out = layer.intermediate.dense.weight, layer.output.dense.weight  # (I, H), (H, I)
-                score = w_in.float().norm(dim=1) * w_out.float().norm(dim=0)          # (I,)
+                score = w_in.float().norm(dim=1) * w_out.float().norm(dim=0) if scores is None else scores[i]  # (I,)
                 idx = _keep(score, n_keep)
                 layer.intermediate.dense = _shrink(layer.intermediate.dense, idx, 0)
                 layer.output.dense = _shrink(layer.output.dense, idx, 1)
             else:
                 mlp = layer.mlp
-                score = (mlp.gate_proj.weight.float().norm(dim=1) * mlp.up_proj.weight.float().norm(dim=1)
-                         * mlp.down_proj.weight.float().norm(dim=0))                     # (I,)
+                score = (
+                    mlp.gate_proj.weight.float().norm(dim=1)
+                    * mlp.up_proj.weight.float().norm(dim=1)
+                    * mlp.down_proj.weight.float().norm(dim=0)
+                    if scores is None
+                    else scores[i]
+                )  # (I,)
                 idx = _keep(score, n_keep)
                 mlp.gate_proj = _shrink(mlp.gate_proj, idx, 0)
                 mlp.up_proj = _shrink(mlp.up_proj, idx, 0)
@@ -204,16 +317,18 @@ def _head_plan(model: Any, amount: float) -> dict[str, int]:
     cfg = model.config
     H = cfg.num_attention_heads
     if _arch(model) == "bert":
-        D, kv = cfg.hidden_size // H, H                          # head size; no grouping
+        D, kv = cfg.hidden_size // H, H  # head size; no grouping
     else:
         D = getattr(cfg, "head_dim", None) or cfg.hidden_size // H
         kv = getattr(cfg, "num_key_value_heads", None) or H
-    groups = H // kv                                             # query heads per key/value head
+    groups = H // kv  # query heads per key/value head
     n_groups, per_group = (kv, groups) if groups > 1 else (1, H)  # heads are chosen within each group
     drop = round(amount * per_group)
     if drop < 1:
-        raise UsageError(f"--prune {amount:g} of {per_group} heads per {'group' if groups > 1 else 'layer'} "
-                         f"removes none; use --prune {1.5 / per_group:.2f} or more")
+        raise UsageError(
+            f"--prune {amount:g} of {per_group} heads per {'group' if groups > 1 else 'layer'} "
+            f"removes none; use --prune {1.5 / per_group:.2f} or more"
+        )
     if drop >= per_group:
         raise UsageError(f"--prune {amount:g} would remove every head; use a smaller amount")
     return {"H": H, "D": D, "groups": groups, "n_groups": n_groups, "per_group": per_group, "keep_n": per_group - drop}
@@ -232,31 +347,32 @@ def check_structured(model: Any, amount: Any, parts: Any) -> None:
         _arch(model)
 
 
-def _heads(model: Any, arch: str, amount: float) -> dict[str, Any]:
+def _heads(model: Any, arch: str, amount: float, scores: list | None = None) -> dict[str, Any]:
     import torch
 
     cfg = model.config
     plan = _head_plan(model, amount)
-    H, D, groups, n_groups, per_group, keep_n = (plan[k] for k in ("H", "D", "groups", "n_groups", "per_group",
-                                                                    "keep_n"))
+    H, D, groups, n_groups, per_group, keep_n = (
+        plan[k] for k in ("H", "D", "groups", "n_groups", "per_group", "keep_n")
+    )
     layers = _layers(model, arch)
 
     def rows_sq(w):  # (H·D, hidden) -> (H,): squared norm of each head's rows
         return w.float().view(H, D, -1).pow(2).sum((1, 2))
 
     with torch.no_grad():
-        for layer in layers:
-            if arch == "bert":
-                a = layer.attention
-                q, k, v, o = a.self.query, a.self.key, a.self.value, a.output.dense
+        for i, layer in enumerate(layers):
+            q, k, v, o = _attention(layer, arch)
+            a = layer.attention if arch == "bert" else layer.self_attn
+            if scores is None:
+                # per head: ‖rows of W_q (and W_k, W_v without grouping)‖² + ‖columns of W_o‖²
+                score = rows_sq(q.weight) + o.weight.float().view(-1, H, D).pow(2).sum((0, 2))  # (H,)
+                if groups == 1:
+                    score = score + rows_sq(k.weight) + rows_sq(v.weight)
+                score = score.sqrt()
             else:
-                a = layer.self_attn
-                q, k, v, o = a.q_proj, a.k_proj, a.v_proj, a.o_proj
-            # per head: ‖rows of W_q (and W_k, W_v without grouping)‖² + ‖columns of W_o‖²
-            score = rows_sq(q.weight) + o.weight.float().view(-1, H, D).pow(2).sum((0, 2))  # (H,)
-            if groups == 1:
-                score = score + rows_sq(k.weight) + rows_sq(v.weight)
-            score = score.sqrt().view(n_groups, per_group)
+                score = scores[i]
+            score = score.view(n_groups, per_group)
             heads = torch.cat([g * per_group + _keep(row, keep_n) for g, row in enumerate(score)])  # kept, sorted
             rows = (heads[:, None] * D + torch.arange(D, device=heads.device)).reshape(-1)  # rows of W_q, cols of W_o
             if arch == "bert":
@@ -288,7 +404,9 @@ def exportable(model: Any) -> bool:
     return getattr(getattr(model, "config", None), "llmos_attention_heads", None) is None
 
 
-def structured(model: Any, amount: float, parts: Any = ("heads", "ffn")) -> dict[str, Any]:
+def structured(
+    model: Any, amount: float, parts: Any = ("heads", "ffn"), calibration: list | None = None
+) -> dict[str, Any]:
     """Remove ``amount`` of the attention heads and/or FFN neurons of every layer, in place
     (see the module docstring). Numbers are rounded to whole heads (per key/value group with
     grouped heads) and neurons, the same in every layer.
@@ -296,10 +414,13 @@ def structured(model: Any, amount: float, parts: Any = ("heads", "ffn")) -> dict
     Args:
         amount: share to remove, in (0, 1).
         parts: ``"heads"``, ``"ffn"`` or both (a comma-separated string or a sequence).
+        calibration: batches with labels (see :func:`taylor_scores`) to rank heads and neurons
+            by measured importance; None (default): by weight magnitude.
 
     Returns:
-        ``{"method": "structured", "amount", "parts", "heads_before", "heads_after",
-        "ffn_before", "ffn_after"}`` (the heads/ffn keys for the parts pruned).
+        ``{"method": "structured", "amount", "parts", "scores" (how they were ranked),
+        "heads_before", "heads_after", "ffn_before", "ffn_after"}`` (the heads/ffn keys for the
+        parts pruned).
 
     Raises:
         UsageError: ``amount`` outside (0, 1); an unknown part; an architecture other than
@@ -308,9 +429,21 @@ def structured(model: Any, amount: float, parts: Any = ("heads", "ffn")) -> dict
     amount = check_amount(amount)
     parts = parse_structures(parts)
     arch = _arch(model)
-    out: dict[str, Any] = {"method": "structured", "amount": amount, "parts": list(parts)}
     if "heads" in parts:
-        out.update(_heads(model, arch, amount))
+        _head_plan(model, amount)  # refuse before any work
+    scores = taylor_scores(model, parts, calibration) if calibration else {}
+    out: dict[str, Any] = {
+        "method": "structured",
+        "amount": amount,
+        "parts": list(parts),
+        "scores": (
+            f"first-order Taylor importance on {len(calibration)} batch{'es' if len(calibration) != 1 else ''}"
+            if calibration
+            else "weight magnitude"
+        ),
+    }
+    if "heads" in parts:
+        out.update(_heads(model, arch, amount, scores.get("heads")))
     if "ffn" in parts:
-        out.update(_ffn(model, arch, amount))
+        out.update(_ffn(model, arch, amount, scores.get("ffn")))
     return out

@@ -54,6 +54,7 @@ tensors, loadable with ``torch.load(..., weights_only=True)``: no code runs) nex
 config; :func:`load_quantized` is the four-line recipe that rebuilds it with plain
 transformers + torch (written into ``llmos_quantization.json`` as text too).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -131,8 +132,9 @@ def check(level: str, device: str = "cpu") -> str:
         return have[level]
     cuda = str(device).startswith("cuda")
     if level in (_CUDA if cuda else _CPU) and _needs_torchao(level, device) and not torchao_installed():
-        raise UsageError(f"--quantize {level} needs torchao, which is not installed: `{EXTRA_HINT}`; "
-                         f"available without it {here}")
+        raise UsageError(
+            f"--quantize {level} needs torchao, which is not installed: `{EXTRA_HINT}`; available without it {here}"
+        )
     why = "torchao's int4 kernel needs compute capability >= 8.0" if cuda else _NOT_ON_CPU[level]
     raise UsageError(f"--quantize {level} is not available on {device}: {why}; available {here}")
 
@@ -251,11 +253,23 @@ def _quantize_dynamic(model: Any) -> None:
 
 # ------------------------------------------------------------------------------ save / load
 RECIPE = {
-    "int8": ("model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear: "
-             "torch.ao.quantization.per_channel_dynamic_qconfig}, dtype=torch.qint8)"),
+    "int8": (
+        "model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear: "
+        "torch.ao.quantization.per_channel_dynamic_qconfig}, dtype=torch.qint8)"
+    ),
     "int8-weight": "torchao.quantization.quantize_(model, torchao.quantization.Int8WeightOnlyConfig())",
-    "int4": ("model.to(torch.bfloat16); torchao.quantization.quantize_(model, torchao.quantization."
-             "Int4WeightOnlyConfig(group_size=128, int4_packing_format='tile_packed_to_4d'))"),
+    "int4": (
+        "model.to(torch.bfloat16); torchao.quantization.quantize_(model, torchao.quantization."
+        "Int4WeightOnlyConfig(group_size=128, int4_packing_format='tile_packed_to_4d'))"
+    ),
+}
+
+
+# the transformers Auto class that rebuilds a saved model of each task (for save_quantized)
+TASK_CLASS = {
+    "seq-cls": "AutoModelForSequenceClassification",
+    "causal-lm": "AutoModelForCausalLM",
+    "embedding": "AutoModel",
 }
 
 

@@ -4,6 +4,7 @@ Subscribers (widgets, ``%llm ps``, the side panel's comm) are called synchronous
 thread that emitted, with ``{"type": ..., "time": ..., **fields}``; a failing subscriber is
 dropped from that call only, never breaking the emitter. The last 500 events are kept.
 """
+
 from __future__ import annotations
 
 import collections

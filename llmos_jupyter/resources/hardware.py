@@ -2,6 +2,7 @@
 
 With no GPU or no NVML everything degrades to the CPU without errors.
 """
+
 from __future__ import annotations
 
 import os
@@ -36,11 +37,17 @@ def gpus() -> list[dict]:
             h = nv.nvmlDeviceGetHandleByIndex(i)
             mem = nv.nvmlDeviceGetMemoryInfo(h)
             name = nv.nvmlDeviceGetName(h)
-            entry = {"index": i, "name": name.decode() if isinstance(name, bytes) else name,
-                     "mem_total": int(mem.total), "mem_used": int(mem.used)}
-            for key, fn in (("util", lambda: nv.nvmlDeviceGetUtilizationRates(h).gpu),
-                            ("temperature", lambda: nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU)),
-                            ("power_w", lambda: nv.nvmlDeviceGetPowerUsage(h) / 1000.0)):
+            entry = {
+                "index": i,
+                "name": name.decode() if isinstance(name, bytes) else name,
+                "mem_total": int(mem.total),
+                "mem_used": int(mem.used),
+            }
+            for key, fn in (
+                ("util", lambda: nv.nvmlDeviceGetUtilizationRates(h).gpu),
+                ("temperature", lambda: nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU)),
+                ("power_w", lambda: nv.nvmlDeviceGetPowerUsage(h) / 1000.0),
+            ):
                 try:
                     entry[key] = fn()
                 except Exception:
@@ -85,9 +92,11 @@ def check_dtype(dtype: str | None) -> str | None:
         return None
     name = DTYPE_NAMES.get(str(dtype).lower(), str(dtype).lower())
     if name not in DTYPES:
-        raise UsageError(f"unknown dtype '{dtype}'{close_matches(str(dtype), DTYPES + tuple(DTYPE_NAMES))}; "
-                         f"use {opt('dtype', 'float32')}, float16 or bfloat16 (or leave it out: float32 on the cpu, "
-                         f"bfloat16/float16 on a GPU)")
+        raise UsageError(
+            f"unknown dtype '{dtype}'{close_matches(str(dtype), DTYPES + tuple(DTYPE_NAMES))}; "
+            f"use {opt('dtype', 'float32')}, float16 or bfloat16 (or leave it out: float32 on the cpu, "
+            f"bfloat16/float16 on a GPU)"
+        )
     return name
 
 
@@ -125,8 +134,10 @@ def check_device(device: str | None) -> str | None:
             why = "this torch has no CUDA support" if torch.version.cuda is None else "torch sees no CUDA GPU"
         else:
             why = f"there is no {name}"
-        raise UsageError(f"{opt('device', device)}: {why}; devices here: {', '.join(have)} — use "
-                         f"{opt('device', have[-1])} or leave it out")
+        raise UsageError(
+            f"{opt('device', device)}: {why}; devices here: {', '.join(have)} — use "
+            f"{opt('device', have[-1])} or leave it out"
+        )
     raise UsageError(f"unknown device '{device}'; devices here: {', '.join(have)} (cpu, cuda:N or mps)")
 
 
@@ -158,6 +169,10 @@ def summary() -> dict:
     """Small hardware summary for run manifests: platform, CPU count, RAM, GPU names."""
     import psutil
 
-    return {"platform": platform.platform(), "python": platform.python_version(),
-            "cpu_count": os.cpu_count(), "ram_total": int(psutil.virtual_memory().total),
-            "gpus": [g["name"] for g in gpus()]}
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "ram_total": int(psutil.virtual_memory().total),
+        "gpus": [g["name"] for g in gpus()],
+    }

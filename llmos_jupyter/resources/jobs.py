@@ -7,10 +7,16 @@ function is wrapped and sets it as the *thread's own* parent inside the thread (
 ``ZMQInteractiveShell.set_thread_parent``; older kernels fall back to the streams'
 thread-local setters). See ``ipykernel/zmqshell.py`` and ``ipykernel/iostream.py``.
 """
+
 from __future__ import annotations
 
 import functools
+import itertools
 import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
 
 
 def _shell():
@@ -87,11 +93,6 @@ def keep_output_parent(fn):
 
 
 # ----------------------------------------------------------------------------- jobs
-import itertools  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-from typing import Callable  # noqa: E402
 
 _ids = itertools.count(1)
 
@@ -155,8 +156,10 @@ class Job:
         if self.launcher:
             alive = f" ({self.ranks_alive} alive here)" if self.ranks_alive is not None else ""
             steps += f", {self.world_size} ranks{alive}"
-        return (f"{self.id}: {self.kind} {self.target}, {self.state} {self.progress * 100:.0f}%{steps}{extra}; "
-                f"`%llm jobs`, `%llm job wait {self.id}`, `%llm job cancel {self.id}`")
+        return (
+            f"{self.id}: {self.kind} {self.target}, {self.state} {self.progress * 100:.0f}%{steps}{extra}; "
+            f"`%llm jobs`, `%llm job wait {self.id}`, `%llm job cancel {self.id}`"
+        )
 
     def _repr_mimebundle_(self, include=None, exclude=None):
         import html
@@ -165,12 +168,27 @@ class Job:
 
     def summary(self) -> dict:
         """JSON-safe view for ``%llm jobs`` and the side panel."""
-        return {"id": self.id, "kind": self.kind, "target": self.target, "device": self.device,
-                "state": self.state, "progress": self.progress, "step": self.step,
-                "total_steps": self.total_steps, "loss": self.loss, "samples_per_s": self.samples_per_s,
-                "eta_s": self.eta_s, "error": self.error, "created": self.created, "finished": self.finished,
-                "world_size": self.world_size, "ranks_alive": self.ranks_alive, "pids": list(self.pids),
-                "launcher": self.launcher, "foreground": self.foreground}
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "target": self.target,
+            "device": self.device,
+            "state": self.state,
+            "progress": self.progress,
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "loss": self.loss,
+            "samples_per_s": self.samples_per_s,
+            "eta_s": self.eta_s,
+            "error": self.error,
+            "created": self.created,
+            "finished": self.finished,
+            "world_size": self.world_size,
+            "ranks_alive": self.ranks_alive,
+            "pids": list(self.pids),
+            "launcher": self.launcher,
+            "foreground": self.foreground,
+        }
 
 
 class JobScheduler:
@@ -215,12 +233,12 @@ class JobScheduler:
                 state = status if status in ("failed", "cancelled", "interrupted", "diverged") else "done"
                 if job.should_stop() and state in ("done", "interrupted"):
                     state = "cancelled"  # the loop reports a requested stop as "interrupted"
-                self.update(job, state=state, finished=time.time(),
-                            progress=1.0 if state == "done" else job.progress)
+                self.update(job, state=state, finished=time.time(), progress=1.0 if state == "done" else job.progress)
             except BaseException as e:  # recorded on the job; the caller decides what to show
                 job.error = str(e).splitlines()[0] if str(e) else type(e).__name__
-                self.update(job, state="interrupted" if isinstance(e, KeyboardInterrupt) else "failed",
-                            finished=time.time())
+                self.update(
+                    job, state="interrupted" if isinstance(e, KeyboardInterrupt) else "failed", finished=time.time()
+                )
                 if job._raise_in_caller:
                     job._exc = e
             finally:
@@ -248,8 +266,9 @@ class JobScheduler:
         job._raise_in_caller = False
         self.jobs[job.id] = job
         self._emit("job", **job.summary())
-        worker = threading.Thread(target=keep_output_parent(lambda: self._execute(job, fn)),
-                                  daemon=True, name=f"llmos-{job.id}")
+        worker = threading.Thread(
+            target=keep_output_parent(lambda: self._execute(job, fn)), daemon=True, name=f"llmos-{job.id}"
+        )
         worker.start()
         return job
 

@@ -24,6 +24,7 @@ Policy (see docs/architecture.md, "Resources"):
 * A failed load (bad file, OOM) leaves no record behind and gives its memory back.
 * Every state change emits one event on :attr:`ModelManager.events`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -58,23 +59,23 @@ class ModelRecord:
     users: int = 0
     pinned: bool = False
     keep_alive: float | None = None  # seconds idle before unload; None = forever; 0 = after each call
-    home_device: str | None = None   # where it was loaded (an offloaded model returns there)
-    exclusive: str | None = None     # id of the job training it (other calls are refused)
+    home_device: str | None = None  # where it was loaded (an offloaded model returns there)
+    exclusive: str | None = None  # id of the job training it (other calls are refused)
     labels: list | None = None
     quantization: str | None = None
     model: object = None
     tokenizer: object = None
     chat_history: list = field(default_factory=list)
     run_id: str | None = None  # the fine-tuning run that produced the current weights, if any
-    engine: str = "transformers"     # which engine serves generate/chat: transformers | llama.cpp
-    server: object = None            # the Engine instance (llama.cpp), or a cached TransformersEngine
+    engine: str = "transformers"  # which engine serves generate/chat: transformers | llama.cpp
+    server: object = None  # the Engine instance (llama.cpp), or a cached TransformersEngine
     real_bytes: dict = field(default_factory=dict)  # what holding it really costs, per device (RSS/CUDA delta)
-    n_ctx: int | None = None         # context window (positions) of the serving engine
-    threads: int | None = None       # llama.cpp decode threads
-    gguf_path: str | None = None     # the GGUF file llama.cpp serves (or transformers loaded)
+    n_ctx: int | None = None  # context window (positions) of the serving engine
+    threads: int | None = None  # llama.cpp decode threads
+    gguf_path: str | None = None  # the GGUF file llama.cpp serves (or transformers loaded)
     last_generation: dict | None = None  # tokens, tokens/s, time to first token of the last call
     noted: set = field(default_factory=set)  # one-time notes already shown for this model (e.g. "head")
-    optimized: dict | None = None    # the recipe of an optimised copy: {"from", "quantize", "prune", ...}
+    optimized: dict | None = None  # the recipe of an optimised copy: {"from", "quantize", "prune", ...}
 
     def inference(self):
         """The :class:`~llmos_jupyter.models.engines.base.Engine` that serves generate/chat: the
@@ -95,14 +96,30 @@ class ModelRecord:
     def summary(self) -> dict:
         """JSON-safe view for ``%llm ps``, widgets and the side panel."""
         return {
-            "alias": self.alias, "task": self.task, "source": self.source, "state": self.state,
-            "dtype": self.dtype, "device": self.device, "params": self.params,
-            "estimated_bytes": self.estimated_bytes, "bytes": dict(self.bytes),
-            "pinned": self.pinned, "users": self.users, "use_count": self.use_count,
-            "keep_alive": self.keep_alive, "last_used": self.last_used, "load_s": self.load_s,
-            "labels": self.labels, "quantization": self.quantization,
-            "home_device": self.home_device, "training": self.exclusive, "expires_at": self.expires_at(),
-            "engine": self.engine, "real_bytes": dict(self.real_bytes), "n_ctx": self.n_ctx, "threads": self.threads,
+            "alias": self.alias,
+            "task": self.task,
+            "source": self.source,
+            "state": self.state,
+            "dtype": self.dtype,
+            "device": self.device,
+            "params": self.params,
+            "estimated_bytes": self.estimated_bytes,
+            "bytes": dict(self.bytes),
+            "pinned": self.pinned,
+            "users": self.users,
+            "use_count": self.use_count,
+            "keep_alive": self.keep_alive,
+            "last_used": self.last_used,
+            "load_s": self.load_s,
+            "labels": self.labels,
+            "quantization": self.quantization,
+            "home_device": self.home_device,
+            "training": self.exclusive,
+            "expires_at": self.expires_at(),
+            "engine": self.engine,
+            "real_bytes": dict(self.real_bytes),
+            "n_ctx": self.n_ctx,
+            "threads": self.threads,
             "last_generation": dict(self.last_generation) if self.last_generation else None,
             "optimized": dict(self.optimized) if self.optimized else None,
         }
@@ -259,8 +276,9 @@ def gguf_file(src) -> str:
     import os
 
     if not getattr(src, "gguf_file", None):
-        raise UsageError(f"{src.spec} is not a GGUF file; llama.cpp serves GGUF files (load with "
-                         f"{opt('engine', 'transformers')})")
+        raise UsageError(
+            f"{src.spec} is not a GGUF file; llama.cpp serves GGUF files (load with {opt('engine', 'transformers')})"
+        )
     return os.path.join(src.path, src.gguf_file)
 
 
@@ -307,7 +325,7 @@ class ModelManager:
     """
 
     BUDGET_FRACTION = 0.90  # default budget: 90% of the device's memory
-    FREE_FRACTION = 0.80    # admit only when the estimate is ≤ 80% of free memory (Ollama)
+    FREE_FRACTION = 0.80  # admit only when the estimate is ≤ 80% of free memory (Ollama)
     REAP_MAX_SLEEP_S = 5.0  # the reaper wakes at the next expiry, or at least this often
 
     def __init__(self, events: EventBus | None = None):
@@ -333,8 +351,12 @@ class ModelManager:
         with self._lock:
             rec = self._models.get(alias)
         if rec is None or rec.state in ("loading", "error"):
-            raise unknown("model", alias, self.aliases(),
-                          f"load it with `%llm load NAME --as {alias}`; `%llm ps` lists what is loaded")
+            raise unknown(
+                "model",
+                alias,
+                self.aliases(),
+                f"load it with `%llm load NAME --as {alias}`; `%llm ps` lists what is loaded",
+            )
         return rec
 
     def ps(self) -> list[dict]:
@@ -373,9 +395,16 @@ class ModelManager:
 
     # ---------------------------------------------------------------- admission
     def _evictable(self, device: str, exclude: str | None) -> list[ModelRecord]:
-        return [r for r in self._models.values()
-                if r.alias != exclude and r.state in ("ready", "offloaded") and not r.pinned and r.users == 0
-                and not r.exclusive and r.cost(device) > 0]
+        return [
+            r
+            for r in self._models.values()
+            if r.alias != exclude
+            and r.state in ("ready", "offloaded")
+            and not r.pinned
+            and r.users == 0
+            and not r.exclusive
+            and r.cost(device) > 0
+        ]
 
     def eviction_action(self, rec: ModelRecord, device: str) -> str:
         """What evicting ``rec`` from ``device`` does: ``"offload"`` (move it to the CPU) when
@@ -393,12 +422,16 @@ class ModelManager:
         """Offload or unload ``rec`` to make room on ``device``; reports one line via ``notify``."""
         if self.eviction_action(rec, device) == "offload":
             r = self.offload(rec.alias)
-            notify(f"llmos: offloaded '{rec.alias}' to cpu ({format_size(r['measured_bytes'])} off {device}) "
-                   f"to make room for '{for_alias}' ({format_size(need)}); the next call moves it back")
+            notify(
+                f"llmos: offloaded '{rec.alias}' to cpu ({format_size(r['measured_bytes'])} off {device}) "
+                f"to make room for '{for_alias}' ({format_size(need)}); the next call moves it back"
+            )
             return r
         r = self.unload(rec.alias, reason="evict")
-        notify(f"llmos: evicted '{rec.alias}' ({format_size(r['real_bytes'])} on {device}) "
-               f"to make room for '{for_alias}' ({format_size(need)})")
+        notify(
+            f"llmos: evicted '{rec.alias}' ({format_size(r['real_bytes'])} on {device}) "
+            f"to make room for '{for_alias}' ({format_size(need)})"
+        )
         return r
 
     def plan_admission(self, device: str, need: int, exclude: str | None = None) -> list[ModelRecord]:
@@ -432,7 +465,8 @@ class ModelManager:
                 raise ResourceError(
                     f"{format_size(need)} does not fit on {device}: budget {format_size(budget)}, "
                     f"in use {format_size(used)}, free {format_size(free)}, evictable {format_size(freed)}; "
-                    f"raise it with `%llm budget --{device.split(':')[0]} SIZE` or `%llm unload ALIAS`")
+                    f"raise it with `%llm budget --{device.split(':')[0]} SIZE` or `%llm unload ALIAS`"
+                )
             for r in sorted(chosen, key=lambda r: r.cost(device)):  # drop the redundant
                 rest = freed - r.cost(device)
                 if fits(rest):
@@ -441,11 +475,26 @@ class ModelManager:
             return chosen
 
     # -------------------------------------------------------------------- load
-    def load(self, spec: str, *, alias: str | None = None, task: str | None = None, labels=None,
-             dtype: str | None = None, device: str | None = None, attn: str | None = None,
-             replace: bool = False, pin: bool = False, keep_alive: float | None = None,
-             trust_remote_code: bool = False, allow_pickle: bool = False, engine: str | None = None,
-             n_ctx: int | None = None, threads: int | None = None, notify=print) -> ModelRecord:
+    def load(
+        self,
+        spec: str,
+        *,
+        alias: str | None = None,
+        task: str | None = None,
+        labels=None,
+        dtype: str | None = None,
+        device: str | None = None,
+        attn: str | None = None,
+        replace: bool = False,
+        pin: bool = False,
+        keep_alive: float | None = None,
+        trust_remote_code: bool = False,
+        allow_pickle: bool = False,
+        engine: str | None = None,
+        n_ctx: int | None = None,
+        threads: int | None = None,
+        notify=print,
+    ) -> ModelRecord:
         """Estimate, admit (evicting if needed), load and register a model under ``alias``.
 
         ``engine`` (``auto`` | ``transformers`` | ``llama.cpp``, see
@@ -466,7 +515,6 @@ class ModelManager:
             LLMOSError: the source cannot be loaded; the engine is not installed.
         """
         from ..models import engines, loading
-
         from .hardware import check_device, check_dtype
 
         keep_alive = parse_duration(keep_alive)
@@ -474,6 +522,72 @@ class ModelManager:
         if device not in (None, "auto", "cpu"):
             device = check_device(device)
         alias = alias or str(spec).rstrip("/").split("/")[-1].removesuffix(".gguf")
+        old = self._check_alias(alias, replace)
+        src = loading.resolve_source(spec)
+        task = loading.resolve_task(src, task)  # the catalog's, the architectures'; an encoder never generates
+        eng = engines.choose(engine, kind=src.kind, task=task, spec=spec, notify=lambda m: print(m, file=sys.stderr))
+        est, dtype = self._estimate(eng, src, spec, task, dtype=dtype, device=device, n_ctx=n_ctx, threads=threads)
+        dev = device if device not in (None, "auto") else est["device"]
+        need = est["real_bytes"]
+        with self._lock:
+            victims = self.plan_admission(dev, need, exclude=alias if replace else None)
+            for v in victims:
+                self._evict(v, dev, alias, need, notify)
+        rec = ModelRecord(
+            alias=alias,
+            source=spec,
+            task=est["task"],
+            dtype=est["dtype"],
+            device=dev,
+            params=est["params"],
+            estimated_bytes=need,
+            pinned=pin,
+            keep_alive=keep_alive,
+            home_device=dev,
+            engine=eng,
+        )
+        key = alias if not replace or old is None else f"{alias} (loading)"
+        with self._lock:
+            self._models[key] = rec
+        self.events.emit("loading", alias=alias, estimated_bytes=need, device=dev, engine=eng)
+        self._load_weights(
+            rec,
+            key,
+            src,
+            spec,
+            task,
+            labels=labels,
+            dtype=dtype,
+            device=device,
+            attn=attn,
+            trust_remote_code=trust_remote_code,
+            allow_pickle=allow_pickle,
+            n_ctx=n_ctx,
+            threads=threads,
+        )
+        rec.state, rec.last_used = "ready", time.time()
+        with self._lock:
+            self._models.pop(key, None)
+            self._models[alias] = rec
+        if replace and old is not None:
+            self._retire(old)
+        self.events.emit(
+            "load",
+            alias=alias,
+            bytes=rec.bytes,
+            real_bytes=rec.real_bytes,
+            params=rec.params,
+            load_s=rec.load_s,
+            keep_alive=rec.keep_alive,
+            engine=rec.engine,
+        )
+        if keep_alive is not None and keep_alive > 0:
+            self._ensure_reaper()
+        return rec
+
+    def _check_alias(self, alias: str, replace: bool) -> ModelRecord | None:
+        """The record ``alias`` holds now (None if free); refuses a taken alias without
+        ``replace``, one still loading, or one a fine-tune holds."""
         with self._lock:
             old = self._models.get(alias)
             if old is not None and not replace:
@@ -481,74 +595,101 @@ class ModelManager:
             if old is not None and old.state == "loading":
                 raise UsageError(f"'{alias}' is still loading; wait for it, then retry")
             if old is not None and old.exclusive:  # swapping weights under a running fine-tune
-                raise UsageError(f"'{alias}' is being fine-tuned by {old.exclusive}; wait with `%llm job wait "
-                                 f"{old.exclusive}`, stop it with `%llm job cancel {old.exclusive}`, or load as another alias")
-        src = loading.resolve_source(spec)
-        task = loading.resolve_task(src, task)  # the catalog's, the architectures'; an encoder never generates
-        eng = engines.choose(engine, kind=src.kind, task=task, spec=spec, notify=lambda m: print(m, file=sys.stderr))
+                raise UsageError(
+                    f"'{alias}' is being fine-tuned by {old.exclusive}; wait with `%llm job wait "
+                    f"{old.exclusive}`, stop it with `%llm job cancel {old.exclusive}`, or load as another alias"
+                )
+        return old
+
+    @staticmethod
+    def _estimate(eng: str, src, spec: str, task: str, *, dtype, device, n_ctx, threads) -> tuple[dict, str | None]:
+        """``(estimate, dtype)`` before anything loads: the llama.cpp plan of the GGUF (weights + KV
+        cache + buffers), or transformers' meta-device estimate (with the dtype the load will pick
+        for an explicit device). Refuses options the chosen engine does not take."""
+        from ..models import loading
+
         if eng == "llama.cpp":
             if device not in (None, "auto", "cpu"):
-                raise UsageError(f"this build of the llama.cpp engine runs on the cpu; drop {opt('device', device)}, "
-                                 f"or load with {opt('engine', 'transformers')} {opt('device', device)}")
+                raise UsageError(
+                    f"this build of the llama.cpp engine runs on the cpu; drop {opt('device', device)}, "
+                    f"or load with {opt('engine', 'transformers')} {opt('device', device)}"
+                )
             if dtype is not None:
-                raise UsageError(f"llama.cpp serves the GGUF's own weights ({src.gguf_file}), so {opt('dtype', dtype)} "
-                                 f"does not apply; drop it, or load with {opt('engine', 'transformers')} "
-                                 f"{opt('dtype', dtype)}")
+                raise UsageError(
+                    f"llama.cpp serves the GGUF's own weights ({src.gguf_file}), so {opt('dtype', dtype)} "
+                    f"does not apply; drop it, or load with {opt('engine', 'transformers')} "
+                    f"{opt('dtype', dtype)}"
+                )
             from ..models.engines import llamacpp
 
             plan = llamacpp.plan(gguf_file(src), n_ctx)
-            est = {"params": plan["params"], "bytes": plan["tensor_bytes"], "real_bytes": plan["bytes"],
-                   "dtype": "gguf", "device": "cpu", "task": "causal-lm"}
-        else:
-            if n_ctx is not None or threads is not None:
-                raise UsageError(f"{opt('n_ctx')} and {opt('threads')} size a llama.cpp context; drop them for "
-                                 f"{opt('engine', 'transformers')}")
-            if device not in (None, "auto") and dtype in (None, "auto"):
-                from .hardware import choose_device_dtype  # the dtype the load will pick for that device
+            return {
+                "params": plan["params"],
+                "bytes": plan["tensor_bytes"],
+                "real_bytes": plan["bytes"],
+                "dtype": "gguf",
+                "device": "cpu",
+                "task": "causal-lm",
+            }, dtype
+        if n_ctx is not None or threads is not None:
+            raise UsageError(
+                f"{opt('n_ctx')} and {opt('threads')} size a llama.cpp context; drop them for "
+                f"{opt('engine', 'transformers')}"
+            )
+        if device not in (None, "auto") and dtype in (None, "auto"):
+            from .hardware import choose_device_dtype  # the dtype the load will pick for that device
 
-                dtype = choose_device_dtype(device, None)[1]
-            est = loading.estimate(spec, task, dtype)
-        dev = device if device not in (None, "auto") else est["device"]
-        need = est["real_bytes"]
-        with self._lock:
-            victims = self.plan_admission(dev, need, exclude=alias if replace else None)
-            for v in victims:
-                self._evict(v, dev, alias, need, notify)
-        rec = ModelRecord(alias=alias, source=spec, task=est["task"], dtype=est["dtype"], device=dev,
-                          params=est["params"], estimated_bytes=need, pinned=pin, keep_alive=keep_alive,
-                          home_device=dev, engine=eng)
-        key = alias if not replace or old is None else f"{alias} (loading)"
-        with self._lock:
-            self._models[key] = rec
-        self.events.emit("loading", alias=alias, estimated_bytes=need, device=dev, engine=eng)
+            dtype = choose_device_dtype(device, None)[1]
+        return loading.estimate(spec, task, dtype), dtype
+
+    def _load_weights(
+        self,
+        rec: ModelRecord,
+        key: str,
+        src,
+        spec: str,
+        task: str,
+        *,
+        labels,
+        dtype,
+        device,
+        attn,
+        trust_remote_code: bool,
+        allow_pickle: bool,
+        n_ctx,
+        threads,
+    ) -> None:
+        """Load the admitted record's weights with its engine. On any error the record is
+        dropped, its memory given back, an ``error`` event sent, and a MemoryError becomes one
+        ResourceError line."""
         try:
-            if eng == "llama.cpp":
+            if rec.engine == "llama.cpp":
                 self._load_llamacpp(rec, gguf_file(src), n_ctx=n_ctx, threads=threads)
             else:
-                self._load_transformers(rec, spec, task, labels=labels, dtype=dtype, device=device, attn_implementation=attn,
-                                        trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+                self._load_transformers(
+                    rec,
+                    spec,
+                    task,
+                    labels=labels,
+                    dtype=dtype,
+                    device=device,
+                    attn_implementation=attn,
+                    trust_remote_code=trust_remote_code,
+                    allow_pickle=allow_pickle,
+                )
                 if getattr(src, "gguf_file", None):
                     rec.gguf_path = gguf_file(src)  # its tokenizer metadata travels into a GGUF export
         except BaseException as e:
             with self._lock:
                 self._models.pop(key, None)
             self._free_record(rec)
-            self.events.emit("error", alias=alias, message=str(e).splitlines()[0] if str(e) else type(e).__name__)
+            self.events.emit("error", alias=rec.alias, message=str(e).splitlines()[0] if str(e) else type(e).__name__)
             if isinstance(e, MemoryError) and not isinstance(e, LLMOSError):
-                raise ResourceError(f"out of memory while loading '{alias}'; nothing was kept — "
-                                    f"free memory with `%llm unload ALIAS` or lower `%llm budget`") from None
+                raise ResourceError(
+                    f"out of memory while loading '{rec.alias}'; nothing was kept — "
+                    f"free memory with `%llm unload ALIAS` or lower `%llm budget`"
+                ) from None
             raise
-        rec.state, rec.last_used = "ready", time.time()
-        with self._lock:
-            self._models.pop(key, None)
-            self._models[alias] = rec
-        if replace and old is not None:
-            self._retire(old)
-        self.events.emit("load", alias=alias, bytes=rec.bytes, real_bytes=rec.real_bytes, params=rec.params,
-                         load_s=rec.load_s, keep_alive=rec.keep_alive, engine=rec.engine)
-        if keep_alive is not None and keep_alive > 0:
-            self._ensure_reaper()
-        return rec
 
     def make_room(self, device: str, need: int, for_alias: str, *, exclude: str | None = None, notify=print) -> None:
         """Evict idle models until ``need`` bytes fit on ``device`` (the rule of
@@ -561,10 +702,23 @@ class ModelManager:
             for v in self.plan_admission(device, need, exclude=exclude):
                 self._evict(v, device, for_alias, need, notify)
 
-    def register(self, alias: str, model, tokenizer, *, source: str, task: str, real_bytes: dict,
-                 labels=None, dtype: str | None = None, quantization: str | None = None,
-                 optimized: dict | None = None, run_id: str | None = None, keep_alive=None,
-                 notify=print) -> ModelRecord:
+    def register(
+        self,
+        alias: str,
+        model,
+        tokenizer,
+        *,
+        source: str,
+        task: str,
+        real_bytes: dict,
+        labels=None,
+        dtype: str | None = None,
+        quantization: str | None = None,
+        optimized: dict | None = None,
+        run_id: str | None = None,
+        keep_alive=None,
+        notify=print,
+    ) -> ModelRecord:
         """Register a model built in this process (an optimised copy, say) under a new ``alias``,
         like a load: admitted on its measured real cost (evicting idle models as for a load),
         then served, listed, evicted, kept alive and unloaded like any other.
@@ -591,19 +745,45 @@ class ModelManager:
         real = {d: max(int(real_bytes.get(d, 0)), int(n)) for d, n in tensors.items()}
         with self._lock:
             if alias in self._models:
-                raise UsageError(f"alias '{alias}' is already loaded; pick another with --as NAME "
-                                 f"or `%llm unload {alias}` first")
+                raise UsageError(
+                    f"alias '{alias}' is already loaded; pick another with --as NAME or `%llm unload {alias}` first"
+                )
             self.make_room(device, real.get(device, 0), alias, exclude=alias, notify=notify)
-            rec = ModelRecord(alias=alias, source=source, task=task, state="ready", dtype=dtype, device=device,
-                              params=count_params(model), estimated_bytes=real.get(device), bytes=tensors,
-                              real_bytes=real, load_s=0.0, keep_alive=keep_alive, home_device=device, labels=labels,
-                              quantization=quantization, model=model, tokenizer=tokenizer, run_id=run_id,
-                              optimized=dict(optimized) if optimized else None)
+            rec = ModelRecord(
+                alias=alias,
+                source=source,
+                task=task,
+                state="ready",
+                dtype=dtype,
+                device=device,
+                params=count_params(model),
+                estimated_bytes=real.get(device),
+                bytes=tensors,
+                real_bytes=real,
+                load_s=0.0,
+                keep_alive=keep_alive,
+                home_device=device,
+                labels=labels,
+                quantization=quantization,
+                model=model,
+                tokenizer=tokenizer,
+                run_id=run_id,
+                optimized=dict(optimized) if optimized else None,
+            )
             if task == "causal-lm":
                 rec.n_ctx = rec.inference().n_ctx
             self._models[alias] = rec
-        self.events.emit("load", alias=alias, bytes=rec.bytes, real_bytes=rec.real_bytes, params=rec.params,
-                         load_s=0.0, keep_alive=rec.keep_alive, engine=rec.engine, optimized=rec.optimized)
+        self.events.emit(
+            "load",
+            alias=alias,
+            bytes=rec.bytes,
+            real_bytes=rec.real_bytes,
+            params=rec.params,
+            load_s=0.0,
+            keep_alive=rec.keep_alive,
+            engine=rec.engine,
+            optimized=rec.optimized,
+        )
         if keep_alive is not None and keep_alive > 0:
             self._ensure_reaper()
         return rec
@@ -629,9 +809,9 @@ class ModelManager:
     def _load_llamacpp(self, rec: ModelRecord, path: str, *, n_ctx=None, threads=None) -> None:
         """Load a GGUF with llama.cpp into ``rec`` (weights paged in by one decode) and measure
         what it really cost."""
-        from ..models.engines.llamacpp import LlamaCppEngine, physical_cores
-
         import llama_cpp  # noqa: F401  (the library's own memory is not the model's)
+
+        from ..models.engines.llamacpp import LlamaCppEngine, physical_cores
 
         t0 = time.perf_counter()
         before = _real_usage("cpu")
@@ -706,6 +886,7 @@ class ModelManager:
 
     def _retire(self, old: ModelRecord) -> None:
         """Free a replaced model once its in-flight users are done."""
+
         def wait_then_free():
             while old.users > 0:
                 time.sleep(0.05)
@@ -734,9 +915,11 @@ class ModelManager:
         with self._lock:
             rec = self.get(alias)
             if rec.exclusive is not None and rec.exclusive != exclusive:
-                raise UsageError(f"'{alias}' is being fine-tuned by {rec.exclusive}; wait with "
-                                 f"`%llm job wait {rec.exclusive}`, stop it with `%llm job cancel {rec.exclusive}`, "
-                                 f"or load a second copy with `%llm load {rec.source} --as OTHER`")
+                raise UsageError(
+                    f"'{alias}' is being fine-tuned by {rec.exclusive}; wait with "
+                    f"`%llm job wait {rec.exclusive}`, stop it with `%llm job cancel {rec.exclusive}`, "
+                    f"or load a second copy with `%llm load {rec.source} --as OTHER`"
+                )
             if exclusive is not None and rec.users > 0:
                 raise UsageError(f"'{alias}' is serving {rec.users} running call(s); train it when they finish")
             if rec.state == "offloaded":
@@ -825,10 +1008,17 @@ class ModelManager:
         rss1 = process_rss()
         device_freed = {d: a - _device_allocated(d) for d, a in alloc0.items() if a is not None}
         kind = {"unload": "unload", "evict": "evict", "keep-alive": "expire"}.get(reason, "unload")
-        self.events.emit(kind, alias=alias, bytes=measured, rss_freed=rss0 - rss1, device_freed=device_freed,
-                         reason=reason)
-        return {"alias": alias, "measured_bytes": measured, "real_bytes": real, "rss_freed": rss0 - rss1,
-                "device_freed": device_freed, "reason": reason}
+        self.events.emit(
+            kind, alias=alias, bytes=measured, rss_freed=rss0 - rss1, device_freed=device_freed, reason=reason
+        )
+        return {
+            "alias": alias,
+            "measured_bytes": measured,
+            "real_bytes": real,
+            "rss_freed": rss0 - rss1,
+            "device_freed": device_freed,
+            "reason": reason,
+        }
 
     # -------------------------------------------------------------- offload
     def offload(self, alias: str) -> dict:
@@ -879,8 +1069,7 @@ class ModelManager:
         rec.real_bytes = {}
         _malloc_trim()
         self.events.emit("restore", alias=rec.alias, device=home, bytes=rec.bytes, seconds=time.perf_counter() - t0)
-        notify(f"llmos: moved '{rec.alias}' back to {home} ({format_size(need)}, "
-               f"{time.perf_counter() - t0:.2f} s)")
+        notify(f"llmos: moved '{rec.alias}' back to {home} ({format_size(need)}, {time.perf_counter() - t0:.2f} s)")
 
     # ------------------------------------------------------------- keep-alive
     def _expire(self, rec: ModelRecord, why: str, now: float | None = None) -> dict | None:
@@ -893,8 +1082,12 @@ class ModelManager:
                 r = self.unload(rec.alias, reason="keep-alive")
             except LLMOSError:
                 return None
-        print(f"llmos: unloaded '{rec.alias}' {why} (keep-alive {format_duration(rec.keep_alive)}); "
-              f"{format_size(r['real_bytes'])} released", file=sys.stderr, flush=True)
+        print(
+            f"llmos: unloaded '{rec.alias}' {why} (keep-alive {format_duration(rec.keep_alive)}); "
+            f"{format_size(r['real_bytes'])} released",
+            file=sys.stderr,
+            flush=True,
+        )
         return r
 
     def reap(self, now: float | None = None) -> list[dict]:

@@ -3,6 +3,7 @@
 Units: GiB = 2**30 bytes, GB = 10**9 bytes (as accelerate's ``convert_file_size_to_int`` keeps
 them apart). Every size in llmos is an ``int`` of bytes.
 """
+
 from __future__ import annotations
 
 import logging
@@ -12,13 +13,19 @@ import re
 from ..errors import UsageError
 
 _UNITS = {
-    "": 1, "b": 1,
-    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
 }
 
-DTYPE_BYTES = {"float32": 4, "fp32": 4, "float16": 2, "fp16": 2, "bfloat16": 2, "bf16": 2,
-               "float64": 8, "int8": 1}
+DTYPE_BYTES = {"float32": 4, "fp32": 4, "float16": 2, "fp16": 2, "bfloat16": 2, "bf16": 2, "float64": 8, "int8": 1}
 
 
 def parse_size(text: str | int | float) -> int:
@@ -225,8 +232,13 @@ def parse_duration(text: str | int | float | None) -> float | None:
     if re.fullmatch(r"-\s*1(\.0*)?\s*", s):
         return None
     parts = re.findall(r"([0-9]*\.?[0-9]+)\s*([a-z]*)", s)
-    if not s or not parts or re.sub(r"[0-9]*\.?[0-9]+\s*[a-z]*", "", s).strip() \
-            or any(u not in _DURATION_UNITS for _, u in parts) or (len(parts) > 1 and any(u == "" for _, u in parts)):
+    if (
+        not s
+        or not parts
+        or re.sub(r"[0-9]*\.?[0-9]+\s*[a-z]*", "", s).strip()
+        or any(u not in _DURATION_UNITS for _, u in parts)
+        or (len(parts) > 1 and any(u == "" for _, u in parts))
+    ):
         raise bad
     return float(sum(float(n) * _DURATION_UNITS[u] for n, u in parts))
 

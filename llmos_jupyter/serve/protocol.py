@@ -15,6 +15,7 @@ llama-cpp-python's ``server/types.py`` model them with pydantic:
 
 Nothing here imports torch or the engines; :func:`parse` turns a JSON body into a checked model.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,9 +42,17 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
-_ERROR_TYPE = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
-               405: "invalid_request_error", 409: "invalid_request_error", 413: "invalid_request_error",
-               429: "rate_limit_error", 500: "server_error", 503: "server_error"}
+_ERROR_TYPE = {
+    400: "invalid_request_error",
+    401: "invalid_request_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    409: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "server_error",
+    503: "server_error",
+}
 
 
 class APIError(Exception):
@@ -57,15 +66,28 @@ class APIError(Exception):
         code: a short machine-readable reason (``model_not_found``, ``invalid_api_key`` …).
     """
 
-    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
-                 headers: dict | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, " ".join(str(message).split()), param, code
         self.headers = headers or {}
 
     def body(self) -> dict:
-        return ErrorResponse(error=ErrorBody(message=self.message, type=_ERROR_TYPE.get(self.status, "server_error"),
-                                             param=self.param, code=self.code)).model_dump()
+        return ErrorResponse(
+            error=ErrorBody(
+                message=self.message,
+                type=_ERROR_TYPE.get(self.status, "server_error"),
+                param=self.param,
+                code=self.code,
+            )
+        ).model_dump()
 
 
 def bad(message: str, param: str | None = None, code: str | None = None) -> APIError:
@@ -97,8 +119,10 @@ class ChatMessage(_Request):
         parts = []
         for j, part in enumerate(self.content):
             if part.type != "text" or part.text is None:
-                raise bad(f"messages[{i}].content[{j}] is a '{part.type}' part; this server takes text parts only",
-                          f"messages[{i}].content[{j}].type")
+                raise bad(
+                    f"messages[{i}].content[{j}] is a '{part.type}' part; this server takes text parts only",
+                    f"messages[{i}].content[{j}].type",
+                )
             parts.append(part.text)
         return "".join(parts)
 
@@ -128,8 +152,11 @@ class _Sampling(_Request):
         """Refuse values outside their range and options llmos does not implement (400)."""
         if max_tokens is not None and max_tokens < 1:
             name = "max_completion_tokens" if getattr(self, "max_completion_tokens", None) is not None else "max_tokens"
-            raise bad(f"{name} must be at least 1 (got {max_tokens}); leave it out to generate until the end "
-                      f"token or the context window", name)
+            raise bad(
+                f"{name} must be at least 1 (got {max_tokens}); leave it out to generate until the end "
+                f"token or the context window",
+                name,
+            )
         if self.n not in (None, 1):
             raise bad(f"n must be 1 (got {self.n}); send {self.n} requests instead", "n")
         if self.temperature is not None and not 0 <= self.temperature <= 2:
@@ -179,17 +206,22 @@ class ChatCompletionRequest(_Sampling):
         if self.response_format and self.response_format.get("type", "text") != "text":
             raise bad("response_format other than text is not supported by this server", "response_format")
         if not self.messages:
-            raise bad("messages is empty; send at least one {\"role\": \"user\", \"content\": ...} message",
-                      "messages")
+            raise bad('messages is empty; send at least one {"role": "user", "content": ...} message', "messages")
         out = []
         for i, m in enumerate(self.messages):
             if m.role not in ROLES:
-                raise bad(f"messages[{i}].role '{m.role}' is not one of system, user, assistant, developer",
-                          f"messages[{i}].role")
+                raise bad(
+                    f"messages[{i}].role '{m.role}' is not one of system, user, assistant, developer",
+                    f"messages[{i}].role",
+                )
             out.append({"role": "system" if m.role == "developer" else m.role, "content": m.text(i)})
+        if out[-1]["role"] == "user" and isinstance(out[-1]["content"], str) and not out[-1]["content"].strip():
+            raise bad("the last user message is empty; write something to answer", f"messages[{len(out) - 1}].content")
         if out[-1]["role"] == "assistant":
-            raise bad("the last message is the assistant's; end with a user message to get an answer",
-                      f"messages[{len(out) - 1}].role")
+            raise bad(
+                "the last message is the assistant's; end with a user message to get an answer",
+                f"messages[{len(out) - 1}].role",
+            )
         return out
 
     @property
@@ -248,6 +280,8 @@ class EmbeddingRequest(_Request):
             raise bad("input has an empty list of token ids", "input")
         if len(x) > 2048:
             raise bad(f"input has {len(x)} items; send at most 2048 per request", "input")
+        if not ids:
+            _no_empty_text(x)
         return list(x), ids
 
 
@@ -263,7 +297,16 @@ class ClassifyRequest(_Request):
             raise bad("input is empty; give a string or a list of strings", "input")
         if len(x) > 2048:
             raise bad(f"input has {len(x)} items; send at most 2048 per request", "input")
+        _no_empty_text(x)
         return x
+
+
+def _no_empty_text(texts: list, param: str = "input") -> None:
+    """An empty or whitespace-only text is refused, as ``api.embed`` / ``api.classify`` refuse it."""
+    for i, t in enumerate(texts):
+        if isinstance(t, str) and not t.strip():
+            where = param if len(texts) == 1 else f"{param}[{i}]"
+            raise bad(f"{where} is an empty text; give some words", param)
 
 
 def parse(model: type[BaseModel], body: bytes) -> BaseModel:

@@ -17,6 +17,7 @@ Security (https://www.uvicorn.org/settings/, https://fastapi.tiangolo.com/):
   ``max_queue`` waiting requests per model (→ 503) and ``limit_concurrency`` connections;
 * no CORS, no docs routes, nothing that executes code or reads files.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -89,8 +90,10 @@ def host_warning(host: str) -> Optional[str]:
     """The warning line for a host that is not loopback (``None`` for loopback)."""
     if is_loopback(host):
         return None
-    return (f"llmos: warning: serving on {host}, reachable from other machines on this network; anyone who has "
-            f"the token can use the kernel's models (the default, 127.0.0.1, is reachable from this machine only)")
+    return (
+        f"llmos: warning: serving on {host}, reachable from other machines on this network; anyone who has "
+        f"the token can use the kernel's models (the default, 127.0.0.1, is reachable from this machine only)"
+    )
 
 
 @dataclass
@@ -143,18 +146,26 @@ class Hub:
             raise APIError(400, "model is required: one of GET /v1/models", param="model")
         served = self.served_aliases()
         if self.settings.models is not None and alias not in self.settings.models:
-            raise APIError(404, f"model '{alias}' is not served here{close_matches(alias, served)}; this server serves "
-                                f"{', '.join(self.settings.models)} (`%llm serve --models A,B` chooses)",
-                           param="model", code="model_not_found")
+            raise APIError(
+                404,
+                f"model '{alias}' is not served here{close_matches(alias, served)}; this server serves "
+                f"{', '.join(self.settings.models)} (`%llm serve --models A,B` chooses)",
+                param="model",
+                code="model_not_found",
+            )
         try:
             rec = self.manager.get(alias)
         except NotFoundError:
             if alias in catalog.CATALOG:
-                hint = (f"model '{alias}' is not loaded in the kernel; this server never loads models: run "
-                        f"`%llm load {alias}` in the notebook first")
+                hint = (
+                    f"model '{alias}' is not loaded in the kernel; this server never loads models: run "
+                    f"`%llm load {alias}` in the notebook first"
+                )
             else:
-                hint = (f"model '{alias}' is not loaded in the kernel{close_matches(alias, served)}; load it there "
-                        f"with `%llm load NAME --as {alias}`")
+                hint = (
+                    f"model '{alias}' is not loaded in the kernel{close_matches(alias, served)}; load it there "
+                    f"with `%llm load NAME --as {alias}`"
+                )
             loaded = f" (served now: {', '.join(served)})" if served else " (no model is loaded)"
             raise APIError(404, hint + loaded, param="model", code="model_not_found") from None
         return rec
@@ -168,8 +179,11 @@ class Hub:
                 rec = self.manager.get(alias)
             except Exception:
                 continue
-            out.append(ModelCard(id=alias, created=int(rec.loaded_at), task=rec.task, engine=rec.engine,
-                                 context_length=rec.n_ctx))
+            out.append(
+                ModelCard(
+                    id=alias, created=int(rec.loaded_at), task=rec.task, engine=rec.engine, context_length=rec.n_ctx
+                )
+            )
         return out
 
     # ----------------------------------------------------------------- queues
@@ -225,12 +239,26 @@ class Hub:
             r, q = w.counts()
             per_model[alias] = {"in_flight": r, "queued": q}
             in_flight, queued = in_flight + r, queued + q
-        return {"url": self.url, "base_url": self.url + "/v1", "host": self.settings.host, "port": self.port,
-                "models": self.served_aliases(), "only": list(self.settings.models) if self.settings.models else None,
-                "requests": served, "failed": failed, "in_flight": in_flight, "queued": queued,
-                "completion_tokens": tokens, "tokens_per_s": recent / window, "batches": batches,
-                "mean_batch": rows / batches if batches else None, "per_model": per_model,
-                "started": self.started, "max_queue": self.settings.max_queue, "max_batch": self.settings.max_batch}
+        return {
+            "url": self.url,
+            "base_url": self.url + "/v1",
+            "host": self.settings.host,
+            "port": self.port,
+            "models": self.served_aliases(),
+            "only": list(self.settings.models) if self.settings.models else None,
+            "requests": served,
+            "failed": failed,
+            "in_flight": in_flight,
+            "queued": queued,
+            "completion_tokens": tokens,
+            "tokens_per_s": recent / window,
+            "batches": batches,
+            "mean_batch": rows / batches if batches else None,
+            "per_model": per_model,
+            "started": self.started,
+            "max_queue": self.settings.max_queue,
+            "max_batch": self.settings.max_batch,
+        }
 
     url = ""
     port = 0
@@ -271,9 +299,15 @@ class Server:
 
         self.hub, self.sock = hub, sock
         s = hub.settings
-        config = uvicorn.Config(create_app(hub), log_level="warning", access_log=False, lifespan="off",
-                                limit_concurrency=s.limit_concurrency, timeout_keep_alive=5,
-                                timeout_graceful_shutdown=2)
+        config = uvicorn.Config(
+            create_app(hub),
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            limit_concurrency=s.limit_concurrency,
+            timeout_keep_alive=5,
+            timeout_graceful_shutdown=2,
+        )
         self.uvicorn = uvicorn.Server(config)
         self.thread = threading.Thread(target=self._run, daemon=True, name="llmos-serve")
         self.error: Optional[BaseException] = None
@@ -348,16 +382,20 @@ def start(manager, settings: ServeSettings, *, threads: Optional[int] = None, no
     settings.check()
     with _lock:
         if _current is not None and _current.thread.is_alive():
-            raise UsageError(f"a server is already running at {_current.hub.url}; `%llm serve stop` first "
-                             f"(or `%llm serve status`)")
+            raise UsageError(
+                f"a server is already running at {_current.hub.url}; `%llm serve stop` first (or `%llm serve status`)"
+            )
         if settings.models is not None:
             from ..errors import unknown
 
             for alias in settings.models:
                 if alias not in manager.aliases():
-                    raise unknown("model", alias, manager.aliases(),
-                                  f"load it before serving it (`%llm load NAME --as {alias}`), or drop it from "
-                                  f"--models")
+                    raise unknown(
+                        "model",
+                        alias,
+                        manager.aliases(),
+                        f"load it before serving it (`%llm load NAME --as {alias}`), or drop it from --models",
+                    )
         warning = host_warning(settings.host)
         if warning and notify is not None:
             notify(warning)

@@ -21,6 +21,7 @@ Events reach the request's asyncio task through ``loop.call_soon_threadsafe``: `
 {"prompt_tokens"})``, ``("piece", text)``, ``("done", stats)``, ``("result", value)`` and
 ``("error", APIError)``.
 """
+
 from __future__ import annotations
 
 import collections
@@ -68,12 +69,20 @@ def to_api_error(e: BaseException, alias: str, during: str = "", *, param: str |
     if isinstance(e, ContextLengthError):
         return APIError(400, msg, param=param, code="context_length_exceeded")
     if isinstance(e, NotFoundError):
-        return APIError(404, f"model '{alias}' is not loaded in the kernel{during}; load it there with "
-                             f"`%llm load NAME --as {alias}` (this server never loads models)",
-                        param="model", code="model_not_found")
+        return APIError(
+            404,
+            f"model '{alias}' is not loaded in the kernel{during}; load it there with "
+            f"`%llm load NAME --as {alias}` (this server never loads models)",
+            param="model",
+            code="model_not_found",
+        )
     if isinstance(e, UsageError) and "fine-tuned by" in msg:
-        return APIError(503, f"'{alias}' is being fine-tuned in the kernel; retry when the job ends",
-                        code="model_busy", headers={"Retry-After": "5"})
+        return APIError(
+            503,
+            f"'{alias}' is being fine-tuned in the kernel; retry when the job ends",
+            code="model_busy",
+            headers={"Retry-After": "5"},
+        )
     if isinstance(e, UsageError):
         return APIError(400, msg)
     if isinstance(e, ResourceError):
@@ -84,16 +93,27 @@ def to_api_error(e: BaseException, alias: str, during: str = "", *, param: str |
     return APIError(500, f"llmos failed: {type(e).__name__}: {first[:200]}", code="internal_error")
 
 
-ROUTES = {"causal-lm": "/v1/chat/completions or /v1/completions", "embedding": "/v1/embeddings",
-          "seq-cls": "/v1/classify"}
+ROUTES = {
+    "causal-lm": "/v1/chat/completions or /v1/completions",
+    "embedding": "/v1/embeddings",
+    "seq-cls": "/v1/classify",
+}
 
 
 def need_task(rec, task: str, route: str) -> None:
     """Raise a 400 naming the right route when ``rec`` is not a ``task`` model."""
     if rec.task != task:
-        raise APIError(400, f"'{rec.alias}' is a {rec.task} model and {route} needs a {task} model; "
-                            f"call {ROUTES.get(rec.task, 'another route')} with it", param="model",
-                       code="wrong_model_task")
+
+        def a(word: str) -> str:
+            return ("an " if word[:1] in "aeiou" else "a ") + word
+
+        raise APIError(
+            400,
+            f"'{rec.alias}' is {a(rec.task)} model and {route} needs {a(task)} model; "
+            f"call {ROUTES.get(rec.task, 'another route')} with it",
+            param="model",
+            code="wrong_model_task",
+        )
 
 
 class ModelWorker:
@@ -124,8 +144,12 @@ class ModelWorker:
             if self.stopping:
                 raise APIError(503, "the server is stopping", code="server_stopping")
             if len(self.pending) >= self.hub.settings.max_queue:
-                raise APIError(503, f"'{self.alias}' has {len(self.pending)} requests waiting (the queue's limit); "
-                                    f"retry shortly", code="queue_full", headers={"Retry-After": "1"})
+                raise APIError(
+                    503,
+                    f"'{self.alias}' has {len(self.pending)} requests waiting (the queue's limit); retry shortly",
+                    code="queue_full",
+                    headers={"Retry-After": "1"},
+                )
             self.pending.append(ticket)
             self.cond.notify()
             if self.thread is None or not self.thread.is_alive():
@@ -258,8 +282,14 @@ class ModelWorker:
                     cm = m.use(self.alias, notify=self.hub.log)
                     rec = cm.__enter__()
                 except BaseException as e:
-                    self._fail(t, to_api_error(e, self.alias, " (it was unloaded while the request waited)"
-                                                  if isinstance(e, NotFoundError) else ""))
+                    self._fail(
+                        t,
+                        to_api_error(
+                            e,
+                            self.alias,
+                            " (it was unloaded while the request waited)" if isinstance(e, NotFoundError) else "",
+                        ),
+                    )
                     continue
                 self.holds[id(t)] = cm
             live = [t for t in batch if id(t) in self.holds]
@@ -307,8 +337,9 @@ class ModelWorker:
             if t.cancel.is_set():
                 self._fail(t, APIError(499, "the client closed the request", code="client_closed"))
                 continue
-            stream = engine.stream(self._prompt(engine, t)[0], settings, add_special_tokens=t.kind != "chat",
-                                   cancel=t.cancel)
+            stream = engine.stream(
+                self._prompt(engine, t)[0], settings, add_special_tokens=t.kind != "chat", cancel=t.cancel
+            )
             t.send("start", {"prompt_tokens": stream.stats.prompt_tokens})
             try:
                 for piece in stream:
@@ -326,11 +357,15 @@ class ModelWorker:
 
         rows = []
         for t, (ids, settings, stats) in prepared:
+
             def on_done(t=t, stats=stats):  # the model's refcount drops as this row ends
                 self._done(rec, t, stats)
 
-            rows.append(BatchRow(ids, settings, stats, on_piece=lambda s, t=t: t.send("piece", s), cancel=t.cancel,
-                                 on_done=on_done))
+            rows.append(
+                BatchRow(
+                    ids, settings, stats, on_piece=lambda s, t=t: t.send("piece", s), cancel=t.cancel, on_done=on_done
+                )
+            )
             t.send("start", {"prompt_tokens": stats.prompt_tokens})
         self.hub.batched(len(rows))
         try:
@@ -362,9 +397,13 @@ class ModelWorker:
         lengths = [len(ids) for ids in rec.tokenizer(list(texts), truncation=False)["input_ids"]]
         for i, n in enumerate(lengths):
             if n > limit:
-                raise APIError(400, f"input[{i}] is {n:,} tokens but '{rec.alias}' reads at most {limit:,} here; "
-                                    f"shorten it or split it over several inputs", param="input",
-                               code="context_length_exceeded")
+                raise APIError(
+                    400,
+                    f"input[{i}] is {n:,} tokens but '{rec.alias}' reads at most {limit:,} here; "
+                    f"shorten it or split it over several inputs",
+                    param="input",
+                    code="context_length_exceeded",
+                )
         return limit, sum(lengths)
 
     def _embed(self, rec, t: Ticket) -> None:
@@ -380,11 +419,19 @@ class ModelWorker:
             for i, seq in enumerate(inputs):
                 bad_ids = [x for x in seq if not 0 <= x < vocab]
                 if bad_ids:
-                    raise APIError(400, f"input[{i}] has token id {bad_ids[0]} outside this model's vocabulary "
-                                        f"(0..{vocab - 1}); send text, or ids from its own tokenizer", param="input")
+                    raise APIError(
+                        400,
+                        f"input[{i}] has token id {bad_ids[0]} outside this model's vocabulary "
+                        f"(0..{vocab - 1}); send text, or ids from its own tokenizer",
+                        param="input",
+                    )
                 if len(seq) > limit:
-                    raise APIError(400, f"input[{i}] has {len(seq)} tokens; this model takes at most {limit}",
-                                   param="input", code="context_length_exceeded")
+                    raise APIError(
+                        400,
+                        f"input[{i}] has {len(seq)} tokens; this model takes at most {limit}",
+                        param="input",
+                        code="context_length_exceeded",
+                    )
             vectors = embed_ids(model, inputs, pad_id=tok.pad_token_id)
             tokens = sum(len(seq) for seq in inputs)
         else:

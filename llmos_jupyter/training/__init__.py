@@ -1,4 +1,5 @@
-"""Training layer: fine-tuning (full and LoRA; seq-cls and causal-lm SFT), evaluation, export, seeding and the run registry.
+"""Training layer: fine-tuning (full and LoRA; seq-cls and causal-lm SFT), evaluation, export,
+seeding and the run registry.
 
 Importing this package is cheap (NumPy and the standard library): torch, transformers, datasets
 and peft are imported inside the functions that need them.
@@ -8,6 +9,7 @@ and peft are imported inside the functions that need them.
 Note: the functions ``finetune`` and ``evaluate`` shadow their submodules as attributes of this
 package; reach the modules with ``from llmos_jupyter.training.evaluate import EvalResult``.
 """
+
 from __future__ import annotations
 
 from .checkpoint import load_checkpoint

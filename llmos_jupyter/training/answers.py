@@ -13,6 +13,7 @@ label. The answer's *choice* is the longest distinct expected response that pref
 ``other``; accuracy, macro-F1 and the confusion matrix are computed over the choices
 (:func:`~.evaluate.classification_metrics`, the ``other`` column counting as wrong).
 """
+
 from __future__ import annotations
 
 import html
@@ -81,16 +82,25 @@ class AnswerEvalResult:
 
     def to_dict(self) -> dict[str, Any]:
         """Everything except the answers, JSON-serialisable."""
-        return dict(self.to_metrics(), choices=self.choices, per_class=self.per_class, confusion=self.confusion,
-                    mistakes=self.mistakes, max_new_tokens=self.max_new_tokens, wall_s=self.wall_s)
+        return dict(
+            self.to_metrics(),
+            choices=self.choices,
+            per_class=self.per_class,
+            confusion=self.confusion,
+            mistakes=self.mistakes,
+            max_new_tokens=self.max_new_tokens,
+            wall_s=self.wall_s,
+        )
 
     def __str__(self) -> str:
         cols = self.choices + [OTHER]
         w = max([len(c) for c in cols] + [8])
-        lines = [f"greedy answers: accuracy {self.accuracy:.4f} · macro_f1 {self.macro_f1:.4f} · "
-                 f"valid {self.valid:.4f} · n {self.n} · max_new_tokens {self.max_new_tokens}",
-                 "confusion (rows = expected, columns = answered):",
-                 f"{'':<{w}}  " + " ".join(f"{c[:8]:>8}" for c in cols)]
+        lines = [
+            f"greedy answers: accuracy {self.accuracy:.4f} · macro_f1 {self.macro_f1:.4f} · "
+            f"valid {self.valid:.4f} · n {self.n} · max_new_tokens {self.max_new_tokens}",
+            "confusion (rows = expected, columns = answered):",
+            f"{'':<{w}}  " + " ".join(f"{c[:8]:>8}" for c in cols),
+        ]
         for name, row in zip(self.choices, self.confusion):
             lines.append(f"{name:<{w}}  " + " ".join(f"{c:8d}" for c in row))
         for m in self.mistakes[:5]:
@@ -100,27 +110,41 @@ class AnswerEvalResult:
     def _repr_html_(self) -> str:
         e = html.escape
         cols = self.choices + [OTHER]
-        head = (f"<p><b>greedy answers</b>: <b>accuracy</b> {self.accuracy:.4f} &middot; <b>macro_f1</b> "
-                f"{self.macro_f1:.4f} &middot; <b>valid</b> {self.valid:.4f} &middot; <b>n</b> {self.n}</p>")
-        cm = ("<table><caption>rows = expected, columns = answered</caption><thead><tr><th></th>"
-              + "".join(f"<th>{e(c)}</th>" for c in cols) + "</tr></thead><tbody>"
-              + "".join(f"<tr><th>{e(n)}</th>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>"
-                        for n, row in zip(self.choices, self.confusion)) + "</tbody></table>")
+        head = (
+            f"<p><b>greedy answers</b>: <b>accuracy</b> {self.accuracy:.4f} &middot; <b>macro_f1</b> "
+            f"{self.macro_f1:.4f} &middot; <b>valid</b> {self.valid:.4f} &middot; <b>n</b> {self.n}</p>"
+        )
+        cm = (
+            "<table><caption>rows = expected, columns = answered</caption><thead><tr><th></th>"
+            + "".join(f"<th>{e(c)}</th>" for c in cols)
+            + "</tr></thead><tbody>"
+            + "".join(
+                f"<tr><th>{e(n)}</th>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>"
+                for n, row in zip(self.choices, self.confusion)
+            )
+            + "</tbody></table>"
+        )
         wrong = ""
         if self.mistakes:
-            wrong = ("<table><caption>wrong answers</caption><thead><tr><th>row</th><th>expected</th><th>answer</th>"
-                     "<th>prompt</th></tr></thead><tbody>"
-                     + "".join(f"<tr><td>{m['row']}</td><td>{e(m['expected'])}</td><td>{e(m['answer'][:80])}</td>"
-                               f"<td style='text-align:left'>{e(m['prompt'][:200])}</td></tr>" for m in self.mistakes)
-                     + "</tbody></table>")
+            wrong = (
+                "<table><caption>wrong answers</caption><thead><tr><th>row</th><th>expected</th><th>answer</th>"
+                "<th>prompt</th></tr></thead><tbody>"
+                + "".join(
+                    f"<tr><td>{m['row']}</td><td>{e(m['expected'])}</td><td>{e(m['answer'][:80])}</td>"
+                    f"<td style='text-align:left'>{e(m['prompt'][:200])}</td></tr>"
+                    for m in self.mistakes
+                )
+                + "</tbody></table>"
+            )
         return f"<div class='llmos-eval'>{head}{cm}{wrong}</div>"
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
         return {"text/plain": str(self), "text/html": self._repr_html_()}
 
 
-def generate_answers(model: Any, tokenizer: Any, prompts: list[str], *, max_new_tokens: int, batch_size: int = 16,
-                     max_length: int = 512) -> list[str]:
+def generate_answers(
+    model: Any, tokenizer: Any, prompts: list[str], *, max_new_tokens: int, batch_size: int = 16, max_length: int = 512
+) -> list[str]:
     """Greedy answers to ``prompts`` (rendered as for fine-tuning), in order.
 
     Args:
@@ -152,10 +176,18 @@ def generate_answers(model: Any, tokenizer: Any, prompts: list[str], *, max_new_
             x = torch.full((len(rows), L), pad, dtype=torch.long)  # (B, L), left-padded
             mask = torch.zeros((len(rows), L), dtype=torch.long)
             for j, i in enumerate(rows):
-                x[j, L - len(ids[i]):] = torch.tensor(ids[i])
-                mask[j, L - len(ids[i]):] = 1
-            gen = model.generate(input_ids=x.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-                                 do_sample=False, temperature=None, top_p=None, top_k=None, pad_token_id=pad)
+                x[j, L - len(ids[i]) :] = torch.tensor(ids[i])
+                mask[j, L - len(ids[i]) :] = 1
+            gen = model.generate(
+                input_ids=x.to(device),
+                attention_mask=mask.to(device),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+                pad_token_id=pad,
+            )
             for j, i in enumerate(rows):
                 out[i] = tokenizer.decode(gen[j, L:], skip_special_tokens=True)
     return [a or "" for a in out]
@@ -183,9 +215,19 @@ def engine_answers(engine: Any, prompts: list[str], *, max_new_tokens: int, max_
     return out
 
 
-def evaluate_answers(model: Any, tokenizer: Any, ds: Any, *, prompt_column: str = "prompt", response_column: str = "response",
-                     batch_size: int = 16, max_new_tokens: Optional[int] = None, max_length: int = 512,
-                     max_mistakes: int = 10, engine: Any = None) -> AnswerEvalResult:
+def evaluate_answers(
+    model: Any,
+    tokenizer: Any,
+    ds: Any,
+    *,
+    prompt_column: str = "prompt",
+    response_column: str = "response",
+    batch_size: int = 16,
+    max_new_tokens: Optional[int] = None,
+    max_length: int = 512,
+    max_mistakes: int = 10,
+    engine: Any = None,
+) -> AnswerEvalResult:
     """Greedy answers of a causal LM to the prompts of ``ds``, scored against its responses.
 
     Args:
@@ -216,31 +258,54 @@ def evaluate_answers(model: Any, tokenizer: Any, ds: Any, *, prompt_column: str 
         raise UsageError("some responses have no words to match an answer against; clean the response column first")
     choices = sorted(set(expected))
     if max_new_tokens is None:
+
         def count(t):
-            return len(engine.tokenize(t, add_special_tokens=False) if engine is not None
-                       else tokenizer(t, add_special_tokens=False)["input_ids"])
+            return len(
+                engine.tokenize(t, add_special_tokens=False)
+                if engine is not None
+                else tokenizer(t, add_special_tokens=False)["input_ids"]
+            )
 
         max_new_tokens = max(count(" " + " ".join(c)) for c in choices) + 3
     if engine is not None:
         answers = engine_answers(engine, prompts, max_new_tokens=max_new_tokens, max_length=max_length)
     else:
-        answers = generate_answers(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                   max_length=max_length)
+        answers = generate_answers(
+            model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, max_length=max_length
+        )
     y = np.array([choices.index(e) for e in expected], dtype=np.int64)
     p = np.array([match_choice(a, choices) for a in answers], dtype=np.int64)
     C = len(choices)
     p_cls = np.where(p < 0, C, p)  # "other" is class C
     m = classification_metrics(y, p_cls, C + 1)
-    per_class = [{"label": " ".join(c), "precision": m["precision"][i], "recall": m["recall"][i], "f1": m["f1"][i],
-                  "support": m["support"][i]} for i, c in enumerate(choices)]
+    per_class = [
+        {
+            "label": " ".join(c),
+            "precision": m["precision"][i],
+            "recall": m["recall"][i],
+            "f1": m["f1"][i],
+            "support": m["support"][i],
+        }
+        for i, c in enumerate(choices)
+    ]
     f1 = np.asarray(m["f1"][:C])
     cm = np.asarray(m["confusion"])  # (C+1, C+1), rows = expected
     present = [i for i in range(C) if cm[i].sum() > 0 or cm[:, i].sum() > 0]  # expected or answered
     wrong = np.nonzero(p != y)[0]
-    mistakes = [{"row": int(i), "prompt": prompts[i], "expected": " ".join(expected[i]), "answer": answers[i]}
-                for i in wrong[:max_mistakes]]
+    mistakes = [
+        {"row": int(i), "prompt": prompts[i], "expected": " ".join(expected[i]), "answer": answers[i]}
+        for i in wrong[:max_mistakes]
+    ]
     return AnswerEvalResult(
-        accuracy=float((p == y).mean()), macro_f1=float(f1[present].mean()) if present else 0.0,
-        valid=float((p >= 0).mean()), n=len(prompts), choices=[" ".join(c) for c in choices], per_class=per_class,
-        confusion=[row[: C + 1] for row in m["confusion"][:C]], answers=answers, mistakes=mistakes,
-        max_new_tokens=int(max_new_tokens), wall_s=time.perf_counter() - t0)
+        accuracy=float((p == y).mean()),
+        macro_f1=float(f1[present].mean()) if present else 0.0,
+        valid=float((p >= 0).mean()),
+        n=len(prompts),
+        choices=[" ".join(c) for c in choices],
+        per_class=per_class,
+        confusion=[row[: C + 1] for row in m["confusion"][:C]],
+        answers=answers,
+        mistakes=mistakes,
+        max_new_tokens=int(max_new_tokens),
+        wall_s=time.perf_counter() - t0,
+    )

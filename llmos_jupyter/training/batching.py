@@ -13,6 +13,7 @@
 On Rotten Tomatoes (mean 27, max 78 MiniLM tokens, batches of 32) random batches run 1.88
 positions per real token through the model, length-grouped ones 1.18.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -99,10 +100,15 @@ def check_columns(ds: Any, columns: Iterable[str], what: str = "dataset") -> Non
     """
     names = getattr(ds, "column_names", None)
     if names is None or not hasattr(ds, "select"):
-        raise UsageError(f"the {what} must be a datasets.Dataset (got {type(ds).__name__}); convert with datasets.Dataset.from_pandas(df) or use %llm data")
+        raise UsageError(
+            f"the {what} must be a datasets.Dataset (got {type(ds).__name__}); convert with "
+            "datasets.Dataset.from_pandas(df) or use %llm data"
+        )
     for c in columns:
         if c not in names:
-            raise unknown(f"column in the {what}", c, names, f"pass text_column=/label_column= with one of: {', '.join(names)}")
+            raise unknown(
+                f"column in the {what}", c, names, f"pass text_column=/label_column= with one of: {', '.join(names)}"
+            )
     if len(ds) == 0:
         raise UsageError(f"the {what} has no rows; check the split or the cleaning step that produced it")
 
@@ -166,7 +172,9 @@ def clear_cache() -> None:
         _cache.clear()
 
 
-def length_grouped_batches(lengths: np.ndarray, batch_size: int, seed: Any, *, group: bool = True, mega_mult: int = MEGA_MULT) -> list[np.ndarray]:
+def length_grouped_batches(
+    lengths: np.ndarray, batch_size: int, seed: Any, *, group: bool = True, mega_mult: int = MEGA_MULT
+) -> list[np.ndarray]:
     """Row indices for one epoch, as a list of batches (each ``(≤ batch_size,) int64``).
 
     group=False: a seeded random permutation cut into batches. group=True: the permutation is cut

@@ -10,6 +10,7 @@ AdamW and scheduler ``state_dict``s, the RNG states at the step boundary, the be
 Only torch tensors and plain Python values are stored in ``training_state.pt``, and
 ``torch.load(weights_only=True)`` reads them back (no pickle code runs).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -38,12 +39,18 @@ def is_peft(model: Any) -> bool:
     return isinstance(model, PeftModel)
 
 
-def save_checkpoint(model: Any, tokenizer: Any, run_dir: os.PathLike, state: dict[str, Any],
-                    extra: Optional[Callable[[Path], None]] = None,
-                    state_dict: Optional[dict[str, Any]] = None) -> tuple[Path, str]:
+def save_checkpoint(
+    model: Any,
+    tokenizer: Any,
+    run_dir: os.PathLike,
+    state: dict[str, Any],
+    extra: Optional[Callable[[Path], None]] = None,
+    state_dict: Optional[dict[str, Any]] = None,
+) -> tuple[Path, str]:
     """Write ``run_dir/checkpoint`` atomically: weights (safetensors), config, tokenizer,
-    ``trainer_state.json`` and whatever ``extra(directory)`` writes (the resume state). Built in a temporary sibling directory and renamed into place, so a
-    failure leaves no half-written checkpoint and an older one stays intact until replaced.
+    ``trainer_state.json`` and whatever ``extra(directory)`` writes (the resume state). Built in a
+    temporary sibling directory and renamed into place, so a failure leaves no half-written
+    checkpoint and an older one stays intact until replaced.
     ``state_dict``: the weights to write instead of the model's own (an FSDP model's gathered
     full state dict).
 
@@ -103,10 +110,12 @@ def load_checkpoint(checkpoint: os.PathLike, *, base_model: Any = None) -> tuple
     """
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-
     ck = Path(checkpoint)
     if not (ck / TRAINER_STATE).exists():
-        raise NotFoundError(f"no fine-tuning checkpoint in {ck} (missing {TRAINER_STATE}); pass the run's checkpoint directory (see %llm runs)")
+        raise NotFoundError(
+            f"no fine-tuning checkpoint in {ck} (missing {TRAINER_STATE}); pass the run's checkpoint directory (see "
+            "%llm runs)"
+        )
     state = json.loads((ck / TRAINER_STATE).read_text())
     tok = AutoTokenizer.from_pretrained(ck)
     lm = state.get("task") == "causal-lm"
@@ -119,7 +128,10 @@ def load_checkpoint(checkpoint: os.PathLike, *, base_model: Any = None) -> tuple
                 base_model = AutoModelForCausalLM.from_pretrained(src)
             else:
                 base_model = AutoModelForSequenceClassification.from_pretrained(
-                    src, num_labels=len(state["id2label"]), id2label={int(k): v for k, v in state["id2label"].items()}, label2id=state["label2id"]
+                    src,
+                    num_labels=len(state["id2label"]),
+                    id2label={int(k): v for k, v in state["id2label"].items()},
+                    label2id=state["label2id"],
                 )
         model = PeftModel.from_pretrained(base_model, ck)
     else:
@@ -139,12 +151,21 @@ def read_resume_state(checkpoint: os.PathLike, *, what: str = "the checkpoint") 
     ck = Path(checkpoint)
     f = ck / TRAINER_STATE
     if not f.is_file():
-        raise NotFoundError(f"{what} has no checkpoint at {ck} (missing {TRAINER_STATE}); nothing to resume — start a new run with %llm finetune")
+        raise NotFoundError(
+            f"{what} has no checkpoint at {ck} (missing {TRAINER_STATE}); nothing to resume — start a new run with "
+            "%llm finetune"
+        )
     state = json.loads(f.read_text())
     if state.get("status") != "interrupted":
-        raise UsageError(f"{what} {state.get('status', 'finished')} ({state.get('steps')}/{state.get('total_steps')} steps); nothing to resume — start a new run with %llm finetune")
+        raise UsageError(
+            f"{what} {state.get('status', 'finished')} ({state.get('steps')}/{state.get('total_steps')} steps); "
+            "nothing to resume — start a new run with %llm finetune"
+        )
     if not state.get("resumable") or not (ck / TRAINING_STATE).is_file():
-        raise UsageError(f"{what} was stopped without resumable optimizer state (older version, or stopped inside an optimizer update); start a new run with %llm finetune")
+        raise UsageError(
+            f"{what} was stopped without resumable optimizer state (older version, or stopped inside an optimizer "
+            "update); start a new run with %llm finetune"
+        )
     return state
 
 
@@ -156,15 +177,30 @@ def load_training_state(checkpoint: os.PathLike) -> dict[str, Any]:
     return torch.load(Path(checkpoint) / TRAINING_STATE, map_location="cpu", weights_only=True)
 
 
-def save_training_state(path: Path, opt: Any, sched: Any, rng: dict[str, Any], best_params: Optional[dict[str, Any]],
-                        rng_ranks: Optional[list[dict[str, Any]]] = None) -> None:
+def save_training_state(
+    path: Path,
+    opt: Any,
+    sched: Any,
+    rng: dict[str, Any],
+    best_params: Optional[dict[str, Any]],
+    rng_ranks: Optional[list[dict[str, Any]]] = None,
+) -> None:
     """Write ``training_state.pt`` into ``path`` (inside the checkpoint being built).
     ``rng_ranks``: in a distributed run, every rank's RNG states in rank order (a resume with
     the same number of ranks gives each rank its own dropout stream back)."""
     import torch
 
-    torch.save({"format": RESUME_FORMAT, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "rng": rng, "best_params": best_params, "rng_ranks": rng_ranks}, path / TRAINING_STATE)
+    torch.save(
+        {
+            "format": RESUME_FORMAT,
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "rng": rng,
+            "best_params": best_params,
+            "rng_ranks": rng_ranks,
+        },
+        path / TRAINING_STATE,
+    )
 
 
 def load_weights(model: Any, checkpoint: os.PathLike) -> None:
@@ -185,7 +221,10 @@ def load_weights(model: Any, checkpoint: os.PathLike) -> None:
         res = set_peft_model_state_dict(model, load_file(ck / "adapter_model.safetensors"))
         bad = list(getattr(res, "unexpected_keys", []) or [])
         if bad:
-            raise UsageError(f"the checkpoint's adapters do not fit this model (e.g. {bad[0]}); load the same base model, or start a new run")
+            raise UsageError(
+                f"the checkpoint's adapters do not fit this model (e.g. {bad[0]}); load the same base model, or "
+                "start a new run"
+            )
         return
     sd: dict[str, Any] = {}
     for f in sorted(ck.glob("*.safetensors")):
@@ -196,4 +235,6 @@ def load_weights(model: Any, checkpoint: os.PathLike) -> None:
     untied = [k for k in missing if model.state_dict()[k].data_ptr() not in loaded]
     if unexpected or untied:
         k = (list(unexpected) + untied)[0]
-        raise UsageError(f"the checkpoint's weights do not fit this model ({k}); load the same base model, or start a new run")
+        raise UsageError(
+            f"the checkpoint's weights do not fit this model ({k}); load the same base model, or start a new run"
+        )

@@ -8,12 +8,12 @@ with one line that names the option, the value and the fix (the way
 >>> FinetuneConfig(epochs=2, method="lora").lora_r
 8
 """
-from __future__ import annotations
 
-import re
+from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
@@ -149,8 +149,11 @@ class FinetuneConfig:
 
         def bad(name: str, want: str, fix: str) -> UsageError:
             # name the Python keyword and the magic's flag ("epochs=0 (--epochs)"); the fix in flags
-            fix = re.sub(r"\b(\w+)=(\S+)", lambda m: f"{flag_of(m.group(1))} {m.group(2)}" if m.group(1) in fields
-                         else m.group(0), fix).replace("pass ", "use ")
+            fix = re.sub(
+                r"\b(\w+)=(\S+)",
+                lambda m: f"{flag_of(m.group(1))} {m.group(2)}" if m.group(1) in fields else m.group(0),
+                fix,
+            ).replace("pass ", "use ")
             return UsageError(f"{name}={getattr(self, name)!r} ({flag_of(name)}) is not allowed: {want}; {fix}")
 
         for name in ("epochs", "batch_size", "max_length", "grad_accum", "lora_r"):
@@ -166,14 +169,21 @@ class FinetuneConfig:
         if not _is_num(self.warmup_ratio) or not 0 <= self.warmup_ratio < 1:
             raise bad("warmup_ratio", "it is a fraction of the steps, 0 <= r < 1", "pass e.g. warmup_ratio=0.06")
         if self.max_grad_norm is not None and (not _is_num(self.max_grad_norm) or self.max_grad_norm <= 0):
-            raise bad("max_grad_norm", "it must be a number > 0 or None", "pass max_grad_norm=1.0, or None for no clipping")
+            raise bad(
+                "max_grad_norm", "it must be a number > 0 or None", "pass max_grad_norm=1.0, or None for no clipping"
+            )
         for name in ("max_steps", "eval_every"):
             v = getattr(self, name)
             if name == "eval_every" and v == "epoch":
                 continue
             if v is not None and (not _is_int(v) or v < 1):
-                raise bad(name, "it must be a whole number of optimizer steps >= 1" + (", 'epoch'" if name == "eval_every" else "") + " or None",
-                          f"pass e.g. {name}=50, or leave it out")
+                raise bad(
+                    name,
+                    "it must be a whole number of optimizer steps >= 1"
+                    + (", 'epoch'" if name == "eval_every" else "")
+                    + " or None",
+                    f"pass e.g. {name}=50, or leave it out",
+                )
         if not _is_num(self.lora_alpha) or self.lora_alpha <= 0:
             raise bad("lora_alpha", "it must be a number > 0", "pass e.g. lora_alpha=16 (often 2 x lora_r)")
         if not _is_num(self.lora_dropout) or not 0 <= self.lora_dropout < 1:
@@ -181,18 +191,29 @@ class FinetuneConfig:
         for name, choices in (("method", METHODS), ("task", TASKS), ("lr_scheduler", SCHEDULERS)):
             v = getattr(self, name)
             if v not in choices:
-                raise UsageError(f"{name}={v!r} is not allowed{close_matches(v, choices)}; use one of: {', '.join(choices)}")
+                raise UsageError(
+                    f"{name}={v!r} is not allowed{close_matches(v, choices)}; use one of: {', '.join(choices)}"
+                )
         v = self.early_stopping_patience
         if v is not None and (not _is_int(v) or v < 1):
-            raise bad("early_stopping_patience", "it must be a whole number of evaluations >= 1, or None", "pass e.g. early_stopping_patience=3")
+            raise bad(
+                "early_stopping_patience",
+                "it must be a whole number of evaluations >= 1, or None",
+                "pass e.g. early_stopping_patience=3",
+            )
         if self.metric_for_best is not None:
             allowed = list(BEST_METRICS[self.task])
             if self.metric_for_best not in allowed:
-                raise UsageError(f"metric_for_best={self.metric_for_best!r} is not a {self.task} metric{close_matches(str(self.metric_for_best), allowed)}; use one of: {', '.join(allowed)}")
+                raise UsageError(
+                    f"metric_for_best={self.metric_for_best!r} is not a {self.task} "
+                    f"metric{close_matches(str(self.metric_for_best), allowed)}; use one of: {', '.join(allowed)}"
+                )
         if self.track_best and self.eval_every is None:
             which = "early_stopping_patience" if self.early_stopping_patience is not None else "metric_for_best"
-            raise UsageError(f"{which} ({flag_of(which)}) needs periodic evaluation; add --eval-every N (optimizer steps) "
-                             f"or --eval-every epoch (eval_every= in Python)")
+            raise UsageError(
+                f"{which} ({flag_of(which)}) needs periodic evaluation; add --eval-every N (optimizer steps) "
+                f"or --eval-every epoch (eval_every= in Python)"
+            )
         for name in ("group_by_length", "deterministic"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "it must be True or False", f"pass {name}=True")
@@ -204,9 +225,16 @@ class FinetuneConfig:
             elif isinstance(tm, (list, tuple)) and tm and all(isinstance(t, str) and t for t in tm):
                 self.target_modules = list(tm)
             else:
-                raise bad("target_modules", "it must be a non-empty list of module names", "pass None for the default or e.g. ['query', 'value']")
+                raise bad(
+                    "target_modules",
+                    "it must be a non-empty list of module names",
+                    "pass None for the default or e.g. ['query', 'value']",
+                )
             if self.method != "lora":
-                raise UsageError(f"target_modules={tm!r} only applies to method='lora' (method={self.method!r}); pass method='lora' or drop target_modules")
+                raise UsageError(
+                    f"target_modules={tm!r} only applies to method='lora' (method={self.method!r}); pass "
+                    "method='lora' or drop target_modules"
+                )
 
     @property
     def track_best(self) -> bool:
@@ -235,7 +263,10 @@ class FinetuneConfig:
         names = [f.name for f in dataclasses.fields(cls)]
         for k in d:
             if k not in names:
-                raise UsageError(f"unknown fine-tuning option {k!r}{close_matches(k, names)}; see help(FinetuneConfig) for the options")
+                raise UsageError(
+                    f"unknown fine-tuning option {k!r}{close_matches(k, names)}; see help(FinetuneConfig) for the "
+                    "options"
+                )
         return cls(**d)
 
     def resolve_target_modules(self, model_type: str) -> Union[list[str], str]:
@@ -255,7 +286,10 @@ class FinetuneConfig:
             table = {}
         if model_type in table:
             return list(table[model_type])
-        raise UsageError(f"no default LoRA target_modules for model_type {model_type!r}; pass target_modules=[...] with the attention projection names (see print(model))")
+        raise UsageError(
+            f"no default LoRA target_modules for model_type {model_type!r}; pass target_modules=[...] with the "
+            "attention projection names (see print(model))"
+        )
 
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(FinetuneConfig)}

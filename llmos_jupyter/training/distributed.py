@@ -24,6 +24,7 @@ Backends: gloo on CPU, nccl on CUDA (one GPU per local rank). Parallelism: DDP
 https://docs.pytorch.org/docs/stable/distributed.fsdp.fully_shard.html) shards parameters,
 gradients and optimizer state, one unit per transformer block (the model's ``_no_split_modules``).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -93,8 +94,14 @@ class RankGroup:
             device = torch.device("cpu")
         if not dist.is_initialized():
             dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
-        return cls(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local, backend=backend,
-                   device=device, fsdp=fsdp)
+        return cls(
+            rank=dist.get_rank(),
+            world_size=dist.get_world_size(),
+            local_rank=local,
+            backend=backend,
+            device=device,
+            fsdp=fsdp,
+        )
 
     @property
     def main(self) -> bool:
@@ -162,14 +169,17 @@ class RankGroup:
         unwrapped. Every parameter that requires a gradient must get one in every step.
         """
         if not self.fsdp:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
             import inspect
+
+            from torch.nn.parallel import DistributedDataParallel as DDP
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             # buffers (position ids) are equal in every replica: no per-forward broadcast
-            sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
-                    else {"broadcast_buffers": False})
+            sync = (
+                {"forward_sync_buffers": False}
+                if "forward_sync_buffers" in inspect.signature(DDP).parameters
+                else {"broadcast_buffers": False}
+            )
             return DDP(loss_module, device_ids=ids, find_unused_parameters=False, **sync)
         from torch.distributed.fsdp import fully_shard
 

@@ -12,6 +12,7 @@ F1_c = 2·precision_c·recall_c / (precision_c + recall_c), each 0 when its deno
 macro_f1 = unweighted mean of F1_c over the classes that occur in the true labels or the
 predictions (sklearn's ``f1_score(average="macro")``); accuracy = correct / rows.
 """
+
 from __future__ import annotations
 
 import html
@@ -63,7 +64,13 @@ class EvalResult:
     def to_dict(self) -> dict[str, Any]:
         """Everything except the arrays, JSON-serialisable."""
         d = self.to_metrics()
-        d.update(label_names=self.label_names, per_class=self.per_class, confusion=self.confusion, worst=self.worst, wall_s=self.wall_s)
+        d.update(
+            label_names=self.label_names,
+            per_class=self.per_class,
+            confusion=self.confusion,
+            worst=self.worst,
+            wall_s=self.wall_s,
+        )
         return d
 
     # ------------------------------------------------------------------ rendering
@@ -72,7 +79,9 @@ class EvalResult:
         lines = [f"accuracy {self.accuracy:.4f} · macro_f1 {self.macro_f1:.4f} · loss {self.loss:.4f} · n {self.n}"]
         lines.append(f"{'class':<{w}}  precision  recall     f1  support")
         for r in self.per_class:
-            lines.append(f"{r['label']:<{w}}  {r['precision']:9.4f}  {r['recall']:6.4f}  {r['f1']:.4f}  {r['support']:7d}")
+            lines.append(
+                f"{r['label']:<{w}}  {r['precision']:9.4f}  {r['recall']:6.4f}  {r['f1']:.4f}  {r['support']:7d}"
+            )
         lines.append("confusion (rows = true, columns = predicted):")
         for name, row in zip(self.label_names, self.confusion):
             lines.append(f"{name:<{w}}  " + " ".join(f"{c:6d}" for c in row))
@@ -99,7 +108,9 @@ class EvalResult:
         ax = fig.add_subplot()
         im = ax.imshow(cm, cmap="Blues", vmin=0)
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-        ax.set_xticks(range(C), [n[:14] for n in self.label_names], rotation=45 if C > 3 else 0, ha="right" if C > 3 else "center")
+        ax.set_xticks(
+            range(C), [n[:14] for n in self.label_names], rotation=45 if C > 3 else 0, ha="right" if C > 3 else "center"
+        )
         ax.set_yticks(range(C), [n[:14] for n in self.label_names])
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
@@ -108,7 +119,15 @@ class EvalResult:
             hi = cm.max() if cm.size else 0
             for i in range(C):
                 for j in range(C):
-                    ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8, color="white" if cm[i, j] > hi / 2 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        str(cm[i, j]),
+                        ha="center",
+                        va="center",
+                        fontsize=8,
+                        color="white" if cm[i, j] > hi / 2 else "black",
+                    )
         fig.tight_layout()
         buf = io.BytesIO()
         fig.savefig(buf, format="png")
@@ -127,12 +146,19 @@ class EvalResult:
             f"<td>{r['f1']:.4f}</td><td>{r['support']}</td></tr>"
             for r in self.per_class
         )
-        per = f"<table><thead><tr><th>class</th><th>precision</th><th>recall</th><th>f1</th><th>support</th></tr></thead><tbody>{rows}</tbody></table>"
+        per = (
+            "<table><thead><tr><th>class</th><th>precision</th><th>recall</th><th>f1</th><th>support</th></tr>"
+            f"</thead><tbody>{rows}</tbody></table>"
+        )
         cm_head = "".join(f"<th>{e(n)}</th>" for n in self.label_names)
         cm_rows = "".join(
-            f"<tr><th>{e(n)}</th>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for n, row in zip(self.label_names, self.confusion)
+            f"<tr><th>{e(n)}</th>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>"
+            for n, row in zip(self.label_names, self.confusion)
         )
-        cm = f"<table><caption>confusion: rows = true, columns = predicted</caption><thead><tr><th></th>{cm_head}</tr></thead><tbody>{cm_rows}</tbody></table>"
+        cm = (
+            "<table><caption>confusion: rows = true, columns = predicted</caption>"
+            f"<thead><tr><th></th>{cm_head}</tr></thead><tbody>{cm_rows}</tbody></table>"
+        )
         try:
             png = base64.b64encode(self.confusion_png()).decode("ascii")
             cm += f"<img class='llmos-confusion' alt='confusion matrix' src='data:image/png;base64,{png}'/>"
@@ -145,7 +171,10 @@ class EvalResult:
                 f"<td style='text-align:left'>{e(r['text'][:300])}</td></tr>"
                 for r in self.worst
             )
-            worst = f"<table><caption>most confident mistakes</caption><thead><tr><th>row</th><th>true</th><th>predicted</th><th>confidence</th><th>text</th></tr></thead><tbody>{wr}</tbody></table>"
+            worst = (
+                "<table><caption>most confident mistakes</caption><thead><tr><th>row</th><th>true</th>"
+                f"<th>predicted</th><th>confidence</th><th>text</th></tr></thead><tbody>{wr}</tbody></table>"
+            )
         return f"<div class='llmos-eval'>{head}{per}{cm}{worst}</div>"
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
@@ -245,7 +274,9 @@ def predict_logits(model: Any, tok: Any, *, batch_size: int, pad_id: int, dist: 
     with torch.inference_mode():
         for i in rank_batches(len(batches), dist):
             b = collate(tok, batches[i], pad_id)
-            logits = model(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device)).logits  # (B, C)
+            logits = model(
+                input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device)
+            ).logits  # (B, C)
             done.append((i, logits.float().cpu().numpy()))
     if dist is not None:
         done = list(enumerate(merge_batches(dist.gather(done), len(batches))))
@@ -306,15 +337,22 @@ def evaluate(
         label_names = [str(id2label.get(i, id2label.get(str(i), i))) for i in range(num_labels)]
     label_names = [str(n) for n in label_names]
     if num_labels and len(label_names) != num_labels:
-        raise UsageError(f"label_names has {len(label_names)} names but the model has {num_labels} classes; pass {num_labels} names or none")
+        raise UsageError(
+            f"label_names has {len(label_names)} names but the model has {num_labels} classes; pass {num_labels} "
+            "names or none"
+        )
     C = len(label_names)
     if C < 1:
-        raise UsageError("the model has no classification labels (config.num_labels is 0); load it for seq-cls with num_labels=")
+        raise UsageError(
+            "the model has no classification labels (config.num_labels is 0); load it for seq-cls with num_labels="
+        )
     labels = read_labels(ds, label_column, C, "eval dataset")
     tok = tokenize_column(tokenizer, ds, text_column, max_length)
     logits = predict_logits(model, tok, batch_size=batch_size, pad_id=pad_id_for(tokenizer, model.config), dist=dist)
     if logits.shape[-1] != C:
-        raise UsageError(f"the model returns {logits.shape[-1]} logits per row but has {C} labels; reload it with num_labels={C}")
+        raise UsageError(
+            f"the model returns {logits.shape[-1]} logits per row but has {C} labels; reload it with num_labels={C}"
+        )
     preds = logits.argmax(axis=-1)  # (n,) over the class dimension
     # log-softmax in float64 for the loss and the confidences
     z = logits.astype(np.float64)
@@ -323,7 +361,13 @@ def evaluate(
     loss = float(-logp[np.arange(len(labels)), labels].mean())
     m = classification_metrics(labels, preds, C)
     per_class = [
-        {"label": label_names[c], "precision": m["precision"][c], "recall": m["recall"][c], "f1": m["f1"][c], "support": m["support"][c]}
+        {
+            "label": label_names[c],
+            "precision": m["precision"][c],
+            "recall": m["recall"][c],
+            "f1": m["f1"][c],
+            "support": m["support"][c],
+        }
         for c in range(C)
     ]
     wrong = np.nonzero(preds != labels)[0]
@@ -334,7 +378,13 @@ def evaluate(
         texts = ds.select([int(i) for i in worst_rows])[text_column]
         for i, text in zip(worst_rows, texts):
             worst.append(
-                {"row": int(i), "text": as_text(text), "label": label_names[labels[i]], "predicted": label_names[preds[i]], "confidence": float(conf[i])}
+                {
+                    "row": int(i),
+                    "text": as_text(text),
+                    "label": label_names[labels[i]],
+                    "predicted": label_names[preds[i]],
+                    "confidence": float(conf[i]),
+                }
             )
     return EvalResult(
         accuracy=m["accuracy"],

@@ -14,6 +14,7 @@ peft's ``merge_and_unload`` on a copy, so the in-memory model keeps its adapters
 plus the tokenizer; transformers then loads it with peft installed, fetching the base from
 ``base_model_name_or_path``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -47,7 +48,9 @@ def quiet_saving():
 def _check_target(path: Path, overwrite: bool) -> bool:
     """Validate the destination; return True when the folder existed before."""
     if path.is_symlink():
-        raise UsageError(f"{path} is a symbolic link; export into a real folder (exports never write outside the folder named)")
+        raise UsageError(
+            f"{path} is a symbolic link; export into a real folder (exports never write outside the folder named)"
+        )
     if path.exists() and not path.is_dir():
         raise UsageError(f"{path} exists and is a file; name a folder to export into")
     protected = {Path("/").resolve(), Path.home().resolve(), Path.cwd().resolve()}
@@ -58,7 +61,10 @@ def _check_target(path: Path, overwrite: bool) -> bool:
     except Exception:  # pragma: no cover - paths always importable
         pass
     if path.resolve() in protected:
-        raise UsageError(f"refusing to export into {path} (the file-system root, your home, the working directory or LLMOS_HOME); name a new sub-folder")
+        raise UsageError(
+            f"refusing to export into {path} (the file-system root, your home, the working directory or "
+            "LLMOS_HOME); name a new sub-folder"
+        )
     try:
         from ..paths import home
 
@@ -66,28 +72,37 @@ def _check_target(path: Path, overwrite: bool) -> bool:
     except Exception:  # pragma: no cover - paths always importable
         owned = []
     if any(o == path.resolve() or o in path.resolve().parents for o in owned):
-        raise UsageError(f"refusing to export into {path}: LLMOS_HOME's models, datasets and checkpoints "
-                         f"belong to llmos; name a folder outside them")
+        raise UsageError(
+            f"refusing to export into {path}: LLMOS_HOME's models, datasets and checkpoints "
+            f"belong to llmos; name a folder outside them"
+        )
     if path.exists() and any(path.iterdir()):
         is_export = (path / MANIFEST).is_file()  # written by every llmos export
         if not overwrite:
             hint = f" or pass {opt('overwrite', True)} to replace that earlier export" if is_export else ""
             raise UsageError(f"{path} exists and is not empty; pick a new folder{hint}")
         if not is_export:  # --overwrite never empties a folder llmos did not export (a model's own folder, say)
-            raise UsageError(f"{path} is not empty and is not an llmos export (no {MANIFEST}); "
-                             f"{opt('overwrite', True)} only replaces an earlier export — pick a new folder")
+            raise UsageError(
+                f"{path} is not empty and is not an llmos export (no {MANIFEST}); "
+                f"{opt('overwrite', True)} only replaces an earlier export — pick a new folder"
+            )
         ours = previous_files(path)
         if ours is None:
-            raise UsageError(f"{path} holds an export that does not list its files (an older llmos); "
-                             f"{opt('overwrite', True)} replaces only listed files — pick a new folder, or empty "
-                             f"this one yourself")
-        others = sorted(p.name for p in path.iterdir()
-                        if p.name not in ours and not p.name.startswith(".llmos-export-"))
+            raise UsageError(
+                f"{path} holds an export that does not list its files (an older llmos); "
+                f"{opt('overwrite', True)} replaces only listed files — pick a new folder, or empty "
+                f"this one yourself"
+            )
+        others = sorted(
+            p.name for p in path.iterdir() if p.name not in ours and not p.name.startswith(".llmos-export-")
+        )
         if others:
             shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
-            raise UsageError(f"{path} also holds files the earlier export did not write ({shown}); "
-                             f"{opt('overwrite', True)} replaces only llmos's own files — move those out first, or "
-                             f"pick a new folder (nothing was changed)")
+            raise UsageError(
+                f"{path} also holds files the earlier export did not write ({shown}); "
+                f"{opt('overwrite', True)} replaces only llmos's own files — move those out first, or "
+                f"pick a new folder (nothing was changed)"
+            )
     return path.exists()
 
 
@@ -132,9 +147,87 @@ def check_format(format: str, quantize: Optional[str]) -> Optional[str]:
     return quantize or "f16"
 
 
-def export_model(model: Any, tokenizer: Any, path: os.PathLike | str, *, merge_lora: bool = False, overwrite: bool = False,
-                 manifest: Optional[dict[str, Any]] = None, format: str = "hf", quantize: Optional[str] = None,
-                 source_gguf: Optional[str] = None, weights_writer: Any = None) -> dict[str, Any]:
+def _write_stage(
+    model: Any,
+    tokenizer: Any,
+    stage: Path,
+    *,
+    format: str,
+    quantize: Optional[str],
+    source_gguf: Optional[str],
+    manifest: Optional[dict[str, Any]],
+    merge: bool,
+    weights_writer: Any,
+) -> list[str]:
+    """Write the export into the staging folder ``stage``: the GGUF file, or the weights (LoRA
+    merged into a copy when ``merge``), config and tokenizer; then the manifest listing the files.
+    Returns the weights file names.
+
+    Raises:
+        RuntimeError: no weights file was written, or a file resolves outside ``stage``.
+    """
+    if format == "gguf":
+        from ..models.gguf_export import export_gguf
+
+        export_gguf(
+            model,
+            tokenizer,
+            stage / f"model-{quantize}.gguf",
+            quantize=quantize,
+            source_gguf=source_gguf,
+            name=(manifest or {}).get("exported_alias"),
+        )
+    else:
+        out = copy.deepcopy(model).merge_and_unload() if merge else model  # a copy: the model keeps its adapters
+        if weights_writer is not None:
+            weights_writer(out, stage)
+        else:
+            with quiet_saving():
+                out.save_pretrained(stage, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(stage)
+    # always written: it marks the folder as an llmos export and lists its files (what --overwrite may replace)
+    written = sorted(p.name for p in stage.iterdir())
+    record = dict(manifest if manifest is not None else {"run": None}, exported_files=written)
+    (stage / MANIFEST).write_text(json.dumps(record, indent=2, default=str))
+    kinds = ("*.gguf",) if format == "gguf" else ("*.safetensors", "*.pt")
+    weights = sorted(p.name for k in kinds for p in stage.glob(k))
+    if not weights:
+        raise RuntimeError(f"the export wrote no weights file in {stage}")
+    _inside(stage)
+    return weights
+
+
+def _replace_export(stage: Path, path: Path) -> None:
+    """Move the staged files into ``path``, first removing only what the earlier export there
+    listed in its manifest (and stale staging folders); nothing else in ``path`` is touched."""
+    new = sorted(p.name for p in stage.iterdir())
+    ours = previous_files(path) or set()  # only what the earlier export listed (nothing else is there: checked)
+    for old in list(path.iterdir()):
+        if old == stage or not (old.name in ours or old.name.startswith(".llmos-export-")):
+            continue
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old)
+        else:
+            old.unlink()
+    for name in new:
+        os.replace(stage / name, path / name)
+    stage.rmdir()
+
+
+def export_model(
+    model: Any,
+    tokenizer: Any,
+    path: os.PathLike | str,
+    *,
+    merge_lora: bool = False,
+    overwrite: bool = False,
+    manifest: Optional[dict[str, Any]] = None,
+    format: str = "hf",
+    quantize: Optional[str] = None,
+    source_gguf: Optional[str] = None,
+    weights_writer: Any = None,
+) -> dict[str, Any]:
     """Write ``model`` and ``tokenizer`` to the folder ``path`` in Hugging Face format, or as one
     GGUF file for llama.cpp / Ollama (``format="gguf"``).
 
@@ -171,50 +264,32 @@ def export_model(model: Any, tokenizer: Any, path: os.PathLike | str, *, merge_l
     if format == "gguf":
         merge_lora = peft  # llama.cpp takes one weights file: adapters are merged in
     if merge_lora and not peft:
-        raise UsageError(f"{opt('merge_lora', True)} needs a LoRA model; this one has no adapters, so export it "
-                         f"without {opt('merge_lora', True)}")
-    if getattr(model, "is_quantized", False) or getattr(getattr(model, "config", None), "quantization_config", None) is not None:
-        raise UsageError("this model is quantised and cannot be exported as plain float weights; load it without quantisation first")
+        raise UsageError(
+            f"{opt('merge_lora', True)} needs a LoRA model; this one has no adapters, so export it "
+            f"without {opt('merge_lora', True)}"
+        )
+    if (
+        getattr(model, "is_quantized", False)
+        or getattr(getattr(model, "config", None), "quantization_config", None) is not None
+    ):
+        raise UsageError(
+            "this model is quantised and cannot be exported as plain float weights; load it without quantisation first"
+        )
     path.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=".llmos-export-", dir=path))
     try:
-        if format == "gguf":
-            from ..models.gguf_export import export_gguf
-
-            export_gguf(model, tokenizer, stage / f"model-{quantize}.gguf", quantize=quantize, source_gguf=source_gguf,
-                        name=(manifest or {}).get("exported_alias"))
-        else:
-            out = model
-            if peft and merge_lora:
-                out = copy.deepcopy(model).merge_and_unload()  # a copy: the in-memory model keeps its adapters
-            if weights_writer is not None:
-                weights_writer(out, stage)
-            else:
-                with quiet_saving():
-                    out.save_pretrained(stage, safe_serialization=True)
-            if tokenizer is not None:
-                tokenizer.save_pretrained(stage)
-        # always written: it marks the folder as an llmos export and lists its files (what --overwrite may replace)
-        written = sorted(p.name for p in stage.iterdir())
-        record = dict(manifest if manifest is not None else {"run": None}, exported_files=written)
-        (stage / MANIFEST).write_text(json.dumps(record, indent=2, default=str))
-        kinds = ("*.gguf",) if format == "gguf" else ("*.safetensors", "*.pt")
-        weights = sorted(p.name for k in kinds for p in stage.glob(k))
-        if not weights:
-            raise RuntimeError(f"the export wrote no weights file in {stage}")
-        _inside(stage)
-        new = sorted(p.name for p in stage.iterdir())
-        ours = previous_files(path) or set()  # only what the earlier export listed (nothing else is there: checked)
-        for old in list(path.iterdir()):
-            if old == stage or not (old.name in ours or old.name.startswith(".llmos-export-")):
-                continue
-            if old.is_dir() and not old.is_symlink():
-                shutil.rmtree(old)
-            else:
-                old.unlink()
-        for name in new:
-            os.replace(stage / name, path / name)
-        stage.rmdir()
+        weights = _write_stage(
+            model,
+            tokenizer,
+            stage,
+            format=format,
+            quantize=quantize,
+            source_gguf=source_gguf,
+            manifest=manifest,
+            merge=peft and merge_lora,
+            weights_writer=weights_writer,
+        )
+        _replace_export(stage, path)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         if not existed:

@@ -19,9 +19,9 @@ Reproducibility (same seed, same result): the run seeds every RNG at its start a
 re-initialises a classification head that no run has trained yet from the run seed, so the result
 depends on (starting weights, data, config) only — not on what the RNGs did before the call.
 
-LoRA (the head of a LoRA classifier is trained, saved and reloaded): adapters come from peft with ``task_type=SEQ_CLS``, which
-puts the head (``classifier`` / ``score``) in ``modules_to_save``: it is trained and saved in
-``adapter_model.safetensors`` next to the adapters.
+LoRA (the head of a LoRA classifier is trained, saved and reloaded): adapters come from peft
+with ``task_type=SEQ_CLS``, which puts the head (``classifier`` / ``score``) in
+``modules_to_save``: it is trained and saved in ``adapter_model.safetensors`` next to the adapters.
 
 Run it::
 
@@ -29,6 +29,7 @@ Run it::
     res = finetune(model, tok, train_ds, eval_ds, text_column="text", label_column="label",
                    config=FinetuneConfig(epochs=1), run_dir="runs/demo")
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -153,7 +154,10 @@ class FinetuneResult:
             f"train loss {loss}, {self.samples_per_s:.1f} samples/s, {self.wall_s:.1f} s"
         ]
         if self.metrics:
-            lines.append("eval: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in self.metrics.items()))
+            lines.append(
+                "eval: "
+                + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in self.metrics.items())
+            )
         if self.checkpoint:
             lines.append(f"checkpoint: {self.checkpoint} (sha256 {self.checkpoint_sha256[:12]}…)")
         return "\n".join(lines)
@@ -184,7 +188,9 @@ def untrained_head_params(model: Any) -> list[str]:
     loaded = any(getattr(p, "_is_hf_initialized", False) for _, p in params)
     out = []
     for name, p in params:
-        if getattr(p, "_llmos_trained", False):
+        if getattr(p, "_llmos_trained", False) or ".original_module." in name:
+            # peft's modules_to_save keeps the head's pre-LoRA copy as ``original_module``; the
+            # model uses (and a LoRA run trains) ``modules_to_save.default`` instead
             continue
         if loaded:
             if not getattr(p, "_is_hf_initialized", False):
@@ -266,7 +272,11 @@ class _Callback:
         except KeyboardInterrupt:
             raise
         except Exception as e:  # noqa: BLE001 - a display must not stop training
-            warnings.warn(f"progress callback {name} failed ({type(e).__name__}: {e}); training continues without it", RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"progress callback {name} failed ({type(e).__name__}: {e}); training continues without it",
+                RuntimeWarning,
+                stacklevel=2,
+            )
             self.cb = None
 
 
@@ -358,8 +368,10 @@ def check_lora_targets(model: Any, config: FinetuneConfig | dict[str, Any]) -> l
         leaves = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
         from ..errors import opt
 
-        raise UsageError(f"LoRA target_modules={targets!r} match no module of this {type(model).__name__}; "
-                         f"pass {opt('target_modules')} from its linear layers: {', '.join(leaves) or '(none)'}")
+        raise UsageError(
+            f"LoRA target_modules={targets!r} match no module of this {type(model).__name__}; "
+            f"pass {opt('target_modules')} from its linear layers: {', '.join(leaves) or '(none)'}"
+        )
     return hit
 
 
@@ -369,10 +381,19 @@ def _wrap_lora(model: Any, cfg: FinetuneConfig) -> Any:
     if _is_peft(model):
         return model  # continue training its adapters (and its head)
     if any(hasattr(m, "lora_A") for m in model.modules()):
-        raise UsageError("this model already carries LoRA adapters from an earlier run (a re-run cell?); pass result.model to keep training them, or reload the base model")
+        raise UsageError(
+            "this model already carries LoRA adapters from an earlier run (a re-run cell?); pass result.model to "
+            "keep training them, or reload the base model"
+        )
     targets = cfg.resolve_target_modules(getattr(model.config, "model_type", ""))
     task_type = TaskType.CAUSAL_LM if cfg.task == "causal-lm" else TaskType.SEQ_CLS
-    lc = LoraConfig(task_type=task_type, r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets)
+    lc = LoraConfig(
+        task_type=task_type,
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=targets,
+    )
     from ..models.loading import quiet_transformers
 
     try:
@@ -383,7 +404,10 @@ def _wrap_lora(model: Any, cfg: FinetuneConfig) -> Any:
             from torch import nn
 
             leaves = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
-            raise UsageError(f"target_modules={targets!r} match no module of this {type(model).__name__}; pass target_modules= from its linear layers: {', '.join(leaves)}") from None
+            raise UsageError(
+                f"target_modules={targets!r} match no module of this {type(model).__name__}; pass target_modules= "
+                f"from its linear layers: {', '.join(leaves)}"
+            ) from None
         raise
 
 
@@ -458,8 +482,18 @@ def _loss_module(model: Any, task: Any) -> Any:
     return LossSum(model)
 
 
-def _train_step(fwd: Any, model: Any, group: list[Any], tok: Any, lengths: Any, labels: Any, pad_id: int, device: Any,
-                task: Any, dist: Any = None) -> tuple[float, int, int, int, Any]:
+def _train_step(
+    fwd: Any,
+    model: Any,
+    group: list[Any],
+    tok: Any,
+    lengths: Any,
+    labels: Any,
+    pad_id: int,
+    device: Any,
+    task: Any,
+    dist: Any = None,
+) -> tuple[float, int, int, int, Any]:
     """Forward and backward of one optimizer step over ``group`` (its micro-batches, each a
     ``(B,)`` array of global row indices); gradients accumulate in the parameters' ``.grad``.
 
@@ -534,22 +568,33 @@ class _Plan:
         return step / self.steps_per_epoch
 
 
-def _plan(model: Any, tokenizer: Any, train: Any, eval: Any, cfg: FinetuneConfig, task: Any,  # noqa: A002
-          resume_from: Optional[os.PathLike | str]) -> _Plan:
+def _plan(
+    model: Any,
+    tokenizer: Any,
+    train: Any,
+    eval: Any,
+    cfg: FinetuneConfig,
+    task: Any,  # noqa: A002
+    resume_from: Optional[os.PathLike | str],
+) -> _Plan:
     """Check the model, data and config (one UsageError / NotFoundError line each, before anything
     changes except ``model.config.pad_token_id``), tokenise the training set and count the steps."""
     import torch
 
     if cfg.method == "full" and _is_peft(model):
-        raise UsageError("method='full' was given a LoRA (peft) model; pass method='lora' to keep training its "
-                         "adapters, or merge them first with model.merge_and_unload()")
+        raise UsageError(
+            "method='full' was given a LoRA (peft) model; pass method='lora' to keep training its "
+            "adapters, or merge them first with model.merge_and_unload()"
+        )
     labels = task.check(model, train, eval)
     if cfg.method == "lora":
         check_lora_targets(model, cfg)
     first = next(model.parameters())
     if cfg.method == "full" and first.dtype == torch.float16:
-        raise UsageError("a full fine-tune of float16 weights diverges without loss scaling; load the model with "
-                         "dtype=float32 or bfloat16, or use method='lora'")
+        raise UsageError(
+            "a full fine-tune of float16 weights diverges without loss scaling; load the model with "
+            "dtype=float32 or bfloat16, or use method='lora'"
+        )
     mconf = model.config
     if getattr(tokenizer, "pad_token_id", None) is not None and getattr(mconf, "pad_token_id", None) is None:
         mconf.pad_token_id = tokenizer.pad_token_id
@@ -560,15 +605,26 @@ def _plan(model: Any, tokenizer: Any, train: Any, eval: Any, cfg: FinetuneConfig
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
     digest = train_digest(tok, labels)
-    plan = _Plan(cfg=cfg, task=task, device=first.device, pad_id=pad_id, tok=tok, labels=labels,
-                 steps_per_epoch=steps_per_epoch, total_steps=total_steps,
-                 warmup=math.ceil(cfg.warmup_ratio * total_steps),
-                 eval_every=steps_per_epoch if cfg.eval_every == "epoch" else cfg.eval_every,
-                 fingerprint=getattr(train, "_fingerprint", None), model_fp=model_fingerprint(model), digest=digest,
-                 rstate=None)
+    plan = _Plan(
+        cfg=cfg,
+        task=task,
+        device=first.device,
+        pad_id=pad_id,
+        tok=tok,
+        labels=labels,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        warmup=math.ceil(cfg.warmup_ratio * total_steps),
+        eval_every=steps_per_epoch if cfg.eval_every == "epoch" else cfg.eval_every,
+        fingerprint=getattr(train, "_fingerprint", None),
+        model_fp=model_fingerprint(model),
+        digest=digest,
+        rstate=None,
+    )
     if cfg.track_best and eval is None:
-        raise UsageError("early_stopping_patience / metric_for_best need an eval set; "
-                         "pass eval= (a test or validation split)")
+        raise UsageError(
+            "early_stopping_patience / metric_for_best need an eval set; pass eval= (a test or validation split)"
+        )
     if resume_from is not None:  # every check before anything is trained or written
         plan.rstate = read_resume_state(resume_from)
         check_resume(plan.rstate, config=cfg.to_dict(), model_fp=plan.model_fp, data_digest=digest)
@@ -713,11 +769,26 @@ def finetune(
     try:
         t_call = time.perf_counter()
         cfg = config if isinstance(config, FinetuneConfig) else FinetuneConfig.from_dict(config or {})
-        task = task_for(cfg.task, text_column=text_column, label_column=label_column, prompt_column=prompt_column,
-                        response_column=response_column)
+        task = task_for(
+            cfg.task,
+            text_column=text_column,
+            label_column=label_column,
+            prompt_column=prompt_column,
+            response_column=response_column,
+        )
         plan = _plan(model, tokenizer, train, eval, cfg, task, resume_from)
-        run = _Run(model, tokenizer, eval, plan, cb, run_dir=run_dir, should_stop=should_stop, run_id=run_id,
-                   resume_from=resume_from, dist=dist)
+        run = _Run(
+            model,
+            tokenizer,
+            eval,
+            plan,
+            cb,
+            run_dir=run_dir,
+            should_stop=should_stop,
+            run_id=run_id,
+            resume_from=resume_from,
+            dist=dist,
+        )
         result = run.run(t_call)
         cb("on_end", result.status, result)
         return result
@@ -731,15 +802,31 @@ class _Run:
     :func:`_train_step` calls with evaluation and best-model tracking, the end of the run
     (divergence, final evaluation, best weights back), the checkpoint and the result."""
 
-    def __init__(self, model: Any, tokenizer: Any, eval: Any, plan: _Plan, cb: _Callback, *,  # noqa: A002
-                 run_dir: Any, should_stop: Optional[Callable[[], bool]], run_id: Optional[str],
-                 resume_from: Optional[os.PathLike | str], dist: Any):
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        eval: Any,
+        plan: _Plan,
+        cb: _Callback,
+        *,  # noqa: A002
+        run_dir: Any,
+        should_stop: Optional[Callable[[], bool]],
+        run_id: Optional[str],
+        resume_from: Optional[os.PathLike | str],
+        dist: Any,
+    ):
         import psutil
         import torch
 
         self.model, self.tokenizer, self.eval, self.plan, self.cfg, self.cb = model, tokenizer, eval, plan, plan.cfg, cb
-        self.run_dir, self.should_stop, self.run_id, self.resume_from, self.dist = (run_dir, should_stop, run_id,
-                                                                                     resume_from, dist)
+        self.run_dir, self.should_stop, self.run_id, self.resume_from, self.dist = (
+            run_dir,
+            should_stop,
+            run_id,
+            resume_from,
+            dist,
+        )
         self.proc = psutil.Process()
         self.metric_name, self.greater = self.cfg.best_metric()
         best = {"metric": self.metric_name, "value": None, "step": None, "epoch": None, "bad_evals": 0, "metrics": None}
@@ -762,8 +849,12 @@ class _Run:
                 seed_everything(cfg.seed, deterministic=cfg.deterministic)
                 self._setup()
                 p = self.plan
-                self.cb("on_begin", p.total_steps,
-                        min(len(p.tok) * cfg.epochs, p.total_steps * cfg.batch_size * cfg.grad_accum), self.run_id)
+                self.cb(
+                    "on_begin",
+                    p.total_steps,
+                    min(len(p.tok) * cfg.epochs, p.total_steps * cfg.batch_size * cfg.grad_accum),
+                    self.run_id,
+                )
                 self.model.train()
                 ctrl_c = _sigint_stops(self.stop_flag) if self.dist is None else contextlib.nullcontext()
                 with ctrl_c:  # ranks: should_stop
@@ -798,13 +889,16 @@ class _Run:
             self.fwd = dist.wrap(self.fwd, self.model)
         self.trainable = [q for q in self.model.parameters() if q.requires_grad]
         if not self.trainable:
-            raise UsageError("the model has no trainable parameters (all requires_grad=False); "
-                             "unfreeze it or use method='lora'")
+            raise UsageError(
+                "the model has no trainable parameters (all requires_grad=False); unfreeze it or use method='lora'"
+            )
         fused = all(q.device.type in ("cpu", "cuda") and q.dtype.is_floating_point for q in self.trainable)
-        self.opt = torch.optim.AdamW(_param_groups(self.model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999),
-                                     eps=1e-8, fused=fused or None)
+        self.opt = torch.optim.AdamW(
+            _param_groups(self.model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, fused=fused or None
+        )
         self.sched = torch.optim.lr_scheduler.LambdaLR(
-            self.opt, lambda st: lr_factor(st, p.total_steps, p.warmup, cfg.lr_scheduler))
+            self.opt, lambda st: lr_factor(st, p.total_steps, p.warmup, cfg.lr_scheduler)
+        )
         ts = self._resume() if p.rstate is not None else None
         if dist is not None:  # dropout: rank 0 draws what one process draws, other ranks their own stream
             saved = ts.get("rng_ranks") if ts is not None else None
@@ -827,8 +921,13 @@ class _Run:
         s.best.update(rstate.get("best") or {})
         if ts.get("best_params"):
             s.best_w.update(ts["best_params"])
-        if (self.eval is not None and p.eval_every and s.step % p.eval_every == 0 and 0 < s.step < p.total_steps
-                and not any(h.get("step") == s.step for h in s.eval_history)):
+        if (
+            self.eval is not None
+            and p.eval_every
+            and s.step % p.eval_every == 0
+            and 0 < s.step < p.total_steps
+            and not any(h.get("step") == s.step for h in s.eval_history)
+        ):
             self._run_eval()  # the stop came before this step's evaluation
         s.stopped_early = self._patience_spent()  # also when a callback's Ctrl-C cut off the check
         restore_rng(ts["rng"])  # last: nothing above may draw from the RNGs
@@ -849,8 +948,9 @@ class _Run:
             if s.best["value"] is None or (v > s.best["value"] if self.greater else v < s.best["value"]):
                 s.best.update(value=v, step=s.step, epoch=epoch_f, bad_evals=0, metrics=ev.to_metrics())
                 s.best_w.clear()
-                s.best_w.update({n: q.detach().to("cpu", copy=True) for n, q in self.model.named_parameters()
-                                 if q.requires_grad})
+                s.best_w.update(
+                    {n: q.detach().to("cpu", copy=True) for n, q in self.model.named_parameters() if q.requires_grad}
+                )
             else:
                 s.best["bad_evals"] += 1
         s.eval_history.append({"step": s.step, "epoch": epoch_f, **ev.to_metrics()})
@@ -889,8 +989,9 @@ class _Run:
     def _epoch(self, epoch: int) -> None:
         """The optimizer steps of one epoch (a resumed run skips the groups already consumed)."""
         s, cfg, p = self.state, self.cfg, self.plan
-        batches = length_grouped_batches(p.tok.lengths, cfg.batch_size, seed=(cfg.seed, epoch),
-                                         group=cfg.group_by_length)
+        batches = length_grouped_batches(
+            p.tok.lengths, cfg.batch_size, seed=(cfg.seed, epoch), group=cfg.group_by_length
+        )
         first_g = (s.step % p.steps_per_epoch) * cfg.grad_accum if epoch == s.start_step // p.steps_per_epoch else 0
         for g in range(first_g, len(batches), cfg.grad_accum):
             if s.step >= p.total_steps:
@@ -917,7 +1018,8 @@ class _Run:
         t0 = time.perf_counter()
         lr_now = self.opt.param_groups[0]["lr"]
         step_loss, n_rows, n_real, n_padded, s.last_batch = _train_step(
-            self.fwd, self.model, group, p.tok, p.tok.lengths, p.labels, p.pad_id, p.device, p.task, self.dist)
+            self.fwd, self.model, group, p.tok, p.tok.lengths, p.labels, p.pad_id, p.device, p.task, self.dist
+        )
         s.real_tokens += n_real
         s.padded_tokens += n_padded
         s.resumable = False  # an update cut short cannot be resumed exactly
@@ -981,8 +1083,12 @@ class _Run:
         if s.last_eval is not None and s.status == "completed":
             self.final_metrics = s.last_eval.to_metrics()
         if self.won:
-            self.final_metrics.update(best_step=s.best["step"], best_epoch=s.best["epoch"],
-                                      metric_for_best=self.metric_name, stopped_early=s.stopped_early)
+            self.final_metrics.update(
+                best_step=s.best["step"],
+                best_epoch=s.best["epoch"],
+                metric_for_best=self.metric_name,
+                stopped_early=s.stopped_early,
+            )
         if self.plan.device.type == "cuda":
             self.peak_dev = int(torch.cuda.max_memory_allocated(self.plan.device))
 
@@ -1031,8 +1137,9 @@ class _Run:
 
         full_sd = dist.full_state_dict(self.model) if collective else None
         if dist is None or dist.main:
-            self.ck, self.sha = save_checkpoint(self.model, self.tokenizer, self.run_dir, state, extra=extra,
-                                                state_dict=full_sd)
+            self.ck, self.sha = save_checkpoint(
+                self.model, self.tokenizer, self.run_dir, state, extra=extra, state_dict=full_sd
+            )
 
     def _result(self, t_call: float) -> FinetuneResult:
         s, p, won = self.state, self.plan, self.won

@@ -4,6 +4,7 @@ and evaluates on, the notes it prints, the job that runs it and the progress it 
 The API keeps the state (manager, store, registry, scheduler) and passes what these helpers need;
 nothing here holds state of its own.
 """
+
 from __future__ import annotations
 
 import sys
@@ -22,9 +23,11 @@ def label_ids(rec, dv):
         if missing:
             if len(names) == len(model_labels) and all(str(n).isdigit() for n in names):
                 return None
-            raise UsageError(f"dataset labels {missing} are not among the model's labels {model_labels}; "
-                             f"reload with `--labels {','.join(names)}` or map them with "
-                             f"`%llm data clean NAME --label-map OLD=NEW`")
+            raise UsageError(
+                f"dataset labels {missing} are not among the model's labels {model_labels}; "
+                f"reload with `--labels {','.join(names)}` or map them with "
+                f"`%llm data clean NAME --label-map OLD=NEW`"
+            )
         mapping = [model_labels.index(n) for n in names]
         return None if mapping == list(range(len(names))) else mapping
     return None
@@ -34,8 +37,10 @@ def prepare_split(dv, split: str, rec):
     if dv.label_column is None:
         raise UsageError(f"dataset '{dv.name}' has no label column; set it with `%llm data load ... --label COLUMN`")
     if split not in dv.splits:
-        raise UsageError(f"dataset '{dv.name}' has no '{split}' split (it has {', '.join(dv.splits)}); "
-                         f"make one with `%llm data split {dv.name} --test 0.15`")
+        raise UsageError(
+            f"dataset '{dv.name}' has no '{split}' split (it has {', '.join(dv.splits)}); "
+            f"make one with `%llm data split {dv.name} --test 0.15`"
+        )
     ds = dv.splits[split]
     mapping = label_ids(rec, dv)
     if mapping is not None:
@@ -45,13 +50,17 @@ def prepare_split(dv, split: str, rec):
     values = ds[dv.label_column]
     missing = sum(1 for x in values if x is None or int(x) < 0)  # -1: ClassLabel's "no label" (an empty CSV cell)
     if missing:
-        raise UsageError(f"{missing} of {len(values)} rows of '{dv.name}' ({split}) have no label; drop them with "
-                         f"`%llm data clean {dv.name}` (rows without a label or text are dropped), then train on the "
-                         f"new version")
+        raise UsageError(
+            f"{missing} of {len(values)} rows of '{dv.name}' ({split}) have no label; drop them with "
+            f"`%llm data clean {dv.name}` (rows without a label or text are dropped), then train on the "
+            f"new version"
+        )
     bad = [x for x in set(values) if not 0 <= int(x) < n_model]
     if bad:
-        raise UsageError(f"label values {sorted(map(str, bad))[:5]} are outside the model's {n_model} labels "
-                         f"{rec.labels}; reload with matching --labels")
+        raise UsageError(
+            f"label values {sorted(map(str, bad))[:5]} are outside the model's {n_model} labels "
+            f"{rec.labels}; reload with matching --labels"
+        )
     return ds
 
 
@@ -59,13 +68,17 @@ def prepare_sft_split(dv, split: str):
     """The ``split`` of a prompt/response dataset for causal-lm fine-tuning or evaluation."""
     if not dv.prompt_column or not dv.response_column:
         cols = ", ".join(dv.splits[next(iter(dv.splits))].column_names)
-        raise UsageError(f"dataset '{dv.name}' has no prompt/response columns (it has {cols}); "
-                         f"a causal-lm needs prompt/response columns: name them so, or make them with "
-                         f"`%llm data prompt {dv.name} --prompt \"Review: {{text}}\\nSentiment:\" "
-                         f"--response \"{{label}}\"`")
+        raise UsageError(
+            f"dataset '{dv.name}' has no prompt/response columns (it has {cols}); "
+            f"a causal-lm needs prompt/response columns: name them so, or make them with "
+            f'`%llm data prompt {dv.name} --prompt "Review: {{text}}\\nSentiment:" '
+            f'--response "{{label}}"`'
+        )
     if split not in dv.splits:
-        raise UsageError(f"dataset '{dv.name}' has no '{split}' split (it has {', '.join(dv.splits)}); "
-                         f"make one with `%llm data split {dv.name} --test 0.15`")
+        raise UsageError(
+            f"dataset '{dv.name}' has no '{split}' split (it has {', '.join(dv.splits)}); "
+            f"make one with `%llm data split {dv.name} --test 0.15`"
+        )
     return dv.splits[split]
 
 
@@ -114,30 +127,52 @@ def warmup_note(cfg, rows: int) -> list[str]:
     steps = min(steps, cfg.max_steps) if cfg.max_steps is not None else steps
     if cfg.warmup_ratio <= 0 or math.ceil(cfg.warmup_ratio * steps) < steps:
         return []
-    what = ("its only step has learning rate 0, so nothing is learned" if steps == 1 else
-            f"the learning rate never reaches {opt('lr', cfg.lr)}")
-    return [f"llmos: note: the warmup takes all {steps} optimizer step{'s' if steps > 1 else ''} of this run "
-            f"({opt('warmup_ratio', cfg.warmup_ratio)}, rounded up): {what}; give {opt('warmup_ratio', 0.0)} "
-            f"or more steps"]
+    what = (
+        "its only step has learning rate 0, so nothing is learned"
+        if steps == 1
+        else f"the learning rate never reaches {opt('lr', cfg.lr)}"
+    )
+    return [
+        f"llmos: note: the warmup takes all {steps} optimizer step{'s' if steps > 1 else ''} of this run "
+        f"({opt('warmup_ratio', cfg.warmup_ratio)}, rounded up): {what}; give {opt('warmup_ratio', 0.0)} "
+        f"or more steps"
+    ]
 
 
 def launch_config(nproc, nnodes, backend, launcher, fsdp, rdzv_endpoint, export_launch, resume):
     """The :class:`~llmos_jupyter.training.launch.LaunchConfig` of a distributed fine-tune, or
     None for a run in the kernel; launch flags without ``--nproc``/``--export-launch`` are refused."""
-    given = [f for f, v in (("--nnodes", nnodes), ("--backend", backend), ("--launcher", launcher), ("--fsdp", fsdp),
-                            ("--rdzv-endpoint", rdzv_endpoint)) if v]
+    given = [
+        f
+        for f, v in (
+            ("--nnodes", nnodes),
+            ("--backend", backend),
+            ("--launcher", launcher),
+            ("--fsdp", fsdp),
+            ("--rdzv-endpoint", rdzv_endpoint),
+        )
+        if v
+    ]
     if nproc is None and export_launch is None:
         if given:
-            raise UsageError(f"{given[0]} goes with --nproc N (ranks in subprocesses) or --export-launch DIR; "
-                             f"add one of them")
+            raise UsageError(
+                f"{given[0]} goes with --nproc N (ranks in subprocesses) or --export-launch DIR; add one of them"
+            )
         return None
     if export_launch is not None and resume is not None:
-        raise UsageError("--export-launch writes a new run for a cluster; drop --resume "
-                         "(or drop --export-launch to resume here)")
+        raise UsageError(
+            "--export-launch writes a new run for a cluster; drop --resume (or drop --export-launch to resume here)"
+        )
     from .launch import LaunchConfig
 
-    return LaunchConfig(nproc=1 if nproc is None else nproc, nnodes=1 if nnodes is None else nnodes, backend=backend,
-                        launcher=launcher or "torchrun", fsdp=bool(fsdp), rdzv_endpoint=rdzv_endpoint)
+    return LaunchConfig(
+        nproc=1 if nproc is None else nproc,
+        nnodes=1 if nnodes is None else nnodes,
+        backend=backend,
+        launcher=launcher or "torchrun",
+        fsdp=bool(fsdp),
+        rdzv_endpoint=rdzv_endpoint,
+    )
 
 
 def run_job(scheduler, job, work, background: bool, notes: list[str]):
@@ -166,13 +201,18 @@ def serve_trained(m, rec, run_dir) -> None:
     try:
         info = export_gguf(rec.model, rec.tokenizer, path, quantize="f16", source_gguf=rec.gguf_path)
     except UsageError as e:  # an architecture GGUF export does not take: the trained run still stands
-        print(f"llmos: note: {rec.alias} keeps serving its original GGUF on llama.cpp ({e}); the trained weights "
-              f"answer with {opt('engine', 'transformers')} and export with {opt('format', 'hf')}", file=sys.stderr,
-              flush=True)
+        print(
+            f"llmos: note: {rec.alias} keeps serving its original GGUF on llama.cpp ({e}); the trained weights "
+            f"answer with {opt('engine', 'transformers')} and export with {opt('format', 'hf')}",
+            file=sys.stderr,
+            flush=True,
+        )
         return
     m.swap_gguf(rec, str(path))
-    print(f"llmos: {rec.alias} now serves the fine-tuned weights on llama.cpp ({path}, {format_size(info['bytes'])})",
-          flush=True)
+    print(
+        f"llmos: {rec.alias} now serves the fine-tuned weights on llama.cpp ({path}, {format_size(info['bytes'])})",
+        flush=True,
+    )
 
 
 def account_trained(m, rec, run_dir, completed: bool) -> None:

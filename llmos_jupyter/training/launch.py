@@ -26,6 +26,7 @@ A rank that dies ends the run as failed: :func:`~.supervisor.failure_reason` nam
 the torchrun lines for N nodes, a Slurm script and an ``accelerate launch`` FSDP config into a
 folder, for a run outside Jupyter (``docs/distributed.md``).
 """
+
 from __future__ import annotations
 
 import json
@@ -80,18 +81,21 @@ class LaunchConfig:
         for name in ("nproc", "nnodes"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise UsageError(f"--{name} {v} is not allowed: it counts processes, a whole number >= 1; "
-                                 f"e.g. --{name} 2")
+                raise UsageError(
+                    f"--{name} {v} is not allowed: it counts processes, a whole number >= 1; e.g. --{name} 2"
+                )
         if self.backend is not None and self.backend not in BACKENDS:
-            raise UsageError(f"--backend {self.backend} is not a torch.distributed backend here; "
-                             f"use gloo (CPU) or nccl (CUDA GPUs)")
+            raise UsageError(
+                f"--backend {self.backend} is not a torch.distributed backend here; use gloo (CPU) or nccl (CUDA GPUs)"
+            )
         if self.launcher not in LAUNCHERS:
             raise UsageError(f"--launcher {self.launcher} is not known; use torchrun or accelerate")
         if self.rdzv_endpoint is not None:
             host, _, port = str(self.rdzv_endpoint).rpartition(":")
             if not host or not port.isdigit() or not 0 < int(port) < 65536:
-                raise UsageError(f"--rdzv-endpoint {self.rdzv_endpoint} is not HOST:PORT; "
-                                 f"e.g. --rdzv-endpoint 127.0.0.1:29500")
+                raise UsageError(
+                    f"--rdzv-endpoint {self.rdzv_endpoint} is not HOST:PORT; e.g. --rdzv-endpoint 127.0.0.1:29500"
+                )
 
     @property
     def world_size(self) -> int:
@@ -108,8 +112,14 @@ class LaunchConfig:
 
     def record(self, backend: str) -> dict[str, Any]:
         """What the run registry keeps about the launch."""
-        return {"world_size": self.world_size, "nproc_per_node": self.nproc, "nnodes": self.nnodes,
-                "backend": backend, "launcher": self.launcher, "fsdp": self.fsdp}
+        return {
+            "world_size": self.world_size,
+            "nproc_per_node": self.nproc,
+            "nnodes": self.nnodes,
+            "backend": backend,
+            "launcher": self.launcher,
+            "fsdp": self.fsdp,
+        }
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -147,32 +157,45 @@ def check_launch(lc: LaunchConfig, *, backend: str, n_train: int, config: Any, r
         import torch
 
         if not torch.cuda.is_available():
-            raise UsageError("--backend nccl needs CUDA GPUs and this machine has none; "
-                             "use --backend gloo (the default on a CPU)")
+            raise UsageError(
+                "--backend nccl needs CUDA GPUs and this machine has none; use --backend gloo (the default on a CPU)"
+            )
         if lc.nproc > torch.cuda.device_count():
-            raise UsageError(f"--nproc {lc.nproc} with nccl needs {lc.nproc} GPUs per node, this machine has "
-                             f"{torch.cuda.device_count()}; use --nproc {torch.cuda.device_count()}")
+            raise UsageError(
+                f"--nproc {lc.nproc} with nccl needs {lc.nproc} GPUs per node, this machine has "
+                f"{torch.cuda.device_count()}; use --nproc {torch.cuda.device_count()}"
+            )
     if lc.world_size > n_train:
-        raise UsageError(f"{lc.world_size} ranks for {n_train} training rows: every rank needs rows; "
-                         f"use --nproc {max(1, n_train // lc.nnodes)} or fewer")
+        raise UsageError(
+            f"{lc.world_size} ranks for {n_train} training rows: every rank needs rows; "
+            f"use --nproc {max(1, n_train // lc.nnodes)} or fewer"
+        )
     if lc.world_size > config.batch_size:
-        raise UsageError(f"{lc.world_size} ranks share each global batch of --batch-size {config.batch_size} rows; "
-                         f"use --batch-size {lc.world_size} or more, or fewer ranks")
+        raise UsageError(
+            f"{lc.world_size} ranks share each global batch of --batch-size {config.batch_size} rows; "
+            f"use --batch-size {lc.world_size} or more, or fewer ranks"
+        )
     if lc.fsdp and config.track_best:
         raise UsageError("--fsdp keeps no unsharded copy of the best weights; drop --patience/--metric, or drop --fsdp")
     if lc.fsdp and resume:
         raise UsageError("an --fsdp run cannot --resume yet (its optimizer state is sharded); resume without --fsdp")
     if kernel and lc.nnodes > 1 and lc.launcher == "accelerate":
-        raise UsageError("--launcher accelerate starts one node from the kernel; for several nodes use "
-                         "--launcher torchrun, or --export-launch DIR for the accelerate launch line of every node")
+        raise UsageError(
+            "--launcher accelerate starts one node from the kernel; for several nodes use "
+            "--launcher torchrun, or --export-launch DIR for the accelerate launch line of every node"
+        )
     if kernel and lc.nnodes > 1 and not lc.rdzv_endpoint:
-        raise UsageError(f"--nnodes {lc.nnodes} needs --rdzv-endpoint HOST:PORT with an address of this machine "
-                         f"the other nodes reach; or write the commands for every node with --export-launch DIR")
+        raise UsageError(
+            f"--nnodes {lc.nnodes} needs --rdzv-endpoint HOST:PORT with an address of this machine "
+            f"the other nodes reach; or write the commands for every node with --export-launch DIR"
+        )
     if kernel and lc.rdzv_endpoint:
         host, port = lc.endpoint()
         if host in ("127.0.0.1", "localhost", "0.0.0.0", socket.gethostname()) and port_in_use(host, port):
-            raise UsageError(f"the rendezvous port {port} is already in use on {host}; pick a free one with "
-                             f"--rdzv-endpoint {host}:{free_port()}, or leave the flag out")
+            raise UsageError(
+                f"the rendezvous port {port} is already in use on {host}; pick a free one with "
+                f"--rdzv-endpoint {host}:{free_port()}, or leave the flag out"
+            )
 
 
 # ------------------------------------------------------------------------------ the spec
@@ -221,14 +244,33 @@ def write_model(model: Any, tokenizer: Any, folder: Path, *, task: str) -> dict[
         tokenizer.save_pretrained(mdir)
     base = model.get_base_model() if _is_peft(model) else model
     pads = {n: m.padding_idx for n, m in base.named_modules() if isinstance(m, nn.Embedding)}
-    return {"path": "model", "adapter": "adapter" if _is_peft(model) else None, "untrained": untrained,
-            "padding_idx": pads}
+    return {
+        "path": "model",
+        "adapter": "adapter" if _is_peft(model) else None,
+        "untrained": untrained,
+        "padding_idx": pads,
+    }
 
 
-def write_spec(folder: Path, *, model: Any, tokenizer: Any, task: str, labels: Optional[list[str]], dtype: str,
-               data: dict[str, Any], config: dict[str, Any], output_dir: str, backend: Optional[str], fsdp: bool,
-               run_id: Optional[str] = None, resume_from: Optional[str] = None, supervisor_pid: Optional[int] = None,
-               threads: Optional[int] = None, echo: bool = False) -> Path:
+def write_spec(
+    folder: Path,
+    *,
+    model: Any,
+    tokenizer: Any,
+    task: str,
+    labels: Optional[list[str]],
+    dtype: str,
+    data: dict[str, Any],
+    config: dict[str, Any],
+    output_dir: str,
+    backend: Optional[str],
+    fsdp: bool,
+    run_id: Optional[str] = None,
+    resume_from: Optional[str] = None,
+    supervisor_pid: Optional[int] = None,
+    threads: Optional[int] = None,
+    echo: bool = False,
+) -> Path:
     """Write ``folder/spec.json`` and the model it names (:func:`write_model`).
 
     Args:
@@ -256,8 +298,12 @@ def write_spec(folder: Path, *, model: Any, tokenizer: Any, task: str, labels: O
         "format": 1,
         "run_id": run_id,
         "task": task,
-        "model": dict(m, labels=labels, dtype=dtype,
-                      attn_implementation=attn if attn in ("sdpa", "eager", "llmos_triton") else None),
+        "model": dict(
+            m,
+            labels=labels,
+            dtype=dtype,
+            attn_implementation=attn if attn in ("sdpa", "eager", "llmos_triton") else None,
+        ),
         "data": data,
         "config": config,
         "output_dir": output_dir,
@@ -275,8 +321,16 @@ def write_spec(folder: Path, *, model: Any, tokenizer: Any, task: str, labels: O
 
 
 # ------------------------------------------------------------------------------ commands
-def torchrun_command(lc: LaunchConfig, entry: list[str], *, host: str, port: int, run_id: str,
-                     node_rank: Optional[int] = None, python: Optional[str] = None) -> list[str]:
+def torchrun_command(
+    lc: LaunchConfig,
+    entry: list[str],
+    *,
+    host: str,
+    port: int,
+    run_id: str,
+    node_rank: Optional[int] = None,
+    python: Optional[str] = None,
+) -> list[str]:
     """The ``torchrun`` argv for one node.
 
     ``node_rank`` None: c10d rendezvous (elastic; ranks assigned as agents join), the kernel's
@@ -289,13 +343,22 @@ def torchrun_command(lc: LaunchConfig, entry: list[str], *, host: str, port: int
     if node_rank is None:
         cmd += ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"{host}:{port}", "--rdzv-id", run_id]
     else:
-        cmd += ["--node-rank", str(node_rank), "--rdzv-backend", "static", "--rdzv-endpoint", f"{host}:{port}",
-                "--rdzv-id", run_id]
+        cmd += [
+            "--node-rank",
+            str(node_rank),
+            "--rdzv-backend",
+            "static",
+            "--rdzv-endpoint",
+            f"{host}:{port}",
+            "--rdzv-id",
+            run_id,
+        ]
     return cmd + ["--max-restarts", "0", "--monitor-interval", "0.5"] + entry
 
 
-def accelerate_config(lc: LaunchConfig, *, host: str, port: int, machine_rank: int = 0,
-                      wrap: Optional[list[str]] = None) -> str:
+def accelerate_config(
+    lc: LaunchConfig, *, host: str, port: int, machine_rank: int = 0, wrap: Optional[list[str]] = None
+) -> str:
     """An ``accelerate launch --config_file`` YAML for this launch: FSDP (version 2, one unit per
     transformer block ``wrap``, full state dict on save) with ``fsdp``, else multi-process DDP.
     Keys as ``accelerate config`` writes them (https://huggingface.co/docs/accelerate/usage_guides/fsdp)."""
@@ -325,8 +388,9 @@ def accelerate_config(lc: LaunchConfig, *, host: str, port: int, machine_rank: i
     return "\n".join(lines) + "\n"
 
 
-def accelerate_command(config_file: str, entry: list[str], *, python: Optional[str] = None,
-                       machine_rank: Optional[int] = None) -> list[str]:
+def accelerate_command(
+    config_file: str, entry: list[str], *, python: Optional[str] = None, machine_rank: Optional[int] = None
+) -> list[str]:
     """The ``accelerate launch`` argv with ``config_file`` (``python -m accelerate.commands.launch``
     when ``python`` is given). ``entry``: ``["-m", module, spec]`` or ``[script]``."""
     head = [python, "-m", "accelerate.commands.launch"] if python else ["accelerate", "launch"]
@@ -341,8 +405,8 @@ def load_trained(model: Any, checkpoint: Path, config: Any) -> Any:
     the model the alias now holds: for LoRA the model is wrapped with the run's adapters first
     (peft), as a run in the kernel leaves it. Trained parameters are marked, so a later run does
     not re-initialise the head."""
-    from .finetune import _wrap_lora, reinit_untrained_head
     from .checkpoint import load_weights
+    from .finetune import _wrap_lora, reinit_untrained_head
 
     if config.task == "seq-cls" and not _is_peft(model):  # what the ranks did first (LoRA keeps the original head)
         reinit_untrained_head(model, config.seed)
@@ -360,8 +424,11 @@ def distributed_env(threads: Optional[int]) -> dict[str, str]:
     banner), a short agent shutdown timeout (a failed rank's peers are stopped within seconds),
     no tokenizer fork warnings, and in a source checkout its folder first on ``PYTHONPATH`` so the
     ranks import the same llmos as the kernel."""
-    env = {"TORCH_ELASTIC_SHUTDOWN_TIMEOUT": str(int(GRACE_S) + 5), "TOKENIZERS_PARALLELISM": "false",
-           "PYTHONUNBUFFERED": "1"}
+    env = {
+        "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": str(int(GRACE_S) + 5),
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONUNBUFFERED": "1",
+    }
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     root = Path(__file__).resolve().parents[2]
@@ -382,8 +449,9 @@ def threads_per_rank(nproc: int, backend: str) -> int:
     return max(1, cores // nproc)
 
 
-def launch_command(lc: LaunchConfig, spec: Path, *, host: str, port: int, run_id: str, run_dir: Path,
-                   wrap: Optional[list[str]] = None) -> list[str]:
+def launch_command(
+    lc: LaunchConfig, spec: Path, *, host: str, port: int, run_id: str, run_dir: Path, wrap: Optional[list[str]] = None
+) -> list[str]:
     """The argv a kernel launch runs (this machine is node 0; the same Python as the kernel)."""
     entry = ["-m", ENTRY, str(spec)]
     if lc.launcher == "accelerate":
@@ -394,9 +462,20 @@ def launch_command(lc: LaunchConfig, spec: Path, *, host: str, port: int, run_id
 
 
 # ------------------------------------------------------------------------------ export
-def export_launch(folder: os.PathLike | str, *, model: Any, tokenizer: Any, task: str, labels: Optional[list[str]],
-                  dtype: str, dataset_dir: str, data: dict[str, Any], config: dict[str, Any], lc: LaunchConfig,
-                  name: str) -> dict[str, Any]:
+def export_launch(
+    folder: os.PathLike | str,
+    *,
+    model: Any,
+    tokenizer: Any,
+    task: str,
+    labels: Optional[list[str]],
+    dtype: str,
+    dataset_dir: str,
+    data: dict[str, Any],
+    config: dict[str, Any],
+    lc: LaunchConfig,
+    name: str,
+) -> dict[str, Any]:
     """Write everything a cluster user needs to run this fine-tune outside Jupyter into ``folder``
     (which must not exist or be empty): ``spec.json``, ``model/`` (+ ``adapter/``), ``data/`` (a
     copy of the dataset version's Arrow folder), ``train.py`` (the entry script), ``launch.sh``
@@ -413,31 +492,61 @@ def export_launch(folder: os.PathLike | str, *, model: Any, tokenizer: Any, task
 
     out = Path(folder).expanduser()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UsageError(f"{out} is not an empty folder; --export-launch writes a new one: "
-                         f"pick another path or empty it")
+        raise UsageError(
+            f"{out} is not an empty folder; --export-launch writes a new one: pick another path or empty it"
+        )
     out.mkdir(parents=True, exist_ok=True)
     try:
         shutil.copytree(dataset_dir, out / "data")
-        write_spec(out, model=model, tokenizer=tokenizer, task=task, labels=labels, dtype=dtype,
-                   data=dict(data, path="data"), config=config, output_dir="output", backend=lc.backend, fsdp=lc.fsdp,
-                   run_id=None, echo=True)
+        write_spec(
+            out,
+            model=model,
+            tokenizer=tokenizer,
+            task=task,
+            labels=labels,
+            dtype=dtype,
+            data=dict(data, path="data"),
+            config=config,
+            output_dir="output",
+            backend=lc.backend,
+            fsdp=lc.fsdp,
+            run_id=None,
+            echo=True,
+        )
         host, port = lc.endpoint(DEFAULT_PORT)
         rid = f"llmos-{name}"
         (out / "train.py").write_text(_ENTRY_SCRIPT.format(name=name))
-        lines = [shlex.join(torchrun_command(lc, ["train.py"], host=host, port=port, run_id=rid, node_rank=k))
-                 for k in range(lc.nnodes)]
+        lines = [
+            shlex.join(torchrun_command(lc, ["train.py"], host=host, port=port, run_id=rid, node_rank=k))
+            for k in range(lc.nnodes)
+        ]
         node_line = torchrun_command(lc, ["train.py"], host=host, port=port, run_id=rid, node_rank=0)
         node_line[node_line.index("--node-rank") + 1] = '"$NODE_RANK"'
-        (out / "launch.sh").write_text(_LAUNCH_SH.format(nnodes=lc.nnodes, host=host, line=" ".join(
-            a if a == '"$NODE_RANK"' else shlex.quote(a) for a in node_line)))
+        (out / "launch.sh").write_text(
+            _LAUNCH_SH.format(
+                nnodes=lc.nnodes,
+                host=host,
+                line=" ".join(a if a == '"$NODE_RANK"' else shlex.quote(a) for a in node_line),
+            )
+        )
         (out / "slurm.sbatch").write_text(_SLURM.format(nnodes=lc.nnodes, nproc=lc.nproc, port=port, name=name))
         wrap = sorted(block_classes(model))
         fsdp = LaunchConfig(nproc=lc.nproc, nnodes=lc.nnodes, fsdp=True, rdzv_endpoint=f"{host}:{port}")
         (out / "accelerate_fsdp.yaml").write_text(accelerate_config(fsdp, host=host, port=port, wrap=wrap))
-        acc = [shlex.join(accelerate_command("accelerate_fsdp.yaml", ["train.py"], machine_rank=k))
-               for k in range(lc.nnodes)]
-        (out / "README.md").write_text(_README.format(name=name, nnodes=lc.nnodes, world=lc.world_size, host=host,
-                                                      torchrun="\n".join(lines), accelerate="\n".join(acc)))
+        acc = [
+            shlex.join(accelerate_command("accelerate_fsdp.yaml", ["train.py"], machine_rank=k))
+            for k in range(lc.nnodes)
+        ]
+        (out / "README.md").write_text(
+            _README.format(
+                name=name,
+                nnodes=lc.nnodes,
+                world=lc.world_size,
+                host=host,
+                torchrun="\n".join(lines),
+                accelerate="\n".join(acc),
+            )
+        )
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)
         raise
@@ -459,16 +568,16 @@ if __name__ == "__main__":
     run([str(Path(__file__).resolve().with_name("spec.json"))])
 '''
 
-_LAUNCH_SH = '''#!/usr/bin/env bash
+_LAUNCH_SH = """#!/usr/bin/env bash
 # Start this node's ranks: bash launch.sh NODE_RANK   (0 on {host}, then 1 .. {nnodes}-1 on the others)
 # Run it from this folder, on a filesystem every node shares (the checkpoint goes to output/).
 set -euo pipefail
 cd "$(dirname "$0")"
 NODE_RANK="${{1:?usage: bash launch.sh NODE_RANK}}"
 exec {line}
-'''
+"""
 
-_SLURM = '''#!/usr/bin/env bash
+_SLURM = """#!/usr/bin/env bash
 # Slurm example: {nnodes} node(s) x {nproc} rank(s). Submit from this folder: sbatch slurm.sbatch
 # (on a shared filesystem). The first node of the allocation hosts the c10d rendezvous.
 #SBATCH --job-name=llmos-{name}
@@ -482,9 +591,9 @@ HEAD=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
 srun torchrun --nnodes "$SLURM_NNODES" --nproc-per-node {nproc} \\
   --rdzv-backend c10d --rdzv-endpoint "$HEAD:{port}" --rdzv-id "$SLURM_JOB_ID" \\
   --max-restarts 0 train.py
-'''
+"""
 
-_README = '''# {name}: a fine-tune exported by llmos-jupyter
+_README = """# {name}: a fine-tune exported by llmos-jupyter
 
 `spec.json` names the model (`model/`, the weights the notebook alias held), the data (`data/`, the
 dataset version's Arrow folder), the fine-tuning config and the output folder (`output/`). `train.py`
@@ -511,15 +620,27 @@ runs the line of that node. Progress prints on node 0; logs: `output/logs/rank<R
 ```
 {accelerate}
 ```
-'''
+"""
 
 
-def run_distributed(model: Any, tokenizer: Any, *, lc: LaunchConfig, backend: str, task: str,
-                    labels: Optional[list[str]], dtype: str, data: dict[str, Any], config: Any,
-                    run_dir: os.PathLike | str, run_id: str,
-                    resume_from: Optional[os.PathLike | str] = None, progress: Any = None,
-                    job_update: Optional[Callable[..., None]] = None,
-                    should_stop: Optional[Callable[[], bool]] = None) -> DistributedResult:
+def run_distributed(
+    model: Any,
+    tokenizer: Any,
+    *,
+    lc: LaunchConfig,
+    backend: str,
+    task: str,
+    labels: Optional[list[str]],
+    dtype: str,
+    data: dict[str, Any],
+    config: Any,
+    run_dir: os.PathLike | str,
+    run_id: str,
+    resume_from: Optional[os.PathLike | str] = None,
+    progress: Any = None,
+    job_update: Optional[Callable[..., None]] = None,
+    should_stop: Optional[Callable[[], bool]] = None,
+) -> DistributedResult:
     """Fine-tune in ``lc.world_size`` ranks started from this process and wait for the end.
 
     Writes the spec into ``run_dir/launch`` (:func:`write_spec`), runs the launcher under a
@@ -544,18 +665,40 @@ def run_distributed(model: Any, tokenizer: Any, *, lc: LaunchConfig, backend: st
     threads = threads_per_rank(lc.nproc, backend)
     t0 = time.perf_counter()
     try:
-        spec = write_spec(folder, model=model, tokenizer=tokenizer, task=task, labels=labels, dtype=dtype, data=data,
-                          config=config.to_dict(), output_dir=str(run_dir), backend=backend, fsdp=lc.fsdp,
-                          run_id=run_id,
-                          resume_from=str(resume_from) if resume_from is not None else None,
-                          supervisor_pid=os.getpid(), threads=threads)
+        spec = write_spec(
+            folder,
+            model=model,
+            tokenizer=tokenizer,
+            task=task,
+            labels=labels,
+            dtype=dtype,
+            data=data,
+            config=config.to_dict(),
+            output_dir=str(run_dir),
+            backend=backend,
+            fsdp=lc.fsdp,
+            run_id=run_id,
+            resume_from=str(resume_from) if resume_from is not None else None,
+            supervisor_pid=os.getpid(),
+            threads=threads,
+        )
         host, port = lc.endpoint()
-        cmd = launch_command(lc, spec, host=host, port=port, run_id=run_id, run_dir=run_dir,
-                             wrap=sorted(block_classes(model)) if lc.fsdp else None)
+        cmd = launch_command(
+            lc,
+            spec,
+            host=host,
+            port=port,
+            run_id=run_id,
+            run_dir=run_dir,
+            wrap=sorted(block_classes(model)) if lc.fsdp else None,
+        )
         if lc.nnodes > 1:  # this machine is one node; the others join the same rendezvous
             other = torchrun_command(lc, ["-m", ENTRY, str(spec)], host=host, port=port, run_id=run_id, python="python")
-            print(f"llmos: waiting for {lc.nnodes - 1} more node(s); on each, with {run_dir} on a shared filesystem, "
-                  f"run: {shlex.join(other)}", flush=True)
+            print(
+                f"llmos: waiting for {lc.nnodes - 1} more node(s); on each, with {run_dir} on a shared filesystem, "
+                f"run: {shlex.join(other)}",
+                flush=True,
+            )
 
         def on_event(ev: dict[str, Any]) -> None:
             kind = ev.get("event")
@@ -567,8 +710,14 @@ def run_distributed(model: Any, tokenizer: Any, *, lc: LaunchConfig, backend: st
             elif kind == "eval":
                 cb("on_eval", ev["step"], ev["epoch"], ev["metrics"])
 
-        sup = Supervisor(cmd, run_dir, env=distributed_env(threads), on_event=on_event,
-                         on_ranks=lambda pids, alive: update(pids=pids, ranks_alive=alive), should_stop=should_stop)
+        sup = Supervisor(
+            cmd,
+            run_dir,
+            env=distributed_env(threads),
+            on_event=on_event,
+            on_ranks=lambda pids, alive: update(pids=pids, ranks_alive=alive),
+            should_stop=should_stop,
+        )
         outcome = sup.run()
     finally:
         for sub in ("model", "adapter"):

@@ -19,6 +19,7 @@ it itself (see :mod:`.launch`). Each rank:
 Set ``ACCELERATE_USE_FSDP=true`` (``accelerate launch --use_fsdp`` does) or ``"fsdp": true`` in
 the spec to shard the model with FSDP2 instead of replicating it with DDP.
 """
+
 from __future__ import annotations
 
 import json
@@ -62,8 +63,9 @@ class EventWriter:
             print(text, file=self.echo, flush=True)
 
     def on_begin(self, total_steps: int, total_samples: int, run_id: Optional[str] = None) -> None:
-        append_event(self.path, event="begin", total_steps=total_steps, total_samples=total_samples, run_id=run_id,
-                     **self.info)
+        append_event(
+            self.path, event="begin", total_steps=total_steps, total_samples=total_samples, run_id=run_id, **self.info
+        )
         self._say(f"llmos: {self.info['world_size']} ranks ({self.info['backend']}), {total_steps} steps")
 
     def on_step(self, step: int, loss: float, lr: float, samples_per_s: float, eta_s: float) -> None:
@@ -77,9 +79,16 @@ class EventWriter:
     def on_end(self, status: str, result: Any = None) -> None:
         summary = None
         if result is not None:
-            summary = dict(result.summary(), steps=result.steps, total_steps=result.total_steps, epochs=result.epochs,
-                           train_loss=result.train_loss, eval_history=result.eval_history, best_step=result.best_step,
-                           stopped_early=result.stopped_early)
+            summary = dict(
+                result.summary(),
+                steps=result.steps,
+                total_steps=result.total_steps,
+                epochs=result.epochs,
+                train_loss=result.train_loss,
+                eval_history=result.eval_history,
+                best_step=result.best_step,
+                stopped_early=result.stopped_early,
+            )
         append_event(self.path, event="end", status=status, result=summary)
         where = f"; checkpoint {summary['checkpoint']}" if summary and summary["checkpoint"] else ""
         self._say(f"llmos: {status}{where}")
@@ -98,8 +107,9 @@ def read_spec(path: os.PathLike | str) -> dict[str, Any]:
     except (OSError, ValueError) as e:
         raise LLMOSError(f"cannot read the launch spec {p}: {e}") from None
     if not isinstance(spec, dict) or spec.get("format") != 1:
-        raise LLMOSError(f"{p} is not an llmos launch spec (format 1); "
-                         f"write one with %llm finetune --export-launch DIR")
+        raise LLMOSError(
+            f"{p} is not an llmos launch spec (format 1); write one with %llm finetune --export-launch DIR"
+        )
     base = p.parent
 
     def absolute(v: Optional[str]) -> Optional[str]:
@@ -122,8 +132,14 @@ def load_model(spec: dict[str, Any], device: str) -> tuple[Any, Any]:
     from ..models.loading import load, quiet_transformers
 
     m = spec["model"]
-    loaded = load(m["path"], task=spec["task"], labels=m.get("labels"), dtype=m.get("dtype"), device=device,
-                  attn_implementation=m.get("attn_implementation"))
+    loaded = load(
+        m["path"],
+        task=spec["task"],
+        labels=m.get("labels"),
+        dtype=m.get("dtype"),
+        device=device,
+        attn_implementation=m.get("attn_implementation"),
+    )
     model = loaded.model
     modules = dict(model.named_modules())
     for name, idx in (m.get("padding_idx") or {}).items():  # as the kernel's model has them
@@ -242,21 +258,38 @@ def main(argv: Optional[list[str]] = None) -> int:
         t1 = time.perf_counter()
         model, tokenizer = load_model(spec, str(group.device))
         train, ev = load_data(spec)
-        print(f"llmos rank {rank}: joined {group.world_size} ranks ({backend}{', fsdp' if fsdp else ''}) in "
-              f"{t1 - t0:.1f} s; model and data read in {time.perf_counter() - t1:.1f} s", flush=True)
+        print(
+            f"llmos rank {rank}: joined {group.world_size} ranks ({backend}{', fsdp' if fsdp else ''}) in "
+            f"{t1 - t0:.1f} s; model and data read in {time.perf_counter() - t1:.1f} s",
+            flush=True,
+        )
         cfg = spec["config"]
         if group.world_size > len(train):
             raise LLMOSError(f"{group.world_size} ranks for {len(train)} training rows; use at most {len(train)} ranks")
         if group.world_size > cfg["batch_size"]:
-            raise LLMOSError(f"{group.world_size} ranks share global batches of {cfg['batch_size']} rows; "
-                             f"use --batch-size {group.world_size} or more, or fewer ranks")
+            raise LLMOSError(
+                f"{group.world_size} ranks share global batches of {cfg['batch_size']} rows; "
+                f"use --batch-size {group.world_size} or more, or fewer ranks"
+            )
         writer = None
         if group.main:
-            writer = EventWriter(events, world_size=group.world_size, backend=backend, fsdp=fsdp,
-                                 echo=echo if spec.get("echo") else None)
-        res = finetune(model, tokenizer, train, ev, **columns(spec), config=cfg, callback=writer,
-                       run_dir=out, should_stop=lambda: group.any(stop.is_set()), run_id=spec.get("run_id"),
-                       resume_from=spec.get("resume_from"), dist=group)
+            writer = EventWriter(
+                events, world_size=group.world_size, backend=backend, fsdp=fsdp, echo=echo if spec.get("echo") else None
+            )
+        res = finetune(
+            model,
+            tokenizer,
+            train,
+            ev,
+            **columns(spec),
+            config=cfg,
+            callback=writer,
+            run_dir=out,
+            should_stop=lambda: group.any(stop.is_set()),
+            run_id=spec.get("run_id"),
+            resume_from=spec.get("resume_from"),
+            dist=group,
+        )
         print(f"llmos rank {rank}: {res.status} after {res.steps}/{res.total_steps} steps", flush=True)
         return 0
     except BaseException as e:  # noqa: BLE001 - the last line of the log is the rank's reason

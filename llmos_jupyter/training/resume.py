@@ -11,6 +11,7 @@ and skips the ones already consumed.
 Same config, data and starting checkpoint on the same device and package versions → the
 resumed run ends with the same weights (``torch.equal``) and metrics as a run never stopped.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -36,7 +37,13 @@ def capture_rng() -> dict[str, Any]:
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     out: dict[str, Any] = {
         "python": random.getstate(),
-        "numpy": (str(kind), torch.from_numpy(np.asarray(keys, dtype=np.int64).copy()), int(pos), int(has_gauss), float(gauss)),
+        "numpy": (
+            str(kind),
+            torch.from_numpy(np.asarray(keys, dtype=np.int64).copy()),
+            int(pos),
+            int(has_gauss),
+            float(gauss),
+        ),
         "torch": torch.get_rng_state(),
         "cuda": None,
     }
@@ -65,7 +72,7 @@ def _base_param_name(name: str) -> Optional[str]:
         return None
     for pre in ("base_model.model.",):
         if name.startswith(pre):
-            name = name[len(pre):]
+            name = name[len(pre) :]
     return name.replace(".base_layer.", ".").replace(".original_module.", ".")
 
 
@@ -95,7 +102,9 @@ def train_digest(tok: Any, labels: Optional[np.ndarray]) -> str:
     return h.hexdigest()[:16]
 
 
-def check_resume(state: dict[str, Any], *, config: dict[str, Any], model_fp: str, data_digest: str, what: str = "the checkpoint") -> None:
+def check_resume(
+    state: dict[str, Any], *, config: dict[str, Any], model_fp: str, data_digest: str, what: str = "the checkpoint"
+) -> None:
     """Check that a resume continues the same run: same config, model architecture and data.
 
     Raises:
@@ -105,14 +114,25 @@ def check_resume(state: dict[str, Any], *, config: dict[str, Any], model_fp: str
     diff = [k for k in sorted(set(saved) | set(config)) if saved.get(k) != config.get(k)]
     if diff:
         k = diff[0]
-        raise UsageError(f"{what} was trained with {k}={saved.get(k)!r}, this call has {k}={config.get(k)!r}; a resume keeps the run's config: drop the option")
+        raise UsageError(
+            f"{what} was trained with {k}={saved.get(k)!r}, this call has {k}={config.get(k)!r}; a resume keeps the "
+            "run's config: drop the option"
+        )
     if state.get("model_fingerprint") != model_fp:
-        raise UsageError(f"{what} was trained on a different model (fingerprint {state.get('model_fingerprint')} ≠ {model_fp}); load the same base model under the alias, or start a new run")
+        raise UsageError(
+            f"{what} was trained on a different model (fingerprint {state.get('model_fingerprint')} ≠ {model_fp}); "
+            "load the same base model under the alias, or start a new run"
+        )
     if state.get("train_digest") != data_digest:
-        raise UsageError(f"{what} was trained on different data (digest {state.get('train_digest')} ≠ {data_digest}); pass the same dataset version, or start a new run")
+        raise UsageError(
+            f"{what} was trained on different data (digest {state.get('train_digest')} ≠ {data_digest}); pass the "
+            "same dataset version, or start a new run"
+        )
 
 
-def resume_config(prev_config: dict[str, Any], given: dict[str, Any], defaults: dict[str, Any], run_id: str) -> dict[str, Any]:
+def resume_config(
+    prev_config: dict[str, Any], given: dict[str, Any], defaults: dict[str, Any], run_id: str
+) -> dict[str, Any]:
     """The config a resume of run ``run_id`` continues with: the run's own (provenance keys
     dropped). An option in ``given`` that differs both from ``defaults`` (i.e. was set) and from
     the run's value is refused.
@@ -126,16 +146,22 @@ def resume_config(prev_config: dict[str, Any], given: dict[str, Any], defaults: 
             continue
         if cfg.get(k) != v:
             if k == "task":  # not an option: it comes from the model the alias holds
-                raise UsageError(f"run {run_id} fine-tuned a {cfg.get(k)} model, this alias holds a {v} model; "
-                                 f"resume it on an alias loaded as {cfg.get(k)} from the same base model")
+                raise UsageError(
+                    f"run {run_id} fine-tuned a {cfg.get(k)} model, this alias holds a {v} model; "
+                    f"resume it on an alias loaded as {cfg.get(k)} from the same base model"
+                )
             from .config import flag_of
 
-            raise UsageError(f"run {run_id} was trained with {k}={cfg.get(k)!r}; --resume continues with the run's own config: "
-                             f"drop {flag_of(k)} {v} ({k}= in Python)")
+            raise UsageError(
+                f"run {run_id} was trained with {k}={cfg.get(k)!r}; --resume continues with the run's own config: "
+                f"drop {flag_of(k)} {v} ({k}= in Python)"
+            )
     return cfg
 
 
-def plan_resume(run: Any, given: dict[str, Any], defaults: dict[str, Any]) -> tuple[dict[str, Any], Path, dict[str, Any]]:
+def plan_resume(
+    run: Any, given: dict[str, Any], defaults: dict[str, Any]
+) -> tuple[dict[str, Any], Path, dict[str, Any]]:
     """Check that registry run ``run`` (a :class:`~.runs.Run`) can be resumed and return
     (the config to continue with, its checkpoint directory, its trainer state).
 
@@ -145,7 +171,9 @@ def plan_resume(run: Any, given: dict[str, Any], defaults: dict[str, Any]) -> tu
             checkpoint, not resumable, or an option that differs from the run's config.
     """
     if run.kind != "finetune":
-        raise UsageError(f"run {run.id} is a {run.kind} run; --resume takes the id of an interrupted fine-tune (see %llm runs)")
+        raise UsageError(
+            f"run {run.id} is a {run.kind} run; --resume takes the id of an interrupted fine-tune (see %llm runs)"
+        )
     if run.status == "running":
         raise UsageError(f"run {run.id} is still running; cancel it (%llm job cancel) or wait, then resume it")
     if run.status == "completed":
@@ -155,7 +183,9 @@ def plan_resume(run: Any, given: dict[str, Any], defaults: dict[str, Any]) -> tu
 
         raise UsageError(already_resumed(run.id, run.resumed_by))
     if not run.checkpoint:
-        raise UsageError(f"run {run.id} {run.status} without a checkpoint; nothing to resume — start a new run with %llm finetune")
+        raise UsageError(
+            f"run {run.id} {run.status} without a checkpoint; nothing to resume — start a new run with %llm finetune"
+        )
     cfg = resume_config(run.config, given, defaults, run.id)
     state = read_resume_state(run.checkpoint, what=f"run {run.id}")
     return cfg, Path(run.checkpoint), state

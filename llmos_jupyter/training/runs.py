@@ -14,6 +14,7 @@ records it as failed (KeyboardInterrupt as interrupted) before propagating.
 ...     res = finetune(..., run_dir=reg.run_dir(run.id), run_id=run.id)
 ...     run.finish_from(res)
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -38,7 +39,17 @@ from ..errors import UsageError, unknown
 RUN_STATUSES = ("running", "completed", "failed", "interrupted", "cancelled", "diverged")
 FINAL_STATUSES = RUN_STATUSES[1:]
 MANIFEST = "manifest.json"
-PACKAGES = ("llmos-jupyter", "torch", "transformers", "datasets", "peft", "accelerate", "safetensors", "tokenizers", "numpy")
+PACKAGES = (
+    "llmos-jupyter",
+    "torch",
+    "transformers",
+    "datasets",
+    "peft",
+    "accelerate",
+    "safetensors",
+    "tokenizers",
+    "numpy",
+)
 _PREFIX = {"finetune": "ft", "evaluate": "ev", "export": "ex"}
 _ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"  # no 0/o, 1/l/i: ids are read aloud and typed
 
@@ -71,9 +82,27 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE INDEX IF NOT EXISTS runs_created ON runs (created_at);
 """
 _COLUMNS = (
-    "id", "kind", "model", "dataset", "config", "seed", "data_fingerprint", "status", "created_at", "finished_at",
-    "wall_s", "metrics", "checkpoint", "checkpoint_sha256", "error", "packages", "hardware", "host", "pid",
-    "distributed", "resumed_by",
+    "id",
+    "kind",
+    "model",
+    "dataset",
+    "config",
+    "seed",
+    "data_fingerprint",
+    "status",
+    "created_at",
+    "finished_at",
+    "wall_s",
+    "metrics",
+    "checkpoint",
+    "checkpoint_sha256",
+    "error",
+    "packages",
+    "hardware",
+    "host",
+    "pid",
+    "distributed",
+    "resumed_by",
 )
 _JSON = ("config", "metrics", "packages", "hardware", "distributed")
 
@@ -133,8 +162,10 @@ def _pid_alive(pid: int) -> bool:
 
 def already_resumed(prev_id: str, by: Optional[str]) -> str:
     """The one line refusing a second resume of run ``prev_id``."""
-    return (f"run {prev_id} was already resumed by run {by}; a run is resumed once — resume {by} instead if it "
-            f"was stopped too (`%llm runs show {by}`), or start a new run")
+    return (
+        f"run {prev_id} was already resumed by run {by}; a run is resumed once — resume {by} instead if it "
+        f"was stopped too (`%llm runs show {by}`), or start a new run"
+    )
 
 
 def _json_safe(v: Any) -> Any:
@@ -154,9 +185,11 @@ def _migrate(db: sqlite3.Connection) -> None:
     old = [r[1] for r in db.execute("PRAGMA table_info(runs)")]
     keep = ", ".join(c for c in _COLUMNS if c in old)
     new_table = SCHEMA.split(";")[0].replace("IF NOT EXISTS runs", "runs_new")
-    db.executescript(f"BEGIN IMMEDIATE; {new_table}; INSERT INTO runs_new ({keep}) SELECT {keep} FROM runs; "
-                     f"DROP TABLE runs; ALTER TABLE runs_new RENAME TO runs; "
-                     f"CREATE INDEX IF NOT EXISTS runs_created ON runs (created_at); COMMIT;")
+    db.executescript(
+        f"BEGIN IMMEDIATE; {new_table}; INSERT INTO runs_new ({keep}) SELECT {keep} FROM runs; "
+        f"DROP TABLE runs; ALTER TABLE runs_new RENAME TO runs; "
+        f"CREATE INDEX IF NOT EXISTS runs_created ON runs (created_at); COMMIT;"
+    )
 
 
 @dataclass
@@ -215,8 +248,9 @@ class Run:
     def __str__(self) -> str:
         m = ", ".join(f"{k} {fmt_value(v)}" for k, v in self.metrics.items())
         link = f" (resumed by {self.resumed_by})" if self.resumed_by else ""
-        return (f"{self.id} {self.kind} {self.status}{link} model={self.model} dataset={self.dataset} seed={self.seed} "
-                f"{m}").strip()
+        return (
+            f"{self.id} {self.kind} {self.status}{link} model={self.model} dataset={self.dataset} seed={self.seed} {m}"
+        ).strip()
 
     def _repr_pretty_(self, p: Any, cycle: bool) -> None:  # IPython text consoles: the table, not the repr
         p.text(str(self))
@@ -229,13 +263,27 @@ class Run:
 class RunList(list):
     """A list of :class:`Run` that renders as a table (newest first)."""
 
-    _cols = ("id", "kind", "status", "model", "dataset", "seed", "ranks", "accuracy", "macro_f1", "wall_s",
-             "created_at")
+    _cols = (
+        "id",
+        "kind",
+        "status",
+        "model",
+        "dataset",
+        "seed",
+        "ranks",
+        "accuracy",
+        "macro_f1",
+        "wall_s",
+        "created_at",
+    )
 
     def _cells(self, r: Run) -> list[str]:
-        vals = {"accuracy": r.metrics.get("accuracy"), "macro_f1": r.metrics.get("macro_f1"),
-                "ranks": (r.distributed or {}).get("world_size", 1),
-                "status": r.status + (f" → {r.resumed_by}" if r.resumed_by else "")}
+        vals = {
+            "accuracy": r.metrics.get("accuracy"),
+            "macro_f1": r.metrics.get("macro_f1"),
+            "ranks": (r.distributed or {}).get("world_size", 1),
+            "status": r.status + (f" → {r.resumed_by}" if r.resumed_by else ""),
+        }
         return [fmt_value(vals[c] if c in vals else getattr(r, c)) for c in self._cols]
 
     def __str__(self) -> str:
@@ -251,7 +299,10 @@ class RunList(list):
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
         head = "".join(f"<th>{c}</th>" for c in self._cols)
         body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in self._cells(r)) + "</tr>" for r in self)
-        return {"text/plain": str(self), "text/html": f"<table class='llmos-runs'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"}
+        return {
+            "text/plain": str(self),
+            "text/html": f"<table class='llmos-runs'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>",
+        }
 
 
 @dataclass
@@ -267,10 +318,14 @@ class RunComparison:
         return [r[0] for r in self.rows if r[4]]
 
     def __str__(self) -> str:
-        table = [["field", self.a.id, self.b.id, "delta"]] + [[f, fmt_value(x), fmt_value(y), "" if d is None else f"{d:+.4g}"] for f, x, y, d, _ in self.rows]
+        table = [["field", self.a.id, self.b.id, "delta"]] + [
+            [f, fmt_value(x), fmt_value(y), "" if d is None else f"{d:+.4g}"] for f, x, y, d, _ in self.rows
+        ]
         w = [max(len(row[i]) for row in table) for i in range(4)]
         mark = [" "] + ["*" if r[4] else " " for r in self.rows]
-        return "\n".join(m + " " + "  ".join(c.ljust(w[i]) for i, c in enumerate(row)).rstrip() for m, row in zip(mark, table))
+        return "\n".join(
+            m + " " + "  ".join(c.ljust(w[i]) for i, c in enumerate(row)).rstrip() for m, row in zip(mark, table)
+        )
 
     def _repr_pretty_(self, p: Any, cycle: bool) -> None:  # IPython text consoles: the table, not the repr
         p.text(str(self))
@@ -279,12 +334,16 @@ class RunComparison:
         e = html.escape
         bold = ' style="font-weight:bold"'
         body = "".join(
-            f"<tr{bold if d_ else ''}><th style='text-align:left'>{e(f)}</th><td>{e(fmt_value(x))}</td><td>{e(fmt_value(y))}</td>"
+            f"<tr{bold if d_ else ''}><th "
+            f"style='text-align:left'>{e(f)}</th><td>{e(fmt_value(x))}</td><td>{e(fmt_value(y))}</td>"
             f"<td>{'' if d is None else f'{d:+.4g}'}</td></tr>"
             for f, x, y, d, d_ in self.rows
         )
         head = f"<tr><th>field</th><th>{e(self.a.id)}</th><th>{e(self.b.id)}</th><th>delta (b - a)</th></tr>"
-        return {"text/plain": str(self), "text/html": f"<table class='llmos-compare'><thead>{head}</thead><tbody>{body}</tbody></table>"}
+        return {
+            "text/plain": str(self),
+            "text/html": f"<table class='llmos-compare'><thead>{head}</thead><tbody>{body}</tbody></table>",
+        }
 
 
 class RunHandle:
@@ -364,7 +423,11 @@ class RunRegistry:
     def _reap(self) -> None:
         """Mark this host's "running" rows whose process is gone as failed."""
         host = socket.gethostname()
-        stale = [r for r in self._rows("WHERE status = 'running' AND host = ?", (host,)) if r.pid != os.getpid() and not _pid_alive(r.pid)]
+        stale = [
+            r
+            for r in self._rows("WHERE status = 'running' AND host = ?", (host,))
+            if r.pid != os.getpid() and not _pid_alive(r.pid)
+        ]
         for r in stale:
             with self._tx() as db:
                 db.execute(
@@ -419,21 +482,39 @@ class RunRegistry:
         cfg = _json_safe(dict(config or {}))
         packages, hardware = package_versions(), hardware_summary()
         for attempt in range(20):
-            rid = run_id or f"{_PREFIX.get(kind, kind[:2])}-{datetime.now(timezone.utc):%y%m%d}-{''.join(secrets.choice(_ALPHABET) for _ in range(4 + attempt // 5))}"
+            rid = (
+                run_id
+                or f"{_PREFIX.get(kind, kind[:2])}-{datetime.now(timezone.utc):%y%m%d}-"
+                f"{''.join(secrets.choice(_ALPHABET) for _ in range(4 + attempt // 5))}"
+            )
             try:
                 with self._tx() as db:
                     db.execute(
                         "INSERT INTO runs (id, kind, model, dataset, config, seed, data_fingerprint, status,"
                         " created_at, packages, hardware, host, pid, distributed)"
                         " VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?)",
-                        (rid, kind, model, dataset, json.dumps(cfg), seed, data_fingerprint, _now(),
-                         json.dumps(packages), json.dumps(hardware), socket.gethostname(), os.getpid(),
-                         json.dumps(_json_safe(distributed)) if distributed else None),
+                        (
+                            rid,
+                            kind,
+                            model,
+                            dataset,
+                            json.dumps(cfg),
+                            seed,
+                            data_fingerprint,
+                            _now(),
+                            json.dumps(packages),
+                            json.dumps(hardware),
+                            socket.gethostname(),
+                            os.getpid(),
+                            json.dumps(_json_safe(distributed)) if distributed else None,
+                        ),
                     )
                 return rid
             except sqlite3.IntegrityError:
                 if run_id is not None:
-                    raise UsageError(f"run id {run_id!r} is already taken; pick another or leave run_id unset") from None
+                    raise UsageError(
+                        f"run id {run_id!r} is already taken; pick another or leave run_id unset"
+                    ) from None
         raise RuntimeError("could not draw a free run id")  # pragma: no cover - 31**4 ids a day
 
     def finish(
@@ -480,9 +561,19 @@ class RunRegistry:
         try:
             with self._tx() as db:
                 cur = db.execute(
-                    "UPDATE runs SET status = ?, finished_at = ?, wall_s = ?, metrics = ?, checkpoint = ?, checkpoint_sha256 = ?, error = ?"
+                    "UPDATE runs SET status = ?, finished_at = ?, wall_s = ?, metrics = ?, checkpoint = ?, "
+                    "checkpoint_sha256 = ?, error = ?"
                     " WHERE id = ? AND status = 'running'",
-                    (run.status, run.finished_at, run.wall_s, json.dumps(run.metrics), ck, checkpoint_sha256, run.error, run.id),
+                    (
+                        run.status,
+                        run.finished_at,
+                        run.wall_s,
+                        json.dumps(run.metrics),
+                        ck,
+                        checkpoint_sha256,
+                        run.error,
+                        run.id,
+                    ),
                 )
                 if cur.rowcount != 1:
                     raise UsageError(f"run {run_id} already finished; start a new run to record another result")

@@ -3,6 +3,7 @@
 Used at the start of every fine-tuning run and by ``%llm seed N``. torch is imported inside
 the functions so that importing this module stays cheap.
 """
+
 from __future__ import annotations
 
 import os

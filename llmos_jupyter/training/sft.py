@@ -15,6 +15,7 @@ Loss: next-token cross-entropy, position t predicts token t+1 (logits ``[:, :-1]
 ``[:, 1:]``), summed over response tokens and divided by the response tokens of the optimizer
 step — nats per response token. Perplexity = exp(loss).
 """
+
 from __future__ import annotations
 
 import html
@@ -67,7 +68,7 @@ def render_pair(tokenizer: Any, prompt: str, response: str) -> tuple[str, str]:
         p = tokenizer.apply_chat_template(user, add_generation_prompt=True, tokenize=False)
         full = tokenizer.apply_chat_template(user + [{"role": "assistant", "content": response}], tokenize=False)
         if full.startswith(p):
-            return p, full[len(p):]
+            return p, full[len(p) :]
         return p, response + (tokenizer.eos_token or "")  # a template that rewrites earlier turns
     return prompt, response + (getattr(tokenizer, "eos_token", None) or "")
 
@@ -103,8 +104,10 @@ def tokenize_pairs(tokenizer: Any, ds: Any, prompt_column: str, response_column:
         ids_parts.append(np.asarray(ids, dtype=np.int64))
         lab_parts.append(np.asarray(lab, dtype=np.int64))
     if targets.sum() == 0:
-        raise UsageError(f"no row keeps a response token within max_length={max_length} (the prompts fill it); "
-                         f"raise max_length or shorten the prompts")
+        raise UsageError(
+            f"no row keeps a response token within max_length={max_length} (the prompts fill it); "
+            f"raise max_length or shorten the prompts"
+        )
     offsets = np.zeros(len(prompts) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     return SFTTokenized(np.concatenate(ids_parts), np.concatenate(lab_parts), offsets, targets)
@@ -127,7 +130,11 @@ def collate_sft(tok: SFTTokenized, rows: np.ndarray, pad_id: int) -> dict[str, A
         ids[i, : e - s] = tok.ids[s:e]
         labels[i, : e - s] = tok.labels[s:e]
         mask[i, : e - s] = 1
-    return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask), "labels": torch.from_numpy(labels)}
+    return {
+        "input_ids": torch.from_numpy(ids),
+        "attention_mask": torch.from_numpy(mask),
+        "labels": torch.from_numpy(labels),
+    }
 
 
 def token_loss_sum(logits: Any, labels: Any) -> Any:
@@ -142,7 +149,9 @@ def token_loss_sum(logits: Any, labels: Any) -> Any:
     import torch.nn.functional as F
 
     V = logits.shape[-1]
-    return F.cross_entropy(logits[:, :-1].float().reshape(-1, V), labels[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
+    return F.cross_entropy(
+        logits[:, :-1].float().reshape(-1, V), labels[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
 
 
 def _decoder_and_head(model: Any) -> tuple[Any, Any] | None:
@@ -221,14 +230,26 @@ class LMEvalResult:
         return dict(self.to_metrics(), wall_s=self.wall_s)
 
     def __str__(self) -> str:
-        return f"loss {self.loss:.4f} nats/token · perplexity {self.perplexity:.3f} · n {self.n} rows · {self.tokens} response tokens"
+        return (
+            f"loss {self.loss:.4f} nats/token · perplexity {self.perplexity:.3f} · n {self.n} rows · "
+            f"{self.tokens} response tokens"
+        )
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
         return {"text/plain": str(self), "text/html": f"<div class='llmos-eval'><p>{html.escape(str(self))}</p></div>"}
 
 
-def evaluate_causal_lm(model: Any, tokenizer: Any, ds: Any, *, prompt_column: str = "prompt", response_column: str = "response",
-                       batch_size: int = 16, max_length: int = 512, dist: Any = None) -> LMEvalResult:
+def evaluate_causal_lm(
+    model: Any,
+    tokenizer: Any,
+    ds: Any,
+    *,
+    prompt_column: str = "prompt",
+    response_column: str = "response",
+    batch_size: int = 16,
+    max_length: int = 512,
+    dist: Any = None,
+) -> LMEvalResult:
     """Loss and perplexity of a causal LM on the responses of ``ds`` given its prompts.
 
     Args:
@@ -260,8 +281,11 @@ def evaluate_causal_lm(model: Any, tokenizer: Any, ds: Any, *, prompt_column: st
     with torch.inference_mode():
         for i in rank_batches(len(batches), dist):
             b = collate_sft(tok, batches[i], pad_id)
-            nll = float(response_loss_sum(model, b["input_ids"].to(device), b["attention_mask"].to(device),
-                                          b["labels"].to(device)))
+            nll = float(
+                response_loss_sum(
+                    model, b["input_ids"].to(device), b["attention_mask"].to(device), b["labels"].to(device)
+                )
+            )
             done.append((i, (nll, int((b["labels"][:, 1:] != IGNORE_INDEX).sum()))))
     sums = merge_batches(dist.gather(done), len(batches)) if dist is not None else [v for _, v in done]
     total, count = 0.0, 0
@@ -269,5 +293,10 @@ def evaluate_causal_lm(model: Any, tokenizer: Any, ds: Any, *, prompt_column: st
         total += nll
         count += n
     loss = total / max(count, 1)
-    return LMEvalResult(loss=loss, perplexity=math.exp(loss) if loss < 700 else float("inf"), n=len(tok), tokens=count,
-                        wall_s=time.perf_counter() - t0)
+    return LMEvalResult(
+        loss=loss,
+        perplexity=math.exp(loss) if loss < 700 else float("inf"),
+        n=len(tok),
+        tokens=count,
+        wall_s=time.perf_counter() - t0,
+    )

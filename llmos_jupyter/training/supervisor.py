@@ -7,6 +7,7 @@ into a :class:`DistributedResult` (completed, cancelled, interrupted, failed wit
 :func:`failure_reason`, or refused). Every process the command started is gone when
 :meth:`Supervisor.run` returns, whatever happened.
 """
+
 from __future__ import annotations
 
 import json
@@ -54,10 +55,18 @@ class Supervisor:
         poll_s: how often the events file and the processes are read (default 0.1 s).
     """
 
-    def __init__(self, cmd: list[str], run_dir: Path, *, env: Optional[dict[str, str]] = None,
-                 on_event: Optional[Callable[[dict[str, Any]], None]] = None,
-                 on_ranks: Optional[Callable[[list[int], int], None]] = None,
-                 should_stop: Optional[Callable[[], bool]] = None, grace_s: float = GRACE_S, poll_s: float = 0.1):
+    def __init__(
+        self,
+        cmd: list[str],
+        run_dir: Path,
+        *,
+        env: Optional[dict[str, str]] = None,
+        on_event: Optional[Callable[[dict[str, Any]], None]] = None,
+        on_ranks: Optional[Callable[[list[int], int], None]] = None,
+        should_stop: Optional[Callable[[], bool]] = None,
+        grace_s: float = GRACE_S,
+        poll_s: float = 0.1,
+    ):
         self.cmd, self.run_dir, self.env = cmd, Path(run_dir), dict(env or {})
         self.on_event, self.on_ranks, self.should_stop = on_event, on_ranks, should_stop
         self.grace_s, self.poll_s = grace_s, poll_s
@@ -130,8 +139,9 @@ class Supervisor:
         last_ranks = None
         killed: list[int] = []
         with open(self.log_path, "ab") as log:
-            proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(self.run_dir),
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                self.cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(self.run_dir), start_new_session=True
+            )
         root = psutil.Process(proc.pid)
 
         def cancel() -> None:
@@ -180,9 +190,16 @@ class Supervisor:
         if self.on_ranks is not None:
             self.on_ranks(sorted(self._ranks), 0)
         end = next((e for e in reversed(events) if e.get("event") == "end"), None)
-        return Outcome(returncode=proc.returncode, end=end, errors=[e for e in events if e.get("event") == "error"],
-                       cancelled=cancelled, pids=sorted(self._pids), killed=killed, interrupted=interrupted,
-                       gone=list(self._gone))
+        return Outcome(
+            returncode=proc.returncode,
+            end=end,
+            errors=[e for e in events if e.get("event") == "error"],
+            cancelled=cancelled,
+            pids=sorted(self._pids),
+            killed=killed,
+            interrupted=interrupted,
+            gone=list(self._gone),
+        )
 
     def _finish(self, proc: Any, root: Any, killed: list[int]) -> None:
         """Leave no process behind: wait briefly for the launcher's children, then SIGKILL them."""
@@ -239,18 +256,22 @@ def failure_reason(run_dir: Path, outcome: Outcome) -> str:
     text = (logs / "launcher.log").read_text(errors="replace") if (logs / "launcher.log").exists() else ""
     records = {int(pid): (int(rank), int(code)) for rank, code, pid in _RECORD.findall(text)}
     if records:
+
         def signalled(p: int) -> bool:
             return records[p][1] < 0 and -records[p][1] != signal.SIGTERM
 
-        first = next(([p for p in batch if p in records] for batch in outcome.gone
-                      if any(p in records for p in batch)), [])
-        root = _RECORD.search(text[text.find("Root Cause"):]) if "Root Cause" in text else None
+        first = next(
+            ([p for p in batch if p in records] for batch in outcome.gone if any(p in records for p in batch)), []
+        )
+        root = _RECORD.search(text[text.find("Root Cause") :]) if "Root Cause" in text else None
         fallback = [int(root.group(3)) if root else next(iter(records))]
-        pid = sorted(first or [p for p in records if signalled(p)] or fallback,
-                     key=lambda p: (not signalled(p), records[p][0]))[0]
+        pid = sorted(
+            first or [p for p in records if signalled(p)] or fallback, key=lambda p: (not signalled(p), records[p][0])
+        )[0]
         rank, code = records[pid]
-        err = (next((e["error"] for e in outcome.errors if e.get("rank") == rank), None)
-               or last_line(logs / f"rank{rank}.log"))
+        err = next((e["error"] for e in outcome.errors if e.get("rank") == rank), None) or last_line(
+            logs / f"rank{rank}.log"
+        )
         if code < 0:
             try:
                 how = f"was killed by {signal.Signals(-code).name}"
@@ -317,8 +338,9 @@ def run_summary(outcome: Outcome, run_dir: Path, record: dict[str, Any]) -> Dist
     elif status == "interrupted" and outcome.returncode == 0 and not outcome.errors:  # stopped by the ranks' own signal
         res = DistributedResult.from_end("interrupted", end, distributed=rec, pids=outcome.pids)
     else:
-        res = DistributedResult.from_end("failed", end, distributed=rec, pids=outcome.pids,
-                                          error=failure_reason(run_dir, outcome))
+        res = DistributedResult.from_end(
+            "failed", end, distributed=rec, pids=outcome.pids, error=failure_reason(run_dir, outcome)
+        )
     ck = Path(run_dir) / "checkpoint"
     if res.checkpoint is None and (ck / "trainer_state.json").exists():  # written before a failure
         state = json.loads((ck / "trainer_state.json").read_text())
@@ -331,5 +353,3 @@ def refuse_if_failed(res: DistributedResult) -> None:
     """Raise the one-line :class:`LLMOSError` of a failed run (after it was recorded)."""
     if res.status == "failed":
         raise LLMOSError(f"distributed fine-tune failed: {res.error}")
-
-

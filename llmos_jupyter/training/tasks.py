@@ -10,6 +10,7 @@ and data right for me (``check``), how is a row tokenised (``tokenize``) and bat
 (``collate``), what is a batch's summed loss (``loss_sum``) and over how many units it is
 averaged (``count``: rows or response tokens), and how is the model evaluated (``evaluate``).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -41,8 +42,10 @@ class SeqCls:
         labels, (N,) int64. Raises UsageError / NotFoundError (one line)."""
         num_labels = int(getattr(model.config, "num_labels", 0) or 0)
         if num_labels < 2:
-            raise UsageError(f"the model has num_labels={num_labels}; a seq-cls fine-tune needs 2 or more classes: "
-                             f"reload it for seq-cls with num_labels= set to the number of labels")
+            raise UsageError(
+                f"the model has num_labels={num_labels}; a seq-cls fine-tune needs 2 or more classes: "
+                f"reload it for seq-cls with num_labels= set to the number of labels"
+            )
         check_columns(train, [self.text_column, self.label_column], "train dataset")
         if eval is not None:
             check_columns(eval, [self.text_column, self.label_column], "eval dataset")
@@ -77,8 +80,16 @@ class SeqCls:
     def evaluate(self, model: Any, tokenizer: Any, ds: Any, cfg: Any, dist: Any = None) -> Any:
         from .evaluate import evaluate
 
-        return evaluate(model, tokenizer, ds, text_column=self.text_column, label_column=self.label_column,
-                        batch_size=max(cfg.batch_size, 64), max_length=cfg.max_length, dist=dist)
+        return evaluate(
+            model,
+            tokenizer,
+            ds,
+            text_column=self.text_column,
+            label_column=self.label_column,
+            batch_size=max(cfg.batch_size, 64),
+            max_length=cfg.max_length,
+            dist=dist,
+        )
 
     def id2label(self, mconf: Any) -> dict[int, str]:
         return {int(k): str(v) for k, v in (getattr(mconf, "id2label", None) or {}).items()}
@@ -96,8 +107,10 @@ class CausalLM:
     def check(self, model: Any, train: Any, eval: Any) -> Any:  # noqa: A002 - the loop's name for the eval set
         """Check the model is a causal LM and the datasets have the columns; returns None (no labels)."""
         if not is_causal_lm(model):
-            raise UsageError(f"task='causal-lm' needs a causal LM (a *ForCausalLM model), got {type(model).__name__}; "
-                             f"load it with --task causal-lm")
+            raise UsageError(
+                f"task='causal-lm' needs a causal LM (a *ForCausalLM model), got {type(model).__name__}; "
+                f"load it with --task causal-lm"
+            )
         check_columns(train, [self.prompt_column, self.response_column], "train dataset")
         if eval is not None:
             check_columns(eval, [self.prompt_column, self.response_column], "eval dataset")
@@ -123,16 +136,29 @@ class CausalLM:
         return float(response_loss_sum(model, ids, mask, y)) / per
 
     def evaluate(self, model: Any, tokenizer: Any, ds: Any, cfg: Any, dist: Any = None) -> Any:
-        return evaluate_causal_lm(model, tokenizer, ds, prompt_column=self.prompt_column,
-                                  response_column=self.response_column, batch_size=cfg.batch_size,
-                                  max_length=cfg.max_length, dist=dist)
+        return evaluate_causal_lm(
+            model,
+            tokenizer,
+            ds,
+            prompt_column=self.prompt_column,
+            response_column=self.response_column,
+            batch_size=cfg.batch_size,
+            max_length=cfg.max_length,
+            dist=dist,
+        )
 
     def id2label(self, mconf: Any) -> dict[int, str]:
         return {}
 
 
-def task_for(task: Any, *, text_column: str = "text", label_column: str = "label", prompt_column: str = "prompt",
-             response_column: str = "response") -> Any:
+def task_for(
+    task: Any,
+    *,
+    text_column: str = "text",
+    label_column: str = "label",
+    prompt_column: str = "prompt",
+    response_column: str = "response",
+) -> Any:
     """The task object of ``task``: "causal-lm" (or True) → :class:`CausalLM`, else :class:`SeqCls`;
     a task object is returned as it is."""
     if isinstance(task, (SeqCls, CausalLM)):
@@ -140,4 +166,3 @@ def task_for(task: Any, *, text_column: str = "text", label_column: str = "label
     if task is True or task == "causal-lm":
         return CausalLM(prompt_column, response_column)
     return SeqCls(text_column, label_column)
-

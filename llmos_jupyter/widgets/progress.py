@@ -22,6 +22,7 @@ it lands in the cell that started the run; later updates are routed by display i
 
 No torch / transformers import: results are read by attribute (duck typing).
 """
+
 from __future__ import annotations
 
 import base64
@@ -40,7 +41,7 @@ MAX_CURVE_POINTS = 400  # the live SVG curve is downsampled to this many points 
 
 
 def detect_mode() -> str:
-    """"widget" in a Jupyter kernel with ipywidgets, "html" in a kernel without, else "text"."""
+    """ "widget" in a Jupyter kernel with ipywidgets, "html" in a kernel without, else "text"."""
     try:
         from IPython import get_ipython
     except ImportError:  # pragma: no cover - IPython is a dependency
@@ -49,7 +50,7 @@ def detect_mode() -> str:
     if ip is None or getattr(ip, "kernel", None) is None:
         return "text"
     try:
-        import ipywidgets  # noqa: F401
+        import ipywidgets  # noqa: F401  (is it installed?)
     except ImportError:
         return "html"
     return "widget"
@@ -83,7 +84,7 @@ def _downsample(xs: list[float], ys: list[float], n: int) -> tuple[list[float], 
 
 def loss_svg(steps: list[float], losses: list[float], width: int = 420, height: int = 120) -> str:
     """The loss curve as an inline SVG polyline (no matplotlib: cheap enough to redraw 4×/s)."""
-    pts = [(s, l) for s, l in zip(steps, losses) if l is not None and math.isfinite(l)]
+    pts = [(s, v) for s, v in zip(steps, losses) if v is not None and math.isfinite(v)]
     if len(pts) < 2:
         return ""
     xs, ys = _downsample([p[0] for p in pts], [p[1] for p in pts], MAX_CURVE_POINTS)
@@ -115,8 +116,8 @@ def loss_png(steps: list[float], losses: list[float]) -> Optional[str]:
     ax.plot(steps, losses, lw=1.0, color="#1f77b4", label="train loss")
     if len(steps) >= 20:  # exponential moving average, to see the trend through the noise
         ema, acc = [], losses[0]
-        for l in losses:
-            acc = 0.9 * acc + 0.1 * l
+        for loss in losses:
+            acc = 0.9 * acc + 0.1 * loss
             ema.append(acc)
         ax.plot(steps, ema, lw=1.5, color="#d62728", label="EMA 0.9")
         ax.legend(fontsize=8)
@@ -143,7 +144,15 @@ class TrainingProgress:
     reported, ``renders`` counts live redraws, and the object displays as the final state.
     """
 
-    def __init__(self, title: str = "fine-tune", *, mode: str = "auto", min_interval_s: float = 0.25, text_interval_s: float = 10.0, stream: Optional[TextIO] = None):
+    def __init__(
+        self,
+        title: str = "fine-tune",
+        *,
+        mode: str = "auto",
+        min_interval_s: float = 0.25,
+        text_interval_s: float = 10.0,
+        stream: Optional[TextIO] = None,
+    ):
         if mode not in MODES:
             from ..errors import UsageError
 
@@ -209,7 +218,10 @@ class TrainingProgress:
             self.evals.append({"step": int(step), "epoch": float(epoch), **dict(metrics)})
             self._render(force=True)
             if self.mode == "text":
-                self._print(f"eval at step {step} (epoch {epoch:.2f}): " + ", ".join(f"{k} {_fmt_num(v)}" for k, v in metrics.items()))
+                self._print(
+                    f"eval at step {step} (epoch {epoch:.2f}): "
+                    + ", ".join(f"{k} {_fmt_num(v)}" for k, v in metrics.items())
+                )
 
     def on_end(self, status: str, result: Any = None) -> None:
         """The run ended with ``status`` ("completed", "interrupted", "failed"); ``result`` is the
@@ -242,7 +254,11 @@ class TrainingProgress:
             box = W.VBox(list(self._w.values()))
             self._w["box"] = box
             bundle = {
-                "application/vnd.jupyter.widget-view+json": {"version_major": 2, "version_minor": 0, "model_id": box.model_id},
+                "application/vnd.jupyter.widget-view+json": {
+                    "version_major": 2,
+                    "version_minor": 0,
+                    "model_id": box.model_id,
+                },
                 "text/plain": f"{self._title()}: waiting",
             }
             self._handle = display(bundle, raw=True, display_id=True)
@@ -301,7 +317,12 @@ class TrainingProgress:
         keys = [k for k in self.evals[-1] if k not in ("step", "epoch")]
         head = "".join(f"<th>{html.escape(k)}</th>" for k in ["step", "epoch", *keys])
         body = "".join(
-            "<tr>" + "".join(f"<td>{html.escape(_fmt_num(e.get(k)) if k != 'epoch' else f'{e[k]:.2f}')}</td>" for k in ["step", "epoch", *keys]) + "</tr>"
+            "<tr>"
+            + "".join(
+                f"<td>{html.escape(_fmt_num(e.get(k)) if k != 'epoch' else f'{e[k]:.2f}')}</td>"
+                for k in ["step", "epoch", *keys]
+            )
+            + "</tr>"
             for e in self.evals
         )
         return f"<table><caption>evaluation</caption><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
@@ -309,8 +330,13 @@ class TrainingProgress:
     def _live_bundle(self) -> dict[str, str]:
         pct = 100.0 * self.step / self.total_steps if self.total_steps else 0.0
         bar = f"<progress max='100' value='{pct:.1f}' style='width:420px'></progress>"
-        body = f"<b>{html.escape(self._title())}</b><br>{bar}<br>{html.escape(self._line())}<br>{loss_svg(self.loss_steps, self.losses)}{self._evals_html()}"
-        return {"text/plain": f"{self._title()}: {self._line()}", "text/html": f"<div class='llmos-progress'>{body}</div>"}
+        curve = loss_svg(self.loss_steps, self.losses)
+        title, line = html.escape(self._title()), html.escape(self._line())
+        body = f"<b>{title}</b><br>{bar}<br>{line}<br>{curve}{self._evals_html()}"
+        return {
+            "text/plain": f"{self._title()}: {self._line()}",
+            "text/html": f"<div class='llmos-progress'>{body}</div>",
+        }
 
     def _summary_rows(self) -> list[tuple[str, str]]:
         r = self.result
@@ -324,7 +350,12 @@ class TrainingProgress:
         wall = getattr(r, "wall_s", None) if r is not None else time.monotonic() - self._t0
         rows.append(("wall time", _fmt_s(wall)))
         if r is not None:
-            rows.append(("peak memory", format_size(getattr(r, "peak_device_bytes", None) or getattr(r, "peak_rss_bytes", None) or None)))
+            rows.append(
+                (
+                    "peak memory",
+                    format_size(getattr(r, "peak_device_bytes", None) or getattr(r, "peak_rss_bytes", None) or None),
+                )
+            )
             for k, v in (getattr(r, "metrics", None) or {}).items():
                 rows.append((f"eval {k}", _fmt_num(v)))
             if getattr(r, "checkpoint", None):
@@ -337,16 +368,26 @@ class TrainingProgress:
         w = max(len(k) for k, _ in rows)
         lines = [f"{self._title()}: {self.status}"] + [f"  {k:<{w}}  {v}" for k, v in rows[1:]]
         for e in self.evals:
-            lines.append(f"  eval step {e['step']}: " + ", ".join(f"{k} {_fmt_num(v)}" for k, v in e.items() if k not in ("step", "epoch")))
+            lines.append(
+                f"  eval step {e['step']}: "
+                + ", ".join(f"{k} {_fmt_num(v)}" for k, v in e.items() if k not in ("step", "epoch"))
+            )
         return "\n".join(lines)
 
     def _final_html(self) -> str:
         e = html.escape
         color = {"completed": "#2ca02c", "interrupted": "#ff7f0e", "failed": "#d62728"}.get(self.status, "#555")
         head = f"<b>{e(self._title())}</b> <span style='color:{color};font-weight:bold'>{e(self.status)}</span>"
-        table = "".join(f"<tr><th style='text-align:left'>{e(k)}</th><td style='text-align:left'>{e(v)}</td></tr>" for k, v in self._summary_rows()[1:])
+        table = "".join(
+            f"<tr><th style='text-align:left'>{e(k)}</th><td style='text-align:left'>{e(v)}</td></tr>"
+            for k, v in self._summary_rows()[1:]
+        )
         png = loss_png(self.loss_steps, self.losses)
-        curve = f"<img alt='training loss curve' src='data:image/png;base64,{png}'/>" if png else loss_svg(self.loss_steps, self.losses)
+        curve = (
+            f"<img alt='training loss curve' src='data:image/png;base64,{png}'/>"
+            if png
+            else loss_svg(self.loss_steps, self.losses)
+        )
         return f"<div class='llmos-progress'>{head}<table>{table}</table>{curve}{self._evals_html()}</div>"
 
     def _final_bundle(self) -> dict[str, str]:

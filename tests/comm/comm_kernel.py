@@ -3,6 +3,7 @@
 Imported by ``tests/comm``'s conftest and tests (a module name of its own: several conftest.py
 files share the name ``conftest``).
 """
+
 from __future__ import annotations
 
 import os
@@ -64,8 +65,7 @@ class Client:
                     return item
             if time.monotonic() >= end:
                 seen = [d for _, d, _ in self.comm_msgs(comm_id, None, since)]
-                raise AssertionError(f"no matching {type_ or 'comm'} message in {timeout}s; "
-                                     f"saw {seen[-5:]}")
+                raise AssertionError(f"no matching {type_ or 'comm'} message in {timeout}s; saw {seen[-5:]}")
             self.pump(0.05)
 
     # -- shell ------------------------------------------------------------------------------
@@ -92,8 +92,11 @@ class Client:
         return self.wait_reply(self.execute(code), timeout)
 
     def stream_text(self, msg_id: str) -> str:
-        return "".join(m["content"].get("text", "") for _, m in self.iopub
-                       if m["msg_type"] == "stream" and m["parent_header"].get("msg_id") == msg_id)
+        return "".join(
+            m["content"].get("text", "")
+            for _, m in self.iopub
+            if m["msg_type"] == "stream" and m["parent_header"].get("msg_id") == msg_id
+        )
 
     # -- comms ------------------------------------------------------------------------------
     def _send(self, msg_type: str, content: dict) -> None:
@@ -117,8 +120,9 @@ class Client:
         return self.log_path.read_text(errors="replace")
 
 
-def start_kernel(tmp: Path, kernel_name: str = "python3", extra_env: dict | None = None,
-                 kernel_spec_dirs: list[str] | None = None):
+def start_kernel(
+    tmp: Path, kernel_name: str = "python3", extra_env: dict | None = None, kernel_spec_dirs: list[str] | None = None
+):
     from jupyter_client import KernelManager
 
     env = dict(os.environ)

@@ -4,6 +4,7 @@
 a log file); ``panel`` gives each test a fresh ``FakeAPI`` provider in that kernel and a
 :class:`comm_kernel.Client` that speaks the protocol like the JupyterLab panel does.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -43,6 +44,8 @@ def panel(kernel):
     yield kernel
     for comm_id in list(kernel.comm_ids):
         kernel.close(comm_id)
-    kernel.run("import time\nfor _ in range(50):\n    if not llmos_comm.open_comms(): break\n"
-               "    time.sleep(0.02)\nassert llmos_comm.open_comms() == 0")
+    kernel.run(
+        "import time\nfor _ in range(50):\n    if not llmos_comm.open_comms(): break\n"
+        "    time.sleep(0.02)\nassert llmos_comm.open_comms() == 0"
+    )
     kernel.pump(0.1)

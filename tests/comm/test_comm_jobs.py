@@ -6,6 +6,7 @@
 * a foreground fine-tune's progress reaches the panel while its cell is still running;
 * a ``cancel`` action sent through the comm stops a running background fine-tune (``cancelled``).
 """
+
 from __future__ import annotations
 
 import json
@@ -31,10 +32,16 @@ def k(tmp_path_factory):
     # processes make each step many times slower (the panel protocol is what is tested here).
     client, log_file = start_kernel(tmp, NATIVE_KERNEL_NAME, extra_env={"OMP_NUM_THREADS": "1"})
     client.run("%load_ext llmos_jupyter")
-    client.run(f"import tiny_kit\ntiny_kit.save_tiny({str(tmp / 'bert')!r}, 'bert-cls')\n"
-               f"rows = tiny_kit.sentiment_rows({N_ROWS})", timeout=120)
-    for line in (f"%llm load {tmp / 'bert'} --task seq-cls --labels negative,positive --as tiny",
-                 "%llm data load rows --as ds", f"%llm data split ds --test {TEST_SHARE}"):
+    client.run(
+        f"import tiny_kit\ntiny_kit.save_tiny({str(tmp / 'bert')!r}, 'bert-cls')\n"
+        f"rows = tiny_kit.sentiment_rows({N_ROWS})",
+        timeout=120,
+    )
+    for line in (
+        f"%llm load {tmp / 'bert'} --task seq-cls --labels negative,positive --as tiny",
+        "%llm data load rows --as ds",
+        f"%llm data split ds --test {TEST_SHARE}",
+    ):
         reply = client.run(line, timeout=180)
         assert not _stderr(client, reply), (line, _stderr(client, reply))
     yield client
@@ -43,10 +50,14 @@ def k(tmp_path_factory):
 
 def _stderr(k, reply) -> str:
     mid = reply["parent_header"]["msg_id"]
-    return "".join(m["content"].get("text", "") for _, m in k.iopub
-                   if m["parent_header"].get("msg_id") == mid and m["msg_type"] == "stream"
-                   and m["content"]["name"] == "stderr" and "Writing model shards" not in
-                   m["content"].get("text", ""))
+    return "".join(
+        m["content"].get("text", "")
+        for _, m in k.iopub
+        if m["parent_header"].get("msg_id") == mid
+        and m["msg_type"] == "stream"
+        and m["content"]["name"] == "stderr"
+        and "Writing model shards" not in m["content"].get("text", "")
+    )
 
 
 def _print(k, code: str, timeout: float = 120.0) -> str:
@@ -56,14 +67,17 @@ def _print(k, code: str, timeout: float = 120.0) -> str:
 
 def _jobs_in(k, cid, job_id, since=0.0):
     """(arrival time, job summary) of ``job_id`` in every state message since ``since``."""
-    return [(t, j) for t, d, _ in k.comm_msgs(cid, "state", since) for j in d["jobs"]
-            if j["id"] == job_id]
+    return [(t, j) for t, d, _ in k.comm_msgs(cid, "state", since) for j in d["jobs"] if j["id"] == job_id]
 
 
 def _idle_at(k, msg_id) -> float:
-    return max(t for t, m in k.iopub if m["msg_type"] == "status"
-               and m["parent_header"].get("msg_id") == msg_id
-               and m["content"]["execution_state"] == "idle")
+    return max(
+        t
+        for t, m in k.iopub
+        if m["msg_type"] == "status"
+        and m["parent_header"].get("msg_id") == msg_id
+        and m["content"]["execution_state"] == "idle"
+    )
 
 
 def _open(k):
@@ -75,15 +89,22 @@ def _open(k):
 def test_background_finetune_streams_progress_to_done(k):
     cid = _open(k)
     t0 = time.monotonic()
-    reply = k.run("from llmos_jupyter import api\n"
-                  "job = api.finetune('tiny', 'ds', epochs=8, batch_size=4, max_length=16, seed=0,"
-                  " background=True, progress=False)\nprint(job.id)")
+    reply = k.run(
+        "from llmos_jupyter import api\n"
+        "job = api.finetune('tiny', 'ds', epochs=8, batch_size=4, max_length=16, seed=0,"
+        " background=True, progress=False)\nprint(job.id)"
+    )
     job_id = k.stream_text(reply["parent_header"]["msg_id"]).strip()
     cell_done = _idle_at(k, reply["parent_header"]["msg_id"])
     t_end, last, _ = k.wait_for(
-        lambda d: d.get("type") == "state"
-        and any(j["id"] == job_id and j["state"] not in ("queued", "running") for j in d["jobs"]),
-        comm_id=cid, since=t0, timeout=240)
+        lambda d: (
+            d.get("type") == "state"
+            and any(j["id"] == job_id and j["state"] not in ("queued", "running") for j in d["jobs"])
+        ),
+        comm_id=cid,
+        since=t0,
+        timeout=240,
+    )
     seen = _jobs_in(k, cid, job_id, since=t0)
     (final,) = [j for j in last["jobs"] if j["id"] == job_id]
     assert final["state"] == "done", final
@@ -103,8 +124,11 @@ def test_background_finetune_streams_progress_to_done(k):
     assert cell_done < t_end
 
     # The panel's last word agrees with the kernel's own records.
-    kernel = json.loads(_print(k, "import json\nres = api.job_wait(job.id)\n"
-                                  "print(json.dumps({'job': job.summary(), 'run': res.status}))"))
+    kernel = json.loads(
+        _print(
+            k, "import json\nres = api.job_wait(job.id)\nprint(json.dumps({'job': job.summary(), 'run': res.status}))"
+        )
+    )
     assert kernel["run"] == "completed"
     assert {key: kernel["job"][key] for key in final} == final
     k.close(cid)
@@ -118,8 +142,13 @@ def test_foreground_finetune_moves_the_panel_while_its_cell_runs(k):
     reply = k.wait_reply(msg_id, timeout=240)
     assert reply["content"]["status"] == "ok"
     busy_end = _idle_at(k, msg_id)
-    during = [(t, j, m) for t, d, m in k.comm_msgs(cid, "state", since=t0) if t < busy_end
-              for j in d["jobs"] if j["id"] not in before]
+    during = [
+        (t, j, m)
+        for t, d, m in k.comm_msgs(cid, "state", since=t0)
+        if t < busy_end
+        for j in d["jobs"]
+        if j["id"] not in before
+    ]
     assert during, "no job update reached the panel while the foreground fine-tune ran"
     ids = {j["id"] for _, j, _ in during}
     assert len(ids) == 1, ids
@@ -135,12 +164,21 @@ def test_foreground_finetune_moves_the_panel_while_its_cell_runs(k):
 def test_cancel_through_the_comm_stops_a_real_background_finetune(k):
     cid = _open(k)
     t0 = time.monotonic()
-    job_id = _print(k, "job2 = api.finetune('tiny', 'ds', epochs=200, batch_size=4, max_length=16,"
-                       " seed=0, background=True, progress=False)\nprint(job2.id)")
+    job_id = _print(
+        k,
+        "job2 = api.finetune('tiny', 'ds', epochs=200, batch_size=4, max_length=16,"
+        " seed=0, background=True, progress=False)\nprint(job2.id)",
+    )
     total = 200 * STEPS_PER_EPOCH
-    k.wait_for(lambda d: d.get("type") == "state" and any(
-        j["id"] == job_id and j["state"] == "running" and j["step"] > 0 for j in d["jobs"]),
-        comm_id=cid, since=t0, timeout=120)
+    k.wait_for(
+        lambda d: (
+            d.get("type") == "state"
+            and any(j["id"] == job_id and j["state"] == "running" and j["step"] > 0 for j in d["jobs"])
+        ),
+        comm_id=cid,
+        since=t0,
+        timeout=120,
+    )
 
     # An unknown job id is an error reply; the real one is acknowledged and ends "cancelled".
     k.send(cid, {"type": "action", "action": "cancel", "target": "job-999999", "id": "bad"})
@@ -150,15 +188,23 @@ def test_cancel_through_the_comm_stops_a_real_background_finetune(k):
     k.send(cid, {"type": "action", "action": "cancel", "target": job_id, "id": "c1"})
     _, ack, _ = k.wait_for(lambda d: d.get("id") == "c1", comm_id=cid, type_="ack", timeout=30)
     assert ack["action"] == "cancel" and ack["target"] == job_id
-    _, snap, _ = k.wait_for(lambda d: d.get("type") == "state" and any(
-        j["id"] == job_id and j["state"] == "cancelled" for j in d["jobs"]),
-        comm_id=cid, since=t_cancel, timeout=60)
+    _, snap, _ = k.wait_for(
+        lambda d: d.get("type") == "state" and any(j["id"] == job_id and j["state"] == "cancelled" for j in d["jobs"]),
+        comm_id=cid,
+        since=t_cancel,
+        timeout=60,
+    )
     (ended,) = [j for j in snap["jobs"] if j["id"] == job_id]
     assert 0 < ended["step"] < total and ended["progress"] < 1.0
 
-    kernel = json.loads(_print(k, "import json\njob2.wait(60)\n"
-                                  "print(json.dumps({'job': job2.summary(), 'done': job2.done,"
-                                  " 'run': job2.result.status}))"))
+    kernel = json.loads(
+        _print(
+            k,
+            "import json\njob2.wait(60)\n"
+            "print(json.dumps({'job': job2.summary(), 'done': job2.done,"
+            " 'run': job2.result.status}))",
+        )
+    )
     assert kernel["done"] and kernel["job"]["state"] == "cancelled"
     assert kernel["job"]["step"] == ended["step"]  # it stopped: no step after the cancel landed
     assert kernel["run"] == "interrupted"  # the run registry records the stop

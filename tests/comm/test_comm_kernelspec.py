@@ -4,6 +4,7 @@ Starts the kernel from ``kernels/llmos/kernel.json`` exactly as Jupyter would (`
 argv becomes this interpreter) and checks that ``%llm`` works without ``%load_ext`` and that the
 side panel gets a snapshot of the real ``llmos_jupyter.api``.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,9 +40,12 @@ def test_llm_ps_works_without_load_ext(llmos_kernel):
     reply = k.run("%llm ps")
     assert reply["content"]["status"] == "ok"
     msg_id = reply["parent_header"]["msg_id"]
-    errors = [m for _, m in k.iopub if m["parent_header"].get("msg_id") == msg_id
-              and (m["msg_type"] == "error" or (m["msg_type"] == "stream"
-                                                and m["content"]["name"] == "stderr"))]
+    errors = [
+        m
+        for _, m in k.iopub
+        if m["parent_header"].get("msg_id") == msg_id
+        and (m["msg_type"] == "error" or (m["msg_type"] == "stream" and m["content"]["name"] == "stderr"))
+    ]
     assert errors == []
 
 
@@ -69,13 +73,20 @@ def test_load_and_unload_through_the_panel_with_the_real_api(llmos_kernel, tmp_p
     k.wait_for(lambda d: d.get("type") == "state", comm_id=cid, timeout=30)
     t0 = time.monotonic()
     reply = k.run(f"%llm load {tmp_path / 'tiny'} --task causal-lm --as tiny", timeout=120)
-    t_done = max(t for t, m in k.iopub if m["msg_type"] == "status"
-                 and m["parent_header"].get("msg_id") == reply["parent_header"]["msg_id"]
-                 and m["content"]["execution_state"] == "idle")
+    t_done = max(
+        t
+        for t, m in k.iopub
+        if m["msg_type"] == "status"
+        and m["parent_header"].get("msg_id") == reply["parent_header"]["msg_id"]
+        and m["content"]["execution_state"] == "idle"
+    )
     # snapshots sent while it loads show it "loading"; the one that counts shows it ready
-    t, snap, _ = k.wait_for(lambda d: d.get("type") == "state"
-                            and any(m["alias"] == "tiny" and m["state"] == "ready" for m in d["models"]),
-                            comm_id=cid, since=t0, timeout=5)
+    t, snap, _ = k.wait_for(
+        lambda d: d.get("type") == "state" and any(m["alias"] == "tiny" and m["state"] == "ready" for m in d["models"]),
+        comm_id=cid,
+        since=t0,
+        timeout=5,
+    )
     assert t - t_done < 1.0, f"panel saw the load {t - t_done:.2f}s after the cell ended"
     (model,) = [m for m in snap["models"] if m["alias"] == "tiny"]
     assert model["task"] == "causal-lm" and model["state"] == "ready"

@@ -2,16 +2,26 @@
 
 Run: ``.venv/bin/python -m pytest tests/comm -q``. See ``llmos_jupyter/comm.py`` for the protocol.
 """
+
 from __future__ import annotations
 
 import time
 
-import pytest
-
-MODEL_KEYS = {"alias", "task", "source", "dtype", "device", "params", "estimated_bytes", "bytes",
-              "state", "pinned", "keep_alive", "last_used"}
-JOB_KEYS = {"id", "kind", "target", "state", "progress", "step", "total_steps", "loss",
-            "samples_per_s", "eta_s"}
+MODEL_KEYS = {
+    "alias",
+    "task",
+    "source",
+    "dtype",
+    "device",
+    "params",
+    "estimated_bytes",
+    "bytes",
+    "state",
+    "pinned",
+    "keep_alive",
+    "last_used",
+}
+JOB_KEYS = {"id", "kind", "target", "state", "progress", "step", "total_steps", "loss", "samples_per_s", "eta_s"}
 
 
 def is_state(d):
@@ -30,8 +40,7 @@ def test_snapshot_on_open_has_the_protocol_shape(panel):
     (job,) = snap["jobs"]
     assert JOB_KEYS <= set(job)
     assert job["loss"] is None  # NaN is not JSON: it travels as null
-    assert snap["datasets"] == [{"name": "reviews", "version": 1, "rows": 33530,
-                                 "fingerprint": "ab12"}]
+    assert snap["datasets"] == [{"name": "reviews", "version": 1, "rows": 33530, "fingerprint": "ab12"}]
     hw = snap["hardware"]
     assert {"cpu_percent", "ram_used", "ram_total", "gpus"} <= set(hw)
     assert {"index", "name", "util", "mem_used", "mem_total", "temperature"} <= set(hw["gpus"][0])
@@ -53,11 +62,16 @@ def test_updates_flow_while_a_long_cell_runs(panel):
     t0 = time.monotonic()
     msg_id = panel.execute(
         "import time\nfake.start_job('ft', total_steps=20)\n"
-        "for _ in range(20):\n    time.sleep(0.15)\n    fake.step_job('ft')\n")
+        "for _ in range(20):\n    time.sleep(0.15)\n    fake.step_job('ft')\n"
+    )
     panel.wait_reply(msg_id)
-    busy_end = max(t for t, m in panel.iopub if m["msg_type"] == "status"
-                   and m["content"]["execution_state"] == "idle"
-                   and m["parent_header"].get("msg_id") == msg_id)
+    busy_end = max(
+        t
+        for t, m in panel.iopub
+        if m["msg_type"] == "status"
+        and m["content"]["execution_state"] == "idle"
+        and m["parent_header"].get("msg_id") == msg_id
+    )
     during = [(t, d) for t, d, _ in panel.comm_msgs(cid, "state", since=t0) if t < busy_end]
     progress = [d["jobs"][0]["progress"] for _, d in during if d["jobs"]]
     assert len(progress) >= 5, progress
@@ -92,8 +106,10 @@ def test_state_pushes_are_throttled_to_four_per_second(panel):
     cid = panel.open()
     panel.wait_for(is_state, comm_id=cid)
     t0 = time.monotonic()
-    panel.run("import time\nfake.start_job(1, total_steps=10**6)\nt = time.time()\n"
-              "while time.time() - t < 2.0:\n    fake.step_job(1)\n")
+    panel.run(
+        "import time\nfake.start_job(1, total_steps=10**6)\nt = time.time()\n"
+        "while time.time() - t < 2.0:\n    fake.step_job(1)\n"
+    )
     panel.pump(0.5)
     n = len(panel.comm_msgs(cid, "state", since=t0))
     assert 3 <= n <= 4 * 2.5 + 2, n
@@ -153,9 +169,16 @@ def test_server_field_and_stop_server_action(panel):
     assert snap["server"] is None
     panel.execute("fake.serve(['tiny', 'minilm'])")
     _, snap, _ = panel.wait_for(lambda d: is_state(d) and d["server"], comm_id=cid)
-    assert snap["server"] == {"url": "http://127.0.0.1:8765", "base_url": "http://127.0.0.1:8765/v1",
-                              "models": ["tiny", "minilm"], "requests": 12, "failed": 1, "in_flight": 2,
-                              "queued": 3, "tokens_per_s": 41.5}  # never the token
+    assert snap["server"] == {
+        "url": "http://127.0.0.1:8765",
+        "base_url": "http://127.0.0.1:8765/v1",
+        "models": ["tiny", "minilm"],
+        "requests": 12,
+        "failed": 1,
+        "in_flight": 2,
+        "queued": 3,
+        "tokens_per_s": 41.5,
+    }  # never the token
     panel.send(cid, {"type": "action", "action": "stop-server", "target": "", "id": "s1"})
     panel.wait_for(lambda d: d.get("id") == "s1", comm_id=cid, type_="ack")
     panel.wait_for(lambda d: is_state(d) and d["server"] is None, comm_id=cid)
@@ -170,8 +193,15 @@ def test_refresh_sends_a_fresh_snapshot(panel):
 
 
 MALFORMED = [
-    None, 42, "unload tiny", [1, 2], {}, {"type": "unload"}, {"type": "action"},
-    {"type": "action", "action": 5}, {"type": "action", "action": None},
+    None,
+    42,
+    "unload tiny",
+    [1, 2],
+    {},
+    {"type": "unload"},
+    {"type": "action"},
+    {"type": "action", "action": 5},
+    {"type": "action", "action": None},
     {"type": "action", "action": "unload", "target": ["tiny"]},
     {"type": "action", "action": "unload", "target": {"$ne": 1}},
     {"type": "action", "action": "cancel", "target": "1", "id": True},
@@ -189,13 +219,12 @@ def test_malformed_messages_are_ignored_without_an_exception(panel):
     # raw comm_msg content without "data" at all
     panel._send("comm_msg", {"comm_id": cid})
     panel.pump(0.5)
-    replies = [d for _, d, _ in panel.comm_msgs(cid, since=t0) if d.get("type") in
-               ("error", "ack")]
+    replies = [d for _, d, _ in panel.comm_msgs(cid, since=t0) if d.get("type") in ("error", "ack")]
     assert replies == []
     panel.send(cid, {"type": "action", "action": "refresh", "target": "", "id": "after"})
     _, snap, _ = panel.wait_for(lambda d: is_state(d), comm_id=cid, since=t0)
     assert [m["alias"] for m in snap["models"]] == ["tiny"]  # nothing was unloaded
-    log = panel.log_text()[panel.log_mark:]
+    log = panel.log_text()[panel.log_mark :]
     assert "Traceback" not in log and "Exception in comm_msg" not in log, log
 
 
@@ -203,8 +232,10 @@ def test_no_pushes_after_the_panel_closes(panel):
     cid = panel.open({"hardware_interval_s": 0.5})
     panel.wait_for(is_state, comm_id=cid)
     panel.close(cid)
-    panel.run("import time\nfor _ in range(50):\n    if not llmos_comm.open_comms(): break\n"
-              "    time.sleep(0.02)\nassert llmos_comm.open_comms() == 0\nfake.load('late')")
+    panel.run(
+        "import time\nfor _ in range(50):\n    if not llmos_comm.open_comms(): break\n"
+        "    time.sleep(0.02)\nassert llmos_comm.open_comms() == 0\nfake.load('late')"
+    )
     t0 = time.monotonic()
     panel.pump(1.2)
     assert panel.comm_msgs(cid, since=t0) == []
@@ -221,9 +252,11 @@ def test_two_panels_share_one_push_thread(panel):
     panel.run("fake.load('shared')")
     for cid in (a, b):
         panel.wait_for(lambda d: is_state(d) and d["models"], comm_id=cid, since=t0)
-    out = panel.run("import threading\n"
-                    "print(sum(t.name == llmos_comm.THREAD_NAME for t in threading.enumerate()),"
-                    " len(fake.listeners))")
+    out = panel.run(
+        "import threading\n"
+        "print(sum(t.name == llmos_comm.THREAD_NAME for t in threading.enumerate()),"
+        " len(fake.listeners))"
+    )
     assert panel.stream_text(out["parent_header"]["msg_id"]).split() == ["1", "1"]
 
 
@@ -246,5 +279,5 @@ def test_broken_providers_answer_with_errors_not_exceptions(panel):
     panel.send(cid, {"type": "action", "action": "refresh", "id": "r"})
     _, err, _ = panel.wait_for(lambda d: d.get("id") == "r", comm_id=cid, type_="error")
     assert err["message"] == "llmos state unavailable: division by zero"
-    log = panel.log_text()[panel.log_mark:]
+    log = panel.log_text()[panel.log_mark :]
     assert "Traceback" not in log, log

@@ -1,4 +1,5 @@
 """In-process checks of llmos_jupyter.comm that need no kernel."""
+
 from __future__ import annotations
 
 import json

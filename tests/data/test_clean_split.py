@@ -1,4 +1,5 @@
 """Cleaning rules, splits, versions/lineage, persistence and export on small real files."""
+
 from __future__ import annotations
 
 import json
@@ -27,11 +28,16 @@ def dirty(store):
 
 
 def test_every_rule_counts_and_order(store, dirty):
-    v, r = store.clean("dirty", strip_html=True, normalize_whitespace=True, dedupe=True,
-                       min_chars=3, max_chars=40)
+    v, r = store.clean("dirty", strip_html=True, normalize_whitespace=True, dedupe=True, min_chars=3, max_chars=40)
     assert v.version == 2 and v.parent == dirty.fingerprint
-    assert [x.rule for x in r.rules] == ["strip_html", "normalize_whitespace", "drop_empty",
-                                         "min_chars", "max_chars", "dedupe"]
+    assert [x.rule for x in r.rules] == [
+        "strip_html",
+        "normalize_whitespace",
+        "drop_empty",
+        "min_chars",
+        "max_chars",
+        "dedupe",
+    ]
     sh = r.rule("strip_html")
     assert sh.changed == 3  # rows 0, 5, 6; "<grin>" is not HTML and stays
     assert sh.detail == {"rows with <br />": 2, "rows with <i>": 1, "rows with </i>": 1}
@@ -42,8 +48,13 @@ def test_every_rule_counts_and_order(store, dirty):
     dd = r.rule("dedupe")
     assert dd.removed == 2  # the two later "awful acting" ("Great film" differs in case: kept)
     assert dd.detail == {"texts with copies": 1, "with conflicting labels (first kept)": 1}
-    assert v["train"][0:10]["text"] == ["Great film", "great film", "awful acting",
-                                        "Heat is <grin> fine", "a dull, slow plot"]
+    assert v["train"][0:10]["text"] == [
+        "Great film",
+        "great film",
+        "awful acting",
+        "Heat is <grin> fine",
+        "a dull, slow plot",
+    ]
     assert r.rows_before == {"train": 10} and r.rows_after == {"train": 5} and r.removed == 5  # 1+1+1+2
     html = r._repr_mimebundle_()["text/html"]
     assert "<code>strip_html</code>" in html and "rows with &lt;br /&gt;: 2" in html
@@ -114,7 +125,10 @@ def test_versions_lineage_and_restart(store, dirty, tmp_path):
     v3 = store.split("dirty", test=3)
     rows = store.versions("dirty")
     assert [(r["version"], r["operation"], r["rows"], r["parent_version"]) for r in rows] == [
-        (1, "load", 10, None), (2, "clean", 9, 1), (3, "split", 9, 2)]  # one "awful acting" copy
+        (1, "load", 10, None),
+        (2, "clean", 9, 1),
+        (3, "split", 9, 2),
+    ]  # one "awful acting" copy
     assert rows[1]["parent"] == rows[0]["fingerprint"] and rows[2]["parent"] == rows[1]["fingerprint"]
     assert rows[2]["splits"] == {"train": 6, "test": 3}
     restarted = DataStore(store.root)  # a new kernel: everything comes back from disk
@@ -122,12 +136,26 @@ def test_versions_lineage_and_restart(store, dirty, tmp_path):
     assert restarted.get("dirty").fingerprint == v3.fingerprint
     back = restarted.get("dirty", 2)
     assert back["train"][0:9] == v2["train"][0:9] and back.split_fingerprints == v2.split_fingerprints
-    assert restarted.list() == [{"name": "dirty", "version": 3, "rows": 9, "fingerprint": v3.fingerprint,
-                                 "splits": {"train": 6, "test": 3}, "versions": 3, "operation": "split"}]
+    assert restarted.list() == [
+        {
+            "name": "dirty",
+            "version": 3,
+            "rows": 9,
+            "fingerprint": v3.fingerprint,
+            "splits": {"train": 6, "test": 3},
+            "versions": 3,
+            "operation": "split",
+        }
+    ]
     m = v3.manifest()
     assert m["fingerprint"] == v3.fingerprint and m["splits"]["test"]["rows"] == 3
-    assert v3.summary() == {"name": "dirty", "version": 3, "rows": 9, "fingerprint": v3.fingerprint,
-                            "splits": {"train": 6, "test": 3}}
+    assert v3.summary() == {
+        "name": "dirty",
+        "version": 3,
+        "rows": 9,
+        "fingerprint": v3.fingerprint,
+        "splits": {"train": 6, "test": 3},
+    }
 
 
 def test_export_formats_round_trip(store, dirty, tmp_path, tree):

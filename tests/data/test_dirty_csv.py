@@ -1,5 +1,6 @@
 """A dirty CSV with missing, blank, numeric-looking text and string
 labels. Missing stays missing, numbers in text stay text, labels become a ClassLabel."""
+
 from __future__ import annotations
 
 from datasets import ClassLabel, Value
@@ -45,7 +46,9 @@ def test_default_clean_removes_exactly_those_rows_and_says_which(store, dirty_cs
     assert rule.removed == 2 and report.removed == 2
     assert rule.detail == {"missing text": 1, "blank text": 1}
     assert [(e["row"], e["reason"], e["text"]) for e in rule.examples] == [
-        (1, "missing text", None), (3, "blank text", "  ")]
+        (1, "missing text", None),
+        (3, "blank text", "  "),
+    ]
     text = str(report)
     assert "train[1] missing text: None" in text and "train[3] blank text: '  '" in text
     # the original is intact
@@ -62,7 +65,8 @@ def test_stratified_split_works_on_string_labels(store, dirty_csv):
     train_labels = sorted(names[i] for i in v3["train"][0:3]["label"])
     assert train_labels == ["neg", "neg", "pos"]
     assert sorted(v3["train"][0:3]["text"] + v3["test"][0:2]["text"]) == sorted(
-        ["great film", "terrible acting", "42", 'a "quoted" line', "NaN"])
+        ["great film", "terrible acting", "42", 'a "quoted" line', "NaN"]
+    )
 
 
 def test_tokenising_never_raises_on_a_non_string_cell(store, dirty_csv, minilm):
@@ -83,13 +87,16 @@ def test_tokenising_never_raises_on_a_non_string_cell(store, dirty_csv, minilm):
 def test_same_rule_for_dataframes_and_jsonl(store, tmp_path):
     import pandas as pd
 
-    df = pd.DataFrame({"text": ["great film", None, 42, float("nan"), "NaN"],
-                       "label": ["pos", "neg", "neg", "pos", "neg"]})
+    df = pd.DataFrame(
+        {"text": ["great film", None, 42, float("nan"), "NaN"], "label": ["pos", "neg", "neg", "pos", "neg"]}
+    )
     v = store.load("df", namespace={"df": df})
     assert v["train"][0:5]["text"] == ["great film", None, "42", None, "NaN"]
     p = tmp_path / "dirty.jsonl"
-    p.write_text('{"text": "great film", "label": "pos"}\n{"text": null, "label": "neg"}\n'
-                 '{"text": 42, "label": "neg"}\n{"label": "pos"}\n{"text": "NaN", "label": "neg"}\n')
+    p.write_text(
+        '{"text": "great film", "label": "pos"}\n{"text": null, "label": "neg"}\n'
+        '{"text": 42, "label": "neg"}\n{"label": "pos"}\n{"text": "NaN", "label": "neg"}\n'
+    )
     v = store.load(p)
     assert v["train"][0:5]["text"] == ["great film", None, "42", None, "NaN"]
     assert v.label_names == ["neg", "pos"]

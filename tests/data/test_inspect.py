@@ -1,11 +1,15 @@
 """The inspector: counts, markup, static HTML and the ipywidgets view."""
+
 from __future__ import annotations
 
-ROWS = ([{"text": f"row {i} is <b>bold</b>" if i % 10 == 0 else f"row {i}", "label": "pos" if i % 3 else "neg"}
-         for i in range(23)]
-        + [{"text": "row 1", "label": "neg"},  # duplicate of row 1 (pos): conflicting
-           {"text": "row 2", "label": "pos"},  # duplicate, same label
-           {"text": "caf&eacute; &amp; <!-- c --> &H;", "label": "neg"}])
+ROWS = [
+    {"text": f"row {i} is <b>bold</b>" if i % 10 == 0 else f"row {i}", "label": "pos" if i % 3 else "neg"}
+    for i in range(23)
+] + [
+    {"text": "row 1", "label": "neg"},  # duplicate of row 1 (pos): conflicting
+    {"text": "row 2", "label": "pos"},  # duplicate, same label
+    {"text": "caf&eacute; &amp; <!-- c --> &H;", "label": "neg"},
+]
 
 
 def test_counts_markup_and_lengths(store):

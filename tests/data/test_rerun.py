@@ -1,9 +1,11 @@
 """Re-running a notebook (Restart & Run All, or `make main` twice) with the same LLMOS_HOME:
 each load/operation makes its own result current again, so the next cell sees what it expects."""
+
 from llmos_jupyter.data.store import DataStore
 
-ROWS = [{"text": f"review number {i} {'good' if i % 2 else 'bad'}", "label": "pos" if i % 2 else "neg"}
-        for i in range(40)]
+ROWS = [
+    {"text": f"review number {i} {'good' if i % 2 else 'bad'}", "label": "pos" if i % 2 else "neg"} for i in range(40)
+]
 
 
 def run_cells(store):

@@ -1,5 +1,6 @@
 """Sources (CSV, TSV, JSONL, JSON, Parquet, saved HF folder, namespace variables), column roles,
 and bad input: one line each, and nothing in the store changed."""
+
 from __future__ import annotations
 
 import pytest
@@ -7,10 +8,12 @@ from datasets import ClassLabel, Dataset, DatasetDict
 
 from llmos_jupyter.errors import LLMOSError, NotFoundError, UsageError
 
-ROWS = [{"review": "loved every minute", "stars": "pos", "id": 1},
-        {"review": "dull and far too long", "stars": "neg", "id": 2},
-        {"review": "a joy", "stars": "pos", "id": 3},
-        {"review": "not worth the ticket", "stars": "neg", "id": 4}]
+ROWS = [
+    {"review": "loved every minute", "stars": "pos", "id": 1},
+    {"review": "dull and far too long", "stars": "neg", "id": 2},
+    {"review": "a joy", "stars": "pos", "id": 3},
+    {"review": "not worth the ticket", "stars": "neg", "id": 4},
+]
 
 
 def test_tsv_with_inferred_roles_and_numbers(store, tmp_path):
@@ -57,7 +60,11 @@ def test_dataframe_variable_and_prompt_response_roles(store):
     v = store.load("df", namespace={"df": df})
     assert v.name == "df"
     assert (v.prompt_column, v.response_column, v.text_column, v.label_column) == (
-        "instruction", "output", "instruction", None)
+        "instruction",
+        "output",
+        "instruction",
+        None,
+    )
     v = store.load("df", name="df2", namespace={"df": df}, text_column="output")
     assert v.text_column == "output"
 
@@ -70,8 +77,12 @@ def test_parquet_and_saved_folder_round_trip(store, tmp_path, dirty_csv):
     assert back.label_names == ["neg", "pos"] and back.num_rows == {"train": 5}
     assert back["train"][0:5]["text"] == store.get("dirty")["train"][0:5]["text"]
     # a saved DatasetDict keeps its splits and its ClassLabel
-    dd = DatasetDict({"train": Dataset.from_dict({"text": ["a", "b", "c"], "y": [0, 1, 0]}),
-                      "test": Dataset.from_dict({"text": ["d", "e"], "y": [1, 0]})})
+    dd = DatasetDict(
+        {
+            "train": Dataset.from_dict({"text": ["a", "b", "c"], "y": [0, 1, 0]}),
+            "test": Dataset.from_dict({"text": ["d", "e"], "y": [1, 0]}),
+        }
+    )
     dd = dd.cast_column("y", ClassLabel(names=["bad", "good"]))
     dd.save_to_disk(str(tmp_path / "saved"))
     s = store.load(tmp_path / "saved")
@@ -114,8 +125,13 @@ def test_bad_inputs_one_line_nothing_changed(store, tmp_path, dirty_csv, tree):
     q = tmp_path / "list.jsonl"
     q.write_text('{"text": "ok"}\n[1, 2]\n')
     bad(store, lambda: store.load(q), UsageError, "line 2", "not an object")
-    bad(store, lambda: store.load(dirty_csv, name="x", text_column="txt"), NotFoundError,
-         "unknown column 'txt'", "did you mean: text")
+    bad(
+        store,
+        lambda: store.load(dirty_csv, name="x", text_column="txt"),
+        NotFoundError,
+        "unknown column 'txt'",
+        "did you mean: text",
+    )
     bad(store, lambda: store.load(dirty_csv, name="x", label_column="lable"), NotFoundError, "'lable'")
     empty = tmp_path / "empty.csv"
     empty.write_text("")

@@ -1,8 +1,8 @@
 """Fixtures of the hostile-input tests (helpers: ``hostile_kit.py``)."""
+
 from __future__ import annotations
 
 import pytest
-
 from hostile_kit import Kernel
 
 

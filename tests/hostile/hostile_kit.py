@@ -12,6 +12,7 @@ Every test drives the same surfaces a user does (``%llm`` in an ``InteractiveShe
 API, or a real kernel through ``jupyter_client`` where the behaviour depends on one) and then
 checks that the manager is consistent: :func:`assert_consistent`.
 """
+
 from __future__ import annotations
 
 import json
@@ -48,7 +49,7 @@ def assert_consistent(api) -> None:
     "running"; no generation or job thread alive."""
     for m in api.manager().ps():
         assert m["state"] in ("ready", "offloaded") and m["users"] == 0 and not m["training"], m
-    for j in (api._state["jobs"].jobs.values() if "jobs" in api._state else ()):
+    for j in api._state["jobs"].jobs.values() if "jobs" in api._state else ():
         assert j.done, j
     assert not [r.id for r in api.registry().list(100) if r.status == "running"]
     deadline = time.time() + 5
@@ -165,8 +166,11 @@ class Kernel:
         return comm_id
 
     def comm_action(self, subshell_id: str, comm_id: str, action: str, target: str) -> None:
-        self._send(subshell_id, "comm_msg", {"comm_id": comm_id, "data": {"type": "action", "action": action,
-                                                                         "target": target, "id": "t1"}})
+        self._send(
+            subshell_id,
+            "comm_msg",
+            {"comm_id": comm_id, "data": {"type": "action", "action": action, "target": target, "id": "t1"}},
+        )
 
     def comm_wait(self, predicate, timeout: float = 10) -> dict:
         """The next comm message whose data satisfies ``predicate`` (IOPub read meanwhile)."""

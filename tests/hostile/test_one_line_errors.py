@@ -9,49 +9,67 @@ surface the user is on (``--flag`` under ``%llm``, ``keyword=`` in Python; ``err
 * ``data export`` hints name ``--overwrite`` / ``--split`` in a magic and ``overwrite=True`` /
   ``split=`` in Python.
 """
+
 from __future__ import annotations
 
 import inspect
 import re
 
 import pytest
-
 from hostile_kit import assert_consistent, one_line
 
 # Public helpers that take no user input or hand out objects (singletons, the panel's snapshot).
-UNCHECKED = {"manager", "events", "subscribe", "store", "registry", "scheduler", "state", "model_positions",
-             "fit_texts"}
+UNCHECKED = {
+    "manager",
+    "events",
+    "subscribe",
+    "store",
+    "registry",
+    "scheduler",
+    "state",
+    "model_positions",
+    "fit_texts",
+}
 
 
 def test_every_public_api_function_checks_its_argument_types():
     from llmos_jupyter import api
 
-    public = [n for n, f in vars(api).items() if inspect.isfunction(f) and not n.startswith("_")
-              and f.__module__ == api.__name__ and n not in UNCHECKED]
+    public = [
+        n
+        for n, f in vars(api).items()
+        if inspect.isfunction(f) and not n.startswith("_") and f.__module__ == api.__name__ and n not in UNCHECKED
+    ]
     assert len(public) > 35
     assert [n for n in public if not hasattr(getattr(api, n), "__wrapped__")] == []
 
 
-@pytest.mark.parametrize("call, expected", [
-    ('classify("minilm", 123)', "classify(): texts must be a str or a list of str, got int 123"),  # the sweep's inputs
-    ("load(None)", "load(): spec must be a str or a path, got NoneType None"),
-    ('generate("m", 5)', "generate(): prompt must be a str, got int 5"),
-    ('chat("m", None)', "chat(): message must be a str, got NoneType None"),
-    ('embed("m", ["a", 3])', "embed(): texts must be a str or a list of str"),
-    ("unload(42)", "unload(): alias must be a str, got int 42"),
-    ('finetune("m", "d", epochs="3")', "finetune(): epochs must be a whole number, got str '3'"),
-    ('evaluate("m", "d", limit=2.5)', "evaluate(): limit must be a whole number or None"),
-    ('data_split("d", test="20%")', "data_split(): test must be a whole number or a number"),
-    ('data_export("d", 3)', "data_export(): path must be a str or a path"),
-    ('export("m", "out", overwrite="yes")', "export(): overwrite must be True or False"),
-    ('budget(cpu=[8])', "budget(): cpu must be a str or a whole number or None"),
-    ("runs('5')", "runs(): limit must be a whole number"),
-    ("seed(1.5)", "seed(): n must be a whole number"),
-    ('serve(port="80")', "serve(): port must be a whole number, got str '80'"),
-    ("serve(models=[1])", "serve(): models must be a str or a list of str or None"),
-    ('classify("m", "x", max_lenght=3)', "classify() takes no argument 'max_lenght' (did you mean: max_length?)"),
-    ("classify()", "classify(): missing a required argument: 'alias'"),
-])
+@pytest.mark.parametrize(
+    "call, expected",
+    [
+        (
+            'classify("minilm", 123)',
+            "classify(): texts must be a str or a list of str, got int 123",
+        ),  # the sweep's inputs
+        ("load(None)", "load(): spec must be a str or a path, got NoneType None"),
+        ('generate("m", 5)', "generate(): prompt must be a str, got int 5"),
+        ('chat("m", None)', "chat(): message must be a str, got NoneType None"),
+        ('embed("m", ["a", 3])', "embed(): texts must be a str or a list of str"),
+        ("unload(42)", "unload(): alias must be a str, got int 42"),
+        ('finetune("m", "d", epochs="3")', "finetune(): epochs must be a whole number, got str '3'"),
+        ('evaluate("m", "d", limit=2.5)', "evaluate(): limit must be a whole number or None"),
+        ('data_split("d", test="20%")', "data_split(): test must be a whole number or a number"),
+        ('data_export("d", 3)', "data_export(): path must be a str or a path"),
+        ('export("m", "out", overwrite="yes")', "export(): overwrite must be True or False"),
+        ("budget(cpu=[8])", "budget(): cpu must be a str or a whole number or None"),
+        ("runs('5')", "runs(): limit must be a whole number"),
+        ("seed(1.5)", "seed(): n must be a whole number"),
+        ('serve(port="80")', "serve(): port must be a whole number, got str '80'"),
+        ("serve(models=[1])", "serve(): models must be a str or a list of str or None"),
+        ('classify("m", "x", max_lenght=3)', "classify() takes no argument 'max_lenght' (did you mean: max_length?)"),
+        ("classify()", "classify(): missing a required argument: 'alias'"),
+    ],
+)
 def test_wrong_argument_types_are_one_line(fresh_api, call, expected):
     from llmos_jupyter.errors import UsageError
 
@@ -62,12 +80,15 @@ def test_wrong_argument_types_are_one_line(fresh_api, call, expected):
     assert_consistent(fresh_api)
 
 
-@pytest.mark.parametrize("line, expected", [
-    ("load {bert} --as x --dtype int3", ["unknown dtype 'int3'", "--dtype float32, float16 or bfloat16"]),
-    ("load {bert} --as x --dtype fp8", ["unknown dtype 'fp8'"]),
-    ("load {bert} --as x --device cuda:7", ["--device cuda:7:", "devices here: cpu", "use --device cpu"]),
-    ("load {bert} --as x --device gpu7", ["unknown device 'gpu7'", "devices here: cpu"]),
-])
+@pytest.mark.parametrize(
+    "line, expected",
+    [
+        ("load {bert} --as x --dtype int3", ["unknown dtype 'int3'", "--dtype float32, float16 or bfloat16"]),
+        ("load {bert} --as x --dtype fp8", ["unknown dtype 'fp8'"]),
+        ("load {bert} --as x --device cuda:7", ["--device cuda:7:", "devices here: cpu", "use --device cpu"]),
+        ("load {bert} --as x --device gpu7", ["unknown device 'gpu7'", "devices here: cpu"]),
+    ],
+)
 def test_dtype_and_device_list_what_there_is(shell, capsys, tiny_bert, line, expected):
     shell.run_line_magic("llm", line.format(bert=tiny_bert))
     one_line(capsys.readouterr().err, *expected)
@@ -157,13 +178,23 @@ def test_data_export_hints_are_spelled_for_the_surface(shell, capsys, tmp_path):
         api.data_split("d", test=2)
 
 
-@pytest.mark.parametrize("line, magic, python", [
-    ("data clean d --min-chars -3", "--min-chars -3 is not allowed", ("data_clean", {"min_chars": -3}, "min_chars=-3")),
-    ("data clean d --min-chars 9 --max-chars 2", "--min-chars 9 is above --max-chars 2",
-     ("data_clean", {"min_chars": 9, "max_chars": 2}, "min_chars=9 is above max_chars=2")),
-    ("data search d hello --k 0", "--k 0 is not allowed", ("data_search", {"query": "hello", "k": 0}, "k=0")),
-    ("data search d hello --k -2", "e.g. --k 5", ("data_search", {"query": "hello", "k": -2}, "e.g. k=5")),
-])
+@pytest.mark.parametrize(
+    "line, magic, python",
+    [
+        (
+            "data clean d --min-chars -3",
+            "--min-chars -3 is not allowed",
+            ("data_clean", {"min_chars": -3}, "min_chars=-3"),
+        ),
+        (
+            "data clean d --min-chars 9 --max-chars 2",
+            "--min-chars 9 is above --max-chars 2",
+            ("data_clean", {"min_chars": 9, "max_chars": 2}, "min_chars=9 is above max_chars=2"),
+        ),
+        ("data search d hello --k 0", "--k 0 is not allowed", ("data_search", {"query": "hello", "k": 0}, "k=0")),
+        ("data search d hello --k -2", "e.g. --k 5", ("data_search", {"query": "hello", "k": -2}, "e.g. k=5")),
+    ],
+)
 def test_clean_and_search_counts_are_checked_and_spelled_for_the_surface(shell, capsys, line, magic, python):
     """``--k 0`` once returned the default 5 rows as if it were not given."""
     from llmos_jupyter.errors import UsageError

@@ -12,13 +12,13 @@
 * The side panel's Cancel reaches a foreground fine-tune while its cell runs (the comm on a
   kernel subshell, as JupyterLab sends it) and stops it within 2 s; Unload is answered meanwhile.
 """
+
 from __future__ import annotations
 
 import json
 import time
 
 import pytest
-
 from hostile_kit import assert_consistent, one_line
 
 CPU_SECONDS = """
@@ -37,10 +37,12 @@ LONG_RUNNERS = [  # (cell, streams before the interrupt): each decodes 15,000 to
 def test_interrupt_stops_generate_chat_and_api_and_leaves_nothing_running(kernel_factory, long_tiny_llama):
     k = kernel_factory()
     # a tiny random Llama with 16,384 positions, told never to stop at its end token
-    k.ok(f"%load_ext llmos_jupyter\nimport threading\nfrom llmos_jupyter import api\n"
-         f"%llm load {long_tiny_llama} --as m --task causal-lm\n"
-         f"rec = api.manager().get('m'); rec.model.generation_config.eos_token_id = None\n"
-         f"rec.model.config.eos_token_id = None; del rec")
+    k.ok(
+        f"%load_ext llmos_jupyter\nimport threading\nfrom llmos_jupyter import api\n"
+        f"%llm load {long_tiny_llama} --as m --task causal-lm\n"
+        f"rec = api.manager().get('m'); rec.model.generation_config.eos_token_id = None\n"
+        f"rec.model.config.eos_token_id = None; del rec"
+    )
     for cell, streams in LONG_RUNNERS:
         msg_id = k.start(cell)
         if streams:
@@ -71,8 +73,11 @@ def test_max_new_tokens_beyond_the_context_is_capped_with_a_note(shell, capsys, 
     api = shell.api
     api.load(str(tiny_llama), alias="m", task="causal-lm")  # 128 positions
     capsys.readouterr()
-    for line in ("generate m hello --max-new-tokens 999999999", "chat m hello --max-new-tokens 999999999",
-                 "generate m hello world --max-new-tokens 1000"):
+    for line in (
+        "generate m hello --max-new-tokens 999999999",
+        "chat m hello --max-new-tokens 999999999",
+        "generate m hello world --max-new-tokens 1000",
+    ):
         shell.run_line_magic("llm", line)
         err = capsys.readouterr().err
         assert "llmos: note: max_new_tokens" in err and "capped to" in err and "128 positions" in err, (line, err)
@@ -125,15 +130,21 @@ def test_inputs_longer_than_the_model_reads_are_refused_over_http(fresh_api, tin
     long = " ".join(["hello world"] * 300)
 
     def post(path, body):
-        r = httpx.post(s["url"] + path, content=body if isinstance(body, str) else json.dumps(body), timeout=60,
-                       headers={"Authorization": f"Bearer {s['token']}", "Content-Type": "application/json"})
+        r = httpx.post(
+            s["url"] + path,
+            content=body if isinstance(body, str) else json.dumps(body),
+            timeout=60,
+            headers={"Authorization": f"Bearer {s['token']}", "Content-Type": "application/json"},
+        )
         return r.status_code, r.json()
 
     try:
-        asked = [("/v1/chat/completions", {"model": "m", "messages": [{"role": "user", "content": long}]}, "messages"),
-                 ("/v1/completions", {"model": "m", "prompt": long, "max_tokens": 4}, "prompt"),
-                 ("/v1/embeddings", {"model": "e", "input": ["short", long]}, "input"),
-                 ("/v1/classify", {"model": "c", "input": long}, "input")]
+        asked = [
+            ("/v1/chat/completions", {"model": "m", "messages": [{"role": "user", "content": long}]}, "messages"),
+            ("/v1/completions", {"model": "m", "prompt": long, "max_tokens": 4}, "prompt"),
+            ("/v1/embeddings", {"model": "e", "input": ["short", long]}, "input"),
+            ("/v1/classify", {"model": "c", "input": long}, "input"),
+        ]
         for path, body, param in asked:
             status, out = post(path, body)
             err = out["error"]
@@ -174,16 +185,20 @@ def test_panel_cancel_and_unload_reach_a_busy_kernel_and_stop_a_foreground_finet
     they are handled while a foreground fine-tune blocks the main shell. Unload of the model in
     training is refused at once; Cancel stops the run at its next step, well within 2 s."""
     k = kernel_factory()
-    k.ok(f"%load_ext llmos_jupyter\nfrom llmos_jupyter import api\n"
-         f"%llm load {tiny_bert} --task seq-cls --labels neg,pos --as tb\n"
-         f"rows = [{{'text': f'good great movie {{i}}' if i % 2 else f'bad awful film {{i}}', 'label': i % 2}} "
-         f"for i in range(40)]\n%llm data load rows --as rows\n%llm data split rows --test 0.25")
+    k.ok(
+        f"%load_ext llmos_jupyter\nfrom llmos_jupyter import api\n"
+        f"%llm load {tiny_bert} --task seq-cls --labels neg,pos --as tb\n"
+        f"rows = [{{'text': f'good great movie {{i}}' if i % 2 else f'bad awful film {{i}}', 'label': i % 2}} "
+        f"for i in range(40)]\n%llm data load rows --as rows\n%llm data split rows --test 0.25"
+    )
     sub = k.subshell()
     comm = k.comm_open(sub)
     k.comm_wait(lambda d: d.get("type") == "state")
     cell = k.start("r = api.finetune('tb', 'rows', epochs=2000, batch_size=2, progress=False); print(r.status)")
-    running = k.comm_wait(lambda d: d.get("type") == "state" and any(
-        j["state"] == "running" and j["step"] > 0 for j in d["jobs"]), timeout=60)
+    running = k.comm_wait(
+        lambda d: d.get("type") == "state" and any(j["state"] == "running" and j["step"] > 0 for j in d["jobs"]),
+        timeout=60,
+    )
     job = running["jobs"][-1]
     assert job["foreground"] is True
     t0 = time.perf_counter()

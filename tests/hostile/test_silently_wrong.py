@@ -16,13 +16,14 @@
 * A LoRA model on a GGUF base exports merged (transformers cannot put an adapter on a GGUF-only
   folder); the adapter itself, when asked for, loads with ``%llm load DIR``.
 """
+
 from __future__ import annotations
 
 import json
 
 import pytest
-
 from hostile_kit import assert_consistent, one_line, tiny_classifier
+
 
 # ---------------------------------------------------------------------------- parser rule
 @pytest.fixture
@@ -37,28 +38,38 @@ def recorded(shell, monkeypatch):
     return shell
 
 
-@pytest.mark.parametrize("line, text, options", [
-    # the input from the sweep: options after the text are options (it answered "I'm Max-new-tokens-4…")
-    ("chat smol --reset Say hi --max-new-tokens 4", "Say hi", {"reset": True, "max_new_tokens": 4}),
-    ("generate smol Once upon a time --temperature 0.5 --seed 3", "Once upon a time", {"temperature": 0.5, "seed": 3}),
-    ("generate smol a  b --temperature 0.5 c   d", "a  b c   d", {"temperature": 0.5}),  # spacing inside parts kept
-    ("generate smol -- Explain what --seed does", "Explain what --seed does", {}),       # `--` ends the options
-    ('generate smol "Explain --seed" --max-new-tokens 40', "Explain --seed", {"max_new_tokens": 40}),
-    ('chat smol He said "use --force" and left', 'He said "use --force" and left', {}),  # quoted --words are text
-    ("generate smol count down --> 5 --- x", "count down --> 5 --- x", {}),             # not option-shaped
-    ('data search rt "a boring plot" --k 5', "a boring plot", {"k": 5}),
-])
+@pytest.mark.parametrize(
+    "line, text, options",
+    [
+        # the input from the sweep: options after the text are options (it answered "I'm Max-new-tokens-4…")
+        ("chat smol --reset Say hi --max-new-tokens 4", "Say hi", {"reset": True, "max_new_tokens": 4}),
+        (
+            "generate smol Once upon a time --temperature 0.5 --seed 3",
+            "Once upon a time",
+            {"temperature": 0.5, "seed": 3},
+        ),
+        ("generate smol a  b --temperature 0.5 c   d", "a  b c   d", {"temperature": 0.5}),  # spacing inside parts kept
+        ("generate smol -- Explain what --seed does", "Explain what --seed does", {}),  # `--` ends the options
+        ('generate smol "Explain --seed" --max-new-tokens 40', "Explain --seed", {"max_new_tokens": 40}),
+        ('chat smol He said "use --force" and left', 'He said "use --force" and left', {}),  # quoted --words are text
+        ("generate smol count down --> 5 --- x", "count down --> 5 --- x", {}),  # not option-shaped
+        ('data search rt "a boring plot" --k 5', "a boring plot", {"k": 5}),
+    ],
+)
 def test_options_anywhere_double_dash_ends_them_quotes_keep_text(recorded, line, text, options):
     recorded.run_line_magic("llm", line)
     got = recorded.calls[-1]
     assert got["text"] == text and all(got[k] == v for k, v in options.items()), got
 
 
-@pytest.mark.parametrize("line, expected", [
-    ("generate smol Write a --verbose flag parser", "unknown option --verbose for `%llm generate`"),
-    ("generate smol hello --max-new-token 4", "did you mean: --max-new-tokens"),
-    ("chat smol hi --system", "--system needs a value"),
-])
+@pytest.mark.parametrize(
+    "line, expected",
+    [
+        ("generate smol Write a --verbose flag parser", "unknown option --verbose for `%llm generate`"),
+        ("generate smol hello --max-new-token 4", "did you mean: --max-new-tokens"),
+        ("chat smol hi --system", "--system needs a value"),
+    ],
+)
 def test_a_word_that_is_no_option_is_an_error_not_prompt_text(recorded, capsys, line, expected):
     recorded.run_line_magic("llm", line)
     err = one_line(capsys.readouterr().err, expected)
@@ -96,11 +107,14 @@ def _same(a, b):
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("options", [
-    "--lr 1e9 --max-steps 1 --warmup-ratio 0",            # the sweep's input: the one update wrecks the weights
-    "--lr 1e9 --max-steps 4 --warmup-ratio 0 --batch-size 8",
-    "--lr 1e9 --max-steps 4 --warmup-ratio 0 --batch-size 8 --method lora",
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        "--lr 1e9 --max-steps 1 --warmup-ratio 0",  # the sweep's input: the one update wrecks the weights
+        "--lr 1e9 --max-steps 4 --warmup-ratio 0 --batch-size 8",
+        "--lr 1e9 --max-steps 4 --warmup-ratio 0 --batch-size 8 --method lora",
+    ],
+)
 def test_divergence_ends_the_run_as_diverged_and_keeps_the_weights(trained, shell, capsys, options):
     api = trained
     before = _weights(api, "tb")
@@ -123,8 +137,9 @@ def test_divergence_ends_the_run_as_diverged_and_keeps_the_weights(trained, shel
 def test_a_diverging_background_job_ends_diverged_too(trained):
     api = trained
     before = _weights(api, "tb")
-    job = api.finetune("tb", "rows", lr=1e9, max_steps=4, warmup_ratio=0.0, batch_size=8, progress=False,
-                       background=True)
+    job = api.finetune(
+        "tb", "rows", lr=1e9, max_steps=4, warmup_ratio=0.0, batch_size=8, progress=False, background=True
+    )
     job.wait(120)
     assert job.state == "diverged" and job.result.status == "diverged"
     assert _same(_weights(api, "tb"), before)
@@ -141,12 +156,15 @@ def test_a_batch_larger_than_the_rows_is_clamped_with_a_note(trained, capsys, ba
     assert ("batch size" in err and "more than the 30 training rows; trained with 30 (batch_size=30)" in err) == note
 
 
-@pytest.mark.parametrize("options, note", [
-    ({"max_steps": 1}, "its only step has learning rate 0, so nothing is learned; give warmup_ratio=0"),
-    ({"max_steps": 2, "batch_size": 15, "warmup_ratio": 0.9}, "the learning rate never reaches lr=5e-05"),
-    ({"max_steps": 4, "batch_size": 8}, None),  # 0.06 x 4 steps: 1 step of warmup, 3 at the learning rate
-    ({"max_steps": 1, "warmup_ratio": 0.0}, None),
-])
+@pytest.mark.parametrize(
+    "options, note",
+    [
+        ({"max_steps": 1}, "its only step has learning rate 0, so nothing is learned; give warmup_ratio=0"),
+        ({"max_steps": 2, "batch_size": 15, "warmup_ratio": 0.9}, "the learning rate never reaches lr=5e-05"),
+        ({"max_steps": 4, "batch_size": 8}, None),  # 0.06 x 4 steps: 1 step of warmup, 3 at the learning rate
+        ({"max_steps": 1, "warmup_ratio": 0.0}, None),
+    ],
+)
 def test_a_warmup_that_takes_the_whole_run_is_said(trained, capsys, options, note):
     """``--lr 1e9 --max-steps 1`` once reported a sound run: with the default warmup its one step has
     learning rate 0 (the Trainer's linear schedule does the same), so it must say so."""
@@ -160,16 +178,19 @@ def test_a_warmup_that_takes_the_whole_run_is_said(trained, capsys, options, not
 
 
 # ---------------------------------------------------------------------------- nonsense settings
-@pytest.mark.parametrize("line, expected", [
-    ("generate m hi --temperature nan", "temperature must be a number ≥ 0"),
-    ("generate m hi --temperature -1", "temperature must be a number ≥ 0"),
-    ("generate m hi --temperature 0.7 --top-p 1.5", "top_p must be in (0, 1]"),
-    ("load {bert} --as k --task embedding --keep-alive -5", "'-5' is not a duration"),
-    ("load {bert} --as k --task embedding --keep-alive -2h", "'-2h' is not a duration"),
-    ("budget --gpu 0:1GB", "there is no GPU 0 on this machine (devices: cpu"),
-    ("budget --gpu 7:1GB --cpu 8GiB", "there is no GPU 7"),
-    ("budget --gpu x:1GB", "write INDEX:SIZE, e.g. --gpu 0:20GiB"),
-])
+@pytest.mark.parametrize(
+    "line, expected",
+    [
+        ("generate m hi --temperature nan", "temperature must be a number ≥ 0"),
+        ("generate m hi --temperature -1", "temperature must be a number ≥ 0"),
+        ("generate m hi --temperature 0.7 --top-p 1.5", "top_p must be in (0, 1]"),
+        ("load {bert} --as k --task embedding --keep-alive -5", "'-5' is not a duration"),
+        ("load {bert} --as k --task embedding --keep-alive -2h", "'-2h' is not a duration"),
+        ("budget --gpu 0:1GB", "there is no GPU 0 on this machine (devices: cpu"),
+        ("budget --gpu 7:1GB --cpu 8GiB", "there is no GPU 7"),
+        ("budget --gpu x:1GB", "write INDEX:SIZE, e.g. --gpu 0:20GiB"),
+    ],
+)
 def test_nonsense_settings_are_one_line_and_change_nothing(shell, capsys, tiny_llama, tiny_bert, line, expected):
     api = shell.api
     api.load(str(tiny_llama), alias="m", task="causal-lm")
@@ -200,23 +221,29 @@ def _with_config(src, dst, **changes):
 def test_shipped_code_that_was_not_run_is_said(shell, capsys, tiny_bert, tmp_path):
     d = _with_config(tiny_bert, tmp_path / "custom", auto_map={"AutoModel": "modeling_x.XModel"})
     shell.run_line_magic("llm", f"load {d} --task embedding --as c")
-    err = one_line(capsys.readouterr().err, "ships its own model code (auto_map: AutoModel → modeling_x.XModel)",
-                   "which was not run", "--trust-remote-code")
+    err = one_line(
+        capsys.readouterr().err,
+        "ships its own model code (auto_map: AutoModel → modeling_x.XModel)",
+        "which was not run",
+        "--trust-remote-code",
+    )
     assert "only for a source you trust" in err and shell.api.manager().get("c").task == "embedding"
     shell.api.load(str(tiny_bert), alias="plain", task="embedding")  # no auto_map: no note
     assert capsys.readouterr().err == ""
 
 
-def test_the_task_comes_from_the_architectures_and_an_encoder_never_generates(shell, capsys, tiny_bert, tiny_llama,
-                                                                           tmp_path):
+def test_the_task_comes_from_the_architectures_and_an_encoder_never_generates(
+    shell, capsys, tiny_bert, tiny_llama, tmp_path
+):
     api = shell.api
     shell.run_line_magic("llm", f"load {tiny_bert} --as b")  # BertModel: an encoder → embedding, not causal-lm
     assert api.manager().get("b").task == "embedding"
     shell.run_line_magic("llm", "generate b hello")
     one_line(capsys.readouterr().err, "'b' is loaded as embedding; generate needs a causal-lm model")
     shell.run_line_magic("llm", f"load {tiny_bert} --as b2 --task causal-lm")
-    one_line(capsys.readouterr().err, "is an encoder (BertModel, model_type 'bert')", "cannot generate",
-             "--task embedding")
+    one_line(
+        capsys.readouterr().err, "is an encoder (BertModel, model_type 'bert')", "cannot generate", "--task embedding"
+    )
     assert "b2" not in api.manager().aliases()
     shell.run_line_magic("llm", f"load {tiny_llama} --as l")  # LlamaForCausalLM → causal-lm
     seqcls = _with_config(tiny_bert, tmp_path / "cls", architectures=["BertForSequenceClassification"])
@@ -258,8 +285,12 @@ def test_an_empty_text_is_one_rule_for_the_api_and_the_magics(trained, shell, ca
 
     api = trained
     api.load(str(tiny_bert), alias="e", task="embedding")
-    for call in (lambda: api.classify("tb", ""), lambda: api.classify("tb", "   "), lambda: api.embed("e", ""),
-                 lambda: api.classify("tb", ["ok", " "])):
+    for call in (
+        lambda: api.classify("tb", ""),
+        lambda: api.classify("tb", "   "),
+        lambda: api.embed("e", ""),
+        lambda: api.classify("tb", ["ok", " "]),
+    ):
         with pytest.raises(UsageError, match="empty"):
             call()
     capsys.readouterr()
@@ -299,8 +330,12 @@ def test_lora_on_a_gguf_base_exports_merged_and_its_adapter_loads(shell, capsys,
 
     api = shell.api
     gguf = tmp_path / "tiny.gguf"
-    export_gguf(AutoModelForCausalLM.from_pretrained(tiny_llama), AutoTokenizer.from_pretrained(tiny_llama), gguf,
-                quantize="f32")
+    export_gguf(
+        AutoModelForCausalLM.from_pretrained(tiny_llama),
+        AutoTokenizer.from_pretrained(tiny_llama),
+        gguf,
+        quantize="f32",
+    )
     api.load(str(gguf), alias="t", engine="transformers")
     api.data_load([{"prompt": "say hi", "response": "hi"}, {"prompt": "say no", "response": "no"}] * 4, name="p")
     api.finetune("t", "p", method="lora", max_steps=2, batch_size=4, lr=1e-2, progress=False)

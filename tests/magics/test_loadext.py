@@ -1,5 +1,6 @@
 """`%load_ext llmos_jupyter` stays light: no torch, transformers, datasets, llama.cpp or the server's
 FastAPI/uvicorn imported."""
+
 import json
 import subprocess
 import sys

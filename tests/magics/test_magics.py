@@ -1,4 +1,5 @@
 """The %llm grammar and the user-error contract (prompt text reaches the API verbatim; bad input is one line)."""
+
 from __future__ import annotations
 
 import pytest
@@ -18,22 +19,27 @@ def shell(monkeypatch):
         calls.append({"alias": alias, "message": message, **kw})
 
     monkeypatch.setattr(api, "chat", record)
-    monkeypatch.setattr(api, "generate", lambda alias, prompt, **kw: calls.append({"alias": alias, "prompt": prompt, **kw}))
+    monkeypatch.setattr(
+        api, "generate", lambda alias, prompt, **kw: calls.append({"alias": alias, "prompt": prompt, **kw})
+    )
     ip.calls = calls
     return ip
 
 
-@pytest.mark.parametrize("typed, received", [
-    ("say hi to {name}", "say hi to Bob"),                      # documented interpolation
-    ("cost is $5 and $name", "cost is $5 and $name"),           # IPython must not expand $
-    ("{12} {12} {}", "{12} {12} {}"),                           # not identifiers: kept
-    ('return JSON like {"a": 1}', 'return JSON like {"a": 1}'),  # JSON braces and quotes survive
-    ('héllo wörld 🙂 "quoted"', 'héllo wörld 🙂 "quoted"'),
-    ("{{name}} is literal", "{name} is literal"),
-    ("{undefined_var} stays", "{undefined_var} stays"),
-    ("don't stop", "don't stop"),                                # a lone apostrophe is text
-    ('"one quoted string"', "one quoted string"),
-])
+@pytest.mark.parametrize(
+    "typed, received",
+    [
+        ("say hi to {name}", "say hi to Bob"),  # documented interpolation
+        ("cost is $5 and $name", "cost is $5 and $name"),  # IPython must not expand $
+        ("{12} {12} {}", "{12} {12} {}"),  # not identifiers: kept
+        ('return JSON like {"a": 1}', 'return JSON like {"a": 1}'),  # JSON braces and quotes survive
+        ('héllo wörld 🙂 "quoted"', 'héllo wörld 🙂 "quoted"'),
+        ("{{name}} is literal", "{name} is literal"),
+        ("{undefined_var} stays", "{undefined_var} stays"),
+        ("don't stop", "don't stop"),  # a lone apostrophe is text
+        ('"one quoted string"', "one quoted string"),
+    ],
+)
 def test_line_prompt_reaches_api_verbatim(shell, typed, received):
     shell.run_line_magic("llm", f"chat smol {typed}")
     assert shell.calls[-1]["message"] == received
@@ -55,18 +61,21 @@ def test_quoted_option_value(shell):
     assert shell.calls[-1]["max_new_tokens"] == 7 and shell.calls[-1]["temperature"] == 0.5
 
 
-@pytest.mark.parametrize("line, cell, expected", [
-    ("chat smol --system 'unterminated", None, "unterminated ' quote"),
-    ("chat smol", "   \n  \t", "cell body is empty"),
-    ("chat smol", None, "needs MESSAGE"),
-    ("lod x", None, "did you mean: load"),
-    ("load x --tsk causal-lm", None, "unknown option --tsk"),
-    ("load x --task", None, "--task needs a value"),
-    ("load", None, "needs SOURCE"),
-    ("finetune m d --epochs two", None, "--epochs takes a whole number"),
-    ("data frobnicate x", None, "unknown data subcommand 'frobnicate'"),
-    ("ps", "body", "not a cell magic"),
-])
+@pytest.mark.parametrize(
+    "line, cell, expected",
+    [
+        ("chat smol --system 'unterminated", None, "unterminated ' quote"),
+        ("chat smol", "   \n  \t", "cell body is empty"),
+        ("chat smol", None, "needs MESSAGE"),
+        ("lod x", None, "did you mean: load"),
+        ("load x --tsk causal-lm", None, "unknown option --tsk"),
+        ("load x --task", None, "--task needs a value"),
+        ("load", None, "needs SOURCE"),
+        ("finetune m d --epochs two", None, "--epochs takes a whole number"),
+        ("data frobnicate x", None, "unknown data subcommand 'frobnicate'"),
+        ("ps", "body", "not a cell magic"),
+    ],
+)
 def test_user_errors_are_one_line_on_stderr(shell, capsys, line, cell, expected):
     n = len(shell.calls)
     result = shell.run_cell_magic("llm", line, cell) if cell is not None else shell.run_line_magic("llm", line)
@@ -126,8 +135,12 @@ def test_serve_magics_reach_the_api_and_help_lists_them(shell, capsys, monkeypat
     shell.run_line_magic("llm", "serve --host 0.0.0.0 --port 8765 --models a,b --max-queue 4 --max-batch 1")
     assert got == {"host": "0.0.0.0", "port": 8765, "models": "a,b", "max_queue": 4, "max_batch": 1}
     text = repr(shell.run_line_magic("llm", "help serve"))
-    for want in ("%llm serve [--port N] [--host ADDR] [--models A,B]", "%llm serve status", "%llm serve stop",
-                 "prints a warning"):
+    for want in (
+        "%llm serve [--port N] [--host ADDR] [--models A,B]",
+        "%llm serve status",
+        "%llm serve stop",
+        "prints a warning",
+    ):
         assert want in text, text
     monkeypatch.undo()  # the real api.serve checks the port before binding anything
     shell.run_line_magic("llm", "serve --port 70000")

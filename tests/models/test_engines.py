@@ -7,6 +7,7 @@ newer versions, and models with several end tokens kept generating past one of t
 ``<|eot_id|>`` and whole fake turns). Our llama.cpp engine renders the GGUF's own template the
 way transformers' ``apply_chat_template`` does and stops at every end-of-generation token.
 """
+
 from __future__ import annotations
 
 import os
@@ -83,7 +84,7 @@ def test_transformers_streaming_equals_its_own_generate(fresh_api, tiny_llama):
     ids = rec.tokenizer("the quick brown", return_tensors="pt")
     with torch.no_grad():
         gen = rec.model.generate(**ids, max_new_tokens=12, min_new_tokens=12, do_sample=False)
-    ref = rec.tokenizer.decode(gen[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    ref = rec.tokenizer.decode(gen[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
     assert "".join(pieces) == ref
     assert fresh_api.generate("t", "the quick brown", max_new_tokens=12, min_new_tokens=12, stream=False) == ref
 
@@ -175,8 +176,14 @@ def test_eviction_admits_on_the_real_cost(fresh_api, pulled):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("spec,engine", [("all-minilm-l6-v2", "transformers"), ("smollm2-135m-instruct", "transformers"),
-                                         ("smollm2-135m-instruct", "llama.cpp")])
+@pytest.mark.parametrize(
+    "spec,engine",
+    [
+        ("all-minilm-l6-v2", "transformers"),
+        ("smollm2-135m-instruct", "transformers"),
+        ("smollm2-135m-instruct", "llama.cpp"),
+    ],
+)
 def test_real_cost_matches_a_fresh_process(pulled, spec, engine, tmp_path):
     """`ps` real cost (and the estimate before load) within 10% of the RSS a separate, fresh
     process gains by loading the same model with the plain library — after importing the
@@ -188,35 +195,49 @@ def test_real_cost_matches_a_fresh_process(pulled, spec, engine, tmp_path):
     home = os.environ["LLMOS_HOME"]
     d = pulled[spec]
     if engine == "llama.cpp":
-        plain = (f"import llama_cpp, psutil; p = psutil.Process(); r0 = p.memory_info().rss; "
-                 f"m = llama_cpp.Llama(model_path={str(d / GGUF)!r}, n_ctx=4096, n_threads=2, verbose=False); "
-                 f"m.eval(m.tokenize(b'hello')); print(p.memory_info().rss - r0)")
+        plain = (
+            f"import llama_cpp, psutil; p = psutil.Process(); r0 = p.memory_info().rss; "
+            f"m = llama_cpp.Llama(model_path={str(d / GGUF)!r}, n_ctx=4096, n_threads=2, verbose=False); "
+            f"m.eval(m.tokenize(b'hello')); print(p.memory_info().rss - r0)"
+        )
     elif spec == "all-minilm-l6-v2":
-        plain = (f"import torch, transformers, psutil; from transformers import AutoModel, AutoTokenizer; "
-                 f"import transformers.models.bert.modeling_bert; "
-                 f"p = psutil.Process(); r0 = p.memory_info().rss; m = AutoModel.from_pretrained({str(d)!r}); "
-                 f"t = AutoTokenizer.from_pretrained({str(d)!r}); m(**t(['a first call pages the weights in'], "
-                 f"return_tensors='pt')); print(p.memory_info().rss - r0)")
+        plain = (
+            f"import torch, transformers, psutil; from transformers import AutoModel, AutoTokenizer; "
+            f"import transformers.models.bert.modeling_bert; "
+            f"p = psutil.Process(); r0 = p.memory_info().rss; m = AutoModel.from_pretrained({str(d)!r}); "
+            f"t = AutoTokenizer.from_pretrained({str(d)!r}); m(**t(['a first call pages the weights in'], "
+            f"return_tensors='pt')); print(p.memory_info().rss - r0)"
+        )
     else:
-        plain = (f"import torch, transformers, gguf, psutil; from transformers import AutoModelForCausalLM, AutoTokenizer; "
-                 f"import transformers.models.llama.modeling_llama, transformers.modeling_gguf_pytorch_utils; "
-                 f"p = psutil.Process(); r0 = p.memory_info().rss; "
-                 f"m = AutoModelForCausalLM.from_pretrained({str(d)!r}, gguf_file={GGUF!r}, dtype=torch.float32); "
-                 f"t = AutoTokenizer.from_pretrained({str(d)!r}, gguf_file={GGUF!r}); print(p.memory_info().rss - r0)")
+        plain = (
+            f"import torch, transformers, gguf, psutil; from transformers import AutoModelForCausalLM, AutoTokenizer; "
+            f"import transformers.models.llama.modeling_llama, transformers.modeling_gguf_pytorch_utils; "
+            f"p = psutil.Process(); r0 = p.memory_info().rss; "
+            f"m = AutoModelForCausalLM.from_pretrained({str(d)!r}, gguf_file={GGUF!r}, dtype=torch.float32); "
+            f"t = AutoTokenizer.from_pretrained({str(d)!r}, gguf_file={GGUF!r}); print(p.memory_info().rss - r0)"
+        )
     # once per process, not per model: the libraries, the manager and the meta-device estimate are
     # set up first; both RSS readings follow a malloc_trim, as the manager's own readings do (glibc's
     # free lists are not memory the model holds)
-    ours = (f"import json, psutil; from llmos_jupyter import api; from llmos_jupyter.models import loading; "
-            f"from llmos_jupyter.resources.manager import _malloc_trim; "
-            f"loading.prepare({spec!r}); import llama_cpp; api.manager(); loading.estimate({spec!r}, None, None); "
-            f"_malloc_trim(); p = psutil.Process(); r0 = p.memory_info().rss; "
-            f"api.load({spec!r}, alias='m', engine={engine!r}); _malloc_trim(); r1 = p.memory_info().rss; "
-            f"r = api.manager().get('m'); print(json.dumps([r.estimated_bytes, r.real_bytes['cpu'], r1 - r0]))")
+    ours = (
+        f"import json, psutil; from llmos_jupyter import api; from llmos_jupyter.models import loading; "
+        f"from llmos_jupyter.resources.manager import _malloc_trim; "
+        f"loading.prepare({spec!r}); import llama_cpp; api.manager(); loading.estimate({spec!r}, None, None); "
+        f"_malloc_trim(); p = psutil.Process(); r0 = p.memory_info().rss; "
+        f"api.load({spec!r}, alias='m', engine={engine!r}); _malloc_trim(); r1 = p.memory_info().rss; "
+        f"r = api.manager().get('m'); print(json.dumps([r.estimated_bytes, r.real_bytes['cpu'], r1 - r0]))"
+    )
     env = dict(os.environ, LLMOS_HOME=home, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    ref = int(subprocess.run([sys.executable, "-c", plain], capture_output=True, text=True, env=env, check=True,
-                             timeout=300).stdout.split()[-1])
-    est, real, whole = json.loads(subprocess.run([sys.executable, "-c", ours], capture_output=True, text=True, env=env,
-                                                 check=True, timeout=300).stdout.splitlines()[-1])
+    ref = int(
+        subprocess.run(
+            [sys.executable, "-c", plain], capture_output=True, text=True, env=env, check=True, timeout=300
+        ).stdout.split()[-1]
+    )
+    est, real, whole = json.loads(
+        subprocess.run(
+            [sys.executable, "-c", ours], capture_output=True, text=True, env=env, check=True, timeout=300
+        ).stdout.splitlines()[-1]
+    )
     assert abs(real - whole) / whole < 0.10, (real, whole)  # nothing the load keeps escapes the measurement
     assert abs(est - real) / real < 0.10, (est, real)
     if spec == "all-minilm-l6-v2":

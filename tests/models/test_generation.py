@@ -1,4 +1,6 @@
-"""Chat templates and streaming (no chat template is one line; a failing generation never hangs the stream) on a tiny random Llama and the real SmolLM2 tokenizer."""
+"""Chat templates and streaming on a tiny random Llama and the real SmolLM2 tokenizer: no chat template
+is one line; a failing generation never hangs the stream."""
+
 from __future__ import annotations
 
 import threading
@@ -23,7 +25,7 @@ def test_no_chat_template_is_one_line(fresh_api, tiny_llama, tmp_path, pulled):
 
     d = tmp_path / "notemplate"
     shutil.copytree(tiny_llama, d)
-    cfg = (d / "tokenizer_config.json")
+    cfg = d / "tokenizer_config.json"
     import json
 
     data = json.loads(cfg.read_text())
@@ -45,7 +47,8 @@ def test_smollm2_prompt_is_exact(pulled):
     tok = AutoTokenizer.from_pretrained(d, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
     assert render_chat(tok, [{"role": "user", "content": "hi"}]) == (
         "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
-        "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
+        "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    )
 
 
 def test_failure_in_worker_surfaces_fast_and_model_stays_usable(fresh_api, tiny_llama):

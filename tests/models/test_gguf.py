@@ -1,4 +1,5 @@
 """GGUF models: sizes before load, broken or unsupported files, dequantised models are trainable."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -9,6 +9,7 @@ tokenizer metadata (chat template, special ids, token types) must travel or llam
 different prompt. Fast tests use tiny random Llama/Qwen2 models with SmolLM2's vocabulary (so
 its GGUF supplies the tokenizer); the slow one exports SmolLM2 itself.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -19,8 +20,35 @@ from llmos_jupyter.errors import UsageError
 pytest.importorskip("llama_cpp", reason="the [llamacpp] extra is part of `make install`")
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-PROMPT_IDS = [1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 2, 198, 1, 4093, 198, 1780, 314, 260, 3575, 282,
-              4649, 47, 2, 198, 1, 520, 9531, 198]
+PROMPT_IDS = [
+    1,
+    9690,
+    198,
+    2683,
+    359,
+    253,
+    5356,
+    5646,
+    11173,
+    2,
+    198,
+    1,
+    4093,
+    198,
+    1780,
+    314,
+    260,
+    3575,
+    282,
+    4649,
+    47,
+    2,
+    198,
+    1,
+    520,
+    9531,
+    198,
+]
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +63,19 @@ def tiny(kind="llama", tie=True, seed=0):
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(seed)
-    common = dict(vocab_size=49152, hidden_size=96, intermediate_size=128, num_hidden_layers=2, num_attention_heads=6,
-                  num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=tie, rms_norm_eps=1e-5,
-                  bos_token_id=1, eos_token_id=2)
+    common = dict(
+        vocab_size=49152,
+        hidden_size=96,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=tie,
+        rms_norm_eps=1e-5,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     if kind == "qwen2":
         model = Qwen2ForCausalLM(Qwen2Config(**common))
     else:
@@ -102,8 +140,9 @@ def test_without_the_qk_permutation_llama_cpp_computes_something_else(tmp_path, 
 def test_lora_model_is_merged_and_the_adapters_stay(tmp_path, smol_file):
     from peft import LoraConfig, get_peft_model
 
-    model = get_peft_model(tiny("llama"), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                                                     init_lora_weights=False))
+    model = get_peft_model(
+        tiny("llama"), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
     export(model, tmp_path / "m.gguf", smol_file)
     assert any("lora_A" in n for n, _ in model.named_parameters())  # the caller's model keeps its adapters
     ref, got = hf_logits(model, PROMPT_IDS), llama_logits(tmp_path / "m.gguf", PROMPT_IDS)
@@ -150,7 +189,8 @@ def test_tokenizer_metadata_built_from_hf_matches_the_gguf(smol_file):
     assert warning is None and built["tokenizer.ggml.pre"][0] == "gpt2"
     # …while SmolLM2's own tokenizer.json splits digits first: llama.cpp's "smollm", as in the GGUF
     tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)])
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
     assert tokenizer_fields_from_hf(tok)[0]["tokenizer.ggml.pre"][0] == orig["tokenizer.ggml.pre"][0] == "smollm"
     tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
     fields, warning = tokenizer_fields_from_hf(tok)
@@ -204,22 +244,39 @@ def test_smollm2_export_gives_the_same_greedy_answers(tmp_path, fresh_api, smol_
     import torch
     from llama_cpp import Llama
 
-    prompts = ["What is the capital of France?", "Name three colours.", "What is 2 + 2?", "Say hello in Spanish.",
-               "What is the largest planet?", "Who wrote Hamlet?", "What do bees make?", "Translate 'cat' to French.",
-               "What is water made of?", "How many days are in a week?", "What is the opposite of hot?",
-               "Give me a synonym for happy.", "What colour is the sky?", "What is the boiling point of water?",
-               "Name a fruit that is yellow.", "What is the square root of 16?", "Who painted the Mona Lisa?",
-               "What language is spoken in Brazil?", "What is the freezing point of water?", "Name an ocean."]
+    prompts = [
+        "What is the capital of France?",
+        "Name three colours.",
+        "What is 2 + 2?",
+        "Say hello in Spanish.",
+        "What is the largest planet?",
+        "Who wrote Hamlet?",
+        "What do bees make?",
+        "Translate 'cat' to French.",
+        "What is water made of?",
+        "How many days are in a week?",
+        "What is the opposite of hot?",
+        "Give me a synonym for happy.",
+        "What colour is the sky?",
+        "What is the boiling point of water?",
+        "Name a fruit that is yellow.",
+        "What is the square root of 16?",
+        "Who painted the Mona Lisa?",
+        "What language is spoken in Brazil?",
+        "What is the freezing point of water?",
+        "Name an ocean.",
+    ]
     fresh_api.load("smollm2-135m-instruct", alias="hf", engine="transformers")
     rec = fresh_api.manager().get("hf")
     engine = rec.inference()
-    ids = [engine.tokenize(engine.render_chat([{"role": "user", "content": p}]), add_special_tokens=False)
-           for p in prompts]
+    ids = [
+        engine.tokenize(engine.render_chat([{"role": "user", "content": p}]), add_special_tokens=False) for p in prompts
+    ]
 
     def hf_tokens(x):
         with torch.no_grad():
             out = rec.model.generate(torch.tensor([x]), max_new_tokens=48, do_sample=False, pad_token_id=2)
-        toks = out[0, len(x):].tolist()
+        toks = out[0, len(x) :].tolist()
         return toks[: toks.index(2)] if 2 in toks else toks  # the end token is not part of the answer
 
     def margin(x):

@@ -3,6 +3,7 @@
 Each row's logits must equal the same text run alone within 1e-5, padded left and right, and a
 real trailing eos must be pooled as a real token (transformers' own pooling takes it for padding).
 """
+
 from __future__ import annotations
 
 import pytest
@@ -72,11 +73,17 @@ def test_tiny_llama_classifier_trains_with_padding(tiny_llama, tmp_path):
     tok = AutoTokenizer.from_pretrained(tiny_llama)
     tok.pad_token = tok.eos_token
     torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_pretrained(tiny_llama, num_labels=2, pad_token_id=tok.pad_token_id).eval()
+    model = AutoModelForSequenceClassification.from_pretrained(
+        tiny_llama, num_labels=2, pad_token_id=tok.pad_token_id
+    ).eval()
     assert pool_by_attention_mask(model)
     _check_padding_sides(model, tok)
-    peft_model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=4, lora_alpha=8,
-                                                   target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    peft_model = get_peft_model(
+        model,
+        LoraConfig(
+            task_type=TaskType.SEQ_CLS, r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False
+        ),
+    )
     _check_padding_sides(peft_model, tok)
     tok.padding_side = "left"
     enc = tok(TEXTS, padding=True, return_tensors="pt")

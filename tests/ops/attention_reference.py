@@ -7,6 +7,7 @@ inputs and ``torch_same`` PyTorch's own attention computed in the test dtype, th
 
 for the output and for each of dq, dk, dv.
 """
+
 from __future__ import annotations
 
 import torch
@@ -40,7 +41,7 @@ def attention_math(q, k, v, *, causal=False, mask=None, scale=None, dtype=None):
     dtype = dtype or q.dtype
     B, H, S_q, D = q.shape
     H_kv, S_k = k.shape[1], k.shape[2]
-    scale = D ** -0.5 if scale is None else scale
+    scale = D**-0.5 if scale is None else scale
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     k = k.repeat_interleave(H // H_kv, dim=1)  # GQA: autograd sums the group's gradients
     v = v.repeat_interleave(H // H_kv, dim=1)
@@ -63,7 +64,7 @@ def padding_mask(B, S_q, S_k, side: str | None, device="cpu") -> torch.Tensor | 
             if side == "left":
                 keep[b, :n_pad] = False
             else:
-                keep[b, S_k - n_pad:] = False
+                keep[b, S_k - n_pad :] = False
     return keep[:, None, None, :].expand(B, 1, S_q, S_k)
 
 
@@ -84,8 +85,9 @@ def check_rule(name: str, ours: torch.Tensor, torch_same: torch.Tensor, ref: tor
     w = WORST.setdefault(key, {"ratio": -1.0})
     if err / bound > w["ratio"]:
         w.update(ratio=err / bound, err=err, err_torch=err_torch, atol=atol, what=f"{case} {name}")
-    assert err <= bound, (f"{case} {name}: max err {err:.3g} > 2 x torch {err_torch:.3g} + {atol:g}; "
-                          f"worst {worst_element(ours, ref)}")
+    assert err <= bound, (
+        f"{case} {name}: max err {err:.3g} > 2 x torch {err_torch:.3g} + {atol:g}; worst {worst_element(ours, ref)}"
+    )
 
 
 def make_inputs(B, H, H_kv, S_q, S_k, D, dtype, device, seed=0):

@@ -3,6 +3,7 @@ imported (triton.jit reads it when it decorates). On a machine with CUDA the var
 alone, so the same tests run the compiled kernels on the GPU (and the gpu-marked ones run too);
 set TRITON_INTERPRET=1 yourself to force the interpreter there.
 """
+
 import importlib
 import os
 import sys
@@ -44,4 +45,5 @@ def pytest_terminal_summary(terminalreporter):
     for dtype, w in sorted(WORST.items()):
         terminalreporter.write_line(
             f"{dtype:9s} err {w['err']:.3g}  torch {w['err_torch']:.3g}  atol {w['atol']:g}  "
-            f"ratio err/bound {w['ratio']:.2f}  ({w['what']})")
+            f"ratio err/bound {w['ratio']:.2f}  ({w['what']})"
+        )

@@ -3,6 +3,7 @@
 On a CPU these run the real kernels in Triton's interpreter (conftest sets TRITON_INTERPRET=1);
 with CUDA they run compiled on the GPU. Shapes are kept small for the interpreter.
 """
+
 import subprocess
 import sys
 from pathlib import Path
@@ -49,7 +50,7 @@ def test_strided_kv_from_a_larger_cache(device):
     B, H, H_kv, S, D = 2, 4, 2, 21, 16
     q, _, _, do = make_inputs(B, H, H_kv, S, S, D, torch.float32, device)
     cache = torch.randn(2, B, H_kv, 64, D, device=device)
-    k, v = cache[0, :, :, 5:5 + S], cache[1, :, :, 5:5 + S]
+    k, v = cache[0, :, :, 5 : 5 + S], cache[1, :, :, 5 : 5 + S]
     assert not k.is_contiguous() and not q.is_contiguous()
     out = flash_attention(q, k, v, causal=True)
     ref = attention_math(q, k, v, causal=True, dtype=torch.float32)
@@ -91,15 +92,18 @@ def test_two_d_and_head_broadcast_masks_equal_the_four_d_mask(device):
     assert torch.equal(a, b) and torch.equal(a, c)
 
 
-@pytest.mark.parametrize("bad, match", [
-    (dict(q=(2, 4, 8, 8), k=(2, 2, 8, 8), v=(2, 2, 8, 8)), "head dim 8"),
-    (dict(k=(2, 3, 8, 16), v=(2, 3, 8, 16)), "multiple of num_key_value_heads"),
-    (dict(v=(2, 2, 9, 16)), "k and v"),
-    (dict(q=(4, 8, 16)), "4-D"),
-    (dict(mask=torch.zeros(2, 1, 8, 8)), "boolean"),
-    (dict(mask=torch.ones(3, 1, 8, 8, dtype=torch.bool)), "does not broadcast"),
-    (dict(kdtype=torch.float16), "one dtype"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(q=(2, 4, 8, 8), k=(2, 2, 8, 8), v=(2, 2, 8, 8)), "head dim 8"),
+        (dict(k=(2, 3, 8, 16), v=(2, 3, 8, 16)), "multiple of num_key_value_heads"),
+        (dict(v=(2, 2, 9, 16)), "k and v"),
+        (dict(q=(4, 8, 16)), "4-D"),
+        (dict(mask=torch.zeros(2, 1, 8, 8)), "boolean"),
+        (dict(mask=torch.ones(3, 1, 8, 8, dtype=torch.bool)), "does not broadcast"),
+        (dict(kdtype=torch.float16), "one dtype"),
+    ],
+)
 def test_bad_inputs_raise_usage_error(bad, match, device):
     q = torch.randn(*bad.get("q", (2, 4, 8, 16)), device=device)
     k = torch.randn(*bad.get("k", (2, 2, 8, 16)), device=device).to(bad.get("kdtype", torch.float32))
@@ -123,8 +127,9 @@ def test_is_available_and_pinned_config_under_the_interpreter():
 def test_gpu_config_space_is_pruned_for_large_head_dims():
     import triton
 
-    configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
-               for m, n, w, s in attention._FWD_SPACE]
+    configs = [
+        triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in attention._FWD_SPACE
+    ]
     prune = attention._prune(lambda c: c.kwargs["BLOCK_M"])
     kept_256 = prune(configs, {}, BLOCK_D=256)
     kept_64 = prune(configs, {}, BLOCK_D=64)
@@ -134,11 +139,18 @@ def test_gpu_config_space_is_pruned_for_large_head_dims():
 
 
 def test_importing_the_package_does_not_import_torch_or_triton():
-    code = ("import sys, llmos_jupyter.ops as ops; "
-            "assert 'torch' not in sys.modules and 'triton' not in sys.modules, 'heavy import'; "
-            "print(ops.__all__)")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         cwd=Path(__file__).resolve().parents[2])
+    code = (
+        "import sys, llmos_jupyter.ops as ops; "
+        "assert 'torch' not in sys.modules and 'triton' not in sys.modules, 'heavy import'; "
+        "print(ops.__all__)"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     assert res.returncode == 0, res.stderr
     assert "flash_attention" in res.stdout
 

@@ -3,6 +3,7 @@ head dims up to 256 (autotune pruning), big grids. Skipped without CUDA or under
 
 Run on a CUDA machine:  .venv/bin/python -m pytest tests/ops -q -m gpu
 """
+
 import pytest
 import torch
 from attention_reference import attention_math, make_inputs, run_and_check
@@ -11,8 +12,10 @@ from llmos_jupyter.ops import attention
 
 pytestmark = [
     pytest.mark.gpu,
-    pytest.mark.skipif(attention.INTERPRET or not torch.cuda.is_available(),
-                       reason="needs CUDA and the compiled Triton kernels (TRITON_INTERPRET unset)"),
+    pytest.mark.skipif(
+        attention.INTERPRET or not torch.cuda.is_available(),
+        reason="needs CUDA and the compiled Triton kernels (TRITON_INTERPRET unset)",
+    ),
 ]
 
 # (B, H, H_kv, S_q, S_k, D)

@@ -3,6 +3,7 @@ the logits of "sdpa" on real tokens (padded and unpadded), the same gradients, t
 tokens with a KV cache, and fall back to SDPA (once, with a notice) where the kernels do not apply.
 A left-padded batch must keep its padding mask (an attention function registered alone gets none).
 """
+
 import os
 import subprocess
 import sys
@@ -11,8 +12,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import (AttentionInterface, AttentionMaskInterface, BertConfig, BertForMaskedLM, LlamaConfig,
-                          LlamaForCausalLM)
+from transformers import (
+    AttentionInterface,
+    AttentionMaskInterface,
+    BertConfig,
+    BertForMaskedLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
 
@@ -22,15 +29,33 @@ VOCAB = 96
 
 
 def _llama_config():
-    return LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=128,
-                       pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    return LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=128,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
 
 
 def _bert_config():
-    return BertConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, max_position_embeddings=64, hidden_dropout_prob=0.0,
-                      attention_probs_dropout_prob=0.0, pad_token_id=0)
+    return BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=64,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        pad_token_id=0,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -87,14 +112,18 @@ def test_register_is_idempotent_and_registers_the_mask_function():
     assert AttentionMaskInterface._global_mapping["llmos_triton"] is sdpa_mask
 
 
-@pytest.mark.parametrize("side, lengths", [("left", (3, 11)), ("right", (3, 11)), (None, (11, 11))],
-                         ids=["left-padded", "right-padded", "unpadded"])
+@pytest.mark.parametrize(
+    "side, lengths",
+    [("left", (3, 11)), ("right", (3, 11)), (None, (11, 11))],
+    ids=["left-padded", "right-padded", "unpadded"],
+)
 def test_llama_logits_match_sdpa_on_real_tokens(saved, device, side, lengths, kernel_calls):
     ids, keep = _batch(lengths, side or "left", device)
     with torch.no_grad():
         ref = _load(LlamaForCausalLM, saved / "llama", "sdpa", device)(input_ids=ids, attention_mask=keep).logits
-        ours = _load(LlamaForCausalLM, saved / "llama", "llmos_triton", device)(input_ids=ids,
-                                                                                attention_mask=keep).logits
+        ours = _load(LlamaForCausalLM, saved / "llama", "llmos_triton", device)(
+            input_ids=ids, attention_mask=keep
+        ).logits
     real = keep.bool()
     err = (ours[real] - ref[real]).abs().max().item()
     assert err < 1e-4, f"max |logit difference| on real tokens = {err:.3g}"
@@ -177,11 +206,14 @@ def test_static_cache_prefill_without_mask_matches_sdpa(device):
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("kwargs, reason", [
-    (dict(dropout=0.1), "dropout"),
-    (dict(softcap=30.0), "softcapping"),
-    (dict(sliding_window=4), "sliding-window"),
-])
+@pytest.mark.parametrize(
+    "kwargs, reason",
+    [
+        (dict(dropout=0.1), "dropout"),
+        (dict(softcap=30.0), "softcapping"),
+        (dict(sliding_window=4), "sliding-window"),
+    ],
+)
 def test_unsupported_features_fall_back_to_sdpa_with_one_notice(device, kwargs, reason, monkeypatch):
     monkeypatch.setattr(registration, "_NOTICED", set())
     q, k, v = _qkv(device)
@@ -243,8 +275,14 @@ assert torch.equal(ours, ref)
 print(notices[0])
 """
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env,
-                         cwd=Path(__file__).resolve().parents[2])
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     assert "using PyTorch SDPA instead" in res.stdout
     assert ("no CUDA device" in res.stdout) or ("tensors are on cpu" in res.stdout)

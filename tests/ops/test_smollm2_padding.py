@@ -1,4 +1,5 @@
 """A left-padded batch on the real packaged SmolLM2: the registered kernel keeps the padding mask."""
+
 import pytest
 import torch
 

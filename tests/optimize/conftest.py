@@ -6,6 +6,7 @@
   key/value heads (grouped), head_dim 8, FFN 64, in eval mode.
 * ``ids``: a fixed batch of token ids with a padded row, ``(3, 7)`` with its attention mask.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -16,9 +17,22 @@ def make_bert(seed: int = 0, **cfg):
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(seed)
-    config = BertConfig(**{**dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                  num_attention_heads=4, max_position_embeddings=32, num_labels=2,
-                                  hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0), **cfg})
+    config = BertConfig(
+        **{
+            **dict(
+                vocab_size=64,
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                max_position_embeddings=32,
+                num_labels=2,
+                hidden_dropout_prob=0.0,
+                attention_probs_dropout_prob=0.0,
+            ),
+            **cfg,
+        }
+    )
     return BertForSequenceClassification(config).eval()
 
 
@@ -27,9 +41,21 @@ def make_llama(seed: int = 0, **cfg):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(**{**dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                                   tie_word_embeddings=True), **cfg})
+    config = LlamaConfig(
+        **{
+            **dict(
+                vocab_size=64,
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                max_position_embeddings=64,
+                tie_word_embeddings=True,
+            ),
+            **cfg,
+        }
+    )
     return LlamaForCausalLM(config).eval()
 
 

@@ -1,5 +1,6 @@
 """torch.compile of tiny models on the CPU: the compiled forward (seq-cls) and the compiled
 decode step with a static cache (causal-lm) give the eager model's outputs."""
+
 from __future__ import annotations
 
 import copy

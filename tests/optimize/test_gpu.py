@@ -4,6 +4,7 @@ CUDA (these are the checks a machine with a GPU runs); torchao's levels also nee
 
 Run on a CUDA machine:  .venv/bin/python -m pytest tests/optimize -q -m gpu
 """
+
 from __future__ import annotations
 
 import copy
@@ -22,8 +23,9 @@ def _on_gpu(make):
     return model
 
 
-@pytest.mark.parametrize("level, atol", [("bf16", 0.05), ("fp16", 0.02), ("int8", 0.1), ("int8-weight", 0.05),
-                                         ("int4", 0.3)])
+@pytest.mark.parametrize(
+    "level, atol", [("bf16", 0.05), ("fp16", 0.02), ("int8", 0.1), ("int8-weight", 0.05), ("int4", 0.3)]
+)
 def test_cuda_levels_stay_close_to_fp32(level, atol, tiny_bert_cls, ids):
     if level not in q.supported("cuda:0"):
         pytest.skip(f"{level} is not available here: {q.supported('cuda:0')}")  # torchao absent, or int4 before sm80

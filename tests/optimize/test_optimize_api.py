@@ -1,6 +1,7 @@
 """``api.optimize`` / ``%llm optimize`` on tiny random models: the table's numbers against
 independent measurements, the new alias in classify / eval / export / ps / unload, the run
 registry, and every bad input as one line that leaves nothing behind."""
+
 from __future__ import annotations
 
 import gc
@@ -12,16 +13,20 @@ from IPython.core.interactiveshell import InteractiveShell
 
 from llmos_jupyter.errors import UsageError
 
-WORDS = {1: ["great movie", "a gorgeous, witty, seductive movie", "hello world"],
-         0: ["awful film", "this film was a complete waste of two hours", "the lazy dog"]}
+WORDS = {
+    1: ["great movie", "a gorgeous, witty, seductive movie", "hello world"],
+    0: ["awful film", "this film was a complete waste of two hours", "the lazy dog"],
+}
 
 
 @pytest.fixture
 def tb(fresh_api, tiny_bert):
     """``fresh_api`` with the tiny BERT loaded as seq-cls alias ``tb`` and a labelled dataset
     ``sent`` (48 rows, train 36 / test 12)."""
-    rows = [{"text": WORDS[i % 2][(i // 2) % 3] + ("" if i % 3 else " !"), "label": ["negative", "positive"][i % 2]}
-            for i in range(48)]
+    rows = [
+        {"text": WORDS[i % 2][(i // 2) % 3] + ("" if i % 3 else " !"), "label": ["negative", "positive"][i % 2]}
+        for i in range(48)
+    ]
     fresh_api.data_load(rows, name="sent")
     fresh_api.data_split("sent", test=0.25, seed=0)
     fresh_api.load(str(tiny_bert), task="seq-cls", labels="negative,positive", alias="tb")
@@ -95,8 +100,9 @@ def test_new_alias_is_an_ordinary_model(tb, tmp_path):
 
 def test_recovery_fine_tune_and_structured_rows(tb):
     api = tb
-    table = api.optimize("tb", prune=0.5, structured="ffn", recover_epochs=1, eval="sent", repeats=1,
-                         speed_batches=1, progress=False)
+    table = api.optimize(
+        "tb", prune=0.5, structured="ffn", recover_epochs=1, eval="sent", repeats=1, speed_batches=1, progress=False
+    )
     assert table.alias == "tb-p50f-r1"
     assert _row(table, "FFN neurons per layer")["before"] == 64 and _row(table, "FFN neurons per layer")["after"] == 32
     rec_row = _row(table, "recovery fine-tune")
@@ -104,6 +110,33 @@ def test_recovery_fine_tune_and_structured_rows(tb):
     assert _row(table, "accuracy")["after"] == api.evaluate("tb-p50f-r1", "sent").accuracy
     rec = api.manager().get("tb-p50f-r1")
     assert rec.model.config.intermediate_size == 32 and rec.optimized["recover_epochs"] == 1
+    # neurons ranked on the train split (36 rows: batches of 32 and 4), said in the table's note
+    assert "heads/neurons ranked by first-order Taylor importance on 2 batches" in table.note
+
+
+def test_structured_pruning_ranks_on_the_train_split_it_is_given(tb):
+    """With --eval, the neurons kept are the top half of prune.taylor_scores on the train rows
+    (computed here again from the same batches); without --eval, by weight magnitude."""
+    import torch
+
+    from llmos_jupyter.optimize import prune
+    from llmos_jupyter.optimize.command import calibration_batches
+    from llmos_jupyter.training.jobs import prepare_split
+
+    api = tb
+    table = api.optimize("tb", prune=0.5, structured="ffn", eval="sent", repeats=1, speed_batches=1, as_="by-data")
+    src, dv = api.manager().get("tb"), api.data_get("sent")
+    train = prepare_split(dv, "train", src)
+    batches = calibration_batches(src, dv, train, max_length=128, device="cpu")
+    assert [len(b["labels"]) for b in batches] == [32, 4]
+    scores = prune.taylor_scores(src.model, "ffn", batches)["ffn"]
+    src_layers, new_layers = src.model.bert.encoder.layer, api.manager().get("by-data").model.bert.encoder.layer
+    for s, old, new in zip(scores, src_layers, new_layers):
+        keep = torch.topk(s, 32).indices.sort().values
+        assert torch.equal(new.intermediate.dense.weight, old.intermediate.dense.weight[keep])
+    assert "first-order Taylor importance on 2 batches" in table.note
+    table = api.optimize("tb", prune=0.5, structured="ffn", repeats=1, speed_batches=1, as_="by-weight")
+    assert "heads/neurons ranked by weight magnitude" in table.note
 
 
 def test_heads_pruned_bert_export_is_refused_in_one_line(tb, tmp_path):
@@ -114,21 +147,27 @@ def test_heads_pruned_bert_export_is_refused_in_one_line(tb, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-@pytest.mark.parametrize("kw, message", [
-    (dict(quantize="int3"), "unknown quantisation level 'int3'"),
-    (dict(quantize="int4"), "--quantize int4 is not available on cpu"),
-    (dict(prune=1.5), "strictly between 0 and 1 (got 1.5)"),
-    (dict(prune=0.0), "strictly between 0 and 1 (got 0.0)"),
-    (dict(structured="heads"), "--structured says which parts to prune; add --prune AMOUNT"),
-    (dict(prune=0.3, structured="layers"), "unknown --structured 'layers'"),
-    (dict(prune=0.1, structured="heads"), "--prune 0.1 of 4 heads per layer removes none; use --prune 0.38 or more"),
-    (dict(quantize="int8", recover_epochs=1, eval="sent"), "--recover-epochs fine-tunes after pruning"),
-    (dict(prune=0.3, recover_epochs=1), "--recover-epochs fine-tunes on a dataset's train split; add --eval"),
-    (dict(quantize="int8", eval="sent:validation"), "dataset 'sent' has no 'validation' split (it has "),
-    (dict(quantize="int8", eval="nope"), "unknown dataset 'nope'"),
-    (dict(), "nothing to do"),
-    (dict(quantize="int8", as_="tb"), "alias 'tb' is already loaded"),
-])
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        (dict(quantize="int3"), "unknown quantisation level 'int3'"),
+        (dict(quantize="int4"), "--quantize int4 is not available on cpu"),
+        (dict(prune=1.5), "strictly between 0 and 1 (got 1.5)"),
+        (dict(prune=0.0), "strictly between 0 and 1 (got 0.0)"),
+        (dict(structured="heads"), "--structured says which parts to prune; add --prune AMOUNT"),
+        (dict(prune=0.3, structured="layers"), "unknown --structured 'layers'"),
+        (
+            dict(prune=0.1, structured="heads"),
+            "--prune 0.1 of 4 heads per layer removes none; use --prune 0.38 or more",
+        ),
+        (dict(quantize="int8", recover_epochs=1, eval="sent"), "--recover-epochs fine-tunes after pruning"),
+        (dict(prune=0.3, recover_epochs=1), "--recover-epochs fine-tunes on a dataset's train split; add --eval"),
+        (dict(quantize="int8", eval="sent:validation"), "dataset 'sent' has no 'validation' split (it has "),
+        (dict(quantize="int8", eval="nope"), "unknown dataset 'nope'"),
+        (dict(), "nothing to do"),
+        (dict(quantize="int8", as_="tb"), "alias 'tb' is already loaded"),
+    ],
+)
 def test_bad_inputs_are_one_line_and_leave_nothing(tb, kw, message):
     api = tb
     with pytest.raises(Exception) as e:
@@ -163,8 +202,16 @@ def test_magic_prints_one_line_and_the_table(tb, capsys):
     table = ip.run_line_magic("llm", "optimize tb --prune 0.3 --repeats 1 --as tb30")
     assert table.alias == "tb30" and _row(table, "sparsity")["after"] == pytest.approx(0.3, abs=0.01)
     helptext = str(ip.run_line_magic("llm", "help optimize"))
-    for flag in ("--quantize LEVEL", "--prune AMOUNT", "--structured PARTS", "--compile", "--eval DATA",
-                 "--generate", "--recover-epochs N", "--as NEW"):
+    for flag in (
+        "--quantize LEVEL",
+        "--prune AMOUNT",
+        "--structured PARTS",
+        "--compile",
+        "--eval DATA",
+        "--generate",
+        "--recover-epochs N",
+        "--as NEW",
+    ):
         assert flag in helptext, helptext
 
 
@@ -180,6 +227,11 @@ def test_causal_lm_generate_and_embedding_cosine(fresh_api, tiny_llama, tiny_ber
     assert _row(table, "accuracy")["after"] == api.evaluate("lm-int8", "pairs", generate=True, limit=4).accuracy
     assert _row(table, "tokens/s")["after"] > 0
     assert isinstance(api.generate("lm-int8", "hello", max_new_tokens=3, stream=False), str)
+    # structured pruning of a causal-lm ranks on the response tokens of the train pairs
+    table = api.optimize("lm", prune=0.5, structured="heads,ffn", eval="pairs", limit=4, repeats=1, max_new_tokens=4)
+    assert "first-order Taylor importance on 1 batch" in table.note
+    assert _row(table, "FFN neurons per layer")["after"] == 32 and _row(table, "attention heads")["after"] == 2
+    assert isinstance(api.generate("lm-p50hf", "hello", max_new_tokens=3, stream=False), str)
     api.load(str(tiny_bert), task="embedding", alias="emb")
     table = api.optimize("emb", quantize="int8", eval="pairs:train", repeats=1, speed_batches=1)
     cos = _row(table, "cosine_to_original")

@@ -1,6 +1,7 @@
 """Pruning of tiny models: magnitude sparsity is exact and permanent; structured pruning really
 shrinks the matrices, keeps the best-scoring heads/neurons, and (where a config can describe
 it) survives save_pretrained + from_pretrained."""
+
 from __future__ import annotations
 
 import pytest
@@ -131,3 +132,101 @@ def test_pruned_layers_keep_the_marks_of_loaded_weights(tiny_bert_cls):
     prune.structured(copy, 0.5, "heads,ffn")
     assert untrained_head_params(copy) == []
     assert all(getattr(p, "_is_hf_initialized", False) for p in copy.parameters())
+
+
+def _labelled(ids, lm: bool):
+    import torch
+
+    if lm:  # next-token loss on the real tokens
+        return {**ids, "labels": ids["input_ids"].masked_fill(ids["attention_mask"] == 0, -100)}
+    return {**ids, "labels": torch.tensor([0, 1, 1])}
+
+
+def test_taylor_scores_equal_sum_of_weight_times_gradient(tiny_bert_cls, ids):
+    """Each FFN neuron's score is (Σ w·∂L/∂w)² over its row of W_in (with its bias) and its column
+    of W_out, summed over batches; each head's over its rows of W_q/W_k/W_v and columns of W_o.
+    Checked against gradients taken by hand; requires_grad, mode and .grad are put back."""
+    import torch
+
+    model = tiny_bert_cls()
+    model.bert.embeddings.word_embeddings.weight.requires_grad_(False)  # a frozen part stays frozen
+    batches = [_labelled(ids, lm=False), {k: v[:2] for k, v in _labelled(ids, lm=False).items()}]
+    scores = prune.taylor_scores(model, "heads,ffn", batches)
+    assert [s.shape for s in scores["ffn"]] == [(64,), (64,)] and [s.shape for s in scores["heads"]] == [(4,), (4,)]
+    assert not model.training and all(p.grad is None for p in model.parameters())
+    assert not model.bert.embeddings.word_embeddings.weight.requires_grad
+    assert all(p.requires_grad for n, p in model.named_parameters() if "word_embeddings" not in n)
+
+    ffn, heads = torch.zeros(64), torch.zeros(4)
+    layer = model.bert.encoder.layer[1]
+    a = layer.attention
+    for b in batches:
+        model.zero_grad()
+        model(**b).loss.backward()
+        model.requires_grad_(False)  # the sums below are plain numbers
+        w_in, b_in, w_out = layer.intermediate.dense.weight, layer.intermediate.dense.bias, layer.output.dense.weight
+        for j in range(64):
+            c = (w_in[j] * w_in.grad[j]).sum() + b_in[j] * b_in.grad[j] + (w_out[:, j] * w_out.grad[:, j]).sum()
+            ffn[j] += float(c) ** 2
+        for h in range(4):
+            rows = slice(8 * h, 8 * h + 8)
+            c = sum(
+                (m.weight[rows] * m.weight.grad[rows]).sum() + (m.bias[rows] * m.bias.grad[rows]).sum()
+                for m in (a.self.query, a.self.key, a.self.value)
+            )
+            c = c + (a.output.dense.weight[:, rows] * a.output.dense.weight.grad[:, rows]).sum()
+            heads[h] += float(c) ** 2
+        model.requires_grad_(True)
+    model.zero_grad(set_to_none=True)
+    assert torch.allclose(scores["ffn"][1], ffn, rtol=1e-4, atol=1e-12)
+    assert torch.allclose(scores["heads"][1], heads, rtol=1e-4, atol=1e-12)
+    assert (scores["ffn"][1] > 0).sum() > 60  # real gradients reach nearly every neuron
+
+
+def test_taylor_ranking_removes_a_big_head_that_does_nothing(tiny_bert_cls, ids):
+    """Head 1 of layer 0 gets large W_q/W_k/W_v rows but no output (its W_o columns are zero):
+    weight magnitude keeps it, measured importance (exactly 0) removes it."""
+    import torch
+
+    def made():
+        model = tiny_bert_cls()
+        att = model.bert.encoder.layer[0].attention
+        with torch.no_grad():
+            for lin in (att.self.query, att.self.key, att.self.value):
+                lin.weight[8:16] *= 20
+            att.output.dense.weight[:, 8:16].zero_()
+        return model
+
+    batches = [_labelled(ids, lm=False)]
+    assert float(prune.taylor_scores(made(), "heads", batches)["heads"][0][1]) == 0.0
+
+    def kept_rows(model):  # layer 0's W_q rows that survived, as their norms
+        return model.bert.encoder.layer[0].attention.self.query.weight.detach().norm(dim=1)
+
+    big = float(made().bert.encoder.layer[0].attention.self.query.weight[8:16].detach().norm(dim=1).min())
+    by_weight, by_data = made(), made()
+    assert prune.structured(by_weight, 0.25, "heads")["scores"] == "weight magnitude"
+    info = prune.structured(by_data, 0.25, "heads", calibration=batches)
+    assert info["scores"] == "first-order Taylor importance on 1 batch" and info["heads_after"] == 3
+    assert (kept_rows(by_weight) >= big - 1e-6).sum() == 8  # the big idle head is still there
+    assert (kept_rows(by_data) >= big - 1e-6).sum() == 0  # gone
+
+
+def test_taylor_scores_for_grouped_llama_heads_and_refusal(tiny_llama_lm, ids):
+    """Grouped query heads are scored by their W_q rows and W_o columns only (key/value heads
+    stay); pruning with calibration keeps one head per group and the model still runs."""
+    import torch
+
+    model = tiny_llama_lm()
+    batches = [_labelled(ids, lm=True)]
+    scores = prune.taylor_scores(model, "heads,ffn", batches)
+    assert [s.shape for s in scores["heads"]] == [(4,), (4,)] and scores["ffn"][0].shape == (64,)
+    assert all(float(s.min()) > 0 for s in scores["heads"])
+    info = prune.structured(model, 0.5, "heads,ffn", calibration=batches)
+    assert (info["heads_after"], info["ffn_after"]) == (2, 32)
+    for lyr in model.model.layers:
+        assert lyr.self_attn.q_proj.weight.shape == (16, 32)
+    with torch.inference_mode():
+        assert torch.isfinite(model(**ids).logits).all()
+    with pytest.raises(UsageError, match="needs at least one batch"):
+        prune.taylor_scores(tiny_llama_lm(), "ffn", [])

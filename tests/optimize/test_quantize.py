@@ -1,5 +1,6 @@
 """Quantisation of tiny models: int8 module types, outputs near fp32, bytes, levels per device,
 int8 of int8 refused, save/load with plain torch + transformers."""
+
 from __future__ import annotations
 
 import json
@@ -53,11 +54,14 @@ def test_bf16_casts_every_float_tensor(tiny_llama_lm, ids):
     assert q.current(model) == "bf16"
 
 
-@pytest.mark.parametrize("level, message", [
-    ("int3", "unknown quantisation level 'int3'; use one of int8, int8-weight, int4, bf16, fp16"),
-    ("int4", "--quantize int4 is not available on cpu: int4 weight-only runs on CUDA GPUs only"),
-    ("fp16", "--quantize fp16 is not available on cpu: fp16 has no fast matrix multiply on CPUs"),
-])
+@pytest.mark.parametrize(
+    "level, message",
+    [
+        ("int3", "unknown quantisation level 'int3'; use one of int8, int8-weight, int4, bf16, fp16"),
+        ("int4", "--quantize int4 is not available on cpu: int4 weight-only runs on CUDA GPUs only"),
+        ("fp16", "--quantize fp16 is not available on cpu: fp16 has no fast matrix multiply on CPUs"),
+    ],
+)
 def test_levels_this_cpu_does_not_run_are_one_line(level, message):
     with pytest.raises(UsageError) as e:
         q.check(level, "cpu")

@@ -1,14 +1,15 @@
 """Estimate before load vs bytes measured after: within 10% for tiny configs (fast) and for the
 packaged MiniLM and SmolLM2 (slow). Prints each error so a run shows the figures (``-s``).
 
-Run: ``.venv/bin/python -m pytest tests/test_resources_estimates.py -q -s [-m slow]``.
+Run: ``.venv/bin/python -m pytest tests/resources/test_estimates.py -q -s [-m slow]``.
 """
+
 from __future__ import annotations
 
 import pytest
+from tiny_kit import save_tiny
 
 from llmos_jupyter.resources.memory import format_size
-from tiny_kit import save_tiny
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +30,11 @@ def check(api, spec: str, task: str, **kw) -> float:
     err = (est["bytes"] - measured) / measured
     real = sum(rec.real_bytes.values())
     real_err = (est["real_bytes"] - real) / real
-    print(f"\nestimate {spec.split('/')[-1]} ({task}): tensors estimated {est['bytes']:,} B, measured {measured:,} B, "
-          f"error {err * 100:+.2f}%; real cost estimated {est['real_bytes']:,} B, measured {real:,} B, "
-          f"error {real_err * 100:+.2f}%")
+    print(
+        f"\nestimate {spec.split('/')[-1]} ({task}): tensors estimated {est['bytes']:,} B, measured {measured:,} B, "
+        f"error {err * 100:+.2f}%; real cost estimated {est['real_bytes']:,} B, measured {real:,} B, "
+        f"error {real_err * 100:+.2f}%"
+    )
     assert rec.estimated_bytes == est["real_bytes"] and rec.params == est["params"]
     row = api.ps().rows[0]
     assert row[api.ps().columns.index("error")] == f"{real_err * 100:+.1f}%"
@@ -40,13 +43,14 @@ def check(api, spec: str, task: str, **kw) -> float:
     assert abs(err) <= 0.10, (spec, est, measured)
     # in this long-lived test process memory freed by earlier tests is reused, so a load's RSS
     # growth reads up to ~12% low; the 10% claim is checked in fresh processes
-    # (tests/test_engines.py::test_real_cost_matches_a_fresh_process)
+    # (tests/models/test_engines.py::test_real_cost_matches_a_fresh_process)
     assert abs(real_err) <= 0.15, (spec, est, real)
     return err
 
 
-@pytest.mark.parametrize("kind, task", [("llama", "causal-lm"), ("bert", "embedding"), ("bert", "seq-cls"),
-                                        ("llama", "seq-cls")])
+@pytest.mark.parametrize(
+    "kind, task", [("llama", "causal-lm"), ("bert", "embedding"), ("bert", "seq-cls"), ("llama", "seq-cls")]
+)
 def test_tiny_configs(fresh_api, tiny_llama, tiny_bert, kind, task, tensor_costs):
     path = tiny_llama if kind == "llama" else tiny_bert
     check(fresh_api, str(path), task, **({"labels": "negative,positive"} if task == "seq-cls" else {}))

@@ -2,8 +2,9 @@
 refuses calls in one line naming the job (decision: a model under training is in train mode
 with weights changing every step — serving it would give answers from no checkpoint at all).
 
-Run: ``.venv/bin/python -m pytest tests/test_resources_jobs.py -q``.
+Run: ``.venv/bin/python -m pytest tests/resources/test_jobs.py -q``.
 """
+
 from __future__ import annotations
 
 import time
@@ -13,10 +14,18 @@ from IPython.core.interactiveshell import InteractiveShell
 
 from llmos_jupyter.errors import UsageError
 
-ROWS = [{"text": t, "label": y} for t, y in [
-    ("great movie", 1), ("awful film", 0), ("a gorgeous, witty, seductive movie", 1),
-    ("this film was a complete waste of two hours", 0), ("hello world great", 1), ("the lazy dog awful", 0),
-] * 8]
+ROWS = [
+    {"text": t, "label": y}
+    for t, y in [
+        ("great movie", 1),
+        ("awful film", 0),
+        ("a gorgeous, witty, seductive movie", 1),
+        ("this film was a complete waste of two hours", 0),
+        ("hello world great", 1),
+        ("the lazy dog awful", 0),
+    ]
+    * 8
+]
 
 
 def _wait(cond, what: str, limit_s: float = 120.0):
@@ -61,13 +70,18 @@ def test_other_models_are_served_during_training(training):
 
 def test_the_model_in_training_refuses_calls_in_one_line(training, capsys):
     api, job = training
-    msg = (f"'trainee' is being fine-tuned by {job.id}; wait with `%llm job wait {job.id}`, stop it with "
-           f"`%llm job cancel {job.id}`, or load a second copy with `%llm load ")
+    msg = (
+        f"'trainee' is being fine-tuned by {job.id}; wait with `%llm job wait {job.id}`, stop it with "
+        f"`%llm job cancel {job.id}`, or load a second copy with `%llm load "
+    )
     with pytest.raises(UsageError) as e:
         api.classify("trainee", "great movie")
     assert str(e.value).startswith(msg) and "\n" not in str(e.value)
-    for call in (lambda: api.embed("trainee", "x"), lambda: api.unload("trainee"),
-                 lambda: api.evaluate("trainee", "toy")):
+    for call in (
+        lambda: api.embed("trainee", "x"),
+        lambda: api.unload("trainee"),
+        lambda: api.evaluate("trainee", "toy"),
+    ):
         with pytest.raises(UsageError):
             call()
     ip = InteractiveShell.instance()

@@ -1,8 +1,9 @@
 """Keep-alive (Ollama's ``keep_alive``): durations, the reaper, ``0`` = after each call, ``%llm ps``.
 
-Run: ``.venv/bin/python -m pytest tests/test_resources_keepalive.py -q``. Expiry is driven with
+Run: ``.venv/bin/python -m pytest tests/resources/test_keepalive.py -q``. Expiry is driven with
 ``ModelManager.reap(now=...)`` (no sleeping); one test waits for the real reaper thread.
 """
+
 from __future__ import annotations
 
 import threading
@@ -15,10 +16,25 @@ from llmos_jupyter.errors import UsageError
 from llmos_jupyter.resources.memory import format_duration, parse_duration
 
 
-@pytest.mark.parametrize("text, seconds", [
-    ("30s", 30.0), ("10m", 600.0), ("1h", 3600.0), ("1h30m", 5400.0), ("1.5h", 5400.0), ("90", 90.0),
-    (90, 90.0), ("0", 0.0), (0, 0.0), ("-1", None), (-1, None), (None, None), (" 10 m ", 600.0), ("2.5s", 2.5),
-])
+@pytest.mark.parametrize(
+    "text, seconds",
+    [
+        ("30s", 30.0),
+        ("10m", 600.0),
+        ("1h", 3600.0),
+        ("1h30m", 5400.0),
+        ("1.5h", 5400.0),
+        ("90", 90.0),
+        (90, 90.0),
+        ("0", 0.0),
+        (0, 0.0),
+        ("-1", None),
+        (-1, None),
+        (None, None),
+        (" 10 m ", 600.0),
+        ("2.5s", 2.5),
+    ],
+)
 def test_parse_duration(text, seconds):
     assert parse_duration(text) == seconds
 
@@ -31,8 +47,15 @@ def test_bad_duration_is_one_line(bad):
 
 
 def test_format_duration():
-    assert [format_duration(s) for s in (None, 0, 2.5, 90, 600, 5400, 3601)] == \
-        ["forever", "0s", "2.5s", "1m30s", "10m", "1h30m", "1h1s"]
+    assert [format_duration(s) for s in (None, 0, 2.5, 90, 600, 5400, 3601)] == [
+        "forever",
+        "0s",
+        "2.5s",
+        "1m30s",
+        "10m",
+        "1h30m",
+        "1h1s",
+    ]
 
 
 @pytest.fixture
@@ -56,16 +79,18 @@ def test_magic_keep_alive_shows_in_ps_and_expires(shell, fresh_api, tiny_llama, 
     assert rows["b"]["keep-alive"] == "forever" and rows["b"]["expires"] == "-"
     assert "keep-alive" in table._repr_mimebundle_()["text/html"]
 
-    assert m.reap(now=a.last_used + 599) == []            # not yet
+    assert m.reap(now=a.last_used + 599) == []  # not yet
     capsys.readouterr()
-    (res,) = m.reap(now=a.last_used + 601)                # past 10 min idle
+    (res,) = m.reap(now=a.last_used + 601)  # past 10 min idle
     assert res["alias"] == "a" and res["reason"] == "keep-alive" and res["measured_bytes"] == sum(a.bytes.values())
     assert m.aliases() == ["b"]
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"llmos: unloaded 'a' after 10m1s idle (keep-alive 10m); {res['real_bytes'] / 1024:.2f} KiB released"]
+    assert err == [
+        f"llmos: unloaded 'a' after 10m1s idle (keep-alive 10m); {res['real_bytes'] / 1024:.2f} KiB released"
+    ]
     ev = [e for e in fresh_api.events().history if e["type"] == "expire"]
     assert [(e["alias"], e["reason"]) for e in ev] == [("a", "keep-alive")]
-    assert m.reap(now=time.time() + 10**9) == []          # forever stays forever
+    assert m.reap(now=time.time() + 10**9) == []  # forever stays forever
 
 
 def test_bad_keep_alive_in_magic_is_one_line(shell, fresh_api, tiny_llama, capsys):

@@ -1,4 +1,5 @@
 """Behaviour that depends on a real kernel: unload really frees memory, and thread output lands in the starting cell."""
+
 from __future__ import annotations
 
 import json
@@ -28,14 +29,19 @@ def test_unload_really_frees(kernel):
         "out = rec.model(**enc)  # keeps an autograd graph back to the weights\n"
         "assert out.logits.grad_fn is not None\n"
         "measured = sum(rec.bytes.values()); del rec; gc.collect()\n"
-        "rss0 = psutil.Process().memory_info().rss")
+        "rss0 = psutil.Process().memory_info().rss"
+    )
     assert not kernel.errors(msgs), kernel.errors(msgs)
-    kernel.run("def boom(model):\n    raise ValueError('keeps the model in sys.last_traceback')\n"
-               "boom(api.manager().get('m').model)")
+    kernel.run(
+        "def boom(model):\n    raise ValueError('keeps the model in sys.last_traceback')\n"
+        "boom(api.manager().get('m').model)"
+    )
     msgs = kernel.run("%llm unload m")
     assert "m: unloaded" in json.dumps([m["content"] for m in msgs])
-    msgs = kernel.run("gc.collect(); rss1 = psutil.Process().memory_info().rss\n"
-                      "print(json.dumps({'alive': ref() is not None, 'freed': rss0 - rss1, 'measured': measured}))")
+    msgs = kernel.run(
+        "gc.collect(); rss1 = psutil.Process().memory_info().rss\n"
+        "print(json.dumps({'alive': ref() is not None, 'freed': rss0 - rss1, 'measured': measured}))"
+    )
     res = json.loads(kernel.stdout(msgs).strip().splitlines()[-1])
     assert res["alive"] is False
     assert res["freed"] >= 0.9 * res["measured"], res
@@ -57,7 +63,8 @@ def test_thread_output_stays_in_starting_cell(kernel):
         "    for i in range(1, 11):\n"
         "        bar.value = i / 10; time.sleep(0.1)\n"
         "    t.join()\n"
-        "threading.Thread(target=keep_output_parent(job)).start()\n")
+        "threading.Thread(target=keep_output_parent(job)).start()\n"
+    )
     first = kernel.run(code)
     first_id = first[0]["parent_header"]["msg_id"]
     time.sleep(0.5)
@@ -69,10 +76,13 @@ def test_thread_output_stays_in_starting_cell(kernel):
         if m["msg_type"] == "stream":
             for line in m["content"]["text"].splitlines():
                 lines.setdefault(m["parent_header"].get("msg_id"), []).append(line)
-    assert sorted(l for l in lines.get(first_id, []) if l.startswith("job line")) == [f"job line {i}" for i in range(4)]
+    assert sorted(x for x in lines.get(first_id, []) if x.startswith("job line")) == [f"job line {i}" for i in range(4)]
     assert lines.get(second_id) == ["second cell line"]
-    values = [m["content"]["data"]["state"]["value"] for m in kernel.pending
-              if m["msg_type"] == "comm_msg" and "value" in m["content"]["data"].get("state", {})]
+    values = [
+        m["content"]["data"]["state"]["value"]
+        for m in kernel.pending
+        if m["msg_type"] == "comm_msg" and "value" in m["content"]["data"].get("state", {})
+    ]
     assert values == [pytest.approx(i / 10) for i in range(1, 11)]
 
 
@@ -116,8 +126,10 @@ def test_interrupt_stops_decoding_fast_and_the_model_stays_usable(kernel, engine
     assert interrupted_after() < 1.5
     elapsed = interrupted_after()
     assert elapsed < 0.5, elapsed
-    after = kernel.run("print(sum(t.name == 'llmos-generate' and t.is_alive() for t in threading.enumerate()), "
-                       "api.manager().get('m').users)\n"
-                       "print(len(api.generate('m', 'hello', max_new_tokens=5, stream=False, verbose=False)) >= 0)")
+    after = kernel.run(
+        "print(sum(t.name == 'llmos-generate' and t.is_alive() for t in threading.enumerate()), "
+        "api.manager().get('m').users)\n"
+        "print(len(api.generate('m', 'hello', max_new_tokens=5, stream=False, verbose=False)) >= 0)"
+    )
     assert not kernel.errors(after), kernel.errors(after)
     assert kernel.stdout(after).split() == ["0", "0", "True"]

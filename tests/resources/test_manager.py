@@ -1,4 +1,5 @@
 """Resource manager policy on tiny random models: admission, LRU eviction, pins, failures."""
+
 from __future__ import annotations
 
 import time
@@ -18,6 +19,7 @@ def sized(fresh_api, tiny_llama, tensor_costs):
     def load(alias, **kw):
         fresh_api.load(str(tiny_llama), alias=alias, task="causal-lm", **kw)
         time.sleep(0.01)  # distinct last-used times
+
     return fresh_api, size, load
 
 
@@ -35,7 +37,8 @@ def test_estimate_within_10_percent(fresh_api, tiny_llama, tiny_bert):
 def test_lru_idle_model_is_evicted(sized, capsys):
     api, size, load = sized
     api.budget(cpu=int(size * 2.5))
-    load("a"); load("b")
+    load("a")
+    load("b")
     with api.manager().use("a"):  # a is now the most recently used
         pass
     load("c")
@@ -48,7 +51,8 @@ def test_lru_idle_model_is_evicted(sized, capsys):
 def test_pinned_and_in_use_are_never_evicted(sized):
     api, size, load = sized
     api.budget(cpu=int(size * 2.5))
-    load("a", pin=True); load("b")
+    load("a", pin=True)
+    load("b")
     with api.manager().use("b"):
         with pytest.raises(ResourceError) as e:
             load("c")

@@ -1,8 +1,9 @@
 """Offload before unload: the decision (GPU victim + CPU room → offload; otherwise unload) on a
 CPU-only machine with tiny models. The GPU move itself runs in ``benchmarks/gpu_check_manager.py``.
 
-Run: ``.venv/bin/python -m pytest tests/test_resources_offload.py -q``.
+Run: ``.venv/bin/python -m pytest tests/resources/test_offload.py -q``.
 """
+
 from __future__ import annotations
 
 import time
@@ -21,8 +22,15 @@ def loaded(fresh_api, tiny_llama, tensor_costs):
 
 def gpu_record(nbytes: int, alias: str = "g") -> ModelRecord:
     """What the manager holds for an idle model resident on cuda:0 (no GPU needed to decide)."""
-    return ModelRecord(alias=alias, source="x", task="causal-lm", state="ready", device="cuda:0",
-                       home_device="cuda:0", bytes={"cuda:0": nbytes})
+    return ModelRecord(
+        alias=alias,
+        source="x",
+        task="causal-lm",
+        state="ready",
+        device="cuda:0",
+        home_device="cuda:0",
+        bytes={"cuda:0": nbytes},
+    )
 
 
 def test_gpu_victim_is_offloaded_when_the_cpu_budget_admits_it(loaded):
@@ -33,10 +41,10 @@ def test_gpu_victim_is_offloaded_when_the_cpu_budget_admits_it(loaded):
 
 def test_gpu_victim_is_unloaded_when_the_cpu_budget_is_full(loaded):
     api, m, size = loaded
-    m.set_budget("cpu", size + 4 * size)          # 'a' holds size; 5×size more would exceed it
+    m.set_budget("cpu", size + 4 * size)  # 'a' holds size; 5×size more would exceed it
     assert m.eviction_action(gpu_record(5 * size), "cuda:0") == "unload"
-    assert m.get("a").state == "ready"            # deciding never evicts anything on the CPU
-    with m.use("a"):                              # even with 'a' busy the answer is the same
+    assert m.get("a").state == "ready"  # deciding never evicts anything on the CPU
+    with m.use("a"):  # even with 'a' busy the answer is the same
         assert m.eviction_action(gpu_record(5 * size), "cuda:0") == "unload"
 
 

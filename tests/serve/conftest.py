@@ -1,4 +1,5 @@
 """Fixtures of the `%llm serve` tests: tiny models that answer at length, a served in-process API."""
+
 from __future__ import annotations
 
 import shutil

@@ -5,14 +5,20 @@ row must give exactly the greedy tokens it gives alone (padding that leaks into 
 positions changes them within a few tokens). Also: per-row ``max_new_tokens``, stop strings and
 cancelling one row while the others go on.
 """
+
 from __future__ import annotations
 
 import threading
 
 import pytest
 
-PROMPTS = ["hello world", "the quick brown fox jumps over the lazy dog", "a gorgeous, witty, seductive movie",
-           "great", "what is the capital of france? paris. this film was a complete waste of two hours"]
+PROMPTS = [
+    "hello world",
+    "the quick brown fox jumps over the lazy dog",
+    "a gorgeous, witty, seductive movie",
+    "great",
+    "what is the capital of france? paris. this film was a complete waste of two hours",
+]
 
 
 def _engine(path):
@@ -63,13 +69,16 @@ def test_rows_keep_their_own_limits_stops_and_cancel(talkative_llama):
     engine = _engine(talkative_llama)
     full, _ = engine.generate(PROMPTS[1], GenerationSettings(max_new_tokens=30))
     stop = full[10:13]  # a stop string from inside the greedy answer
-    settings = [GenerationSettings(max_new_tokens=5), GenerationSettings(max_new_tokens=30, stop=(stop,)),
-                GenerationSettings(max_new_tokens=30)]
+    settings = [
+        GenerationSettings(max_new_tokens=5),
+        GenerationSettings(max_new_tokens=30, stop=(stop,)),
+        GenerationSettings(max_new_tokens=30),
+    ]
     prompts = [PROMPTS[0], PROMPTS[1], PROMPTS[2]]
     texts, stats = _batch(engine, prompts, settings, cancel_after=(2, 3))
     assert stats[0].completion_tokens == 5 and stats[0].finish_reason == "length"
     assert texts[0] == engine.generate(PROMPTS[0], GenerationSettings(max_new_tokens=5))[0]
-    assert texts[1] == full[:full.index(stop)] and stats[1].finish_reason == "stop"
+    assert texts[1] == full[: full.index(stop)] and stats[1].finish_reason == "stop"
     assert stats[2].finish_reason == "cancelled" and stats[2].completion_tokens < 30
 
 
@@ -79,5 +88,8 @@ def test_sampling_rows_must_agree(talkative_llama):
 
     engine = _engine(talkative_llama)
     with pytest.raises(UsageError, match="share temperature"):
-        _batch(engine, PROMPTS[:2], [GenerationSettings(max_new_tokens=4),
-                                     GenerationSettings(max_new_tokens=4, temperature=0.7)])
+        _batch(
+            engine,
+            PROMPTS[:2],
+            [GenerationSettings(max_new_tokens=4), GenerationSettings(max_new_tokens=4, temperature=0.7)],
+        )

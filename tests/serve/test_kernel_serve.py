@@ -12,6 +12,7 @@
   langchainjs PR #5761); concurrent requests to the transformers engine are batched and answer
   as they do one by one.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -22,7 +23,6 @@ import threading
 import time
 
 import pytest
-
 from kernel_kit import Kernel
 
 
@@ -30,8 +30,10 @@ def _serve(kernel, line: str) -> dict:
     msgs = kernel.run(line)
     text = json.dumps([m["content"] for m in msgs])
     assert not kernel.errors(msgs), text
-    out = kernel.run("import json as _j; from llmos_jupyter import api as _llm\n"
-                     "print(_j.dumps({k: _llm.serve_status()[k] for k in ('base_url', 'token', 'port', 'models')}))")
+    out = kernel.run(
+        "import json as _j; from llmos_jupyter import api as _llm\n"
+        "print(_j.dumps({k: _llm.serve_status()[k] for k in ('base_url', 'token', 'port', 'models')}))"
+    )
     return json.loads(kernel.stdout(out).strip().splitlines()[-1])
 
 
@@ -67,8 +69,10 @@ def test_openai_client_against_a_kernel(kernel, talkative_llama, tiny_bert):
     from openai import AsyncOpenAI, OpenAI
     from transformers import AutoTokenizer
 
-    setup = kernel.run(f"%load_ext llmos_jupyter\n%llm load {talkative_llama} --as tiny\n"
-                       f"%llm load {tiny_bert} --task embedding --as bert")
+    setup = kernel.run(
+        f"%load_ext llmos_jupyter\n%llm load {talkative_llama} --as tiny\n"
+        f"%llm load {tiny_bert} --task embedding --as bert"
+    )
     assert not kernel.errors(setup)
     s = _serve(kernel, "%llm serve")
     assert s["models"] == ["tiny", "bert"] and s["base_url"].startswith("http://127.0.0.1:")
@@ -77,8 +81,11 @@ def test_openai_client_against_a_kernel(kernel, talkative_llama, tiny_bert):
 
     msgs = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "what is the capital of france?"}]
     whole = client.chat.completions.create(model="tiny", messages=msgs, max_tokens=8)
-    chunks = list(client.chat.completions.create(model="tiny", messages=msgs, max_tokens=8, stream=True,
-                                                 stream_options={"include_usage": True}))
+    chunks = list(
+        client.chat.completions.create(
+            model="tiny", messages=msgs, max_tokens=8, stream=True, stream_options={"include_usage": True}
+        )
+    )
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == whole.choices[0].message.content
     tok = AutoTokenizer.from_pretrained(talkative_llama)
     rendered = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
@@ -121,8 +128,10 @@ def test_openai_client_against_a_kernel(kernel, talkative_llama, tiny_bert):
     time.sleep(1.0)
     kernel.km.interrupt_kernel()
     kernel.drain(1.0)
-    assert client.chat.completions.create(model="tiny", messages=msgs, max_tokens=8).choices[0].message.content == \
-        whole.choices[0].message.content
+    assert (
+        client.chat.completions.create(model="tiny", messages=msgs, max_tokens=8).choices[0].message.content
+        == whole.choices[0].message.content
+    )
     st = _value(kernel, "{k: _llm.serve_status()[k] for k in ('requests', 'failed', 'in_flight', 'queued')}")
     assert st == {"requests": 10, "failed": 0, "in_flight": 0, "queued": 0}
 
@@ -149,20 +158,28 @@ def test_finetune_while_four_clients_stream(kernel, talkative_llama, tiny_bert):
         "import random as _r\n_r.seed(0)\n"
         "rows = [{'text': ' '.join(_r.choice(['good', 'bad', 'film', 'plot', 'great', 'awful']) for _ in range(12)),"
         " 'label': _r.choice(['negative', 'positive'])} for _ in range(2000)]\n"
-        "%llm data load rows --as synth")
+        "%llm data load rows --as synth"
+    )
     assert not kernel.errors(setup), kernel.errors(setup)
     s = _serve(kernel, "%llm serve --models tiny")
-    kernel.run("job = _llm.finetune('cls', 'synth', epochs=1, batch_size=8, eval_split=None, progress=False, "
-               "background=True)")
+    kernel.run(
+        "job = _llm.finetune('cls', 'synth', epochs=1, batch_size=8, eval_split=None, progress=False, background=True)"
+    )
     client = OpenAI(base_url=s["base_url"], api_key=s["token"], max_retries=0)
     results, errors = [], []
 
     def stream_client(i):
         try:
             for _ in range(4):
-                chunks = list(client.chat.completions.create(
-                    model="tiny", messages=[{"role": "user", "content": f"client {i}"}], max_tokens=32, stream=True,
-                    stream_options={"include_usage": True}))
+                chunks = list(
+                    client.chat.completions.create(
+                        model="tiny",
+                        messages=[{"role": "user", "content": f"client {i}"}],
+                        max_tokens=32,
+                        stream=True,
+                        stream_options={"include_usage": True},
+                    )
+                )
                 results.append(chunks[-1].usage.completion_tokens)
         except Exception as e:  # reported by the assertion below
             errors.append(repr(e))
@@ -196,21 +213,29 @@ def test_real_models_on_both_engines(kernel, pulled):
     import numpy as np
     from openai import OpenAI
 
-    setup = kernel.run("%load_ext llmos_jupyter\n"
-                       "%llm load smollm2-135m-instruct --as smol\n"
-                       "%llm load smollm2-135m-instruct --engine transformers --as smol-hf\n"
-                       "%llm load all-minilm-l6-v2 --task embedding --as minilm")
+    setup = kernel.run(
+        "%load_ext llmos_jupyter\n"
+        "%llm load smollm2-135m-instruct --as smol\n"
+        "%llm load smollm2-135m-instruct --engine transformers --as smol-hf\n"
+        "%llm load all-minilm-l6-v2 --task embedding --as minilm"
+    )
     assert not kernel.errors(setup), kernel.errors(setup)
     s = _serve(kernel, "%llm serve --models smol,smol-hf,minilm")
     client = OpenAI(base_url=s["base_url"], api_key=s["token"], max_retries=0)
     msgs = [{"role": "user", "content": "hi"}]
     # the rendered prompt counted by transformers' own tokenizer (apply_chat_template)
-    n_prompt = _value(kernel, "len(_llm.manager().get('smol-hf').tokenizer.apply_chat_template("
-                              "[{'role': 'user', 'content': 'hi'}], add_generation_prompt=True, tokenize=True)"
-                              "['input_ids'])")
+    n_prompt = _value(
+        kernel,
+        "len(_llm.manager().get('smol-hf').tokenizer.apply_chat_template("
+        "[{'role': 'user', 'content': 'hi'}], add_generation_prompt=True, tokenize=True)"
+        "['input_ids'])",
+    )
     for alias in ("smol", "smol-hf"):
-        chunks = list(client.chat.completions.create(model=alias, messages=msgs, max_tokens=8, stream=True,
-                                                     stream_options={"include_usage": True}))
+        chunks = list(
+            client.chat.completions.create(
+                model=alias, messages=msgs, max_tokens=8, stream=True, stream_options={"include_usage": True}
+            )
+        )
         whole = client.chat.completions.create(model=alias, messages=msgs, max_tokens=8)
         content = [c for c in chunks if c.choices]
         assert content[0].choices[0].delta.role == "assistant"
@@ -221,8 +246,12 @@ def test_real_models_on_both_engines(kernel, pulled):
         assert "<|im_end|>" not in whole.choices[0].message.content
     # concurrent requests to the transformers engine share one generate and answer as they do alone
     prompts = ["What is the capital of France?", "Name a colour.", "Say hello in French."]
-    alone = [client.chat.completions.create(model="smol-hf", messages=[{"role": "user", "content": p}],
-                                            max_tokens=10).choices[0].message.content for p in prompts]
+    alone = [
+        client.chat.completions.create(model="smol-hf", messages=[{"role": "user", "content": p}], max_tokens=10)
+        .choices[0]
+        .message.content
+        for p in prompts
+    ]
     before = _value(kernel, "_llm.serve_status()['batches']")
     together = [None] * 3
 

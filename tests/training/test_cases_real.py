@@ -2,6 +2,7 @@
 
 Marked ``slow``; they still run in CI (the model and data are pulled into LLMOS_HOME first).
 """
+
 from __future__ import annotations
 
 import json
@@ -18,7 +19,12 @@ from llmos_jupyter.training.finetune import reinit_untrained_head, sha256_file
 
 pytestmark = pytest.mark.slow
 
-PROBE = ["a gorgeous, witty, seductive movie", "this film was a complete waste of two hours", "great movie", "awful film"]
+PROBE = [
+    "a gorgeous, witty, seductive movie",
+    "this film was a complete waste of two hours",
+    "great movie",
+    "awful film",
+]
 
 
 def load_minilm(path, num_labels=2):
@@ -49,7 +55,9 @@ def test_same_seed_same_result(minilm_dir, rotten_tomatoes, tmp_path):
         random.random()
         model = load_minilm(minilm_dir)  # its new head is drawn from the (scrambled) global RNG
         heads_at_load.append(model.classifier.weight.detach().clone())
-        res = finetune(model, tok, train, ev, text_column="text", label_column="label", config=cfg, run_dir=tmp_path / f"run{i}")
+        res = finetune(
+            model, tok, train, ev, text_column="text", label_column="label", config=cfg, run_dir=tmp_path / f"run{i}"
+        )
         with torch.no_grad():
             logits = model(**probe).logits
         runs.append((res, logits))
@@ -65,8 +73,9 @@ def test_same_seed_same_result(minilm_dir, rotten_tomatoes, tmp_path):
 
 
 def test_lora_head_trained_saved_reloaded(minilm_dir, tmp_path):
-    """The LoRA classifier head is trained and saved: LoRA r=4 on query/value, 5 AdamW steps at lr 1e-2 on two rows; reload in a fresh
-    process with another torch seed: logits equal exactly; the adapter holds the trained head."""
+    """The LoRA classifier head is trained and saved: LoRA r=4 on query/value, 5 AdamW steps at
+    lr 1e-2 on two rows; reload in a fresh process with another torch seed: logits equal exactly;
+    the adapter holds the trained head."""
     import datasets
     import torch
     from safetensors.torch import load_file
@@ -74,8 +83,17 @@ def test_lora_head_trained_saved_reloaded(minilm_dir, tmp_path):
 
     tok = AutoTokenizer.from_pretrained(minilm_dir)
     train = datasets.Dataset.from_dict({"text": ["great movie", "awful film"], "label": [1, 0]})
-    cfg = FinetuneConfig(method="lora", lora_r=4, target_modules=["query", "value"], lr=1e-2, epochs=5, batch_size=2,
-                         warmup_ratio=0.0, lr_scheduler="constant", seed=0)
+    cfg = FinetuneConfig(
+        method="lora",
+        lora_r=4,
+        target_modules=["query", "value"],
+        lr=1e-2,
+        epochs=5,
+        batch_size=2,
+        warmup_ratio=0.0,
+        lr_scheduler="constant",
+        seed=0,
+    )
     model = load_minilm(minilm_dir)
     res = finetune(model, tok, train, config=cfg, run_dir=tmp_path / "run")
     assert res.status == "completed" and res.steps == 5
@@ -89,7 +107,9 @@ def test_lora_head_trained_saved_reloaded(minilm_dir, tmp_path):
 
     adapter = load_file(res.checkpoint / "adapter_model.safetensors")
     head_keys = sorted(k for k in adapter if "classifier" in k)
-    assert any(k.endswith("classifier.weight") for k in head_keys) and any(k.endswith("classifier.bias") for k in head_keys), head_keys
+    assert any(k.endswith("classifier.weight") for k in head_keys) and any(
+        k.endswith("classifier.bias") for k in head_keys
+    ), head_keys
     assert any("lora_A" in k for k in adapter) and any("lora_B" in k for k in adapter)
     saved_w = adapter[[k for k in head_keys if k.endswith("classifier.weight")][0]]
     fresh = load_minilm(minilm_dir)

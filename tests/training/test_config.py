@@ -1,4 +1,5 @@
 """FinetuneConfig validation: every bad value is one UsageError line naming the option and the fix."""
+
 from __future__ import annotations
 
 import pytest
@@ -82,5 +83,7 @@ def test_import_is_light():
         "t.FinetuneConfig(epochs=2); "
         "print(sorted(m for m in ('torch', 'transformers', 'datasets', 'peft') if m in sys.modules))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=__file__.rsplit("/tests/", 1)[0])
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=__file__.rsplit("/tests/", 1)[0]
+    )
     assert out.stdout.strip() == "[]"

@@ -20,6 +20,7 @@ job of the kernel's API, compared with the same run in one process.
 Each MiniLM run costs real seconds on 2 cores, so the runs are module fixtures shared by the
 assertions. Run: ``.venv/bin/python -m pytest tests/training/test_distributed.py -q -s``.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,10 +40,18 @@ pytestmark = pytest.mark.slow
 
 N_TRAIN, N_EVAL = 256, 128
 OPTS = dict(epochs=1, batch_size=32, lr=2e-4, seed=0, max_length=32, progress=False)
-TINY_ROWS = [{"text": t, "label": y} for t, y in [
-    ("great movie", 1), ("awful film", 0), ("a gorgeous, witty, seductive movie", 1),
-    ("this film was a complete waste of two hours", 0), ("hello world great", 1), ("the lazy dog awful", 0),
-] * 8]
+TINY_ROWS = [
+    {"text": t, "label": y}
+    for t, y in [
+        ("great movie", 1),
+        ("awful film", 0),
+        ("a gorgeous, witty, seductive movie", 1),
+        ("this film was a complete waste of two hours", 0),
+        ("hello world great", 1),
+        ("the lazy dog awful", 0),
+    ]
+    * 8
+]
 
 
 @pytest.fixture(scope="module")
@@ -144,14 +153,22 @@ def test_two_ranks_train_like_one_process(llm, one_process, two_ranks):
     run, seen, job = two_ranks
     assert run.status == "completed" and one_process.status == "completed"
     assert seen == "2 (2 alive)" and job.ranks_alive == 0 and len(job.pids) == 2
-    assert run.distributed == {"world_size": 2, "nproc_per_node": 2, "nnodes": 1, "backend": "gloo",
-                               "launcher": "torchrun", "fsdp": False}
+    assert run.distributed == {
+        "world_size": 2,
+        "nproc_per_node": 2,
+        "nnodes": 1,
+        "backend": "gloo",
+        "launcher": "torchrun",
+        "fsdp": False,
+    }
     a, b = _losses(one_process), _losses(run)
     assert len(a) == len(b) == 8
     rel = [abs(x - y) / abs(x) for x, y in zip(a, b)]
     delta = _max_delta(_params(llm, "one"), _params(llm, "two"))
-    print(f"\n1 process vs 2 ranks, dropout off: worst per-step loss difference {max(rel):.2e} relative; "
-          f"final weights max |delta| = {delta:.2e}")
+    print(
+        f"\n1 process vs 2 ranks, dropout off: worst per-step loss difference {max(rel):.2e} relative; "
+        f"final weights max |delta| = {delta:.2e}"
+    )
     assert max(rel) < 1e-4
     assert delta < 1e-4
     # the alias holds the checkpoint's weights (hot swap), and they are not the starting weights
@@ -188,8 +205,10 @@ def test_dropout_on_accuracy_within_one_point_of_one_process(llm, tiny_dropout, 
     b = llm.finetune("d2", "sent", nproc=2, **opts)
     acc = {k: r.metrics["accuracy"] for k, r in (("1 process", a), ("other stream", other), ("2 ranks", b))}
     noise, diff = abs(acc["other stream"] - acc["1 process"]), abs(acc["2 ranks"] - acc["1 process"])
-    print(f"\ndropout on, tiny BERT, {a.metrics['n']} test rows: accuracy {acc}; 2 ranks differ by {100 * diff:.2f} "
-          f"points, another dropout stream by {100 * noise:.2f}")
+    print(
+        f"\ndropout on, tiny BERT, {a.metrics['n']} test rows: accuracy {acc}; 2 ranks differ by {100 * diff:.2f} "
+        f"points, another dropout stream by {100 * noise:.2f}"
+    )
     assert min(acc.values()) > 0.75  # it learned
     assert diff <= 0.01
 
@@ -205,8 +224,10 @@ def test_cancel_mid_epoch_then_resume_on_one_rank(llm, two_ranks):
     llm.cancel(job.id)
     took = _gone(pids, 5.0)
     cut = job.wait(60)
-    print(f"\ncancel: both ranks gone {took:.2f} s after the cancel, job {job.state} in {time.monotonic() - t0:.2f} s, "
-          f"stopped at step {job.step}/8")
+    print(
+        f"\ncancel: both ranks gone {took:.2f} s after the cancel, job {job.state} in {time.monotonic() - t0:.2f} s, "
+        f"stopped at step {job.step}/8"
+    )
     assert job.state == "cancelled" and cut.status == "cancelled"
     state = json.loads((Path(cut.checkpoint) / "trainer_state.json").read_text())
     assert state["resumable"] and 2 <= state["steps"] < 8
@@ -215,7 +236,7 @@ def test_cancel_mid_epoch_then_resume_on_one_rank(llm, two_ranks):
     delta = _max_delta(_params(llm, "cut"), _params(llm, "two"))
     print(f"resumed on 1 rank vs uninterrupted 2 ranks: final weights max |delta| = {delta:.2e}")
     assert delta < 1e-4
-    assert _losses(res)[:state["steps"]] == state["train_loss"]
+    assert _losses(res)[: state["steps"]] == state["train_loss"]
 
 
 @pytest.fixture(scope="module")
@@ -236,8 +257,9 @@ def tiny(llm, tmp_path_factory):
     """Tiny random BERTs with dropout off and a toy sentiment set (36 train rows)."""
     from tiny_kit import save_tiny
 
-    path = save_tiny(tmp_path_factory.mktemp("tiny") / "bert", "bert", hidden_dropout_prob=0.0,
-                     attention_probs_dropout_prob=0.0)
+    path = save_tiny(
+        tmp_path_factory.mktemp("tiny") / "bert", "bert", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
+    )
     llm.data_load(TINY_ROWS, name="toy")
     llm.data_split("toy", test=0.25, seed=0)
     return str(path)
@@ -257,8 +279,9 @@ def test_kill_rank_1_fails_the_job_with_its_reason(llm, tiny):
     assert job.error.startswith(f"distributed fine-tune failed: rank 1 (pid {pids[1]}) was killed by SIGKILL")
     assert "\n" not in job.error
     _gone(pids, 1.0)
-    launchers = [p for p in psutil.Process().children(recursive=True)
-                 if "torch.distributed.run" in " ".join(p.cmdline())]
+    launchers = [
+        p for p in psutil.Process().children(recursive=True) if "torch.distributed.run" in " ".join(p.cmdline())
+    ]
     assert not launchers
     run = llm.runs(1)[0]
     assert run.status == "failed" and run.error and "rank 1" in run.error
@@ -279,8 +302,10 @@ def test_fsdp_with_lora_through_accelerate_launch(llm, tiny):
     assert b.status == "completed" and b.distributed["fsdp"] and b.distributed["launcher"] == "accelerate"
     rel = max(abs(x - y) / abs(x) for x, y in zip(_losses(a), _losses(b)))
     delta = _max_delta(_params(llm, "f1"), _params(llm, "f2"))
-    print(f"\nFSDP + LoRA, 2 ranks vs 1 process: worst loss difference {rel:.2e} relative, "
-          f"weights max |delta| {delta:.2e}")
+    print(
+        f"\nFSDP + LoRA, 2 ranks vs 1 process: worst loss difference {rel:.2e} relative, "
+        f"weights max |delta| {delta:.2e}"
+    )
     assert len(_losses(b)) == len(_losses(a)) == 16 and rel < 1e-4 and delta < 1e-4
     assert llm.evaluate("f2", "toy", batch_size=64, max_length=128).to_metrics() == b.metrics
 
@@ -291,8 +316,13 @@ def tiny_lm(llm, tmp_path_factory):
     from tiny_kit import save_tiny
 
     path = save_tiny(tmp_path_factory.mktemp("tiny") / "llama", "llama")
-    pairs = [("great movie", "positive"), ("awful film", "negative film"), ("hello world", "positive yes"),
-             ("the lazy dog", "negative"), ("a film", "positive good one")] * 6
+    pairs = [
+        ("great movie", "positive"),
+        ("awful film", "negative film"),
+        ("hello world", "positive yes"),
+        ("the lazy dog", "negative"),
+        ("a film", "positive good one"),
+    ] * 6
     llm.data_load([{"prompt": p, "response": r} for p, r in pairs], name="sft")
     llm.data_split("sft", test=0.2, seed=0, stratify=None)
     return str(path)
@@ -309,12 +339,23 @@ def test_two_nodes_of_one_rank_through_the_exported_commands(llm, tiny_lm, tmp_p
     opts = dict(epochs=2, batch_size=5, lr=1e-3, seed=4, progress=False)
     llm.load(tiny_lm, alias="n1", task="causal-lm")
     out = tmp_path / "launch"
-    msg = llm.finetune("n1", "sft", export_launch=str(out), nproc=1, nnodes=2,
-                       rdzv_endpoint=f"127.0.0.1:{free_port()}", **opts)
+    msg = llm.finetune(
+        "n1", "sft", export_launch=str(out), nproc=1, nnodes=2, rdzv_endpoint=f"127.0.0.1:{free_port()}", **opts
+    )
     ref = llm.finetune("n1", "sft", **opts)  # the same alias, trained in the kernel after the export
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    nodes = [subprocess.Popen(["bash", "launch.sh", str(k)], cwd=out, env=env, start_new_session=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for k in range(2)]
+    nodes = [
+        subprocess.Popen(
+            ["bash", "launch.sh", str(k)],
+            cwd=out,
+            env=env,
+            start_new_session=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for k in range(2)
+    ]
     try:
         logs = [n.communicate(timeout=300)[0] for n in nodes]
     finally:
@@ -328,8 +369,10 @@ def test_two_nodes_of_one_rank_through_the_exported_commands(llm, tiny_lm, tmp_p
     got = [e["loss"] for e in events if e["event"] == "step"]
     want = _losses(ref)
     rel = max(abs(x - y) / abs(y) for x, y in zip(got, want))
-    print(f"\n2 nodes x 1 rank (exported torchrun lines), causal-lm SFT, vs 1 process: worst loss difference "
-          f"{rel:.2e} relative; commands: {msg.data['commands']}")
+    print(
+        f"\n2 nodes x 1 rank (exported torchrun lines), causal-lm SFT, vs 1 process: worst loss difference "
+        f"{rel:.2e} relative; commands: {msg.data['commands']}"
+    )
     assert len(got) == len(want) and rel < 1e-4
     model, tok = load_checkpoint(out / "output" / "checkpoint")
     ev = evaluate_causal_lm(model, tok, llm.store().get("sft").splits["test"], batch_size=5, max_length=128)

@@ -3,6 +3,7 @@ the same run in one process on one GPU. Skipped without CUDA.
 
 Run on a CUDA machine:  .venv/bin/python -m pytest tests/training/test_distributed_gpu.py -q -s -m gpu
 """
+
 from __future__ import annotations
 
 import json
@@ -11,13 +12,24 @@ from pathlib import Path
 import pytest
 import torch
 
-pytestmark = [pytest.mark.gpu, pytest.mark.slow,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA GPUs (nccl)")]
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.slow,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA GPUs (nccl)"),
+]
 
-ROWS = [{"text": t, "label": y} for t, y in [
-    ("great movie", 1), ("awful film", 0), ("a gorgeous, witty, seductive movie", 1),
-    ("this film was a complete waste of two hours", 0), ("hello world great", 1), ("the lazy dog awful", 0),
-] * 16]
+ROWS = [
+    {"text": t, "label": y}
+    for t, y in [
+        ("great movie", 1),
+        ("awful film", 0),
+        ("a gorgeous, witty, seductive movie", 1),
+        ("this film was a complete waste of two hours", 0),
+        ("hello world great", 1),
+        ("the lazy dog awful", 0),
+    ]
+    * 16
+]
 
 
 def _losses(run) -> list[float]:

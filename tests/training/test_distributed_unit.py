@@ -4,6 +4,7 @@ normalisation, evaluation batches, launch checks, the spec, the export, the regi
 The launched runs (torchrun, gloo on 127.0.0.1) are in ``test_distributed.py``.
 Run: ``.venv/bin/python -m pytest tests/training/test_distributed_unit.py -q``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -22,10 +23,18 @@ from llmos_jupyter.training.distributed import block_classes, rank_seed, shard_r
 from llmos_jupyter.training.evaluate import eval_batches, merge_batches, rank_batches
 from llmos_jupyter.training.finetune import _loss_module, _train_step
 
-ROWS = [{"text": t, "label": y} for t, y in [
-    ("great movie", 1), ("awful film", 0), ("a gorgeous, witty, seductive movie", 1),
-    ("this film was a complete waste of two hours", 0), ("hello world great", 1), ("the lazy dog awful", 0),
-] * 6]
+ROWS = [
+    {"text": t, "label": y}
+    for t, y in [
+        ("great movie", 1),
+        ("awful film", 0),
+        ("a gorgeous, witty, seductive movie", 1),
+        ("this film was a complete waste of two hours", 0),
+        ("hello world great", 1),
+        ("the lazy dog awful", 0),
+    ]
+    * 6
+]
 
 
 def test_ranks_take_slices_of_the_one_process_batches_not_a_round_robin_deal():
@@ -70,8 +79,9 @@ def _grads(model):
 
 
 @pytest.mark.parametrize("lm", [False, True])
-def test_global_count_scaling_gives_the_one_process_gradient_for_unequal_slices(lm, tiny_model, tiny_tokenizer,
-                                                                                 tiny_llama):
+def test_global_count_scaling_gives_the_one_process_gradient_for_unequal_slices(
+    lm, tiny_model, tiny_tokenizer, tiny_llama
+):
     """5 rows on 2 ranks (3 + 2; causal-lm: unequal response tokens too): each rank divides its loss
     sum by the global count and multiplies by 2, DDP averages → the one-process gradient and loss.
     The textbook per-rank mean, averaged over ranks, is another (wrong) gradient."""
@@ -82,9 +92,12 @@ def test_global_count_scaling_gives_the_one_process_gradient_for_unequal_slices(
 
     if lm:
         tok_ = AutoTokenizer.from_pretrained(tiny_llama)
-        ds = datasets.Dataset.from_dict({
-            "prompt": ["great movie", "awful", "hello world", "the lazy dog", "a film"],
-            "response": ["positive", "negative film", "positive yes", "negative", "positive good one"]})
+        ds = datasets.Dataset.from_dict(
+            {
+                "prompt": ["great movie", "awful", "hello world", "the lazy dog", "a film"],
+                "response": ["positive", "negative film", "positive yes", "negative", "positive good one"],
+            }
+        )
         tok = tokenize_pairs(tok_, ds, "prompt", "response", 64)
         labels, pad = None, tok_.eos_token_id
 
@@ -92,8 +105,9 @@ def test_global_count_scaling_gives_the_one_process_gradient_for_unequal_slices(
             torch.manual_seed(0)
             return AutoModelForCausalLM.from_pretrained(tiny_llama).train()
     else:
-        ds = datasets.Dataset.from_dict({"text": [r["text"] for r in ROWS[:5]],
-                                         "label": [r["label"] for r in ROWS[:5]]})
+        ds = datasets.Dataset.from_dict(
+            {"text": [r["text"] for r in ROWS[:5]], "label": [r["label"] for r in ROWS[:5]]}
+        )
         tok = tokenize_column(tiny_tokenizer, ds, "text", 32)
         labels, pad = np.array(ds["label"]), tiny_tokenizer.pad_token_id
 
@@ -107,8 +121,9 @@ def test_global_count_scaling_gives_the_one_process_gradient_for_unequal_slices(
     per_rank, losses = [], []
     for r in range(2):
         m = make()
-        loss, n, _, _, _ = _train_step(_loss_module(m, lm), m, group, tok, tok.lengths, labels, pad, "cpu", lm,
-                                    _Rank(r, 2))
+        loss, n, _, _, _ = _train_step(
+            _loss_module(m, lm), m, group, tok, tok.lengths, labels, pad, "cpu", lm, _Rank(r, 2)
+        )
         per_rank.append(_grads(m))
         losses.append(loss)
         assert n == 5
@@ -152,9 +167,13 @@ def test_launch_checks_are_one_line_each():
     from llmos_jupyter.training.config import FinetuneConfig
     from llmos_jupyter.training.launch import LaunchConfig, check_launch
 
-    for kw, msg in [(dict(nproc=0), "--nproc 0 is not allowed"), (dict(nnodes=-1), "--nnodes -1"),
-                    (dict(backend="mpi"), "gloo"), (dict(launcher="deepspeed"), "torchrun or accelerate"),
-                    (dict(rdzv_endpoint="nohost"), "HOST:PORT")]:
+    for kw, msg in [
+        (dict(nproc=0), "--nproc 0 is not allowed"),
+        (dict(nnodes=-1), "--nnodes -1"),
+        (dict(backend="mpi"), "gloo"),
+        (dict(launcher="deepspeed"), "torchrun or accelerate"),
+        (dict(rdzv_endpoint="nohost"), "HOST:PORT"),
+    ]:
         with pytest.raises(UsageError, match=msg) as e:
             LaunchConfig(**kw)
         assert "\n" not in str(e.value)
@@ -164,15 +183,20 @@ def test_launch_checks_are_one_line_each():
         s.bind(("127.0.0.1", 0))
         s.listen()
         busy = s.getsockname()[1]
-        cases = [(LaunchConfig(nproc=2, backend="nccl"), dict(backend="nccl"), "nccl needs CUDA GPUs"),
-                 (LaunchConfig(nproc=3), dict(n_train=2), "3 ranks for 2 training rows"),
-                 (LaunchConfig(nproc=5), {}, "--batch-size 5 or more"),
-                 (LaunchConfig(nproc=2, fsdp=True),
-                  dict(config=FinetuneConfig(batch_size=4, eval_every=2, metric_for_best="loss")), "--fsdp keeps no"),
-                 (LaunchConfig(nproc=2, fsdp=True), dict(resume=True), "cannot --resume"),
-                 (LaunchConfig(nproc=1, nnodes=2), {}, "needs --rdzv-endpoint"),
-                 (LaunchConfig(nproc=1, nnodes=2, launcher="accelerate"), {}, "accelerate starts one node"),
-                 (LaunchConfig(nproc=2, rdzv_endpoint=f"127.0.0.1:{busy}"), {}, f"port {busy} is already in use")]
+        cases = [
+            (LaunchConfig(nproc=2, backend="nccl"), dict(backend="nccl"), "nccl needs CUDA GPUs"),
+            (LaunchConfig(nproc=3), dict(n_train=2), "3 ranks for 2 training rows"),
+            (LaunchConfig(nproc=5), {}, "--batch-size 5 or more"),
+            (
+                LaunchConfig(nproc=2, fsdp=True),
+                dict(config=FinetuneConfig(batch_size=4, eval_every=2, metric_for_best="loss")),
+                "--fsdp keeps no",
+            ),
+            (LaunchConfig(nproc=2, fsdp=True), dict(resume=True), "cannot --resume"),
+            (LaunchConfig(nproc=1, nnodes=2), {}, "needs --rdzv-endpoint"),
+            (LaunchConfig(nproc=1, nnodes=2, launcher="accelerate"), {}, "accelerate starts one node"),
+            (LaunchConfig(nproc=2, rdzv_endpoint=f"127.0.0.1:{busy}"), {}, f"port {busy} is already in use"),
+        ]
         for lc, over, msg in cases:
             if "CUDA" in msg and torch.cuda.is_available():
                 continue
@@ -190,11 +214,13 @@ def test_api_refuses_bad_launches_before_anything_is_written(fresh_api, tiny_ber
     api.data_load(ROWS, name="toy")
     api.data_split("toy", test=0.25, seed=0)
     n_train = len(api.store().get("toy").splits["train"])
-    cases = [(dict(nproc=0), "--nproc 0 is not allowed"),
-             (dict(nproc=n_train + 1, batch_size=64), f"{n_train + 1} ranks for {n_train} training rows"),
-             (dict(nproc=2, backend="nccl"), "nccl needs CUDA"),
-             (dict(backend="gloo"), "--backend goes with --nproc"),
-             (dict(export_launch="x", resume="ft-1"), "drop --resume")]
+    cases = [
+        (dict(nproc=0), "--nproc 0 is not allowed"),
+        (dict(nproc=n_train + 1, batch_size=64), f"{n_train + 1} ranks for {n_train} training rows"),
+        (dict(nproc=2, backend="nccl"), "nccl needs CUDA"),
+        (dict(backend="gloo"), "--backend goes with --nproc"),
+        (dict(export_launch="x", resume="ft-1"), "drop --resume"),
+    ]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
@@ -224,10 +250,20 @@ def test_magic_launch_flags_reach_the_api(monkeypatch):
     ip.run_line_magic("load_ext", "llmos_jupyter")
     seen = {}
     monkeypatch.setattr(api, "finetune", lambda alias, dataset, **kw: seen.update(kw))
-    ip.run_line_magic("llm", "finetune m toy --nproc 2 --nnodes 2 --backend gloo --launcher accelerate --fsdp "
-                             "--rdzv-endpoint 127.0.0.1:29511 --export-launch out/launch --no-progress")
-    want = dict(nproc=2, nnodes=2, backend="gloo", launcher="accelerate", fsdp=True, rdzv_endpoint="127.0.0.1:29511",
-                export_launch="out/launch")
+    ip.run_line_magic(
+        "llm",
+        "finetune m toy --nproc 2 --nnodes 2 --backend gloo --launcher accelerate --fsdp "
+        "--rdzv-endpoint 127.0.0.1:29511 --export-launch out/launch --no-progress",
+    )
+    want = dict(
+        nproc=2,
+        nnodes=2,
+        backend="gloo",
+        launcher="accelerate",
+        fsdp=True,
+        rdzv_endpoint="127.0.0.1:29511",
+        export_launch="out/launch",
+    )
     assert {k: seen[k] for k in want} == want
     seen.clear()
     ip.run_line_magic("llm", "finetune m toy --no-progress")
@@ -248,8 +284,19 @@ def test_spec_hands_the_ranks_the_alias_weights(fresh_api, tiny_bert, tiny_llama
     api.load(str(tiny_bert), alias="m", task="seq-cls", labels="negative,positive")
     rec = api.manager().get("m")
     data = {"path": "unused", "train_split": "train"}
-    spec = write_spec(tmp_path / "a", model=rec.model, tokenizer=rec.tokenizer, task="seq-cls", labels=rec.labels,
-                      dtype=rec.dtype, data=data, config={}, output_dir="out", backend="gloo", fsdp=False)
+    spec = write_spec(
+        tmp_path / "a",
+        model=rec.model,
+        tokenizer=rec.tokenizer,
+        task="seq-cls",
+        labels=rec.labels,
+        dtype=rec.dtype,
+        data=data,
+        config={},
+        output_dir="out",
+        backend="gloo",
+        fsdp=False,
+    )
     s = read_spec(spec)
     assert s["model"]["untrained"] == untrained_head_params(rec.model) != []
     model, _ = load_model(s, "cpu")
@@ -262,8 +309,19 @@ def test_spec_hands_the_ranks_the_alias_weights(fresh_api, tiny_bert, tiny_llama
     api.load(str(tiny_llama), alias="lm", task="causal-lm")
     lm = api.manager().get("lm")
     assert lm.model.config.pad_token_id is not None and lm.model.model.embed_tokens.padding_idx is None
-    spec = write_spec(tmp_path / "lm", model=lm.model, tokenizer=lm.tokenizer, task="causal-lm", labels=None,
-                      dtype=lm.dtype, data=data, config={}, output_dir="out", backend="gloo", fsdp=False)
+    spec = write_spec(
+        tmp_path / "lm",
+        model=lm.model,
+        tokenizer=lm.tokenizer,
+        task="causal-lm",
+        labels=None,
+        dtype=lm.dtype,
+        data=data,
+        config={},
+        output_dir="out",
+        backend="gloo",
+        fsdp=False,
+    )
     model, _ = load_model(read_spec(spec), "cpu")
     assert model.model.embed_tokens.padding_idx is None
     assert all(torch.equal(a, b) for a, b in zip(lm.model.state_dict().values(), model.state_dict().values()))
@@ -273,12 +331,24 @@ def test_spec_hands_the_ranks_the_alias_weights(fresh_api, tiny_bert, tiny_llama
     api.finetune("m", "toy", method="lora", max_steps=2, batch_size=4, lr=1e-2, progress=False)
     rec = api.manager().get("m")
     assert hasattr(rec.model, "peft_config")
-    spec = write_spec(tmp_path / "b", model=rec.model, tokenizer=rec.tokenizer, task="seq-cls", labels=rec.labels,
-                      dtype=rec.dtype, data=data, config={}, output_dir="out", backend="gloo", fsdp=False)
+    spec = write_spec(
+        tmp_path / "b",
+        model=rec.model,
+        tokenizer=rec.tokenizer,
+        task="seq-cls",
+        labels=rec.labels,
+        dtype=rec.dtype,
+        data=data,
+        config={},
+        output_dir="out",
+        backend="gloo",
+        fsdp=False,
+    )
     assert (tmp_path / "b" / "adapter" / "adapter_model.safetensors").is_file()
     model, _ = load_model(read_spec(spec), "cpu")
     want, got = rec.model.state_dict(), model.state_dict()
     assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+
     def trainable(m):
         return {n for n, p in m.named_parameters() if p.requires_grad}
 
@@ -293,10 +363,12 @@ def test_export_writes_spec_script_commands_slurm_and_fsdp_config(fresh_api, tin
     api.data_load(ROWS, name="toy")
     api.data_split("toy", test=0.25, seed=0)
     out = tmp_path / "launch"
-    msg = api.finetune("m", "toy", export_launch=str(out), nproc=2, nnodes=2, rdzv_endpoint="10.1.2.3:29555",
-                       progress=False)
-    assert sorted(msg.data["files"]) == sorted(["README.md", "accelerate_fsdp.yaml", "data", "launch.sh", "model",
-                                                "slurm.sbatch", "spec.json", "train.py"])
+    msg = api.finetune(
+        "m", "toy", export_launch=str(out), nproc=2, nnodes=2, rdzv_endpoint="10.1.2.3:29555", progress=False
+    )
+    assert sorted(msg.data["files"]) == sorted(
+        ["README.md", "accelerate_fsdp.yaml", "data", "launch.sh", "model", "slurm.sbatch", "spec.json", "train.py"]
+    )
     spec = json.loads((out / "spec.json").read_text())
     assert spec["model"]["path"] == "model" and spec["data"]["path"] == "data" and spec["output_dir"] == "output"
     n_train = len(api.store().get("toy").splits["train"])  # the default batch of 32 is cut to the rows
@@ -330,14 +402,22 @@ def test_registry_records_the_launch_and_reads_an_older_registry(tmp_path):
     assert "distributed" not in old
     db = sqlite3.connect(path)
     db.executescript(old)
-    db.execute("INSERT INTO runs (id, kind, config, status, created_at, packages, hardware, host, pid) "
-               "VALUES ('ft-old', 'finetune', '{}', 'completed', '2025-01-01T00:00:00+00:00', '{}', '{}', 'h', 1)")
+    db.execute(
+        "INSERT INTO runs (id, kind, config, status, created_at, packages, hardware, host, pid) "
+        "VALUES ('ft-old', 'finetune', '{}', 'completed', '2025-01-01T00:00:00+00:00', '{}', '{}', 'h', 1)"
+    )
     db.commit()
     db.close()
     reg = RunRegistry(path)
     assert reg.get("ft-old").distributed == {}
-    launch = {"world_size": 2, "nproc_per_node": 2, "nnodes": 1, "backend": "gloo", "launcher": "torchrun",
-              "fsdp": False}
+    launch = {
+        "world_size": 2,
+        "nproc_per_node": 2,
+        "nnodes": 1,
+        "backend": "gloo",
+        "launcher": "torchrun",
+        "fsdp": False,
+    }
     rid = reg.start("finetune", "m", "toy@v2", {}, 0, "fp", distributed=launch)
     run = reg.finish(rid, "completed", checkpoint=tmp_path / "checkpoints" / rid / "checkpoint")
     assert reg.get(rid).distributed == launch and run.manifest()["distributed"] == launch
@@ -372,8 +452,13 @@ def test_a_rank_refusal_is_one_line_and_a_failure_is_recorded(fresh_api, tiny_be
     api.data_load(ROWS, name="toy")
     api.data_split("toy", test=0.25, seed=0)
     before = {n: p.detach().clone() for n, p in api.manager().get("m").model.named_parameters()}
-    monkeypatch.setattr(launch, "run_distributed", lambda *a, **k: DistributedResult(
-        status="refused", error="the model has num_labels=1; reload it with 2 labels"))
+    monkeypatch.setattr(
+        launch,
+        "run_distributed",
+        lambda *a, **k: DistributedResult(
+            status="refused", error="the model has num_labels=1; reload it with 2 labels"
+        ),
+    )
     with pytest.raises(UsageError, match="^the model has num_labels=1; reload it with 2 labels$"):
         api.finetune("m", "toy", nproc=2, batch_size=4, progress=False)
     assert len(api.runs(100)) == 0 and api.jobs().rows == []
@@ -381,8 +466,13 @@ def test_a_rank_refusal_is_one_line_and_a_failure_is_recorded(fresh_api, tiny_be
     def failed(*a, run_dir, **k):
         ck = run_dir / "checkpoint"
         ck.mkdir(parents=True)
-        return DistributedResult(status="failed", error="rank 1 (pid 7) was killed by SIGKILL", checkpoint=str(ck),
-                                 checkpoint_sha256="ab", steps=3)
+        return DistributedResult(
+            status="failed",
+            error="rank 1 (pid 7) was killed by SIGKILL",
+            checkpoint=str(ck),
+            checkpoint_sha256="ab",
+            steps=3,
+        )
 
     monkeypatch.setattr(launch, "run_distributed", failed)
     with pytest.raises(LLMOSError, match="^distributed fine-tune failed: rank 1 .pid 7. was killed by SIGKILL$"):

@@ -1,4 +1,5 @@
 """evaluate(): metrics against hand computation, predictions against row-by-row forward passes."""
+
 from __future__ import annotations
 
 from fractions import Fraction
@@ -38,13 +39,33 @@ def test_evaluate_matches_row_by_row_forward(tiny_model, tiny_tokenizer):
     import datasets
     import torch
 
-    model = make = tiny_model(num_labels=3, seed=3)
-    texts = ["good movie", "the plot was dull and boring and very weak and messy and tedious", "a", "fun", None, 42,
-             "really quite superb acting the story was moving", "poor", "film film film film film", "witty and lovely"]
+    model = tiny_model(num_labels=3, seed=3)
+    texts = [
+        "good movie",
+        "the plot was dull and boring and very weak and messy and tedious",
+        "a",
+        "fun",
+        None,
+        42,
+        "really quite superb acting the story was moving",
+        "poor",
+        "film film film film film",
+        "witty and lovely",
+    ]
     labels = [0, 1, 2, 0, 1, 2, 0, 1, 2, 0]
-    ds = datasets.Dataset.from_dict({"review": [t if t is None or isinstance(t, str) else str(t) for t in texts], "y": labels})
+    ds = datasets.Dataset.from_dict(
+        {"review": [t if t is None or isinstance(t, str) else str(t) for t in texts], "y": labels}
+    )
     ds = ds.cast_column("review", datasets.Value("string"))
-    r = evaluate(model, tiny_tokenizer, ds, text_column="review", label_column="y", batch_size=4, label_names=["neg", "pos", "mixed"])
+    r = evaluate(
+        model,
+        tiny_tokenizer,
+        ds,
+        text_column="review",
+        label_column="y",
+        batch_size=4,
+        label_names=["neg", "pos", "mixed"],
+    )
 
     # reference: each row alone, no padding at all
     ref = []

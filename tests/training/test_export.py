@@ -1,19 +1,22 @@
 """Export (api.export, %llm export) on tiny random models, causal-lm fine-tuning through the API,
 the eval / runs magics, and bad input that must leave nothing in the registry or checkpoints."""
+
 from __future__ import annotations
 
 import json
 import sqlite3
+from pathlib import Path
 
 import pytest
-from pathlib import Path
 from IPython.core.interactiveshell import InteractiveShell
 
 from llmos_jupyter.errors import UsageError
 from llmos_jupyter.training.export import MANIFEST, export_model
 
-PAIRS = [{"prompt": "hello world", "response": "great movie"},
-         {"prompt": "what is the capital of france?", "response": "paris."}]
+PAIRS = [
+    {"prompt": "hello world", "response": "great movie"},
+    {"prompt": "what is the capital of france?", "response": "paris."},
+]
 
 
 def _load_plain(path, cls="AutoModelForCausalLM"):
@@ -99,7 +102,9 @@ def test_export_lora_adapter_and_merged(tiny_llama, tmp_path):
 
     model, tok = _load_plain(tiny_llama)
     tok.pad_token = tok.eos_token
-    cfg = FinetuneConfig(task="causal-lm", method="lora", epochs=5, batch_size=2, lr=2e-2, warmup_ratio=0.0, lora_dropout=0.0)
+    cfg = FinetuneConfig(
+        task="causal-lm", method="lora", epochs=5, batch_size=2, lr=2e-2, warmup_ratio=0.0, lora_dropout=0.0
+    )
     r = finetune(model, tok, datasets.Dataset.from_list(PAIRS), config=cfg)
     pm = r.model
     mem = _logits(pm, tok)
@@ -145,13 +150,19 @@ def test_api_causal_lm_finetune_export_manifest(fresh_api, shell, tiny_llama, tm
     assert (dv.prompt_column, dv.response_column) == ("prompt", "response")
     run = api.finetune("tl", "pairs", epochs=10, lr=1e-2, batch_size=2, progress=False, warmup_ratio=0.0)
     assert run.status == "completed" and run.kind == "finetune" and run.config["task"] == "causal-lm"
-    assert capsys.readouterr().err == ("llmos: note: 'pairs' has no 'test' split, so this run was not evaluated; "
-                                       "make one with `%llm data split pairs --test 0.15`\n")
+    assert capsys.readouterr().err == (
+        "llmos: note: 'pairs' has no 'test' split, so this run was not evaluated; "
+        "make one with `%llm data split pairs --test 0.15`\n"
+    )
     shell.run_line_magic("llm", f"export tl {tmp_path / 'exp'}")
     err = capsys.readouterr().err
     assert err == ""
     man = json.loads((tmp_path / "exp" / MANIFEST).read_text())
-    assert man["run_id"] == run.id and man["config"]["task"] == "causal-lm" and man["checkpoint_sha256"] == run.checkpoint_sha256
+    assert (
+        man["run_id"] == run.id
+        and man["config"]["task"] == "causal-lm"
+        and man["checkpoint_sha256"] == run.checkpoint_sha256
+    )
     again, tok = _load_plain(tmp_path / "exp")
     with api.manager().use("tl") as rec:
         mem = _logits(rec.model, rec.tokenizer)
@@ -161,7 +172,7 @@ def test_api_causal_lm_finetune_export_manifest(fresh_api, shell, tiny_llama, tm
     shell.run_line_magic("llm", f"export tl {tmp_path / 'exp'} --overwrite")
     assert capsys.readouterr().err == ""
     ev = api.evaluate("tl", "pairs", split="train")
-    assert ev.n == 2 and ev.perplexity == pytest.approx(2.718281828 ** ev.loss)
+    assert ev.n == 2 and ev.perplexity == pytest.approx(2.718281828**ev.loss)
     run2 = api.finetune("tl", "pairs", epochs=1, lr=1e-3, batch_size=2, progress=False)
     assert "so this run was not evaluated" in capsys.readouterr().err
     cmp = api.runs_compare(run.id, run2.id)
@@ -173,8 +184,16 @@ def test_api_causal_lm_finetune_export_manifest(fresh_api, shell, tiny_llama, tm
 
 def test_eval_magic_shows_metrics_plot_and_worst_rows(fresh_api, shell, tiny_bert):
     api = fresh_api
-    rows = [{"text": t, "label": l} for t, l in [("great movie", "positive"), ("awful film", "negative"),
-                                                  ("hello world", "positive"), ("the quick brown fox", "negative")] * 5]
+    rows = [
+        {"text": t, "label": y}
+        for t, y in [
+            ("great movie", "positive"),
+            ("awful film", "negative"),
+            ("hello world", "positive"),
+            ("the quick brown fox", "negative"),
+        ]
+        * 5
+    ]
     api.load(str(tiny_bert), alias="tb", task="seq-cls", labels="negative,positive")
     api.data_load(rows, name="sent")
     api.data_split("sent", test=8, seed=0)
@@ -188,33 +207,49 @@ def test_eval_magic_shows_metrics_plot_and_worst_rows(fresh_api, shell, tiny_ber
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.parametrize("line, message", [
-    ("finetune tb sent --method lora --no-progress", "match no module"),
-    ("finetune tb sent3 --no-progress", "not among the model's labels"),
-    ("finetune tb sent --epochs 0 --no-progress", "epochs=0"),
-    ("eval tb sent:validation", "no 'validation' split"),
-    ("finetune tl sent --no-progress", "no prompt/response columns"),
-    # found by a new-user trial: errors raised inside the training call leave no run row and no job
-    ("finetune tl pairs --max-length 2 --no-progress", "max_length=2"),
-    ("finetune tb sent --patience 0 --eval-every 1 --no-progress", "use e.g. --patience 3"),
-    ("finetune tb sent --patience 2 --no-progress", "--eval-every epoch"),
-    ("finetune tb sent --eval-every week --no-progress", "--eval-every takes a whole number of steps or 'epoch'"),
-    ("eval tb sent --batch-size 0", "batch size must be at least 1"),
-    ("eval tl pairs:train --generate --max-new-tokens 0", "max_new_tokens must be at least 1"),
-    ("eval tb sent:test --split train", "two splits given"),
-    ("runs --limit 0", "limit must be at least 1"),
-    ("export tb /proc/llmos-nope/x", "cannot export to /proc/llmos-nope/x"),
-    ("data split sent --test 1.5", "fraction must be between 0 and 1"),
-])
-def test_bad_input_one_line_nothing_written(fresh_api, shell, tiny_bert, tiny_llama, capsys, line, message, monkeypatch):
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("finetune tb sent --method lora --no-progress", "match no module"),
+        ("finetune tb sent3 --no-progress", "not among the model's labels"),
+        ("finetune tb sent --epochs 0 --no-progress", "epochs=0"),
+        ("eval tb sent:validation", "no 'validation' split"),
+        ("finetune tl sent --no-progress", "no prompt/response columns"),
+        # found by a new-user trial: errors raised inside the training call leave no run row and no job
+        ("finetune tl pairs --max-length 2 --no-progress", "max_length=2"),
+        ("finetune tb sent --patience 0 --eval-every 1 --no-progress", "use e.g. --patience 3"),
+        ("finetune tb sent --patience 2 --no-progress", "--eval-every epoch"),
+        ("finetune tb sent --eval-every week --no-progress", "--eval-every takes a whole number of steps or 'epoch'"),
+        ("eval tb sent --batch-size 0", "batch size must be at least 1"),
+        ("eval tl pairs:train --generate --max-new-tokens 0", "max_new_tokens must be at least 1"),
+        ("eval tb sent:test --split train", "two splits given"),
+        ("runs --limit 0", "limit must be at least 1"),
+        ("export tb /proc/llmos-nope/x", "cannot export to /proc/llmos-nope/x"),
+        ("data split sent --test 1.5", "fraction must be between 0 and 1"),
+    ],
+)
+def test_bad_input_one_line_nothing_written(
+    fresh_api, shell, tiny_bert, tiny_llama, capsys, line, message, monkeypatch
+):
     api = fresh_api
     api.load(str(tiny_bert), alias="tb", task="seq-cls", labels="negative,positive")
     api.load(str(tiny_llama), alias="tl", task="causal-lm")
     # the default LoRA targets for bert (query, value) exist; point them at names this model lacks
-    monkeypatch.setitem(__import__("llmos_jupyter.training.config", fromlist=["x"]).DEFAULT_TARGET_MODULES, "bert", ["q_proj"])
-    api.data_load([{"text": "great movie", "label": "positive"}, {"text": "awful film", "label": "negative"}] * 4, name="sent")
-    api.data_load([{"text": "great movie", "label": "positive"}, {"text": "meh", "label": "neutral"},
-                   {"text": "awful film", "label": "negative"}] * 3, name="sent3")
+    monkeypatch.setitem(
+        __import__("llmos_jupyter.training.config", fromlist=["x"]).DEFAULT_TARGET_MODULES, "bert", ["q_proj"]
+    )
+    api.data_load(
+        [{"text": "great movie", "label": "positive"}, {"text": "awful film", "label": "negative"}] * 4, name="sent"
+    )
+    api.data_load(
+        [
+            {"text": "great movie", "label": "positive"},
+            {"text": "meh", "label": "neutral"},
+            {"text": "awful film", "label": "negative"},
+        ]
+        * 3,
+        name="sent3",
+    )
     api.data_load([{"prompt": "hello world", "response": "great movie"}] * 4, name="pairs")
     versions = {n: len(api.data_versions(n).data) for n in ("sent", "sent3", "pairs")}
     capsys.readouterr()
@@ -236,13 +271,25 @@ def test_finetune_flags_reach_the_config(fresh_api, shell, tiny_bert, capsys):
     assert [flag_of(f) for f in named if flag_of(f) not in flags] == []
     api = fresh_api
     api.load(str(tiny_bert), alias="tb", task="seq-cls", labels="negative,positive")
-    api.data_load([{"text": "great movie", "label": "positive"}, {"text": "awful film", "label": "negative"}] * 8, name="s")
+    api.data_load(
+        [{"text": "great movie", "label": "positive"}, {"text": "awful film", "label": "negative"}] * 8, name="s"
+    )
     api.data_split("s", test=4, seed=0)
-    run = shell.run_line_magic("llm", "finetune tb s --method lora --target-modules query,value --weight-decay 0 "
-                                      "--warmup-ratio 0 --lr-scheduler constant --grad-accum 2 --max-grad-norm 0.5 "
-                                      "--max-steps 2 --batch-size 2 --no-progress")
+    run = shell.run_line_magic(
+        "llm",
+        "finetune tb s --method lora --target-modules query,value --weight-decay 0 "
+        "--warmup-ratio 0 --lr-scheduler constant --grad-accum 2 --max-grad-norm 0.5 "
+        "--max-steps 2 --batch-size 2 --no-progress",
+    )
     assert capsys.readouterr().err == ""
     c = run.config
-    assert (c["target_modules"], c["weight_decay"], c["warmup_ratio"], c["lr_scheduler"], c["grad_accum"],
-            c["max_grad_norm"], c["max_steps"]) == (["query", "value"], 0.0, 0.0, "constant", 2, 0.5, 2)
+    assert (
+        c["target_modules"],
+        c["weight_decay"],
+        c["warmup_ratio"],
+        c["lr_scheduler"],
+        c["grad_accum"],
+        c["max_grad_norm"],
+        c["max_steps"],
+    ) == (["query", "value"], 0.0, 0.0, "constant", 2, 0.5, 2)
     assert run.status == "completed" and run.metrics["n"] == 4  # evaluated on the 4 test rows

@@ -1,4 +1,5 @@
 """finetune() on tiny random models: learning, determinism, interrupts, errors, the input pipeline."""
+
 from __future__ import annotations
 
 import json
@@ -47,7 +48,7 @@ def test_learns_and_reports(tiny_model, tiny_tokenizer, sentiment, tmp_path):
     assert r.status == "completed" and r.steps == r.total_steps == 32 and r.epochs == 4.0
     assert cb.begin == (32, 256, "ft-test") and cb.end == ("completed", r)
     assert [s for s, _, _ in steps_seen] == list(range(1, 33))
-    assert [l for _, l, _ in steps_seen] == r.train_loss
+    assert [loss for _, loss, _ in steps_seen] == r.train_loss
     # linear warmup (ceil(0.1*32) = 4 steps from 0) then linear decay
     lrs = [lr for _, _, lr in steps_seen]
     assert lrs[0] == 0.0 and lrs[4] == pytest.approx(1e-2) and lrs[-1] == pytest.approx(1e-2 / 28)
@@ -74,7 +75,14 @@ def test_same_seed_same_result_whatever_the_rng_state(tiny_model, tiny_tokenizer
     import torch
 
     train, ev = sentiment
-    cfg = FinetuneConfig(epochs=1, lr=1e-3, batch_size=16, seed=7, method=method, target_modules=["query", "value"] if method == "lora" else None)
+    cfg = FinetuneConfig(
+        epochs=1,
+        lr=1e-3,
+        batch_size=16,
+        seed=7,
+        method=method,
+        target_modules=["query", "value"] if method == "lora" else None,
+    )
     out, body = [], None
     for i in range(2):
         scramble()
@@ -109,7 +117,9 @@ def test_trained_head_is_not_reinitialised(tiny_model, tiny_tokenizer, sentiment
     finetune(model, tiny_tokenizer, train, config=FinetuneConfig(max_steps=2, batch_size=8, lr=1e-3))
     assert untrained_head_params(model) == []
     w = model.classifier.weight.detach().clone()
-    r = finetune(model, tiny_tokenizer, train, config=FinetuneConfig(max_steps=1, batch_size=8, lr=0.0 + 1e-12, warmup_ratio=0.0))
+    r = finetune(
+        model, tiny_tokenizer, train, config=FinetuneConfig(max_steps=1, batch_size=8, lr=0.0 + 1e-12, warmup_ratio=0.0)
+    )
     assert r.head_reinitialized == [] and r.steps == 1
     assert torch.allclose(model.classifier.weight, w, atol=1e-9)
 
@@ -127,7 +137,16 @@ def test_should_stop_interrupts_at_a_step_boundary(tiny_model, tiny_tokenizer, s
             self.status = status
 
     cb = CB()
-    r = finetune(model, tiny_tokenizer, train, ev, config=FinetuneConfig(batch_size=8, lr=1e-3), callback=cb, run_dir=tmp_path, should_stop=lambda: len(seen) >= 3)
+    r = finetune(
+        model,
+        tiny_tokenizer,
+        train,
+        ev,
+        config=FinetuneConfig(batch_size=8, lr=1e-3),
+        callback=cb,
+        run_dir=tmp_path,
+        should_stop=lambda: len(seen) >= 3,
+    )
     assert r.status == "interrupted" == cb.status
     assert r.steps == 3 and seen == [1, 2, 3] and r.total_steps == 8
     assert not model.training
@@ -139,7 +158,9 @@ def test_should_stop_interrupts_at_a_step_boundary(tiny_model, tiny_tokenizer, s
     from safetensors.torch import load_file
 
     saved = load_file(r.checkpoint / "model.safetensors")
-    assert all(np.array_equal(saved[k].numpy(), v.detach().numpy()) for k, v in model.state_dict().items() if k in saved)
+    assert all(
+        np.array_equal(saved[k].numpy(), v.detach().numpy()) for k, v in model.state_dict().items() if k in saved
+    )
 
 
 def test_keyboard_interrupt_and_sigint_stop_the_run(tiny_model, tiny_tokenizer, sentiment, tmp_path):
@@ -151,8 +172,15 @@ def test_keyboard_interrupt_and_sigint_stop_the_run(tiny_model, tiny_tokenizer, 
                 raise KeyboardInterrupt
 
     model = tiny_model()
-    r = finetune(model, tiny_tokenizer, train, config=FinetuneConfig(batch_size=8), callback=Raise(), run_dir=tmp_path / "a")
-    assert r.status == "interrupted" and r.steps == 2 and not model.training and (r.checkpoint / "model.safetensors").exists()
+    r = finetune(
+        model, tiny_tokenizer, train, config=FinetuneConfig(batch_size=8), callback=Raise(), run_dir=tmp_path / "a"
+    )
+    assert (
+        r.status == "interrupted"
+        and r.steps == 2
+        and not model.training
+        and (r.checkpoint / "model.safetensors").exists()
+    )
 
     class Sigint:  # what "interrupt kernel" sends: the first SIGINT stops at the next step boundary
         def on_step(self, step, *a):
@@ -161,7 +189,9 @@ def test_keyboard_interrupt_and_sigint_stop_the_run(tiny_model, tiny_tokenizer, 
 
     before = signal.getsignal(signal.SIGINT)
     model = tiny_model()
-    r = finetune(model, tiny_tokenizer, train, config=FinetuneConfig(batch_size=8), callback=Sigint(), run_dir=tmp_path / "b")
+    r = finetune(
+        model, tiny_tokenizer, train, config=FinetuneConfig(batch_size=8), callback=Sigint(), run_dir=tmp_path / "b"
+    )
     assert r.status == "interrupted" and r.steps == 2 and not model.training
     assert signal.getsignal(signal.SIGINT) is before
 
@@ -187,7 +217,9 @@ def test_error_leaves_no_checkpoint_and_eval_mode(tiny_model, tiny_tokenizer, se
             CB.ended = (status, result)
 
     with pytest.raises(RuntimeError, match="boom"):
-        finetune(model, tiny_tokenizer, train, config=FinetuneConfig(batch_size=8), callback=CB(), run_dir=tmp_path / "run")
+        finetune(
+            model, tiny_tokenizer, train, config=FinetuneConfig(batch_size=8), callback=CB(), run_dir=tmp_path / "run"
+        )
     assert not model.training
     assert CB.ended == ("failed", None)
     assert not (tmp_path / "run").exists() or list((tmp_path / "run").iterdir()) == []
@@ -255,7 +287,12 @@ def test_grad_accum_matches_a_bigger_batch(tiny_model, tiny_tokenizer, sentiment
     res = []
     for bs, acc in ((16, 1), (8, 2)):
         m = tiny_model(dropout=0.0)
-        finetune(m, tiny_tokenizer, train, config=FinetuneConfig(batch_size=bs, grad_accum=acc, group_by_length=False, lr=1e-3, seed=3))
+        finetune(
+            m,
+            tiny_tokenizer,
+            train,
+            config=FinetuneConfig(batch_size=bs, grad_accum=acc, group_by_length=False, lr=1e-3, seed=3),
+        )
         res.append(m.state_dict())
     for k in res[0]:
         torch.testing.assert_close(res[0][k], res[1][k], atol=2e-5, rtol=1e-4)
@@ -303,9 +340,16 @@ def test_tokenize_once_and_batches(tiny_tokenizer, sentiment):
 def test_eval_every_epoch_is_steps_per_epoch(tiny_model, tiny_tokenizer, sentiment):
     """eval_every="epoch" (HF Trainer's eval_strategy="epoch") evaluates where eval_every=steps_per_epoch does."""
     train, ev = sentiment
-    runs = [finetune(tiny_model(), tiny_tokenizer, train, ev,
-                     config=FinetuneConfig(epochs=3, lr=1e-2, batch_size=8, seed=1, eval_every=every, early_stopping_patience=2))
-            for every in ("epoch", 8)]  # 64 train rows / batch 8 = 8 steps an epoch
+    runs = [
+        finetune(
+            tiny_model(),
+            tiny_tokenizer,
+            train,
+            ev,
+            config=FinetuneConfig(epochs=3, lr=1e-2, batch_size=8, seed=1, eval_every=every, early_stopping_patience=2),
+        )
+        for every in ("epoch", 8)
+    ]  # 64 train rows / batch 8 = 8 steps an epoch
     assert [h["step"] for h in runs[0].eval_history] == [8, 16, 24]
     assert runs[0].eval_history == runs[1].eval_history and runs[0].train_loss == runs[1].train_loss
     with pytest.raises(UsageError, match="eval_every"):

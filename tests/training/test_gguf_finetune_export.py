@@ -4,6 +4,7 @@ full, causal-lm SFT on two instruction/response pairs), exported, and reloaded w
 
 Marked ``slow`` (the real 135M model); it still runs in CI.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,20 +14,24 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-PAIRS = [{"instruction": "What is the capital of France?", "output": "Paris."},
-         {"instruction": "Name a primary colour.", "output": "Blue."}]
+PAIRS = [
+    {"instruction": "What is the capital of France?", "output": "Paris."},
+    {"instruction": "Name a primary colour.", "output": "Blue."},
+]
 
 
 def _probe(model, tok, n_new=8):
     """Logits of the rendered probe prompt ``(1, L, V)`` and the greedy continuation ids."""
     import torch
 
-    text = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}], add_generation_prompt=True, tokenize=False)
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}], add_generation_prompt=True, tokenize=False
+    )
     enc = tok(text, return_tensors="pt", add_special_tokens=False)
     with torch.no_grad():
         logits = model(**enc).logits.float()
         out = model.generate(**enc, max_new_tokens=n_new, do_sample=False, pad_token_id=tok.pad_token_id)
-    return logits, out[0, enc["input_ids"].shape[1]:].tolist()
+    return logits, out[0, enc["input_ids"].shape[1] :].tolist()
 
 
 def test_gguf_finetune_export_reload(fresh_api, pulled, tmp_path):
@@ -78,5 +83,7 @@ def test_gguf_finetune_export_reload(fresh_api, pulled, tmp_path):
     assert next(back.parameters()).dtype == torch.float32
     delta = (back_logits - mem_logits).abs().max().item()
     assert delta == 0.0 and back_greedy == mem_greedy
-    print(f"GGUF fine-tune: LoRA loss {lo[0]:.3f} -> {lo[-1]:.3f}, full loss {fl[0]:.3f} -> {fl[-1]:.3f}; "
-          f"merged-LoRA export max|Δ| {d_lora:.2e}; full export max|Δ| {delta}; greedy {tok.decode(back_greedy)!r}")
+    print(
+        f"GGUF fine-tune: LoRA loss {lo[0]:.3f} -> {lo[-1]:.3f}, full loss {fl[0]:.3f} -> {fl[-1]:.3f}; "
+        f"merged-LoRA export max|Δ| {d_lora:.2e}; full export max|Δ| {delta}; greedy {tok.decode(back_greedy)!r}"
+    )

@@ -10,6 +10,7 @@ machine), so the stop lands early in it (steps ~30-50 of 240-288 there).
 
 Run: ``.venv/bin/python -m pytest tests/training/test_interrupt_kernel.py -q``.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,14 +22,28 @@ import pytest
 
 pytest.importorskip("jupyter_client")
 
-ROWS = [{"text": t, "label": y} for t, y in [
-    ("great movie", 1), ("awful film", 0), ("a gorgeous, witty, seductive movie", 1),
-    ("this film was a complete waste of two hours", 0), ("hello world great", 1), ("the lazy dog awful", 0),
-] * 80]  # 480 rows: 384 train / 96 test → 96 steps an epoch at batch size 4
-PAIRS = [{"prompt": p, "response": r} for p, r in [
-    ("hello world", "great movie"), ("what is the capital of france?", "paris."),
-    ("the quick brown fox", "jumps over the lazy dog"), ("a gorgeous, witty, seductive movie", "great movie"),
-] * 60]  # 240 pairs: 192 train / 48 test → 48 steps an epoch
+ROWS = [
+    {"text": t, "label": y}
+    for t, y in [
+        ("great movie", 1),
+        ("awful film", 0),
+        ("a gorgeous, witty, seductive movie", 1),
+        ("this film was a complete waste of two hours", 0),
+        ("hello world great", 1),
+        ("the lazy dog awful", 0),
+    ]
+    * 80
+]  # 480 rows: 384 train / 96 test → 96 steps an epoch at batch size 4
+PAIRS = [
+    {"prompt": p, "response": r}
+    for p, r in [
+        ("hello world", "great movie"),
+        ("what is the capital of france?", "paris."),
+        ("the quick brown fox", "jumps over the lazy dog"),
+        ("a gorgeous, witty, seductive movie", "great movie"),
+    ]
+    * 60
+]  # 240 pairs: 192 train / 48 test → 48 steps an epoch
 
 CLS_OPTS = "--epochs 3 --batch-size 4 --lr 1e-3 --seed 0 --eval-every 40"
 SFT_OPTS = "--epochs 5 --batch-size 4 --lr 1e-3 --seed 0 --eval-every 40"
@@ -41,8 +56,13 @@ class Kernel:
     def __init__(self, home, cwd):
         from jupyter_client import KernelManager
 
-        env = {**os.environ, "LLMOS_HOME": str(home), "OMP_NUM_THREADS": "1",
-               "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+        env = {
+            **os.environ,
+            "LLMOS_HOME": str(home),
+            "OMP_NUM_THREADS": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "HF_HUB_OFFLINE": "1",
+        }
         self.km = KernelManager(kernel_name="python3")  # "python" in the spec → this venv's interpreter
         self.log = open(os.path.join(cwd, "kernel.log"), "wb")  # the kernel's own stdout/stderr
         self.km.start_kernel(env=env, cwd=str(cwd), stdout=self.log, stderr=self.log)

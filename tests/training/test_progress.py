@@ -1,5 +1,6 @@
 """TrainingProgress: text fallback, thread safety, and in a real kernel (nbclient) a live widget
 that a saved notebook shows as the final static HTML."""
+
 from __future__ import annotations
 
 import io
@@ -20,7 +21,16 @@ def test_text_mode_in_a_script(tiny_model, tiny_tokenizer, sentiment, tmp_path):
     out = io.StringIO()
     p = TrainingProgress("fine-tune", mode="auto", stream=out, text_interval_s=0.0)
     assert p.mode == "text" == detect_mode()  # no kernel here
-    r = finetune(tiny_model(), tiny_tokenizer, train, ev, config=FinetuneConfig(batch_size=16, eval_every=2, lr=1e-3), callback=p, run_dir=tmp_path, run_id="ft-x")
+    r = finetune(
+        tiny_model(),
+        tiny_tokenizer,
+        train,
+        ev,
+        config=FinetuneConfig(batch_size=16, eval_every=2, lr=1e-3),
+        callback=p,
+        run_dir=tmp_path,
+        run_id="ft-x",
+    )
     text = out.getvalue()
     assert text.splitlines()[0] == "fine-tune ft-x: 4 steps, 64 samples"
     assert "step 4/4" in text and "eval at step 2 (epoch 0.50): accuracy" in text
@@ -70,8 +80,8 @@ d = datasets.Dataset.from_dict(make_sentiment()); tr, ev = d.select(range(64)), 
 tok = word_tokenizer()
 p = TrainingProgress("fine-tune")
 t0 = time.monotonic()
-r = finetune(tiny_model('bert-cls', tok).eval(), tok, tr, ev, config=FinetuneConfig(epochs=25, batch_size=8, lr=1e-2, eval_every=100),
-             callback=p, run_id="ft-nb")
+r = finetune(tiny_model('bert-cls', tok).eval(), tok, tr, ev,
+             config=FinetuneConfig(epochs=25, batch_size=8, lr=1e-2, eval_every=100), callback=p, run_id="ft-nb")
 elapsed = time.monotonic() - t0
 print(json.dumps(dict(mode=p.mode, renders=p.renders, steps=r.steps, elapsed=elapsed, loss=r.train_loss[-1],
                       acc=r.metrics["accuracy"], evals=len(p.evals))))
@@ -82,7 +92,8 @@ import threading
 p2 = TrainingProgress("background")   # built in the cell; driven from a job thread
 box = {}
 def job():
-    box["r"] = finetune(tiny_model('bert-cls', tok, seed=1).eval(), tok, tr, config=FinetuneConfig(batch_size=8, lr=1e-2), callback=p2, run_id="ft-bg")
+    box["r"] = finetune(tiny_model('bert-cls', tok, seed=1).eval(), tok, tr,
+                        config=FinetuneConfig(batch_size=8, lr=1e-2), callback=p2, run_id="ft-bg")
 t = threading.Thread(target=job); t.start(); t.join()
 print(json.dumps(dict(steps=box["r"].steps, loss=box["r"].train_loss[-1])))
 """
@@ -104,7 +115,9 @@ def test_saved_notebook_shows_the_final_state():
         assert not errors, errors
 
     outs = nb.cells[0].outputs
-    info = json.loads([o for o in outs if o.output_type == "stream" and o.name == "stdout"][-1].text.strip().splitlines()[-1])
+    info = json.loads(
+        [o for o in outs if o.output_type == "stream" and o.name == "stdout"][-1].text.strip().splitlines()[-1]
+    )
     assert info["mode"] == "widget" and info["steps"] == 200 and info["evals"] == 2
     # throttled: at most 4 redraws a second (plus the forced ones at begin and at each evaluation)
     assert info["renders"] <= 4 * info["elapsed"] + 1 + info["evals"] + 1, info

@@ -3,6 +3,7 @@ on a tiny random BERT saved from a config.
 
 Run: ``.venv/bin/python -m pytest tests/training/test_resume_api.py -q``.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -11,10 +12,18 @@ from IPython.core.interactiveshell import InteractiveShell
 
 from llmos_jupyter.errors import NotFoundError, UsageError
 
-ROWS = [{"text": t, "label": y} for t, y in [
-    ("great movie", 1), ("awful film", 0), ("a gorgeous, witty, seductive movie", 1),
-    ("this film was a complete waste of two hours", 0), ("hello world great", 1), ("the lazy dog awful", 0),
-] * 6]
+ROWS = [
+    {"text": t, "label": y}
+    for t, y in [
+        ("great movie", 1),
+        ("awful film", 0),
+        ("a gorgeous, witty, seductive movie", 1),
+        ("this film was a complete waste of two hours", 0),
+        ("hello world great", 1),
+        ("the lazy dog awful", 0),
+    ]
+    * 6
+]
 OPTS = dict(epochs=2, batch_size=4, lr=1e-3, seed=4, eval_every=3, early_stopping_patience=50, progress=False)
 
 
@@ -84,8 +93,16 @@ def test_magic_options_reach_the_api(monkeypatch):
     seen = {}
     monkeypatch.setattr(api, "finetune", lambda alias, dataset, **kw: seen.update(alias=alias, dataset=dataset, **kw))
     ip.run_line_magic("llm", "finetune m toy --eval-every 5 --patience 3 --metric loss --no-progress")
-    assert seen == dict(alias="m", dataset="toy", progress=False, background=False, resume=None,
-                        eval_every=5, early_stopping_patience=3, metric_for_best="loss")
+    assert seen == dict(
+        alias="m",
+        dataset="toy",
+        progress=False,
+        background=False,
+        resume=None,
+        eval_every=5,
+        early_stopping_patience=3,
+        metric_for_best="loss",
+    )
     seen.clear()
     ip.run_line_magic("llm", "finetune m toy --resume ft-261129-abcd --background")
     assert seen["resume"] == "ft-261129-abcd" and seen["background"] is True and "eval_every" not in seen

@@ -3,6 +3,7 @@ checkpoint loaded back (tiny random BERT from a config; CPU).
 
 Run: ``.venv/bin/python -m pytest tests/training/test_resume_best.py -q``.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,13 +41,17 @@ def test_resume_reaches_the_uninterrupted_weights(tiny_model, tiny_tokenizer, se
     cfg = FinetuneConfig(epochs=3, batch_size=8, lr=1e-2, grad_accum=2, eval_every=5, seed=3, warmup_ratio=0.2)
     ref = finetune(tiny_model(), tiny_tokenizer, train, ev, config=cfg, run_dir=tmp_path / "ref")
     stop = StopAt(5)
-    cut = finetune(tiny_model(), tiny_tokenizer, train, ev, config=cfg, run_dir=tmp_path / "cut", callback=stop, should_stop=stop)
+    cut = finetune(
+        tiny_model(), tiny_tokenizer, train, ev, config=cfg, run_dir=tmp_path / "cut", callback=stop, should_stop=stop
+    )
     assert cut.status == "interrupted" and cut.steps == 5
     state = json.loads((cut.checkpoint / "trainer_state.json").read_text())
     assert state["resumable"] is True and (cut.checkpoint / TRAINING_STATE).is_file()
     assert not same_weights(cut.model, ref.model)
 
-    res = finetune(tiny_model(seed=9), tiny_tokenizer, train, ev, config=cfg, run_dir=tmp_path / "res", resume_from=cut.checkpoint)
+    res = finetune(
+        tiny_model(seed=9), tiny_tokenizer, train, ev, config=cfg, run_dir=tmp_path / "res", resume_from=cut.checkpoint
+    )
     assert res.status == "completed" and res.steps == ref.steps == 12 and res.resumed_from == str(cut.checkpoint)
     assert same_weights(res.model, ref.model)
     assert res.train_loss == ref.train_loss and res.eval_history == ref.eval_history
@@ -77,7 +82,9 @@ def test_resume_refusals_are_one_line_and_write_nothing(tiny_model, tiny_tokeniz
     train, ev = sentiment
     cfg = FinetuneConfig(epochs=1, batch_size=8, lr=1e-3)
     stop = StopAt(2)
-    cut = finetune(tiny_model(), tiny_tokenizer, train, config=cfg, run_dir=tmp_path / "cut", callback=stop, should_stop=stop)
+    cut = finetune(
+        tiny_model(), tiny_tokenizer, train, config=cfg, run_dir=tmp_path / "cut", callback=stop, should_stop=stop
+    )
     cases = [
         (dict(model=tiny_model(num_labels=3)), UsageError, "different model"),
         (dict(train=ev), UsageError, "different data"),
@@ -87,7 +94,14 @@ def test_resume_refusals_are_one_line_and_write_nothing(tiny_model, tiny_tokeniz
     for over, err, msg in cases:
         kw = dict(model=tiny_model(), train=train, config=cfg, resume_from=cut.checkpoint) | over
         with pytest.raises(err, match=msg) as e:
-            finetune(kw["model"], tiny_tokenizer, kw["train"], config=kw["config"], run_dir=tmp_path / "new", resume_from=kw["resume_from"])
+            finetune(
+                kw["model"],
+                tiny_tokenizer,
+                kw["train"],
+                config=kw["config"],
+                run_dir=tmp_path / "new",
+                resume_from=kw["resume_from"],
+            )
         assert "\n" not in str(e.value)
     assert not (tmp_path / "new").exists()
 
@@ -107,15 +121,26 @@ def test_early_stopping_keeps_and_loads_the_best(tiny_model, tiny_tokenizer, sen
 
     # the patience does not change the trajectory: a run without it shows what every evaluation saw
     m = tiny_model()
-    full = finetune(m, tiny_tokenizer, train, ev, config=FinetuneConfig(**base, metric_for_best="macro_f1"), callback=Snap(m))
+    full = finetune(
+        m, tiny_tokenizer, train, ev, config=FinetuneConfig(**base, metric_for_best="macro_f1"), callback=Snap(m)
+    )
     f1 = [(h["step"], h["macro_f1"]) for h in full.eval_history]
     best_step = max(f1, key=lambda sv: (sv[1], -sv[0]))[0]  # first evaluation reaching the maximum
     assert best_step < full.steps == f1[-1][0]  # the best is not the last: loading it back matters
     assert full.best_step == best_step == full.metrics["best_step"] and full.metrics["metric_for_best"] == "macro_f1"
-    assert full.metrics["macro_f1"] == max(v for _, v in f1) == full.best_value and full.metrics["stopped_early"] is False
+    assert (
+        full.metrics["macro_f1"] == max(v for _, v in f1) == full.best_value and full.metrics["stopped_early"] is False
+    )
     assert all(torch.equal(p, snaps[best_step][n]) for n, p in m.named_parameters())
 
-    es = finetune(tiny_model(), tiny_tokenizer, train, ev, config=FinetuneConfig(**base, early_stopping_patience=2), run_dir=tmp_path / "es")
+    es = finetune(
+        tiny_model(),
+        tiny_tokenizer,
+        train,
+        ev,
+        config=FinetuneConfig(**base, early_stopping_patience=2),
+        run_dir=tmp_path / "es",
+    )
     seen = [(h["step"], h["macro_f1"]) for h in es.eval_history]
     assert seen == f1[: len(seen)]  # same trajectory until the stop
     # it stopped at the second evaluation in a row that did not beat the best so far
@@ -132,14 +157,21 @@ def test_early_stopping_keeps_and_loads_the_best(tiny_model, tiny_tokenizer, sen
     assert state["metrics"]["best_step"] == es.best_step and not (es.checkpoint / TRAINING_STATE).exists()
 
     # lower is better for the loss
-    lo = finetune(tiny_model(), tiny_tokenizer, train, ev, config=FinetuneConfig(**dict(base, lr=1e-1), metric_for_best="loss"))
+    lo = finetune(
+        tiny_model(), tiny_tokenizer, train, ev, config=FinetuneConfig(**dict(base, lr=1e-1), metric_for_best="loss")
+    )
     losses = [(h["step"], h["loss"]) for h in lo.eval_history]
-    assert lo.best_step == min(losses, key=lambda sv: (sv[1], sv[0]))[0] and lo.metrics["loss"] == min(v for _, v in losses)
+    assert lo.best_step == min(losses, key=lambda sv: (sv[1], sv[0]))[0] and lo.metrics["loss"] == min(
+        v for _, v in losses
+    )
 
 
 def test_best_options_are_checked(tiny_model, tiny_tokenizer, sentiment):
     assert FinetuneConfig(eval_every=2, early_stopping_patience=1).best_metric() == ("macro_f1", True)
-    assert FinetuneConfig(task="causal-lm", eval_every=2, metric_for_best="perplexity").best_metric() == ("perplexity", False)
+    assert FinetuneConfig(task="causal-lm", eval_every=2, metric_for_best="perplexity").best_metric() == (
+        "perplexity",
+        False,
+    )
     assert FinetuneConfig(task="causal-lm").best_metric() == ("loss", False)
     with pytest.raises(UsageError, match="eval_every"):
         FinetuneConfig(early_stopping_patience=2)

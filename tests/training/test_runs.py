@@ -1,4 +1,5 @@
 """RunRegistry: rows, manifests, transactions, rendering; and a registry fed by a real run."""
+
 from __future__ import annotations
 
 import json
@@ -28,11 +29,21 @@ def test_start_finish_get_list_compare(tmp_path):
     reg.finish(b, "completed", {"accuracy": 0.8, "macro_f1": 0.79}, 10.0, None, None)
     got = reg.get(a)
     assert got == ra
-    assert (got.status, got.metrics, got.wall_s, got.checkpoint, got.checkpoint_sha256) == ("completed", {"accuracy": 0.75, "macro_f1": 0.7}, 12.5, str(ck.resolve()), "ab" * 32)
+    assert (got.status, got.metrics, got.wall_s, got.checkpoint, got.checkpoint_sha256) == (
+        "completed",
+        {"accuracy": 0.75, "macro_f1": 0.7},
+        12.5,
+        str(ck.resolve()),
+        "ab" * 32,
+    )
     assert got.config == {"lr": 5e-5, "epochs": 1} and got.seed == 0 and got.data_fingerprint == "fp1"
     assert got.packages["torch"] and got.packages["transformers"] and got.hardware["cpu_logical"] >= 1
     manifest = json.loads((ck.parent / "manifest.json").read_text())
-    assert manifest["run_id"] == a and manifest["checkpoint_sha256"] == "ab" * 32 and manifest["metrics"]["accuracy"] == 0.75
+    assert (
+        manifest["run_id"] == a
+        and manifest["checkpoint_sha256"] == "ab" * 32
+        and manifest["metrics"]["accuracy"] == 0.75
+    )
     assert manifest["config"]["lr"] == 5e-5 and manifest["seed"] == 0 and manifest["data_fingerprint"] == "fp1"
     assert set(manifest["packages"]) >= {"torch", "transformers", "peft", "datasets", "python", "llmos-jupyter"}
     if not b.startswith(a[:-1]):
@@ -43,7 +54,14 @@ def test_start_finish_get_list_compare(tmp_path):
     assert a in html and b in html and "0.75" in html and "<table" in html
     assert a in str(runs)
     cmp = reg.compare(a, b)
-    assert set(cmp.differences()) >= {"seed", "config.lr", "metrics.accuracy", "metrics.macro_f1", "wall_s", "checkpoint_sha256"}
+    assert set(cmp.differences()) >= {
+        "seed",
+        "config.lr",
+        "metrics.accuracy",
+        "metrics.macro_f1",
+        "wall_s",
+        "checkpoint_sha256",
+    }
     acc = [r for r in cmp.rows if r[0] == "metrics.accuracy"][0]
     assert acc[3] == pytest.approx(0.05)
     assert "config.lr" in cmp._repr_mimebundle_()["text/html"]
@@ -73,7 +91,13 @@ def test_finish_is_all_or_nothing(tmp_path):
     with pytest.raises(OSError):
         reg.finish(rid, "completed", {"accuracy": 1.0}, 1.0, blocker / "checkpoint", "cd" * 32)
     row = reg.get(rid)
-    assert (row.status, row.metrics, row.checkpoint, row.checkpoint_sha256, row.finished_at) == ("running", {}, None, None, None)
+    assert (row.status, row.metrics, row.checkpoint, row.checkpoint_sha256, row.finished_at) == (
+        "running",
+        {},
+        None,
+        None,
+        None,
+    )
     reg.finish(rid, "failed", error="could not write the manifest")
     assert reg.get(rid).status == "failed"
 
@@ -90,7 +114,10 @@ def test_track_records_failures_and_dead_processes(tmp_path):
         pass
     assert reg.get(run2.id).status == "completed" and run2.id.startswith("ev-")
     # a run left "running" by a process that died is marked failed on the next open
-    code = f"import os; from llmos_jupyter.training.runs import RunRegistry; print(RunRegistry({str(path)!r}).start('finetune', 'm', 'd', {{}}, 0, None))"
+    code = (
+        "import os; from llmos_jupyter.training.runs import RunRegistry; "
+        f"print(RunRegistry({str(path)!r}).start('finetune', 'm', 'd', {{}}, 0, None))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=os.getcwd())
     dead = out.stdout.strip()
     r = RunRegistry(path).get(dead)

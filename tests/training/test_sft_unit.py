@@ -1,4 +1,5 @@
 """causal-lm supervised fine-tuning on a tiny random Llama: masking, padding, learning, reload."""
+
 from __future__ import annotations
 
 import math
@@ -35,7 +36,7 @@ def test_prompt_masked_response_labelled(llama, pairs):
     _, tok = llama
     t = tokenize_pairs(tok, pairs, "prompt", "response", 128)
     for i, (p, r) in enumerate(zip(PAIRS["prompt"], PAIRS["response"])):
-        ids, lab = t.ids[t.offsets[i]:t.offsets[i + 1]], t.labels[t.offsets[i]:t.offsets[i + 1]]
+        ids, lab = t.ids[t.offsets[i] : t.offsets[i + 1]], t.labels[t.offsets[i] : t.offsets[i + 1]]
         ptext, rtext = render_pair(tok, p, r)
         assert ptext == f"<|im_start|>user\n{p}<|im_end|>\n<|im_start|>assistant\n" and rtext == f"{r}<|im_end|>\n"
         n_prompt = len(tok(ptext, add_special_tokens=False)["input_ids"])
@@ -60,7 +61,9 @@ def test_dynamic_padding(llama, pairs):
     short = int(t.lengths.min())
     i_short = int(np.argmin(t.lengths))
     assert b["attention_mask"][i_short].tolist() == [1] * short + [0] * (L - short)
-    assert (b["labels"][i_short, short:] == IGNORE_INDEX).all() and (b["input_ids"][i_short, short:] == tok.pad_token_id).all()
+    assert (b["labels"][i_short, short:] == IGNORE_INDEX).all() and (
+        b["input_ids"][i_short, short:] == tok.pad_token_id
+    ).all()
     one = collate_sft(t, np.array([i_short]), pad_id=tok.pad_token_id)
     assert one["input_ids"].shape == (1, short)  # a batch alone is not padded at all
 
@@ -85,7 +88,10 @@ def test_causal_lm_learns_and_reloads(llama, pairs, tmp_path, method):
     with torch.no_grad():
         a, b = r.model(**probe).logits, reloaded(**probe).logits
     assert torch.equal(a, b)
-    print(f"{method}: loss {r.train_loss[0]:.3f} -> {r.train_loss[-1]:.3f}; eval ppl {before.perplexity:.1f} -> {r.metrics['perplexity']:.1f}")
+    print(
+        f"{method}: loss {r.train_loss[0]:.3f} -> {r.train_loss[-1]:.3f}; eval ppl {before.perplexity:.1f} -> "
+        f"{r.metrics['perplexity']:.1f}"
+    )
 
 
 def test_causal_lm_same_seed_same_result(llama, pairs, tmp_path):
@@ -122,20 +128,26 @@ def test_response_only_logits_equal_full_logits(llama, pairs, method):
     if method == "lora":
         from peft import LoraConfig, get_peft_model
 
-        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+        model = get_peft_model(
+            model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+        )
     assert _decoder_and_head(model) is not None  # the fast path is taken
     t = tokenize_pairs(tok, pairs, "prompt", "response", 128)
     b = collate_sft(t, np.arange(len(t)), tok.pad_token_id)
     grads = []
-    for fn in (lambda: token_loss_sum(model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits, b["labels"]),
-               lambda: response_loss_sum(model, b["input_ids"], b["attention_mask"], b["labels"])):
+    for fn in (
+        lambda: token_loss_sum(model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits, b["labels"]),
+        lambda: response_loss_sum(model, b["input_ids"], b["attention_mask"], b["labels"]),
+    ):
         model.zero_grad()
         loss = fn()
         loss.backward()
         grads.append((float(loss), [p.grad.clone() for p in model.parameters() if p.requires_grad]))
     (full, g_full), (fast, g_fast) = grads
     assert full > 1.0 and abs(full - fast) <= 1e-5 * full
-    assert len(g_full) == len(g_fast) and all(torch.allclose(a, c, atol=1e-6, rtol=1e-5) for a, c in zip(g_full, g_fast))
+    assert len(g_full) == len(g_fast) and all(
+        torch.allclose(a, c, atol=1e-6, rtol=1e-5) for a, c in zip(g_full, g_fast)
+    )
 
 
 def test_response_only_logits_fallback_for_softcapped_heads(llama):

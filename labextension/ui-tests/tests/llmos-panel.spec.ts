@@ -49,13 +49,15 @@ test.describe('LLM OS panel', () => {
     await page.keyboard.press('Escape');
 
     // A plain Python kernel has not loaded llmos: the panel offers to load it.
-    await page.notebook.createNew("panel.ipynb", { kernel: 'python3' });
+    await page.notebook.createNew('panel.ipynb', { kernel: 'python3' });
     await panel.open();
     const load = panel.root.getByRole('button', { name: 'Load llmos in this kernel' });
     await expect(load).toBeVisible({ timeout: 60000 });
     await load.click();
     await expect(panel.status).toHaveText('Live', { timeout: 60000 });
-    await expect(panel.root.locator('.jp-LLMOS-kernel')).toHaveText('panel.ipynb · Python 3 (ipykernel)');
+    await expect(panel.root.locator('.jp-LLMOS-kernel')).toHaveText(
+      'panel.ipynb · Python 3 (ipykernel)'
+    );
     await expect(panel.models).toContainText('No model loaded');
     await expect(panel.hardware).toContainText('CPU');
 
@@ -64,9 +66,9 @@ test.describe('LLM OS panel', () => {
     // (%llm does no {var} expansion in paths, so the path is written out.)
     const tiny = `/tmp/llmos-ui-tiny-${Date.now()}`;
     const made = await panel.run(
-      `import comm_tiny\ncomm_tiny.save_tiny_bert('${tiny}')\nprint('saved')`
+      `import tiny_kit\nsaved = tiny_kit.save_tiny('${tiny}', 'bert-cls')\nprint('config saved:', (saved / 'config.json').exists())`
     );
-    expect(made).toContain('saved');
+    expect(made).toContain('config saved: True');
     await panel.run(`%llm load ${tiny} --task seq-cls --labels negative,positive --as tiny`);
     const row = panel.modelRow('tiny');
     await expect(row).toBeVisible({ timeout: 30000 });
@@ -143,7 +145,9 @@ test.describe('LLM OS panel', () => {
     const fg2 = (await panel.jobIds())[3];
     expect((await panel.progressValues(fg2, 1, 60000, busy)).length).toBe(1);
     await panel.unloadButton('tiny').click();
-    await expect(panel.root.getByRole('alert').filter({ hasText: 'is used by' })).toBeVisible({ timeout: 2000 });
+    await expect(panel.root.getByRole('alert').filter({ hasText: 'is used by' })).toBeVisible({
+      timeout: 2000
+    });
     await expect(row).toHaveCount(1);
     // the cell still runs (the status bar may say Idle: it shows the subshell's last status)
     const prompt = page.locator('.jp-Notebook .jp-Cell').nth(longCell).locator('.jp-InputPrompt');
@@ -163,7 +167,9 @@ test.describe('LLM OS panel', () => {
     await panel.unloadButton('tiny').click();
     await expect(row).toHaveCount(0, { timeout: 30000 });
     await expect(panel.models).toContainText('No model loaded');
-    const ps = await panel.run("%llm ps\nfrom llmos_jupyter import api\nprint('models:', len(api.state()['models']))");
+    const ps = await panel.run(
+      "%llm ps\nfrom llmos_jupyter import api\nprint('models:', len(api.state()['models']))"
+    );
     expect(ps).toContain('models: 0');
     expect(ps).not.toContain('tiny');
   });
@@ -171,7 +177,7 @@ test.describe('LLM OS panel', () => {
   test('the LLM OS kernel connects without loading, in the dark theme', async ({ page }) => {
     const panel = new LLMOSPanelHelper(page);
     await page.theme.setDarkTheme();
-    await page.notebook.createNew("llmos-kernel.ipynb", { kernel: 'llmos' });
+    await page.notebook.createNew('llmos-kernel.ipynb', { kernel: 'llmos' });
     await panel.open();
     await expect(panel.status).toHaveText('Live', { timeout: 60000 });
     await expect(page.locator('.jp-NotebookPanel-toolbar')).toContainText('LLM OS (Python 3)');

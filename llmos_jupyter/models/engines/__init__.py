@@ -15,6 +15,7 @@ llama.cpp      GGUF causal LMs                                 4-9x faster decod
 ``--engine auto`` (the default) picks llama.cpp for a GGUF causal LM when ``llama-cpp-python``
 is installed, else transformers with a one-time hint naming the ``[llamacpp]`` extra.
 """
+
 from __future__ import annotations
 
 import sys
@@ -22,8 +23,10 @@ import sys
 from ...errors import LLMOSError, UsageError, opt, unknown
 
 ENGINES = ("transformers", "llama.cpp")
-SERVES = {"transformers": "causal-lm, seq-cls, embedding; HF folders, hub ids, GGUF (dequantised)",
-          "llama.cpp": "causal-lm from a GGUF file"}
+SERVES = {
+    "transformers": "causal-lm, seq-cls, embedding; HF folders, hub ids, GGUF (dequantised)",
+    "llama.cpp": "causal-lm from a GGUF file",
+}
 EXTRA_HINT = "pip install 'llmos-jupyter[llamacpp]'"
 _hinted: set = set()
 
@@ -38,8 +41,13 @@ def normalize(name: str | None) -> str:
     if name is None:
         return "auto"
     key = str(name).strip().lower().replace("_", ".").replace("-", ".")
-    aliases = {"auto": "auto", "llama.cpp": "llama.cpp", "llamacpp": "llama.cpp", "transformers": "transformers",
-               "hf": "transformers"}
+    aliases = {
+        "auto": "auto",
+        "llama.cpp": "llama.cpp",
+        "llamacpp": "llama.cpp",
+        "transformers": "transformers",
+        "hf": "transformers",
+    }
     if key not in aliases:
         raise unknown("engine", name, ("auto",) + ENGINES, f"use {opt('engine', 'auto')}, transformers or llama.cpp")
     return aliases[key]
@@ -76,19 +84,26 @@ def choose(requested: str | None, *, kind: str, task: str, spec: str, notify=Non
                 _hinted.add("auto")
                 (notify or (lambda m: print(m, file=sys.stderr)))(
                     f"llmos: hint: llama.cpp decodes GGUF models several times faster on a CPU; `{EXTRA_HINT}` "
-                    f"installs it (serving on transformers now)")
+                    f"installs it (serving on transformers now)"
+                )
         return "transformers"
     if want == "llama.cpp":
         if task != "causal-lm":
-            raise UsageError(f"llama.cpp serves causal-lm models only, not {task}; load {spec} with "
-                             f"--engine transformers (it serves {SERVES['transformers']})")
+            raise UsageError(
+                f"llama.cpp serves causal-lm models only, not {task}; load {spec} with "
+                f"--engine transformers (it serves {SERVES['transformers']})"
+            )
         if kind != "gguf":
-            raise UsageError(f"llama.cpp serves GGUF files and {spec} is not one; load it with "
-                             f"{opt('engine', 'transformers')}, "
-                             f"or write a GGUF with `%llm export ALIAS DIR --format gguf` and load that")
+            raise UsageError(
+                f"llama.cpp serves GGUF files and {spec} is not one; load it with "
+                f"{opt('engine', 'transformers')}, "
+                f"or write a GGUF with `%llm export ALIAS DIR --format gguf` and load that"
+            )
         if not have["llama.cpp"]:
-            raise LLMOSError(f"the llama.cpp engine is not installed; `{EXTRA_HINT}` installs it "
-                             f"(or load with {opt('engine', 'transformers')})")
+            raise LLMOSError(
+                f"the llama.cpp engine is not installed; `{EXTRA_HINT}` installs it "
+                f"(or load with {opt('engine', 'transformers')})"
+            )
     return want
 
 

@@ -21,6 +21,7 @@ Both follow the same rules, so a cell behaves the same whichever engine serves i
 * after the stream ends, :attr:`Stream.stats` holds tokens, tokens/s and time to first token
   (what ``ollama run --verbose`` prints).
 """
+
 from __future__ import annotations
 
 import abc
@@ -68,14 +69,14 @@ class GenerationSettings:
         """
         n = self.max_new_tokens
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise UsageError(f"max_new_tokens must be a whole number ≥ 1, got {n!r}; e.g. "
-                             f"{opt('max_new_tokens', 64)}")
+            raise UsageError(f"max_new_tokens must be a whole number ≥ 1, got {n!r}; e.g. {opt('max_new_tokens', 64)}")
         t = self.temperature
         if t is None:
             self.temperature = t = 0.0
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
-            raise UsageError(f"temperature must be a number ≥ 0 (0 = greedy), got {t!r}; e.g. "
-                             f"{opt('temperature', 0.7)}")
+            raise UsageError(
+                f"temperature must be a number ≥ 0 (0 = greedy), got {t!r}; e.g. {opt('temperature', 0.7)}"
+            )
         p = self.top_p
         if p is not None and (isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1):
             raise UsageError(f"top_p must be in (0, 1], got {p!r}; e.g. {opt('top_p', 0.9)}")
@@ -124,8 +125,7 @@ class GenerationStats:
     def line(self) -> str:
         """``"42 tokens, 98.1 tokens/s, first token 0.05 s (llama.cpp)"``."""
         first = "-" if self.ttft_s is None else f"{self.ttft_s:.2f} s"
-        return (f"{self.completion_tokens} tokens, {self.tokens_per_s:.1f} tokens/s, first token {first} "
-                f"({self.engine})")
+        return f"{self.completion_tokens} tokens, {self.tokens_per_s:.1f} tokens/s, first token {first} ({self.engine})"
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -134,7 +134,9 @@ class GenerationStats:
         return d
 
 
-def plan_tokens(prompt_tokens: int, max_new_tokens: int, n_ctx: int, *, what: str = "prompt") -> tuple[int, Optional[int]]:
+def plan_tokens(
+    prompt_tokens: int, max_new_tokens: int, n_ctx: int, *, what: str = "prompt"
+) -> tuple[int, Optional[int]]:
     """Fit a generation into the context window of ``n_ctx`` positions.
 
     Returns:
@@ -147,13 +149,18 @@ def plan_tokens(prompt_tokens: int, max_new_tokens: int, n_ctx: int, *, what: st
     room = n_ctx - prompt_tokens
     if room < 1:
         if surface() == "http":
-            fix = ("shorten the messages (or the prompt), or load the model in the kernel with a larger --n-ctx "
-                   "if it allows one")
+            fix = (
+                "shorten the messages (or the prompt), or load the model in the kernel with a larger --n-ctx "
+                "if it allows one"
+            )
         else:
-            fix = (f"shorten it (or reset the chat with {opt('reset', True)}), or load with a larger {opt('n_ctx')} "
-                   f"if the model allows one")
-        raise ContextLengthError(f"the {what} is {prompt_tokens:,} tokens but this model's context window is "
-                                 f"{n_ctx:,} positions; {fix}")
+            fix = (
+                f"shorten it (or reset the chat with {opt('reset', True)}), or load with a larger {opt('n_ctx')} "
+                f"if the model allows one"
+            )
+        raise ContextLengthError(
+            f"the {what} is {prompt_tokens:,} tokens but this model's context window is {n_ctx:,} positions; {fix}"
+        )
     if max_new_tokens > room:
         return room, max_new_tokens
     return max_new_tokens, None
@@ -276,8 +283,9 @@ class Engine(abc.ABC):
         """The model's chat template (Jinja), or ``None``."""
 
     @abc.abstractmethod
-    def _stream(self, prompt_ids: list[int], settings: GenerationSettings, stats: GenerationStats,
-                cancel: threading.Event) -> Iterator[str]:
+    def _stream(
+        self, prompt_ids: list[int], settings: GenerationSettings, stats: GenerationStats, cancel: threading.Event
+    ) -> Iterator[str]:
         """Yield decoded pieces of the continuation of ``prompt_ids``; fill ``stats``."""
 
     @abc.abstractmethod
@@ -298,16 +306,23 @@ class Engine(abc.ABC):
         """
         from ..chat_template import render_template
 
-        return render_template(self.chat_template, messages, add_generation_prompt=add_generation_prompt,
-                               special=self.special_tokens())
+        return render_template(
+            self.chat_template, messages, add_generation_prompt=add_generation_prompt, special=self.special_tokens()
+        )
 
     def special_tokens(self) -> dict:
         """``{"bos_token": str, "eos_token": str}`` for chat templates that use them."""
         return {}
 
-    def stream(self, prompt: str, settings: GenerationSettings | None = None, *,
-               add_special_tokens: bool = True, cancel: threading.Event | None = None,
-               notify: Callable[[str], None] | None = None) -> Stream:
+    def stream(
+        self,
+        prompt: str,
+        settings: GenerationSettings | None = None,
+        *,
+        add_special_tokens: bool = True,
+        cancel: threading.Event | None = None,
+        notify: Callable[[str], None] | None = None,
+    ) -> Stream:
         """Start generating the continuation of ``prompt``; returns a :class:`Stream`.
 
         The prompt is tokenised and checked against :attr:`n_ctx` here, before anything runs.
@@ -327,8 +342,14 @@ class Engine(abc.ABC):
         cancel = cancel or threading.Event()
         return Stream(self._guarded(ids, settings, stats, cancel), stats, cancel)
 
-    def prepare(self, prompt: str, settings: GenerationSettings | None = None, *, add_special_tokens: bool = True,
-                notify: Callable[[str], None] | None = None) -> tuple[list[int], GenerationSettings, GenerationStats]:
+    def prepare(
+        self,
+        prompt: str,
+        settings: GenerationSettings | None = None,
+        *,
+        add_special_tokens: bool = True,
+        notify: Callable[[str], None] | None = None,
+    ) -> tuple[list[int], GenerationSettings, GenerationStats]:
         """Tokenise ``prompt`` and fit it into the context window, before anything decodes.
 
         Returns:
@@ -344,10 +365,13 @@ class Engine(abc.ABC):
             raise UsageError("the prompt is empty after tokenisation; give some text")
         n, capped = plan_tokens(len(ids), settings.max_new_tokens, self.n_ctx)
         if capped is not None and notify is not None:
-            notify(f"llmos: note: max_new_tokens {capped:,} capped to {n:,} (the context window is {self.n_ctx:,} "
-                   f"positions and the prompt takes {len(ids):,})")
-        settings = GenerationSettings(n, settings.temperature, settings.top_p, settings.seed, settings.stop,
-                                      dict(settings.extra))
+            notify(
+                f"llmos: note: max_new_tokens {capped:,} capped to {n:,} (the context window is {self.n_ctx:,} "
+                f"positions and the prompt takes {len(ids):,})"
+            )
+        settings = GenerationSettings(
+            n, settings.temperature, settings.top_p, settings.seed, settings.stop, dict(settings.extra)
+        )
         return ids, settings, GenerationStats(self.name, prompt_tokens=len(ids), capped_from=capped)
 
     def _guarded(self, ids, settings, stats, cancel) -> Iterator[str]:

@@ -8,6 +8,7 @@ a kernel interrupt included — ends ``generate`` within one token and the threa
 before the engine takes the next call. An error raised inside ``generate`` closes the stream at
 once and reaches the caller as one line; the model stays usable.
 """
+
 from __future__ import annotations
 
 import threading
@@ -112,63 +113,33 @@ class TransformersEngine(Engine):
             LLMOSError: ``generate`` failed (one line; every row gets ``finish_reason='error'``).
         """
         import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList
-        from transformers.generation.streamers import BaseStreamer
+        from transformers import StoppingCriteriaList
 
         if not rows:
             return
         first = rows[0].settings
-        key = _sampling_key(first)
-        if any(_sampling_key(r.settings) != key for r in rows):
-            raise UsageError("rows of one batch must share temperature, top_p and extra generate arguments")
-        if len(rows) > 1 and not first.greedy and any(r.settings.seed is not None for r in rows):
-            raise UsageError("a seeded sampling request decodes alone (one seed seeds the whole batch)")
-        kw = self._generate_kwargs(GenerationSettings(max(r.settings.max_new_tokens for r in rows), first.temperature,
-                                                      first.top_p, first.seed, (), dict(first.extra)))
+        kw = self._batch_kwargs(rows)
         model, tok = self.model, self.tokenizer
         if model is None:
             raise LLMOSError("this model was unloaded; load it again with `%llm load`")
         eos = _eos_ids(model, tok)
         pad = tok.pad_token_id if tok.pad_token_id is not None else (min(eos) if eos else 0)
-        width = max(len(r.ids) for r in rows)
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):  # left padding: every row's last prompt token sits at column width-1
-            ids[i, width - len(r.ids):] = torch.tensor(r.ids, dtype=torch.long)
-            mask[i, width - len(r.ids):] = 1
+        ids, mask = _left_padded([r.ids for r in rows], pad)
         states = [_RowState(r, StopStrings(r.settings.stop)) for r in rows]
-
-        class Rows(BaseStreamer):
-            """Hands each row's new token to its state (the first ``put`` is the prompt)."""
-
-            prompt_seen = False
-
-            def put(self, value):
-                if not self.prompt_seen:
-                    self.prompt_seen = True
-                    return
-                flat = value.reshape(-1).tolist()
-                for st, t in zip(states, flat):
-                    st.step(t, eos, tok)
-
-            def end(self):
-                pass
-
-        class Done(StoppingCriteria):
-            def __call__(self, input_ids, scores, **kwargs):
-                for st in states:  # a client gone while its row waited for the next token
-                    if not st.done and st.row.cancel.is_set():
-                        st.finish("cancelled", tok)
-                return torch.tensor([st.done for st in states], dtype=torch.bool, device=input_ids.device)
-
+        streamer, done = _batch_hooks(states, eos, tok)
         with self.lock:
             try:
                 if first.seed is not None and not first.greedy:
                     torch.manual_seed(first.seed)
                 with torch.inference_mode():
-                    model.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
-                                   streamer=Rows(), pad_token_id=pad, stopping_criteria=StoppingCriteriaList([Done()]),
-                                   **kw)
+                    model.generate(
+                        input_ids=ids.to(model.device),
+                        attention_mask=mask.to(model.device),
+                        streamer=streamer,
+                        pad_token_id=pad,
+                        stopping_criteria=StoppingCriteriaList([done]),
+                        **kw,
+                    )
             except Exception as e:
                 msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 for st in states:  # the caller reports the error to the rows still open
@@ -183,8 +154,29 @@ class TransformersEngine(Engine):
                 if rows:
                     self.last_stats = rows[-1].stats
 
-    def _stream(self, prompt_ids: list[int], settings: GenerationSettings, stats: GenerationStats,
-                cancel: threading.Event) -> Iterator[str]:
+    def _batch_kwargs(self, rows: list["BatchRow"]) -> dict:
+        """The ``generate`` arguments of a batch: the rows' shared sampling settings and their
+        largest ``max_new_tokens`` (each row stops at its own)."""
+        first = rows[0].settings
+        key = _sampling_key(first)
+        if any(_sampling_key(r.settings) != key for r in rows):
+            raise UsageError("rows of one batch must share temperature, top_p and extra generate arguments")
+        if len(rows) > 1 and not first.greedy and any(r.settings.seed is not None for r in rows):
+            raise UsageError("a seeded sampling request decodes alone (one seed seeds the whole batch)")
+        return self._generate_kwargs(
+            GenerationSettings(
+                max(r.settings.max_new_tokens for r in rows),
+                first.temperature,
+                first.top_p,
+                first.seed,
+                (),
+                dict(first.extra),
+            )
+        )
+
+    def _stream(
+        self, prompt_ids: list[int], settings: GenerationSettings, stats: GenerationStats, cancel: threading.Event
+    ) -> Iterator[str]:
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
@@ -225,9 +217,14 @@ class TransformersEngine(Engine):
                 if settings.seed is not None and not settings.greedy:
                     torch.manual_seed(settings.seed)
                 with torch.inference_mode():
-                    model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), streamer=streamer,
-                                   pad_token_id=tok.pad_token_id, stopping_criteria=StoppingCriteriaList([Cancelled()]),
-                                   **kw)
+                    model.generate(
+                        input_ids=ids,
+                        attention_mask=torch.ones_like(ids),
+                        streamer=streamer,
+                        pad_token_id=tok.pad_token_id,
+                        stopping_criteria=StoppingCriteriaList([Cancelled()]),
+                        **kw,
+                    )
             except BaseException as e:  # hand it to the caller, then close the stream
                 failure.append(e)
                 streamer.on_finalized_text("", stream_end=True)
@@ -312,7 +309,7 @@ class _RowState:
         st.completion_tokens = len(self.tokens)
         text = tok.decode(self.tokens, skip_special_tokens=True)
         if not text.endswith("\ufffd"):  # a character split over tokens waits to be whole
-            new, self.sent = text[self.sent:], len(text)
+            new, self.sent = text[self.sent :], len(text)
             self._emit(new)
             if self.stops.stopped:
                 return self.finish("stop", tok)
@@ -326,7 +323,7 @@ class _RowState:
         st = self.row.stats
         if reason != "cancelled" and not self.stops.stopped:
             text = tok.decode(self.tokens, skip_special_tokens=True) if self.tokens else ""
-            self._emit(text[self.sent:])
+            self._emit(text[self.sent :])
             self.sent = len(text)
             tail = self.stops.flush()
             if tail:
@@ -337,8 +334,63 @@ class _RowState:
             self.row.on_done()
 
 
-def stream(model, tokenizer, prompt: str, *, max_new_tokens: int = 256, temperature: float = 0.0,
-           top_p: float | None = None, add_special_tokens: bool = True, **extra) -> Iterator[str]:
+def _left_padded(rows: list[list[int]], pad: int):
+    """``(input_ids, attention_mask)``, both ``(B, width)`` long tensors: every row padded on the
+    left with ``pad`` (mask 0) so that its last prompt token sits at column ``width - 1``."""
+    import torch
+
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+        mask[i, width - len(r) :] = 1
+    return ids, mask
+
+
+def _batch_hooks(states: list[_RowState], eos: set, tok):
+    """``(streamer, stopping_criterion)`` for one batched ``generate``: the streamer hands each
+    row's new token to its state (the first ``put`` is the prompt); the criterion marks cancelled
+    rows finished and tells ``generate`` which rows are done."""
+    import torch
+    from transformers import StoppingCriteria
+    from transformers.generation.streamers import BaseStreamer
+
+    class Rows(BaseStreamer):
+        prompt_seen = False
+
+        def put(self, value):
+            if not self.prompt_seen:
+                self.prompt_seen = True
+                return
+            flat = value.reshape(-1).tolist()
+            for st, t in zip(states, flat):
+                st.step(t, eos, tok)
+
+        def end(self):
+            pass
+
+    class Done(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            for st in states:  # a client gone while its row waited for the next token
+                if not st.done and st.row.cancel.is_set():
+                    st.finish("cancelled", tok)
+            return torch.tensor([st.done for st in states], dtype=torch.bool, device=input_ids.device)
+
+    return Rows(), Done()
+
+
+def stream(
+    model,
+    tokenizer,
+    prompt: str,
+    *,
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    top_p: float | None = None,
+    add_special_tokens: bool = True,
+    **extra,
+) -> Iterator[str]:
     """Yield the decoded continuation of ``prompt`` with a transformers ``model``/``tokenizer``
     piece by piece (greedy by default); ``extra`` goes to ``generate``.
     A convenience for callers that hold a bare model; see :class:`TransformersEngine`.

@@ -16,22 +16,23 @@ What llmos adds on top, so that it behaves like the transformers engine:
   prefix match), and is reset after a cancelled or failed decode.
 * threads: the physical cores the manager hands it (``n_threads``), never a fixed number.
 """
+
 from __future__ import annotations
 
 import atexit
 import codecs
 import os
-import weakref
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Iterator, Optional
 
 from ...errors import LLMOSError, UsageError, opt
 from .base import Engine, GenerationSettings, GenerationStats
 
-DEFAULT_N_CTX = 4096        # Ollama's default context; `--n-ctx` up to the model's own limit
-KV_BYTES_PER_ELEMENT = 2    # llama.cpp's default KV cache type is f16
+DEFAULT_N_CTX = 4096  # Ollama's default context; `--n-ctx` up to the model's own limit
+KV_BYTES_PER_ELEMENT = 2  # llama.cpp's default KV cache type is f16
 # What a llama.cpp context costs beyond weights and KV cache: compute buffers, the vocabulary's
 # tables and the library's own allocations. Measured on SmolLM2-135M Q4_1 (49,152 tokens,
 # 2 threads), RSS delta after load + one decode minus weights (92.1 MiB) minus KV: 32.7 MiB at
@@ -79,8 +80,10 @@ def gguf_metadata(path: str | os.PathLike) -> dict:
     try:
         reader = GGUFReader(str(path), "r")
     except Exception as e:
-        raise LLMOSError(f"{Path(path).name} is not a readable GGUF file ({type(e).__name__}); "
-                         f"download it again (`%llm pull NAME --force`)") from None
+        raise LLMOSError(
+            f"{Path(path).name} is not a readable GGUF file ({type(e).__name__}); "
+            f"download it again (`%llm pull NAME --force`)"
+        ) from None
     meta = {}
     for key, f in reader.fields.items():
         if not f.types:
@@ -140,29 +143,43 @@ def plan(path: str | os.PathLike, n_ctx: Optional[int] = None) -> dict:
     if info.actual_bytes < info.expected_bytes:
         raise LLMOSError(
             f"{Path(path).name} is truncated or corrupt: its tensors need {info.expected_bytes:,} bytes but the "
-            f"file has {info.actual_bytes:,}; download it again (`%llm pull NAME --force`)")
+            f"file has {info.actual_bytes:,}; download it again (`%llm pull NAME --force`)"
+        )
     meta = gguf_metadata(path)
     arch = meta.get("general.architecture", "?")
     known = supported_architectures()
     if arch not in known:
-        raise LLMOSError(f"GGUF architecture '{arch}' is not supported by llama.cpp (nor by transformers' GGUF "
-                         f"loader unless listed there); llama.cpp runs {len(known)} architectures, e.g. "
-                         f"{', '.join(sorted(known)[:8])}…; llmos exports llama, mistral (as llama) and qwen2")
+        raise LLMOSError(
+            f"GGUF architecture '{arch}' is not supported by llama.cpp (nor by transformers' GGUF "
+            f"loader unless listed there); llama.cpp runs {len(known)} architectures, e.g. "
+            f"{', '.join(sorted(known)[:8])}…; llmos exports llama, mistral (as llama) and qwen2"
+        )
     limit = context_limit(meta)
     if n_ctx is None:
         n_ctx = min(limit, DEFAULT_N_CTX)
     if isinstance(n_ctx, bool) or not isinstance(n_ctx, int) or n_ctx < 16:
         raise UsageError(f"--n-ctx must be a whole number ≥ 16, got {n_ctx!r}")
     if n_ctx > limit:
-        raise UsageError(f"--n-ctx {n_ctx:,} is more than this model allows ({limit:,} positions, its "
-                         f"context_length); use {opt('n_ctx', limit)} or less")
-    vocab = (int(meta.get(f"{arch}.vocab_size", 0)) or meta.get("_array_lengths", {}).get("tokenizer.ggml.tokens")
-             or 32000)
+        raise UsageError(
+            f"--n-ctx {n_ctx:,} is more than this model allows ({limit:,} positions, its "
+            f"context_length); use {opt('n_ctx', limit)} or less"
+        )
+    vocab = (
+        int(meta.get(f"{arch}.vocab_size", 0)) or meta.get("_array_lengths", {}).get("tokenizer.ggml.tokens") or 32000
+    )
     tensor = info.tensor_bytes
     kv = kv_cache_bytes(meta, n_ctx)
     total = tensor + kv + FIXED_OVERHEAD + vocab * PER_VOCAB_OVERHEAD
-    return {"n_ctx": n_ctx, "n_ctx_train": limit, "tensor_bytes": tensor, "kv_bytes": kv, "bytes": total,
-            "params": info.params, "architecture": arch, "meta": meta}
+    return {
+        "n_ctx": n_ctx,
+        "n_ctx_train": limit,
+        "tensor_bytes": tensor,
+        "kv_bytes": kv,
+        "bytes": total,
+        "params": info.params,
+        "architecture": arch,
+        "meta": meta,
+    }
 
 
 class LlamaCppEngine(Engine):
@@ -182,12 +199,20 @@ class LlamaCppEngine(Engine):
 
     name = "llama.cpp"
 
-    def __init__(self, path: str | os.PathLike, *, n_ctx: Optional[int] = None, n_threads: Optional[int] = None,
-                 seed: Optional[int] = None):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        n_ctx: Optional[int] = None,
+        n_threads: Optional[int] = None,
+        seed: Optional[int] = None,
+    ):
         super().__init__()
         if installed() is None:
-            raise LLMOSError("the llama.cpp engine needs llama-cpp-python; install it with "
-                             "`pip install 'llmos-jupyter[llamacpp]'`, or load with --engine transformers")
+            raise LLMOSError(
+                "the llama.cpp engine needs llama-cpp-python; install it with "
+                "`pip install 'llmos-jupyter[llamacpp]'`, or load with --engine transformers"
+            )
         self.path = str(path)
         self.plan = plan(path, n_ctx)
         self.meta = self.plan["meta"]
@@ -198,13 +223,21 @@ class LlamaCppEngine(Engine):
         from llama_cpp import Llama
 
         try:
-            self.llm = Llama(model_path=self.path, n_ctx=self.n_ctx, n_threads=self.n_threads,
-                             n_threads_batch=self.n_threads, n_gpu_layers=0, verbose=False,
-                             **({"seed": seed} if seed is not None else {}))
+            self.llm = Llama(
+                model_path=self.path,
+                n_ctx=self.n_ctx,
+                n_threads=self.n_threads,
+                n_threads_batch=self.n_threads,
+                n_gpu_layers=0,
+                verbose=False,
+                **({"seed": seed} if seed is not None else {}),
+            )
         except (ValueError, RuntimeError, OSError) as e:
             arch = self.meta.get("general.architecture", "?")
-            raise LLMOSError(f"llama.cpp could not load {Path(path).name} (architecture '{arch}'): "
-                             f"{str(e).splitlines()[0][:120]}; check the file, or load with --engine transformers") from None
+            raise LLMOSError(
+                f"llama.cpp could not load {Path(path).name} (architecture '{arch}'): "
+                f"{str(e).splitlines()[0][:120]}; check the file, or load with --engine transformers"
+            ) from None
         self._vocab = self.llm._model.vocab
         _open.add(self)
         self._specials = {
@@ -233,8 +266,12 @@ class LlamaCppEngine(Engine):
         return dict(self._specials)
 
     def footprint(self) -> dict:
-        return {"tensor_bytes": {"cpu": self.plan["tensor_bytes"]}, "kv_bytes": self.plan["kv_bytes"],
-                "n_ctx": self.n_ctx, "threads": self.n_threads}
+        return {
+            "tensor_bytes": {"cpu": self.plan["tensor_bytes"]},
+            "kv_bytes": self.plan["kv_bytes"],
+            "n_ctx": self.n_ctx,
+            "threads": self.n_threads,
+        }
 
     def warm_up(self) -> None:
         """Decode one token so the weights are paged in and buffers allocated (what a load
@@ -251,13 +288,16 @@ class LlamaCppEngine(Engine):
                 llm.close()
             self.llm = None
 
-    def _stream(self, prompt_ids: list[int], settings: GenerationSettings, stats: GenerationStats,
-                cancel: threading.Event) -> Iterator[str]:
+    def _stream(
+        self, prompt_ids: list[int], settings: GenerationSettings, stats: GenerationStats, cancel: threading.Event
+    ) -> Iterator[str]:
         import llama_cpp
 
         if settings.extra:
-            raise UsageError(f"the llama.cpp engine does not take {', '.join(sorted(settings.extra))}; "
-                             f"it takes max_new_tokens, temperature, top_p, seed and stop")
+            raise UsageError(
+                f"the llama.cpp engine does not take {', '.join(sorted(settings.extra))}; "
+                f"it takes max_new_tokens, temperature, top_p, seed and stop"
+            )
         llm = self.llm
         if llm is None:
             raise LLMOSError("this model was unloaded; load it again with `%llm load`")
