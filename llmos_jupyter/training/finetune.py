@@ -1,8 +1,19 @@
-"""Fine-tune a sequence classifier (full or LoRA) on a ``datasets.Dataset``, on CPU or GPU.
+"""Fine-tune a sequence classifier or a causal LM (full or LoRA) on a ``datasets.Dataset``, CPU or GPU.
 
-One function, :func:`finetune`, with the whole loop in view: tokenise once (cached), seeded
-length-grouped batches padded per batch, AdamW with linear warmup/decay, gradient clipping,
-periodic evaluation, cancel at step boundaries, and a safetensors checkpoint written atomically.
+One public function, :func:`finetune`: tokenise once (cached), seeded length-grouped batches
+padded per batch, AdamW with linear warmup/decay, gradient clipping, periodic evaluation, cancel
+at step boundaries, and a safetensors checkpoint written atomically. It reads in five parts:
+
+1. the plan (:func:`_plan` → :class:`_Plan`): every check, the tokenised data and the step
+   totals, before anything is trained or written;
+2. the state (:class:`_State`): step, losses, evaluation history, the best evaluation;
+3. one optimizer step (:func:`_train_step`, shared with the ranks of a distributed run), driven
+   by :class:`_Run` (set-up, epochs, evaluation, the end of the run);
+4. the checkpoint (:meth:`_Run._save`, written by :func:`.checkpoint.save_checkpoint`);
+5. the result (:class:`FinetuneResult`).
+
+What differs between seq-cls and causal-lm (checks, tokenising, batching, loss, evaluation) is
+one task object from :mod:`.tasks`, chosen once per run.
 
 Reproducibility (same seed, same result): the run seeds every RNG at its start and
 re-initialises a classification head that no run has trained yet from the run seed, so the result
@@ -34,15 +45,14 @@ from typing import Any, Callable, Iterator, Optional
 
 from ..errors import UsageError
 from ..pull import sha256_file  # noqa: F401  (re-exported: checkpoints are hashed the same way as pulls)
-from .batching import check_columns, collate, length_grouped_batches, pad_id_for, read_labels, tokenize_column
+from .batching import length_grouped_batches, pad_id_for
 from .checkpoint import is_peft as _is_peft
 from .checkpoint import load_training_state, load_weights, read_resume_state, save_checkpoint, save_training_state
 from .config import FinetuneConfig
 from .distributed import rank_seed
-from .evaluate import evaluate
 from .resume import capture_rng, check_resume, model_fingerprint, restore_rng, train_digest
 from .seed import deterministic_mode, seed_everything
-from .sft import IGNORE_INDEX, collate_sft, evaluate_causal_lm, response_loss_sum, tokenize_pairs
+from .tasks import task_for
 
 STATUSES = ("completed", "interrupted", "failed", "diverged")
 # Top-level module names of classification heads in transformers (BERT/RoBERTa/DeBERTa "classifier",
@@ -328,11 +338,6 @@ def lr_factor(step: int, total: int, warmup: int, kind: str = "linear") -> float
     return max(0.0, (total - step) / max(1, total - warmup))
 
 
-def _is_causal_lm(model: Any) -> bool:
-    base = model.get_base_model() if _is_peft(model) else model
-    return type(base).__name__.endswith(("ForCausalLM", "LMHeadModel"))
-
-
 def check_lora_targets(model: Any, config: FinetuneConfig | dict[str, Any]) -> list[str]:
     """Check, before anything is written, that LoRA ``target_modules`` match modules of ``model``.
 
@@ -456,13 +461,15 @@ def _put_back(model: Any, before: dict[str, Any], wrapped_here: bool) -> Any:
 # one optimizer step (shared by the one-process and the distributed runs)
 
 
-def _loss_module(model: Any, lm: bool) -> Any:
+def _loss_module(model: Any, task: Any) -> Any:
     """A module around ``model`` whose forward ``(input_ids, attention_mask, labels)`` returns the
-    batch's *summed* loss: seq-cls cross-entropy over rows, causal-lm cross-entropy over response
-    tokens (:func:`~.sft.response_loss_sum`). DDP wraps this module, so the whole loss
-    computation runs inside its forward (gradient hooks armed) whatever the task."""
-    import torch.nn.functional as F
+    batch's *summed* loss (``task.loss_sum``: seq-cls cross-entropy over rows, causal-lm
+    cross-entropy over response tokens, :func:`~.sft.response_loss_sum`). DDP wraps this module,
+    so the whole loss computation runs inside its forward (gradient hooks armed) whatever the task.
+    ``task``: a :mod:`.tasks` object, or True / False for causal-lm / seq-cls."""
     from torch import nn
+
+    task = task_for(task)
 
     class LossSum(nn.Module):
         def __init__(self, inner: Any):
@@ -470,10 +477,7 @@ def _loss_module(model: Any, lm: bool) -> Any:
             self.model = inner
 
         def forward(self, input_ids: Any, attention_mask: Any, labels: Any) -> Any:
-            if lm:  # logits only where a response token is predicted
-                return response_loss_sum(self.model, input_ids, attention_mask, labels)
-            logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits  # (B, C)
-            return F.cross_entropy(logits.float(), labels, reduction="sum")
+            return task.loss_sum(self.model, input_ids, attention_mask, labels)
 
     return LossSum(model)
 
@@ -487,15 +491,16 @@ def _train_step(
     labels: Any,
     pad_id: int,
     device: Any,
-    lm: bool,
+    task: Any,
     dist: Any = None,
-) -> tuple[float, int, int, int]:
+) -> tuple[float, int, int, int, Any]:
     """Forward and backward of one optimizer step over ``group`` (its micro-batches, each a
     ``(B,)`` array of global row indices); gradients accumulate in the parameters' ``.grad``.
 
     The step's loss is the mean over the rows (seq-cls) or response tokens (causal-lm) of the
     whole global group: each micro-batch's summed loss (``fwd``, see :func:`_loss_module`) is
-    divided by that global count. With ``dist`` (a :class:`~.distributed.RankGroup`) this rank
+    divided by that global count (``task.count``; ``task`` as for :func:`_loss_module`). With
+    ``dist`` (a :class:`~.distributed.RankGroup`) this rank
     runs only its slice of each micro-batch and the loss is multiplied by the world size, because
     DDP/FSDP average gradients over ranks; the all-reduced gradient is then the global mean's,
     whatever the slice sizes. A rank with an empty slice runs the first row with weight 0 so it
@@ -506,8 +511,9 @@ def _train_step(
         this rank's padded positions; this rank's last micro-batch ``(input_ids (B, L),
         attention_mask (B, L), labels)`` on the device, for the loop's check of the final weights).
     """
+    task = task_for(task)
     n_rows = sum(len(rows) for rows in group)
-    denom = max(int(sum(tok.targets[rows].sum() for rows in group)) if lm else n_rows, 1)
+    denom = max(task.count(tok, group), 1)
     world = dist.world_size if dist is not None else 1
     step_loss, real_tokens, padded_tokens = 0.0, 0, 0
     for i, rows in enumerate(group):
@@ -516,7 +522,7 @@ def _train_step(
             rows = dist.shard(rows)
             if len(rows) == 0:
                 rows, weight = group[i][:1], 0.0
-        b = collate_sft(tok, rows, pad_id) if lm else collate(tok, rows, pad_id, labels)
+        b = task.collate(tok, rows, pad_id, labels)
         ids = b["input_ids"].to(device, non_blocking=True)  # (B, L)
         mask = b["attention_mask"].to(device, non_blocking=True)  # (B, L)
         y = b["labels"].to(device, non_blocking=True)  # seq-cls (B,); causal-lm (B, L)
@@ -533,6 +539,126 @@ def _train_step(
     if dist is not None:
         step_loss = dist.sum(step_loss)
     return step_loss, n_rows, real_tokens, padded_tokens, (ids, mask, y)
+
+
+# ---------------------------------------------------------------------------------------------
+# the plan: every check, the tokenised data and the step totals, before anything is trained
+
+
+@dataclass
+class _Plan:
+    """What a run will do, fixed before anything is trained or written."""
+
+    cfg: FinetuneConfig
+    task: Any  # tasks.SeqCls or tasks.CausalLM
+    device: Any
+    pad_id: int
+    tok: Any  # the tokenised training rows (batching.Tokenized or sft.SFTTokenized)
+    labels: Any  # (N,) class ids for seq-cls, None for causal-lm
+    steps_per_epoch: int
+    total_steps: int
+    warmup: int  # warmup steps
+    eval_every: Optional[int]  # optimizer steps between evaluations, or None
+    fingerprint: Optional[str]  # the training dataset's own fingerprint
+    model_fp: str
+    digest: str  # of the tokenised training data
+    rstate: Optional[dict[str, Any]]  # trainer_state.json of the checkpoint resumed from
+
+    def epoch_of(self, step: int) -> float:
+        return step / self.steps_per_epoch
+
+
+def _plan(
+    model: Any,
+    tokenizer: Any,
+    train: Any,
+    eval: Any,
+    cfg: FinetuneConfig,
+    task: Any,  # noqa: A002
+    resume_from: Optional[os.PathLike | str],
+) -> _Plan:
+    """Check the model, data and config (one UsageError / NotFoundError line each, before anything
+    changes except ``model.config.pad_token_id``), tokenise the training set and count the steps."""
+    import torch
+
+    if cfg.method == "full" and _is_peft(model):
+        raise UsageError(
+            "method='full' was given a LoRA (peft) model; pass method='lora' to keep training its "
+            "adapters, or merge them first with model.merge_and_unload()"
+        )
+    labels = task.check(model, train, eval)
+    if cfg.method == "lora":
+        check_lora_targets(model, cfg)
+    first = next(model.parameters())
+    if cfg.method == "full" and first.dtype == torch.float16:
+        raise UsageError(
+            "a full fine-tune of float16 weights diverges without loss scaling; load the model with "
+            "dtype=float32 or bfloat16, or use method='lora'"
+        )
+    mconf = model.config
+    if getattr(tokenizer, "pad_token_id", None) is not None and getattr(mconf, "pad_token_id", None) is None:
+        mconf.pad_token_id = tokenizer.pad_token_id
+    pad_id = pad_id_for(tokenizer, mconf)
+    tok = task.tokenize(tokenizer, train, cfg.max_length)
+    steps_per_epoch = math.ceil(math.ceil(len(tok) / cfg.batch_size) / cfg.grad_accum)
+    total_steps = steps_per_epoch * cfg.epochs
+    if cfg.max_steps is not None:
+        total_steps = min(total_steps, cfg.max_steps)
+    digest = train_digest(tok, labels)
+    plan = _Plan(
+        cfg=cfg,
+        task=task,
+        device=first.device,
+        pad_id=pad_id,
+        tok=tok,
+        labels=labels,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        warmup=math.ceil(cfg.warmup_ratio * total_steps),
+        eval_every=steps_per_epoch if cfg.eval_every == "epoch" else cfg.eval_every,
+        fingerprint=getattr(train, "_fingerprint", None),
+        model_fp=model_fingerprint(model),
+        digest=digest,
+        rstate=None,
+    )
+    if cfg.track_best and eval is None:
+        raise UsageError(
+            "early_stopping_patience / metric_for_best need an eval set; pass eval= (a test or validation split)"
+        )
+    if resume_from is not None:  # every check before anything is trained or written
+        plan.rstate = read_resume_state(resume_from)
+        check_resume(plan.rstate, config=cfg.to_dict(), model_fp=plan.model_fp, data_digest=digest)
+    return plan
+
+
+# ---------------------------------------------------------------------------------------------
+# the state of a run while it trains
+
+
+@dataclass
+class _State:
+    """What changes while a run trains. ``best`` (JSON-safe) goes to ``trainer_state.json``;
+    ``best_w`` holds the best evaluation's trainable weights (CPU copies)."""
+
+    best: dict[str, Any]
+    peak_rss: int
+    step: int = 0
+    start_step: int = 0  # where this call began (a resumed run's step)
+    samples: int = 0
+    real_tokens: int = 0
+    padded_tokens: int = 0
+    train_s: float = 0.0  # seconds in the training loop, evaluation excluded
+    status: str = "completed"
+    losses: list[float] = field(default_factory=list)
+    eval_history: list[dict[str, Any]] = field(default_factory=list)
+    last_eval: Any = None
+    best_w: dict[str, Any] = field(default_factory=dict)
+    stopped_early: bool = False
+    diverged_step: Optional[int] = None
+    resumable: bool = True  # False while an optimizer update is under way
+    rng_at_step: Optional[dict[str, Any]] = None  # RNG states at the start of the step in progress
+    failure: Optional[BaseException] = None  # distributed: a collective failed (a rank died) at a step boundary
+    last_batch: Any = None  # this rank's last micro-batch on the device (the final-weights check)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -641,426 +767,410 @@ def finetune(
     """
     cb = _Callback(callback)
     try:
-        return _finetune(
+        t_call = time.perf_counter()
+        cfg = config if isinstance(config, FinetuneConfig) else FinetuneConfig.from_dict(config or {})
+        task = task_for(
+            cfg.task,
+            text_column=text_column,
+            label_column=label_column,
+            prompt_column=prompt_column,
+            response_column=response_column,
+        )
+        plan = _plan(model, tokenizer, train, eval, cfg, task, resume_from)
+        run = _Run(
             model,
             tokenizer,
-            train,
             eval,
-            text_column,
-            label_column,
-            config,
+            plan,
             cb,
-            run_dir,
-            should_stop,
-            run_id,
-            prompt_column,
-            response_column,
-            resume_from,
-            dist,
+            run_dir=run_dir,
+            should_stop=should_stop,
+            run_id=run_id,
+            resume_from=resume_from,
+            dist=dist,
         )
+        result = run.run(t_call)
+        cb("on_end", result.status, result)
+        return result
     except BaseException:
         cb("on_end", "failed", None)  # the progress display must not stay "running"
         raise
 
 
-def _finetune(
-    model: Any,
-    tokenizer: Any,
-    train: Any,
-    eval: Any,
-    text_column: str,
-    label_column: str,
-    config: Any,
-    cb: _Callback,
-    run_dir: Any,
-    should_stop: Optional[Callable[[], bool]],
-    run_id: Optional[str],
-    prompt_column: str = "prompt",
-    response_column: str = "response",
-    resume_from: Optional[os.PathLike | str] = None,
-    dist: Any = None,
-) -> FinetuneResult:  # noqa: A002
-    import psutil
-    import torch
-    import torch.nn.functional as F
+class _Run:
+    """One planned fine-tune: set-up (seeds, head, LoRA, optimizer, resume), the loop of
+    :func:`_train_step` calls with evaluation and best-model tracking, the end of the run
+    (divergence, final evaluation, best weights back), the checkpoint and the result."""
 
-    t_call = time.perf_counter()
-    cfg = config if isinstance(config, FinetuneConfig) else FinetuneConfig.from_dict(config or {})
-    lm = cfg.task == "causal-lm"
-    if cfg.method == "full" and _is_peft(model):
-        raise UsageError(
-            "method='full' was given a LoRA (peft) model; pass method='lora' to keep training its adapters, or "
-            "merge them first with model.merge_and_unload()"
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        eval: Any,
+        plan: _Plan,
+        cb: _Callback,
+        *,  # noqa: A002
+        run_dir: Any,
+        should_stop: Optional[Callable[[], bool]],
+        run_id: Optional[str],
+        resume_from: Optional[os.PathLike | str],
+        dist: Any,
+    ):
+        import psutil
+        import torch
+
+        self.model, self.tokenizer, self.eval, self.plan, self.cfg, self.cb = model, tokenizer, eval, plan, plan.cfg, cb
+        self.run_dir, self.should_stop, self.run_id, self.resume_from, self.dist = (
+            run_dir,
+            should_stop,
+            run_id,
+            resume_from,
+            dist,
         )
-    mconf = model.config
-    if lm:
-        if not _is_causal_lm(model):
+        self.proc = psutil.Process()
+        self.metric_name, self.greater = self.cfg.best_metric()
+        best = {"metric": self.metric_name, "value": None, "step": None, "epoch": None, "bad_evals": 0, "metrics": None}
+        self.state = _State(best=best, peak_rss=self.proc.memory_info().rss)
+        if plan.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(plan.device)
+        self.stop_flag = threading.Event()
+        self.head_names: list[str] = []
+        self.trainable: list[Any] = []
+        self.final_metrics: dict[str, Any] = {}
+        self.won = False  # best-model tracking ended with the best weights loaded back
+        self.peak_dev: Optional[int] = None
+        self.ck: Optional[Path] = None
+        self.sha: Optional[str] = None
+
+    def run(self, t_call: float) -> FinetuneResult:
+        cfg, s = self.cfg, self.state
+        try:
+            with deterministic_mode(cfg.deterministic):
+                seed_everything(cfg.seed, deterministic=cfg.deterministic)
+                self._setup()
+                p = self.plan
+                self.cb(
+                    "on_begin",
+                    p.total_steps,
+                    min(len(p.tok) * cfg.epochs, p.total_steps * cfg.batch_size * cfg.grad_accum),
+                    self.run_id,
+                )
+                self.model.train()
+                ctrl_c = _sigint_stops(self.stop_flag) if self.dist is None else contextlib.nullcontext()
+                with ctrl_c:  # ranks: should_stop
+                    self._train()
+                self._finish()
+                if self.run_dir is not None and s.status != "diverged":
+                    self._save()
+                if s.failure is not None:
+                    raise s.failure
+        finally:
+            with contextlib.suppress(Exception):
+                self.model.eval()
+        return self._result(t_call)
+
+    # -- set-up ------------------------------------------------------------------------------
+
+    def _setup(self) -> None:
+        """Head, LoRA, the loss module (DDP/FSDP-wrapped in a rank), AdamW and the schedule; the
+        resumed state; the dropout stream of a rank."""
+        import torch
+
+        cfg, p, dist = self.cfg, self.plan, self.dist
+        # what a diverged run puts back (a rank trains a copy: the kernel's alias is never changed)
+        self.before = _weights_before(self.model, cfg.method) if dist is None else {}
+        self.wrapped_here = cfg.method == "lora" and not _is_peft(self.model)
+        if not _is_peft(self.model) and p.task.has_head:
+            self.head_names = reinit_untrained_head(self.model, cfg.seed)
+        if cfg.method == "lora":
+            self.model = _wrap_lora(self.model, cfg)
+        self.fwd = _loss_module(self.model, p.task)
+        if dist is not None:  # DDP replicas (rank 0's weights broadcast) or FSDP2 shards
+            self.fwd = dist.wrap(self.fwd, self.model)
+        self.trainable = [q for q in self.model.parameters() if q.requires_grad]
+        if not self.trainable:
             raise UsageError(
-                f"task='causal-lm' needs a causal LM (a *ForCausalLM model), got {type(model).__name__}; load it "
-                "with --task causal-lm"
+                "the model has no trainable parameters (all requires_grad=False); unfreeze it or use method='lora'"
             )
-        check_columns(train, [prompt_column, response_column], "train dataset")
-        if eval is not None:
-            check_columns(eval, [prompt_column, response_column], "eval dataset")
-        labels = None
-    else:
-        num_labels = int(getattr(mconf, "num_labels", 0) or 0)
-        if num_labels < 2:
-            raise UsageError(
-                f"the model has num_labels={num_labels}; a seq-cls fine-tune needs 2 or more classes: reload it for "
-                "seq-cls with num_labels= set to the number of labels"
-            )
-        check_columns(train, [text_column, label_column], "train dataset")
-        if eval is not None:
-            check_columns(eval, [text_column, label_column], "eval dataset")
-        labels = read_labels(train, label_column, num_labels, "train dataset")
-        if eval is not None:
-            read_labels(eval, label_column, num_labels, "eval dataset")
-    if cfg.method == "lora":
-        check_lora_targets(model, cfg)
-    first = next(model.parameters())
-    device = first.device
-    if cfg.method == "full" and first.dtype == torch.float16:
-        raise UsageError(
-            "a full fine-tune of float16 weights diverges without loss scaling; load the model with dtype=float32 "
-            "or bfloat16, or use method='lora'"
+        fused = all(q.device.type in ("cpu", "cuda") and q.dtype.is_floating_point for q in self.trainable)
+        self.opt = torch.optim.AdamW(
+            _param_groups(self.model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, fused=fused or None
         )
-    if getattr(tokenizer, "pad_token_id", None) is not None and getattr(mconf, "pad_token_id", None) is None:
-        mconf.pad_token_id = tokenizer.pad_token_id
-    pad_id = pad_id_for(tokenizer, mconf)
-    if lm:
-        tok = tokenize_pairs(tokenizer, train, prompt_column, response_column, cfg.max_length)
-    else:
-        tok = tokenize_column(tokenizer, train, text_column, cfg.max_length)
-    lengths = tok.lengths
-    n_train = len(tok)
-    batches_per_epoch = math.ceil(n_train / cfg.batch_size)
-    steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum)
-    total_steps = steps_per_epoch * cfg.epochs
-    if cfg.max_steps is not None:
-        total_steps = min(total_steps, cfg.max_steps)
-    warmup = math.ceil(cfg.warmup_ratio * total_steps)
-    eval_every = steps_per_epoch if cfg.eval_every == "epoch" else cfg.eval_every  # optimizer steps or None
-    fingerprint = getattr(train, "_fingerprint", None)
-    model_fp = model_fingerprint(model)
-    digest = train_digest(tok, labels)
-    if cfg.track_best and eval is None:
-        raise UsageError(
-            "early_stopping_patience / metric_for_best need an eval set; pass eval= (a test or validation split)"
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lambda st: lr_factor(st, p.total_steps, p.warmup, cfg.lr_scheduler)
         )
-    rstate: Optional[dict[str, Any]] = None
-    if resume_from is not None:  # every check before anything is trained or written
-        rstate = read_resume_state(resume_from)
-        check_resume(rstate, config=cfg.to_dict(), model_fp=model_fp, data_digest=digest)
+        ts = self._resume() if p.rstate is not None else None
+        if dist is not None:  # dropout: rank 0 draws what one process draws, other ranks their own stream
+            saved = ts.get("rng_ranks") if ts is not None else None
+            if saved and len(saved) == dist.world_size:
+                restore_rng(saved[dist.rank])
+            elif dist.rank > 0:
+                torch.manual_seed(rank_seed(cfg.seed, dist.rank) + self.state.start_step)
 
-    proc = psutil.Process()
-    peak_rss = proc.memory_info().rss
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    stop_flag = threading.Event()
-    losses: list[float] = []
-    eval_history: list[dict[str, Any]] = []
-    last_eval: Optional[Any] = None
-    step, samples, real_tokens, padded_tokens, train_s = 0, 0, 0, 0, 0.0
-    status = "completed"
-    head_names: list[str] = []
-    trainable: list[Any] = []
-    metric_name, greater = cfg.best_metric()
-    # best-model tracking: the best evaluation so far (JSON-safe, goes to trainer_state) and its weights
-    best: dict[str, Any] = {
-        "metric": metric_name,
-        "value": None,
-        "step": None,
-        "epoch": None,
-        "bad_evals": 0,
-        "metrics": None,
-    }
-    best_w: dict[str, Any] = {}
-    stopped_early = False
-    diverged_step: Optional[int] = None
-    resumable = True
-    rng_at_step: Optional[dict[str, Any]] = None  # RNG states at the start of the step in progress
-    failure: Optional[BaseException] = None  # distributed: a collective failed (a rank died) at a step boundary
+    def _resume(self) -> dict[str, Any]:
+        """Load the checkpoint's weights, optimizer, scheduler, history and RNG states; returns
+        its training state (``training_state.pt``)."""
+        s, p, rstate = self.state, self.plan, self.plan.rstate
+        load_weights(self.model, self.resume_from)
+        ts = load_training_state(self.resume_from)
+        self.opt.load_state_dict(ts["optimizer"])
+        self.sched.load_state_dict(ts["scheduler"])
+        s.step = s.start_step = int(rstate["steps"])
+        s.losses = [float(x) for x in rstate.get("train_loss") or []]
+        s.eval_history.extend(rstate.get("eval_history") or [])
+        s.best.update(rstate.get("best") or {})
+        if ts.get("best_params"):
+            s.best_w.update(ts["best_params"])
+        if (
+            self.eval is not None
+            and p.eval_every
+            and s.step % p.eval_every == 0
+            and 0 < s.step < p.total_steps
+            and not any(h.get("step") == s.step for h in s.eval_history)
+        ):
+            self._run_eval()  # the stop came before this step's evaluation
+        s.stopped_early = self._patience_spent()  # also when a callback's Ctrl-C cut off the check
+        restore_rng(ts["rng"])  # last: nothing above may draw from the RNGs
+        return ts
 
-    def eval_only() -> Any:
-        if lm:
-            return evaluate_causal_lm(
-                model,
-                tokenizer,
-                eval,
-                prompt_column=prompt_column,
-                response_column=response_column,
-                batch_size=cfg.batch_size,
-                max_length=cfg.max_length,
-                dist=dist,
-            )
-        return evaluate(
-            model,
-            tokenizer,
-            eval,
-            text_column=text_column,
-            label_column=label_column,
-            batch_size=max(cfg.batch_size, 64),
-            max_length=cfg.max_length,
-            dist=dist,
-        )
+    # -- evaluation and best-model tracking --------------------------------------------------
 
-    def run_eval(epoch_f: float) -> Any:
-        ev = eval_only()
-        if cfg.track_best:  # before the callback: a KeyboardInterrupt there must find the best up to date
-            v = float(ev.to_metrics()[metric_name])
-            if best["value"] is None or (v > best["value"] if greater else v < best["value"]):
-                best.update(value=v, step=step, epoch=epoch_f, bad_evals=0, metrics=ev.to_metrics())
-                best_w.clear()
-                best_w.update(
-                    {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+    def _eval_only(self) -> Any:
+        return self.plan.task.evaluate(self.model, self.tokenizer, self.eval, self.cfg, self.dist)
+
+    def _run_eval(self) -> None:
+        """Evaluate at the current step, track the best, record the history, tell the callback."""
+        s = self.state
+        epoch_f = self.plan.epoch_of(s.step)
+        ev = self._eval_only()
+        if self.cfg.track_best:  # before the callback: a KeyboardInterrupt there must find the best up to date
+            v = float(ev.to_metrics()[self.metric_name])
+            if s.best["value"] is None or (v > s.best["value"] if self.greater else v < s.best["value"]):
+                s.best.update(value=v, step=s.step, epoch=epoch_f, bad_evals=0, metrics=ev.to_metrics())
+                s.best_w.clear()
+                s.best_w.update(
+                    {n: q.detach().to("cpu", copy=True) for n, q in self.model.named_parameters() if q.requires_grad}
                 )
             else:
-                best["bad_evals"] += 1
-        eval_history.append({"step": step, "epoch": epoch_f, **ev.to_metrics()})
-        cb("on_eval", step, epoch_f, ev.to_metrics())
-        return ev
+                s.best["bad_evals"] += 1
+        s.eval_history.append({"step": s.step, "epoch": epoch_f, **ev.to_metrics()})
+        s.last_eval = ev
+        self.cb("on_eval", s.step, epoch_f, ev.to_metrics())
 
-    def patience_spent() -> bool:
-        return cfg.early_stopping_patience is not None and best["bad_evals"] >= cfg.early_stopping_patience
+    def _patience_spent(self) -> bool:
+        patience = self.cfg.early_stopping_patience
+        return patience is not None and self.state.best["bad_evals"] >= patience
 
-    try:
-        with deterministic_mode(cfg.deterministic):
-            seed_everything(cfg.seed, deterministic=cfg.deterministic)
-            # what a diverged run puts back (a rank trains a copy: the kernel's alias is never changed)
-            before = _weights_before(model, cfg.method) if dist is None else {}
-            wrapped_here = cfg.method == "lora" and not _is_peft(model)
-            if not _is_peft(model) and not lm:
-                head_names = reinit_untrained_head(model, cfg.seed)
-            if cfg.method == "lora":
-                model = _wrap_lora(model, cfg)
-            fwd = _loss_module(model, lm)
-            if dist is not None:  # DDP replicas (rank 0's weights broadcast) or FSDP2 shards
-                fwd = dist.wrap(fwd, model)
-            trainable = [p for p in model.parameters() if p.requires_grad]
-            if not trainable:
-                raise UsageError(
-                    "the model has no trainable parameters (all requires_grad=False); unfreeze it or use method='lora'"
-                )
-            fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in trainable)
-            opt = torch.optim.AdamW(
-                _param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, fused=fused or None
+    # -- the loop ----------------------------------------------------------------------------
+
+    def _train(self) -> None:
+        """Epochs of steps until the plan's total, a stop, divergence or early stopping; then the
+        check of the final weights. A Ctrl-C, or a failed collective at a step boundary in a rank,
+        ends the run "interrupted"."""
+        s, cfg, spe = self.state, self.cfg, self.plan.steps_per_epoch
+        try:
+            for epoch in range(s.start_step // spe, cfg.epochs):
+                if s.step >= self.plan.total_steps or s.stopped_early:
+                    break
+                self._epoch(epoch)
+                if s.status in ("interrupted", "diverged") or s.stopped_early:
+                    break
+            if s.status == "completed" and s.step > s.start_step:  # the last update: is the loss still finite?
+                self._check_last()
+        except KeyboardInterrupt:
+            s.status = "interrupted"
+            self.opt.zero_grad(set_to_none=True)
+        except Exception as e:  # a rank died: the weights are still the last finished step's
+            if self.dist is None or not s.resumable or self.dist.sharded:
+                raise
+            s.status, s.failure = "interrupted", e
+            self.opt.zero_grad(set_to_none=True)
+
+    def _epoch(self, epoch: int) -> None:
+        """The optimizer steps of one epoch (a resumed run skips the groups already consumed)."""
+        s, cfg, p = self.state, self.cfg, self.plan
+        batches = length_grouped_batches(
+            p.tok.lengths, cfg.batch_size, seed=(cfg.seed, epoch), group=cfg.group_by_length
+        )
+        first_g = (s.step % p.steps_per_epoch) * cfg.grad_accum if epoch == s.start_step // p.steps_per_epoch else 0
+        for g in range(first_g, len(batches), cfg.grad_accum):
+            if s.step >= p.total_steps:
+                break
+            if self.stop_flag.is_set() or (self.should_stop is not None and self.should_stop()):
+                s.status = "interrupted"
+                break
+            if not self._step(batches[g : g + cfg.grad_accum]):
+                break
+            if self.eval is not None and p.eval_every and s.step % p.eval_every == 0 and s.step < p.total_steps:
+                self._run_eval()
+                self.model.train()
+                if self._patience_spent():
+                    s.stopped_early = True
+                    break
+
+    def _step(self, group: list[Any]) -> bool:
+        """One optimizer step over ``group``; False when it diverged (no update made)."""
+        import torch
+
+        s, p = self.state, self.plan
+        if self.run_dir is not None:
+            s.rng_at_step = capture_rng()
+        t0 = time.perf_counter()
+        lr_now = self.opt.param_groups[0]["lr"]
+        step_loss, n_rows, n_real, n_padded, s.last_batch = _train_step(
+            self.fwd, self.model, group, p.tok, p.tok.lengths, p.labels, p.pad_id, p.device, p.task, self.dist
+        )
+        s.real_tokens += n_real
+        s.padded_tokens += n_padded
+        s.resumable = False  # an update cut short cannot be resumed exactly
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.max_grad_norm or math.inf)
+        if not _finite(step_loss, grad_norm, s.losses[0] if s.losses else None):
+            s.status, s.diverged_step = "diverged", s.step + 1
+            return False
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        s.step += 1
+        s.resumable, s.rng_at_step = True, None
+        s.samples += n_rows
+        s.train_s += time.perf_counter() - t0
+        s.losses.append(step_loss)
+        s.peak_rss = max(s.peak_rss, self.proc.memory_info().rss)
+        sps = s.samples / s.train_s if s.train_s > 0 else 0.0
+        self.cb("on_step", s.step, step_loss, lr_now, sps, (p.total_steps - s.step) * s.train_s / s.step)
+        return True
+
+    def _check_last(self) -> None:
+        """One forward pass on this rank's part of the last micro-batch with the final weights:
+        a non-finite or exploded loss ends the run "diverged"."""
+        import torch
+
+        s = self.state
+        ids, mask, y = s.last_batch
+        with torch.no_grad():
+            last = self.plan.task.mean_loss(self.model, ids, mask, y)  # per row, or per response token
+        if self.dist is not None:  # every rank decides alike (NaN/inf survive the sum)
+            last = self.dist.sum(last) / self.dist.world_size
+        if not _finite(last, 0.0, s.losses[0] if s.losses else None):
+            s.status, s.diverged_step = "diverged", s.step
+
+    # -- the end of the run ------------------------------------------------------------------
+
+    def _finish(self) -> None:
+        """Undo a diverged run; total the token counts over ranks; the final evaluation, with the
+        best weights loaded back under best-model tracking; the final metrics."""
+        import torch
+
+        s, dist = self.state, self.dist
+        if s.status == "diverged":
+            self.opt.zero_grad(set_to_none=True)
+            if dist is None:  # a rank's copy is thrown away: the kernel's alias was never changed
+                self.model = _put_back(self.model, self.before, self.wrapped_here)
+        if dist is not None and s.failure is None:  # this rank's token counts -> the run's
+            s.real_tokens, s.padded_tokens = int(dist.sum(s.real_tokens)), int(dist.sum(s.padded_tokens))
+        self.model.eval()
+        for q in self.trainable if s.step > 0 and s.status != "diverged" else ():
+            q._llmos_trained = True  # the head is no longer "never trained" (see untrained_head_params)
+        if s.status == "completed" and self.eval is not None and not s.stopped_early:
+            self._run_eval()
+        self.won = s.status == "completed" and self.cfg.track_best and s.best["step"] is not None
+        if self.won and (s.best["step"] != s.step or s.last_eval is None):  # load the best weights back, score them
+            with torch.no_grad():
+                for n, q in self.model.named_parameters():
+                    if n in s.best_w:
+                        q.copy_(s.best_w[n].to(q.device))
+            s.last_eval = self._eval_only()
+        if s.last_eval is not None and s.status == "completed":
+            self.final_metrics = s.last_eval.to_metrics()
+        if self.won:
+            self.final_metrics.update(
+                best_step=s.best["step"],
+                best_epoch=s.best["epoch"],
+                metric_for_best=self.metric_name,
+                stopped_early=s.stopped_early,
             )
-            sched = torch.optim.lr_scheduler.LambdaLR(
-                opt, lambda s: lr_factor(s, total_steps, warmup, cfg.lr_scheduler)
+        if self.plan.device.type == "cuda":
+            self.peak_dev = int(torch.cuda.max_memory_allocated(self.plan.device))
+
+    def _trainer_state(self) -> dict[str, Any]:
+        """``trainer_state.json`` of the checkpoint (JSON-safe)."""
+        s, p, mconf, dist = self.state, self.plan, self.model.config, self.dist
+        id2label = p.task.id2label(mconf)
+        return {
+            "run_id": self.run_id,
+            "status": s.status,
+            "task": self.cfg.task,
+            "method": self.cfg.method,
+            "base_model": str(getattr(mconf, "name_or_path", "") or getattr(mconf, "_name_or_path", "")),
+            "config": self.cfg.to_dict(),
+            "steps": s.step,
+            "total_steps": p.total_steps,
+            "epochs": p.epoch_of(s.step),
+            "id2label": id2label,
+            "label2id": {v: k for k, v in id2label.items()},
+            "data_fingerprint": p.fingerprint,
+            "train_loss": s.losses,
+            "metrics": self.final_metrics,
+            "eval_history": s.eval_history,
+            "best": s.best,
+            "model_fingerprint": p.model_fp,
+            "train_digest": p.digest,
+            "resumed_from": str(self.resume_from) if self.resume_from is not None else None,
+            # FSDP: each rank holds a shard of the optimizer state, which is not saved (yet)
+            "resumable": s.status == "interrupted" and s.resumable and not (dist is not None and dist.sharded),
+        }
+
+    def _save(self) -> None:
+        """Write the checkpoint (rank 0 of a distributed run; every rank joins its collectives),
+        with the resume state when the run stopped resumably."""
+        s, dist = self.state, self.dist
+        state = self._trainer_state()
+        collective = dist is not None and s.failure is None  # every rank takes part, rank 0 writes
+        extra = None
+        if state["resumable"]:
+            rng = s.rng_at_step if s.rng_at_step is not None else capture_rng()
+            rng_ranks = dist.gather(rng) if collective else None
+            best_w = dict(s.best_w) or None
+
+            def extra(d: Path) -> None:
+                save_training_state(d, self.opt, self.sched, rng, best_w, rng_ranks)
+
+        full_sd = dist.full_state_dict(self.model) if collective else None
+        if dist is None or dist.main:
+            self.ck, self.sha = save_checkpoint(
+                self.model, self.tokenizer, self.run_dir, state, extra=extra, state_dict=full_sd
             )
-            start_step = 0
-            if rstate is not None:
-                load_weights(model, resume_from)
-                ts = load_training_state(resume_from)
-                opt.load_state_dict(ts["optimizer"])
-                sched.load_state_dict(ts["scheduler"])
-                step = start_step = int(rstate["steps"])
-                losses = [float(x) for x in rstate.get("train_loss") or []]
-                eval_history.extend(rstate.get("eval_history") or [])
-                best.update(rstate.get("best") or {})
-                if ts.get("best_params"):
-                    best_w.update(ts["best_params"])
-                if (
-                    eval is not None
-                    and eval_every
-                    and step % eval_every == 0
-                    and 0 < step < total_steps
-                    and not any(h.get("step") == step for h in eval_history)
-                ):
-                    last_eval = run_eval(step / steps_per_epoch)  # the stop came before this step's evaluation
-                stopped_early = patience_spent()  # also when a callback's Ctrl-C cut off the check
-                restore_rng(ts["rng"])  # last: nothing above may draw from the RNGs
-            if dist is not None:  # dropout: rank 0 draws what one process draws, other ranks their own stream
-                saved = ts.get("rng_ranks") if rstate is not None else None
-                if saved and len(saved) == dist.world_size:
-                    restore_rng(saved[dist.rank])
-                elif dist.rank > 0:
-                    torch.manual_seed(rank_seed(cfg.seed, dist.rank) + start_step)
-            cb(
-                "on_begin",
-                total_steps,
-                min(n_train * cfg.epochs, total_steps * cfg.batch_size * cfg.grad_accum),
-                run_id,
-            )
-            model.train()
-            with _sigint_stops(stop_flag) if dist is None else contextlib.nullcontext():  # ranks: should_stop
-                try:
-                    for epoch in range(start_step // steps_per_epoch, cfg.epochs):
-                        if step >= total_steps or stopped_early:
-                            break
-                        batches = length_grouped_batches(
-                            lengths, cfg.batch_size, seed=(cfg.seed, epoch), group=cfg.group_by_length
-                        )
-                        first_g = (
-                            (step % steps_per_epoch) * cfg.grad_accum if epoch == start_step // steps_per_epoch else 0
-                        )
-                        for g in range(first_g, len(batches), cfg.grad_accum):
-                            if step >= total_steps:
-                                break
-                            if stop_flag.is_set() or (should_stop is not None and should_stop()):
-                                status = "interrupted"
-                                break
-                            if run_dir is not None:
-                                rng_at_step = capture_rng()
-                            t0 = time.perf_counter()
-                            group = batches[g : g + cfg.grad_accum]
-                            lr_now = opt.param_groups[0]["lr"]
-                            step_loss, n_rows, n_real, n_padded, last_batch = _train_step(
-                                fwd, model, group, tok, lengths, labels, pad_id, device, lm, dist
-                            )
-                            real_tokens += n_real
-                            padded_tokens += n_padded
-                            resumable = False  # an update cut short cannot be resumed exactly
-                            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm or math.inf)
-                            if not _finite(step_loss, grad_norm, losses[0] if losses else None):
-                                status, diverged_step = "diverged", step + 1
-                                break
-                            opt.step()
-                            sched.step()
-                            opt.zero_grad(set_to_none=True)
-                            step += 1
-                            resumable, rng_at_step = True, None
-                            samples += n_rows
-                            train_s += time.perf_counter() - t0
-                            losses.append(step_loss)
-                            peak_rss = max(peak_rss, proc.memory_info().rss)
-                            sps = samples / train_s if train_s > 0 else 0.0
-                            cb("on_step", step, step_loss, lr_now, sps, (total_steps - step) * train_s / step)
-                            if eval is not None and eval_every and step % eval_every == 0 and step < total_steps:
-                                last_eval = run_eval(step / steps_per_epoch)
-                                model.train()
-                                if patience_spent():
-                                    stopped_early = True
-                                    break
-                        if status in ("interrupted", "diverged") or stopped_early:
-                            break
-                    if status == "completed" and step > start_step:  # the last update: is the loss still finite?
-                        ids, mask, y = last_batch  # this rank's part of the last micro-batch
-                        with torch.no_grad():
-                            last = (
-                                response_loss_sum(model, ids, mask, y)
-                                if lm
-                                else F.cross_entropy(model(input_ids=ids, attention_mask=mask).logits.float(), y)
-                            )
-                        per = max(int((y[:, 1:] != IGNORE_INDEX).sum()), 1) if lm else 1  # per response token
-                        last = float(last) / per
-                        if dist is not None:  # every rank decides alike (NaN/inf survive the sum)
-                            last = dist.sum(last) / dist.world_size
-                        if not _finite(last, 0.0, losses[0] if losses else None):
-                            status, diverged_step = "diverged", step
-                except KeyboardInterrupt:
-                    status = "interrupted"
-                    opt.zero_grad(set_to_none=True)
-                except Exception as e:  # a rank died: the weights are still the last finished step's
-                    if dist is None or not resumable or dist.sharded:
-                        raise
-                    status, failure = "interrupted", e
-                    opt.zero_grad(set_to_none=True)
-            if status == "diverged":
-                opt.zero_grad(set_to_none=True)
-                if dist is None:  # a rank's copy is thrown away: the kernel's alias was never changed
-                    model = _put_back(model, before, wrapped_here)
-            if dist is not None and failure is None:  # this rank's token counts -> the run's
-                real_tokens, padded_tokens = int(dist.sum(real_tokens)), int(dist.sum(padded_tokens))
-            model.eval()
-            for p in trainable if step > 0 and status != "diverged" else ():
-                p._llmos_trained = True  # the head is no longer "never trained" (see untrained_head_params)
-            if status == "completed" and eval is not None and not stopped_early:
-                last_eval = run_eval(step / steps_per_epoch)
-            won = status == "completed" and cfg.track_best and best["step"] is not None
-            if won and (best["step"] != step or last_eval is None):  # load the best weights back and score them
-                with torch.no_grad():
-                    for n, p in model.named_parameters():
-                        if n in best_w:
-                            p.copy_(best_w[n].to(p.device))
-                last_eval = eval_only()
-            final_metrics: dict[str, Any] = (
-                last_eval.to_metrics() if last_eval is not None and status == "completed" else {}
-            )
-            if won:
-                final_metrics.update(
-                    best_step=best["step"],
-                    best_epoch=best["epoch"],
-                    metric_for_best=metric_name,
-                    stopped_early=stopped_early,
-                )
-            if device.type == "cuda":
-                peak_dev: Optional[int] = int(torch.cuda.max_memory_allocated(device))
-            else:
-                peak_dev = None
-            ck, sha = None, None
-            if run_dir is not None and status != "diverged":
-                id2label = {} if lm else {int(k): str(v) for k, v in (getattr(mconf, "id2label", None) or {}).items()}
-                state = {
-                    "run_id": run_id,
-                    "status": status,
-                    "task": cfg.task,
-                    "method": cfg.method,
-                    "base_model": str(getattr(mconf, "name_or_path", "") or getattr(mconf, "_name_or_path", "")),
-                    "config": cfg.to_dict(),
-                    "steps": step,
-                    "total_steps": total_steps,
-                    "epochs": step / steps_per_epoch,
-                    "id2label": id2label,
-                    "label2id": {v: k for k, v in id2label.items()},
-                    "data_fingerprint": fingerprint,
-                    "train_loss": losses,
-                    "metrics": final_metrics,
-                    "eval_history": eval_history,
-                    "best": best,
-                    "model_fingerprint": model_fp,
-                    "train_digest": digest,
-                    "resumed_from": str(resume_from) if resume_from is not None else None,
-                    # FSDP: each rank holds a shard of the optimizer state, which is not saved (yet)
-                    "resumable": status == "interrupted" and resumable and not (dist is not None and dist.sharded),
-                }
-                collective = dist is not None and failure is None  # every rank takes part, rank 0 writes
-                extra = None
-                if state["resumable"]:
-                    rng = rng_at_step if rng_at_step is not None else capture_rng()
-                    rng_ranks = dist.gather(rng) if collective else None
-                    extra = lambda d: save_training_state(  # noqa: E731
-                        d, opt, sched, rng, dict(best_w) or None, rng_ranks
-                    )
-                full_sd = dist.full_state_dict(model) if collective else None
-                if dist is None or dist.main:
-                    ck, sha = save_checkpoint(model, tokenizer, run_dir, state, extra=extra, state_dict=full_sd)
-            if failure is not None:
-                raise failure
-    finally:
-        with contextlib.suppress(Exception):
-            model.eval()
-    result = FinetuneResult(
-        status=status,
-        steps=step,
-        total_steps=total_steps,
-        epochs=step / steps_per_epoch,
-        train_loss=losses,
-        samples_per_s=samples / train_s if train_s > 0 else 0.0,
-        tokens_per_s=real_tokens / train_s if train_s > 0 else 0.0,
-        padded_fraction=1.0 - real_tokens / padded_tokens if padded_tokens else 0.0,
-        wall_s=time.perf_counter() - t_call,
-        peak_rss_bytes=int(peak_rss),
-        peak_device_bytes=peak_dev,
-        metrics=final_metrics,
-        eval=last_eval if status == "completed" else None,
-        eval_history=eval_history,
-        checkpoint=ck,
-        checkpoint_sha256=sha,
-        config=cfg,
-        data_fingerprint=fingerprint,
-        run_id=run_id,
-        head_reinitialized=head_names,
-        trainable_params=sum(p.numel() for p in trainable),
-        total_params=sum(p.numel() for p in model.parameters()),
-        model=model,
-        best_step=best["step"] if won else None,
-        best_epoch=best["epoch"] if won else None,
-        best_value=best["value"] if won else None,
-        stopped_early=stopped_early,
-        resumed_from=str(resume_from) if resume_from is not None else None,
-        diverged_step=diverged_step,
-    )
-    cb("on_end", status, result)
-    return result
+
+    def _result(self, t_call: float) -> FinetuneResult:
+        s, p, won = self.state, self.plan, self.won
+        return FinetuneResult(
+            status=s.status,
+            steps=s.step,
+            total_steps=p.total_steps,
+            epochs=p.epoch_of(s.step),
+            train_loss=s.losses,
+            samples_per_s=s.samples / s.train_s if s.train_s > 0 else 0.0,
+            tokens_per_s=s.real_tokens / s.train_s if s.train_s > 0 else 0.0,
+            padded_fraction=1.0 - s.real_tokens / s.padded_tokens if s.padded_tokens else 0.0,
+            wall_s=time.perf_counter() - t_call,
+            peak_rss_bytes=int(s.peak_rss),
+            peak_device_bytes=self.peak_dev,
+            metrics=self.final_metrics,
+            eval=s.last_eval if s.status == "completed" else None,
+            eval_history=s.eval_history,
+            checkpoint=self.ck,
+            checkpoint_sha256=self.sha,
+            config=self.cfg,
+            data_fingerprint=p.fingerprint,
+            run_id=self.run_id,
+            head_reinitialized=self.head_names,
+            trainable_params=sum(q.numel() for q in self.trainable),
+            total_params=sum(q.numel() for q in self.model.parameters()),
+            model=self.model,
+            best_step=s.best["step"] if won else None,
+            best_epoch=s.best["epoch"] if won else None,
+            best_value=s.best["value"] if won else None,
+            stopped_early=s.stopped_early,
+            resumed_from=str(self.resume_from) if self.resume_from is not None else None,
+            diverged_step=s.diverged_step,
+        )
