@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
+from ..display import Rendered, kv_html
 from ..errors import UsageError
 from ..pull import sha256_file  # noqa: F401  (re-exported: checkpoints are hashed the same way as pulls)
 from .batching import length_grouped_batches, pad_id_for
@@ -61,7 +62,7 @@ HEAD_MODULES = ("classifier", "pre_classifier", "score")
 
 
 @dataclass
-class FinetuneResult:
+class FinetuneResult(Rendered):
     """What one :func:`finetune` call did.
 
     Attributes:
@@ -162,12 +163,10 @@ class FinetuneResult:
             lines.append(f"checkpoint: {self.checkpoint} (sha256 {self.checkpoint_sha256[:12]}…)")
         return "\n".join(lines)
 
-    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
-        from ..display import kv_html
-
+    def _repr_html_(self) -> str:
         rows = [(k, v) for k, v in self.summary().items() if k != "metrics"]
         rows += [(f"eval {k}", v) for k, v in self.metrics.items()]
-        return {"text/plain": str(self), "text/html": kv_html(rows, "llmos-finetune")}
+        return kv_html(rows, "llmos-finetune")
 
 
 # ---------------------------------------------------------------------------------------------
