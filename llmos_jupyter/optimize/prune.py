@@ -20,7 +20,7 @@
   train split) heads and neurons are ranked by their measured first-order Taylor importance,
   (Σ w·∂L/∂w)² over the unit's weights (:func:`taylor_scores`; Molchanov et al. 2019,
   https://arxiv.org/abs/1906.10771). Measured on MiniLM fine-tuned on Rotten Tomatoes, 30% of
-  heads and FFN neurons removed, no recovery: 83.75% → 82.11% accuracy ranked by Taylor
+  heads and FFN neurons removed, no recovery: 83.75% → 82.34% accuracy ranked by Taylor
   importance, → 73.13% ranked by weight magnitude. Without data, scores are data-free weight
   magnitudes: an FFN neuron j scores ‖W_in[j,:]‖₂ · ‖W_out[:,j]‖₂
   (Llama: ‖W_gate[j]‖₂ · ‖W_up[j]‖₂ · ‖W_down[:,j]‖₂), a head the L2 norm of its rows in the

@@ -21,25 +21,27 @@ level          on the CPU                                             on a CUDA 
 
 Why ``quantize_dynamic`` for CPU int8 (measured side by side in one process,
 ``benchmarks/benchmark_optimize.py --choose-int8``: MiniLM-L6 seq-cls, 6 batches of 32 Rotten
-Tomatoes reviews, 2 threads, torch 2.13.0, torchao 0.18.0, ms per batch and × fp32; two runs on a
-2-core machine shared with other processes, load average 3 to 4.6, so single figures are noisy)::
+Tomatoes reviews, 2 threads, torch 2.13.0, torchao 0.18.0, ms per batch and × fp32; runs 1 and 2 on
+a 2-core machine shared with other processes, load average 3 to 4.6; run 3 on a quiet one, load
+average about 1)::
 
-    backend                          run 1 (3 rounds)   run 2 (5 rounds)   max |Δ logit|  first pass (compiles)
-    fp32                             405 ms  1.00×      810 ms  1.00×      0
-    torch.ao quantize_dynamic        586 ms  0.69×      560 ms  1.44×      0.013
-    torchao int8 dynamic (eager)     2367 ms 0.17×      792 ms  1.02×      0.007
-    torchao int8 dynamic + compile   775 ms  0.52×      170 ms  4.76×      0.006          90 s / 19 s
-    torchao int8 weight-only         397 ms  1.02×      1094 ms 0.74×      0.002
-    torchao int8 weight-only + cmp.  587 ms  0.69×      1421 ms 0.57×      0.002          22 s / 11 s
+    backend                          run 1 (3 rounds)   run 2 (5 rounds)   run 3 (quiet)      max |Δ logit|  compiles
+    fp32                             405 ms  1.00×      810 ms  1.00×      253 ms  1.00×      0
+    torch.ao quantize_dynamic        586 ms  0.69×      560 ms  1.44×      133 ms  1.90×      0.013
+    torchao int8 dynamic (eager)     2367 ms 0.17×      792 ms  1.02×      218 ms  1.16×      0.007
+    torchao int8 dynamic + compile   775 ms  0.52×      170 ms  4.76×      109 ms  2.31×      0.006      17 to 90 s
+    torchao int8 weight-only         397 ms  1.02×      1094 ms 0.74×      265 ms  0.95×      0.002
+    torchao int8 weight-only + cmp.  587 ms  0.69×      1421 ms 0.57×      232 ms  1.09×      0.002      7 to 22 s
 
-In eager mode ``quantize_dynamic`` beat torchao's int8 dynamic config in both runs (torchao
-dequantises on a CPU unless compiled), and on the whole test split it gave 1.89× fp32 (see
-``docs/optimize.md``). torchao under ``torch.compile`` was the fastest in run 2 and slower than fp32 in
-run 1, and it costs 19 to 90 s of compilation per model; that question needs a quiet machine. So
-``quantize_dynamic`` is the CPU int8 backend (eager, no compile cost); torchao serves weight-only
-int8 (its size without a speed claim) and the CUDA levels, and torchao 0.18 has no CPU int4
-layout at all. torch 2.13 marks torch.ao's quantised tensors as deprecated (pytorch/pytorch#184982);
-when they go, torchao's CPU int8 (under ``torch.compile``) replaces it.
+In eager mode ``quantize_dynamic`` beat torchao's int8 dynamic config in every run (torchao
+dequantises on a CPU unless compiled), and on the whole test split it gave 1.80× to 2.17× fp32 (see
+``docs/optimize.md``). torchao under ``torch.compile`` is faster still on a quiet machine (2.31× vs
+1.90×) but costs 17 to 90 s of compilation per model and per process, and was slower than fp32 in
+the loaded run 1. So ``quantize_dynamic`` is the CPU int8 backend (eager, no compile cost);
+torchao serves weight-only int8 (its size without a speed claim) and the CUDA levels, and
+torchao 0.18 has no CPU int4 layout at all. torch 2.13 marks
+torch.ao's quantised tensors as deprecated (pytorch/pytorch#184982); when they go, torchao's CPU
+int8 under ``torch.compile`` replaces it.
 
 torchao is an optional extra (``pip install 'llmos-jupyter[optimize]'``): once it is installed,
 transformers imports it on every model load (``transformers.quantizers``), which cost 110 MiB of
