@@ -101,3 +101,19 @@ def test_smollm2_answers_paris(fresh_api, pulled, engine):
     question = "What is the capital of France?" + (" Answer in one sentence." if engine == "llama.cpp" else "")
     answer = fresh_api.chat("smol", question, max_new_tokens=20, stream=False)
     assert "Paris" in answer and answer.stats.engine == engine
+
+
+def test_stats_line_says_why_a_generation_has_no_token():
+    """A generation that ends at once (end-of-text first) says so instead of a bare "0 tokens";
+    one cut short by the caller, or one with tokens, does not."""
+    from llmos_jupyter.models.engines.base import GenerationStats
+
+    empty = GenerationStats(engine="transformers", prompt_tokens=5, completion_tokens=0, total_s=0.2)
+    assert empty.line() == (
+        "0 tokens, 0.0 tokens/s, first token - (transformers) — the model's first token was its end-of-text "
+        "token; try another prompt (or %%llm chat)"
+    )
+    cut = GenerationStats(engine="llama.cpp", prompt_tokens=5, completion_tokens=0, finish_reason="cancelled")
+    assert cut.line() == "0 tokens, 0.0 tokens/s, first token - (llama.cpp)"
+    some = GenerationStats(engine="llama.cpp", prompt_tokens=5, completion_tokens=3, ttft_s=0.1, total_s=0.3)
+    assert some.line() == "3 tokens, 10.0 tokens/s, first token 0.10 s (llama.cpp)"
