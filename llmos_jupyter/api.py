@@ -1592,7 +1592,7 @@ def optimize(
             whole heads / FFN neurons.
         structured: ``"heads"``, ``"ffn"`` or ``"heads,ffn"``. With ``eval`` naming a dataset
             that has a ``train`` split (seq-cls, causal-lm), heads and neurons are ranked by
-            first-order Taylor importance on 1,024 of its rows
+            first-order Taylor importance on 1,024 of its rows (causal-lm: 256)
             (:func:`llmos_jupyter.optimize.prune.taylor_scores`), else by weight magnitude.
         compile: ``torch.compile`` the forward (causal-lm: the decode step, static KV cache);
             the compile time is its own row.

@@ -20,6 +20,9 @@ from ..errors import LLMOSError, UsageError
 # (first-order Taylor importance, see prune.taylor_scores): 1,024 rows, ~25 s for MiniLM on 2 cores
 CALIBRATION_BATCHES = 32
 CALIBRATION_BATCH_SIZE = 32
+# causal-lm: 8 rows a batch (256 rows): its logits over the vocabulary, (B, T, vocab) floats, and their
+# gradient are the memory peak of a backward pass (SmolLM2 at T=128: 200 MB a batch of 8, 800 MB of 32)
+CALIBRATION_LM_BATCH_SIZE = 8
 
 # the dtype column of `%llm ps` for each quantisation level
 OPT_DTYPE = {
@@ -446,8 +449,8 @@ def _evaluator(src, req: _Checked):
 
 def calibration_batches(src, dv, train, *, max_length: int, device: str, seed: int = 0) -> list:
     """The batches on which structured pruning scores heads and neurons: a seeded sample of
-    ``CALIBRATION_BATCHES`` × ``CALIBRATION_BATCH_SIZE`` rows of ``train`` (all of it when
-    smaller), tokenised as the fine-tune reads them (seq-cls: text + class id ``labels (B,)``;
+    ``CALIBRATION_BATCHES`` × ``CALIBRATION_BATCH_SIZE`` rows of ``train`` (× 8 rows for a
+    causal-lm; all of it when smaller), tokenised as the fine-tune reads them (seq-cls: text + class id ``labels (B,)``;
     causal-lm: prompt + response, ``labels (B, T)`` -100 on the prompt and padding), each a dict
     of tensors on ``device``.
 
@@ -464,7 +467,8 @@ def calibration_batches(src, dv, train, *, max_length: int, device: str, seed: i
     from ..training.batching import collate, pad_id_for, read_labels, tokenize_column
     from ..training.sft import collate_sft, tokenize_pairs
 
-    n = min(len(train), CALIBRATION_BATCHES * CALIBRATION_BATCH_SIZE)
+    bs = CALIBRATION_LM_BATCH_SIZE if src.task == "causal-lm" else CALIBRATION_BATCH_SIZE
+    n = min(len(train), CALIBRATION_BATCHES * bs)
     rows = np.sort(np.random.default_rng(seed).permutation(len(train))[:n])
     sample = train.select(rows.tolist())
     pad = pad_id_for(src.tokenizer, src.model.config)
@@ -481,10 +485,7 @@ def calibration_batches(src, dv, train, *, max_length: int, device: str, seed: i
             return collate(tok, idx, pad, labels)
 
     idx = np.arange(n)
-    return [
-        {k: v.to(device) for k, v in make(idx[i : i + CALIBRATION_BATCH_SIZE]).items()}
-        for i in range(0, n, CALIBRATION_BATCH_SIZE)
-    ]
+    return [{k: v.to(device) for k, v in make(idx[i : i + bs]).items()} for i in range(0, n, bs)]
 
 
 def _recovery(src, req: _Checked):

@@ -17,7 +17,7 @@
   see :func:`exportable`). Matrices shrink with transformers' own ``prune_linear_layer``.
 
   With training data (``calibration``: ``%llm optimize ... --eval DATA`` uses 1,024 rows of its
-  train split) heads and neurons are ranked by their measured first-order Taylor importance,
+  train split, a causal-lm 256) heads and neurons are ranked by their measured first-order Taylor importance,
   (Σ w·∂L/∂w)² over the unit's weights (:func:`taylor_scores`; Molchanov et al. 2019,
   https://arxiv.org/abs/1906.10771). Measured on MiniLM fine-tuned on Rotten Tomatoes, 30% of
   heads and FFN neurons removed, no recovery: 83.75% → 82.34% accuracy ranked by Taylor

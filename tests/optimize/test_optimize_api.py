@@ -232,6 +232,21 @@ def test_causal_lm_generate_and_embedding_cosine(fresh_api, tiny_llama, tiny_ber
     assert "first-order Taylor importance on 1 batch" in table.note
     assert _row(table, "FFN neurons per layer")["after"] == 32 and _row(table, "attention heads")["after"] == 2
     assert isinstance(api.generate("lm-p50hf", "hello", max_new_tokens=3, stream=False), str)
+    # its calibration batches: 8 rows at most (logits over the vocabulary), loss on the response only
+    from llmos_jupyter.optimize.command import calibration_batches
+    from llmos_jupyter.training.jobs import prepare_sft_split
+    from llmos_jupyter.training.sft import render_pair
+
+    rows = [{"prompt": f"hello world {i}", "response": "great movie"} for i in range(20)]
+    api.data_load(rows, name="pairs20")
+    dv = api.data_get("pairs20")
+    src = api.manager().get("lm")
+    batches = calibration_batches(src, dv, prepare_sft_split(dv, "train"), max_length=64, device="cpu")
+    assert [len(b["input_ids"]) for b in batches] == [8, 8, 4]
+    b = batches[0]
+    assert b["labels"].shape == b["input_ids"].shape and (b["labels"][:, 0] == -100).all()
+    reply = render_pair(src.tokenizer, "hello world 0", "great movie")[1]  # the response as trained on
+    assert ((b["labels"] != -100).sum(1) == len(src.tokenizer(reply, add_special_tokens=False)["input_ids"])).all()
     api.load(str(tiny_bert), task="embedding", alias="emb")
     table = api.optimize("emb", quantize="int8", eval="pairs:train", repeats=1, speed_batches=1)
     cos = _row(table, "cosine_to_original")
