@@ -129,14 +129,15 @@ def optimize_alias(
     given = locals()  # _Options has a field, of the same name, for each option from quantize on
     opts = _Options(**{f.name: given[f.name] for f in fields(_Options)})
     req = _check(m, alias, opts, store=store, prepare=prepare)
-    if req.rec.model is None and req.rec.engine == "llama.cpp":  # optimise the transformers weights of its GGUF
+    attached = req.rec.model is None and req.rec.engine == "llama.cpp"
+    if attached:  # optimise the transformers weights of its GGUF
         m.attach_weights(alias)
     with m.use(alias) as src:  # refused while a job trains it; cannot be unloaded meanwhile
         m.make_room(req.device, sum(src.bytes.values()), req.new_alias)  # room for the copy, as a load makes it
         inputs = _run_inputs(src, req)
         config = _run_config(req)
         result, run_id = _tracked_run(m, src, req, inputs, config, registry=registry)
-    return result.table(
+    table = result.table(
         alias,
         req.new_alias,
         task=req.task,
@@ -146,6 +147,26 @@ def optimize_alias(
         split=f"{req.dv.name}:{req.split}" if req.dv else None,
         run_id=run_id,
     )
+    table.note = "; ".join([table.note, *_caveats(req, attached)])
+    return table
+
+
+def _caveats(req: _Checked, attached: bool) -> list[str]:
+    """What the table's numbers are not, said in its note: a llama.cpp alias is measured through
+    the transformers weights of its GGUF (and keeps them); speed on built-in texts without
+    ``--eval``; structured pruning by weight magnitude because the dataset has no train split."""
+    out = []
+    if req.rec.engine == "llama.cpp":
+        out.append(
+            f"'{req.alias}' serves on llama.cpp: both columns measure the float32 transformers weights of "
+            f"its GGUF, not llama.cpp (see `%llm ps` for its own speed and memory)"
+            + (f"; those weights stay attached to '{req.alias}' until `%llm unload {req.alias}`" if attached else "")
+        )
+    if req.dv is None and req.task != "causal-lm":
+        out.append("speed measured on built-in texts (give --eval DATA to time your own)")
+    if req.plan.structured and req.dv is not None and req.train is None and req.task in ("seq-cls", "causal-lm"):
+        out.append(f"'{req.dv.name}' has no train split to rank heads/neurons on, so weight magnitude ranked them")
+    return out
 
 
 def _check(m, alias: str, opts: _Options, *, store: Callable, prepare: Callable) -> _Checked:

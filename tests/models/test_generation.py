@@ -110,10 +110,13 @@ def test_stats_line_says_why_a_generation_has_no_token():
 
     empty = GenerationStats(engine="transformers", prompt_tokens=5, completion_tokens=0, total_s=0.2)
     assert empty.line() == (
-        "0 tokens, 0.0 tokens/s, first token - (transformers) — the model's first token was its end-of-text "
+        "0 tokens, - tokens/s, first token - (transformers) — the model's first token was its end-of-text "
         "token; try another prompt (or %%llm chat)"
     )
     cut = GenerationStats(engine="llama.cpp", prompt_tokens=5, completion_tokens=0, finish_reason="cancelled")
-    assert cut.line() == "0 tokens, 0.0 tokens/s, first token - (llama.cpp)"
+    assert cut.line() == "0 tokens, - tokens/s, first token - (llama.cpp)"
+    # one token has a time to first token but no speed (it takes two to time a step)
+    one = GenerationStats(engine="llama.cpp", prompt_tokens=5, completion_tokens=1, ttft_s=0.02, total_s=0.02)
+    assert one.line() == "1 token, - tokens/s, first token 0.02 s (llama.cpp)"
     some = GenerationStats(engine="llama.cpp", prompt_tokens=5, completion_tokens=3, ttft_s=0.1, total_s=0.3)
     assert some.line() == "3 tokens, 10.0 tokens/s, first token 0.10 s (llama.cpp)"

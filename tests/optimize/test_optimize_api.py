@@ -137,6 +137,30 @@ def test_structured_pruning_ranks_on_the_train_split_it_is_given(tb):
     assert "first-order Taylor importance on 2 batches" in table.note
     table = api.optimize("tb", prune=0.5, structured="ffn", repeats=1, speed_batches=1, as_="by-weight")
     assert "heads/neurons ranked by weight magnitude" in table.note
+    assert "speed measured on built-in texts (give --eval DATA to time your own)" in table.note
+
+
+def test_the_note_says_what_the_numbers_are_not():
+    """A llama.cpp alias is measured through its GGUF's transformers weights (which stay attached);
+    a dataset without a train split leaves the ranking to weight magnitude; an embedding model has
+    no loss to rank on, so no train-split remark."""
+    from types import SimpleNamespace as NS
+
+    from llmos_jupyter.optimize.command import _caveats
+
+    def req(engine="transformers", task="seq-cls", dv=NS(name="onlytest"), train=None, structured=("ffn",)):
+        return NS(alias="smol", rec=NS(engine=engine), task=task, dv=dv, train=train, plan=NS(structured=structured))
+
+    assert _caveats(req(), attached=False) == [
+        "'onlytest' has no train split to rank heads/neurons on, so weight magnitude ranked them"
+    ]
+    assert _caveats(req(task="embedding"), attached=False) == []
+    assert _caveats(req(train=object()), attached=False) == []
+    (llama,) = _caveats(req(engine="llama.cpp", task="causal-lm", structured=None), attached=True)
+    assert llama.startswith("'smol' serves on llama.cpp: both columns measure the float32 transformers weights")
+    assert llama.endswith("those weights stay attached to 'smol' until `%llm unload smol`")
+    (again,) = _caveats(req(engine="llama.cpp", task="causal-lm", structured=None), attached=False)
+    assert "stay attached" not in again
 
 
 def test_heads_pruned_bert_export_is_refused_in_one_line(tb, tmp_path):

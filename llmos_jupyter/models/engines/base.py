@@ -125,8 +125,10 @@ class GenerationStats:
     def line(self) -> str:
         """``"42 tokens, 98.1 tokens/s, first token 0.05 s (llama.cpp)"``."""
         first = "-" if self.ttft_s is None else f"{self.ttft_s:.2f} s"
-        line = f"{self.completion_tokens} tokens, {self.tokens_per_s:.1f} tokens/s, first token {first} ({self.engine})"
-        if self.completion_tokens == 0 and self.finish_reason == "stop":
+        n = self.completion_tokens
+        speed = f"{self.tokens_per_s:.1f}" if n >= 2 else "-"  # a speed needs two tokens
+        line = f"{n} token{'' if n == 1 else 's'}, {speed} tokens/s, first token {first} ({self.engine})"
+        if n == 0 and self.finish_reason == "stop":
             line += " — the model's first token was its end-of-text token; try another prompt (or %%llm chat)"
         return line
 
