@@ -206,6 +206,52 @@ def _first_order(rows: list, cols: list, n_units: int) -> Any:
     return total
 
 
+def _grouped(model: Any, arch: str) -> bool:
+    """Whether query heads share key/value heads (Llama-type with ``num_key_value_heads`` < heads)."""
+    cfg = model.config
+    return arch == "llama" and (getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads) < (
+        cfg.num_attention_heads
+    )
+
+
+def magnitude_scores(model: Any, parts: Any) -> dict[str, list]:
+    """Data-free importance of every head and FFN neuron (see the module docstring): an FFN
+    neuron scores the product of the L2 norms of its rows and columns, a head the L2 norm of all
+    its rows in W_q (and W_k, W_v without grouping) and its columns in W_o.
+
+    Returns:
+        ``{"heads": [(H,) per layer], "ffn": [(intermediate_size,) per layer]}`` for the parts
+        asked, float32, higher = keep.
+
+    Raises:
+        UsageError: an unknown part or architecture.
+    """
+    import torch
+
+    parts = parse_structures(parts)
+    arch = _arch(model)
+    grouped, H = _grouped(model, arch), model.config.num_attention_heads
+    out: dict[str, list] = {part: [] for part in parts}
+    with torch.no_grad():
+        for layer in _layers(model, arch):
+            for part in parts:
+                rows, cols = _pieces(layer, arch, part, grouped)
+                if part == "ffn":
+                    score = rows[0].weight.float().norm(dim=1)
+                    for m in rows[1:]:
+                        score = score * m.weight.float().norm(dim=1)
+                    for m in cols:
+                        score = score * m.weight.float().norm(dim=0)
+                else:  # ‖rows of W_q‖² + ‖columns of W_o‖² (+ ‖rows of W_k, W_v‖²), per head
+                    score = rows[0].weight.float().view(H, -1, rows[0].weight.shape[1]).pow(2).sum((1, 2))
+                    score = score + cols[0].weight.float().view(-1, H, cols[0].weight.shape[1] // H).pow(2).sum((0, 2))
+                    for m in rows[1:]:
+                        score = score + m.weight.float().view(H, -1, m.weight.shape[1]).pow(2).sum((1, 2))
+                    score = score.sqrt()
+                out[part].append(score)
+    return out
+
+
 def taylor_scores(model: Any, parts: Any, batches: list) -> dict[str, list]:
     """Importance of every head and FFN neuron measured on data: per unit, the squared first-
     order Taylor estimate of how the loss changes when it is removed, (Σ w·∂L/∂w)², summed over
@@ -233,10 +279,7 @@ def taylor_scores(model: Any, parts: Any, batches: list) -> dict[str, list]:
     if not batches:
         raise UsageError("data-aware pruning needs at least one batch of training data")
     layers = _layers(model, arch)
-    cfg = model.config
-    grouped = arch == "llama" and (getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads) < (
-        cfg.num_attention_heads
-    )
+    grouped, cfg = _grouped(model, arch), model.config
     units = {"heads": cfg.num_attention_heads, "ffn": cfg.intermediate_size}
     params = list(model.parameters())
     flags, was_training = [p.requires_grad for p in params], model.training
@@ -274,30 +317,21 @@ def _keep(scores: Any, n_keep: int) -> Any:
     return torch.topk(scores, n_keep).indices.sort().values
 
 
-def _ffn(model: Any, arch: str, amount: float, scores: list | None = None) -> dict[str, Any]:
+def _ffn(model: Any, arch: str, amount: float, scores: list) -> dict[str, Any]:
+    """Keep the ``1 - amount`` best-scoring FFN neurons of every layer (``scores``: ``(I,)`` per layer)."""
     import torch
 
     layers = _layers(model, arch)
     before = model.config.intermediate_size
     n_keep = max(1, round((1 - amount) * before))
     with torch.no_grad():
-        for i, layer in enumerate(layers):
+        for layer, score in zip(layers, scores):
+            idx = _keep(score, n_keep)
             if arch == "bert":
-                w_in, w_out = layer.intermediate.dense.weight, layer.output.dense.weight  # (I, H), (H, I)
-                score = w_in.float().norm(dim=1) * w_out.float().norm(dim=0) if scores is None else scores[i]  # (I,)
-                idx = _keep(score, n_keep)
                 layer.intermediate.dense = _shrink(layer.intermediate.dense, idx, 0)
                 layer.output.dense = _shrink(layer.output.dense, idx, 1)
             else:
                 mlp = layer.mlp
-                score = (
-                    mlp.gate_proj.weight.float().norm(dim=1)
-                    * mlp.up_proj.weight.float().norm(dim=1)
-                    * mlp.down_proj.weight.float().norm(dim=0)
-                    if scores is None
-                    else scores[i]
-                )  # (I,)
-                idx = _keep(score, n_keep)
                 mlp.gate_proj = _shrink(mlp.gate_proj, idx, 0)
                 mlp.up_proj = _shrink(mlp.up_proj, idx, 0)
                 mlp.down_proj = _shrink(mlp.down_proj, idx, 1)
@@ -347,7 +381,9 @@ def check_structured(model: Any, amount: Any, parts: Any) -> None:
         _arch(model)
 
 
-def _heads(model: Any, arch: str, amount: float, scores: list | None = None) -> dict[str, Any]:
+def _heads(model: Any, arch: str, amount: float, scores: list) -> dict[str, Any]:
+    """Keep the best-scoring heads of every layer (``scores``: ``(H,)`` per layer), the same
+    number from each key/value group (see :func:`_head_plan`)."""
     import torch
 
     cfg = model.config
@@ -356,22 +392,10 @@ def _heads(model: Any, arch: str, amount: float, scores: list | None = None) -> 
         plan[k] for k in ("H", "D", "groups", "n_groups", "per_group", "keep_n")
     )
     layers = _layers(model, arch)
-
-    def rows_sq(w):  # (H·D, hidden) -> (H,): squared norm of each head's rows
-        return w.float().view(H, D, -1).pow(2).sum((1, 2))
-
     with torch.no_grad():
-        for i, layer in enumerate(layers):
+        for layer, score in zip(layers, scores):
             q, k, v, o = _attention(layer, arch)
             a = layer.attention if arch == "bert" else layer.self_attn
-            if scores is None:
-                # per head: ‖rows of W_q (and W_k, W_v without grouping)‖² + ‖columns of W_o‖²
-                score = rows_sq(q.weight) + o.weight.float().view(-1, H, D).pow(2).sum((0, 2))  # (H,)
-                if groups == 1:
-                    score = score + rows_sq(k.weight) + rows_sq(v.weight)
-                score = score.sqrt()
-            else:
-                score = scores[i]
             score = score.view(n_groups, per_group)
             heads = torch.cat([g * per_group + _keep(row, keep_n) for g, row in enumerate(score)])  # kept, sorted
             rows = (heads[:, None] * D + torch.arange(D, device=heads.device)).reshape(-1)  # rows of W_q, cols of W_o
@@ -431,7 +455,7 @@ def structured(
     arch = _arch(model)
     if "heads" in parts:
         _head_plan(model, amount)  # refuse before any work
-    scores = taylor_scores(model, parts, calibration) if calibration else {}
+    scores = taylor_scores(model, parts, calibration) if calibration else magnitude_scores(model, parts)
     out: dict[str, Any] = {
         "method": "structured",
         "amount": amount,
@@ -443,7 +467,7 @@ def structured(
         ),
     }
     if "heads" in parts:
-        out.update(_heads(model, arch, amount, scores.get("heads")))
+        out.update(_heads(model, arch, amount, scores["heads"]))
     if "ffn" in parts:
-        out.update(_ffn(model, arch, amount, scores.get("ffn")))
+        out.update(_ffn(model, arch, amount, scores["ffn"]))
     return out
