@@ -534,6 +534,8 @@ def _recovery(src, req: _Checked):
             epochs=epochs, lr=lr, batch_size=32, seed=0, max_length=max_length, task="causal-lm" if lm else "seq-cls"
         )
         res = _finetune(model, src.tokenizer, train, None, config=cfg, callback=view, **cols)
+        if res.status == "interrupted":  # Ctrl-C / Stop inside the fine-tune: the run ends as interrupted
+            raise KeyboardInterrupt
         if res.status != "completed":
             raise LLMOSError(f"the recovery fine-tune was {res.status}; nothing was registered")
         last = res.train_loss[-1] if res.train_loss else float("nan")

@@ -276,3 +276,27 @@ def test_causal_lm_generate_and_embedding_cosine(fresh_api, tiny_llama, tiny_ber
     cos = _row(table, "cosine_to_original")
     assert cos["before"] == pytest.approx(1.0, abs=1e-6) and 0.9 < cos["after"] <= 1.0 + 1e-6
     assert api.embed("emb-int8", "hello world").shape == (1, 32)
+
+
+def test_an_interrupted_recovery_ends_the_run_as_interrupted(tb, monkeypatch):
+    """Stop during the recovery fine-tune: the run is recorded as interrupted (as a Stop in any
+    other phase), not failed, and no alias is registered."""
+    import importlib
+
+    ft = importlib.import_module("llmos_jupyter.training.finetune")  # the module (the package's name is the function)
+
+    real = ft.finetune
+
+    def stopped(*args, **kwargs):
+        res = real(*args, **kwargs)
+        res.status = "interrupted"
+        return res
+
+    monkeypatch.setattr(ft, "finetune", stopped)
+    api = tb
+    before = {r.id for r in api.registry().list()}
+    with pytest.raises(KeyboardInterrupt):
+        api.optimize("tb", prune=0.5, structured="ffn", recover_epochs=1, eval="sent", repeats=1, speed_batches=1)
+    (run,) = [r for r in api.registry().list() if r.id not in before]
+    assert run.kind == "optimize" and run.status == "interrupted"
+    assert api.manager().aliases() == ["tb"]
