@@ -183,7 +183,8 @@ def test_a_12004_token_prompt_to_smollm2_is_refused_at_once(shell, capsys, pulle
 def test_panel_cancel_and_unload_reach_a_busy_kernel_and_stop_a_foreground_finetune(kernel_factory, tiny_bert):
     """JupyterLab sends the panel's comm messages on a kernel subshell (JEP 91, ipykernel >= 7):
     they are handled while a foreground fine-tune blocks the main shell. Unload of the model in
-    training is refused at once; Cancel stops the run at its next step, well within 2 s."""
+    training is refused at once; Cancel stops the run at its next step (~0.5 s here; the bounds
+    below are loose for a loaded CI machine: a missed Cancel would run 2000 epochs, minutes)."""
     k = kernel_factory()
     k.ok(
         f"%load_ext llmos_jupyter\nfrom llmos_jupyter import api\n"
@@ -205,12 +206,12 @@ def test_panel_cancel_and_unload_reach_a_busy_kernel_and_stop_a_foreground_finet
     k.comm_action(sub, comm, "unload", "tb")
     refused = k.comm_wait(lambda d: d.get("type") in ("ack", "error") and d.get("action") == "unload")
     assert refused["type"] == "error" and "is used by" in refused["message"], refused
-    assert time.perf_counter() - t0 < 2.0
+    assert time.perf_counter() - t0 < 10.0
     t0 = time.perf_counter()
     k.comm_action(sub, comm, "cancel", job["id"])
     r = k.wait(cell, timeout=30)
     stopped_s = time.perf_counter() - t0
-    assert stopped_s < 2.0, stopped_s
+    assert stopped_s < 10.0, stopped_s
     assert r["out"].split() == ["interrupted"] and not r["errors"], r  # the run stops at a step boundary
     state = k.consistent()
     assert [job["id"], "cancelled"] in state["jobs"] and ["tb", "ready", 0, None] in state["models"]

@@ -57,7 +57,8 @@ def test_failure_in_worker_surfaces_fast_and_model_stays_usable(fresh_api, tiny_
     with pytest.raises(LLMOSError) as e:
         fresh_api.generate("t", "hello world", max_new_tokens=4, stream=True, not_a_generate_kwarg=1)
     elapsed = time.perf_counter() - t0
-    assert elapsed < 1.0, elapsed
+    # ~0.05 s here; a failure the caller did not hear of would wait out the streamer's 300 s timeout
+    assert elapsed < 30, elapsed
     assert str(e.value).startswith("generation failed: ValueError") and "\n" not in str(e.value)
     with pytest.raises(UsageError):
         fresh_api.generate("t", "hello", max_new_tokens=0)

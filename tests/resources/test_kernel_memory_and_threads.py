@@ -89,7 +89,12 @@ def test_thread_output_stays_in_starting_cell(kernel):
 @pytest.mark.parametrize("engine", ["llama.cpp", "transformers"])
 def test_interrupt_stops_decoding_fast_and_the_model_stays_usable(kernel, engine, long_tiny_llama):
     """A kernel interrupt (Jupyter's stop button) during a long streamed generation ends the cell
-    within 0.5 s on both engines, leaves no generation thread, and the next call works."""
+    at once on both engines: no token is printed after the interrupt, the cell ends long before the
+    generation could have finished, no generation thread is left, and the next call works.
+
+    Latency is judged against the decoding rate measured in the same cell, not a wall-clock bound:
+    the traceback IPython formats after an interrupt costs 0.05-2 s of CPU depending on the machine's
+    load (CI measured 2.0 s once), which says nothing about how fast decoding stopped."""
     if engine == "llama.cpp":
         load = "%llm load smollm2-135m-instruct --as m --engine llama.cpp"
     else:  # a tiny random Llama with a long context, so decoding runs for many seconds
@@ -97,35 +102,40 @@ def test_interrupt_stops_decoding_fast_and_the_model_stays_usable(kernel, engine
     setup = kernel.run(f"%load_ext llmos_jupyter\nimport threading\nfrom llmos_jupyter import api\n{load}")
     assert not kernel.errors(setup), kernel.errors(setup)
     # a count the model continues for thousands of tokens (transformers: no end token allowed either)
-    extra = ", min_new_tokens=4000" if engine == "transformers" else ""
-    cell = f"api.generate('m', '1, 2, 3, 4, 5, 6, 7, 8, 9, 10,', max_new_tokens=4000{extra})"
+    max_new_tokens = 4000
+    extra = f", min_new_tokens={max_new_tokens}" if engine == "transformers" else ""
+    cell = f"api.generate('m', '1, 2, 3, 4, 5, 6, 7, 8, 9, 10,', max_new_tokens={max_new_tokens}{extra})"
 
-    def interrupted_after() -> float:
+    def interrupt() -> tuple[float, float, int]:
+        """(seconds the cell took to end after the interrupt, seconds the rest of the generation
+        would have taken at the rate just measured, stream messages printed after the interrupt)."""
         msg_id = kernel.kc.execute(cell)
-        streamed = 0
+        streamed, first = 0, None
         while streamed < 40:  # wait until decoding is well under way
             m = kernel.kc.get_iopub_msg(timeout=60)
             if m["parent_header"].get("msg_id") == msg_id and m["msg_type"] == "stream":
                 streamed += 1
+                first = first or time.perf_counter()
         t0 = time.perf_counter()
+        rest = (max_new_tokens - streamed) * (t0 - first) / (streamed - 1)
         kernel.km.interrupt_kernel()
-        ename = None
+        ename, late = None, 0
         while True:
             m = kernel.kc.get_iopub_msg(timeout=30)
             if m["parent_header"].get("msg_id") != msg_id:
                 continue
+            if m["msg_type"] == "stream" and ename is None:
+                late += 1
             if m["msg_type"] == "error":
                 ename = m["content"]["ename"]
             if m["msg_type"] == "status" and m["content"]["execution_state"] == "idle":
                 assert ename == "KeyboardInterrupt"
-                return time.perf_counter() - t0
+                return time.perf_counter() - t0, rest, late
 
-    # The kernel's first traceback through llmos's modules costs IPython ~0.5 s of source parsing
-    # (a plain `while True: pass` interrupts in 0.05 s), so the first interrupt is only bounded;
-    # the second is what a user sees each time after.
-    assert interrupted_after() < 1.5
-    elapsed = interrupted_after()
-    assert elapsed < 0.5, elapsed
+    for _ in range(2):  # the second time, IPython's traceback sources are cached
+        elapsed, rest, late = interrupt()
+        assert elapsed < rest / 5, (elapsed, rest)
+        assert late <= 2, late  # a token already in flight may still print; decoding does not go on
     after = kernel.run(
         "print(sum(t.name == 'llmos-generate' and t.is_alive() for t in threading.enumerate()), "
         "api.manager().get('m').users)\n"
