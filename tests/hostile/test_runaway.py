@@ -58,8 +58,9 @@ def test_interrupt_stops_generate_chat_and_api_and_leaves_nothing_running(kernel
         else:
             assert r["errors"] and r["errors"][0].startswith("KeyboardInterrupt"), (cell, r)
         print(f"interrupt → idle {stopped_s:.2f} s: {cell.splitlines()[0]}")
-        # the magics end within a token; the API cell also pays IPython's traceback formatting (~1 s the first time)
-        assert stopped_s < (1.0 if cell.startswith("%") else 3.0), (cell, stopped_s)
+        # ~0.1 s for the magics, ~1 s for the API cell (IPython formats its first traceback), here;
+        # the bound only tells a stop from decoding on (30 s) on a loaded CI machine (CI took 2 s once)
+        assert stopped_s < 10.0, (cell, stopped_s)
         after = k.ok("print(sum(t.name == 'llmos-generate' and t.is_alive() for t in threading.enumerate()))")
         assert after["out"].split() == ["0"], (cell, after)  # no decoding thread left, at once
         cpu = float(k.ok(CPU_SECONDS)["out"].split()[-1])
