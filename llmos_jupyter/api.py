@@ -1210,9 +1210,31 @@ def _finetune_here(m, rec, dv, cfg, train, ev, prev, resume_ck, notes, progress,
                     return run.finish_from(result)
                 held.run_id = run.id  # `export` writes this run's manifest next to the weights
                 account_trained(m, held, registry().run_dir(run.id), result.status == "completed")
+                if result.status == "interrupted":
+                    _say_stopped(run.id, alias, result)
             return run.finish_from(result)
 
     return run_job(scheduler(), job, work, background, notes)
+
+
+def _say_stopped(run_id: str, alias: str, result) -> None:
+    """After a run stopped early (Ctrl-C, Stop, Cancel): one line on stderr saying what ``alias``
+    holds now and how to go on (``resume`` when the checkpoint can continue the run)."""
+    from .training.checkpoint import read_resume_state
+
+    try:
+        if result.checkpoint is None:
+            raise UsageError("no checkpoint")
+        read_resume_state(result.checkpoint)
+        how = f"continue this run with {opt('resume', run_id)}"
+    except LLMOSError:
+        how = "a new fine-tune starts from them"
+    print(
+        f"llmos: note: run {run_id} stopped at step {result.steps}/{result.total_steps}; '{alias}' keeps the weights "
+        f"of that step — {how}",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _finetune_distributed(

@@ -212,6 +212,34 @@ def resolve_task(src: Source, task: str | None = None) -> str:
     return task
 
 
+def _fix_for(spec: str) -> str:
+    """How to get a damaged model's files back: pull a catalog model again, else save it again."""
+    from .. import catalog
+
+    if spec in catalog.CATALOG:
+        return f"download it again with `%llm pull {spec} --force`"
+    return "copy or save the model again (a catalog model: `%llm pull NAME --force`)"
+
+
+def check_config_json(directory: str | os.PathLike, spec: str = "") -> None:
+    """Check that ``config.json`` in ``directory``, when there is one, is a JSON object, before
+    transformers reads it (its own message names neither the fix nor, in every version, the file).
+
+    Raises:
+        LLMOSError: one line with the file's path, why it does not parse, and the fix.
+    """
+    import json
+
+    config = Path(directory) / "config.json"
+    if not config.is_file():
+        return
+    try:
+        if not isinstance(json.loads(config.read_text(encoding="utf-8")), dict):
+            raise ValueError("not a JSON object")
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise LLMOSError(f"{config} is not a valid config ({str(e)[:120]}); repair it or {_fix_for(spec)}") from None
+
+
 def check_safetensors(directory: str | os.PathLike, spec: str = "") -> None:
     """Check the header of every ``*.safetensors`` file in ``directory`` before transformers
     reads it: 8 bytes of little-endian header length N, N bytes of JSON, and tensor data that
@@ -223,13 +251,7 @@ def check_safetensors(directory: str | os.PathLike, spec: str = "") -> None:
     """
     import json
 
-    from .. import catalog
-
-    fix = (
-        f"download it again with `%llm pull {spec} --force`"
-        if spec in catalog.CATALOG
-        else "copy or save the model again (a catalog model: `%llm pull NAME --force`)"
-    )
+    fix = _fix_for(spec)
     for f in sorted(Path(directory).glob("*.safetensors")):
         try:
             size = f.stat().st_size
@@ -275,6 +297,8 @@ def _load_config(src: Source, trust_remote_code: bool):
     kw = {"trust_remote_code": trust_remote_code, **_hub_kwargs(src)}
     if src.kind == "gguf":
         kw["gguf_file"] = src.gguf_file
+    elif src.kind in ("dir", "catalog"):
+        check_config_json(src.path, src.catalog or src.spec)
     try:
         return AutoConfig.from_pretrained(src.path, **kw)
     except (OSError, ValueError) as e:

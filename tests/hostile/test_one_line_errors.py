@@ -128,6 +128,26 @@ def test_a_corrupt_safetensors_file_is_named_with_its_path_and_the_fix(shell, ca
     assert shell.api.manager().aliases() == []
 
 
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [('{"model_type": "bert",', "Expecting property name"), ("[1, 2]", "not a JSON object"), ("", "Expecting value")],
+)
+def test_a_broken_config_json_is_named_with_its_path_and_the_fix(shell, capsys, tiny_bert, tmp_path, text, why):
+    """A hand-edited config.json that no longer parses (a user's bug report: transformers' own
+    message named neither the file nor a fix) is one line with the path, the reason and the fix."""
+    import shutil
+
+    d = tmp_path / "m"
+    shutil.copytree(tiny_bert, d)
+    (d / "config.json").write_text(text)
+    shell.run_line_magic("llm", f"load {d} --task seq-cls --as m")
+    line = one_line(capsys.readouterr().err, f"{d / 'config.json'} is not a valid config (", why)
+    assert line.rstrip().endswith(
+        "repair it or copy or save the model again (a catalog model: `%llm pull NAME --force`)"
+    )
+    assert shell.api.manager().aliases() == []
+
+
 def test_a_corrupt_catalog_model_names_its_pull_command(tmp_path):
     from llmos_jupyter.errors import LLMOSError
     from llmos_jupyter.models.loading import check_safetensors
