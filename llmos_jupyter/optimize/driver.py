@@ -55,7 +55,8 @@ class Plan:
         """Alias suffix: ``int8``, ``p30``, ``p30h``, ``p30f-r1``, ``c`` ... joined by ``-``."""
         parts = []
         if self.prune:
-            parts.append(f"p{round(self.prune * 100)}" + "".join(p[0] for p in (self.structured or ())))
+            # "p30"; never rounded into another amount (0.999999 is p99.9999, not p100)
+            parts.append(f"p{self.prune * 100:g}" + "".join(p[0] for p in (self.structured or ())))
         if self.recover_epochs:
             parts.append(f"r{self.recover_epochs}")
         if self.quantize:

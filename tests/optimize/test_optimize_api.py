@@ -163,6 +163,22 @@ def test_the_note_says_what_the_numbers_are_not():
     assert "stay attached" not in again
 
 
+@pytest.mark.parametrize(
+    ("kw", "suffix"),
+    [
+        ({"prune": 0.3}, "p30"),
+        ({"prune": 0.5, "structured": ("ffn",), "recover_epochs": 1}, "p50f-r1"),
+        ({"prune": 0.999999, "structured": ("ffn",)}, "p99.9999f"),  # a user's case: it was named p100
+        ({"prune": 0.004, "quantize": "int8"}, "p0.4-int8"),  # and this one p0
+        ({"quantize": "int8-weight", "compile": True}, "int8w-compiled"),
+    ],
+)
+def test_the_new_alias_names_the_amount_pruned_exactly(kw, suffix):
+    from llmos_jupyter.optimize.driver import Plan
+
+    assert Plan(**kw).suffix() == suffix
+
+
 def test_heads_pruned_bert_export_is_refused_in_one_line(tb, tmp_path):
     api = tb
     api.optimize("tb", prune=0.5, structured="heads", repeats=1, speed_batches=1)
