@@ -230,11 +230,21 @@ class JobScheduler:
                 state = status if status in ("failed", "cancelled", "interrupted", "diverged") else "done"
                 if job.should_stop() and state in ("done", "interrupted"):
                     state = "cancelled"  # the loop reports a requested stop as "interrupted"
-                self.update(job, state=state, finished=time.time(), progress=1.0 if state == "done" else job.progress)
+                done = state == "done"  # a stopped job has no time left to estimate
+                self.update(
+                    job,
+                    state=state,
+                    finished=time.time(),
+                    progress=1.0 if done else job.progress,
+                    eta_s=job.eta_s if done else None,
+                )
             except BaseException as e:  # recorded on the job; the caller decides what to show
                 job.error = str(e).splitlines()[0] if str(e) else type(e).__name__
                 self.update(
-                    job, state="interrupted" if isinstance(e, KeyboardInterrupt) else "failed", finished=time.time()
+                    job,
+                    state="interrupted" if isinstance(e, KeyboardInterrupt) else "failed",
+                    finished=time.time(),
+                    eta_s=None,
                 )
                 if job._raise_in_caller:
                     job._exc = e

@@ -91,9 +91,12 @@ def test_the_model_in_training_refuses_calls_in_one_line(training, capsys):
     err = capsys.readouterr().err
     assert err.startswith(f"llmos: {msg}") and err.count("\n") == 1
     assert job.state == "running"
+    _wait(lambda: job.eta_s is not None, "the job's first time estimate")
     api.cancel(job.id)
     job.wait(120)
     assert job.state == "cancelled" and api.manager().get("trainee").exclusive is None
+    # a user's report: `%llm jobs` still showed the time left of a job that had stopped
+    assert job.eta_s is None and [r for r in api.jobs().rows if r[0] == job.id][0][8] == "-"
     table = api.classify("trainee", "great movie")  # served again once the job has ended
     assert table.data[0]["label"] in ("negative", "positive")
 
