@@ -251,6 +251,22 @@ class JobScheduler:
             finally:
                 job._done.set()
 
+    def _say_waiting(self, job: Job) -> None:
+        """When another job holds ``job``'s device, say on stderr (once) that this cell waits for it
+        and how to stop it, instead of blocking without a word."""
+        if not self._slot(job.device).locked():
+            return
+        ahead = [j for j in self.jobs.values() if j is not job and j.device == job.device and j.state == "running"]
+        if ahead:
+            a = ahead[0]
+            print(
+                f"llmos: note: {a.id} ({a.kind} '{a.target}', {a.progress * 100:.0f}%) holds {job.device}; this cell "
+                f"waits for it to end (`%llm job cancel {a.id}` stops it)"
+                + (", then trains on its result" if a.target == job.target and a.kind == job.kind else ""),
+                file=sys.stderr,
+                flush=True,
+            )
+
     def run_here(self, job: Job, fn: Callable[[Job], object]):
         """Run ``fn(job)`` now, in this thread, holding the device slot; re-raise its error."""
         job._raise_in_caller = True
@@ -258,6 +274,7 @@ class JobScheduler:
         job.foreground = True
         self.jobs[job.id] = job
         self._emit("job", **job.summary())
+        self._say_waiting(job)
         self._execute(job, fn)
         if job._exc is not None:
             from ..errors import UsageError

@@ -101,6 +101,30 @@ def test_the_model_in_training_refuses_calls_in_one_line(training, capsys):
     assert table.data[0]["label"] in ("negative", "positive")
 
 
+def test_a_foreground_fine_tune_behind_a_job_says_it_waits(training, capsys):
+    """A user's report: a foreground fine-tune started while a background job trained on the same
+    device blocked the cell without a word. Now one note names the job and how to stop it."""
+    import threading
+
+    api, job = training
+    _wait(lambda: job.step > 0, "the background job to step")
+    capsys.readouterr()
+    threading.Timer(1.0, job.cancel).start()  # the user cancels the background job meanwhile
+    r = api.finetune("clf", "toy", epochs=1, batch_size=8, progress=False)
+    assert r.status == "completed" and job.state == "cancelled"
+    wait, stopped = capsys.readouterr().err.splitlines()
+    assert wait.startswith(f"llmos: note: {job.id} (finetune 'trainee', ") and wait.endswith(
+        f"%) holds cpu; this cell waits for it to end (`%llm job cancel {job.id}` stops it)"
+    ), wait
+    # and the cancelled run says what 'trainee' keeps and how to continue it
+    run = api.registry().get(job.result.id)
+    assert stopped == (
+        f"llmos: note: run {run.id} stopped at step {job.step}/{job.total_steps}; 'trainee' keeps the weights "
+        f"of that step — continue this run with resume='{run.id}'"
+    )
+    assert run.status == "interrupted"  # the registry row of a run stopped at a step boundary
+
+
 def test_a_second_training_job_on_the_same_device_queues(training):
     api, job = training
     second = api.finetune("clf", "toy", epochs=1, batch_size=8, progress=False, background=True)
