@@ -81,9 +81,10 @@ class LLMMagics(Magics):
                 f"`%%llm {cmd.name}` is not a cell magic; use `%llm {cmd.name}` on one line "
                 f"(cell magics: {', '.join(c.name for c in COMMANDS.values() if c.cell)})"
             )
-        p = parse_args(cmd, rest, body=cell.rstrip("\n") if cell is not None else None)
+        ns = self.shell.user_ns if self.shell else {}
+        p = parse_args(cmd, rest, body=cell.rstrip("\n") if cell is not None else None, namespace=ns)
         if cmd.text and not p.get("raw"):
-            p.args[cmd.text] = interpolate(p.args[cmd.text], self.shell.user_ns if self.shell else {})
+            p.args[cmd.text] = interpolate(p.args[cmd.text], ns)
         handler = getattr(self, "do_" + cmd.name.replace(" ", "_"))
         return handler(p)
 

@@ -26,7 +26,10 @@ Rules (also shown by ``%llm help``):
 * Prompts are never rewritten by IPython (the magics are ``@no_var_expand``). llmos's own
   interpolation replaces ``{name}`` — a bare identifier in braces that names a variable of the
   notebook — with ``str(value)``; everything else (``{12}``, ``{}``, ``{"a": 1}``, ``$5``) is
-  kept as written, ``{{name}}`` gives a literal ``{name}``, and ``--raw`` turns it off.
+  kept as written, ``{{name}}`` gives a literal ``{name}``, and ``--raw`` turns it off (for the
+  text). Option values and positionals are interpolated the same way (``--lr {lr}``,
+  ``%llm load {path}``), before their type is checked; a number option whose ``{name}`` names
+  no variable says so.
 """
 
 from __future__ import annotations
@@ -157,17 +160,20 @@ def _text_word(line: str, i: int) -> tuple[int, int, bool]:
     return i, j, False
 
 
-def parse_args(cmd: Command, line: str, *, body: str | None = None) -> Parsed:
+def parse_args(cmd: Command, line: str, *, body: str | None = None, namespace: dict | None = None) -> Parsed:
     """Parse ``line`` (the part after the subcommand words) for ``cmd`` (rules: module docstring).
 
-    ``body`` is a cell body for ``%%llm``; it becomes the free-text argument.
+    ``body`` is a cell body for ``%%llm``; it becomes the free-text argument. ``namespace`` (the
+    notebook's variables; None: no interpolation) fills ``{name}`` in option values and
+    positionals (the free text is interpolated by the caller, unless ``--raw``).
 
     Raises:
         UsageError: unknown option (also inside free text, unless after ``--`` or quoted),
             missing value, missing positional, bad number, unterminated quote in an option
-            value — one line naming the fix.
+            value, a number option given as ``{name}`` that names no variable — one line naming
+            the fix.
     """
-    scan = _LineScan(cmd, line, free=bool(cmd.text) and body is None)
+    scan = _LineScan(cmd, line, free=bool(cmd.text) and body is None, namespace=namespace)
     scan.run()
     args, pos = scan.args, scan.pos
     if len(pos) < len(cmd.positionals):
@@ -187,8 +193,8 @@ class _LineScan:
     positionals into ``pos``, and (for a free-text command without a cell body) the spans of the
     free text into ``parts``."""
 
-    def __init__(self, cmd: Command, line: str, *, free: bool):
-        self.cmd, self.line, self.free = cmd, line, free
+    def __init__(self, cmd: Command, line: str, *, free: bool, namespace: dict | None = None):
+        self.cmd, self.line, self.free, self.namespace = cmd, line, free, namespace
         self.by_name = {o.name: o for o in cmd.options}
         self.args: dict = {o.key: (False if o.type is bool else None) for o in cmd.options}
         self.pos: list[str] = []
@@ -234,8 +240,16 @@ class _LineScan:
             if nxt is None or (nxt[0].startswith("--") and not nxt[3]):
                 raise UsageError(f"--{name} needs a value ({opt.metavar}); see `%llm help {cmd.name}`")
             raw, e = nxt[0], nxt[2]
-        self.args[opt.key] = _coerce(opt, raw, cmd)
+        value = self._expand(raw)
+        if opt.type in (int, float) and value == raw and _IDENT.fullmatch(raw) and "{{" not in raw:
+            raise UsageError(f"--{name} {raw}: there is no variable '{raw[1:-1]}' in the notebook; define it first")
+        self.args[opt.key] = _coerce(opt, value, cmd)
         return e
+
+    def _expand(self, value: str) -> str:
+        """``value`` with each ``{name}`` that names a notebook variable replaced (see
+        :func:`interpolate`); unchanged without a namespace."""
+        return value if self.namespace is None or "{" not in value else interpolate(value, self.namespace)
 
     def _text_word(self, i: int) -> int | None:
         """One word of free text (or an option among it) at ``i``; None when the text ends here."""
@@ -273,7 +287,7 @@ class _LineScan:
         if not self.options_done and value.startswith("--") and not quoted and len(value) > 2:
             return self._option(s)
         if len(self.pos) < self.want:
-            self.pos.append(value)
+            self.pos.append(self._expand(value))
             return e
         raise UsageError(f"unexpected argument '{value}' for `%llm {self.cmd.name}`; usage: {self.cmd.usage()}")
 

@@ -61,6 +61,24 @@ def test_quoted_option_value(shell):
     assert shell.calls[-1]["max_new_tokens"] == 7 and shell.calls[-1]["temperature"] == 0.5
 
 
+def test_option_values_and_positionals_take_notebook_variables(shell, capsys):
+    """A user's report: ``--max-new-tokens {n}`` in a loop over ``n`` was refused as 'not a whole
+    number' (IPython's own ``{var}`` expansion is off so that prompts stay verbatim)."""
+    shell.user_ns.update(n=12, t=0.25, who="smol", sys_prompt="be brief")
+    shell.run_line_magic("llm", "generate {who} --max-new-tokens {n} --temperature={t} Hi {name}")
+    call = shell.calls[-1]
+    assert (call["alias"], call["max_new_tokens"], call["temperature"], call["prompt"]) == ("smol", 12, 0.25, "Hi Bob")
+    shell.run_line_magic("llm", "chat smol --system '{sys_prompt}!' hi")
+    assert shell.calls[-1]["system"] == "be brief!"
+    shell.run_line_magic("llm", "chat smol --system 'say {{name}} and {nope}' hi")  # text-like: as for the prompt
+    assert shell.calls[-1]["system"] == "say {name} and {nope}"
+    capsys.readouterr()
+    shell.run_line_magic("llm", "generate smol --max-new-tokens {tokens} Hi")
+    assert capsys.readouterr().err == (
+        "llmos: --max-new-tokens {tokens}: there is no variable 'tokens' in the notebook; define it first\n"
+    )
+
+
 @pytest.mark.parametrize(
     "line, cell, expected",
     [
