@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
-from ..errors import UsageError
+from ..errors import UsageError, opt
 from .protocol import APIError
 
 START_TIMEOUT_S = 15.0
@@ -66,13 +66,13 @@ class ServeSettings:
     def check(self) -> "ServeSettings":
         """Raises UsageError on a value out of range (one line naming the option)."""
         if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 <= self.port <= 65535:
-            raise UsageError(f"--port must be a whole number 0..65535 (0 = a free port), got {self.port!r}")
+            raise UsageError(f"{opt('port')} must be a whole number 0..65535 (0 = a free port), got {self.port!r}")
         for name, lo in (("max_queue", 1), ("max_batch", 1), ("max_body_bytes", 1024), ("limit_concurrency", 1)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise UsageError(f"{name} must be a whole number ≥ {lo}, got {v!r}")
         if not isinstance(self.host, str) or not self.host.strip():
-            raise UsageError("--host must be an address, e.g. 127.0.0.1")
+            raise UsageError(f"{opt('host')} must be an address, e.g. {opt('host', '127.0.0.1')}")
         return self
 
 
@@ -327,7 +327,7 @@ class Server:
         if not self.uvicorn.started:
             self.stop()
             why = f": {type(self.error).__name__}: {self.error}" if self.error else ""
-            raise UsageError(f"the server did not start{why}; check `%llm serve status`, or pick another --port")
+            raise UsageError(f"the server did not start{why}; check `%llm serve status`, or pick another {opt('port')}")
 
     def stop(self) -> None:
         self.hub.close()  # waiting requests get 503, decoding ones are cancelled at their next token
@@ -362,8 +362,12 @@ def bind(host: str, port: int) -> socket.socket:
     except OSError as e:
         sock.close()
         if port and e.errno in (98, 48, 10048):  # EADDRINUSE on Linux, macOS, Windows
-            raise UsageError(f"port {port} is in use; pick another --port or leave it out for a free one") from None
-        raise UsageError(f"cannot listen on {host}:{port} ({e.strerror or e}); use --host 127.0.0.1") from None
+            raise UsageError(
+                f"port {port} is in use; pick another {opt('port')} or leave it out for a free one"
+            ) from None
+        raise UsageError(
+            f"cannot listen on {host}:{port} ({e.strerror or e}); use {opt('host', '127.0.0.1')}"
+        ) from None
     sock.set_inheritable(False)
     return sock
 
@@ -394,12 +398,12 @@ def start(manager, settings: ServeSettings, *, threads: Optional[int] = None, no
                         "model",
                         alias,
                         manager.aliases(),
-                        f"load it before serving it (`%llm load NAME --as {alias}`), or drop it from --models",
+                        f"load it before serving it (`%llm load NAME --as {alias}`), or drop it from {opt('models')}",
                     )
+        sock = bind(settings.host, settings.port)  # a host that cannot be bound fails before any warning
         warning = host_warning(settings.host)
         if warning and notify is not None:
             notify(warning)
-        sock = bind(settings.host, settings.port)
         hub = Hub(manager, settings, threads=threads)
         hub.port = sock.getsockname()[1]
         shown = f"[{settings.host}]" if ":" in settings.host else settings.host

@@ -164,6 +164,9 @@ def test_serve_magics_reach_the_api_and_help_lists_them(shell, capsys, monkeypat
     shell.run_line_magic("llm", "serve --port 70000")
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--port must be a whole number 0..65535" in err
+    shell.run_line_magic("llm", "serve --host notahost.invalid")  # the fix is spelled as a flag here
+    err = capsys.readouterr().err
+    assert err.startswith("llmos: cannot listen on notahost.invalid:0 (") and err.endswith("; use --host 127.0.0.1\n")
 
 
 def test_serve_start_status_stop_through_the_magics(capsys):

@@ -321,5 +321,9 @@ def test_start_stop_port_and_options(fresh_api, talkative_llama, capsys):
         with pytest.raises(UsageError, match="is in use"):
             api.serve(port=sock.getsockname()[1])
     assert api.serve_status().data["running"] is False and api.serve_stop().text == "no server is running"
+    capsys.readouterr()
+    with pytest.raises(UsageError, match=r"^cannot listen on notahost\.invalid:0 \(.*\); use host='127\.0\.0\.1'$"):
+        api.serve(host="notahost.invalid")
+    assert capsys.readouterr().err == ""  # a user's report: it warned "serving on notahost" first
     assert host_warning("127.0.0.5") is None and host_warning("::1") is None
     assert "reachable from other machines" in host_warning("0.0.0.0")
