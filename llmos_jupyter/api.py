@@ -313,14 +313,14 @@ def ps() -> Table:
 @checked
 def budget(cpu: str | int | None = None, gpu: str | None = None) -> Table:
     """Show or set memory budgets: ``budget(cpu="8GiB")``, ``budget(gpu="0:20GiB")`` (``INDEX:SIZE``;
-    sizes as in :func:`llmos_jupyter.resources.memory.parse_size`).
+    sizes as in :func:`llmos_jupyter.resources.memory.parse_size`); the size ``"default"``
+    (``budget(cpu="default")``, ``gpu="0:default"``) puts back the default, 90% of the device's memory.
 
     Raises:
         UsageError: a size that is not one; a GPU index this machine does not have (one line
             listing the devices there are). Nothing is changed then.
     """
     from .resources.hardware import gpus
-    from .resources.memory import parse_size
 
     m = manager()
     changed = []
@@ -337,8 +337,8 @@ def budget(cpu: str | int | None = None, gpu: str | None = None) -> Table:
             raise UsageError(
                 f"there is no GPU {dev} on this machine (devices: {there}); nothing was changed — use {fix}"
             )
-        gpu_dev, gpu_size = f"cuda:{int(dev)}", parse_size(size)
-    cpu_size = parse_size(cpu) if cpu is not None else None  # both checked before either is set
+        gpu_dev, gpu_size = f"cuda:{int(dev)}", _budget_size(size)
+    cpu_size = _budget_size(cpu) if cpu is not None else None  # both checked before either is set
     if cpu is not None:
         m.set_budget("cpu", cpu_size)
         changed.append("cpu")
@@ -358,6 +358,13 @@ def budget(cpu: str | int | None = None, gpu: str | None = None) -> Table:
         for d in devices
     ]
     return Table("budgets", ["device", "budget", "in use", "source"], rows)
+
+
+def _budget_size(size) -> int | None:
+    """Bytes of a budget size, or None for ``"default"`` (the device's default budget)."""
+    from .resources.memory import parse_size
+
+    return None if str(size).strip().lower() == "default" else parse_size(size)
 
 
 @checked

@@ -73,8 +73,8 @@ COMMANDS: dict[str, Command] = {
             "budget",
             "show or set memory budgets",
             options=[
-                Opt("cpu", help="e.g. 8GiB (2**30) or 8GB (10**9)", metavar="SIZE"),
-                Opt("gpu", help="INDEX:SIZE, e.g. 0:20GiB", metavar="N:SIZE"),
+                Opt("cpu", help="e.g. 8GiB (2**30) or 8GB (10**9); 'default' puts back 90% of RAM", metavar="SIZE"),
+                Opt("gpu", help="INDEX:SIZE, e.g. 0:20GiB; 0:default puts back 90% of its memory", metavar="N:SIZE"),
             ],
         ),
         Command("hw", "CPU, RAM and GPUs now"),

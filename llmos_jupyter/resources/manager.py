@@ -373,10 +373,14 @@ class ModelManager:
         return int(total * self.BUDGET_FRACTION)
 
     def set_budget(self, device: str, size) -> int:
-        """Set the budget of ``device`` (``"cpu"``, ``"cuda:0"``) from a size such as ``"8GiB"``."""
-        n = parse_size(size)
+        """Set the budget of ``device`` (``"cpu"``, ``"cuda:0"``) from a size such as ``"8GiB"``;
+        ``None`` puts back the default (:data:`BUDGET_FRACTION` of its memory). Returns the bytes."""
         with self._lock:
-            self.budgets[device] = n
+            if size is None:
+                self.budgets.pop(device, None)
+            else:
+                self.budgets[device] = parse_size(size)
+        n = self.budget(device)
         self.events.emit("budget", device=device, bytes=n)
         return n
 
