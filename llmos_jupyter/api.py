@@ -1228,9 +1228,31 @@ def _finetune_here(m, rec, dv, cfg, train, ev, prev, resume_ck, notes, progress,
                 account_trained(m, held, registry().run_dir(run.id), result.status == "completed")
                 if result.status == "interrupted":
                     _say_stopped(run.id, alias, result)
+                elif result.status == "completed":
+                    _say_one_class(alias, result, cfg)
             return run.finish_from(result)
 
     return run_job(scheduler(), job, work, background, notes)
+
+
+def _say_one_class(alias: str, result, cfg) -> None:
+    """After a seq-cls run: when the final evaluation's rows, of two or more true classes, were all
+    predicted as one class (a run too short, or a learning rate too low or too high), say so on
+    stderr with the options to change — the accuracy alone looks like learning (it is that class's share)."""
+    ev = getattr(result, "eval", None)
+    preds = getattr(ev, "predictions", None)
+    if preds is None or ev.n < 10 or len(set(preds.tolist())) != 1:
+        return
+    if sum(1 for c in ev.per_class if c["support"] > 0) < 2:
+        return
+    label = ev.label_names[int(preds[0])]
+    print(
+        f"llmos: note: after {result.steps} steps '{alias}' predicts '{label}' for every one of the {ev.n} "
+        f"evaluation rows (accuracy {ev.accuracy:.4f} is that class's share); train longer "
+        f"({opt('epochs', cfg.epochs * 3)}) or try another learning rate than {opt('lr', cfg.lr)}",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _say_stopped(run_id: str, alias: str, result) -> None:
