@@ -278,9 +278,13 @@ class RunList(list, Rendered):
     )
 
     def _cells(self, r: Run) -> list[str]:
+        def fixed(v: Any, digits: int) -> str:  # one column, one format: 1.0000 / 0.8500, not 1 / 0.85
+            return f"{v:.{digits}f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else fmt_value(v)
+
         vals = {
-            "accuracy": r.metrics.get("accuracy"),
-            "macro_f1": r.metrics.get("macro_f1"),
+            "accuracy": fixed(r.metrics.get("accuracy"), 4),
+            "macro_f1": fixed(r.metrics.get("macro_f1"), 4),
+            "wall_s": fixed(r.wall_s, 1),
             "ranks": (r.distributed or {}).get("world_size", 1),
             "status": r.status + (f" → {r.resumed_by}" if r.resumed_by else ""),
         }

@@ -53,6 +53,8 @@ def test_start_finish_get_list_compare(tmp_path):
     html = runs._repr_mimebundle_()["text/html"]
     assert a in html and b in html and "0.75" in html and "<table" in html
     assert a in str(runs)
+    # one format per column (a user's report: "1", "0.85", "0.8417" in one column)
+    assert [runs._cells(r)[7:10] for r in runs] == [["0.8000", "0.7900", "10.0"], ["0.7500", "0.7000", "12.5"]]
     cmp = reg.compare(a, b)
     assert set(cmp.differences()) >= {
         "seed",
