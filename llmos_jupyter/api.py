@@ -1535,9 +1535,9 @@ def _evaluate_causal_lm(
         raise UsageError(
             f"'{alias}' is served by {rec.engine}; load it with {opt('engine', 'llama.cpp')} to answer with llama.cpp"
         )
-    if (not generate or use == "transformers") and rec.model is None and rec.engine == "llama.cpp":
-        rec = m.attach_weights(alias)  # the loss is computed on the transformers weights of its GGUF
-    with m.use(alias) as rec:
+    # a llama.cpp alias's loss (or transformers answers) come from the transformers weights of its
+    # GGUF, attached for this call only
+    with m.borrowed_weights(alias, needed=not generate or use == "transformers"), m.use(alias) as rec:
         if generate:
             from .training.answers import evaluate_answers
 
@@ -1781,32 +1781,33 @@ def export(
     m = manager()
     rec = m.get(alias)
     check_format(format, quantize)
-    if rec.model is None and rec.engine == "llama.cpp":  # export the transformers weights of its GGUF
-        if format == "gguf" and rec.task != "causal-lm":
-            raise UsageError(f"'{alias}' is {rec.task}; GGUF export takes causal LMs")
-        rec = m.attach_weights(alias)
-    writer = _optimized_writer(rec, format)
-    with m.use(alias) as rec:
-        lora = hasattr(rec.model, "peft_config")
-        gguf_base = lora and bool(rec.gguf_path)
-        auto_merged = merge_lora is None and gguf_base and format == "hf"
-        merge_lora = bool(merge_lora) or auto_merged
-        manifest = _export_manifest(rec, format=format, merge_lora=merge_lora)
-        try:
-            info = export_model(
-                rec.model,
-                rec.tokenizer,
-                path,
-                merge_lora=merge_lora,
-                overwrite=overwrite,
-                manifest=manifest,
-                format=format,
-                quantize=quantize,
-                source_gguf=rec.gguf_path,
-                weights_writer=writer,
-            )
-        except OSError as e:  # a folder that cannot be made or written: nothing was left there
-            raise LLMOSError(f"cannot export to {path}: {e.strerror or e}; pick a folder you can write to") from None
+    if rec.model is None and rec.engine == "llama.cpp" and format == "gguf" and rec.task != "causal-lm":
+        raise UsageError(f"'{alias}' is {rec.task}; GGUF export takes causal LMs")
+    with m.borrowed_weights(alias):  # a llama.cpp alias: the transformers weights of its GGUF, for this export
+        writer = _optimized_writer(rec, format)
+        with m.use(alias) as rec:
+            lora = hasattr(rec.model, "peft_config")
+            gguf_base = lora and bool(rec.gguf_path)
+            auto_merged = merge_lora is None and gguf_base and format == "hf"
+            merge_lora = bool(merge_lora) or auto_merged
+            manifest = _export_manifest(rec, format=format, merge_lora=merge_lora)
+            try:
+                info = export_model(
+                    rec.model,
+                    rec.tokenizer,
+                    path,
+                    merge_lora=merge_lora,
+                    overwrite=overwrite,
+                    manifest=manifest,
+                    format=format,
+                    quantize=quantize,
+                    source_gguf=rec.gguf_path,
+                    weights_writer=writer,
+                )
+            except OSError as e:  # a folder that cannot be made or written: nothing was left there
+                raise LLMOSError(
+                    f"cannot export to {path}: {e.strerror or e}; pick a folder you can write to"
+                ) from None
     return _export_message(
         rec, info, format=format, quantised=writer is not None, gguf_base=gguf_base, auto_merged=auto_merged
     )

@@ -129,10 +129,9 @@ def optimize_alias(
     given = locals()  # _Options has a field, of the same name, for each option from quantize on
     opts = _Options(**{f.name: given[f.name] for f in fields(_Options)})
     req = _check(m, alias, opts, store=store, prepare=prepare)
-    attached = req.rec.model is None and req.rec.engine == "llama.cpp"
-    if attached:  # optimise the transformers weights of its GGUF
-        m.attach_weights(alias)
-    with m.use(alias) as src:  # refused while a job trains it; cannot be unloaded meanwhile
+    # a llama.cpp alias: optimise the transformers weights of its GGUF, attached for this call only;
+    # m.use: refused while a job trains it; cannot be unloaded meanwhile
+    with m.borrowed_weights(alias) as attached, m.use(alias) as src:
         m.make_room(req.device, sum(src.bytes.values()), req.new_alias)  # room for the copy, as a load makes it
         inputs = _run_inputs(src, req)
         config = _run_config(req)
@@ -153,14 +152,14 @@ def optimize_alias(
 
 def _caveats(req: _Checked, attached: bool) -> list[str]:
     """What the table's numbers are not, said in its note: a llama.cpp alias is measured through
-    the transformers weights of its GGUF (and keeps them); speed on built-in texts without
+    the transformers weights of its GGUF (read for this call when it had none); speed on built-in texts without
     ``--eval``; structured pruning by weight magnitude because the dataset has no train split."""
     out = []
     if req.rec.engine == "llama.cpp":
         out.append(
             f"'{req.alias}' serves on llama.cpp: both columns measure the float32 transformers weights of "
             f"its GGUF, not llama.cpp (see `%llm ps` for its own speed and memory)"
-            + (f"; those weights stay attached to '{req.alias}' until `%llm unload {req.alias}`" if attached else "")
+            + ("; they were read from the GGUF for this call and dropped after it" if attached else "")
         )
     if req.dv is None and req.task != "causal-lm":
         out.append("speed measured on built-in texts (give --eval DATA to time your own)")

@@ -73,6 +73,7 @@ class ModelRecord:
     n_ctx: int | None = None  # context window (positions) of the serving engine
     threads: int | None = None  # llama.cpp decode threads
     gguf_path: str | None = None  # the GGUF file llama.cpp serves (or transformers loaded)
+    attached_from: tuple | None = None  # (bytes, real_bytes, dtype, run_id) before attach_weights
     last_generation: dict | None = None  # tokens, tokens/s, time to first token of the last call
     noted: set = field(default_factory=set)  # one-time notes already shown for this model (e.g. "head")
     optimized: dict | None = None  # the recipe of an optimised copy: {"from", "quantize", "prune", ...}
@@ -857,12 +858,59 @@ class ModelManager:
         tensors = module_bytes(loaded.model)
         real = _real_delta(before, _real_usage("cpu"), tensors)
         with self._lock:
+            rec.attached_from = (dict(rec.bytes), dict(rec.real_bytes), rec.dtype, rec.run_id)
             rec.model, rec.tokenizer = loaded.model, loaded.tokenizer
             rec.bytes = {"cpu": rec.bytes.get("cpu", 0) + tensors.get("cpu", 0)}
             rec.real_bytes = {"cpu": rec.cost("cpu") + real.get("cpu", 0)}
             rec.dtype = "gguf + float32"
         self.events.emit("weights", alias=alias, bytes=rec.bytes, real_bytes=rec.real_bytes)
         return rec
+
+    def detach_weights(self, alias: str) -> bool:
+        """Drop the transformers weights :meth:`attach_weights` gave a llama.cpp alias: it serves
+        its GGUF as before, and its bytes, real cost and dtype go back to what they were. Nothing
+        happens (False) when the alias is gone, a job trains it, or a fine-tune has changed those
+        weights since (they are then the alias's trained weights, kept).
+
+        Returns:
+            True when the weights were dropped.
+        """
+        with self._lock:
+            rec = self._models.get(alias)
+            if rec is None or rec.attached_from is None or rec.model is None or rec.exclusive:
+                return False
+            bytes_, real, dtype, run_id = rec.attached_from
+            if rec.run_id != run_id:
+                return False
+            model, rec.model, rec.tokenizer, rec.attached_from = rec.model, None, None, None
+            rec.bytes, rec.real_bytes, rec.dtype = bytes_, real, dtype
+        _forget_in_ipython({id(model)} | {id(m) for m in model.modules()})
+        del model
+        gc.collect()
+        self._empty_caches()
+        self.events.emit("weights", alias=alias, bytes=rec.bytes, real_bytes=rec.real_bytes)
+        return True
+
+    @contextlib.contextmanager
+    def borrowed_weights(self, alias: str, needed: bool = True, notify=print):
+        """For the block: the transformers weights of llama.cpp alias ``alias`` (see
+        :meth:`attach_weights`), dropped again after it when this block attached them (an
+        export, a loss evaluation, an optimize; a fine-tune keeps them: they become its result).
+        Yields True when this block attached them; a no-op (False) for a transformers alias, an
+        alias that has them already, or ``needed=False``.
+
+        Raises:
+            as :meth:`attach_weights`.
+        """
+        rec = self.get(alias)
+        attach = needed and rec.model is None and rec.engine == "llama.cpp"
+        if attach:
+            self.attach_weights(alias, notify)
+        try:
+            yield attach
+        finally:
+            if attach:
+                self.detach_weights(alias)
 
     def swap_gguf(self, rec: ModelRecord, path: str) -> None:
         """Serve ``rec`` (a llama.cpp alias) from the GGUF at ``path`` from now on (hot swap

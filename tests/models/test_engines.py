@@ -38,6 +38,41 @@ def test_auto_picks_llama_cpp_for_a_gguf_causal_lm(smol):
     assert row["engine"] == "llama.cpp" and row["real_bytes"]["cpu"] > row["bytes"]["cpu"]  # + KV cache, buffers
 
 
+def test_export_and_loss_of_a_llama_cpp_alias_leave_its_memory_as_it_was(smol, tmp_path):
+    """A user's report: `%llm ps` showed a llama.cpp alias 513 MiB bigger for good after one HF
+    export. The transformers weights of its GGUF are read for the call and dropped after it: the
+    alias's accounting is as before, the model object is freed, and calls that read them again
+    do not pile up memory."""
+    import gc
+    import weakref
+
+    import psutil
+
+    api, m = smol, smol.manager()
+
+    def row():
+        r = [r for r in api.ps().data if r["alias"] == "smol"][0]
+        return r["bytes"], r["real_bytes"], r["dtype"]
+
+    before = row()
+    api.export("smol", str(tmp_path / "hf"))
+    assert (tmp_path / "hf" / "model.safetensors").stat().st_size > 500 * 2**20  # float32 weights were read
+    assert row() == before and m.get("smol").model is None
+    rss1 = psutil.Process().memory_info().rss  # torch and transformers are imported by now
+    api.data_load([{"prompt": "The capital of France is", "response": " Paris."}] * 4, name="qa")
+    loss = api.evaluate("smol", "qa", split="train")
+    assert 0 < loss.loss < 10 and row() == before and m.get("smol").model is None
+    api.export("smol", str(tmp_path / "hf2"))
+    grown = psutil.Process().memory_info().rss - rss1
+    print(f"RSS after a loss evaluation and a second export: {grown / 2**20:+.0f} MiB (the weights: 513 MiB each)")
+    assert grown < 400 * 2**20  # ~140 MiB here (allocator slack); one copy kept would be 513 MiB
+    model = weakref.ref(m.attach_weights("smol").model)
+    assert row() != before and m.detach_weights("smol") is True
+    gc.collect()
+    assert model() is None and row() == before
+    assert "Paris" in api.generate("smol", "The capital of France is", max_new_tokens=8, stream=False)
+
+
 def test_llama_cpp_renders_the_transformers_prompt_and_stops_at_im_end(smol, pulled):
     from transformers import AutoTokenizer
 

@@ -141,7 +141,7 @@ def test_structured_pruning_ranks_on_the_train_split_it_is_given(tb):
 
 
 def test_the_note_says_what_the_numbers_are_not():
-    """A llama.cpp alias is measured through its GGUF's transformers weights (which stay attached);
+    """A llama.cpp alias is measured through its GGUF's transformers weights (read for the call);
     a dataset without a train split leaves the ranking to weight magnitude; an embedding model has
     no loss to rank on, so no train-split remark."""
     from types import SimpleNamespace as NS
@@ -158,9 +158,9 @@ def test_the_note_says_what_the_numbers_are_not():
     assert _caveats(req(train=object()), attached=False) == []
     (llama,) = _caveats(req(engine="llama.cpp", task="causal-lm", structured=None), attached=True)
     assert llama.startswith("'smol' serves on llama.cpp: both columns measure the float32 transformers weights")
-    assert llama.endswith("those weights stay attached to 'smol' until `%llm unload smol`")
+    assert llama.endswith("; they were read from the GGUF for this call and dropped after it")
     (again,) = _caveats(req(engine="llama.cpp", task="causal-lm", structured=None), attached=False)
-    assert "stay attached" not in again
+    assert "dropped" not in again  # weights it had before (a fine-tune's): they stay
 
 
 @pytest.mark.parametrize(
