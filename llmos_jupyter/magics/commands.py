@@ -196,11 +196,13 @@ COMMANDS: dict[str, Command] = {
                     "prompt",
                     help='template over the columns, e.g. "Review: {text}\\nSentiment:" (\\n = new line)',
                     metavar="TEMPLATE",
+                    verbatim=True,
                 ),
                 Opt(
                     "response",
                     help="template of the expected answer, e.g. {label} (the label's class name)",
                     metavar="TEMPLATE",
+                    verbatim=True,
                 ),
                 Opt("version", int, help="which version (default: the current one)", metavar="N"),
             ],

@@ -29,7 +29,8 @@ Rules (also shown by ``%llm help``):
   kept as written, ``{{name}}`` gives a literal ``{name}``, and ``--raw`` turns it off (for the
   text). Option values and positionals are interpolated the same way (``--lr {lr}``,
   ``%llm load {path}``), before their type is checked; a number option whose ``{name}`` names
-  no variable says so.
+  no variable says so. Options that are templates themselves (``data prompt --prompt "Review:
+  {text}"``, where ``{text}`` is a column) are never interpolated.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class Opt:
     dest: str | None = None
     help: str = ""
     metavar: str = "VALUE"
+    verbatim: bool = False  # a template of its own (``{column}``): never takes notebook variables
 
     @property
     def key(self) -> str:
@@ -240,7 +242,7 @@ class _LineScan:
             if nxt is None or (nxt[0].startswith("--") and not nxt[3]):
                 raise UsageError(f"--{name} needs a value ({opt.metavar}); see `%llm help {cmd.name}`")
             raw, e = nxt[0], nxt[2]
-        value = self._expand(raw)
+        value = raw if opt.verbatim else self._expand(raw)
         if opt.type in (int, float) and value == raw and _IDENT.fullmatch(raw) and "{{" not in raw:
             raise UsageError(f"--{name} {raw}: there is no variable '{raw[1:-1]}' in the notebook; define it first")
         self.args[opt.key] = _coerce(opt, value, cmd)

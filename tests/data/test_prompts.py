@@ -79,7 +79,7 @@ def test_magic_unescapes_newlines_and_reports_the_version(fresh_api, capsys):
     fresh_api.data_load(ROWS, name="rt2")
     ip = InteractiveShell.instance()
     ip.run_line_magic("load_ext", "llmos_jupyter")
-    ip.user_ns["text"] = "NOT THIS"  # option values are not interpolated: {text} is the column
+    ip.user_ns["text"] = "NOT THIS"  # a template option is not interpolated: {text} is the column
     out = ip.run_line_magic("llm", 'data prompt rt2 --prompt "Review: {text}\\nSentiment:" --response "{label}"')
     v = fresh_api.data_get("rt2")
     assert "rt2 v2" in str(out) and v.splits["train"][0]["prompt"] == f"Review: {ROWS[0]['text']}\nSentiment:"
