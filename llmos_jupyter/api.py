@@ -349,7 +349,8 @@ def budget(cpu: str | int | None = None, gpu: str | None = None) -> Table:
         if m.used(d) > m.budget(d):
             print(
                 f"llmos: the {d} budget {format_size(m.budget(d))} is below what is loaded there "
-                f"({format_size(m.used(d))}); nothing is unloaded now, the next load there evicts idle models",
+                f"({format_size(m.used(d))}); nothing is unloaded now, the next load there evicts idle models "
+                f"({_default_hint(d)} puts the default back)",
                 file=sys.stderr,
             )
     devices = ["cpu"] + [f"cuda:{i}" for i in sorted({g["index"] for g in gpus()} | _torch_gpus())]
@@ -357,7 +358,13 @@ def budget(cpu: str | int | None = None, gpu: str | None = None) -> Table:
         [d, format_size(m.budget(d)), format_size(m.used(d)), "set" if d in m.budgets else "default (90%)"]
         for d in devices
     ]
-    return Table("budgets", ["device", "budget", "in use", "source"], rows)
+    note = f"{_default_hint('cpu')} puts a device's default back" if m.budgets else ""
+    return Table("budgets", ["device", "budget", "in use", "source"], rows, note=note)
+
+
+def _default_hint(device: str) -> str:
+    """How to put ``device``'s default budget back, spelled for the surface."""
+    return opt("cpu", "default") if device == "cpu" else opt("gpu", f"{device.removeprefix('cuda:')}:default")
 
 
 def _budget_size(size) -> int | None:
@@ -936,6 +943,12 @@ def data_search(name: str, query: str, *, k: int = 5, model: str = "all-minilm-l
             model = same[0]
         elif model in catalog.CATALOG:
             load(model, task="embedding", alias=model)
+            print(
+                f"llmos: note: loaded {model} as the embedding alias '{model}' for this search; it stays loaded for "
+                f"the next one (`%llm unload {model}` frees it)",
+                file=sys.stderr,
+                flush=True,
+            )
         else:
             raise unknown("model", model, m.aliases(), "load an embedding model or use all-minilm-l6-v2")
     with m.use(model) as rec:
@@ -1776,11 +1789,12 @@ def export(
             take (see :func:`llmos_jupyter.training.export.export_model`). Nothing is written
             outside ``path``.
     """
-    from .training.export import check_format, export_model
+    from .training.export import check_format, check_target, export_model
 
     m = manager()
     rec = m.get(alias)
     check_format(format, quantize)
+    check_target(path, overwrite)  # refused at once, not after reading a llama.cpp alias's weights
     if rec.model is None and rec.engine == "llama.cpp" and format == "gguf" and rec.task != "causal-lm":
         raise UsageError(f"'{alias}' is {rec.task}; GGUF export takes causal LMs")
     with m.borrowed_weights(alias):  # a llama.cpp alias: the transformers weights of its GGUF, for this export

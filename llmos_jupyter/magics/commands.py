@@ -9,7 +9,7 @@ _GEN = [
     Opt("temperature", float, help="0 = greedy (default); > 0 samples", metavar="T"),
     Opt("top-p", float, help="nucleus sampling mass in (0, 1] when sampling", metavar="P"),
     Opt("seed", int, help="seed the sampler (with --temperature > 0)", metavar="N"),
-    Opt("raw", bool, help="send the text exactly as typed: no {name} interpolation"),
+    Opt("raw", bool, help="send the text exactly as typed: no {name} interpolation in it"),
 ]
 
 COMMANDS: dict[str, Command] = {
@@ -105,7 +105,7 @@ COMMANDS: dict[str, Command] = {
             "classify a text with a seq-cls model",
             ["alias"],
             text="text",
-            options=[Opt("raw", bool, help="no {name} interpolation")],
+            options=[Opt("raw", bool, help="no {name} interpolation in the text")],
             example='%llm classify minilm "a gorgeous, witty, seductive movie"',
         ),
         Command(
@@ -113,7 +113,7 @@ COMMANDS: dict[str, Command] = {
             "sentence embedding (mean pooling) of a text",
             ["alias"],
             text="text",
-            options=[Opt("raw", bool, help="no {name} interpolation")],
+            options=[Opt("raw", bool, help="no {name} interpolation in the text")],
         ),
         Command(
             "data load",
@@ -218,7 +218,7 @@ COMMANDS: dict[str, Command] = {
             options=[
                 Opt("k", int, help="rows to return (default 5)", metavar="N"),
                 Opt("model", help="embedding model alias or catalog name (default all-minilm-l6-v2)", metavar="MODEL"),
-                Opt("raw", bool, help="no {name} interpolation"),
+                Opt("raw", bool, help="no {name} interpolation in the text"),
             ],
             example='%llm data search rt "a boring, predictable plot" --k 5',
         ),

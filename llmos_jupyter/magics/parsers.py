@@ -28,8 +28,9 @@ Rules (also shown by ``%llm help``):
   notebook — with ``str(value)``; everything else (``{12}``, ``{}``, ``{"a": 1}``, ``$5``) is
   kept as written, ``{{name}}`` gives a literal ``{name}``, and ``--raw`` turns it off (for the
   text). Option values and positionals are interpolated the same way (``--lr {lr}``,
-  ``%llm load {path}``), before their type is checked; a number option whose ``{name}`` names
-  no variable says so. Options that are templates themselves (``data prompt --prompt "Review:
+  ``%llm load {path}``), before their type is checked; a value that is just ``{name}`` naming
+  no variable is an error there (braces inside a longer value stay as typed). Options that are
+  templates themselves (``data prompt --prompt "Review:
   {text}"``, where ``{text}`` is a column) are never interpolated.
 """
 
@@ -172,8 +173,8 @@ def parse_args(cmd: Command, line: str, *, body: str | None = None, namespace: d
     Raises:
         UsageError: unknown option (also inside free text, unless after ``--`` or quoted),
             missing value, missing positional, bad number, unterminated quote in an option
-            value, a number option given as ``{name}`` that names no variable — one line naming
-            the fix.
+            value, an option value or positional that is just a ``{name}`` naming no variable —
+            one line naming the fix.
     """
     scan = _LineScan(cmd, line, free=bool(cmd.text) and body is None, namespace=namespace)
     scan.run()
@@ -242,16 +243,26 @@ class _LineScan:
             if nxt is None or (nxt[0].startswith("--") and not nxt[3]):
                 raise UsageError(f"--{name} needs a value ({opt.metavar}); see `%llm help {cmd.name}`")
             raw, e = nxt[0], nxt[2]
-        value = raw if opt.verbatim else self._expand(raw)
-        if opt.type in (int, float) and value == raw and _IDENT.fullmatch(raw) and "{{" not in raw:
-            raise UsageError(f"--{name} {raw}: there is no variable '{raw[1:-1]}' in the notebook; define it first")
+        value = raw if opt.verbatim else self._expand(raw, f"--{name}")
         self.args[opt.key] = _coerce(opt, value, cmd)
         return e
 
-    def _expand(self, value: str) -> str:
+    def _expand(self, value: str, what: str) -> str:
         """``value`` with each ``{name}`` that names a notebook variable replaced (see
-        :func:`interpolate`); unchanged without a namespace."""
-        return value if self.namespace is None or "{" not in value else interpolate(value, self.namespace)
+        :func:`interpolate`); unchanged without a namespace.
+
+        Raises:
+            UsageError: the whole value is one ``{name}`` that names no variable (it can only be
+                meant as one: a model called ``{x}`` would be a typo's result).
+        """
+        if self.namespace is None or "{" not in value:
+            return value
+        out = interpolate(value, self.namespace)
+        whole = _IDENT.fullmatch(value)
+        if out == value and whole is not None and whole.group(2):
+            name = whole.group(2)
+            raise UsageError(f"{what} {value}: there is no variable '{name}' in the notebook; define it first")
+        return out
 
     def _text_word(self, i: int) -> int | None:
         """One word of free text (or an option among it) at ``i``; None when the text ends here."""
@@ -289,7 +300,8 @@ class _LineScan:
         if not self.options_done and value.startswith("--") and not quoted and len(value) > 2:
             return self._option(s)
         if len(self.pos) < self.want:
-            self.pos.append(self._expand(value))
+            names = self.cmd.positionals + self.cmd.optional_positionals
+            self.pos.append(self._expand(value, names[len(self.pos)].upper()))
             return e
         raise UsageError(f"unexpected argument '{value}' for `%llm {self.cmd.name}`; usage: {self.cmd.usage()}")
 

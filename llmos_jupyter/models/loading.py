@@ -113,6 +113,7 @@ def resolve_source(spec: str, *, pull: bool = True) -> Source:
                 f"{spec} has no config.json (nor adapter_config.json, nor exactly one .gguf file); "
                 f"point at a model directory"
             )
+        check_config_json(p, spec)  # before anything reads it (the task is inferred from it)
         return Source(spec, "dir", str(p.resolve()))
     if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
         return Source(spec, "hub", spec)
@@ -163,9 +164,10 @@ def _config_json(src: Source) -> dict:
 
     f = Path(src.path or "") / "config.json"
     try:
-        return json.loads(f.read_text(encoding="utf-8")) if src.kind in ("dir", "catalog") and f.is_file() else {}
+        cfg = json.loads(f.read_text(encoding="utf-8")) if src.kind in ("dir", "catalog") and f.is_file() else {}
     except (OSError, ValueError):
         return {}
+    return cfg if isinstance(cfg, dict) else {}
 
 
 def _json(path: Path) -> dict:
@@ -313,6 +315,15 @@ def _load_config(src: Source, trust_remote_code: bool):
                 f"transformers does not have); load it with {opt('trust_remote_code', True)} if you "
                 f"trust the "
                 f"source"
+            ) from None
+        model_type = _config_json(src).get("model_type")
+        if model_type and "does not recognize this architecture" in str(e):
+            import transformers
+
+            raise LLMOSError(
+                f"{src.spec} is a '{model_type}' model, which transformers {transformers.__version__} does not "
+                f"know; upgrade transformers (pip install -U transformers), or load it with "
+                f"{opt('trust_remote_code', True)} if it ships its own model code and you trust it"
             ) from None
         raise LLMOSError(f"could not read the config of {src.spec}: {str(e).splitlines()[0][:160]}") from None
 

@@ -45,8 +45,15 @@ def quiet_saving():
     return quiet_transformers()
 
 
-def _check_target(path: Path, overwrite: bool) -> bool:
-    """Validate the destination; return True when the folder existed before."""
+def check_target(path: os.PathLike | str, overwrite: bool) -> bool:
+    """Validate the destination before anything is converted or written; return True when the
+    folder existed before.
+
+    Raises:
+        UsageError: as :func:`export_model` for its ``path`` (a symlink or file there, a protected
+            folder, a non-empty folder without ``overwrite``, one llmos did not export with it).
+    """
+    path = Path(path).expanduser().absolute()
     if path.is_symlink():
         raise UsageError(
             f"{path} is a symbolic link; export into a real folder (exports never write outside the folder named)"
@@ -259,7 +266,7 @@ def export_model(
     """
     quantize = check_format(format, quantize)
     path = Path(path).expanduser().absolute()
-    existed = _check_target(path, overwrite)
+    existed = check_target(path, overwrite)
     peft = _is_peft(model)
     if format == "gguf":
         merge_lora = peft  # llama.cpp takes one weights file: adapters are merged in

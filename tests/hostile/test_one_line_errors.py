@@ -132,18 +132,39 @@ def test_a_corrupt_safetensors_file_is_named_with_its_path_and_the_fix(shell, ca
     ("text", "why"),
     [('{"model_type": "bert",', "Expecting property name"), ("[1, 2]", "not a JSON object"), ("", "Expecting value")],
 )
-def test_a_broken_config_json_is_named_with_its_path_and_the_fix(shell, capsys, tiny_bert, tmp_path, text, why):
+@pytest.mark.parametrize("task", ["--task seq-cls", ""])  # without --task, the task is inferred from it
+def test_a_broken_config_json_is_named_with_its_path_and_the_fix(shell, capsys, tiny_bert, tmp_path, text, why, task):
     """A hand-edited config.json that no longer parses (a user's bug report: transformers' own
-    message named neither the file nor a fix) is one line with the path, the reason and the fix."""
+    message named neither the file nor a fix) is one line with the path, the reason and the fix;
+    so is valid JSON that is not an object (it gave "unexpected AttributeError")."""
     import shutil
 
     d = tmp_path / "m"
     shutil.copytree(tiny_bert, d)
     (d / "config.json").write_text(text)
-    shell.run_line_magic("llm", f"load {d} --task seq-cls --as m")
+    shell.run_line_magic("llm", f"load {d} {task} --as m")
     line = one_line(capsys.readouterr().err, f"{d / 'config.json'} is not a valid config (", why)
     assert line.rstrip().endswith(
         "repair it or copy or save the model again (a catalog model: `%llm pull NAME --force`)"
+    )
+    assert shell.api.manager().aliases() == []
+
+
+def test_a_model_type_transformers_does_not_know_names_the_fixes(shell, capsys, tiny_bert, tmp_path):
+    """transformers' own message was cut mid-sentence and named no fix."""
+    import json
+    import shutil
+
+    import transformers
+
+    d = tmp_path / "m"
+    shutil.copytree(tiny_bert, d)
+    (d / "config.json").write_text(json.dumps({"model_type": "nosucharch"}))
+    shell.run_line_magic("llm", f"load {d} --task seq-cls --as m")
+    one_line(
+        capsys.readouterr().err,
+        f"{d} is a 'nosucharch' model, which transformers {transformers.__version__} does not know; upgrade "
+        "transformers (pip install -U transformers), or load it with --trust-remote-code if it ships its own",
     )
     assert shell.api.manager().aliases() == []
 

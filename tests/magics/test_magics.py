@@ -77,6 +77,18 @@ def test_option_values_and_positionals_take_notebook_variables(shell, capsys):
     assert capsys.readouterr().err == (
         "llmos: --max-new-tokens {tokens}: there is no variable 'tokens' in the notebook; define it first\n"
     )
+    # a value that is just {name} can only mean a variable (a user's alias came out as '{nosuch}')
+    shell.run_line_magic("llm", "load all-minilm-l6-v2 --as {nosuch}")
+    assert (
+        capsys.readouterr().err
+        == "llmos: --as {nosuch}: there is no variable 'nosuch' in the notebook; define it first\n"
+    )
+    shell.run_line_magic("llm", "generate {nosuch} Hi")
+    assert (
+        capsys.readouterr().err
+        == "llmos: ALIAS {nosuch}: there is no variable 'nosuch' in the notebook; define it first\n"
+    )
+    assert api.manager().aliases() == []
 
 
 @pytest.mark.parametrize(

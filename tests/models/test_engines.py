@@ -55,6 +55,11 @@ def test_export_and_loss_of_a_llama_cpp_alias_leave_its_memory_as_it_was(smol, t
         return r["bytes"], r["real_bytes"], r["dtype"]
 
     before = row()
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("mine")
+    with pytest.raises(UsageError, match="exists and is not empty"):  # refused before reading any weights
+        api.export("smol", str(tmp_path / "taken"))
+    assert row() == before and m.get("smol").attached_from is None
     api.export("smol", str(tmp_path / "hf"))
     assert (tmp_path / "hf" / "model.safetensors").stat().st_size > 500 * 2**20  # float32 weights were read
     assert row() == before and m.get("smol").model is None

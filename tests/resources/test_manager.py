@@ -72,18 +72,25 @@ def test_inadmissible_load_leaves_manager_unchanged(sized):
     assert [m["alias"] for m in api.manager().ps()] == [m["alias"] for m in before]
 
 
-def test_a_budget_set_to_zero_goes_back_to_the_default(sized):
+def test_a_budget_set_to_zero_goes_back_to_the_default(sized, capsys):
     """A user's report: after ``%llm budget --cpu 0`` nothing said how to get the default back.
     ``default`` puts back 90% of the device's memory (and lets the refused load in)."""
     import psutil
 
     api, size, load = sized
-    api.budget(cpu=0)
+    load("a")
+    capsys.readouterr()
+    table = api.budget(cpu=0)
+    assert capsys.readouterr().err.endswith(
+        "the next load there evicts idle models (cpu='default' puts the default back)\n"
+    )
+    assert table.note == "cpu='default' puts a device's default back"
+    api.unload("a")
     with pytest.raises(ResourceError, match="budget"):
         load("a")
     table = api.budget(cpu="default")
     (row,) = [r for r in table.rows if r[0] == "cpu"]
-    assert row[3] == "default (90%)" and "cpu" not in api.manager().budgets
+    assert row[3] == "default (90%)" and "cpu" not in api.manager().budgets and table.note == ""
     assert api.manager().budget("cpu") == int(psutil.virtual_memory().total * 0.90)
     load("a")
     assert api.manager().aliases() == ["a"]

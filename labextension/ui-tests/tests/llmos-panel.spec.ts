@@ -137,7 +137,8 @@ test.describe('LLM OS panel', () => {
 
     // The panel acts while a foreground fine-tune blocks its cell (the kernel reads the panel's
     // comm on a subshell; without one, Cancel sends the kernel interrupt): Unload of the model in
-    // training is answered at once (refused: it is busy), and Cancel stops the run within 2 s.
+    // training is answered at once (refused: it is busy), and Cancel stops the run at its next step
+    // (~0.5 s here; the bounds are loose for a loaded CI machine: a missed Cancel runs for minutes).
     await nb.addCell('code', `%llm finetune tiny ds --epochs 500 ${OPTS}`);
     const longCell = (await nb.getCellCount()) - 1;
     await nb.runCell(longCell, { wait: false });
@@ -146,7 +147,7 @@ test.describe('LLM OS panel', () => {
     expect((await panel.progressValues(fg2, 1, 60000, busy)).length).toBe(1);
     await panel.unloadButton('tiny').click();
     await expect(panel.root.getByRole('alert').filter({ hasText: 'is used by' })).toBeVisible({
-      timeout: 2000
+      timeout: 10000
     });
     await expect(row).toHaveCount(1);
     // the cell still runs (the status bar may say Idle: it shows the subshell's last status)
@@ -155,7 +156,7 @@ test.describe('LLM OS panel', () => {
     await expect(panel.jobState(fg2)).toHaveText('running');
     const clicked = Date.now();
     await panel.cancelButton(fg2).click();
-    await expect(panel.jobState(fg2)).toHaveText(/cancelled|interrupted/, { timeout: 2000 });
+    await expect(panel.jobState(fg2)).toHaveText(/cancelled|interrupted/, { timeout: 10000 });
     const stoppedMs = Date.now() - clicked;
     console.log(`[ui-tests] foreground fine-tune stopped ${stoppedMs} ms after Cancel`);
     await nb.waitForRun(longCell);
