@@ -932,6 +932,7 @@ def data_search(name: str, query: str, *, k: int = 5, model: str = "all-minilm-l
     ``model`` is a loaded alias or a catalog name: an embedding alias already loaded from that
     catalog model (untrained, not optimised) is used, else it is loaded as ``embedding`` on demand."""
     m = manager()
+    store().check_search(name, query, k)  # a refused search loads no model
     if model not in m.aliases():
         same = [
             r["alias"]

@@ -1022,6 +1022,21 @@ class DataStore:
         return written
 
     # ------------------------------------------------------------------ search
+    def check_search(self, name: str, query: str, k: int, version: int | None = None):
+        """The checks of :meth:`search` that need no model, so a caller can make them before it
+        loads one; returns the dataset version searched.
+
+        Raises:
+            UsageError: empty query, ``k < 1``. NotFoundError: unknown name or version.
+        """
+        if not isinstance(query, str) or not query.strip():
+            raise UsageError('the query is empty; write %llm data search NAME "some words"')
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise UsageError(
+                f"{opt('k', k)} is not allowed: the number of rows to return is a whole number >= 1; e.g. {opt('k', 5)}"
+            )
+        return self.get(name, version)
+
     def search(
         self,
         name: str,
@@ -1060,15 +1075,9 @@ class DataStore:
         """
         from .search import search_version
 
-        if not isinstance(query, str) or not query.strip():
-            raise UsageError('the query is empty; write %llm data search NAME "some words"')
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise UsageError(
-                f"{opt('k', k)} is not allowed: the number of rows to return is a whole number >= 1; e.g. {opt('k', 5)}"
-            )
+        v = self.check_search(name, query, k, version)
         if not model_key or not isinstance(model_key, str):
             raise UsageError("model_key must name the model (e.g. 'all-minilm-l6-v2')")
-        v = self.get(name, version)
         splits = None
         if split is not None:
             v[split]

@@ -248,4 +248,5 @@ def test_clean_and_search_counts_are_checked_and_spelled_for_the_surface(shell, 
     fn, kw, expected = python
     with pytest.raises(UsageError, match=re.escape(expected)):
         getattr(api, fn)("d", **kw)
+    assert api.manager().aliases() == []  # a refused search loads no model first
     assert len(api.store().versions("d")) == 1  # nothing was written
