@@ -1274,13 +1274,13 @@ def _say_stopped(run_id: str, alias: str, result) -> None:
     holds now and how to go on (``resume`` when the checkpoint can continue the run)."""
     from .training.checkpoint import read_resume_state
 
-    try:
-        if result.checkpoint is None:
-            raise UsageError("no checkpoint")
-        read_resume_state(result.checkpoint)
-        how = f"continue this run with {opt('resume', run_id)}"
-    except LLMOSError:
-        how = "a new fine-tune starts from them"
+    how = "a new fine-tune starts from them"
+    if result.checkpoint is not None:
+        try:
+            read_resume_state(result.checkpoint)
+            how = f"continue this run with {opt('resume', run_id)}"
+        except LLMOSError:  # a checkpoint without resume state
+            pass
     print(
         f"llmos: note: run {run_id} stopped at step {result.steps}/{result.total_steps}; '{alias}' keeps the weights "
         f"of that step — {how}",

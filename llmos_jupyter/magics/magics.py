@@ -14,7 +14,7 @@ from traitlets import Bool, Int
 
 from ..errors import LLMOSError, UsageError, on_surface, unknown
 from .commands import COMMANDS, GROUPS
-from .parsers import interpolate, parse_args
+from .parsers import parse_args
 
 HELP_HEADER = """%llm — the LLM operating system in this kernel. Subcommands:"""
 HELP_FOOTER = """Text after ALIAS (prompts, messages, queries) is taken as typed ($ and braces kept); {name} inserts a
@@ -83,8 +83,6 @@ class LLMMagics(Magics):
             )
         ns = self.shell.user_ns if self.shell else {}
         p = parse_args(cmd, rest, body=cell.rstrip("\n") if cell is not None else None, namespace=ns)
-        if cmd.text and not p.get("raw"):
-            p.args[cmd.text] = interpolate(p.args[cmd.text], ns)
         handler = getattr(self, "do_" + cmd.name.replace(" ", "_"))
         return handler(p)
 

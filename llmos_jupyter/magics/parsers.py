@@ -167,8 +167,8 @@ def parse_args(cmd: Command, line: str, *, body: str | None = None, namespace: d
     """Parse ``line`` (the part after the subcommand words) for ``cmd`` (rules: module docstring).
 
     ``body`` is a cell body for ``%%llm``; it becomes the free-text argument. ``namespace`` (the
-    notebook's variables; None: no interpolation) fills ``{name}`` in option values and
-    positionals (the free text is interpolated by the caller, unless ``--raw``).
+    notebook's variables; None: no interpolation) fills ``{name}`` in option values, positionals
+    and the free text (the text not with ``--raw``).
 
     Raises:
         UsageError: unknown option (also inside free text, unless after ``--`` or quoted),
@@ -188,6 +188,8 @@ def parse_args(cmd: Command, line: str, *, body: str | None = None, namespace: d
         args.setdefault(k, None)
     if cmd.text:
         args[cmd.text] = scan.text(body)
+        if namespace is not None and not args.get("raw"):
+            args[cmd.text] = interpolate(args[cmd.text], namespace)
     return Parsed(cmd, args)
 
 
