@@ -17,6 +17,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest  # noqa: E402
+from home_kit import linked_home  # noqa: E402
 from tiny_kit import CHATML, make_tokenizer, save_tiny  # noqa: E402,F401  (re-exported for tests)
 
 
@@ -42,14 +43,7 @@ def fresh_api(tmp_path, monkeypatch):
     pulled catalog entries are linked from the shared test home so nothing is re-downloaded."""
     from llmos_jupyter import api
 
-    shared = Path(os.environ["LLMOS_HOME"])
-    home = tmp_path / "home"
-    for sub in ("models", "datasets"):
-        (home / sub).mkdir(parents=True)
-        if (shared / sub).is_dir():
-            for entry in (shared / sub).iterdir():
-                if (entry / ".llmos-pulled.json").is_file():
-                    (home / sub / entry.name).symlink_to(entry)
+    home = linked_home(tmp_path)
     monkeypatch.setenv("LLMOS_HOME", str(home))
     old = dict(api._state)
     api._reset_for_tests()

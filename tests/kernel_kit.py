@@ -13,8 +13,11 @@ from jupyter_client.manager import start_new_kernel
 class Kernel:
     """A real ipykernel driven over ZMQ; ``run`` returns the iopub messages of one cell."""
 
-    def __init__(self):
-        self.km, self.kc = start_new_kernel(kernel_name="python3", env={**os.environ})
+    def __init__(self, home=None):
+        """Start ``python3`` with this process's environment; with ``home``, ``LLMOS_HOME=home``
+        (a test that writes runs, checkpoints or datasets gives one of its own)."""
+        env = {**os.environ, **({"LLMOS_HOME": str(home)} if home is not None else {})}
+        self.km, self.kc = start_new_kernel(kernel_name="python3", env=env)
         self.pending = []
 
     def run(self, code: str, timeout: float = 300) -> list[dict]:

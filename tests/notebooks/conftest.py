@@ -4,7 +4,8 @@ The runner itself is :mod:`notebook_kit`."""
 from __future__ import annotations
 
 import pytest
-from notebook_kit import Executed, execute_notebook, linked_home
+from home_kit import linked_home
+from notebook_kit import Executed, execute_notebook
 
 
 @pytest.fixture

@@ -3,8 +3,9 @@
 
 * :func:`execute_notebook` runs ``notebooks/NAME`` top to bottom and returns an :class:`Executed`:
   the notebook with its outputs, its stream lines, its ``RESULT …`` lines and any error outputs.
-* :func:`linked_home`: an ``LLMOS_HOME`` of its own that links the models and data already
-  pulled into the shared test home, so a notebook's datasets, runs and checkpoints never touch it.
+
+Each notebook gets an ``LLMOS_HOME`` of its own (``home_kit.linked_home``), so its datasets, runs
+and checkpoints never touch the shared test home.
 """
 from __future__ import annotations
 
@@ -71,17 +72,4 @@ def execute_notebook(name: str, *, env: dict | None = None, drop: tuple = (), sa
     if save_to is not None:
         nbformat.write(nb, save_to)
     return Executed(nb, Path(kernel_env["LLMOS_HOME"]))
-
-
-def linked_home(tmp_path: Path) -> Path:
-    """A new ``LLMOS_HOME`` under ``tmp_path`` whose ``models/`` and ``datasets/`` link the entries
-    already pulled into the shared test home."""
-    shared = Path(os.environ["LLMOS_HOME"])
-    home = tmp_path / "home"
-    for sub in ("models", "datasets"):
-        (home / sub).mkdir(parents=True)
-        for entry in (shared / sub).glob("*"):
-            if (entry / ".llmos-pulled.json").is_file():
-                (home / sub / entry.name).symlink_to(entry)
-    return home
 

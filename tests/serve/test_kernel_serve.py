@@ -23,6 +23,7 @@ import threading
 import time
 
 import pytest
+from home_kit import linked_home
 from kernel_kit import Kernel
 
 
@@ -58,8 +59,8 @@ def _port_free(port: int) -> bool:
 
 
 @pytest.fixture
-def kernel():
-    k = Kernel()
+def kernel(tmp_path):
+    k = Kernel(linked_home(tmp_path))
     yield k
     k.close()
 

@@ -35,6 +35,7 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
+from home_kit import linked_home
 
 pytestmark = pytest.mark.slow
 
@@ -60,13 +61,7 @@ def llm(tmp_path_factory, minilm_dir, rt_csv):
     torch thread in this process; the MiniLM copy with dropout off; RT: 256 train + 256 test rows."""
     from llmos_jupyter import api
 
-    shared = Path(os.environ["LLMOS_HOME"])
-    home = tmp_path_factory.mktemp("dist") / "home"
-    for sub in ("models", "datasets"):
-        (home / sub).mkdir(parents=True)
-        for entry in (shared / sub).iterdir():
-            if (entry / ".llmos-pulled.json").is_file():
-                (home / sub / entry.name).symlink_to(entry)
+    home = linked_home(tmp_path_factory.mktemp("dist"))
     nodrop = home / "minilm-nodrop"
     shutil.copytree(minilm_dir, nodrop, ignore=shutil.ignore_patterns(".llmos-pulled.json"))
     cfg = json.loads((nodrop / "config.json").read_text())
